@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Every check that CI runs, in order, stopping at the first failure:
+# setup, buf lint, generated code up to date, ruff, ruff format, mypy,
+# hadolint, pytest. Extra arguments go to pytest, e.g.
+#   bash scripts/test.sh -k leases -x
+set -euo pipefail
+
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+
+venv="$root/.venv"
+step() { printf '\n===== %s =====\n' "$*"; }
+fail() { printf '\nFAILED: %s\n' "$*" >&2; exit 1; }
+
+step "setup"
+bash scripts/setup.sh
+
+step "buf lint"
+./node_modules/.bin/buf lint || fail "buf lint"
+
+step "generated code is up to date (scripts/generate.sh)"
+bash scripts/generate.sh || fail "scripts/generate.sh"
+changes="$(git status --porcelain -- clients/python/src)"
+if [ -n "$changes" ]; then
+  printf '%s\n' "$changes"
+  git --no-pager diff -- clients/python/src
+  fail "generated code in clients/python/src differs from proto/: run scripts/generate.sh and commit the result"
+fi
+echo "generated code is up to date"
+
+step "ruff check"
+"$venv/bin/ruff" check . || fail "ruff check"
+
+step "ruff format --check"
+"$venv/bin/ruff" format --check . || fail "ruff format --check (run: .venv/bin/ruff format .)"
+
+step "mypy"
+"$venv/bin/mypy" || fail "mypy"
+
+step "hadolint Dockerfile"
+"$venv/bin/hadolint" Dockerfile || fail "hadolint Dockerfile"
+
+step "pytest"
+rc=0
+"$venv/bin/pytest" "$@" || rc=$?
+if [ "$rc" -eq 5 ]; then
+  fail "pytest collected no tests (exit code 5); a run that tests nothing is a failure"
+elif [ "$rc" -ne 0 ]; then
+  fail "pytest (exit code $rc)"
+fi
+
+step "all checks passed"

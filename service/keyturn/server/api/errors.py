@@ -1,0 +1,71 @@
+"""The one mapping from domain errors to gRPC statuses with google.rpc details."""
+
+from __future__ import annotations
+
+from google.protobuf import any_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc import StatusCode
+from grpc_status import rpc_status
+from keyturn.server.domain.errors import DomainError, Reason
+
+ERROR_DOMAIN = "keyturn.dev"
+
+STATUS_OF: dict[Reason, StatusCode] = {
+    Reason.INVALID_REQUEST: StatusCode.INVALID_ARGUMENT,
+    Reason.MISSING_CREDENTIALS: StatusCode.UNAUTHENTICATED,
+    Reason.INVALID_TOKEN: StatusCode.UNAUTHENTICATED,
+    Reason.INSUFFICIENT_SCOPE: StatusCode.PERMISSION_DENIED,
+    Reason.ORDER_CONFLICT: StatusCode.ALREADY_EXISTS,
+    Reason.ORDER_NOT_FOUND: StatusCode.NOT_FOUND,
+    Reason.SKU_NOT_FOUND: StatusCode.NOT_FOUND,
+    Reason.PRODUCT_NOT_FOUND: StatusCode.NOT_FOUND,
+    Reason.ENTITLEMENT_NOT_FOUND: StatusCode.NOT_FOUND,
+    Reason.ETAG_MISMATCH: StatusCode.ABORTED,
+    Reason.INVALID_STATE: StatusCode.FAILED_PRECONDITION,
+    Reason.NOT_IMPLEMENTED: StatusCode.UNIMPLEMENTED,
+    Reason.INVALID_LICENSE_KEY: StatusCode.UNAUTHENTICATED,
+    Reason.PRODUCT_MISMATCH: StatusCode.PERMISSION_DENIED,
+    Reason.ENTITLEMENT_EXPIRED: StatusCode.FAILED_PRECONDITION,
+    Reason.ENTITLEMENT_CANCELLED: StatusCode.FAILED_PRECONDITION,
+    Reason.SEATS_EXHAUSTED: StatusCode.RESOURCE_EXHAUSTED,
+    Reason.INVALID_LEASE: StatusCode.UNAUTHENTICATED,
+    Reason.LEASE_SUPERSEDED: StatusCode.FAILED_PRECONDITION,
+    Reason.STORAGE_UNAVAILABLE: StatusCode.UNAVAILABLE,
+    Reason.INTERNAL_ERROR: StatusCode.INTERNAL,
+    Reason.EXTERNAL_REFERENCE_TAKEN: StatusCode.ALREADY_EXISTS,
+}
+
+
+def _pack(message: error_details_pb2.ErrorInfo | error_details_pb2.BadRequest) -> any_pb2.Any:
+    packed = any_pb2.Any()
+    packed.Pack(message)
+    return packed
+
+
+def status_of(error: DomainError) -> status_pb2.Status:
+    """The google.rpc.Status for an error: code, message, ErrorInfo and any BadRequest."""
+    code = STATUS_OF[error.reason]
+    info = error_details_pb2.ErrorInfo(
+        reason=error.reason.value, domain=ERROR_DOMAIN, metadata=error.metadata
+    )
+    details = [_pack(info)]
+    if error.violations:
+        details.append(
+            _pack(
+                error_details_pb2.BadRequest(
+                    field_violations=[
+                        error_details_pb2.BadRequest.FieldViolation(
+                            field=v.field, description=v.description
+                        )
+                        for v in error.violations
+                    ]
+                )
+            )
+        )
+    numeric: int = code.value[0]
+    assert code_pb2.Code.Name(numeric)  # every StatusCode is a google.rpc.Code
+    return status_pb2.Status(code=numeric, message=error.message, details=details)
+
+
+def grpc_status_of(error: DomainError) -> rpc_status._Status:  # type: ignore[name-defined]
+    return rpc_status.to_status(status_of(error))

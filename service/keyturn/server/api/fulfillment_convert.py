@@ -1,0 +1,111 @@
+"""FulfillmentService messages to and from orders and entitlements."""
+
+from __future__ import annotations
+
+from keyturn.fulfillment.v1 import fulfillment_pb2 as pb
+from keyturn.server.app.fulfillment import FulfilledOrder
+from keyturn.server.app.views import EntitlementView
+from keyturn.server.domain.entitlement import Customer, Status
+from keyturn.server.domain.orders import OrderLine, OrderRequest
+from keyturn.server.store.order_repository import StoredOrder
+
+from .catalog_convert import DISPATCH_OUT, LICENSE_MODEL_OUT, features_out
+from .timestamps import duration, timestamp
+
+STATUS_OUT = {
+    Status.TRIAL: pb.ENTITLEMENT_STATUS_TRIAL,
+    Status.ACTIVE: pb.ENTITLEMENT_STATUS_ACTIVE,
+    Status.EXPIRED: pb.ENTITLEMENT_STATUS_EXPIRED,
+    Status.CANCELLED: pb.ENTITLEMENT_STATUS_CANCELLED,
+}
+
+
+def customer_in(message: pb.Customer) -> Customer:
+    return Customer(message.customer_id, message.name, message.email)
+
+
+def customer_out(customer: Customer) -> pb.Customer:
+    return pb.Customer(customer_id=customer.customer_id, name=customer.name, email=customer.email)
+
+
+def order_in(message: pb.FulfillOrderRequest) -> OrderRequest:
+    return OrderRequest(
+        source=message.source,
+        order_id=message.order_id,
+        customer=customer_in(message.customer),
+        ship_to_email=message.ship_to_email,
+        lines=tuple(
+            OrderLine(
+                sku_id=line.sku_id,
+                quantity=line.quantity,
+                entitlement_id=line.entitlement_id,
+                external_reference=line.external_reference,
+            )
+            for line in message.lines
+        ),
+    )
+
+
+def order_out(stored: StoredOrder) -> pb.Order:
+    request = stored.request
+    return pb.Order(
+        source=request.source,
+        order_id=request.order_id,
+        customer=customer_out(request.customer),
+        ship_to_email=request.ship_to_email,
+        lines=[
+            pb.OrderLine(
+                sku_id=line.sku_id,
+                quantity=line.quantity,
+                entitlement_id=line.entitlement_id,
+                external_reference=line.external_reference,
+            )
+            for line in request.lines
+        ],
+        results=[
+            pb.OrderLineResult(
+                line_index=r.line_index,
+                sku_id=r.sku_id,
+                entitlement_id=r.entitlement_id,
+                operations=list(r.operations),
+            )
+            for r in stored.results
+        ],
+        create_time=timestamp(stored.create_time),
+    )
+
+
+def entitlement_out(view: EntitlementView) -> pb.Entitlement:
+    e = view.entitlement
+    message = pb.Entitlement(
+        entitlement_id=e.entitlement_id,
+        product_id=e.product_id,
+        edition_id=e.edition_id,
+        customer=customer_out(e.customer),
+        ship_to_email=e.ship_to_email,
+        status=STATUS_OUT[view.status],
+        seats=e.seats,
+        seats_in_use=view.seats_in_use,
+        features=features_out(e.features),
+        start_time=timestamp(e.start_time),
+        perpetual=e.perpetual,
+        trial=e.trial,
+        license_model=LICENSE_MODEL_OUT[e.license_model],
+        lease_duration=duration(e.lease_duration),
+        dispatch=DISPATCH_OUT[e.dispatch],
+        external_references=list(e.external_references),
+        license_key=view.license_key,
+        create_time=timestamp(e.create_time),
+        update_time=timestamp(e.update_time),
+    )
+    if e.end_time is not None:
+        message.end_time.CopyFrom(timestamp(e.end_time))
+    return message
+
+
+def fulfilled_out(result: FulfilledOrder) -> pb.FulfillOrderResponse:
+    return pb.FulfillOrderResponse(
+        order=order_out(result.order),
+        entitlements=[entitlement_out(view) for view in result.entitlements],
+        replayed=result.replayed,
+    )

@@ -1,0 +1,146 @@
+"""Around every call: bearer-token auth, domain errors to rich statuses, one log line."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+from keyturn.server.app.tokens import TokenAuthenticator
+from keyturn.server.domain.errors import DomainError, Reason
+
+from .errors import STATUS_OF, grpc_status_of
+
+log = logging.getLogger("keyturn.rpc")
+
+CATALOG = "/keyturn.fulfillment.v1.CatalogService/"
+FULFILLMENT = "/keyturn.fulfillment.v1.FulfillmentService/"
+WRITE_METHODS = {FULFILLMENT + "FulfillOrder", FULFILLMENT + "ResendCredentials"}
+
+
+def required_scope(method: str) -> str | None:
+    """The token scope a method needs; None for calls that carry their own credential."""
+    if method.startswith(CATALOG):
+        return "catalog"
+    if method.startswith(FULFILLMENT):
+        return "fulfill" if method in WRITE_METHODS else "read"
+    return None
+
+
+def _bearer(context: grpc.aio.ServicerContext[Any, Any]) -> str:
+    for key, value in context.invocation_metadata() or ():
+        if key == "authorization" and isinstance(value, str):
+            scheme, _, token = value.partition(" ")
+            if scheme.lower() == "bearer" and token.strip():
+                return token.strip()
+    raise DomainError(
+        Reason.MISSING_CREDENTIALS, "send 'authorization: Bearer <token>' with this call"
+    )
+
+
+class ServiceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
+    def __init__(self, authenticator: TokenAuthenticator) -> None:
+        self._auth = authenticator
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any]]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any]:
+        handler = await continuation(details)
+        method: str = details.method
+        if handler is None or not method.startswith("/keyturn."):
+            return handler
+        scope = required_scope(method)
+        if handler.unary_unary is not None:
+            return grpc.unary_unary_rpc_method_handler(
+                self._wrap_unary(method, scope, handler.unary_unary),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.unary_stream is not None:
+            return grpc.unary_stream_rpc_method_handler(
+                self._wrap_stream(method, scope, handler.unary_stream),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        return handler
+
+    async def _authorize(self, context: grpc.aio.ServicerContext[Any, Any], scope: str) -> None:
+        token = await self._auth.authenticate(_bearer(context))
+        self._auth.require(token, scope)
+
+    def _wrap_unary(
+        self, method: str, scope: str | None, behavior: Callable[..., Awaitable[Any]]
+    ) -> Callable[..., Awaitable[Any]]:
+        async def call(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+            started = time.perf_counter()
+            code = "OK"
+            try:
+                if scope:
+                    await self._authorize(context, scope)
+                return await behavior(request, context)
+            except DomainError as error:
+                code = STATUS_OF[error.reason].name
+                await _abort(context, error)
+            except Exception as error:
+                code = _unexpected(error)
+                await _abort(context, _internal(error))
+            finally:
+                _log_call(method, code, started)
+
+        return call
+
+    def _wrap_stream(
+        self, method: str, scope: str | None, behavior: Callable[..., Any]
+    ) -> Callable[..., AsyncIterator[Any]]:
+        async def call(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+            started = time.perf_counter()
+            code = "OK"
+            try:
+                if scope:
+                    await self._authorize(context, scope)
+                async for response in behavior(request, context):
+                    yield response
+            except DomainError as error:
+                code = STATUS_OF[error.reason].name
+                await _abort(context, error)
+            except Exception as error:
+                code = _unexpected(error)
+                await _abort(context, _internal(error))
+            finally:
+                _log_call(method, code, started)
+
+        return call
+
+
+async def _abort(context: Any, error: DomainError) -> None:
+    """Ends the call with the error's status and details (raises, as grpc.aio does)."""
+    await context.abort_with_status(grpc_status_of(error))
+
+
+def _unexpected(error: Exception) -> str:
+    """Aborts raised by grpc itself pass through; anything else is a bug, logged in full."""
+    if isinstance(error, grpc.aio.AbortError):
+        raise error
+    return "INTERNAL"
+
+
+def _internal(error: Exception) -> DomainError:
+    error_id = secrets.token_hex(6)
+    log.error("unexpected error %s", error_id, exc_info=error)
+    return DomainError(
+        Reason.INTERNAL_ERROR, f"unexpected server error {error_id}", {"error_id": error_id}
+    )
+
+
+def _log_call(method: str, code: str, started: float) -> None:
+    log.info(
+        "rpc method=%s code=%s duration_ms=%.1f",
+        method,
+        code,
+        1000 * (time.perf_counter() - started),
+    )

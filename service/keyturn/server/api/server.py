@@ -1,0 +1,101 @@
+"""Server assembly: servicers, interceptor, health and reflection on one grpc.aio server."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from keyturn.fulfillment.v1 import (
+    catalog_pb2,
+    catalog_pb2_grpc,
+    fulfillment_pb2,
+    fulfillment_pb2_grpc,
+)
+from keyturn.licensing.v1 import licensing_pb2, licensing_pb2_grpc
+from keyturn.server.app.context import AppContext
+from keyturn.server.app.tokens import TokenAuthenticator
+
+from .interceptor import ServiceInterceptor
+from .servicers import CatalogServicer, FulfillmentServicer, LicensingServicer
+
+log = logging.getLogger("keyturn.server")
+
+SERVICE_NAMES = (
+    licensing_pb2.DESCRIPTOR.services_by_name["LicensingService"].full_name,
+    fulfillment_pb2.DESCRIPTOR.services_by_name["FulfillmentService"].full_name,
+    catalog_pb2.DESCRIPTOR.services_by_name["CatalogService"].full_name,
+)
+READINESS_INTERVAL_SECONDS = 5.0
+
+
+class KeyturnServer:
+    """A running Keyturn gRPC server; health follows the database's readiness."""
+
+    def __init__(self, ctx: AppContext, listen: str) -> None:
+        self.ctx = ctx
+        self._listen = listen
+        self._server = grpc.aio.server(
+            interceptors=[ServiceInterceptor(TokenAuthenticator(ctx.store))],
+            options=[("grpc.so_reuseport", 0)],
+        )
+        licensing_pb2_grpc.add_LicensingServiceServicer_to_server(
+            LicensingServicer(ctx), self._server
+        )
+        fulfillment_pb2_grpc.add_FulfillmentServiceServicer_to_server(
+            FulfillmentServicer(ctx), self._server
+        )
+        catalog_pb2_grpc.add_CatalogServiceServicer_to_server(CatalogServicer(ctx), self._server)
+        self._health = health.aio.HealthServicer()  # type: ignore[attr-defined]
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
+        reflection.enable_server_reflection(
+            (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), self._server
+        )
+        self.port = 0
+        self._watch: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self.port = self._server.add_insecure_port(self._listen)
+        if self.port == 0:
+            raise OSError(f"cannot listen on {self._listen}")
+        await self._server.start()
+        await self._refresh_health()
+        self._watch = asyncio.create_task(self._watch_readiness())
+
+    @property
+    def address(self) -> str:
+        host = self._listen.rpartition(":")[0]
+        return f"{host}:{self.port}"
+
+    async def _set_health(self, serving: bool) -> None:
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if serving
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for name in ("", *SERVICE_NAMES):
+            await self._health.set(name, status)
+
+    async def _refresh_health(self) -> None:
+        await self._set_health(await self.ctx.store.is_ready())
+
+    async def _watch_readiness(self) -> None:
+        while True:
+            await asyncio.sleep(READINESS_INTERVAL_SECONDS)
+            await self._refresh_health()
+
+    async def stop(self, grace: float) -> None:
+        """NOT_SERVING first, then let in-flight calls finish (up to `grace`), then close."""
+        if self._watch is not None:
+            self._watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watch
+        await self._health.enter_graceful_shutdown()
+        await self._server.stop(grace)
+        await self.ctx.store.close()
+
+    async def wait_for_termination(self) -> None:
+        await self._server.wait_for_termination()

@@ -1,0 +1,168 @@
+"""The gRPC servicers: decode the request, call one use case, encode the answer.
+
+Authentication and error mapping happen around them, in the interceptor.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import grpc
+from keyturn.fulfillment.v1 import catalog_pb2 as cat
+from keyturn.fulfillment.v1 import catalog_pb2_grpc as cat_grpc
+from keyturn.fulfillment.v1 import fulfillment_pb2 as ful
+from keyturn.fulfillment.v1 import fulfillment_pb2_grpc as ful_grpc
+from keyturn.licensing.v1 import licensing_pb2 as lic
+from keyturn.licensing.v1 import licensing_pb2_grpc as lic_grpc
+from keyturn.server.app import catalog, fulfillment, licensing
+from keyturn.server.app.context import AppContext
+from keyturn.server.domain.errors import DomainError, FieldViolation, Reason, invalid_request
+
+from .catalog_convert import product_in, product_out, sku_in, sku_out
+from .fulfillment_convert import entitlement_out, fulfilled_out, order_in, order_out
+from .licensing_convert import lease_out, signing_keys_out, summary_out
+
+Context = grpc.aio.ServicerContext[object, object]
+
+
+def not_implemented(rpc: str) -> DomainError:
+    return DomainError(
+        Reason.NOT_IMPLEMENTED, f"{rpc} is not available in this version", {"operation": rpc}
+    )
+
+
+def _require(present: bool, field: str) -> None:
+    if not present:
+        raise invalid_request([FieldViolation(field, "is required")])
+
+
+class CatalogServicer(cat_grpc.CatalogServiceServicer):
+    def __init__(self, ctx: AppContext) -> None:
+        self._ctx = ctx
+
+    async def PutProduct(
+        self, request: cat.PutProductRequest, context: Context
+    ) -> cat.PutProductResponse:
+        _require(request.HasField("product"), "product")
+        saved = await catalog.put_product(self._ctx, product_in(request.product))
+        return cat.PutProductResponse(product=product_out(saved))
+
+    async def ListProducts(
+        self, request: cat.ListProductsRequest, context: Context
+    ) -> cat.ListProductsResponse:
+        items, token = await catalog.list_products(self._ctx, request.page_size, request.page_token)
+        return cat.ListProductsResponse(
+            products=[product_out(p) for p in items], next_page_token=token
+        )
+
+    async def PutSku(self, request: cat.PutSkuRequest, context: Context) -> cat.PutSkuResponse:
+        _require(request.HasField("sku"), "sku")
+        saved = await catalog.put_sku(self._ctx, sku_in(request.sku))
+        return cat.PutSkuResponse(sku=sku_out(saved))
+
+    async def GetSku(self, request: cat.GetSkuRequest, context: Context) -> cat.GetSkuResponse:
+        return cat.GetSkuResponse(sku=sku_out(await catalog.get_sku(self._ctx, request.sku_id)))
+
+    async def ListSkus(
+        self, request: cat.ListSkusRequest, context: Context
+    ) -> cat.ListSkusResponse:
+        items, token = await catalog.list_skus(
+            self._ctx, request.page_size, request.page_token, request.product_id
+        )
+        return cat.ListSkusResponse(skus=[sku_out(s) for s in items], next_page_token=token)
+
+    async def DeleteSku(
+        self, request: cat.DeleteSkuRequest, context: Context
+    ) -> cat.DeleteSkuResponse:
+        await catalog.delete_sku(self._ctx, request.sku_id, request.etag)
+        return cat.DeleteSkuResponse()
+
+
+class FulfillmentServicer(ful_grpc.FulfillmentServiceServicer):
+    def __init__(self, ctx: AppContext) -> None:
+        self._ctx = ctx
+
+    async def FulfillOrder(
+        self, request: ful.FulfillOrderRequest, context: Context
+    ) -> ful.FulfillOrderResponse:
+        result = await fulfillment.fulfil_order(self._ctx, order_in(request))
+        return fulfilled_out(result)
+
+    async def GetOrder(
+        self, request: ful.GetOrderRequest, context: Context
+    ) -> ful.GetOrderResponse:
+        stored = await fulfillment.get_order(self._ctx, request.source, request.order_id)
+        return ful.GetOrderResponse(order=order_out(stored))
+
+    async def GetEntitlement(
+        self, request: ful.GetEntitlementRequest, context: Context
+    ) -> ful.GetEntitlementResponse:
+        view = await fulfillment.get_entitlement(self._ctx, request.entitlement_id)
+        return ful.GetEntitlementResponse(entitlement=entitlement_out(view))
+
+    async def ListEntitlements(
+        self, request: ful.ListEntitlementsRequest, context: Context
+    ) -> ful.ListEntitlementsResponse:
+        raise not_implemented("ListEntitlements")
+
+    async def ListEntitlementEvents(
+        self, request: ful.ListEntitlementEventsRequest, context: Context
+    ) -> ful.ListEntitlementEventsResponse:
+        raise not_implemented("ListEntitlementEvents")
+
+    async def ResendCredentials(
+        self, request: ful.ResendCredentialsRequest, context: Context
+    ) -> ful.ResendCredentialsResponse:
+        raise not_implemented("ResendCredentials")
+
+    async def WatchEntitlementEvents(
+        self, request: ful.WatchEntitlementEventsRequest, context: Context
+    ) -> AsyncIterator[ful.WatchEntitlementEventsResponse]:
+        raise not_implemented("WatchEntitlementEvents")
+        yield ful.WatchEntitlementEventsResponse()  # pragma: no cover - makes this a generator
+
+
+class LicensingServicer(lic_grpc.LicensingServiceServicer):
+    def __init__(self, ctx: AppContext) -> None:
+        self._ctx = ctx
+
+    async def ActivateSeat(
+        self, request: lic.ActivateSeatRequest, context: Context
+    ) -> lic.ActivateSeatResponse:
+        if request.WhichOneof("credential") == "identity_token":
+            raise not_implemented("ActivateSeat with an identity token")
+        grant = await licensing.activate_seat(
+            self._ctx, request.license_key, request.product_id, request.fingerprint, request.label
+        )
+        return lic.ActivateSeatResponse(
+            lease=lease_out(grant),
+            activation_id=grant.activation.activation_id,
+            entitlement=summary_out(grant),
+        )
+
+    async def RenewLease(
+        self, request: lic.RenewLeaseRequest, context: Context
+    ) -> lic.RenewLeaseResponse:
+        grant = await licensing.renew_lease(self._ctx, request.lease_token)
+        return lic.RenewLeaseResponse(lease=lease_out(grant), entitlement=summary_out(grant))
+
+    async def ReleaseSeat(
+        self, request: lic.ReleaseSeatRequest, context: Context
+    ) -> lic.ReleaseSeatResponse:
+        await licensing.release_seat(self._ctx, request.lease_token)
+        return lic.ReleaseSeatResponse()
+
+    async def CheckLicense(
+        self, request: lic.CheckLicenseRequest, context: Context
+    ) -> lic.CheckLicenseResponse:
+        raise not_implemented("CheckLicense")
+
+    async def GetSigningKeys(
+        self, request: lic.GetSigningKeysRequest, context: Context
+    ) -> lic.GetSigningKeysResponse:
+        return signing_keys_out(licensing.signing_keys(self._ctx))
+
+    async def RedeemInvitation(
+        self, request: lic.RedeemInvitationRequest, context: Context
+    ) -> lic.RedeemInvitationResponse:
+        raise not_implemented("RedeemInvitation")

@@ -1,0 +1,21 @@
+"""What every use case needs, assembled once by the composition root."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+
+from keyturn.server.clock import Clock
+from keyturn.server.leases.keyring import Keyring
+from keyturn.server.sealing import Sealer
+from keyturn.server.store.unit_of_work import Store
+
+
+@dataclass
+class AppContext:
+    store: Store
+    sealer: Sealer
+    keyring: Keyring
+    clock: Clock
+    issuer: str = "keyturn"
+    lapse_grace: timedelta = timedelta(seconds=30)

@@ -1,0 +1,87 @@
+"""API tokens for order connectors: created with scopes, stored hashed, checked per call."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import time
+from dataclasses import dataclass
+
+from keyturn.server.domain.errors import DomainError, FieldViolation, Reason, raise_if_invalid
+from keyturn.server.domain.ids import new_id
+from keyturn.server.store.token_repository import ApiToken
+from keyturn.server.store.unit_of_work import Store
+
+from .context import AppContext
+
+SCOPES = frozenset({"catalog", "fulfill", "read"})
+TOKEN_PREFIX = "kt_"
+
+
+def hash_token(secret: str) -> str:
+    """Tokens carry 256 random bits, so a plain SHA-256 is a safe lookup key."""
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+async def create_token(
+    ctx: AppContext, scopes: set[str], description: str = ""
+) -> tuple[ApiToken, str]:
+    """A new token; its secret is returned once and never stored."""
+    unknown = sorted(scopes - SCOPES)
+    violations = []
+    if not scopes:
+        violations.append(FieldViolation("scopes", "at least one scope is required"))
+    if unknown:
+        violations.append(
+            FieldViolation("scopes", f"unknown {unknown}; choose from {sorted(SCOPES)}")
+        )
+    raise_if_invalid(violations)
+    now = ctx.clock.now()
+    token = ApiToken(new_id("tok", now), frozenset(scopes), description, now)
+    secret = TOKEN_PREFIX + secrets.token_urlsafe(32)
+    async with ctx.store.write() as tx:
+        await tx.tokens.add(token, hash_token(secret))
+    return token, secret
+
+
+async def revoke_token(ctx: AppContext, token_id: str) -> bool:
+    async with ctx.store.write() as tx:
+        return await tx.tokens.revoke(token_id, ctx.clock.now())
+
+
+@dataclass
+class _Cached:
+    token: ApiToken | None
+    until: float
+
+
+class TokenAuthenticator:
+    """Checks bearer tokens, remembering answers briefly (a revocation lands within `ttl`)."""
+
+    def __init__(self, store: Store, ttl_seconds: float = 5.0) -> None:
+        self._store = store
+        self._ttl = ttl_seconds
+        self._cache: dict[str, _Cached] = {}
+
+    async def authenticate(self, secret: str) -> ApiToken:
+        digest = hash_token(secret)
+        cached = self._cache.get(digest)
+        if cached is None or cached.until < time.monotonic():
+            async with self._store.read() as tx:
+                found = await tx.tokens.find_by_hash(digest)
+            if len(self._cache) > 10_000:
+                self._cache.clear()
+            cached = _Cached(found, time.monotonic() + self._ttl)
+            self._cache[digest] = cached
+        if cached.token is None or cached.token.revoke_time is not None:
+            raise DomainError(Reason.INVALID_TOKEN, "the bearer token is not valid")
+        return cached.token
+
+    @staticmethod
+    def require(token: ApiToken, scope: str) -> None:
+        if scope not in token.scopes:
+            raise DomainError(
+                Reason.INSUFFICIENT_SCOPE,
+                f"this token lacks the {scope!r} scope",
+                {"required_scope": scope},
+            )

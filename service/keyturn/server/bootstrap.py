@@ -1,0 +1,70 @@
+"""The composition root: settings in, a ready application context out."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+from pathlib import Path
+
+from sqlalchemy.engine import make_url
+
+from .app.context import AppContext
+from .clock import Clock, SystemClock
+from .config import Settings
+from .leases.keyring import load_keyring
+from .sealing import Sealer, SecretError, load_or_create_secret_file
+from .store.migrate import upgrade
+from .store.unit_of_work import Store
+
+
+def secrets_file_for(settings: Settings) -> Path:
+    if settings.secrets_file is not None:
+        return settings.secrets_file
+    database = make_url(settings.database_url).database or "keyturn.db"
+    return Path(f"{database}.secrets")
+
+
+def resolve_secret(settings: Settings) -> str:
+    """The master secret: from settings, or for SQLite from (or into) a file beside the database."""
+    if settings.secret_key is not None:
+        return settings.secret_key.get_secret_value()
+    if not settings.is_sqlite:
+        raise SecretError(
+            "KEYTURN_SECRET_KEY is required with PostgreSQL (every replica needs the same one); "
+            "generate one with: python -c 'import secrets; print(secrets.token_urlsafe(48))'"
+        )
+    return load_or_create_secret_file(secrets_file_for(settings))
+
+
+def prepare_sqlite_folder(settings: Settings) -> None:
+    if settings.is_sqlite:
+        database = make_url(settings.database_url).database
+        if database and database != ":memory:":
+            Path(database).parent.mkdir(parents=True, exist_ok=True)
+
+
+async def migrate(settings: Settings) -> None:
+    prepare_sqlite_folder(settings)
+    await asyncio.to_thread(upgrade, settings.database_url)
+
+
+async def build_context(settings: Settings, clock: Clock | None = None) -> AppContext:
+    """Open the database (migrating it when allowed), unseal the signing keys."""
+    clock = clock or SystemClock(timedelta(seconds=settings.clock_offset_seconds))
+    sealer = Sealer(resolve_secret(settings))
+    if settings.auto_migrate:
+        await migrate(settings)
+    store = Store.from_url(settings.database_url)
+    try:
+        keyring = await load_keyring(store, sealer, clock.now())
+    except BaseException:
+        await store.close()
+        raise
+    return AppContext(
+        store=store,
+        sealer=sealer,
+        keyring=keyring,
+        clock=clock,
+        issuer=settings.issuer,
+        lapse_grace=timedelta(seconds=settings.lapse_grace_seconds),
+    )

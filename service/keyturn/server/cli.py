@@ -1,0 +1,191 @@
+"""The `keyturn` command: serve, migrate, load a catalog, manage API tokens, check health."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from .bootstrap import build_context, migrate
+from .config import Settings
+from .domain.errors import DomainError
+from .sealing import SecretError
+
+log = logging.getLogger("keyturn")
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    overrides = {}
+    if getattr(args, "listen", None):
+        overrides["listen"] = args.listen
+    return Settings(**overrides)
+
+
+async def _serve(args: argparse.Namespace) -> int:
+    from .api.server import KeyturnServer
+
+    settings = _settings(args)
+    ctx = await build_context(settings)
+    server = KeyturnServer(ctx, settings.listen)
+    await server.start()
+    # One parseable line, so that scripts and tests can learn a port chosen with :0.
+    print(f"keyturn listening on {server.address}", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info(
+        "shutting down: draining in-flight calls for up to %ss", settings.shutdown_grace_seconds
+    )
+    await server.stop(settings.shutdown_grace_seconds)
+    log.info("stopped")
+    return 0
+
+
+async def _migrate(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    await migrate(settings)
+    print("database schema is up to date")
+    return 0
+
+
+async def _catalog_apply(args: argparse.Namespace) -> int:
+    from .catalog_file import apply_catalog_file
+
+    ctx = await build_context(_settings(args))
+    try:
+        applied = await apply_catalog_file(ctx, Path(args.file))
+    finally:
+        await ctx.store.close()
+    print(f"applied {len(applied.products)} products and {len(applied.skus)} SKUs")
+    return 0
+
+
+async def _tokens_create(args: argparse.Namespace) -> int:
+    from .app.tokens import create_token
+
+    ctx = await build_context(_settings(args))
+    try:
+        token, secret = await create_token(ctx, set(args.scope), args.description)
+    finally:
+        await ctx.store.close()
+    print(secret)
+    print(f"token {token.token_id} scopes={','.join(sorted(token.scopes))}", file=sys.stderr)
+    return 0
+
+
+async def _tokens_revoke(args: argparse.Namespace) -> int:
+    from .app.tokens import revoke_token
+
+    ctx = await build_context(_settings(args))
+    try:
+        revoked = await revoke_token(ctx, args.token_id)
+    finally:
+        await ctx.store.close()
+    print("revoked" if revoked else "no such active token")
+    return 0 if revoked else 1
+
+
+def _health(args: argparse.Namespace) -> int:
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    address = args.address or Settings().listen
+    host, _, port = address.rpartition(":")
+    if host in ("0.0.0.0", "::", "[::]"):
+        host = "127.0.0.1"
+    with grpc.insecure_channel(f"{host}:{port}") as channel:
+        try:
+            response = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service=args.service), timeout=args.timeout
+            )
+        except grpc.RpcError as exc:
+            print(f"unhealthy: {exc.code().name}: {exc.details()}", file=sys.stderr)
+            return 1
+    status = health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
+    print(status)
+    return 0 if response.status == health_pb2.HealthCheckResponse.SERVING else 1
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="keyturn",
+        description="Keyturn licensing service. Settings come from KEYTURN_* environment "
+        "variables (see README).",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = commands.add_parser("serve", help="run the gRPC server")
+    serve.add_argument("--listen", help="HOST:PORT to bind (default 127.0.0.1:50051)")
+    serve.set_defaults(run=_serve)
+
+    commands.add_parser("migrate", help="upgrade the database schema").set_defaults(run=_migrate)
+
+    catalog = commands.add_parser("catalog", help="manage the catalog")
+    catalog_commands = catalog.add_subparsers(dest="catalog_command", required=True)
+    apply = catalog_commands.add_parser("apply", help="load products and SKUs from a YAML file")
+    apply.add_argument("file", help="catalog file, see examples/catalog.yaml")
+    apply.set_defaults(run=_catalog_apply)
+
+    tokens = commands.add_parser("tokens", help="manage API tokens of order connectors")
+    token_commands = tokens.add_subparsers(dest="tokens_command", required=True)
+    create = token_commands.add_parser("create", help="create a token and print it once")
+    create.add_argument(
+        "--scope",
+        action="append",
+        required=True,
+        choices=["catalog", "fulfill", "read"],
+        help="a scope the token grants; repeat for several",
+    )
+    create.add_argument("--description", default="", help="what the token is for")
+    create.set_defaults(run=_tokens_create)
+    revoke = token_commands.add_parser("revoke", help="revoke a token by its id")
+    revoke.add_argument("token_id")
+    revoke.set_defaults(run=_tokens_revoke)
+
+    health = commands.add_parser("health", help="ask a running server whether it is SERVING")
+    health.add_argument("--address", help="HOST:PORT (default: KEYTURN_LISTEN)")
+    health.add_argument("--service", default="", help="service name (default: the whole server)")
+    health.add_argument("--timeout", type=float, default=3.0)
+    health.set_defaults(run=_health, sync=True)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        settings = Settings()
+    except ValidationError as exc:
+        print(f"keyturn: bad settings: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+        stream=sys.stderr,
+    )
+    run: Callable[[argparse.Namespace], Awaitable[int] | int] = args.run
+    try:
+        if getattr(args, "sync", False):
+            return run(args)  # type: ignore[return-value]
+        return asyncio.run(run(args))  # type: ignore[arg-type]
+    except (SecretError, DomainError, OSError) as exc:
+        print(f"keyturn: {exc}", file=sys.stderr)
+        return 1
+    except Exception as exc:
+        from .catalog_file import CatalogFileError
+
+        if isinstance(exc, CatalogFileError):
+            print(f"keyturn: {exc}", file=sys.stderr)
+            return 1
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,151 @@
+"""The catalog: products with editions and features, and SKUs as operation lists."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from enum import StrEnum
+from typing import ClassVar
+
+
+class LicenseModel(StrEnum):
+    FLOATING = "floating"
+    NODE_LOCKED = "node_locked"
+
+
+class Dispatch(StrEnum):
+    LICENSE_KEY = "license_key"
+    INVITATION = "invitation"
+    NONE = "none"
+
+
+DEFAULT_LEASE_DURATION = timedelta(minutes=15)
+MIN_LEASE_DURATION = timedelta(minutes=1)
+MAX_LEASE_DURATION = timedelta(days=30)
+MAX_SEATS_PER_UNIT = 100_000
+
+
+@dataclass(frozen=True)
+class Feature:
+    """A capability; `limit` is None when the feature is simply on."""
+
+    name: str
+    limit: int | None = None
+
+
+@dataclass(frozen=True)
+class Edition:
+    edition_id: str
+    display_name: str = ""
+    features: tuple[Feature, ...] = ()
+
+
+@dataclass(frozen=True)
+class Product:
+    product_id: str
+    display_name: str = ""
+    editions: tuple[Edition, ...] = ()
+    etag: str = ""
+    update_time: datetime | None = None
+
+    def edition(self, edition_id: str) -> Edition | None:
+        return next((e for e in self.editions if e.edition_id == edition_id), None)
+
+
+@dataclass(frozen=True)
+class Create:
+    """Create a new entitlement; `term` is None when perpetual."""
+
+    name: ClassVar[str] = "create"
+    edition_id: str
+    seats_per_unit: int
+    term: str | None
+    trial: bool = False
+    features: tuple[Feature, ...] = ()
+    license_model: LicenseModel = LicenseModel.FLOATING
+    lease_duration: timedelta = DEFAULT_LEASE_DURATION
+    dispatch: Dispatch = Dispatch.LICENSE_KEY
+
+
+@dataclass(frozen=True)
+class Renew:
+    name: ClassVar[str] = "renew"
+    term: str
+
+
+@dataclass(frozen=True)
+class AddSeats:
+    name: ClassVar[str] = "add_seats"
+    seats_per_unit: int
+
+
+@dataclass(frozen=True)
+class RemoveSeats:
+    name: ClassVar[str] = "remove_seats"
+    seats_per_unit: int
+
+
+@dataclass(frozen=True)
+class ChangeEdition:
+    name: ClassVar[str] = "change_edition"
+    edition_id: str
+
+
+@dataclass(frozen=True)
+class AddFeatures:
+    name: ClassVar[str] = "add_features"
+    features: tuple[Feature, ...]
+
+
+@dataclass(frozen=True)
+class RemoveFeatures:
+    name: ClassVar[str] = "remove_features"
+    feature_names: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class ConvertTrial:
+    """Trial to paid; `term` is None when the paid entitlement is perpetual."""
+
+    name: ClassVar[str] = "convert_trial"
+    term: str | None
+
+
+@dataclass(frozen=True)
+class Cancel:
+    name: ClassVar[str] = "cancel"
+
+
+Operation = (
+    Create
+    | Renew
+    | AddSeats
+    | RemoveSeats
+    | ChangeEdition
+    | AddFeatures
+    | RemoveFeatures
+    | ConvertTrial
+    | Cancel
+)
+
+
+@dataclass(frozen=True)
+class Sku:
+    sku_id: str
+    product_id: str
+    operations: tuple[Operation, ...]
+    display_name: str = ""
+    etag: str = ""
+    update_time: datetime | None = field(default=None, compare=False)
+
+    @property
+    def creates(self) -> bool:
+        """True when the SKU makes a new entitlement rather than changing one."""
+        return bool(self.operations) and isinstance(self.operations[0], Create)
+
+
+def merge_features(base: tuple[Feature, ...], extra: tuple[Feature, ...]) -> tuple[Feature, ...]:
+    """`base` with `extra` added; a name in both takes the limit from `extra`. Sorted by name."""
+    merged = {f.name: f for f in base}
+    merged.update({f.name: f for f in extra})
+    return tuple(sorted(merged.values(), key=lambda f: f.name))

@@ -1,0 +1,79 @@
+"""ISO-8601 durations (`P1Y`, `P1M`, `P30D`, `PT15M`) and calendar arithmetic.
+
+Terms are calendar durations: a month added to 31 January ends on the last
+day of February, which `timedelta` cannot express.
+"""
+
+from __future__ import annotations
+
+import calendar
+import re
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+_PATTERN = re.compile(
+    r"^P(?!$)(?:(?P<years>\d+)Y)?(?:(?P<months>\d+)M)?(?:(?P<weeks>\d+)W)?(?:(?P<days>\d+)D)?"
+    r"(?:T(?=\d)(?:(?P<hours>\d+)H)?(?:(?P<minutes>\d+)M)?(?:(?P<seconds>\d+)S)?)?$"
+)
+_MAX_PART = 100_000
+
+
+@dataclass(frozen=True)
+class IsoDuration:
+    """A calendar duration; every part is a non-negative whole number."""
+
+    years: int = 0
+    months: int = 0
+    weeks: int = 0
+    days: int = 0
+    hours: int = 0
+    minutes: int = 0
+    seconds: int = 0
+
+    def is_zero(self) -> bool:
+        return not any(
+            (self.years, self.months, self.weeks, self.days, self.hours, self.minutes, self.seconds)
+        )
+
+    def times(self, factor: int) -> IsoDuration:
+        """This duration repeated `factor` times."""
+        return IsoDuration(
+            self.years * factor,
+            self.months * factor,
+            self.weeks * factor,
+            self.days * factor,
+            self.hours * factor,
+            self.minutes * factor,
+            self.seconds * factor,
+        )
+
+    def after(self, start: datetime) -> datetime:
+        """The instant this duration after `start` (months clamp to the month's end)."""
+        total_months = start.month - 1 + self.months + 12 * self.years
+        year = start.year + total_months // 12
+        month = total_months % 12 + 1
+        if year > 9000:
+            raise ValueError("duration reaches beyond the year 9000")
+        day = min(start.day, calendar.monthrange(year, month)[1])
+        moved = start.replace(year=year, month=month, day=day)
+        return moved + timedelta(
+            weeks=self.weeks,
+            days=self.days,
+            hours=self.hours,
+            minutes=self.minutes,
+            seconds=self.seconds,
+        )
+
+
+def parse_iso_duration(text: str) -> IsoDuration:
+    """Parse `P1Y2M`, `P30D`, `PT15M`...; ValueError with a readable reason otherwise."""
+    match = _PATTERN.match(text)
+    if not match:
+        raise ValueError(f"{text!r} is not an ISO-8601 duration such as P1Y, P1M, P30D or PT15M")
+    parts = {name: int(value) for name, value in match.groupdict().items() if value is not None}
+    if any(value > _MAX_PART for value in parts.values()):
+        raise ValueError(f"{text!r} is too long")
+    duration = IsoDuration(**parts)
+    if duration.is_zero():
+        raise ValueError(f"{text!r} is zero")
+    return duration

@@ -1,0 +1,127 @@
+"""Entitlements: what a customer may use, for how long, on how many seats."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from enum import StrEnum
+
+from .catalog import Create, Dispatch, Feature, LicenseModel, Product, merge_features
+from .durations import parse_iso_duration
+from .errors import DomainError, Reason
+
+
+class Status(StrEnum):
+    TRIAL = "trial"
+    ACTIVE = "active"
+    EXPIRED = "expired"
+    CANCELLED = "cancelled"
+
+
+@dataclass(frozen=True)
+class Customer:
+    customer_id: str
+    name: str = ""
+    email: str = ""
+
+
+@dataclass(frozen=True)
+class Entitlement:
+    """An entitlement as stored; its status is computed from the clock, never stored."""
+
+    entitlement_id: str
+    product_id: str
+    edition_id: str
+    customer: Customer
+    ship_to_email: str
+    seats: int
+    features: tuple[Feature, ...]
+    start_time: datetime
+    end_time: datetime | None
+    trial: bool
+    license_model: LicenseModel
+    lease_duration: timedelta
+    dispatch: Dispatch
+    create_time: datetime
+    update_time: datetime
+    cancel_time: datetime | None = None
+    grace: timedelta = timedelta(0)
+    external_references: tuple[str, ...] = ()
+
+    @property
+    def perpetual(self) -> bool:
+        return self.end_time is None
+
+    def usable_until(self) -> datetime | None:
+        """The last instant leases may run to: end date plus grace (None: never ends)."""
+        return None if self.end_time is None else self.end_time + self.grace
+
+    def status(self, now: datetime) -> Status:
+        if self.cancel_time is not None:
+            return Status.CANCELLED
+        until = self.usable_until()
+        if until is not None and now >= until:
+            return Status.EXPIRED
+        return Status.TRIAL if self.trial else Status.ACTIVE
+
+    def ensure_usable(self, now: datetime) -> None:
+        """Raise unless seats can be taken or leases renewed now."""
+        status = self.status(now)
+        if status is Status.CANCELLED:
+            raise DomainError(
+                Reason.ENTITLEMENT_CANCELLED,
+                "this license was cancelled",
+                {"entitlement_id": self.entitlement_id},
+            )
+        if status is Status.EXPIRED:
+            assert self.end_time is not None
+            raise DomainError(
+                Reason.ENTITLEMENT_EXPIRED,
+                "this license has expired",
+                {"entitlement_id": self.entitlement_id, "end_time": self.end_time.isoformat()},
+            )
+
+    def lease_expiry(self, now: datetime) -> datetime:
+        """A new lease's expiry: one lease duration, never past the usable end."""
+        expiry = now + self.lease_duration
+        until = self.usable_until()
+        return expiry if until is None else min(expiry, until)
+
+
+def create_entitlement(
+    op: Create,
+    product: Product,
+    quantity: int,
+    customer: Customer,
+    ship_to_email: str,
+    now: datetime,
+    entitlement_id: str,
+    external_reference: str = "",
+) -> Entitlement:
+    """The entitlement a `create` operation makes for an order line of `quantity` units."""
+    edition = product.edition(op.edition_id)
+    if edition is None:
+        raise DomainError(
+            Reason.INVALID_STATE,
+            f"product {product.product_id!r} no longer has edition {op.edition_id!r}",
+            {"product_id": product.product_id, "operation": op.name},
+        )
+    end_time = None if op.term is None else parse_iso_duration(op.term).after(now)
+    return Entitlement(
+        entitlement_id=entitlement_id,
+        product_id=product.product_id,
+        edition_id=edition.edition_id,
+        customer=customer,
+        ship_to_email=ship_to_email,
+        seats=op.seats_per_unit * quantity,
+        features=merge_features(edition.features, op.features),
+        start_time=now,
+        end_time=end_time,
+        trial=op.trial,
+        license_model=op.license_model,
+        lease_duration=op.lease_duration,
+        dispatch=op.dispatch,
+        create_time=now,
+        update_time=now,
+        external_references=(external_reference,) if external_reference else (),
+    )

@@ -1,0 +1,15 @@
+"""Resource ids: a prefix and 26 symbols that sort by creation time (ULID layout)."""
+
+from __future__ import annotations
+
+import os
+from datetime import datetime
+
+from . import base32
+
+
+def new_id(prefix: str, now: datetime) -> str:
+    """`prefix_` + 48 bits of milliseconds + 80 random bits, in Crockford base32."""
+    millis = int(now.timestamp() * 1000) & ((1 << 48) - 1)
+    value = (millis << 80) | int.from_bytes(os.urandom(10), "big")
+    return f"{prefix}_{base32.encode(value, 26).lower()}"

@@ -1,0 +1,46 @@
+"""License keys: 125 random bits and a 25-bit checksum, in six groups of five.
+
+The checksum lets a typo be rejected before any database lookup.
+Format: `XXXXX-XXXXX-XXXXX-XXXXX-XXXXX-CCCCC` in Crockford base32.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+
+from . import base32
+
+BODY_SYMBOLS = 25
+CHECK_SYMBOLS = 5
+_KEY_SYMBOLS = BODY_SYMBOLS + CHECK_SYMBOLS
+_ALLOWED = frozenset(base32.ALPHABET)
+
+
+def _checksum(body: str) -> str:
+    digest = int.from_bytes(hashlib.sha256(b"keyturn-license-key:" + body.encode()).digest()[:4])
+    return base32.encode(digest >> 7, CHECK_SYMBOLS)
+
+
+def _format(symbols: str) -> str:
+    return "-".join(symbols[i : i + 5] for i in range(0, len(symbols), 5))
+
+
+def generate_license_key() -> str:
+    """A new random license key, formatted for people."""
+    body = base32.encode(int.from_bytes(os.urandom(16), "big"), BODY_SYMBOLS)
+    return _format(body + _checksum(body))
+
+
+def normalize_license_key(text: str) -> str | None:
+    """The canonical form of a key as typed (case, dashes, spaces and look-alikes
+    do not matter), or None when it is malformed or fails its checksum."""
+    if len(text) > 100:
+        return None
+    symbols = base32.canonical("".join(text.split()).replace("-", ""))
+    if len(symbols) != _KEY_SYMBOLS or not _ALLOWED.issuperset(symbols):
+        return None
+    body, check = symbols[:BODY_SYMBOLS], symbols[BODY_SYMBOLS:]
+    if _checksum(body) != check:
+        return None
+    return _format(symbols)

@@ -1,0 +1,101 @@
+"""Orders: lines of SKUs bought, validated and fingerprinted for idempotency."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import asdict, dataclass
+
+from .entitlement import Customer
+from .errors import FieldViolation
+from .validation import check_count, check_sku_id
+
+SOURCE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+PRINTABLE = re.compile(r"^[\x21-\x7e]+$")
+EMAIL = re.compile(r"^[^@\s]{1,64}@[^@\s]+\.[^@\s]+$")
+MAX_LINES = 100
+MAX_QUANTITY = 100_000
+MAX_EMAIL = 254
+MAX_REFERENCE = 200
+
+
+@dataclass(frozen=True)
+class OrderLine:
+    sku_id: str
+    quantity: int
+    entitlement_id: str = ""
+    external_reference: str = ""
+
+
+@dataclass(frozen=True)
+class OrderRequest:
+    source: str
+    order_id: str
+    customer: Customer
+    ship_to_email: str
+    lines: tuple[OrderLine, ...]
+
+    @property
+    def delivery_email(self) -> str:
+        return self.ship_to_email or self.customer.email
+
+    def fingerprint(self) -> str:
+        """A digest of the whole content: equal orders have equal fingerprints."""
+        canonical = json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class LineResult:
+    line_index: int
+    sku_id: str
+    entitlement_id: str
+    operations: tuple[str, ...]
+
+
+def _check_email(path: str, value: str, required: bool) -> list[FieldViolation]:
+    if not value:
+        return [FieldViolation(path, "an email address is required")] if required else []
+    if len(value) > MAX_EMAIL or not EMAIL.match(value):
+        return [FieldViolation(path, "must be an email address of at most 254 characters")]
+    return []
+
+
+def _check_text(path: str, value: str, limit: int, what: str) -> list[FieldViolation]:
+    if not value:
+        return [FieldViolation(path, f"{what} is required")]
+    if len(value) > limit or not PRINTABLE.match(value):
+        return [FieldViolation(path, f"{what} must be 1 to {limit} printable characters")]
+    return []
+
+
+def validate_order(order: OrderRequest) -> list[FieldViolation]:
+    violations: list[FieldViolation] = []
+    if not SOURCE.match(order.source):
+        violations.append(
+            FieldViolation("source", "must be 1 to 64 characters of a-z, 0-9, '_' or '-'")
+        )
+    violations += _check_text("order_id", order.order_id, 128, "order id")
+    violations += _check_text(
+        "customer.customer_id", order.customer.customer_id, 128, "customer id"
+    )
+    if len(order.customer.name) > 200:
+        violations.append(FieldViolation("customer.name", "must be at most 200 characters"))
+    violations += _check_email("customer.email", order.customer.email, required=False)
+    violations += _check_email("ship_to_email", order.ship_to_email, required=False)
+    if not order.lines:
+        violations.append(FieldViolation("lines", "at least one line is required"))
+    if len(order.lines) > MAX_LINES:
+        violations.append(FieldViolation("lines", f"at most {MAX_LINES} lines"))
+    for i, line in enumerate(order.lines):
+        path = f"lines[{i}]"
+        violations += check_sku_id(f"{path}.sku_id", line.sku_id)
+        violations += check_count(f"{path}.quantity", line.quantity, 1, MAX_QUANTITY)
+        if line.entitlement_id:
+            violations += _check_text(f"{path}.entitlement_id", line.entitlement_id, 64, "id")
+        if line.external_reference:
+            violations += _check_text(
+                f"{path}.external_reference", line.external_reference, MAX_REFERENCE, "reference"
+            )
+    return violations

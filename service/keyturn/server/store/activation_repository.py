@@ -1,0 +1,221 @@
+"""Activations and the seat transaction: the one place that decides who gets a seat."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from enum import StrEnum
+
+from keyturn.server.domain.catalog import LicenseModel
+from keyturn.server.domain.entitlement import Entitlement
+from keyturn.server.domain.errors import DomainError, Reason
+from keyturn.server.domain.seats import Activation, holds_seat
+from sqlalchemy import and_, func, insert, or_, select, update
+from sqlalchemy.engine import RowMapping
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from .entitlement_repository import EntitlementRepository
+from .tables import activations, entitlements
+
+
+class SeatOutcome(StrEnum):
+    GRANTED = "granted"  # a seat was taken
+    KEPT = "kept"  # the activation already held its seat; its lease was extended
+
+
+@dataclass(frozen=True)
+class SeatClaim:
+    """Who wants a seat. Renewals name the activation and the lease id they hold."""
+
+    entitlement_id: str
+    fingerprint: str
+    label: str
+    now: datetime
+    lapse_grace: timedelta
+    new_activation_id: str
+    new_jti: str
+    renew_activation_id: str | None = None
+    renew_jti: str | None = None
+
+
+@dataclass(frozen=True)
+class SeatResult:
+    outcome: SeatOutcome
+    activation: Activation
+    entitlement: Entitlement
+    seats_in_use: int
+
+
+def _activation(row: RowMapping) -> Activation:
+    return Activation(
+        activation_id=row["activation_id"],
+        entitlement_id=row["entitlement_id"],
+        fingerprint=row["fingerprint"],
+        label=row["label"],
+        lease_jti=row["lease_jti"],
+        lease_expire_time=row["lease_expire_time"],
+        create_time=row["create_time"],
+        released_time=row["released_time"],
+    )
+
+
+def _live_condition(model: LicenseModel, now: datetime, lapse_grace: timedelta):  # type: ignore[no-untyped-def]
+    alive = activations.c.released_time.is_(None)
+    if model is LicenseModel.NODE_LOCKED:
+        return alive
+    return and_(alive, activations.c.lease_expire_time > now - lapse_grace)
+
+
+class ActivationRepository:
+    def __init__(self, connection: AsyncConnection) -> None:
+        self._db = connection
+        self._entitlements = EntitlementRepository(connection)
+
+    async def get(self, activation_id: str) -> Activation | None:
+        query = select(activations).where(activations.c.activation_id == activation_id)
+        row = (await self._db.execute(query)).mappings().first()
+        return None if row is None else _activation(row)
+
+    async def count_live(
+        self, entitlement: Entitlement, now: datetime, lapse_grace: timedelta, excluding: str = ""
+    ) -> int:
+        query = (
+            select(func.count())
+            .select_from(activations)
+            .where(
+                activations.c.entitlement_id == entitlement.entitlement_id,
+                activations.c.activation_id != excluding,
+                _live_condition(entitlement.license_model, now, lapse_grace),
+            )
+        )
+        return int((await self._db.execute(query)).scalar_one())
+
+    async def claim_seat(self, claim: SeatClaim) -> SeatResult:
+        """Take or keep a seat, never beyond the entitlement's count.
+
+        Serialises on the entitlement row (SELECT ... FOR UPDATE on PostgreSQL;
+        the write transaction's BEGIN IMMEDIATE on SQLite), so concurrent claims
+        on any number of replicas count seats one after another.
+        """
+        entitlement = await self._entitlements.get(claim.entitlement_id, lock=True)
+        if entitlement is None:
+            raise DomainError(Reason.INVALID_LICENSE_KEY, "the license key is not valid")
+        entitlement.ensure_usable(claim.now)
+        if claim.renew_activation_id is not None:
+            row = await self._find(activations.c.activation_id == claim.renew_activation_id)
+            if row is None or row.lease_jti != claim.renew_jti or row.released_time is not None:
+                raise DomainError(
+                    Reason.LEASE_SUPERSEDED,
+                    "this lease was renewed or released; use the newest lease token",
+                    {"activation_id": claim.renew_activation_id},
+                )
+        else:
+            row = await self._find(
+                and_(
+                    activations.c.entitlement_id == claim.entitlement_id,
+                    activations.c.fingerprint == claim.fingerprint,
+                )
+            )
+        expiry = entitlement.lease_expiry(claim.now)
+        model = entitlement.license_model
+        if row is not None and holds_seat(row, model, claim.now, claim.lapse_grace):
+            outcome = SeatOutcome.KEPT
+        else:
+            in_use = await self.count_live(
+                entitlement,
+                claim.now,
+                claim.lapse_grace,
+                excluding=row.activation_id if row else "",
+            )
+            if in_use >= entitlement.seats:
+                raise DomainError(
+                    Reason.SEATS_EXHAUSTED,
+                    f"all {entitlement.seats} seats of this license are in use",
+                    {"seats": str(entitlement.seats)},
+                )
+            outcome = SeatOutcome.GRANTED
+        activation = await self._write(claim, row, expiry)
+        in_use = await self.count_live(entitlement, claim.now, claim.lapse_grace)
+        return SeatResult(outcome, activation, entitlement, in_use)
+
+    async def _find(self, condition: object) -> Activation | None:
+        row = (await self._db.execute(select(activations).where(condition))).mappings().first()  # type: ignore[arg-type]
+        return None if row is None else _activation(row)
+
+    async def _write(
+        self, claim: SeatClaim, existing: Activation | None, expiry: datetime
+    ) -> Activation:
+        if existing is None:
+            activation = Activation(
+                activation_id=claim.new_activation_id,
+                entitlement_id=claim.entitlement_id,
+                fingerprint=claim.fingerprint,
+                label=claim.label,
+                lease_jti=claim.new_jti,
+                lease_expire_time=expiry,
+                create_time=claim.now,
+            )
+            await self._db.execute(
+                insert(activations).values(
+                    activation_id=activation.activation_id,
+                    entitlement_id=activation.entitlement_id,
+                    fingerprint=activation.fingerprint,
+                    label=activation.label,
+                    lease_jti=activation.lease_jti,
+                    lease_expire_time=activation.lease_expire_time,
+                    create_time=claim.now,
+                    update_time=claim.now,
+                )
+            )
+            return activation
+        label = claim.label or existing.label
+        await self._db.execute(
+            update(activations)
+            .where(activations.c.activation_id == existing.activation_id)
+            .values(
+                label=label,
+                lease_jti=claim.new_jti,
+                lease_expire_time=expiry,
+                released_time=None,
+                update_time=claim.now,
+            )
+        )
+        return Activation(
+            activation_id=existing.activation_id,
+            entitlement_id=existing.entitlement_id,
+            fingerprint=existing.fingerprint,
+            label=label,
+            lease_jti=claim.new_jti,
+            lease_expire_time=expiry,
+            create_time=existing.create_time,
+        )
+
+    async def release(self, activation_id: str, jti: str, now: datetime) -> Activation | None:
+        """Release the seat held under lease `jti`. Returns the activation, or None when
+        the lease is not the current one (already released releases again quietly)."""
+        row = await self.get(activation_id)
+        if row is None or row.lease_jti != jti:
+            return None
+        if row.released_time is None:
+            await self._db.execute(
+                update(activations)
+                .where(activations.c.activation_id == activation_id)
+                .values(released_time=now, update_time=now)
+            )
+        return row
+
+    async def count_rows_holding(self, entitlement_id: str, now: datetime) -> int:
+        """Unreleased activations with an unexpired lease (for checks in tests and tools)."""
+        query = (
+            select(func.count())
+            .select_from(activations.join(entitlements))
+            .where(
+                activations.c.entitlement_id == entitlement_id,
+                activations.c.released_time.is_(None),
+                or_(
+                    entitlements.c.license_model == LicenseModel.NODE_LOCKED.value,
+                    activations.c.lease_expire_time > now,
+                ),
+            )
+        )
+        return int((await self._db.execute(query)).scalar_one())

@@ -1,0 +1,46 @@
+"""Engine creation: one place that knows the differences between SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import event
+from sqlalchemy.engine import Connection
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+READ_ONLY = "keyturn_read_only"
+
+
+def is_sqlite_url(url: str) -> bool:
+    return url.startswith("sqlite")
+
+
+def create_engine(url: str, pool_size: int = 10) -> AsyncEngine:
+    """An engine whose write transactions serialise where they must.
+
+    SQLite: every write transaction starts with BEGIN IMMEDIATE, so two writers
+    never interleave (the seat count cannot be read stale); reads start a
+    plain deferred BEGIN. PostgreSQL: READ COMMITTED plus explicit row locks.
+    """
+    if not is_sqlite_url(url):
+        return create_async_engine(
+            url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True
+        )
+    engine = create_async_engine(url, connect_args={"timeout": 60})
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None  # we send BEGIN ourselves
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA busy_timeout=60000")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.close()
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def _on_begin(connection: Connection) -> None:
+        read_only = connection.get_execution_options().get(READ_ONLY, False)
+        connection.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
+
+    return engine

@@ -1,0 +1,141 @@
+"""Entitlements, their license-key lookup and external references."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+
+from keyturn.server.domain.catalog import Dispatch, LicenseModel
+from keyturn.server.domain.entitlement import Customer, Entitlement
+from sqlalchemy import Select, insert, select, update
+from sqlalchemy.engine import RowMapping
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from .codec import features_from_json, features_to_json
+from .tables import entitlements, external_references
+
+
+@dataclass(frozen=True)
+class StoredKey:
+    """A license key as kept: keyed hash for lookup, sealed copy for resend."""
+
+    key_hash: str
+    key_sealed: bytes
+
+
+def _entitlement(row: RowMapping, references: tuple[str, ...]) -> Entitlement:
+    return Entitlement(
+        entitlement_id=row["entitlement_id"],
+        product_id=row["product_id"],
+        edition_id=row["edition_id"],
+        customer=Customer(row["customer_id"], row["customer_name"], row["customer_email"]),
+        ship_to_email=row["ship_to_email"],
+        seats=row["seats"],
+        features=features_from_json(row["features"]),
+        start_time=row["start_time"],
+        end_time=row["end_time"],
+        trial=row["trial"],
+        license_model=LicenseModel(row["license_model"]),
+        lease_duration=timedelta(seconds=row["lease_duration_seconds"]),
+        dispatch=Dispatch(row["dispatch"]),
+        create_time=row["create_time"],
+        update_time=row["update_time"],
+        cancel_time=row["cancel_time"],
+        grace=timedelta(seconds=row["grace_seconds"]),
+        external_references=references,
+    )
+
+
+def _state(entitlement: Entitlement) -> dict[str, object]:
+    """The columns that operations may change."""
+    return {
+        "edition_id": entitlement.edition_id,
+        "seats": entitlement.seats,
+        "features": features_to_json(entitlement.features),
+        "start_time": entitlement.start_time,
+        "end_time": entitlement.end_time,
+        "trial": entitlement.trial,
+        "cancel_time": entitlement.cancel_time,
+        "grace_seconds": int(entitlement.grace.total_seconds()),
+        "update_time": entitlement.update_time,
+    }
+
+
+class EntitlementRepository:
+    def __init__(self, connection: AsyncConnection) -> None:
+        self._db = connection
+
+    async def add(
+        self, entitlement: Entitlement, key: StoredKey | None, order_source: str, order_id: str
+    ) -> None:
+        await self._db.execute(
+            insert(entitlements).values(
+                entitlement_id=entitlement.entitlement_id,
+                product_id=entitlement.product_id,
+                customer_id=entitlement.customer.customer_id,
+                customer_name=entitlement.customer.name,
+                customer_email=entitlement.customer.email,
+                ship_to_email=entitlement.ship_to_email,
+                license_model=entitlement.license_model.value,
+                lease_duration_seconds=int(entitlement.lease_duration.total_seconds()),
+                dispatch=entitlement.dispatch.value,
+                key_hash=key.key_hash if key else None,
+                key_sealed=key.key_sealed if key else None,
+                order_source=order_source,
+                order_id=order_id,
+                create_time=entitlement.create_time,
+                **_state(entitlement),
+            )
+        )
+        for reference in entitlement.external_references:
+            await self._db.execute(
+                insert(external_references).values(
+                    external_reference=reference, entitlement_id=entitlement.entitlement_id
+                )
+            )
+
+    async def save(self, entitlement: Entitlement) -> None:
+        """Write back the state an operation changed."""
+        await self._db.execute(
+            update(entitlements)
+            .where(entitlements.c.entitlement_id == entitlement.entitlement_id)
+            .values(**_state(entitlement))
+        )
+
+    async def _one(self, query: Select[tuple[object, ...]]) -> Entitlement | None:
+        row = (await self._db.execute(query)).mappings().first()
+        if row is None:
+            return None
+        refs = await self._db.execute(
+            select(external_references.c.external_reference)
+            .where(external_references.c.entitlement_id == row["entitlement_id"])
+            .order_by(external_references.c.external_reference)
+        )
+        return _entitlement(row, tuple(refs.scalars()))
+
+    async def get(self, entitlement_id: str, lock: bool = False) -> Entitlement | None:
+        query = select(entitlements).where(entitlements.c.entitlement_id == entitlement_id)
+        return await self._one(query.with_for_update() if lock else query)
+
+    async def find_by_key_hash(self, key_hash: str) -> Entitlement | None:
+        return await self._one(select(entitlements).where(entitlements.c.key_hash == key_hash))
+
+    async def find_by_reference(self, reference: str) -> Entitlement | None:
+        query = select(entitlements).join(
+            external_references,
+            external_references.c.entitlement_id == entitlements.c.entitlement_id,
+        )
+        return await self._one(query.where(external_references.c.external_reference == reference))
+
+    async def sealed_key(self, entitlement_id: str) -> bytes | None:
+        query = select(entitlements.c.key_sealed).where(
+            entitlements.c.entitlement_id == entitlement_id
+        )
+        value = (await self._db.execute(query)).scalar_one_or_none()
+        return None if value is None else bytes(value)
+
+    async def reference_exists(self, reference: str) -> bool:
+        query = select(external_references.c.external_reference).where(
+            external_references.c.external_reference == reference
+        )
+        return (await self._db.execute(query)).first() is not None

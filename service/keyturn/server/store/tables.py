@@ -1,0 +1,184 @@
+"""The schema, as SQLAlchemy Core tables (Alembic migrations create it)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Column,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.engine import Dialect
+from sqlalchemy.types import TypeDecorator
+
+
+class UtcDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC datetimes on every backend (SQLite keeps no zone)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to the store")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        assert isinstance(value, datetime)
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+products = Table(
+    "products",
+    metadata,
+    Column("product_id", String(64), primary_key=True),
+    Column("display_name", String(200), nullable=False),
+    Column("editions", JSON, nullable=False),
+    Column("etag", String(64), nullable=False),
+    Column("update_time", UtcDateTime, nullable=False),
+)
+
+skus = Table(
+    "skus",
+    metadata,
+    Column("sku_id", String(128), primary_key=True),
+    Column("product_id", String(64), ForeignKey("products.product_id"), nullable=False),
+    Column("display_name", String(200), nullable=False),
+    Column("operations", JSON, nullable=False),
+    Column("etag", String(64), nullable=False),
+    Column("update_time", UtcDateTime, nullable=False),
+)
+
+orders = Table(
+    "orders",
+    metadata,
+    Column("source", String(64), primary_key=True),
+    Column("order_id", String(128), primary_key=True),
+    Column("fingerprint", String(64), nullable=False),
+    Column("request", JSON, nullable=False),
+    Column("results", JSON, nullable=False),
+    Column("create_time", UtcDateTime, nullable=False),
+)
+
+entitlements = Table(
+    "entitlements",
+    metadata,
+    Column("entitlement_id", String(64), primary_key=True),
+    Column("product_id", String(64), nullable=False, index=True),
+    Column("edition_id", String(64), nullable=False),
+    Column("customer_id", String(128), nullable=False, index=True),
+    Column("customer_name", String(200), nullable=False),
+    Column("customer_email", String(254), nullable=False, index=True),
+    Column("ship_to_email", String(254), nullable=False, index=True),
+    Column("seats", Integer, nullable=False),
+    Column("features", JSON, nullable=False),
+    Column("start_time", UtcDateTime, nullable=False),
+    Column("end_time", UtcDateTime, nullable=True),
+    Column("trial", Boolean, nullable=False),
+    Column("cancel_time", UtcDateTime, nullable=True),
+    Column("grace_seconds", Integer, nullable=False),
+    Column("license_model", String(16), nullable=False),
+    Column("lease_duration_seconds", Integer, nullable=False),
+    Column("dispatch", String(16), nullable=False),
+    Column("key_hash", String(64), nullable=True, unique=True),
+    Column("key_sealed", LargeBinary, nullable=True),
+    Column("order_source", String(64), nullable=False),
+    Column("order_id", String(128), nullable=False),
+    Column("create_time", UtcDateTime, nullable=False),
+    Column("update_time", UtcDateTime, nullable=False),
+)
+
+external_references = Table(
+    "external_references",
+    metadata,
+    Column("external_reference", String(200), primary_key=True),
+    Column(
+        "entitlement_id",
+        String(64),
+        ForeignKey("entitlements.entitlement_id"),
+        nullable=False,
+        index=True,
+    ),
+)
+
+activations = Table(
+    "activations",
+    metadata,
+    Column("activation_id", String(64), primary_key=True),
+    Column("entitlement_id", String(64), ForeignKey("entitlements.entitlement_id"), nullable=False),
+    Column("fingerprint", String(256), nullable=False),
+    Column("label", String(200), nullable=False),
+    Column("lease_jti", String(64), nullable=False),
+    Column("lease_expire_time", UtcDateTime, nullable=False),
+    Column("create_time", UtcDateTime, nullable=False),
+    Column("update_time", UtcDateTime, nullable=False),
+    Column("released_time", UtcDateTime, nullable=True),
+    UniqueConstraint("entitlement_id", "fingerprint"),
+)
+
+events = Table(
+    "entitlement_events",
+    metadata,
+    Column(
+        "sequence",
+        BigInteger().with_variant(Integer, "sqlite"),
+        primary_key=True,
+        autoincrement=True,
+    ),
+    Column("entitlement_id", String(64), nullable=False),
+    Column("type", String(32), nullable=False),
+    Column("create_time", UtcDateTime, nullable=False),
+    Column("order_source", String(64), nullable=False),
+    Column("order_id", String(128), nullable=False),
+    Column("activation_id", String(64), nullable=False),
+    Column("snapshot", JSON, nullable=False),
+    Index("ix_entitlement_events_entitlement_id_sequence", "entitlement_id", "sequence"),
+)
+
+api_tokens = Table(
+    "api_tokens",
+    metadata,
+    Column("token_id", String(64), primary_key=True),
+    Column("token_hash", String(64), nullable=False, unique=True),
+    Column("scopes", String(200), nullable=False),
+    Column("description", Text, nullable=False),
+    Column("create_time", UtcDateTime, nullable=False),
+    Column("revoke_time", UtcDateTime, nullable=True),
+)
+
+signing_keys = Table(
+    "signing_keys",
+    metadata,
+    Column("kid", String(64), primary_key=True),
+    Column("private_key_sealed", LargeBinary, nullable=False),
+    Column("public_key", String(64), nullable=False),
+    Column("create_time", UtcDateTime, nullable=False),
+    Column("retire_time", UtcDateTime, nullable=True),
+)

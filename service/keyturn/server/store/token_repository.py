@@ -1,0 +1,57 @@
+"""API tokens of order connectors, stored only as hashes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import insert, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from .tables import api_tokens
+
+
+@dataclass(frozen=True)
+class ApiToken:
+    token_id: str
+    scopes: frozenset[str]
+    description: str
+    create_time: datetime
+    revoke_time: datetime | None = None
+
+
+class TokenRepository:
+    def __init__(self, connection: AsyncConnection) -> None:
+        self._db = connection
+
+    async def add(self, token: ApiToken, token_hash: str) -> None:
+        await self._db.execute(
+            insert(api_tokens).values(
+                token_id=token.token_id,
+                token_hash=token_hash,
+                scopes=" ".join(sorted(token.scopes)),
+                description=token.description,
+                create_time=token.create_time,
+            )
+        )
+
+    async def find_by_hash(self, token_hash: str) -> ApiToken | None:
+        query = select(api_tokens).where(api_tokens.c.token_hash == token_hash)
+        row = (await self._db.execute(query)).mappings().first()
+        if row is None:
+            return None
+        return ApiToken(
+            token_id=row["token_id"],
+            scopes=frozenset(row["scopes"].split()),
+            description=row["description"],
+            create_time=row["create_time"],
+            revoke_time=row["revoke_time"],
+        )
+
+    async def revoke(self, token_id: str, now: datetime) -> bool:
+        result = await self._db.execute(
+            update(api_tokens)
+            .where(api_tokens.c.token_id == token_id, api_tokens.c.revoke_time.is_(None))
+            .values(revoke_time=now)
+        )
+        return bool(result.rowcount)

@@ -1,0 +1,90 @@
+"""The store: an engine and the transactions that group repository calls."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from keyturn.server.domain.errors import DomainError, Reason
+from sqlalchemy import exc, text
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from .activation_repository import ActivationRepository
+from .catalog_repository import CatalogRepository
+from .database import READ_ONLY, create_engine
+from .entitlement_repository import EntitlementRepository
+from .event_repository import EventRepository
+from .migrate import current_revision, head_revision
+from .order_repository import OrderRepository
+from .signing_key_repository import SigningKeyRepository
+from .token_repository import TokenRepository
+
+
+class DuplicateKeyError(Exception):
+    """A unique key was taken by a concurrent transaction; the whole transaction is undone."""
+
+
+class Transaction:
+    """The repositories of one database transaction."""
+
+    def __init__(self, connection: AsyncConnection) -> None:
+        self.connection = connection
+        self.catalog = CatalogRepository(connection)
+        self.orders = OrderRepository(connection)
+        self.entitlements = EntitlementRepository(connection)
+        self.activations = ActivationRepository(connection)
+        self.events = EventRepository(connection)
+        self.tokens = TokenRepository(connection)
+        self.signing_keys = SigningKeyRepository(connection)
+
+
+class Store:
+    """Opens transactions; commits when the block ends, rolls back when it raises."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+
+    @classmethod
+    def from_url(cls, database_url: str) -> Store:
+        return cls(create_engine(database_url))
+
+    @property
+    def dialect(self) -> str:
+        return self.engine.dialect.name
+
+    @asynccontextmanager
+    async def write(self) -> AsyncIterator[Transaction]:
+        async with self._transaction(read_only=False) as tx:
+            yield tx
+
+    @asynccontextmanager
+    async def read(self) -> AsyncIterator[Transaction]:
+        async with self._transaction(read_only=True) as tx:
+            yield tx
+
+    @asynccontextmanager
+    async def _transaction(self, read_only: bool) -> AsyncIterator[Transaction]:
+        try:
+            async with self.engine.connect() as connection:
+                if read_only:
+                    await connection.execution_options(**{READ_ONLY: True})
+                async with connection.begin():
+                    yield Transaction(connection)
+        except exc.IntegrityError as error:
+            raise DuplicateKeyError(str(error.orig)) from error
+        except (exc.OperationalError, exc.InterfaceError, OSError) as error:
+            raise DomainError(
+                Reason.STORAGE_UNAVAILABLE, "the database is unavailable; retry later"
+            ) from error
+
+    async def is_ready(self) -> bool:
+        """True when the database answers and its schema is the newest."""
+        try:
+            async with self.engine.connect() as connection:
+                await connection.execute(text("SELECT 1"))
+            return await current_revision(self.engine) == head_revision()
+        except (exc.SQLAlchemyError, OSError):
+            return False
+
+    async def close(self) -> None:
+        await self.engine.dispose()

@@ -1,0 +1,19 @@
+"""INSERT ... ON CONFLICT DO UPDATE on both backends."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import Table
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+
+async def upsert(
+    connection: AsyncConnection, table: Table, values: dict[str, Any], key: list[str]
+) -> None:
+    """Insert `values`, or update the row whose `key` columns match."""
+    dialect = postgresql if connection.dialect.name == "postgresql" else sqlite
+    statement = dialect.insert(table).values(**values)
+    changed = {name: statement.excluded[name] for name in values if name not in key}
+    await connection.execute(statement.on_conflict_do_update(index_elements=key, set_=changed))
