@@ -170,6 +170,7 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
         stream=sys.stderr,
     )
+    logging.getLogger("alembic").setLevel(max(logging.WARNING, logging.root.level))
     run: Callable[[argparse.Namespace], Awaitable[int] | int] = args.run
     try:
         if getattr(args, "sync", False):

@@ -1,0 +1,139 @@
+"""Shared fixtures: a fresh database per test on every backend, a real server on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+from keyturn.fulfillment.v1 import catalog_pb2_grpc, fulfillment_pb2_grpc
+from keyturn.licensing.v1 import licensing_pb2_grpc
+from support.postgres import create_database, drop_database, postgres_admin_url
+from support.threads import run_in_own_loop
+
+from keyturn.server.api.server import KeyturnServer
+from keyturn.server.app.context import AppContext
+from keyturn.server.app.tokens import create_token
+from keyturn.server.bootstrap import build_context
+from keyturn.server.config import Settings
+from keyturn.server.store.migrate import upgrade
+
+BACKENDS = [b for b in os.environ.get("KEYTURN_TEST_BACKENDS", "sqlite,postgresql").split(",") if b]
+TEST_SECRET = "test-secret-key-0123456789-abcdefghijklmnop"
+
+
+def sqlite_url(path: Path) -> str:
+    return f"sqlite+aiosqlite:///{path}"
+
+
+@pytest.fixture(scope="session")
+def pg_admin() -> Iterator[str]:
+    with postgres_admin_url() as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def pg_template(pg_admin: str) -> Iterator[str]:
+    """A migrated database that each test's database is copied from."""
+    name = f"keyturn_tpl_{uuid.uuid4().hex[:12]}"
+    url = run_in_own_loop(create_database(pg_admin, name))
+    upgrade(url)
+    yield name
+    run_in_own_loop(drop_database(pg_admin, name))
+
+
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("template") / "keyturn.db"
+    upgrade(sqlite_url(path))
+    return path
+
+
+@pytest.fixture(params=BACKENDS)
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A migrated, empty database of its own for one test."""
+    if request.param == "sqlite":
+        template: Path = request.getfixturevalue("sqlite_template")
+        path = tmp_path / "keyturn.db"
+        shutil.copyfile(template, path)
+        yield sqlite_url(path)
+        return
+    admin: str = request.getfixturevalue("pg_admin")
+    template_name: str = request.getfixturevalue("pg_template")
+    name = f"keyturn_test_{uuid.uuid4().hex[:12]}"
+    yield run_in_own_loop(create_database(admin, name, template=template_name))
+    run_in_own_loop(drop_database(admin, name))
+
+
+def settings_for(database_url: str, **overrides: object) -> Settings:
+    values: dict[str, object] = {
+        "database_url": database_url,
+        "secret_key": TEST_SECRET,
+        "auto_migrate": False,
+        "listen": "127.0.0.1:0",
+    }
+    values.update(overrides)
+    return Settings(**values)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+async def app(database_url: str) -> AsyncIterator[AppContext]:
+    ctx = await build_context(settings_for(database_url))
+    yield ctx
+    await ctx.store.close()
+
+
+@pytest.fixture
+async def server(app: AppContext) -> AsyncIterator[KeyturnServer]:
+    running = KeyturnServer(app, "127.0.0.1:0")
+    await running.start()
+    yield running
+    await running.stop(grace=1.0)
+
+
+@pytest.fixture
+async def channel(server: KeyturnServer) -> AsyncIterator[grpc.aio.Channel]:
+    async with grpc.aio.insecure_channel(server.address) as opened:
+        yield opened
+
+
+class Tokens:
+    """Bearer metadata for each scope."""
+
+    def __init__(self, secrets: dict[str, str]) -> None:
+        self._secrets = secrets
+
+    def __call__(self, scope: str) -> tuple[tuple[str, str], ...]:
+        return (("authorization", f"Bearer {self._secrets[scope]}"),)
+
+
+@pytest.fixture
+async def tokens(app: AppContext) -> Tokens:
+    secrets = {}
+    for scope in ("catalog", "fulfill", "read"):
+        _, secret = await create_token(app, {scope}, f"test {scope}")
+        secrets[scope] = secret
+    return Tokens(secrets)
+
+
+@pytest.fixture
+def catalog_stub(channel: grpc.aio.Channel) -> catalog_pb2_grpc.CatalogServiceStub:
+    return catalog_pb2_grpc.CatalogServiceStub(channel)
+
+
+@pytest.fixture
+def fulfillment_stub(channel: grpc.aio.Channel) -> fulfillment_pb2_grpc.FulfillmentServiceStub:
+    return fulfillment_pb2_grpc.FulfillmentServiceStub(channel)
+
+
+@pytest.fixture
+def licensing_stub(channel: grpc.aio.Channel) -> licensing_pb2_grpc.LicensingServiceStub:
+    return licensing_pb2_grpc.LicensingServiceStub(channel)
+
+
+__all__ = ["TEST_SECRET", "Tokens", "asyncio", "settings_for", "sqlite_url"]
