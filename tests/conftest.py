@@ -11,17 +11,18 @@ from pathlib import Path
 
 import grpc
 import pytest
+
 from keyturn.fulfillment.v1 import catalog_pb2_grpc, fulfillment_pb2_grpc
 from keyturn.licensing.v1 import licensing_pb2_grpc
-from support.postgres import create_database, drop_database, postgres_admin_url
-from support.threads import run_in_own_loop
-
 from keyturn.server.api.server import KeyturnServer
 from keyturn.server.app.context import AppContext
 from keyturn.server.app.tokens import create_token
 from keyturn.server.bootstrap import build_context
 from keyturn.server.config import Settings
 from keyturn.server.store.migrate import upgrade
+
+from support.postgres import create_database, drop_database, postgres_admin_url
+from support.threads import run_in_own_loop
 
 BACKENDS = [b for b in os.environ.get("KEYTURN_TEST_BACKENDS", "sqlite,postgresql").split(",") if b]
 TEST_SECRET = "test-secret-key-0123456789-abcdefghijklmnop"

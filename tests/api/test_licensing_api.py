@@ -8,17 +8,18 @@ import json
 import grpc
 import jwt
 import pytest
-from conftest import Tokens
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
 from keyturn.fulfillment.v1 import catalog_pb2 as cat
 from keyturn.fulfillment.v1 import catalog_pb2_grpc, fulfillment_pb2_grpc
 from keyturn.fulfillment.v1 import fulfillment_pb2 as ful
 from keyturn.licensing.v1 import licensing_pb2 as lic
 from keyturn.licensing.v1 import licensing_pb2_grpc
+from keyturn.server.app.context import AppContext
+
+from conftest import Tokens
 from support.catalog import new_license
 from support.rpc import PRODUCT_ID, failure_of
-
-from keyturn.server.app.context import AppContext
 
 Licensing = licensing_pb2_grpc.LicensingServiceStub
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import grpc
 from google.protobuf import duration_pb2
 from google.rpc import error_details_pb2, status_pb2
+
 from keyturn.fulfillment.v1 import catalog_pb2 as cat
 from keyturn.fulfillment.v1 import fulfillment_pb2 as ful
 

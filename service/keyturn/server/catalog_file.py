@@ -8,6 +8,7 @@ from typing import Any, TypeVar
 
 import yaml
 from google.protobuf import json_format
+
 from keyturn.fulfillment.v1 import catalog_pb2
 
 from .api.catalog_convert import product_in, sku_in

@@ -6,6 +6,7 @@ from google.protobuf import any_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc import StatusCode
 from grpc_status import rpc_status
+
 from keyturn.server.domain.errors import DomainError, Reason
 
 ERROR_DOMAIN = "keyturn.dev"

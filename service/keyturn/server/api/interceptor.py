@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
+
 from keyturn.server.app.tokens import TokenAuthenticator
 from keyturn.server.domain.errors import DomainError, Reason
 

@@ -9,6 +9,7 @@ import logging
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+
 from keyturn.fulfillment.v1 import (
     catalog_pb2,
     catalog_pb2_grpc,

@@ -9,6 +9,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
 from keyturn.server.domain.ids import new_id
 from keyturn.server.sealing import Sealer
 from keyturn.server.store.signing_key_repository import StoredSigningKey

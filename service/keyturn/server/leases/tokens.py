@@ -7,6 +7,7 @@ from datetime import datetime
 from typing import Any
 
 import jwt
+
 from keyturn.server.domain.catalog import LicenseModel
 from keyturn.server.domain.entitlement import Entitlement
 from keyturn.server.domain.errors import DomainError, Reason

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from keyturn.server.domain.catalog import Product, Sku
 from sqlalchemy import delete, func, select
 from sqlalchemy.engine import RowMapping
 from sqlalchemy.ext.asyncio import AsyncConnection
+
+from keyturn.server.domain.catalog import Product, Sku
 
 from .codec import editions_from_json, editions_to_json, operation_from_json, operation_to_json
 from .tables import products, skus

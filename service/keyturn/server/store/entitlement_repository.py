@@ -5,11 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import timedelta
 
-from keyturn.server.domain.catalog import Dispatch, LicenseModel
-from keyturn.server.domain.entitlement import Customer, Entitlement
 from sqlalchemy import Select, insert, select, update
 from sqlalchemy.engine import RowMapping
 from sqlalchemy.ext.asyncio import AsyncConnection
+
+from keyturn.server.domain.catalog import Dispatch, LicenseModel
+from keyturn.server.domain.entitlement import Customer, Entitlement
 
 from .codec import features_from_json, features_to_json
 from .tables import entitlements, external_references

@@ -5,9 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from keyturn.server.domain.orders import LineResult, OrderRequest
 from sqlalchemy import insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
+
+from keyturn.server.domain.orders import LineResult, OrderRequest
 
 from .codec import order_from_json, order_to_json, results_from_json, results_to_json
 from .tables import orders

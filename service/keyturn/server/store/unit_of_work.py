@@ -5,9 +5,10 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from keyturn.server.domain.errors import DomainError, Reason
 from sqlalchemy import exc, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from keyturn.server.domain.errors import DomainError, Reason
 
 from .activation_repository import ActivationRepository
 from .catalog_repository import CatalogRepository

@@ -5,11 +5,12 @@ from __future__ import annotations
 import asyncio
 
 from alembic import context
-from keyturn.server.store.tables import metadata
 from sqlalchemy import text
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
+
+from keyturn.server.store.tables import metadata
 
 # Any fixed number: replicas starting together take turns to migrate.
 _MIGRATION_LOCK = 7_461_227_301
