@@ -1,0 +1,203 @@
+"""FulfillmentService through a real server: create entitlements from orders, exactly once."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+
+import grpc
+import pytest
+from keyturn.fulfillment.v1 import catalog_pb2_grpc, fulfillment_pb2_grpc
+from keyturn.fulfillment.v1 import fulfillment_pb2 as ful
+from sqlalchemy import text
+
+from conftest import Tokens
+from keyturn.server.app.context import AppContext
+from support.catalog import put_catalog
+from support.rpc import create_sku, failure_of, order
+
+Fulfillment = fulfillment_pb2_grpc.FulfillmentServiceStub
+
+
+@pytest.fixture
+async def skus(catalog_stub: catalog_pb2_grpc.CatalogServiceStub, tokens: Tokens) -> None:
+    await put_catalog(
+        catalog_stub,
+        tokens("catalog"),
+        create_sku("SUB-1Y", seats=3, term="P1Y"),
+        create_sku("PERPETUAL", seats=1, term=""),
+        create_sku("TRIAL-14D", seats=1, term="P14D", trial=True),
+    )
+
+
+async def count(app: AppContext, table: str) -> int:
+    async with app.store.read() as tx:
+        return int(
+            (await tx.connection.execute(text(f"SELECT count(*) FROM {table}"))).scalar_one()
+        )
+
+
+@pytest.mark.usefixtures("skus")
+async def test_subscription_perpetual_and_trial(
+    fulfillment_stub: Fulfillment, tokens: Tokens
+) -> None:
+    before = datetime.now(UTC)
+    sub = (
+        await fulfillment_stub.FulfillOrder(
+            order("o-1", "SUB-1Y", quantity=2), metadata=tokens("fulfill")
+        )
+    ).entitlements[0]
+    assert sub.seats == 6
+    assert sub.status == ful.ENTITLEMENT_STATUS_ACTIVE
+    end = sub.end_time.ToDatetime(tzinfo=UTC)
+    assert end.year == sub.start_time.ToDatetime(tzinfo=UTC).year + 1
+    assert sub.start_time.ToDatetime(tzinfo=UTC) >= before.replace(microsecond=0)
+    assert len(sub.license_key.split("-")) == 6
+
+    perpetual = (
+        await fulfillment_stub.FulfillOrder(order("o-2", "PERPETUAL"), metadata=tokens("fulfill"))
+    ).entitlements[0]
+    assert perpetual.perpetual and not perpetual.HasField("end_time")
+
+    trial = (
+        await fulfillment_stub.FulfillOrder(order("o-3", "TRIAL-14D"), metadata=tokens("fulfill"))
+    ).entitlements[0]
+    assert trial.trial and trial.status == ful.ENTITLEMENT_STATUS_TRIAL
+    days = (trial.end_time.ToDatetime() - trial.start_time.ToDatetime()).days
+    assert days == 14
+
+    fetched = await fulfillment_stub.GetEntitlement(
+        ful.GetEntitlementRequest(entitlement_id=sub.entitlement_id), metadata=tokens("read")
+    )
+    assert fetched.entitlement.license_key == ""  # reads never reveal the key
+    assert fetched.entitlement.seats == 6
+    assert fetched.entitlement.customer.customer_id == "cust-1"
+
+
+@pytest.mark.usefixtures("skus")
+async def test_replay_returns_the_stored_result(
+    fulfillment_stub: Fulfillment, tokens: Tokens, app: AppContext
+) -> None:
+    first = await fulfillment_stub.FulfillOrder(
+        order("o-1", "SUB-1Y", reference="stripe:sub_1"), metadata=tokens("fulfill")
+    )
+    again = await fulfillment_stub.FulfillOrder(
+        order("o-1", "SUB-1Y", reference="stripe:sub_1"), metadata=tokens("fulfill")
+    )
+    assert not first.replayed and again.replayed
+    assert again.entitlements[0].entitlement_id == first.entitlements[0].entitlement_id
+    assert again.entitlements[0].license_key == first.entitlements[0].license_key
+    assert list(again.entitlements[0].external_references) == ["stripe:sub_1"]
+    assert await count(app, "entitlements") == 1
+    stored = await fulfillment_stub.GetOrder(
+        ful.GetOrderRequest(source="test", order_id="o-1"), metadata=tokens("read")
+    )
+    assert stored.order.results[0].entitlement_id == first.entitlements[0].entitlement_id
+    assert list(stored.order.results[0].operations) == ["create"]
+
+
+@pytest.mark.usefixtures("skus")
+async def test_same_key_different_content_conflicts(
+    fulfillment_stub: Fulfillment, tokens: Tokens, app: AppContext
+) -> None:
+    await fulfillment_stub.FulfillOrder(order("o-1", "SUB-1Y"), metadata=tokens("fulfill"))
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await fulfillment_stub.FulfillOrder(
+            order("o-1", "SUB-1Y", quantity=5), metadata=tokens("fulfill")
+        )
+    failure = failure_of(caught.value)
+    assert (failure.code, failure.reason) == (grpc.StatusCode.ALREADY_EXISTS, "ORDER_CONFLICT")
+    assert failure.metadata == {"source": "test", "order_id": "o-1"}
+    assert await count(app, "entitlements") == 1
+
+
+@pytest.mark.usefixtures("skus")
+async def test_twenty_concurrent_replays_create_one_entitlement(
+    fulfillment_stub: Fulfillment, tokens: Tokens, app: AppContext
+) -> None:
+    request = order("o-race", "SUB-1Y", reference="stripe:sub_race")
+    results = await asyncio.gather(
+        *(fulfillment_stub.FulfillOrder(request, metadata=tokens("fulfill")) for _ in range(20))
+    )
+    ids = {r.entitlements[0].entitlement_id for r in results}
+    keys = {r.entitlements[0].license_key for r in results}
+    assert len(ids) == 1 and len(keys) == 1
+    assert sum(not r.replayed for r in results) == 1
+    assert await count(app, "entitlements") == 1
+    assert await count(app, "orders") == 1
+    assert await count(app, "entitlement_events") == 1
+
+
+@pytest.mark.usefixtures("skus")
+async def test_order_lines_apply_all_or_nothing(
+    fulfillment_stub: Fulfillment, tokens: Tokens, app: AppContext
+) -> None:
+    request = order("o-mixed", "SUB-1Y")
+    request.lines.append(ful.OrderLine(sku_id="NO-SUCH-SKU", quantity=1))
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await fulfillment_stub.FulfillOrder(request, metadata=tokens("fulfill"))
+    failure = failure_of(caught.value)
+    assert (failure.code, failure.reason) == (grpc.StatusCode.NOT_FOUND, "SKU_NOT_FOUND")
+    assert failure.metadata["line"] == "1"
+    for table in ("orders", "entitlements", "entitlement_events", "external_references"):
+        assert await count(app, table) == 0
+
+
+async def test_operations_of_later_issues_answer_unimplemented(
+    catalog_stub: catalog_pb2_grpc.CatalogServiceStub,
+    fulfillment_stub: Fulfillment,
+    tokens: Tokens,
+    app: AppContext,
+) -> None:
+    from keyturn.fulfillment.v1 import catalog_pb2 as cat
+
+    renew = cat.Sku(
+        sku_id="RENEW-1Y",
+        product_id="acme-cad",
+        operations=[cat.Operation(renew=cat.RenewOperation(term="P1Y"))],
+    )
+    await put_catalog(catalog_stub, tokens("catalog"), renew)
+    request = order("o-renew", "RENEW-1Y")
+    request.lines[0].entitlement_id = "ent_x"
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await fulfillment_stub.FulfillOrder(request, metadata=tokens("fulfill"))
+    failure = failure_of(caught.value)
+    assert (failure.code, failure.reason, failure.metadata) == (
+        grpc.StatusCode.UNIMPLEMENTED,
+        "NOT_IMPLEMENTED",
+        {"operation": "renew"},
+    )
+    assert await count(app, "orders") == 0
+
+
+async def test_unknown_entitlement_and_order(fulfillment_stub: Fulfillment, tokens: Tokens) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await fulfillment_stub.GetEntitlement(
+            ful.GetEntitlementRequest(entitlement_id="ent_nope"), metadata=tokens("read")
+        )
+    assert (failure_of(caught.value).code, failure_of(caught.value).reason) == (
+        grpc.StatusCode.NOT_FOUND,
+        "ENTITLEMENT_NOT_FOUND",
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await fulfillment_stub.GetOrder(
+            ful.GetOrderRequest(source="test", order_id="nope"), metadata=tokens("read")
+        )
+    assert failure_of(caught.value).reason == "ORDER_NOT_FOUND"
+
+
+async def test_scopes_are_enforced(fulfillment_stub: Fulfillment, tokens: Tokens) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await fulfillment_stub.FulfillOrder(order("o-1", "SUB-1Y"), metadata=tokens("read"))
+    failure = failure_of(caught.value)
+    assert (failure.code, failure.reason, failure.metadata) == (
+        grpc.StatusCode.PERMISSION_DENIED,
+        "INSUFFICIENT_SCOPE",
+        {"required_scope": "fulfill"},
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await fulfillment_stub.GetEntitlement(ful.GetEntitlementRequest(entitlement_id="ent_x"))
+    assert (failure_of(caught.value).code, failure_of(caught.value).reason) == (
+        grpc.StatusCode.UNAUTHENTICATED,
+        "MISSING_CREDENTIALS",
+    )
