@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import grpc
 import pytest
+
 from keyturn.fulfillment.v1 import catalog_pb2 as cat
 from keyturn.fulfillment.v1 import catalog_pb2_grpc
 
@@ -19,7 +20,8 @@ async def test_products_round_trip_and_page(catalog_stub: Catalog, tokens: Token
         saved = await catalog_stub.PutProduct(
             cat.PutProductRequest(product=product(name)), metadata=auth
         )
-        assert saved.product.etag and saved.product.HasField("update_time")
+        assert saved.product.etag
+        assert saved.product.HasField("update_time")
     first = await catalog_stub.ListProducts(cat.ListProductsRequest(page_size=2), metadata=auth)
     assert [p.product_id for p in first.products] == ["p-a", "p-b"]
     assert first.next_page_token

@@ -7,12 +7,13 @@ from datetime import UTC, datetime
 
 import grpc
 import pytest
-from keyturn.fulfillment.v1 import catalog_pb2_grpc, fulfillment_pb2_grpc
-from keyturn.fulfillment.v1 import fulfillment_pb2 as ful
 from sqlalchemy import text
 
-from conftest import Tokens
+from keyturn.fulfillment.v1 import catalog_pb2_grpc, fulfillment_pb2_grpc
+from keyturn.fulfillment.v1 import fulfillment_pb2 as ful
 from keyturn.server.app.context import AppContext
+
+from conftest import Tokens
 from support.catalog import put_catalog
 from support.rpc import create_sku, failure_of, order
 
@@ -57,12 +58,14 @@ async def test_subscription_perpetual_and_trial(
     perpetual = (
         await fulfillment_stub.FulfillOrder(order("o-2", "PERPETUAL"), metadata=tokens("fulfill"))
     ).entitlements[0]
-    assert perpetual.perpetual and not perpetual.HasField("end_time")
+    assert perpetual.perpetual
+    assert not perpetual.HasField("end_time")
 
     trial = (
         await fulfillment_stub.FulfillOrder(order("o-3", "TRIAL-14D"), metadata=tokens("fulfill"))
     ).entitlements[0]
-    assert trial.trial and trial.status == ful.ENTITLEMENT_STATUS_TRIAL
+    assert trial.trial
+    assert trial.status == ful.ENTITLEMENT_STATUS_TRIAL
     days = (trial.end_time.ToDatetime() - trial.start_time.ToDatetime()).days
     assert days == 14
 
@@ -84,7 +87,8 @@ async def test_replay_returns_the_stored_result(
     again = await fulfillment_stub.FulfillOrder(
         order("o-1", "SUB-1Y", reference="stripe:sub_1"), metadata=tokens("fulfill")
     )
-    assert not first.replayed and again.replayed
+    assert not first.replayed
+    assert again.replayed
     assert again.entitlements[0].entitlement_id == first.entitlements[0].entitlement_id
     assert again.entitlements[0].license_key == first.entitlements[0].license_key
     assert list(again.entitlements[0].external_references) == ["stripe:sub_1"]
@@ -121,7 +125,8 @@ async def test_twenty_concurrent_replays_create_one_entitlement(
     )
     ids = {r.entitlements[0].entitlement_id for r in results}
     keys = {r.entitlements[0].license_key for r in results}
-    assert len(ids) == 1 and len(keys) == 1
+    assert len(ids) == 1
+    assert len(keys) == 1
     assert sum(not r.replayed for r in results) == 1
     assert await count(app, "entitlements") == 1
     assert await count(app, "orders") == 1
