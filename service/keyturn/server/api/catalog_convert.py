@@ -7,6 +7,7 @@ from collections.abc import Iterable
 from keyturn.fulfillment.v1 import catalog_pb2 as pb
 from keyturn.server.domain.catalog import (
     DEFAULT_LEASE_DURATION,
+    MAX_LEASE_DURATION,
     AddFeatures,
     AddSeats,
     Cancel,
@@ -104,7 +105,14 @@ def _create_in(path: str, op: pb.CreateOperation, violations: list[FieldViolatio
         violations.append(FieldViolation(f"{path}.license_model", "unknown license model"))
     if op.dispatch not in DISPATCHES:
         violations.append(FieldViolation(f"{path}.dispatch", "unknown dispatch"))
-    lease = op.lease_duration.ToTimedelta() if op.HasField("lease_duration") else None
+    lease = None
+    if op.HasField("lease_duration"):
+        if abs(op.lease_duration.seconds) > MAX_LEASE_DURATION.total_seconds():
+            violations.append(
+                FieldViolation(f"{path}.lease_duration", "must be between 1 minute and 30 days")
+            )
+        else:
+            lease = op.lease_duration.ToTimedelta()
     return Create(
         edition_id=op.edition_id,
         seats_per_unit=op.seats_per_unit,

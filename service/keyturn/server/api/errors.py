@@ -43,11 +43,21 @@ def _pack(message: error_details_pb2.ErrorInfo | error_details_pb2.BadRequest) -
     return packed
 
 
+MAX_TEXT = 256
+
+
+def _bounded(text: str) -> str:
+    """Error texts may quote the request; never let them grow past what clients accept."""
+    return text if len(text) <= MAX_TEXT else text[: MAX_TEXT - 3] + "..."
+
+
 def status_of(error: DomainError) -> status_pb2.Status:
     """The google.rpc.Status for an error: code, message, ErrorInfo and any BadRequest."""
     code = STATUS_OF[error.reason]
     info = error_details_pb2.ErrorInfo(
-        reason=error.reason.value, domain=ERROR_DOMAIN, metadata=error.metadata
+        reason=error.reason.value,
+        domain=ERROR_DOMAIN,
+        metadata={key: _bounded(value) for key, value in error.metadata.items()},
     )
     details = [_pack(info)]
     if error.violations:
@@ -56,16 +66,16 @@ def status_of(error: DomainError) -> status_pb2.Status:
                 error_details_pb2.BadRequest(
                     field_violations=[
                         error_details_pb2.BadRequest.FieldViolation(
-                            field=v.field, description=v.description
+                            field=_bounded(v.field), description=_bounded(v.description)
                         )
-                        for v in error.violations
+                        for v in error.violations[:50]
                     ]
                 )
             )
         )
     numeric: int = code.value[0]
     assert code_pb2.Code.Name(numeric)  # every StatusCode is a google.rpc.Code
-    return status_pb2.Status(code=numeric, message=error.message, details=details)
+    return status_pb2.Status(code=numeric, message=_bounded(error.message), details=details)
 
 
 def grpc_status_of(error: DomainError) -> rpc_status._Status:  # type: ignore[name-defined]

@@ -14,6 +14,7 @@ from keyturn.server.app.tokens import TokenAuthenticator
 from keyturn.server.domain.errors import DomainError, Reason
 
 from .errors import STATUS_OF, grpc_status_of
+from .request_checks import check_request, tolerant
 
 log = logging.getLogger("keyturn.rpc")
 
@@ -61,13 +62,13 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
                 self._wrap_unary(method, scope, handler.unary_unary),
-                request_deserializer=handler.request_deserializer,
+                request_deserializer=tolerant(handler.request_deserializer),
                 response_serializer=handler.response_serializer,
             )
         if handler.unary_stream is not None:
             return grpc.unary_stream_rpc_method_handler(
                 self._wrap_stream(method, scope, handler.unary_stream),
-                request_deserializer=handler.request_deserializer,
+                request_deserializer=tolerant(handler.request_deserializer),
                 response_serializer=handler.response_serializer,
             )
         return handler
@@ -86,6 +87,7 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
             try:
                 if scope:
                     await self._authorize(context, scope)
+                check_request(request)
                 return await behavior(request, context)
             except DomainError as error:
                 code = STATUS_OF[error.reason].name
@@ -108,6 +110,7 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
             try:
                 if scope:
                     await self._authorize(context, scope)
+                check_request(request)
                 async for response in behavior(request, context):
                     yield response
             except DomainError as error:

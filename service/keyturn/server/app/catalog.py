@@ -9,6 +9,7 @@ from keyturn.server.domain.catalog import Product, Sku
 from keyturn.server.domain.errors import DomainError, Reason, raise_if_invalid
 from keyturn.server.domain.validation import (
     check_sku_id,
+    check_slug,
     validate_product,
     validate_sku_against_product,
     validate_sku_shape,
@@ -27,7 +28,7 @@ def _check_etag(sent: str, stored: str | None, resource: str) -> None:
     if sent and sent != stored:
         raise DomainError(
             Reason.ETAG_MISMATCH,
-            f"{resource} was changed by someone else (etag {sent!r} is stale); read it again",
+            f"{resource} was changed by someone else (the etag sent is stale); read it again",
             {"resource": resource},
         )
 
@@ -102,6 +103,8 @@ async def get_sku(ctx: AppContext, sku_id: str) -> Sku:
 async def list_skus(
     ctx: AppContext, page_size: int, page_token: str, product_id: str
 ) -> tuple[list[Sku], str]:
+    if product_id:
+        raise_if_invalid(check_slug("product_id", product_id, "product id"))
     scope = f"skus:{product_id}"
     page = page_request(page_size, page_token, scope)
     async with ctx.store.read() as tx:

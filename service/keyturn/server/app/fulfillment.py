@@ -4,12 +4,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from keyturn.server.domain.catalog import Create, Sku
+from keyturn.server.domain.catalog import MAX_SEATS, Create, Sku
 from keyturn.server.domain.entitlement import Entitlement, create_entitlement
 from keyturn.server.domain.errors import DomainError, FieldViolation, Reason, raise_if_invalid
 from keyturn.server.domain.ids import new_id
 from keyturn.server.domain.license_key import generate_license_key
-from keyturn.server.domain.orders import LineResult, OrderLine, OrderRequest, validate_order
+from keyturn.server.domain.orders import (
+    LineResult,
+    OrderLine,
+    OrderRequest,
+    check_order_key,
+    validate_order,
+)
 from keyturn.server.store.entitlement_repository import StoredKey
 from keyturn.server.store.event_repository import NewEvent
 from keyturn.server.store.order_repository import StoredOrder
@@ -115,6 +121,11 @@ async def _create(
             f"line {index}: external reference {line.external_reference!r} is already in use",
             {"external_reference": line.external_reference},
         )
+    if op.seats_per_unit * line.quantity > MAX_SEATS:
+        path = f"lines[{index}].quantity"
+        raise_if_invalid(
+            [FieldViolation(path, f"would make more than {MAX_SEATS} seats on one entitlement")]
+        )
     product = await tx.catalog.get_product(sku.product_id)
     if product is None:
         raise missing_product(sku.product_id)
@@ -196,12 +207,7 @@ async def get_entitlement(ctx: AppContext, entitlement_id: str) -> EntitlementVi
 
 
 async def get_order(ctx: AppContext, source: str, order_id: str) -> StoredOrder:
-    violations = []
-    if not source:
-        violations.append(FieldViolation("source", "is required"))
-    if not order_id:
-        violations.append(FieldViolation("order_id", "is required"))
-    raise_if_invalid(violations)
+    raise_if_invalid(check_order_key(source, order_id))
     async with ctx.store.read() as tx:
         stored = await tx.orders.get(source, order_id)
     if stored is None:

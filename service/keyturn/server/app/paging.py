@@ -32,7 +32,10 @@ def page_request(page_size: int, page_token: str, scope: str) -> PageRequest:
         data = json.loads(base64.urlsafe_b64decode(page_token.encode() + b"=="))
         if not isinstance(data, dict) or data.get("s") != scope:
             raise ValueError("token of another query")
-        return PageRequest(size, str(data["a"]))
+        after = data["a"]
+        if not isinstance(after, str) or len(after) > 256 or not after.isprintable():
+            raise ValueError("not a cursor this server makes")
+        return PageRequest(size, after)
     except (ValueError, KeyError, binascii.Error, UnicodeError) as exc:
         raise invalid_request(
             [FieldViolation("page_token", "is not a token returned by this list call")]

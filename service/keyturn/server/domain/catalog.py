@@ -23,6 +23,7 @@ DEFAULT_LEASE_DURATION = timedelta(minutes=15)
 MIN_LEASE_DURATION = timedelta(minutes=1)
 MAX_LEASE_DURATION = timedelta(days=30)
 MAX_SEATS_PER_UNIT = 100_000
+MAX_SEATS = 1_000_000
 
 
 @dataclass(frozen=True)

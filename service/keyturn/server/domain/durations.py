@@ -9,13 +9,15 @@ from __future__ import annotations
 import calendar
 import re
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 _PATTERN = re.compile(
     r"^P(?!$)(?:(?P<years>\d+)Y)?(?:(?P<months>\d+)M)?(?:(?P<weeks>\d+)W)?(?:(?P<days>\d+)D)?"
     r"(?:T(?=\d)(?:(?P<hours>\d+)H)?(?:(?P<minutes>\d+)M)?(?:(?P<seconds>\d+)S)?)?$"
 )
 _MAX_PART = 100_000
+_MAX_YEARS = 100
+_REFERENCE = datetime(2000, 1, 1, tzinfo=UTC)
 
 
 @dataclass(frozen=True)
@@ -76,4 +78,6 @@ def parse_iso_duration(text: str) -> IsoDuration:
     duration = IsoDuration(**parts)
     if duration.is_zero():
         raise ValueError(f"{text!r} is zero")
+    if duration.after(_REFERENCE) > _REFERENCE.replace(year=_REFERENCE.year + _MAX_YEARS):
+        raise ValueError(f"{text!r} is longer than {_MAX_YEARS} years")
     return duration

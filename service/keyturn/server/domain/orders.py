@@ -70,13 +70,18 @@ def _check_text(path: str, value: str, limit: int, what: str) -> list[FieldViola
     return []
 
 
-def validate_order(order: OrderRequest) -> list[FieldViolation]:
+def check_order_key(source: str, order_id: str) -> list[FieldViolation]:
+    """The idempotency key of an order: its source and its id there."""
     violations: list[FieldViolation] = []
-    if not SOURCE.match(order.source):
+    if not SOURCE.match(source):
         violations.append(
             FieldViolation("source", "must be 1 to 64 characters of a-z, 0-9, '_' or '-'")
         )
-    violations += _check_text("order_id", order.order_id, 128, "order id")
+    return violations + _check_text("order_id", order_id, 128, "order id")
+
+
+def validate_order(order: OrderRequest) -> list[FieldViolation]:
+    violations = check_order_key(order.source, order.order_id)
     violations += _check_text(
         "customer.customer_id", order.customer.customer_id, 128, "customer id"
     )
