@@ -66,7 +66,7 @@ def _check_activation_request(
     violations = check_slug("product_id", product_id, "product id")
     if not license_key:
         violations.append(FieldViolation("license_key", "a license key is required"))
-    if not FINGERPRINT.match(fingerprint):
+    if not FINGERPRINT.fullmatch(fingerprint):
         violations.append(
             FieldViolation("fingerprint", "must be 8 to 256 printable ASCII characters")
         )

@@ -13,7 +13,8 @@ from datetime import UTC, datetime, timedelta
 
 _PATTERN = re.compile(
     r"^P(?!$)(?:(?P<years>\d+)Y)?(?:(?P<months>\d+)M)?(?:(?P<weeks>\d+)W)?(?:(?P<days>\d+)D)?"
-    r"(?:T(?=\d)(?:(?P<hours>\d+)H)?(?:(?P<minutes>\d+)M)?(?:(?P<seconds>\d+)S)?)?$"
+    r"(?:T(?=\d)(?:(?P<hours>\d+)H)?(?:(?P<minutes>\d+)M)?(?:(?P<seconds>\d+)S)?)?$",
+    re.ASCII,  # \d would otherwise take any Unicode digit
 )
 _MAX_PART = 100_000
 _MAX_YEARS = 100
@@ -69,7 +70,7 @@ class IsoDuration:
 
 def parse_iso_duration(text: str) -> IsoDuration:
     """Parse `P1Y2M`, `P30D`, `PT15M`...; ValueError with a readable reason otherwise."""
-    match = _PATTERN.match(text)
+    match = _PATTERN.fullmatch(text)
     if not match:
         raise ValueError(f"{text!r} is not an ISO-8601 duration such as P1Y, P1M, P30D or PT15M")
     parts = {name: int(value) for name, value in match.groupdict().items() if value is not None}

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import os
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 
 from . import base32
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def new_id(prefix: str, now: datetime) -> str:
     """`prefix_` + 48 bits of milliseconds + 80 random bits, in Crockford base32."""
-    millis = int(now.timestamp() * 1000) & ((1 << 48) - 1)
+    millis = ((now - _EPOCH) // timedelta(milliseconds=1)) & ((1 << 48) - 1)
     value = (millis << 80) | int.from_bytes(os.urandom(10), "big")
     return f"{prefix}_{base32.encode(value, 26).lower()}"

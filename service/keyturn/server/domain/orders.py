@@ -57,7 +57,7 @@ class LineResult:
 def _check_email(path: str, value: str, required: bool) -> list[FieldViolation]:
     if not value:
         return [FieldViolation(path, "an email address is required")] if required else []
-    if len(value) > MAX_EMAIL or not EMAIL.match(value):
+    if len(value) > MAX_EMAIL or not EMAIL.fullmatch(value):
         return [FieldViolation(path, "must be an email address of at most 254 characters")]
     return []
 
@@ -65,7 +65,7 @@ def _check_email(path: str, value: str, required: bool) -> list[FieldViolation]:
 def _check_text(path: str, value: str, limit: int, what: str) -> list[FieldViolation]:
     if not value:
         return [FieldViolation(path, f"{what} is required")]
-    if len(value) > limit or not PRINTABLE.match(value):
+    if len(value) > limit or not PRINTABLE.fullmatch(value):
         return [FieldViolation(path, f"{what} must be 1 to {limit} printable characters")]
     return []
 
@@ -73,7 +73,7 @@ def _check_text(path: str, value: str, limit: int, what: str) -> list[FieldViola
 def check_order_key(source: str, order_id: str) -> list[FieldViolation]:
     """The idempotency key of an order: its source and its id there."""
     violations: list[FieldViolation] = []
-    if not SOURCE.match(source):
+    if not SOURCE.fullmatch(source):
         violations.append(
             FieldViolation("source", "must be 1 to 64 characters of a-z, 0-9, '_' or '-'")
         )

@@ -39,7 +39,7 @@ MAX_OPERATIONS = 16
 def check_slug(path: str, value: str, what: str) -> list[FieldViolation]:
     if not value:
         return [FieldViolation(path, f"{what} is required")]
-    if not SLUG.match(value):
+    if not SLUG.fullmatch(value):
         return [
             FieldViolation(
                 path,
@@ -110,7 +110,7 @@ def validate_product(product: Product, path: str = "product") -> list[FieldViola
 def check_sku_id(path: str, sku_id: str) -> list[FieldViolation]:
     if not sku_id:
         return [FieldViolation(path, "SKU id is required")]
-    if not SKU_ID.match(sku_id):
+    if not SKU_ID.fullmatch(sku_id):
         return [
             FieldViolation(
                 path, "SKU id must be 1 to 128 characters of letters, digits, '.', '_', ':' or '-'"
