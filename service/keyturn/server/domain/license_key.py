@@ -35,7 +35,7 @@ def generate_license_key() -> str:
 def normalize_license_key(text: str) -> str | None:
     """The canonical form of a key as typed (case, dashes, spaces and look-alikes
     do not matter), or None when it is malformed or fails its checksum."""
-    if len(text) > 100 or not text.isascii():  # "ſ".upper() is "S": compare ASCII only
+    if len(text) > 100 or not text.isascii():  # some non-ASCII letters upper-case to ASCII
         return None
     symbols = base32.canonical("".join(text.split()).replace("-", ""))
     if len(symbols) != _KEY_SYMBOLS or not _ALLOWED.issuperset(symbols):
