@@ -118,7 +118,7 @@ def server(workdir: Path, settings: dict[str, str]) -> Iterator[ServerProcess]:
     """One server on a fresh SQLite file for this module; it must end cleanly on SIGTERM."""
     with start_server(workdir, settings) as running:
         yield running
-    assert running.process.returncode == 0, running.stderr_text()
+    assert running.process.returncode == 0, running.stderr_tail()
 
 
 async def test_list_shows_the_keyturn_services_and_health(server: ServerProcess) -> None:

@@ -124,6 +124,7 @@ class ServerProcess:
         self.process = process
         self.address = ""
         self.port = 0
+        self.listening_at = 0.0  # time.monotonic() when the listening line was read
         self._stdout = LineCollector(process.stdout, f"keyturn-{process.pid}-stdout")
         self._stderr = LineCollector(process.stderr, f"keyturn-{process.pid}-stderr")
 
@@ -150,6 +151,7 @@ class ServerProcess:
             if match:
                 self.address = match["address"]
                 self.port = int(match["port"])
+                self.listening_at = time.monotonic()
                 return
 
     @property
@@ -167,13 +169,16 @@ class ServerProcess:
     def stderr_text(self) -> str:
         return self._stderr.text()
 
+    def stderr_tail(self, lines: int = LOG_TAIL) -> str:
+        return "\n".join(self._stderr.lines[-lines:])
+
     def wait_for_stderr(self, predicate: Callable[[Lines], bool], timeout: float) -> None:
         """Block until `predicate(stderr lines)` holds; AssertionError with the log otherwise."""
         if not self._stderr.wait_for(predicate, timeout):
             state = "exited" if self.process.poll() is not None else "still running"
             raise AssertionError(
                 f"server log did not show what was awaited within {timeout}s "
-                f"(process {state}); stderr so far:\n{self.stderr_text()}"
+                f"(process {state}); stderr, last lines:\n{self.stderr_tail()}"
             )
 
     async def await_stderr(self, predicate: Callable[[Lines], bool], within_s: float) -> None:
@@ -189,7 +194,7 @@ class ServerProcess:
             code = self.process.wait(timeout)
         except subprocess.TimeoutExpired:
             raise AssertionError(
-                f"server did not exit within {timeout}s; stderr so far:\n{self.stderr_text()}"
+                f"server did not exit within {timeout}s; stderr, last lines:\n{self.stderr_tail()}"
             ) from None
         self._stdout.join(timeout)
         self._stderr.join(timeout)
@@ -250,7 +255,7 @@ def start_server(
         print(
             f"--- keyturn serve (pid {process.pid}) stderr, last {LOG_TAIL} lines:", file=sys.stderr
         )
-        print("\n".join(server.stderr_lines[-LOG_TAIL:]), file=sys.stderr)
+        print(server.stderr_tail(), file=sys.stderr)
         raise
     finally:
         server.stop()

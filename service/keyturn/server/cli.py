@@ -33,13 +33,13 @@ async def _serve(args: argparse.Namespace) -> int:
     settings = _settings(args)
     ctx = await build_context(settings)
     server = KeyturnServer(ctx, settings.listen)
-    await server.start()
-    # One parseable line, so that scripts and tests can learn a port chosen with :0.
-    print(f"keyturn listening on {server.address}", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    await server.start()
+    # One parseable line, so that scripts and tests can learn a port chosen with :0.
+    print(f"keyturn listening on {server.address}", flush=True)
     await stop.wait()
     log.info(
         "shutting down: draining in-flight calls for up to %ss", settings.shutdown_grace_seconds

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import secrets
 import time
@@ -89,6 +90,9 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
                     await self._authorize(context, scope)
                 check_request(request)
                 return await behavior(request, context)
+            except asyncio.CancelledError:
+                code = "CANCELLED"
+                raise
             except DomainError as error:
                 code = STATUS_OF[error.reason].name
                 await _abort(context, error)
@@ -113,6 +117,9 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
                 check_request(request)
                 async for response in behavior(request, context):
                     yield response
+            except asyncio.CancelledError:
+                code = "CANCELLED"
+                raise
             except DomainError as error:
                 code = STATUS_OF[error.reason].name
                 await _abort(context, error)

@@ -90,11 +90,11 @@ class KeyturnServer:
 
     async def stop(self, grace: float) -> None:
         """NOT_SERVING first, then let in-flight calls finish (up to `grace`), then close."""
+        await self._health.enter_graceful_shutdown()
         if self._watch is not None:
             self._watch.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._watch
-        await self._health.enter_graceful_shutdown()
         await self._server.stop(grace)
         await self.ctx.store.close()
 

@@ -82,6 +82,7 @@ class Store:
         """True when the database answers and its schema is the newest."""
         try:
             async with self.engine.connect() as connection:
+                await connection.execution_options(**{READ_ONLY: True})
                 await connection.execute(text("SELECT 1"))
             return await current_revision(self.engine) == head_revision()
         except (exc.SQLAlchemyError, OSError):
