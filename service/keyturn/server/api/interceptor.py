@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import secrets
 import time
@@ -78,29 +79,41 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         token = await self._auth.authenticate(_bearer(context))
         self._auth.require(token, scope)
 
+    @contextlib.asynccontextmanager
+    async def _guard(
+        self,
+        method: str,
+        scope: str | None,
+        request: Any,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> AsyncIterator[None]:
+        """Authorize and check the request, turn failures into statuses, log the outcome."""
+        started = time.perf_counter()
+        code = "OK"
+        log.debug("rpc started method=%s", method)
+        try:
+            if scope:
+                await self._authorize(context, scope)
+            check_request(request)
+            yield
+        except asyncio.CancelledError:
+            code = "CANCELLED"
+            raise
+        except DomainError as error:
+            code = STATUS_OF[error.reason].name
+            await _abort(context, error)
+        except Exception as error:
+            code = _unexpected(error)
+            await _abort(context, _internal(error))
+        finally:
+            _log_call(method, code, started)
+
     def _wrap_unary(
         self, method: str, scope: str | None, behavior: Callable[..., Awaitable[Any]]
     ) -> Callable[..., Awaitable[Any]]:
         async def call(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-            started = time.perf_counter()
-            code = "OK"
-            log.debug("rpc started method=%s", method)
-            try:
-                if scope:
-                    await self._authorize(context, scope)
-                check_request(request)
+            async with self._guard(method, scope, request, context):
                 return await behavior(request, context)
-            except asyncio.CancelledError:
-                code = "CANCELLED"
-                raise
-            except DomainError as error:
-                code = STATUS_OF[error.reason].name
-                await _abort(context, error)
-            except Exception as error:
-                code = _unexpected(error)
-                await _abort(context, _internal(error))
-            finally:
-                _log_call(method, code, started)
 
         return call
 
@@ -108,26 +121,9 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         self, method: str, scope: str | None, behavior: Callable[..., Any]
     ) -> Callable[..., AsyncIterator[Any]]:
         async def call(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-            started = time.perf_counter()
-            code = "OK"
-            log.debug("rpc started method=%s", method)
-            try:
-                if scope:
-                    await self._authorize(context, scope)
-                check_request(request)
+            async with self._guard(method, scope, request, context):
                 async for response in behavior(request, context):
                     yield response
-            except asyncio.CancelledError:
-                code = "CANCELLED"
-                raise
-            except DomainError as error:
-                code = STATUS_OF[error.reason].name
-                await _abort(context, error)
-            except Exception as error:
-                code = _unexpected(error)
-                await _abort(context, _internal(error))
-            finally:
-                _log_call(method, code, started)
 
         return call
 

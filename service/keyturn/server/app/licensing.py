@@ -75,15 +75,16 @@ def _check_activation_request(
     raise_if_invalid(violations)
 
 
-async def _record(ctx: AppContext, tx: Transaction, kind: str, result: SeatResult) -> None:
-    now = ctx.clock.now()
+async def _record_seat_event(
+    tx: Transaction, kind: str, entitlement: Entitlement, activation_id: str, now: datetime
+) -> None:
     await tx.events.append(
         NewEvent(
-            entitlement_id=result.entitlement.entitlement_id,
+            entitlement_id=entitlement.entitlement_id,
             type=kind,
             create_time=now,
-            snapshot=snapshot(result.entitlement, now),
-            activation_id=result.activation.activation_id,
+            snapshot=snapshot(entitlement, now),
+            activation_id=activation_id,
         )
     )
 
@@ -122,7 +123,9 @@ async def activate_seat(
             )
         )
         if result.outcome is SeatOutcome.GRANTED:
-            await _record(ctx, tx, "seat_activated", result)
+            await _record_seat_event(
+                tx, "seat_activated", result.entitlement, result.activation.activation_id, now
+            )
     return _grant(ctx, result, now)
 
 
@@ -146,7 +149,9 @@ async def renew_lease(ctx: AppContext, lease_token: str) -> LeaseGrant:
             )
         )
         if result.outcome is SeatOutcome.GRANTED:  # a lapsed seat taken again
-            await _record(ctx, tx, "seat_activated", result)
+            await _record_seat_event(
+                tx, "seat_activated", result.entitlement, result.activation.activation_id, now
+            )
     return _grant(ctx, result, now)
 
 
@@ -167,15 +172,7 @@ async def release_seat(ctx: AppContext, lease_token: str) -> None:
         if before.released_time is None:
             entitlement = await tx.entitlements.get(lease.entitlement_id)
             if entitlement is not None:
-                await tx.events.append(
-                    NewEvent(
-                        entitlement_id=entitlement.entitlement_id,
-                        type="seat_released",
-                        create_time=now,
-                        snapshot=snapshot(entitlement, now),
-                        activation_id=lease.activation_id,
-                    )
-                )
+                await _record_seat_event(tx, "seat_released", entitlement, lease.activation_id, now)
 
 
 def signing_keys(ctx: AppContext) -> dict[str, Any]:

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
 
-from sqlalchemy import and_, func, insert, or_, select, update
+from sqlalchemy import and_, func, insert, select, update
 from sqlalchemy.engine import RowMapping
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -16,7 +16,7 @@ from keyturn.server.domain.errors import DomainError, Reason
 from keyturn.server.domain.seats import Activation, holds_seat
 
 from .entitlement_repository import EntitlementRepository
-from .tables import activations, entitlements
+from .tables import activations
 
 
 class SeatOutcome(StrEnum):
@@ -204,19 +204,3 @@ class ActivationRepository:
                 .values(released_time=now, update_time=now)
             )
         return row
-
-    async def count_rows_holding(self, entitlement_id: str, now: datetime) -> int:
-        """Unreleased activations with an unexpired lease (for checks in tests and tools)."""
-        query = (
-            select(func.count())
-            .select_from(activations.join(entitlements))
-            .where(
-                activations.c.entitlement_id == entitlement_id,
-                activations.c.released_time.is_(None),
-                or_(
-                    entitlements.c.license_model == LicenseModel.NODE_LOCKED.value,
-                    activations.c.lease_expire_time > now,
-                ),
-            )
-        )
-        return int((await self._db.execute(query)).scalar_one())
