@@ -148,33 +148,6 @@ async def test_order_lines_apply_all_or_nothing(
         assert await count(app, table) == 0
 
 
-async def test_operations_of_later_issues_answer_unimplemented(
-    catalog_stub: catalog_pb2_grpc.CatalogServiceStub,
-    fulfillment_stub: Fulfillment,
-    tokens: Tokens,
-    app: AppContext,
-) -> None:
-    from keyturn.fulfillment.v1 import catalog_pb2 as cat
-
-    renew = cat.Sku(
-        sku_id="RENEW-1Y",
-        product_id="acme-cad",
-        operations=[cat.Operation(renew=cat.RenewOperation(term="P1Y"))],
-    )
-    await put_catalog(catalog_stub, tokens("catalog"), renew)
-    request = order("o-renew", "RENEW-1Y")
-    request.lines[0].entitlement_id = "ent_x"
-    with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await fulfillment_stub.FulfillOrder(request, metadata=tokens("fulfill"))
-    failure = failure_of(caught.value)
-    assert (failure.code, failure.reason, failure.metadata) == (
-        grpc.StatusCode.UNIMPLEMENTED,
-        "NOT_IMPLEMENTED",
-        {"operation": "renew"},
-    )
-    assert await count(app, "orders") == 0
-
-
 async def test_unknown_entitlement_and_order(fulfillment_stub: Fulfillment, tokens: Tokens) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await fulfillment_stub.GetEntitlement(

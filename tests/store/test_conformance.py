@@ -663,7 +663,7 @@ async def test_a_lapsed_floating_device_takes_a_free_seat_again(store: Store) ->
     first = await claim(store, "device-a")
     much_later = NOW + timedelta(days=3)
     back = await claim(store, "device-a", much_later)
-    assert back.outcome is SeatOutcome.GRANTED
+    assert back.outcome is SeatOutcome.REGAINED  # recorded as a lapse, then a new seat
     assert back.activation.activation_id == first.activation.activation_id
     assert back.activation.lease_expire_time == much_later + LEASE
 
@@ -784,11 +784,26 @@ async def test_fewer_seats_after_a_save_refuse_new_devices(store: Store) -> None
     made = entitlement(seats=2)
     await add_entitlements(store, made)
     await claim(store, "device-a")
-    await claim(store, "device-b")
+    await claim(store, "device-b", NOW + timedelta(seconds=1))
     async with store.write() as tx:
         await tx.entitlements.save(replace(made, seats=1))
-    assert (await refused(store, "device-c")).reason is Reason.SEATS_EXHAUSTED
-    assert (await claim(store, "device-a")).outcome is SeatOutcome.KEPT
+    later = NOW + timedelta(seconds=2)
+    assert (await refused(store, "device-c", later)).reason is Reason.SEATS_EXHAUSTED
+    # The seat taken last is the one beyond the count: refused, the first one kept.
+    assert (await refused(store, "device-b", later)).reason is Reason.SEATS_EXHAUSTED
+    assert (await claim(store, "device-a", later)).outcome is SeatOutcome.KEPT
+
+
+async def test_seats_taken_in_the_same_instant_rank_by_activation_id(store: Store) -> None:
+    made = entitlement(seats=3)
+    await add_entitlements(store, made)
+    held = [(await claim(store, f"device-{i}")).activation for i in range(3)]
+    async with store.write() as tx:
+        await tx.entitlements.save(replace(made, seats=2))
+    first, second, third = sorted(held, key=lambda a: a.activation_id)
+    assert (await refused(store, third.fingerprint)).reason is Reason.SEATS_EXHAUSTED
+    assert (await claim(store, first.fingerprint)).outcome is SeatOutcome.KEPT
+    assert (await claim(store, second.fingerprint)).outcome is SeatOutcome.KEPT
 
 
 # --- release ----------------------------------------------------------------

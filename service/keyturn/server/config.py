@@ -41,6 +41,13 @@ class Settings(BaseSettings):
         0.0, description="Shift the server clock (testing of expiry and lapse only)"
     )
     log_level: str = Field("INFO", description="Python logging level")
+    watch_poll_seconds: float = Field(
+        0.5,
+        gt=0,
+        le=10,
+        description="How often a change stream looks for events written by other replicas "
+        "(those of this process arrive at once)",
+    )
 
     @field_validator("listen")
     @classmethod

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from datetime import timedelta
+
+from google.protobuf import duration_pb2
 
 from keyturn.fulfillment.v1 import catalog_pb2 as pb
 from keyturn.server.domain.catalog import (
     DEFAULT_LEASE_DURATION,
+    MAX_GRACE,
     MAX_LEASE_DURATION,
     AddFeatures,
     AddSeats,
@@ -23,6 +27,7 @@ from keyturn.server.domain.catalog import (
     RemoveFeatures,
     RemoveSeats,
     Renew,
+    RenewalAnchor,
     Sku,
 )
 from keyturn.server.domain.errors import FieldViolation, raise_if_invalid
@@ -43,6 +48,17 @@ DISPATCHES = {
     pb.DISPATCH_LICENSE_KEY: Dispatch.LICENSE_KEY,
     pb.DISPATCH_INVITATION: Dispatch.INVITATION,
     pb.DISPATCH_NONE: Dispatch.NONE,
+}
+ANCHORS = {
+    pb.RENEWAL_ANCHOR_UNSPECIFIED: RenewalAnchor.FROM_NOW_IF_EXPIRED,
+    pb.RENEWAL_ANCHOR_FROM_EXPIRY: RenewalAnchor.FROM_EXPIRY,
+    pb.RENEWAL_ANCHOR_FROM_NOW: RenewalAnchor.FROM_NOW,
+    pb.RENEWAL_ANCHOR_FROM_NOW_IF_EXPIRED: RenewalAnchor.FROM_NOW_IF_EXPIRED,
+}
+ANCHOR_OUT = {
+    RenewalAnchor.FROM_EXPIRY: pb.RENEWAL_ANCHOR_FROM_EXPIRY,
+    RenewalAnchor.FROM_NOW: pb.RENEWAL_ANCHOR_FROM_NOW,
+    RenewalAnchor.FROM_NOW_IF_EXPIRED: pb.RENEWAL_ANCHOR_FROM_NOW_IF_EXPIRED,
 }
 DISPATCH_OUT = {
     Dispatch.LICENSE_KEY: pb.DISPATCH_LICENSE_KEY,
@@ -100,19 +116,42 @@ def _term(path: str, term: str, perpetual: bool, violations: list[FieldViolation
     return None if perpetual else term
 
 
+def _duration_in(
+    message: duration_pb2.Duration,
+    path: str,
+    limit: timedelta,
+    text: str,
+    violations: list[FieldViolation],
+) -> timedelta | None:
+    """A bounded Duration field; None (with a violation) when out of range."""
+    if abs(message.seconds) > limit.total_seconds():
+        violations.append(FieldViolation(path, text))
+        return None
+    return message.ToTimedelta()
+
+
 def _create_in(path: str, op: pb.CreateOperation, violations: list[FieldViolation]) -> Create:
     if op.license_model not in LICENSE_MODELS:
         violations.append(FieldViolation(f"{path}.license_model", "unknown license model"))
     if op.dispatch not in DISPATCHES:
         violations.append(FieldViolation(f"{path}.dispatch", "unknown dispatch"))
-    lease = None
+    lease = grace = None
     if op.HasField("lease_duration"):
-        if abs(op.lease_duration.seconds) > MAX_LEASE_DURATION.total_seconds():
-            violations.append(
-                FieldViolation(f"{path}.lease_duration", "must be between 1 minute and 30 days")
-            )
-        else:
-            lease = op.lease_duration.ToTimedelta()
+        lease = _duration_in(
+            op.lease_duration,
+            f"{path}.lease_duration",
+            MAX_LEASE_DURATION,
+            "must be between 1 minute and 30 days",
+            violations,
+        )
+    if op.HasField("grace_period"):
+        grace = _duration_in(
+            op.grace_period,
+            f"{path}.grace_period",
+            MAX_GRACE,
+            "must be between 0 and 90 days",
+            violations,
+        )
     return Create(
         edition_id=op.edition_id,
         seats_per_unit=op.seats_per_unit,
@@ -122,6 +161,7 @@ def _create_in(path: str, op: pb.CreateOperation, violations: list[FieldViolatio
         license_model=LICENSE_MODELS.get(op.license_model, LicenseModel.FLOATING),
         lease_duration=DEFAULT_LEASE_DURATION if lease is None else lease,
         dispatch=DISPATCHES.get(op.dispatch, Dispatch.LICENSE_KEY),
+        grace=timedelta(0) if grace is None else grace,
     )
 
 
@@ -133,7 +173,10 @@ def operation_in(
     if kind == "create":
         return _create_in(path, message.create, violations)
     if kind == "renew":
-        return Renew(message.renew.term)
+        if message.renew.anchor not in ANCHORS:
+            violations.append(FieldViolation(f"{path}.anchor", "unknown renewal anchor"))
+        anchor = ANCHORS.get(message.renew.anchor, RenewalAnchor.FROM_NOW_IF_EXPIRED)
+        return Renew(message.renew.term, anchor)
     if kind == "add_seats":
         return AddSeats(message.add_seats.seats_per_unit)
     if kind == "remove_seats":
@@ -182,10 +225,11 @@ def operation_out(op: Operation) -> pb.Operation:
                 license_model=LICENSE_MODEL_OUT[op.license_model],
                 lease_duration=duration(op.lease_duration),
                 dispatch=DISPATCH_OUT[op.dispatch],
+                grace_period=duration(op.grace),
             )
         )
     if isinstance(op, Renew):
-        return pb.Operation(renew=pb.RenewOperation(term=op.term))
+        return pb.Operation(renew=pb.RenewOperation(term=op.term, anchor=ANCHOR_OUT[op.anchor]))
     if isinstance(op, AddSeats):
         return pb.Operation(add_seats=pb.AddSeatsOperation(seats_per_unit=op.seats_per_unit))
     if isinstance(op, RemoveSeats):

@@ -3,15 +3,37 @@
 from __future__ import annotations
 
 from keyturn.fulfillment.v1 import fulfillment_pb2 as pb
+from keyturn.server.app.entitlements import EventView
 from keyturn.server.app.fulfillment import FulfilledOrder
 from keyturn.server.app.views import EntitlementView
 from keyturn.server.domain.entitlement import Customer, Status
+from keyturn.server.domain.errors import FieldViolation, raise_if_invalid
+from keyturn.server.domain.events import EventType
 from keyturn.server.domain.orders import OrderLine, OrderRequest
+from keyturn.server.store.entitlement_repository import EntitlementFilter
 from keyturn.server.store.order_repository import StoredOrder
 
 from .catalog_convert import DISPATCH_OUT, LICENSE_MODEL_OUT, features_out
 from .timestamps import duration, timestamp
 
+STATUS_IN = {
+    pb.ENTITLEMENT_STATUS_TRIAL: Status.TRIAL,
+    pb.ENTITLEMENT_STATUS_ACTIVE: Status.ACTIVE,
+    pb.ENTITLEMENT_STATUS_EXPIRED: Status.EXPIRED,
+    pb.ENTITLEMENT_STATUS_CANCELLED: Status.CANCELLED,
+}
+EVENT_TYPE_OUT: dict[str, pb.EntitlementEventType.ValueType] = {
+    EventType.CREATED: pb.ENTITLEMENT_EVENT_TYPE_CREATED,
+    EventType.RENEWED: pb.ENTITLEMENT_EVENT_TYPE_RENEWED,
+    EventType.SEATS_CHANGED: pb.ENTITLEMENT_EVENT_TYPE_SEATS_CHANGED,
+    EventType.EDITION_CHANGED: pb.ENTITLEMENT_EVENT_TYPE_EDITION_CHANGED,
+    EventType.FEATURES_CHANGED: pb.ENTITLEMENT_EVENT_TYPE_FEATURES_CHANGED,
+    EventType.TRIAL_CONVERTED: pb.ENTITLEMENT_EVENT_TYPE_TRIAL_CONVERTED,
+    EventType.CANCELLED: pb.ENTITLEMENT_EVENT_TYPE_CANCELLED,
+    EventType.SEAT_ACTIVATED: pb.ENTITLEMENT_EVENT_TYPE_SEAT_ACTIVATED,
+    EventType.SEAT_RELEASED: pb.ENTITLEMENT_EVENT_TYPE_SEAT_RELEASED,
+    EventType.LEASE_LAPSED: pb.ENTITLEMENT_EVENT_TYPE_LEASE_LAPSED,
+}
 STATUS_OUT = {
     Status.TRIAL: pb.ENTITLEMENT_STATUS_TRIAL,
     Status.ACTIVE: pb.ENTITLEMENT_STATUS_ACTIVE,
@@ -97,10 +119,38 @@ def entitlement_out(view: EntitlementView) -> pb.Entitlement:
         license_key=view.license_key,
         create_time=timestamp(e.create_time),
         update_time=timestamp(e.update_time),
+        seats_over=view.seats_over,
+        grace_period=duration(e.grace),
     )
     if e.end_time is not None:
         message.end_time.CopyFrom(timestamp(e.end_time))
     return message
+
+
+def entitlement_filter_in(message: pb.ListEntitlementsRequest) -> EntitlementFilter:
+    if message.status != pb.ENTITLEMENT_STATUS_UNSPECIFIED and message.status not in STATUS_IN:
+        raise_if_invalid([FieldViolation("status", "unknown status")])
+    return EntitlementFilter(
+        customer_id=message.customer_id,
+        email=message.email,
+        product_id=message.product_id,
+        status=STATUS_IN.get(message.status),
+        external_reference=message.external_reference,
+    )
+
+
+def event_out(view: EventView) -> pb.EntitlementEvent:
+    event = view.event
+    return pb.EntitlementEvent(
+        sequence=event.sequence,
+        entitlement_id=event.entitlement_id,
+        type=EVENT_TYPE_OUT.get(event.type, pb.ENTITLEMENT_EVENT_TYPE_UNSPECIFIED),
+        create_time=timestamp(event.create_time),
+        order_source=event.order_source,
+        order_id=event.order_id,
+        activation_id=event.activation_id,
+        entitlement=entitlement_out(view.entitlement),
+    )
 
 
 def fulfilled_out(result: FulfilledOrder) -> pb.FulfillOrderResponse:

@@ -15,12 +15,19 @@ from keyturn.fulfillment.v1 import fulfillment_pb2 as ful
 from keyturn.fulfillment.v1 import fulfillment_pb2_grpc as ful_grpc
 from keyturn.licensing.v1 import licensing_pb2 as lic
 from keyturn.licensing.v1 import licensing_pb2_grpc as lic_grpc
-from keyturn.server.app import catalog, fulfillment, licensing
+from keyturn.server.app import catalog, entitlements, fulfillment, licensing
 from keyturn.server.app.context import AppContext
 from keyturn.server.domain.errors import DomainError, FieldViolation, Reason, invalid_request
 
 from .catalog_convert import product_in, product_out, sku_in, sku_out
-from .fulfillment_convert import entitlement_out, fulfilled_out, order_in, order_out
+from .fulfillment_convert import (
+    entitlement_filter_in,
+    entitlement_out,
+    event_out,
+    fulfilled_out,
+    order_in,
+    order_out,
+)
 from .licensing_convert import lease_out, signing_keys_out, summary_out
 
 Context = grpc.aio.ServicerContext[object, object]
@@ -104,12 +111,22 @@ class FulfillmentServicer(ful_grpc.FulfillmentServiceServicer):
     async def ListEntitlements(
         self, request: ful.ListEntitlementsRequest, context: Context
     ) -> ful.ListEntitlementsResponse:
-        raise not_implemented("ListEntitlements")
+        views, token = await entitlements.list_entitlements(
+            self._ctx, entitlement_filter_in(request), request.page_size, request.page_token
+        )
+        return ful.ListEntitlementsResponse(
+            entitlements=[entitlement_out(v) for v in views], next_page_token=token
+        )
 
     async def ListEntitlementEvents(
         self, request: ful.ListEntitlementEventsRequest, context: Context
     ) -> ful.ListEntitlementEventsResponse:
-        raise not_implemented("ListEntitlementEvents")
+        views, token = await entitlements.list_entitlement_events(
+            self._ctx, request.entitlement_id, request.page_size, request.page_token
+        )
+        return ful.ListEntitlementEventsResponse(
+            events=[event_out(v) for v in views], next_page_token=token
+        )
 
     async def ResendCredentials(
         self, request: ful.ResendCredentialsRequest, context: Context
@@ -119,8 +136,11 @@ class FulfillmentServicer(ful_grpc.FulfillmentServiceServicer):
     async def WatchEntitlementEvents(
         self, request: ful.WatchEntitlementEventsRequest, context: Context
     ) -> AsyncIterator[ful.WatchEntitlementEventsResponse]:
-        raise not_implemented("WatchEntitlementEvents")
-        yield ful.WatchEntitlementEventsResponse()  # pragma: no cover - makes this a generator
+        stream = entitlements.watch_events(
+            self._ctx, request.after_sequence, self._ctx.watch_poll_seconds
+        )
+        async for view in stream:
+            yield ful.WatchEntitlementEventsResponse(event=event_out(view))
 
 
 class LicensingServicer(lic_grpc.LicensingServiceServicer):

@@ -19,3 +19,4 @@ class AppContext:
     clock: Clock
     issuer: str = "keyturn"
     lapse_grace: timedelta = timedelta(seconds=30)
+    watch_poll_seconds: float = 0.5

@@ -3,12 +3,21 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 
-from keyturn.server.domain.catalog import MAX_SEATS, Create, Sku
+from keyturn.server.domain.catalog import MAX_SEATS, Create, Product, Sku
 from keyturn.server.domain.entitlement import Entitlement, create_entitlement
-from keyturn.server.domain.errors import DomainError, FieldViolation, Reason, raise_if_invalid
+from keyturn.server.domain.errors import (
+    DomainError,
+    FieldViolation,
+    Reason,
+    invalid_request,
+    raise_if_invalid,
+)
+from keyturn.server.domain.events import EventType
 from keyturn.server.domain.ids import new_id
 from keyturn.server.domain.license_key import generate_license_key
+from keyturn.server.domain.operations import EVENT_OF, LineContext, apply_operation
 from keyturn.server.domain.orders import (
     LineResult,
     OrderLine,
@@ -72,7 +81,7 @@ async def _apply(
     await tx.orders.add(StoredOrder(order, fingerprint, (), now))
     skus = await tx.catalog.get_skus({line.sku_id for line in order.lines})
     results: list[LineResult] = []
-    views: dict[str, EntitlementView] = {}
+    keys: dict[str, str] = {}
     for index, line in enumerate(order.lines):
         sku = skus.get(line.sku_id)
         if sku is None:
@@ -81,55 +90,145 @@ async def _apply(
                 f"line {index}: no SKU {line.sku_id!r}",
                 {"sku_id": line.sku_id, "line": str(index)},
             )
-        if not sku.creates:
-            raise _not_yet(sku.operations[0].name)
-        view = await _create(ctx, tx, order, index, line, sku)
-        views[view.entitlement.entitlement_id] = view
-        results.append(
-            LineResult(index, sku.sku_id, view.entitlement.entitlement_id, (Create.name,))
-        )
+        product = await tx.catalog.get_product(sku.product_id)
+        if product is None:
+            raise missing_product(sku.product_id)
+        entitlement = await _apply_line(ctx, tx, order, index, product, sku, now, keys)
+        names = tuple(op.name for op in sku.operations)
+        results.append(LineResult(index, sku.sku_id, entitlement.entitlement_id, names))
+    views = [
+        await entitlement_view(ctx, tx, entitlement_id, keys.get(entitlement_id, ""))
+        for entitlement_id in dict.fromkeys(r.entitlement_id for r in results)
+    ]
     stored = StoredOrder(order, fingerprint, tuple(results), now)
     await tx.orders.set_results(order.source, order.order_id, stored.results)
-    return FulfilledOrder(stored, list(views.values()), replayed=False)
+    return FulfilledOrder(stored, views, replayed=False)
 
 
-def _not_yet(operation: str) -> DomainError:
-    return DomainError(
-        Reason.NOT_IMPLEMENTED,
-        f"the {operation!r} operation is not available in this version",
-        {"operation": operation},
+async def _apply_line(
+    ctx: AppContext,
+    tx: Transaction,
+    order: OrderRequest,
+    index: int,
+    product: Product,
+    sku: Sku,
+    now: datetime,
+    keys: dict[str, str],
+) -> Entitlement:
+    """Apply one line's operations, each recorded as an event; the entitlement after them."""
+    line = order.lines[index]
+    operations = sku.operations
+    if sku.creates:
+        entitlement, license_key = await _create(ctx, tx, order, index, product, sku, now)
+        keys[entitlement.entitlement_id] = license_key
+        in_use = 0
+        await _record(tx, EventType.CREATED, entitlement, now, in_use, order)
+        operations = operations[1:]
+    else:
+        entitlement = await _target(tx, index, line, sku)
+        in_use = await tx.activations.count_live(entitlement, now, ctx.lapse_grace)
+    context = LineContext(index, line.quantity, product, now)
+    for op in operations:
+        entitlement = apply_operation(entitlement, op, context)
+        await _record(tx, EVENT_OF[type(op)], entitlement, now, in_use, order)
+    if operations:
+        await tx.entitlements.save(entitlement)
+    return entitlement
+
+
+async def _record(
+    tx: Transaction,
+    kind: EventType,
+    entitlement: Entitlement,
+    now: datetime,
+    in_use: int,
+    order: OrderRequest,
+) -> None:
+    await tx.events.append(
+        NewEvent(
+            entitlement_id=entitlement.entitlement_id,
+            type=kind.value,
+            create_time=now,
+            snapshot=snapshot(entitlement, now, in_use),
+            order_source=order.source,
+            order_id=order.order_id,
+        )
     )
 
 
-async def _create(
-    ctx: AppContext, tx: Transaction, order: OrderRequest, index: int, line: OrderLine, sku: Sku
-) -> EntitlementView:
-    op = sku.operations[0]
-    assert isinstance(op, Create)
-    if len(sku.operations) > 1:
-        raise _not_yet(sku.operations[1].name)
+def _line_violation(index: int, field: str, text: str) -> DomainError:
+    return invalid_request([FieldViolation(f"lines[{index}].{field}", text)])
+
+
+async def _target(tx: Transaction, index: int, line: OrderLine, sku: Sku) -> Entitlement:
+    """The entitlement a changing line names, locked until commit."""
+    reference = line.external_reference
     if line.entitlement_id:
-        raise DomainError(
-            Reason.INVALID_REQUEST,
-            f"line {index}: SKU {sku.sku_id!r} creates an entitlement and takes no target",
-            {"field": f"lines[{index}].entitlement_id"},
-            [FieldViolation(f"lines[{index}].entitlement_id", "must be empty for a create SKU")],
+        found = await tx.entitlements.get(line.entitlement_id, lock=True)
+        field = "entitlement_id"
+    elif reference:
+        found = await tx.entitlements.find_by_reference(reference)
+        if found is not None:
+            found = await tx.entitlements.get(found.entitlement_id, lock=True)
+        field = "external_reference"
+    else:
+        raise _line_violation(
+            index,
+            "entitlement_id",
+            f"SKU {sku.sku_id!r} changes an entitlement: give entitlement_id or external_reference",
         )
-    if line.external_reference and await tx.entitlements.reference_exists(line.external_reference):
+    if found is None:
+        named = line.entitlement_id or reference
+        raise DomainError(
+            Reason.ENTITLEMENT_NOT_FOUND,
+            f"line {index}: no entitlement {named!r}",
+            {field: named, "line": str(index)},
+        )
+    if found.product_id != sku.product_id:
+        raise _line_violation(
+            index,
+            field,
+            f"names an entitlement of product {found.product_id!r}; "
+            f"SKU {sku.sku_id!r} is for {sku.product_id!r}",
+        )
+    if line.entitlement_id and reference and reference not in found.external_references:
+        await _check_reference_free(tx, index, reference)
+        await tx.entitlements.attach_reference(reference, found.entitlement_id)
+    return found
+
+
+async def _check_reference_free(tx: Transaction, index: int, reference: str) -> None:
+    if await tx.entitlements.reference_exists(reference):
         raise DomainError(
             Reason.EXTERNAL_REFERENCE_TAKEN,
-            f"line {index}: external reference {line.external_reference!r} is already in use",
-            {"external_reference": line.external_reference},
+            f"line {index}: external reference {reference!r} is already in use",
+            {"external_reference": reference, "line": str(index)},
         )
+
+
+async def _create(
+    ctx: AppContext,
+    tx: Transaction,
+    order: OrderRequest,
+    index: int,
+    product: Product,
+    sku: Sku,
+    now: datetime,
+) -> tuple[Entitlement, str]:
+    """A new entitlement and its license key (stored hashed and sealed)."""
+    op = sku.operations[0]
+    assert isinstance(op, Create)
+    line = order.lines[index]
+    if line.entitlement_id:
+        raise _line_violation(
+            index, "entitlement_id", f"must be empty: SKU {sku.sku_id!r} creates an entitlement"
+        )
+    if line.external_reference:
+        await _check_reference_free(tx, index, line.external_reference)
     if op.seats_per_unit * line.quantity > MAX_SEATS:
-        path = f"lines[{index}].quantity"
-        raise_if_invalid(
-            [FieldViolation(path, f"would make more than {MAX_SEATS} seats on one entitlement")]
+        raise _line_violation(
+            index, "quantity", f"would make more than {MAX_SEATS} seats on one entitlement"
         )
-    product = await tx.catalog.get_product(sku.product_id)
-    if product is None:
-        raise missing_product(sku.product_id)
-    now = ctx.clock.now()
     entitlement = create_entitlement(
         op,
         product,
@@ -146,17 +245,7 @@ async def _create(
         key_sealed=ctx.sealer.seal(license_key.encode()),
     )
     await tx.entitlements.add(entitlement, stored_key, order.source, order.order_id)
-    await tx.events.append(
-        NewEvent(
-            entitlement_id=entitlement.entitlement_id,
-            type="created",
-            create_time=now,
-            snapshot=snapshot(entitlement, now),
-            order_source=order.source,
-            order_id=order.order_id,
-        )
-    )
-    return EntitlementView(entitlement, entitlement.status(now), 0, license_key)
+    return entitlement, license_key
 
 
 async def _replay(
@@ -183,12 +272,21 @@ async def entitlement_view(
 ) -> EntitlementView:
     entitlement = await tx.entitlements.get(entitlement_id)
     if entitlement is None:
-        raise DomainError(
-            Reason.ENTITLEMENT_NOT_FOUND,
-            f"no entitlement {entitlement_id!r}",
-            {"entitlement_id": entitlement_id},
-        )
+        raise missing_entitlement(entitlement_id)
     return await _view(ctx, tx, entitlement, license_key)
+
+
+def missing_entitlement(entitlement_id: str) -> DomainError:
+    return DomainError(
+        Reason.ENTITLEMENT_NOT_FOUND,
+        f"no entitlement {entitlement_id!r}",
+        {"entitlement_id": entitlement_id},
+    )
+
+
+def check_entitlement_id(entitlement_id: str) -> None:
+    if not entitlement_id or len(entitlement_id) > 64:
+        raise_if_invalid([FieldViolation("entitlement_id", "must be 1 to 64 characters")])
 
 
 async def _view(
@@ -200,8 +298,7 @@ async def _view(
 
 
 async def get_entitlement(ctx: AppContext, entitlement_id: str) -> EntitlementView:
-    if not entitlement_id or len(entitlement_id) > 64:
-        raise_if_invalid([FieldViolation("entitlement_id", "must be 1 to 64 characters")])
+    check_entitlement_id(entitlement_id)
     async with ctx.store.read() as tx:
         return await entitlement_view(ctx, tx, entitlement_id)
 

@@ -9,6 +9,7 @@ from typing import Any
 
 from keyturn.server.domain.entitlement import Entitlement
 from keyturn.server.domain.errors import DomainError, FieldViolation, Reason, raise_if_invalid
+from keyturn.server.domain.events import EventType
 from keyturn.server.domain.ids import new_id
 from keyturn.server.domain.license_key import normalize_license_key
 from keyturn.server.domain.seats import Activation, renew_time
@@ -76,16 +77,40 @@ def _check_activation_request(
 
 
 async def _record_seat_event(
-    tx: Transaction, kind: str, entitlement: Entitlement, activation_id: str, now: datetime
+    tx: Transaction,
+    kind: EventType,
+    entitlement: Entitlement,
+    activation_id: str,
+    now: datetime,
+    seats_in_use: int,
 ) -> None:
     await tx.events.append(
         NewEvent(
             entitlement_id=entitlement.entitlement_id,
-            type=kind,
+            type=kind.value,
             create_time=now,
-            snapshot=snapshot(entitlement, now),
+            snapshot=snapshot(entitlement, now, seats_in_use),
             activation_id=activation_id,
         )
+    )
+
+
+async def _record_claim(tx: Transaction, result: SeatResult, now: datetime) -> None:
+    """A seat taken is an event; a lapse is recorded when it is noticed, as the seat is retaken."""
+    if result.outcome is SeatOutcome.KEPT:
+        return
+    activation_id = result.activation.activation_id
+    if result.outcome is SeatOutcome.REGAINED:
+        await _record_seat_event(
+            tx,
+            EventType.LEASE_LAPSED,
+            result.entitlement,
+            activation_id,
+            now,
+            result.seats_in_use - 1,
+        )
+    await _record_seat_event(
+        tx, EventType.SEAT_ACTIVATED, result.entitlement, activation_id, now, result.seats_in_use
     )
 
 
@@ -122,10 +147,7 @@ async def activate_seat(
                 new_jti=new_id("lease", now),
             )
         )
-        if result.outcome is SeatOutcome.GRANTED:
-            await _record_seat_event(
-                tx, "seat_activated", result.entitlement, result.activation.activation_id, now
-            )
+        await _record_claim(tx, result, now)
     return _grant(ctx, result, now)
 
 
@@ -148,10 +170,7 @@ async def renew_lease(ctx: AppContext, lease_token: str) -> LeaseGrant:
                 renew_jti=lease.jti,
             )
         )
-        if result.outcome is SeatOutcome.GRANTED:  # a lapsed seat taken again
-            await _record_seat_event(
-                tx, "seat_activated", result.entitlement, result.activation.activation_id, now
-            )
+        await _record_claim(tx, result, now)
     return _grant(ctx, result, now)
 
 
@@ -172,7 +191,10 @@ async def release_seat(ctx: AppContext, lease_token: str) -> None:
         if before.released_time is None:
             entitlement = await tx.entitlements.get(lease.entitlement_id)
             if entitlement is not None:
-                await _record_seat_event(tx, "seat_released", entitlement, lease.activation_id, now)
+                in_use = await tx.activations.count_live(entitlement, now, ctx.lapse_grace)
+                await _record_seat_event(
+                    tx, EventType.SEAT_RELEASED, entitlement, lease.activation_id, now, in_use
+                )
 
 
 def signing_keys(ctx: AppContext) -> dict[str, Any]:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
+from typing import Any
 
+from keyturn.server.domain.catalog import Feature
 from keyturn.server.domain.entitlement import Entitlement, Status
 
 
@@ -15,16 +17,54 @@ class EntitlementView:
     seats_in_use: int
     license_key: str = ""
 
+    @property
+    def seats_over(self) -> int:
+        """Seats in use beyond the count: refused at their next renewal."""
+        return max(0, self.seats_in_use - self.entitlement.seats)
 
-def snapshot(entitlement: Entitlement, now: datetime) -> dict[str, object]:
-    """The entitlement as an event records it (JSON-ready; never the license key)."""
-    end = entitlement.end_time
+
+def _time(value: datetime | None) -> str | None:
+    return None if value is None else value.isoformat()
+
+
+def _parse_time(value: str | None) -> datetime | None:
+    return None if value is None else datetime.fromisoformat(value)
+
+
+def snapshot(entitlement: Entitlement, now: datetime, seats_in_use: int) -> dict[str, object]:
+    """What an event records of the entitlement right after the change (never the key).
+
+    Only what can change is kept; the rest is read from the entitlement itself.
+    """
     return {
         "edition_id": entitlement.edition_id,
         "seats": entitlement.seats,
+        "seats_in_use": seats_in_use,
         "features": {f.name: f.limit for f in entitlement.features},
-        "start_time": entitlement.start_time.isoformat(),
-        "end_time": None if end is None else end.isoformat(),
+        "start_time": _time(entitlement.start_time),
+        "end_time": _time(entitlement.end_time),
+        "cancel_time": _time(entitlement.cancel_time),
         "trial": entitlement.trial,
         "status": entitlement.status(now).value,
+        "update_time": now.isoformat(),
     }
+
+
+def from_snapshot(current: Entitlement, recorded: dict[str, Any]) -> EntitlementView:
+    """The entitlement as an event recorded it, on top of what never changes."""
+    start = _parse_time(recorded.get("start_time"))
+    as_then = replace(
+        current,
+        edition_id=recorded.get("edition_id", current.edition_id),
+        seats=recorded.get("seats", current.seats),
+        features=tuple(
+            Feature(name, limit) for name, limit in recorded.get("features", {}).items()
+        ),
+        start_time=current.start_time if start is None else start,
+        end_time=_parse_time(recorded.get("end_time")),
+        cancel_time=_parse_time(recorded.get("cancel_time")),
+        trial=recorded.get("trial", current.trial),
+        update_time=_parse_time(recorded.get("update_time")) or current.update_time,
+    )
+    status = Status(recorded.get("status", Status.ACTIVE.value))
+    return EntitlementView(as_then, status, recorded.get("seats_in_use", 0))

@@ -19,11 +19,20 @@ class Dispatch(StrEnum):
     NONE = "none"
 
 
+class RenewalAnchor(StrEnum):
+    """Where a renewal's term starts."""
+
+    FROM_EXPIRY = "from_expiry"
+    FROM_NOW = "from_now"
+    FROM_NOW_IF_EXPIRED = "from_now_if_expired"
+
+
 DEFAULT_LEASE_DURATION = timedelta(minutes=15)
 MIN_LEASE_DURATION = timedelta(minutes=1)
 MAX_LEASE_DURATION = timedelta(days=30)
 MAX_SEATS_PER_UNIT = 100_000
 MAX_SEATS = 1_000_000
+MAX_GRACE = timedelta(days=90)
 
 
 @dataclass(frozen=True)
@@ -66,12 +75,16 @@ class Create:
     license_model: LicenseModel = LicenseModel.FLOATING
     lease_duration: timedelta = DEFAULT_LEASE_DURATION
     dispatch: Dispatch = Dispatch.LICENSE_KEY
+    grace: timedelta = timedelta(0)
 
 
 @dataclass(frozen=True)
 class Renew:
+    """Extend the end date by `term` per unit, starting where `anchor` says."""
+
     name: ClassVar[str] = "renew"
     term: str
+    anchor: RenewalAnchor = RenewalAnchor.FROM_NOW_IF_EXPIRED
 
 
 @dataclass(frozen=True)
@@ -143,6 +156,10 @@ class Sku:
     def creates(self) -> bool:
         """True when the SKU makes a new entitlement rather than changing one."""
         return bool(self.operations) and isinstance(self.operations[0], Create)
+
+
+def without_features(features: tuple[Feature, ...], names: tuple[str, ...]) -> tuple[Feature, ...]:
+    return tuple(f for f in features if f.name not in names)
 
 
 def merge_features(base: tuple[Feature, ...], extra: tuple[Feature, ...]) -> tuple[Feature, ...]:

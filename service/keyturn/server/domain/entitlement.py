@@ -6,7 +6,16 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
 
-from .catalog import Create, Dispatch, Feature, LicenseModel, Product, merge_features
+from .catalog import (
+    Create,
+    Dispatch,
+    Edition,
+    Feature,
+    LicenseModel,
+    Product,
+    merge_features,
+    without_features,
+)
 from .durations import parse_iso_duration
 from .errors import DomainError, Reason
 
@@ -47,6 +56,8 @@ class Entitlement:
     cancel_time: datetime | None = None
     grace: timedelta = timedelta(0)
     external_references: tuple[str, ...] = ()
+    addons: tuple[Feature, ...] = ()  # added by orders on top of the edition's features
+    removed_features: tuple[str, ...] = ()  # taken away by orders; stays away on edition change
 
     @property
     def perpetual(self) -> bool:
@@ -88,6 +99,22 @@ class Entitlement:
         return expiry if until is None else min(expiry, until)
 
 
+def effective_features(
+    edition: Edition, addons: tuple[Feature, ...], removed: tuple[str, ...]
+) -> tuple[Feature, ...]:
+    """An entitlement's features: its edition's, plus add-ons, minus removals."""
+    return without_features(merge_features(edition.features, addons), removed)
+
+
+def missing_edition(product: Product, edition_id: str, operation: str) -> DomainError:
+    """The catalog changed under a SKU: its edition is gone from the product."""
+    return DomainError(
+        Reason.INVALID_STATE,
+        f"product {product.product_id!r} no longer has edition {edition_id!r}",
+        {"product_id": product.product_id, "operation": operation},
+    )
+
+
 def create_entitlement(
     op: Create,
     product: Product,
@@ -101,11 +128,7 @@ def create_entitlement(
     """The entitlement a `create` operation makes for an order line of `quantity` units."""
     edition = product.edition(op.edition_id)
     if edition is None:
-        raise DomainError(
-            Reason.INVALID_STATE,
-            f"product {product.product_id!r} no longer has edition {op.edition_id!r}",
-            {"product_id": product.product_id, "operation": op.name},
-        )
+        raise missing_edition(product, op.edition_id, op.name)
     end_time = None if op.term is None else parse_iso_duration(op.term).after(now)
     return Entitlement(
         entitlement_id=entitlement_id,
@@ -114,7 +137,7 @@ def create_entitlement(
         customer=customer,
         ship_to_email=ship_to_email,
         seats=op.seats_per_unit * quantity,
-        features=merge_features(edition.features, op.features),
+        features=effective_features(edition, op.features, ()),
         start_time=now,
         end_time=end_time,
         trial=op.trial,
@@ -123,5 +146,7 @@ def create_entitlement(
         dispatch=op.dispatch,
         create_time=now,
         update_time=now,
+        grace=op.grace,
         external_references=(external_reference,) if external_reference else (),
+        addons=op.features,
     )

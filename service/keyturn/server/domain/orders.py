@@ -54,7 +54,7 @@ class LineResult:
     operations: tuple[str, ...]
 
 
-def _check_email(path: str, value: str, required: bool) -> list[FieldViolation]:
+def check_email(path: str, value: str, required: bool) -> list[FieldViolation]:
     if not value:
         return [FieldViolation(path, "an email address is required")] if required else []
     if len(value) > MAX_EMAIL or not EMAIL.fullmatch(value):
@@ -62,12 +62,16 @@ def _check_email(path: str, value: str, required: bool) -> list[FieldViolation]:
     return []
 
 
-def _check_text(path: str, value: str, limit: int, what: str) -> list[FieldViolation]:
+def check_text(path: str, value: str, limit: int, what: str) -> list[FieldViolation]:
     if not value:
         return [FieldViolation(path, f"{what} is required")]
     if len(value) > limit or not PRINTABLE.fullmatch(value):
         return [FieldViolation(path, f"{what} must be 1 to {limit} printable characters")]
     return []
+
+
+def check_reference(path: str, value: str) -> list[FieldViolation]:
+    return check_text(path, value, MAX_REFERENCE, "reference")
 
 
 def check_order_key(source: str, order_id: str) -> list[FieldViolation]:
@@ -77,18 +81,16 @@ def check_order_key(source: str, order_id: str) -> list[FieldViolation]:
         violations.append(
             FieldViolation("source", "must be 1 to 64 characters of a-z, 0-9, '_' or '-'")
         )
-    return violations + _check_text("order_id", order_id, 128, "order id")
+    return violations + check_text("order_id", order_id, 128, "order id")
 
 
 def validate_order(order: OrderRequest) -> list[FieldViolation]:
     violations = check_order_key(order.source, order.order_id)
-    violations += _check_text(
-        "customer.customer_id", order.customer.customer_id, 128, "customer id"
-    )
+    violations += check_text("customer.customer_id", order.customer.customer_id, 128, "customer id")
     if len(order.customer.name) > 200:
         violations.append(FieldViolation("customer.name", "must be at most 200 characters"))
-    violations += _check_email("customer.email", order.customer.email, required=False)
-    violations += _check_email("ship_to_email", order.ship_to_email, required=False)
+    violations += check_email("customer.email", order.customer.email, required=False)
+    violations += check_email("ship_to_email", order.ship_to_email, required=False)
     if not order.lines:
         violations.append(FieldViolation("lines", "at least one line is required"))
     if len(order.lines) > MAX_LINES:
@@ -98,9 +100,7 @@ def validate_order(order: OrderRequest) -> list[FieldViolation]:
         violations += check_sku_id(f"{path}.sku_id", line.sku_id)
         violations += check_count(f"{path}.quantity", line.quantity, 1, MAX_QUANTITY)
         if line.entitlement_id:
-            violations += _check_text(f"{path}.entitlement_id", line.entitlement_id, 64, "id")
+            violations += check_text(f"{path}.entitlement_id", line.entitlement_id, 64, "id")
         if line.external_reference:
-            violations += _check_text(
-                f"{path}.external_reference", line.external_reference, MAX_REFERENCE, "reference"
-            )
+            violations += check_reference(f"{path}.external_reference", line.external_reference)
     return violations

@@ -23,6 +23,7 @@ class Activation:
     lease_expire_time: datetime
     create_time: datetime
     released_time: datetime | None = None
+    seat_time: datetime | None = None  # when it last took its seat (None: at create_time)
 
 
 def holds_seat(

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
+from datetime import timedelta
 
 from .catalog import (
+    MAX_GRACE,
     MAX_LEASE_DURATION,
     MAX_SEATS_PER_UNIT,
     MIN_LEASE_DURATION,
@@ -155,6 +157,10 @@ def _check_operation(path: str, op: object) -> list[FieldViolation]:
         if not MIN_LEASE_DURATION <= op.lease_duration <= MAX_LEASE_DURATION:
             violations.append(
                 FieldViolation(f"{path}.lease_duration", "must be between 1 minute and 30 days")
+            )
+        if not timedelta(0) <= op.grace <= MAX_GRACE:
+            violations.append(
+                FieldViolation(f"{path}.grace_period", "must be between 0 and 90 days")
             )
         return violations
     if isinstance(op, Renew):

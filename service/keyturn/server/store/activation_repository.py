@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
 
-from sqlalchemy import and_, func, insert, select, update
+from sqlalchemy import and_, func, insert, or_, select, update
 from sqlalchemy.engine import RowMapping
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -22,6 +22,7 @@ from .tables import activations
 class SeatOutcome(StrEnum):
     GRANTED = "granted"  # a seat was taken
     KEPT = "kept"  # the activation already held its seat; its lease was extended
+    REGAINED = "regained"  # its floating lease had lapsed; the seat was taken again
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,7 @@ def _activation(row: RowMapping) -> Activation:
         lease_expire_time=row["lease_expire_time"],
         create_time=row["create_time"],
         released_time=row["released_time"],
+        seat_time=row["seat_time"],
     )
 
 
@@ -65,6 +67,14 @@ def _live_condition(model: LicenseModel, now: datetime, lapse_grace: timedelta):
     if model is LicenseModel.NODE_LOCKED:
         return alive
     return and_(alive, activations.c.lease_expire_time > now - lapse_grace)
+
+
+def _seats_exhausted(entitlement: Entitlement) -> DomainError:
+    return DomainError(
+        Reason.SEATS_EXHAUSTED,
+        f"all {entitlement.seats} seats of this license are in use",
+        {"seats": str(entitlement.seats)},
+    )
 
 
 class ActivationRepository:
@@ -120,6 +130,7 @@ class ActivationRepository:
         expiry = entitlement.lease_expiry(claim.now)
         model = entitlement.license_model
         if row is not None and holds_seat(row, model, claim.now, claim.lapse_grace):
+            await self._check_within_count(entitlement, row, claim)
             outcome = SeatOutcome.KEPT
         else:
             in_use = await self.count_live(
@@ -129,22 +140,45 @@ class ActivationRepository:
                 excluding=row.activation_id if row else "",
             )
             if in_use >= entitlement.seats:
-                raise DomainError(
-                    Reason.SEATS_EXHAUSTED,
-                    f"all {entitlement.seats} seats of this license are in use",
-                    {"seats": str(entitlement.seats)},
-                )
-            outcome = SeatOutcome.GRANTED
-        activation = await self._write(claim, row, expiry)
+                raise _seats_exhausted(entitlement)
+            lapsed = row is not None and row.released_time is None
+            outcome = SeatOutcome.REGAINED if lapsed else SeatOutcome.GRANTED
+        activation = await self._write(claim, row, expiry, outcome)
         in_use = await self.count_live(entitlement, claim.now, claim.lapse_grace)
         return SeatResult(outcome, activation, entitlement, in_use)
+
+    async def _check_within_count(
+        self, entitlement: Entitlement, held: Activation, claim: SeatClaim
+    ) -> None:
+        """A held seat is kept only among the first `seats` live ones by seat time.
+
+        After an order removed seats below the number in use, the most recently
+        taken seats are refused here, at their next renewal, until the count fits.
+        """
+        seat_time = func.coalesce(activations.c.seat_time, activations.c.create_time)
+        held_time = held.seat_time or held.create_time
+        query = (
+            select(func.count())
+            .select_from(activations)
+            .where(
+                activations.c.entitlement_id == entitlement.entitlement_id,
+                _live_condition(entitlement.license_model, claim.now, claim.lapse_grace),
+                or_(
+                    seat_time < held_time,
+                    and_(seat_time == held_time, activations.c.activation_id < held.activation_id),
+                ),
+            )
+        )
+        ahead = int((await self._db.execute(query)).scalar_one())
+        if ahead >= entitlement.seats:
+            raise _seats_exhausted(entitlement)
 
     async def _find(self, condition: object) -> Activation | None:
         row = (await self._db.execute(select(activations).where(condition))).mappings().first()  # type: ignore[arg-type]
         return None if row is None else _activation(row)
 
     async def _write(
-        self, claim: SeatClaim, existing: Activation | None, expiry: datetime
+        self, claim: SeatClaim, existing: Activation | None, expiry: datetime, outcome: SeatOutcome
     ) -> Activation:
         if existing is None:
             activation = Activation(
@@ -155,6 +189,7 @@ class ActivationRepository:
                 lease_jti=claim.new_jti,
                 lease_expire_time=expiry,
                 create_time=claim.now,
+                seat_time=claim.now,
             )
             await self._db.execute(
                 insert(activations).values(
@@ -166,9 +201,11 @@ class ActivationRepository:
                     lease_expire_time=activation.lease_expire_time,
                     create_time=claim.now,
                     update_time=claim.now,
+                    seat_time=claim.now,
                 )
             )
             return activation
+        seat_time = existing.seat_time if outcome is SeatOutcome.KEPT else claim.now
         label = claim.label or existing.label
         await self._db.execute(
             update(activations)
@@ -179,6 +216,7 @@ class ActivationRepository:
                 lease_expire_time=expiry,
                 released_time=None,
                 update_time=claim.now,
+                seat_time=seat_time,
             )
         )
         return Activation(
@@ -189,6 +227,7 @@ class ActivationRepository:
             lease_jti=claim.new_jti,
             lease_expire_time=expiry,
             create_time=existing.create_time,
+            seat_time=seat_time,
         )
 
     async def release(self, activation_id: str, jti: str, now: datetime) -> Activation | None:

@@ -21,6 +21,7 @@ from keyturn.server.domain.catalog import (
     RemoveFeatures,
     RemoveSeats,
     Renew,
+    RenewalAnchor,
 )
 from keyturn.server.domain.entitlement import Customer
 from keyturn.server.domain.orders import LineResult, OrderLine, OrderRequest
@@ -63,7 +64,10 @@ def operation_to_json(op: Operation) -> dict[str, Any]:
             "license_model": op.license_model.value,
             "lease_duration_seconds": int(op.lease_duration.total_seconds()),
             "dispatch": op.dispatch.value,
+            "grace_seconds": int(op.grace.total_seconds()),
         }
+    elif isinstance(op, Renew):
+        body = {"term": op.term, "anchor": op.anchor.value}
     elif isinstance(op, AddFeatures):
         body = {"features": features_to_json(op.features)}
     elif isinstance(op, RemoveFeatures):
@@ -85,15 +89,18 @@ def operation_from_json(data: dict[str, Any]) -> Operation:
             license_model=LicenseModel(body["license_model"]),
             lease_duration=timedelta(seconds=body["lease_duration_seconds"]),
             dispatch=Dispatch(body["dispatch"]),
+            grace=timedelta(seconds=body.get("grace_seconds", 0)),
+        )
+    if name == Renew.name:
+        return Renew(
+            body["term"], RenewalAnchor(body.get("anchor", RenewalAnchor.FROM_NOW_IF_EXPIRED))
         )
     if name == AddFeatures.name:
         return AddFeatures(features_from_json(body["features"]))
     if name == RemoveFeatures.name:
         return RemoveFeatures(tuple(body["feature_names"]))
-    simple: dict[str, type[Renew | AddSeats | RemoveSeats | ChangeEdition | ConvertTrial | Cancel]]
-    simple = {
-        cls.name: cls for cls in (Renew, AddSeats, RemoveSeats, ChangeEdition, ConvertTrial, Cancel)
-    }
+    simple: dict[str, type[AddSeats | RemoveSeats | ChangeEdition | ConvertTrial | Cancel]]
+    simple = {cls.name: cls for cls in (AddSeats, RemoveSeats, ChangeEdition, ConvertTrial, Cancel)}
     return simple[name](**body)
 
 

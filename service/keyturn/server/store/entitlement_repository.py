@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 
-from sqlalchemy import Select, insert, select, update
+from sqlalchemy import ColumnElement, Select, and_, insert, not_, or_, select, update
 from sqlalchemy.engine import RowMapping
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from keyturn.server.domain.catalog import Dispatch, LicenseModel
-from keyturn.server.domain.entitlement import Customer, Entitlement
+from keyturn.server.domain.entitlement import Customer, Entitlement, Status
 
 from .codec import features_from_json, features_to_json
 from .tables import entitlements, external_references
@@ -44,6 +44,8 @@ def _entitlement(row: RowMapping, references: tuple[str, ...]) -> Entitlement:
         cancel_time=row["cancel_time"],
         grace=timedelta(seconds=row["grace_seconds"]),
         external_references=references,
+        addons=features_from_json(row["addon_features"]),
+        removed_features=tuple(row["removed_features"]),
     )
 
 
@@ -58,8 +60,33 @@ def _state(entitlement: Entitlement) -> dict[str, object]:
         "trial": entitlement.trial,
         "cancel_time": entitlement.cancel_time,
         "grace_seconds": int(entitlement.grace.total_seconds()),
+        "usable_until": entitlement.usable_until(),
+        "addon_features": features_to_json(entitlement.addons),
+        "removed_features": list(entitlement.removed_features),
         "update_time": entitlement.update_time,
     }
+
+
+@dataclass(frozen=True)
+class EntitlementFilter:
+    """ListEntitlements filters; empty ones match everything."""
+
+    customer_id: str = ""
+    email: str = ""
+    product_id: str = ""
+    status: Status | None = None
+    external_reference: str = ""
+
+
+def _status_condition(status: Status, now: datetime) -> ColumnElement[bool]:
+    """Status as Entitlement.status computes it, in SQL (usable_until = end date + grace)."""
+    t = entitlements
+    live = or_(t.c.usable_until.is_(None), t.c.usable_until > now)
+    if status is Status.CANCELLED:
+        return t.c.cancel_time.is_not(None)
+    if status is Status.EXPIRED:
+        return and_(t.c.cancel_time.is_(None), not_(live))
+    return and_(t.c.cancel_time.is_(None), live, t.c.trial == (status is Status.TRIAL))
 
 
 class EntitlementRepository:
@@ -103,16 +130,62 @@ class EntitlementRepository:
             .values(**_state(entitlement))
         )
 
-    async def _one(self, query: Select[tuple[object, ...]]) -> Entitlement | None:
-        row = (await self._db.execute(query)).mappings().first()
-        if row is None:
-            return None
+    async def attach_reference(self, reference: str, entitlement_id: str) -> None:
+        await self._db.execute(
+            insert(external_references).values(
+                external_reference=reference, entitlement_id=entitlement_id
+            )
+        )
+
+    async def _many(self, query: Select[tuple[object, ...]]) -> list[Entitlement]:
+        rows = list((await self._db.execute(query)).mappings())
+        if not rows:
+            return []
         refs = await self._db.execute(
-            select(external_references.c.external_reference)
-            .where(external_references.c.entitlement_id == row["entitlement_id"])
+            select(external_references.c.entitlement_id, external_references.c.external_reference)
+            .where(external_references.c.entitlement_id.in_([r["entitlement_id"] for r in rows]))
             .order_by(external_references.c.external_reference)
         )
-        return _entitlement(row, tuple(refs.scalars()))
+        by_entitlement: dict[str, list[str]] = {}
+        for entitlement_id, reference in refs:
+            by_entitlement.setdefault(entitlement_id, []).append(reference)
+        return [
+            _entitlement(row, tuple(by_entitlement.get(row["entitlement_id"], ()))) for row in rows
+        ]
+
+    async def _one(self, query: Select[tuple[object, ...]]) -> Entitlement | None:
+        found = await self._many(query.limit(1))
+        return found[0] if found else None
+
+    async def get_many(self, entitlement_ids: set[str]) -> dict[str, Entitlement]:
+        query = select(entitlements).where(entitlements.c.entitlement_id.in_(entitlement_ids))
+        return {e.entitlement_id: e for e in await self._many(query)}
+
+    async def list(
+        self, where: EntitlementFilter, now: datetime, after: str, limit: int
+    ) -> list[Entitlement]:
+        """Entitlements matching every filter set, by id (ids grow with creation time)."""
+        t = entitlements
+        query = select(t).where(t.c.entitlement_id > after)
+        if where.customer_id:
+            query = query.where(t.c.customer_id == where.customer_id)
+        if where.email:
+            query = query.where(
+                or_(t.c.customer_email == where.email, t.c.ship_to_email == where.email)
+            )
+        if where.product_id:
+            query = query.where(t.c.product_id == where.product_id)
+        if where.external_reference:
+            query = query.where(
+                t.c.entitlement_id.in_(
+                    select(external_references.c.entitlement_id).where(
+                        external_references.c.external_reference == where.external_reference
+                    )
+                )
+            )
+        if where.status is not None:
+            query = query.where(_status_condition(where.status, now))
+        return await self._many(query.order_by(t.c.entitlement_id).limit(limit))
 
     async def get(self, entitlement_id: str, lock: bool = False) -> Entitlement | None:
         query = select(entitlements).where(entitlements.c.entitlement_id == entitlement_id)

@@ -104,6 +104,9 @@ entitlements = Table(
     Column("trial", Boolean, nullable=False),
     Column("cancel_time", UtcDateTime, nullable=True),
     Column("grace_seconds", Integer, nullable=False),
+    Column("usable_until", UtcDateTime, nullable=True, index=True),
+    Column("addon_features", JSON, nullable=False, server_default="[]"),
+    Column("removed_features", JSON, nullable=False, server_default="[]"),
     Column("license_model", String(16), nullable=False),
     Column("lease_duration_seconds", Integer, nullable=False),
     Column("dispatch", String(16), nullable=False),
@@ -140,6 +143,7 @@ activations = Table(
     Column("create_time", UtcDateTime, nullable=False),
     Column("update_time", UtcDateTime, nullable=False),
     Column("released_time", UtcDateTime, nullable=True),
+    Column("seat_time", UtcDateTime, nullable=True),  # when it last took its seat
     UniqueConstraint("entitlement_id", "fingerprint"),
 )
 
@@ -160,6 +164,13 @@ events = Table(
     Column("activation_id", String(64), nullable=False),
     Column("snapshot", JSON, nullable=False),
     Index("ix_entitlement_events_entitlement_id_sequence", "entitlement_id", "sequence"),
+)
+
+event_sequence = Table(
+    "event_sequence",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("last_sequence", BigInteger, nullable=False),
 )
 
 api_tokens = Table(

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 
 from sqlalchemy import exc, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -39,11 +40,36 @@ class Transaction:
         self.signing_keys = SigningKeyRepository(connection)
 
 
+class CommitBell:
+    """Wakes those waiting for new events as soon as a transaction in this process commits some.
+
+    Take `armed()` before reading, then `wait` on it: a commit in between is not missed.
+    """
+
+    def __init__(self) -> None:
+        self._signal = asyncio.Event()
+
+    def armed(self) -> asyncio.Event:
+        return self._signal
+
+    def ring(self) -> None:
+        self._signal.set()
+        self._signal = asyncio.Event()
+
+    @staticmethod
+    async def wait(signal: asyncio.Event, poll_seconds: float) -> None:
+        """Until `signal` rings or `poll_seconds` pass (to look for events of other replicas)."""
+        with suppress(TimeoutError):
+            async with asyncio.timeout(poll_seconds):
+                await signal.wait()
+
+
 class Store:
     """Opens transactions; commits when the block ends, rolls back when it raises."""
 
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
+        self.bell = CommitBell()
 
     @classmethod
     def from_url(cls, database_url: str) -> Store:
@@ -55,8 +81,12 @@ class Store:
 
     @asynccontextmanager
     async def write(self) -> AsyncIterator[Transaction]:
+        """A write transaction; its events are numbered and written last, just before commit."""
         async with self._transaction(read_only=False) as tx:
             yield tx
+            written = await tx.events.flush()
+        if written:
+            self.bell.ring()
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[Transaction]:

@@ -111,6 +111,26 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """ALREADY_EXISTS. The external reference that a `create` would attach
     already names another entitlement. Metadata: `external_reference`.
     """
+    NOT_A_TRIAL: _ErrorReason.ValueType  # 23
+    """FAILED_PRECONDITION. A `convert_trial` operation targets an entitlement
+    that is not a trial (never was, or was converted already). The whole
+    order is rolled back. Metadata: `entitlement_id`, `line`.
+    """
+    ENTITLEMENT_PERPETUAL: _ErrorReason.ValueType  # 24
+    """FAILED_PRECONDITION. A `renew` operation targets a perpetual entitlement,
+    which has no end date to extend. The whole order is rolled back.
+    Metadata: `entitlement_id`, `line`.
+    """
+    SEAT_MINIMUM: _ErrorReason.ValueType  # 25
+    """FAILED_PRECONDITION. A `remove_seats` operation would leave the
+    entitlement with fewer than one seat. The whole order is rolled back.
+    Metadata: `entitlement_id`, `seats` (the count before), `line`.
+    """
+    SEQUENCE_OUT_OF_RANGE: _ErrorReason.ValueType  # 26
+    """OUT_OF_RANGE. `after_sequence` of WatchEntitlementEvents is beyond the
+    last event this server has written: it was not taken from this
+    deployment's stream. Metadata: `last_sequence`.
+    """
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """ErrorReason lists every `google.rpc.ErrorInfo.reason` that Keyturn returns.
@@ -213,5 +233,25 @@ you see it, it is a bug worth reporting. Metadata: `error_id`.
 EXTERNAL_REFERENCE_TAKEN: ErrorReason.ValueType  # 22
 """ALREADY_EXISTS. The external reference that a `create` would attach
 already names another entitlement. Metadata: `external_reference`.
+"""
+NOT_A_TRIAL: ErrorReason.ValueType  # 23
+"""FAILED_PRECONDITION. A `convert_trial` operation targets an entitlement
+that is not a trial (never was, or was converted already). The whole
+order is rolled back. Metadata: `entitlement_id`, `line`.
+"""
+ENTITLEMENT_PERPETUAL: ErrorReason.ValueType  # 24
+"""FAILED_PRECONDITION. A `renew` operation targets a perpetual entitlement,
+which has no end date to extend. The whole order is rolled back.
+Metadata: `entitlement_id`, `line`.
+"""
+SEAT_MINIMUM: ErrorReason.ValueType  # 25
+"""FAILED_PRECONDITION. A `remove_seats` operation would leave the
+entitlement with fewer than one seat. The whole order is rolled back.
+Metadata: `entitlement_id`, `seats` (the count before), `line`.
+"""
+SEQUENCE_OUT_OF_RANGE: ErrorReason.ValueType  # 26
+"""OUT_OF_RANGE. `after_sequence` of WatchEntitlementEvents is beyond the
+last event this server has written: it was not taken from this
+deployment's stream. Metadata: `last_sequence`.
 """
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015

@@ -75,6 +75,46 @@ DISPATCH_NONE: Dispatch.ValueType  # 3
 """Send nothing; the caller hands out the key itself."""
 Global___Dispatch: _TypeAlias = Dispatch  # noqa: Y015
 
+class _RenewalAnchor:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _RenewalAnchorEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_RenewalAnchor.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    RENEWAL_ANCHOR_UNSPECIFIED: _RenewalAnchor.ValueType  # 0
+    """Not set; means RENEWAL_ANCHOR_FROM_NOW_IF_EXPIRED."""
+    RENEWAL_ANCHOR_FROM_EXPIRY: _RenewalAnchor.ValueType  # 1
+    """Always extend the current end date, even one that has passed (back-dated
+    renewal: the customer pays for the time it was lapsed).
+    """
+    RENEWAL_ANCHOR_FROM_NOW: _RenewalAnchor.ValueType  # 2
+    """Start the term now. The end date never moves backwards: when the current
+    end date is later than now plus the term, it stays.
+    """
+    RENEWAL_ANCHOR_FROM_NOW_IF_EXPIRED: _RenewalAnchor.ValueType  # 3
+    """Extend the current end date while the entitlement is live (before its end
+    date plus grace), start from now once it has expired.
+    """
+
+class RenewalAnchor(_RenewalAnchor, metaclass=_RenewalAnchorEnumTypeWrapper):
+    """Where a renewal's term starts."""
+
+RENEWAL_ANCHOR_UNSPECIFIED: RenewalAnchor.ValueType  # 0
+"""Not set; means RENEWAL_ANCHOR_FROM_NOW_IF_EXPIRED."""
+RENEWAL_ANCHOR_FROM_EXPIRY: RenewalAnchor.ValueType  # 1
+"""Always extend the current end date, even one that has passed (back-dated
+renewal: the customer pays for the time it was lapsed).
+"""
+RENEWAL_ANCHOR_FROM_NOW: RenewalAnchor.ValueType  # 2
+"""Start the term now. The end date never moves backwards: when the current
+end date is later than now plus the term, it stays.
+"""
+RENEWAL_ANCHOR_FROM_NOW_IF_EXPIRED: RenewalAnchor.ValueType  # 3
+"""Extend the current end date while the entitlement is live (before its end
+date plus grace), start from now once it has expired.
+"""
+Global___RenewalAnchor: _TypeAlias = RenewalAnchor  # noqa: Y015
+
 @_typing.final
 class Feature(_message.Message):
     """A named capability of an edition, such as `export-pdf` or `max-projects`."""
@@ -202,6 +242,7 @@ class CreateOperation(_message.Message):
     LICENSE_MODEL_FIELD_NUMBER: _builtins.int
     LEASE_DURATION_FIELD_NUMBER: _builtins.int
     DISPATCH_FIELD_NUMBER: _builtins.int
+    GRACE_PERIOD_FIELD_NUMBER: _builtins.int
     edition_id: _builtins.str
     """Edition of the SKU's product that the entitlement grants."""
     seats_per_unit: _builtins.int
@@ -228,6 +269,13 @@ class CreateOperation(_message.Message):
     def lease_duration(self) -> _duration_pb2.Duration:
         """Lifetime of a lease: 1 minute to 30 days; defaults to 15 minutes."""
 
+    @_builtins.property
+    def grace_period(self) -> _duration_pb2.Duration:
+        """Time after the end date during which the entitlement still counts as
+        live: leases renew and seats can be taken. 0 (the default) to 90 days.
+        The entitlement keeps it for its whole life.
+        """
+
     def __init__(
         self,
         *,
@@ -240,10 +288,11 @@ class CreateOperation(_message.Message):
         license_model: Global___LicenseModel.ValueType = ...,
         lease_duration: _duration_pb2.Duration | None = ...,
         dispatch: Global___Dispatch.ValueType = ...,
+        grace_period: _duration_pb2.Duration | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["lease_duration", b"lease_duration"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["grace_period", b"grace_period", "lease_duration", b"lease_duration"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["dispatch", b"dispatch", "edition_id", b"edition_id", "features", b"features", "lease_duration", b"lease_duration", "license_model", b"license_model", "perpetual", b"perpetual", "seats_per_unit", b"seats_per_unit", "term", b"term", "trial", b"trial"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dispatch", b"dispatch", "edition_id", b"edition_id", "features", b"features", "grace_period", b"grace_period", "lease_duration", b"lease_duration", "license_model", b"license_model", "perpetual", b"perpetual", "seats_per_unit", b"seats_per_unit", "term", b"term", "trial", b"trial"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -251,21 +300,29 @@ Global___CreateOperation: _TypeAlias = CreateOperation  # noqa: Y015
 
 @_typing.final
 class RenewOperation(_message.Message):
-    """Extends the end date of the target entitlement by a term."""
+    """Extends the end date of the target entitlement by a term, once per unit
+    ordered (quantity 3 of a `P1Y` renewal adds three years). Fails with
+    ENTITLEMENT_PERPETUAL on a perpetual entitlement; renewing a trial extends
+    the trial.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
     TERM_FIELD_NUMBER: _builtins.int
+    ANCHOR_FIELD_NUMBER: _builtins.int
     term: _builtins.str
-    """Term as an ISO-8601 duration (`P1Y`, `P1M`, `P30D`)."""
+    """Term per unit as an ISO-8601 duration (`P1Y`, `P1M`, `P30D`)."""
+    anchor: Global___RenewalAnchor.ValueType
+    """Where the term starts; defaults to RENEWAL_ANCHOR_FROM_NOW_IF_EXPIRED."""
     def __init__(
         self,
         *,
         term: _builtins.str = ...,
+        anchor: Global___RenewalAnchor.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["term", b"term"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["anchor", b"anchor", "term", b"term"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -295,7 +352,11 @@ Global___AddSeatsOperation: _TypeAlias = AddSeatsOperation  # noqa: Y015
 
 @_typing.final
 class RemoveSeatsOperation(_message.Message):
-    """Removes seats from the target entitlement (never below one)."""
+    """Removes seats from the target entitlement. Leaving fewer than one seat
+    fails with SEAT_MINIMUM. Seats in use beyond the new count are not cut off:
+    the most recently activated of them are refused at their next renewal
+    (SEATS_EXHAUSTED) until the count fits.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -318,7 +379,8 @@ Global___RemoveSeatsOperation: _TypeAlias = RemoveSeatsOperation  # noqa: Y015
 @_typing.final
 class ChangeEditionOperation(_message.Message):
     """Moves the target entitlement to another edition of its product
-    (upgrade or downgrade); activations are kept.
+    (upgrade or downgrade); activations are kept. The features become the new
+    edition's, plus the add-ons and minus the removals of earlier orders.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -389,15 +451,17 @@ Global___RemoveFeaturesOperation: _TypeAlias = RemoveFeaturesOperation  # noqa: 
 
 @_typing.final
 class ConvertTrialOperation(_message.Message):
-    """Turns the target trial into a paid entitlement."""
+    """Turns the target trial into a paid entitlement (NOT_A_TRIAL otherwise),
+    also after the trial has expired.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
     TERM_FIELD_NUMBER: _builtins.int
     PERPETUAL_FIELD_NUMBER: _builtins.int
     term: _builtins.str
-    """Paid term, ISO-8601, counted from the conversion. Empty if and only if
-    `perpetual` is set.
+    """Paid term per unit ordered, ISO-8601, counted from the conversion. Empty
+    if and only if `perpetual` is set.
     """
     perpetual: _builtins.bool
     """The converted entitlement has no end date."""
@@ -417,7 +481,9 @@ Global___ConvertTrialOperation: _TypeAlias = ConvertTrialOperation  # noqa: Y015
 
 @_typing.final
 class CancelOperation(_message.Message):
-    """Cancels the target entitlement: no new activations or renewals."""
+    """Cancels the target entitlement: no new activations or lease renewals, and
+    no later operation applies to it (ENTITLEMENT_CANCELLED).
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -435,7 +501,9 @@ Global___CancelOperation: _TypeAlias = CancelOperation  # noqa: Y015
 @_typing.final
 class Operation(_message.Message):
     """One step of a SKU, applied to an entitlement when an order line names the
-    SKU. Operations of a SKU apply in order.
+    SKU. Operations of a SKU apply in order. The line's quantity multiplies
+    seat counts (`create`, `add_seats`, `remove_seats`) and terms (`renew`,
+    `convert_trial`); the other operations apply once whatever the quantity.
     """
 
     DESCRIPTOR: _descriptor.Descriptor

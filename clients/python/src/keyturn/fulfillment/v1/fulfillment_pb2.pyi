@@ -165,7 +165,10 @@ class OrderLine(_message.Message):
     external_reference: _builtins.str
     """A reference in the order source, such as `stripe:sub_123` (up to 200
     characters). A `create` attaches it to the new entitlement; the other
-    operations find their target by it when `entitlement_id` is empty.
+    operations find their target by it when `entitlement_id` is empty. When
+    both are set on a line that changes an entitlement, the reference is
+    attached to that entitlement (ALREADY_EXISTS / EXTERNAL_REFERENCE_TAKEN
+    when it names another one).
     """
     def __init__(
         self,
@@ -209,6 +212,8 @@ class Entitlement(_message.Message):
     LICENSE_KEY_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
+    SEATS_OVER_FIELD_NUMBER: _builtins.int
+    GRACE_PERIOD_FIELD_NUMBER: _builtins.int
     entitlement_id: _builtins.str
     """Server-assigned id (`ent_` followed by 26 characters)."""
     product_id: _builtins.str
@@ -234,6 +239,11 @@ class Entitlement(_message.Message):
     license_key: _builtins.str
     """The license key. Set only in the FulfillOrder response for entitlements
     the order created; never returned by reads.
+    """
+    seats_over: _builtins.int
+    """Seats in use beyond `seats` now (after an order removed seats): that
+    many of the most recently activated seats are refused at their next
+    lease renewal. 0 when the count fits.
     """
     @_builtins.property
     def customer(self) -> Global___Customer:
@@ -267,6 +277,10 @@ class Entitlement(_message.Message):
     def update_time(self) -> _timestamp_pb2.Timestamp:
         """When the entitlement last changed."""
 
+    @_builtins.property
+    def grace_period(self) -> _duration_pb2.Duration:
+        """Time after `end_time` during which the entitlement is still live."""
+
     def __init__(
         self,
         *,
@@ -290,10 +304,12 @@ class Entitlement(_message.Message):
         license_key: _builtins.str = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
+        seats_over: _builtins.int = ...,
+        grace_period: _duration_pb2.Duration | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "customer", b"customer", "end_time", b"end_time", "lease_duration", b"lease_duration", "start_time", b"start_time", "update_time", b"update_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "customer", b"customer", "end_time", b"end_time", "grace_period", b"grace_period", "lease_duration", b"lease_duration", "start_time", b"start_time", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "customer", b"customer", "dispatch", b"dispatch", "edition_id", b"edition_id", "end_time", b"end_time", "entitlement_id", b"entitlement_id", "external_references", b"external_references", "features", b"features", "lease_duration", b"lease_duration", "license_key", b"license_key", "license_model", b"license_model", "perpetual", b"perpetual", "product_id", b"product_id", "seats", b"seats", "seats_in_use", b"seats_in_use", "ship_to_email", b"ship_to_email", "start_time", b"start_time", "status", b"status", "trial", b"trial", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "customer", b"customer", "dispatch", b"dispatch", "edition_id", b"edition_id", "end_time", b"end_time", "entitlement_id", b"entitlement_id", "external_references", b"external_references", "features", b"features", "grace_period", b"grace_period", "lease_duration", b"lease_duration", "license_key", b"license_key", "license_model", b"license_model", "perpetual", b"perpetual", "product_id", b"product_id", "seats", b"seats", "seats_in_use", b"seats_in_use", "seats_over", b"seats_over", "ship_to_email", b"ship_to_email", "start_time", b"start_time", "status", b"status", "trial", b"trial", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -807,7 +823,9 @@ class WatchEntitlementEventsRequest(_message.Message):
 
     AFTER_SEQUENCE_FIELD_NUMBER: _builtins.int
     after_sequence: _builtins.int
-    """Start after this sequence number; 0 streams from the first event."""
+    """Start after this sequence number; 0 streams from the first event.
+    Negative, or beyond the last event written, is an error.
+    """
     def __init__(
         self,
         *,

@@ -1,0 +1,113 @@
+"""Views and sync: list entitlements, read one's history, follow every change as it commits."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from keyturn.server.domain.errors import DomainError, FieldViolation, Reason, raise_if_invalid
+from keyturn.server.domain.orders import check_email, check_reference, check_text
+from keyturn.server.domain.validation import check_slug
+from keyturn.server.store.entitlement_repository import EntitlementFilter
+from keyturn.server.store.event_repository import StoredEvent
+from keyturn.server.store.unit_of_work import Transaction
+
+from .context import AppContext
+from .fulfillment import check_entitlement_id, entitlement_view, missing_entitlement
+from .paging import next_page_token, page_of, page_request
+from .views import EntitlementView, from_snapshot
+
+WATCH_BATCH = 500
+
+
+@dataclass(frozen=True)
+class EventView:
+    """An event with the entitlement as it stood right after it."""
+
+    event: StoredEvent
+    entitlement: EntitlementView
+
+
+def _check_filter(where: EntitlementFilter) -> None:
+    violations: list[FieldViolation] = []
+    if where.customer_id:
+        violations += check_text("customer_id", where.customer_id, 128, "customer id")
+    if where.email:
+        violations += check_email("email", where.email, required=False)
+    if where.product_id:
+        violations += check_slug("product_id", where.product_id, "product id")
+    if where.external_reference:
+        violations += check_reference("external_reference", where.external_reference)
+    raise_if_invalid(violations)
+
+
+def _filter_scope(where: EntitlementFilter) -> str:
+    """Ties a page token to its filters: a token of another query is refused."""
+    status = where.status.value if where.status else ""
+    parts = (where.customer_id, where.email, where.product_id, status, where.external_reference)
+    return "entitlements:" + "\x1f".join(parts)
+
+
+async def list_entitlements(
+    ctx: AppContext, where: EntitlementFilter, page_size: int, page_token: str
+) -> tuple[list[EntitlementView], str]:
+    _check_filter(where)
+    scope = _filter_scope(where)
+    page = page_request(page_size, page_token, scope)
+    now = ctx.clock.now()
+    async with ctx.store.read() as tx:
+        found = await tx.entitlements.list(where, now, page.after, page.size + 1)
+        items, more = page_of(found, page.size)
+        views = [await entitlement_view(ctx, tx, e.entitlement_id) for e in items]
+    return views, next_page_token(items[-1].entitlement_id if more else None, scope)
+
+
+async def _event_views(tx: Transaction, events: list[StoredEvent]) -> list[EventView]:
+    current = await tx.entitlements.get_many({e.entitlement_id for e in events})
+    return [EventView(e, from_snapshot(current[e.entitlement_id], e.snapshot)) for e in events]
+
+
+async def list_entitlement_events(
+    ctx: AppContext, entitlement_id: str, page_size: int, page_token: str
+) -> tuple[list[EventView], str]:
+    check_entitlement_id(entitlement_id)
+    scope = f"events:{entitlement_id}"
+    page = page_request(page_size, page_token, scope)
+    after = int(page.after) if page.after.isdigit() else 0
+    async with ctx.store.read() as tx:
+        if await tx.entitlements.get(entitlement_id) is None:
+            raise missing_entitlement(entitlement_id)
+        found = await tx.events.after(after, page.size + 1, entitlement_id)
+        items, more = page_of(found, page.size)
+        views = await _event_views(tx, items)
+    return views, next_page_token(str(items[-1].sequence) if more else None, scope)
+
+
+async def watch_events(
+    ctx: AppContext, after_sequence: int, poll_seconds: float
+) -> AsyncIterator[EventView]:
+    """Every event after `after_sequence` in sequence order, then new ones as they commit.
+
+    Commits in this process wake the watcher at once; those of other replicas are
+    found by reading again every `poll_seconds`.
+    """
+    if after_sequence < 0:
+        raise_if_invalid([FieldViolation("after_sequence", "must not be negative")])
+    async with ctx.store.read() as tx:
+        last = await tx.events.last_sequence()
+    if after_sequence > last:
+        raise DomainError(
+            Reason.SEQUENCE_OUT_OF_RANGE,
+            f"after_sequence {after_sequence} is beyond the last event ({last})",
+            {"last_sequence": str(last)},
+        )
+    cursor = after_sequence
+    while True:
+        signal = ctx.store.bell.armed()
+        async with ctx.store.read() as tx:
+            batch = await _event_views(tx, await tx.events.after(cursor, WATCH_BATCH))
+        for view in batch:
+            yield view
+            cursor = view.event.sequence
+        if len(batch) < WATCH_BATCH:
+            await ctx.store.bell.wait(signal, poll_seconds)
