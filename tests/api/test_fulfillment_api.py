@@ -11,6 +11,7 @@ from sqlalchemy import text
 
 from keyturn.fulfillment.v1 import catalog_pb2_grpc, fulfillment_pb2_grpc
 from keyturn.fulfillment.v1 import fulfillment_pb2 as ful
+from keyturn.server.api.server import KeyturnServer
 from keyturn.server.app.context import AppContext
 
 from conftest import Tokens
@@ -178,4 +179,32 @@ async def test_scopes_are_enforced(fulfillment_stub: Fulfillment, tokens: Tokens
     assert (failure_of(caught.value).code, failure_of(caught.value).reason) == (
         grpc.StatusCode.UNAUTHENTICATED,
         "MISSING_CREDENTIALS",
+    )
+
+
+@pytest.mark.usefixtures("skus")
+async def test_shutdown_ends_change_streams_with_server_stopping(
+    app: AppContext, tokens: Tokens
+) -> None:
+    own = KeyturnServer(app, "127.0.0.1:0")
+    await own.start()
+    async with grpc.aio.insecure_channel(own.address) as channel:
+        stub = fulfillment_pb2_grpc.FulfillmentServiceStub(channel)
+        await stub.FulfillOrder(order("o-watch", "SUB-1Y"), metadata=tokens("fulfill"))
+        stream = stub.WatchEntitlementEvents(
+            ful.WatchEntitlementEventsRequest(after_sequence=0), metadata=tokens("read")
+        )
+        first = await stream.read()
+        assert isinstance(first, ful.WatchEntitlementEventsResponse)
+        assert first.event.sequence == 1
+        # The stream now waits for new events; a long drain grace must not keep it open.
+        stopping = asyncio.create_task(own.stop(grace=600))
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await stream.read()
+        await stopping
+    failure = failure_of(caught.value)
+    assert (failure.code, failure.reason, failure.metadata) == (
+        grpc.StatusCode.UNAVAILABLE,
+        "SERVER_STOPPING",
+        {"last_sequence": "1"},
     )

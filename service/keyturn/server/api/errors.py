@@ -38,6 +38,7 @@ STATUS_OF: dict[Reason, StatusCode] = {
     Reason.ENTITLEMENT_PERPETUAL: StatusCode.FAILED_PRECONDITION,
     Reason.SEAT_MINIMUM: StatusCode.FAILED_PRECONDITION,
     Reason.SEQUENCE_OUT_OF_RANGE: StatusCode.OUT_OF_RANGE,
+    Reason.SERVER_STOPPING: StatusCode.UNAVAILABLE,
 }
 
 

@@ -91,6 +91,8 @@ class KeyturnServer:
     async def stop(self, grace: float) -> None:
         """NOT_SERVING first, then let in-flight calls finish (up to `grace`), then close."""
         await self._health.enter_graceful_shutdown()
+        self.ctx.stopping.set()  # change streams end now rather than hold the drain
+        self.ctx.store.bell.ring()
         if self._watch is not None:
             self._watch.cancel()
             with contextlib.suppress(asyncio.CancelledError):

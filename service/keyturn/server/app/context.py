@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import asyncio
+from dataclasses import dataclass, field
 from datetime import timedelta
 
 from keyturn.server.clock import Clock
@@ -20,3 +21,4 @@ class AppContext:
     issuer: str = "keyturn"
     lapse_grace: timedelta = timedelta(seconds=30)
     watch_poll_seconds: float = 0.5
+    stopping: asyncio.Event = field(default_factory=asyncio.Event)  # set on shutdown

@@ -103,6 +103,12 @@ async def watch_events(
         )
     cursor = after_sequence
     while True:
+        if ctx.stopping.is_set():
+            raise DomainError(
+                Reason.SERVER_STOPPING,
+                f"the server is stopping; reconnect with after_sequence {cursor}",
+                {"last_sequence": str(cursor)},
+            )
         signal = ctx.store.bell.armed()
         async with ctx.store.read() as tx:
             batch = await _event_views(tx, await tx.events.after(cursor, WATCH_BATCH))

@@ -131,6 +131,11 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     last event this server has written: it was not taken from this
     deployment's stream. Metadata: `last_sequence`.
     """
+    SERVER_STOPPING: _ErrorReason.ValueType  # 27
+    """UNAVAILABLE. The server is shutting down and ended this change stream;
+    reconnect (to another replica) with the last sequence seen. Metadata:
+    `last_sequence` (the last sequence sent on the stream).
+    """
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """ErrorReason lists every `google.rpc.ErrorInfo.reason` that Keyturn returns.
@@ -253,5 +258,10 @@ SEQUENCE_OUT_OF_RANGE: ErrorReason.ValueType  # 26
 """OUT_OF_RANGE. `after_sequence` of WatchEntitlementEvents is beyond the
 last event this server has written: it was not taken from this
 deployment's stream. Metadata: `last_sequence`.
+"""
+SERVER_STOPPING: ErrorReason.ValueType  # 27
+"""UNAVAILABLE. The server is shutting down and ended this change stream;
+reconnect (to another replica) with the last sequence seen. Metadata:
+`last_sequence` (the last sequence sent on the stream).
 """
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015
