@@ -5,7 +5,13 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-from keyturn.server.domain.errors import DomainError, FieldViolation, Reason, raise_if_invalid
+from keyturn.server.domain.errors import (
+    DomainError,
+    FieldViolation,
+    Reason,
+    invalid_request,
+    raise_if_invalid,
+)
 from keyturn.server.domain.orders import check_email, check_reference, check_text
 from keyturn.server.domain.validation import check_slug
 from keyturn.server.store.entitlement_repository import EntitlementFilter
@@ -73,7 +79,11 @@ async def list_entitlement_events(
     check_entitlement_id(entitlement_id)
     scope = f"events:{entitlement_id}"
     page = page_request(page_size, page_token, scope)
-    after = int(page.after) if page.after.isdigit() else 0
+    if page.after and not page.after.isdigit():
+        raise invalid_request(
+            [FieldViolation("page_token", "is not a token returned by this list call")]
+        )
+    after = int(page.after or 0)
     async with ctx.store.read() as tx:
         if await tx.entitlements.get(entitlement_id) is None:
             raise missing_entitlement(entitlement_id)
