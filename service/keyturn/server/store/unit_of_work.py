@@ -70,6 +70,10 @@ class Store:
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
         self.bell = CommitBell()
+        # SQLite: a deferred BEGIN that takes no write lock; PostgreSQL: BEGIN READ ONLY.
+        self._read_only_options: dict[str, bool] = {READ_ONLY: True}
+        if engine.dialect.name == "postgresql":
+            self._read_only_options["postgresql_readonly"] = True
 
     @classmethod
     def from_url(cls, database_url: str) -> Store:
@@ -98,7 +102,7 @@ class Store:
         try:
             async with self.engine.connect() as connection:
                 if read_only:
-                    await connection.execution_options(**{READ_ONLY: True})
+                    await connection.execution_options(**self._read_only_options)
                 async with connection.begin():
                     yield Transaction(connection)
         except exc.IntegrityError as error:
