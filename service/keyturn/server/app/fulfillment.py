@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 
 from keyturn.server.domain.catalog import MAX_SEATS, Create, Product, Sku
@@ -194,6 +194,9 @@ async def _target(tx: Transaction, index: int, line: OrderLine, sku: Sku) -> Ent
     if line.entitlement_id and reference and reference not in found.external_references:
         await _check_reference_free(tx, index, reference)
         await tx.entitlements.attach_reference(reference, found.entitlement_id)
+        found = replace(
+            found, external_references=tuple(sorted({*found.external_references, reference}))
+        )
     return found
 
 

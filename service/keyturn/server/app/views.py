@@ -46,7 +46,8 @@ def snapshot(entitlement: Entitlement, now: datetime, seats_in_use: int) -> dict
         "cancel_time": _time(entitlement.cancel_time),
         "trial": entitlement.trial,
         "status": entitlement.status(now).value,
-        "update_time": now.isoformat(),
+        "external_references": list(entitlement.external_references),
+        "update_time": entitlement.update_time.isoformat(),
     }
 
 
@@ -65,6 +66,7 @@ def from_snapshot(current: Entitlement, recorded: dict[str, Any]) -> Entitlement
         cancel_time=_parse_time(recorded.get("cancel_time")),
         trial=recorded.get("trial", current.trial),
         update_time=_parse_time(recorded.get("update_time")) or current.update_time,
+        external_references=tuple(recorded.get("external_references", current.external_references)),
     )
     status = Status(recorded.get("status", Status.ACTIVE.value))
     return EntitlementView(as_then, status, recorded.get("seats_in_use", 0))
