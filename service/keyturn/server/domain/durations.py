@@ -16,6 +16,7 @@ _PATTERN = re.compile(
     r"(?:T(?=\d)(?:(?P<hours>\d+)H)?(?:(?P<minutes>\d+)M)?(?:(?P<seconds>\d+)S)?)?$",
     re.ASCII,  # \d would otherwise take any Unicode digit
 )
+LAST_YEAR = 9000  # far from datetime's end, so that end date plus grace always fits
 _MAX_PART = 100_000
 _MAX_YEARS = 100
 _REFERENCE = datetime(2000, 1, 1, tzinfo=UTC)
@@ -55,17 +56,23 @@ class IsoDuration:
         total_months = start.month - 1 + self.months + 12 * self.years
         year = start.year + total_months // 12
         month = total_months % 12 + 1
-        if year > 9000:
-            raise ValueError("duration reaches beyond the year 9000")
+        if year > LAST_YEAR:
+            raise ValueError(f"duration reaches beyond the year {LAST_YEAR}")
         day = min(start.day, calendar.monthrange(year, month)[1])
         moved = start.replace(year=year, month=month, day=day)
-        return moved + timedelta(
-            weeks=self.weeks,
-            days=self.days,
-            hours=self.hours,
-            minutes=self.minutes,
-            seconds=self.seconds,
-        )
+        try:
+            end = moved + timedelta(
+                weeks=self.weeks,
+                days=self.days,
+                hours=self.hours,
+                minutes=self.minutes,
+                seconds=self.seconds,
+            )
+        except OverflowError:
+            end = datetime.max.replace(tzinfo=start.tzinfo)
+        if end.year > LAST_YEAR:
+            raise ValueError(f"duration reaches beyond the year {LAST_YEAR}")
+        return end
 
 
 def parse_iso_duration(text: str) -> IsoDuration:
