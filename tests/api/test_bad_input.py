@@ -4,10 +4,12 @@ Every case must come back with its exact code, an ErrorInfo in the keyturn.dev
 domain with the right reason, for INVALID_ARGUMENT a BadRequest naming the
 offending field, never INTERNAL, and must leave every table as it was.
 
-The cases share one server per backend (module scope) holding a small world: a
-product, a few SKUs, one fulfilled order, one entitlement whose single seat is
-taken, and its lease. Only failing calls are made, so the world does not change
-unless a call wrongly writes, which the case that made it reports.
+The cases share one server per backend (module scope) holding a small world: two
+products, a SKU for every operation, one entitlement whose single seat is taken
+and its lease, a perpetual entitlement, a cancelled one, one of the second
+product, two more that only the year-9000 cases aim at, and page tokens issued by
+the list calls. Only failing calls are made, so the world does not change unless
+a call wrongly writes, which the case that made it reports.
 """
 
 from __future__ import annotations
@@ -17,10 +19,12 @@ import hashlib
 import hmac
 import itertools
 import json
+import math
 import shutil
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 import grpc
 import jwt
@@ -67,14 +71,26 @@ RPCS: dict[str, tuple[str, str | None]] = {
     "FulfillOrder": (FULFILLMENT, "fulfill"),
     "GetOrder": (FULFILLMENT, "read"),
     "GetEntitlement": (FULFILLMENT, "read"),
+    "ListEntitlements": (FULFILLMENT, "read"),
+    "ListEntitlementEvents": (FULFILLMENT, "read"),
+    "WatchEntitlementEvents": (FULFILLMENT, "read"),
     "ActivateSeat": (LICENSING, None),
     "RenewLease": (LICENSING, None),
     "ReleaseSeat": (LICENSING, None),
     "GetSigningKeys": (LICENSING, None),
 }
+# Server-streaming RPCs: a case reads the first message, where the error shows.
+STREAMING = {"WatchEntitlementEvents"}
+# Part of the contract, but still answering UNIMPLEMENTED in this version.
+NOT_YET_IMPLEMENTED = {"ResendCredentials", "CheckLicense", "RedeemInvitation"}
 
 # What the world holds.
 TAKEN_REFERENCE = "stripe:sub_taken"
+PERPETUAL_REFERENCE = "stripe:sub_perpetual"
+CANCELLED_REFERENCE = "stripe:sub_cancelled"
+OTHER_REFERENCE = "stripe:sub_other"
+OTHER_PRODUCT_ID = "other-app"
+UNKNOWN_ENTITLEMENT = "ent_01arz3ndektsv4rrffq69g5fav"
 WORLD_ORDER_ID = "order-1"
 WORLD_FINGERPRINT = "device-0001"
 OTHER_SCOPE = {"catalog": "read", "fulfill": "read", "read": "fulfill"}
@@ -91,14 +107,82 @@ MB = "x" * (1 << 20)
 # --- the world the cases run against -------------------------------------------------------
 
 
+def change_sku(sku_id: str, operation: cat.Operation) -> cat.Sku:
+    """A SKU that changes an existing entitlement of the main product."""
+    return cat.Sku(
+        sku_id=sku_id, product_id=PRODUCT_ID, display_name=sku_id, operations=[operation]
+    )
+
+
+def _grace_sku() -> cat.Sku:
+    sku = create_sku("GRACE-90D")
+    sku.operations[0].create.grace_period.FromSeconds(90 * 86400)
+    return sku
+
+
+WORLD_SKUS = (
+    create_sku("STD"),
+    create_sku("BIG", seats=100_000),
+    create_sku("SPARE"),
+    create_sku("PERP", term=""),
+    _grace_sku(),
+    create_sku("OTHER-STD", product_id=OTHER_PRODUCT_ID),
+    change_sku("RENEW", cat.Operation(renew=cat.RenewOperation(term="P1Y"))),
+    change_sku("RENEW-100Y", cat.Operation(renew=cat.RenewOperation(term="P100Y"))),
+    change_sku(
+        "RENEW-50D",
+        cat.Operation(renew=cat.RenewOperation(term="P50D", anchor=cat.RENEWAL_ANCHOR_FROM_EXPIRY)),
+    ),
+    change_sku("ADD-SEATS", cat.Operation(add_seats=cat.AddSeatsOperation(seats_per_unit=100_000))),
+    change_sku(
+        "REMOVE-SEATS", cat.Operation(remove_seats=cat.RemoveSeatsOperation(seats_per_unit=1))
+    ),
+    change_sku(
+        "CHANGE-EDITION",
+        cat.Operation(change_edition=cat.ChangeEditionOperation(edition_id="pro")),
+    ),
+    change_sku(
+        "ADD-FEATURES",
+        cat.Operation(add_features=cat.AddFeaturesOperation(features=[cat.Feature(name="extra")])),
+    ),
+    change_sku(
+        "REMOVE-FEATURES",
+        cat.Operation(remove_features=cat.RemoveFeaturesOperation(feature_names=["export-pdf"])),
+    ),
+    change_sku("CONVERT", cat.Operation(convert_trial=cat.ConvertTrialOperation(term="P1Y"))),
+    change_sku("CANCEL", cat.Operation(cancel=cat.CancelOperation())),
+)
+# The SKUs that change an entitlement, one per operation.
+CHANGE_SKUS = [
+    "RENEW",
+    "ADD-SEATS",
+    "REMOVE-SEATS",
+    "CHANGE-EDITION",
+    "ADD-FEATURES",
+    "REMOVE-FEATURES",
+    "CONVERT",
+    "CANCEL",
+]
+
+
 @dataclass
 class World:
     app: AppContext
     channel: grpc.aio.Channel
     tokens: Tokens
-    entitlement_id: str
+    entitlement_id: str  # one seat, taken by the lease below
     license_key: str
     lease_token: str
+    perpetual_id: str  # has PERPETUAL_REFERENCE
+    cancelled_id: str  # has CANCELLED_REFERENCE
+    other_product_id: str  # of OTHER_PRODUCT_ID, has OTHER_REFERENCE
+    far_id: str  # aimed at only by the renewals into the year 9000
+    far_end: datetime
+    grace_id: str  # 90 days of grace; aimed at only by a renewal to the end of 9999
+    grace_end: datetime
+    last_sequence: int  # of the last event written (read again before each case)
+    entitlements_page_token: str  # ListEntitlements, customer_id="cust-1", page_size=1
+    events_page_token: str  # ListEntitlementEvents of the cancelled entitlement, page_size=1
 
 
 def _b64(data: bytes) -> str:
@@ -175,14 +259,27 @@ async def world(world_database_url: str) -> AsyncIterator[World]:
             fulfillment = fulfillment_pb2_grpc.FulfillmentServiceStub(channel)
             licensing = licensing_pb2_grpc.LicensingServiceStub(channel)
             auth = tokens("catalog")
-            await catalog.PutProduct(cat.PutProductRequest(product=product()), metadata=auth)
-            for sku in (create_sku("STD"), create_sku("BIG", seats=100_000), create_sku("SPARE")):
+            for each in (product(), product(OTHER_PRODUCT_ID)):
+                await catalog.PutProduct(cat.PutProductRequest(product=each), metadata=auth)
+            for sku in WORLD_SKUS:
                 await catalog.PutSku(cat.PutSkuRequest(sku=sku), metadata=auth)
-            fulfilled = await fulfillment.FulfillOrder(
-                order(WORLD_ORDER_ID, "STD", reference=TAKEN_REFERENCE),
-                metadata=tokens("fulfill"),
-            )
-            entitlement = fulfilled.entitlements[0]
+
+            async def fulfilled(
+                order_id: str, sku_id: str, reference: str = "", target: str = ""
+            ) -> ful.Entitlement:
+                request = order(order_id, sku_id, reference=reference)
+                request.lines[0].entitlement_id = target
+                response = await fulfillment.FulfillOrder(request, metadata=tokens("fulfill"))
+                return response.entitlements[0]
+
+            entitlement = await fulfilled(WORLD_ORDER_ID, "STD", TAKEN_REFERENCE)
+            perpetual = await fulfilled("order-perpetual", "PERP", PERPETUAL_REFERENCE)
+            cancelled = await fulfilled("order-cancelled", "STD", CANCELLED_REFERENCE)
+            cancelled = await fulfilled("order-cancel", "CANCEL", target=cancelled.entitlement_id)
+            assert cancelled.status == ful.ENTITLEMENT_STATUS_CANCELLED
+            other = await fulfilled("order-other", "OTHER-STD", OTHER_REFERENCE)
+            far = await fulfilled("order-far", "STD")
+            grace = await fulfilled("order-grace", "GRACE-90D")
             activated = await licensing.ActivateSeat(
                 lic.ActivateSeatRequest(
                     license_key=entitlement.license_key,
@@ -191,6 +288,20 @@ async def world(world_database_url: str) -> AsyncIterator[World]:
                     label="laptop",
                 )
             )
+            listed = await fulfillment.ListEntitlements(
+                ful.ListEntitlementsRequest(customer_id="cust-1", page_size=1),
+                metadata=tokens("read"),
+            )
+            events = await fulfillment.ListEntitlementEvents(
+                ful.ListEntitlementEventsRequest(
+                    entitlement_id=cancelled.entitlement_id, page_size=1
+                ),
+                metadata=tokens("read"),
+            )
+            assert listed.next_page_token
+            assert events.next_page_token
+            async with app.store.read() as tx:
+                last_sequence = await tx.events.last_sequence()
             yield World(
                 app=app,
                 channel=channel,
@@ -198,6 +309,16 @@ async def world(world_database_url: str) -> AsyncIterator[World]:
                 entitlement_id=entitlement.entitlement_id,
                 license_key=entitlement.license_key,
                 lease_token=activated.lease.token,
+                perpetual_id=perpetual.entitlement_id,
+                cancelled_id=cancelled.entitlement_id,
+                other_product_id=other.entitlement_id,
+                far_id=far.entitlement_id,
+                far_end=far.end_time.ToDatetime(tzinfo=UTC),
+                grace_id=grace.entitlement_id,
+                grace_end=grace.end_time.ToDatetime(tzinfo=UTC),
+                last_sequence=last_sequence,
+                entitlements_page_token=listed.next_page_token,
+                events_page_token=events.next_page_token,
             )
     finally:
         await server.stop(grace=1.0)
@@ -207,6 +328,7 @@ async def world(world_database_url: str) -> AsyncIterator[World]:
 # --- the cases ------------------------------------------------------------------------------
 
 Request = Message | bytes | Callable[[World], Message | bytes]
+Expected = str | Callable[[World], str]  # an ErrorInfo metadata value, or how to get it
 DEFAULT = "default"
 
 
@@ -218,7 +340,7 @@ class Case:
     code: Code
     reason: str
     fields: tuple[str, ...] = ()  # field paths the BadRequest must name
-    metadata: dict[str, str] = field(default_factory=dict)  # ErrorInfo metadata expected
+    metadata: dict[str, Expected] = field(default_factory=dict)  # ErrorInfo metadata expected
     auth: str | Metadata | None = DEFAULT  # a scope, raw metadata, or None for no token
 
     @property
@@ -239,7 +361,7 @@ def refused(
     code: Code,
     reason: str,
     auth: str | Metadata | None = DEFAULT,
-    **metadata: str,
+    **metadata: Expected,
 ) -> Case:
     return Case(rpc, name, request, code, reason, (), metadata, auth)
 
@@ -725,6 +847,69 @@ PUT_SKU = [
         new_sku(cat.Operation(convert_trial=cat.ConvertTrialOperation(term="1Y"))),
         cat_op("convert_trial.term"),
     ),
+    invalid(
+        "PutSku",
+        "grace-period-negative",
+        sku_of(create(grace_period=lease(-86400))),
+        cat_op("create.grace_period"),
+    ),
+    invalid(
+        "PutSku",
+        "grace-period-minus-1s",
+        sku_of(create(grace_period=lease(-1))),
+        cat_op("create.grace_period"),
+    ),
+    invalid(
+        "PutSku",
+        "grace-period-90d-plus-1s",
+        sku_of(create(grace_period=lease(90 * 86400 + 1))),
+        cat_op("create.grace_period"),
+    ),
+    invalid(
+        "PutSku",
+        "grace-period-90d-plus-999999999ns",
+        sku_of(create(grace_period=lease(90 * 86400, 999_999_999))),
+        cat_op("create.grace_period"),
+    ),
+    invalid(
+        "PutSku",
+        "grace-period-365d",
+        sku_of(create(grace_period=lease(365 * 86400))),
+        cat_op("create.grace_period"),
+    ),
+    invalid(
+        "PutSku",
+        "grace-period-beyond-proto-range",
+        sku_of(create(grace_period=lease(10**15))),
+        cat_op("create.grace_period"),
+    ),
+    invalid(
+        "PutSku",
+        "grace-period-int64-min",
+        sku_of(create(grace_period=lease(-(2**63)))),
+        cat_op("create.grace_period"),
+    ),
+    invalid(
+        "PutSku",
+        "renew-anchor-99",
+        new_sku(cat.Operation(renew=cat.RenewOperation(term="P1Y", anchor=99))),  # type: ignore[arg-type]
+        cat_op("renew.anchor"),
+    ),
+    invalid(
+        "PutSku",
+        "renew-anchor-negative",
+        new_sku(cat.Operation(renew=cat.RenewOperation(term="P1Y", anchor=-1))),  # type: ignore[arg-type]
+        cat_op("renew.anchor"),
+    ),
+    invalid(
+        "PutSku",
+        "renew-anchor-99-after-create",
+        new_sku(
+            create(),
+            cat.Operation(renew=cat.RenewOperation(term="P1Y", anchor=99)),  # type: ignore[arg-type]
+        ),
+        "sku.operations[1].renew.anchor",
+    ),
     refused(
         "PutSku",
         "stale-etag",
@@ -965,6 +1150,729 @@ FULFILL_ORDER = [
     ),
 ]
 
+
+# --- FulfillOrder lines that change an entitlement -------------------------------------------
+
+
+def change(
+    sku_id: str,
+    target: Callable[[World], str] | None = None,
+    quantity: int = 1,
+    reference: str = "",
+) -> Callable[[World], ful.FulfillOrderRequest]:
+    """An order of one line of `sku_id` aimed at `target(world)` (and/or by `reference`)."""
+
+    def build(w: World) -> ful.FulfillOrderRequest:
+        entitlement_id = target(w) if target else ""
+        return fulfil(
+            [line(sku_id, quantity, entitlement_id=entitlement_id, external_reference=reference)]
+        )
+
+    return build
+
+
+def world_id(w: World) -> str:
+    return w.entitlement_id
+
+
+def perpetual_id(w: World) -> str:
+    return w.perpetual_id
+
+
+def cancelled_id(w: World) -> str:
+    return w.cancelled_id
+
+
+def other_product_id(w: World) -> str:
+    return w.other_product_id
+
+
+def quantity_reaching(end: datetime, target: datetime, days_per_unit: int) -> int:
+    """Units of a `days_per_unit` renewal that take `end` to `target` or less than one
+    unit past it."""
+    return math.ceil((target - end).days / days_per_unit)
+
+
+def renew_far_into(year: int) -> Callable[[World], ful.FulfillOrderRequest]:
+    """RENEW-50D (from expiry) on the far entitlement, enough units to end in `year`."""
+
+    def build(w: World) -> ful.FulfillOrderRequest:
+        units = quantity_reaching(w.far_end, datetime(year, 1, 1, tzinfo=UTC), 50)
+        return change("RENEW-50D", lambda w: w.far_id, quantity=units)(w)
+
+    return build
+
+
+def renew_grace_to_end_of_9999(w: World) -> ful.FulfillOrderRequest:
+    """An end date in October or November 9999: plus 90 days of grace, past 9999-12-31."""
+    units = quantity_reaching(w.grace_end, datetime(9999, 10, 1, tzinfo=UTC), 50)
+    end = w.grace_end.toordinal() + 50 * units
+    assert datetime(9999, 10, 1).toordinal() <= end <= datetime(9999, 11, 20).toordinal()
+    return change("RENEW-50D", lambda w: w.grace_id, quantity=units)(w)
+
+
+def failing_last_line(last: ful.OrderLine) -> Callable[[World], ful.FulfillOrderRequest]:
+    """Three good lines (a create with a new reference, a renewal that attaches another
+    reference, added seats), then `last`: nothing of the first three may remain."""
+
+    def build(w: World) -> ful.FulfillOrderRequest:
+        return fulfil(
+            [
+                line("STD", external_reference="stripe:sub_multi_new"),
+                line(
+                    "RENEW",
+                    entitlement_id=w.entitlement_id,
+                    external_reference="stripe:sub_multi_attached",
+                ),
+                line("ADD-SEATS", entitlement_id=w.entitlement_id),
+                last,
+            ]
+        )
+
+    return build
+
+
+def failing_last_line_to(
+    sku_id: str, target: Callable[[World], str]
+) -> Callable[[World], ful.FulfillOrderRequest]:
+    return lambda w: failing_last_line(line(sku_id, entitlement_id=target(w)))(w)
+
+
+FULFILL_CHANGES = [
+    *[
+        invalid(
+            "FulfillOrder",
+            f"{sku.lower()}-without-target",
+            fulfil([line(sku)]),
+            "lines[0].entitlement_id",
+        )
+        for sku in CHANGE_SKUS
+    ],
+    invalid(
+        "FulfillOrder",
+        "renew-without-target-on-second-line",
+        fulfil([line(), line("RENEW", quantity=2)]),
+        "lines[1].entitlement_id",
+    ),
+    refused(
+        "FulfillOrder",
+        "renew-unknown-entitlement-id",
+        change("RENEW", lambda w: UNKNOWN_ENTITLEMENT),
+        Code.NOT_FOUND,
+        "ENTITLEMENT_NOT_FOUND",
+        entitlement_id=UNKNOWN_ENTITLEMENT,
+        line="0",
+    ),
+    refused(
+        "FulfillOrder",
+        "cancel-unknown-entitlement-id",
+        change("CANCEL", lambda w: "ent_nope"),
+        Code.NOT_FOUND,
+        "ENTITLEMENT_NOT_FOUND",
+        entitlement_id="ent_nope",
+        line="0",
+    ),
+    refused(
+        "FulfillOrder",
+        "renew-unknown-external-reference",
+        change("RENEW", reference="stripe:sub_unknown"),
+        Code.NOT_FOUND,
+        "ENTITLEMENT_NOT_FOUND",
+        external_reference="stripe:sub_unknown",
+        line="0",
+    ),
+    refused(
+        "FulfillOrder",
+        "add-seats-unknown-external-reference-on-second-line",
+        lambda w: fulfil(
+            [
+                line("RENEW", entitlement_id=w.entitlement_id),
+                line("ADD-SEATS", external_reference="stripe:sub_unknown"),
+            ]
+        ),
+        Code.NOT_FOUND,
+        "ENTITLEMENT_NOT_FOUND",
+        external_reference="stripe:sub_unknown",
+        line="1",
+    ),
+    invalid(
+        "FulfillOrder",
+        "renew-target-of-another-product",
+        change("RENEW", other_product_id),
+        "lines[0].entitlement_id",
+    ),
+    invalid(
+        "FulfillOrder",
+        "add-seats-reference-of-another-product",
+        change("ADD-SEATS", reference=OTHER_REFERENCE),
+        "lines[0].external_reference",
+    ),
+    invalid(
+        "FulfillOrder",
+        "cancel-target-of-another-product",
+        change("CANCEL", other_product_id),
+        "lines[0].entitlement_id",
+    ),
+    refused(
+        "FulfillOrder",
+        "renew-attaching-a-reference-of-another-entitlement",
+        change("RENEW", world_id, reference=PERPETUAL_REFERENCE),
+        Code.ALREADY_EXISTS,
+        "EXTERNAL_REFERENCE_TAKEN",
+        external_reference=PERPETUAL_REFERENCE,
+        line="0",
+    ),
+    refused(
+        "FulfillOrder",
+        "add-features-attaching-a-reference-of-another-product",
+        change("ADD-FEATURES", world_id, reference=OTHER_REFERENCE),
+        Code.ALREADY_EXISTS,
+        "EXTERNAL_REFERENCE_TAKEN",
+        external_reference=OTHER_REFERENCE,
+        line="0",
+    ),
+    refused(
+        "FulfillOrder",
+        "same-new-reference-attached-to-two-entitlements",
+        lambda w: fulfil(
+            [
+                line("RENEW", entitlement_id=w.entitlement_id, external_reference="stripe:x"),
+                line("ADD-SEATS", entitlement_id=w.far_id, external_reference="stripe:x"),
+            ]
+        ),
+        Code.ALREADY_EXISTS,
+        "EXTERNAL_REFERENCE_TAKEN",
+        external_reference="stripe:x",
+        line="1",
+    ),
+    refused(
+        "FulfillOrder",
+        "remove-the-only-seat",
+        change("REMOVE-SEATS", world_id),
+        Code.FAILED_PRECONDITION,
+        "SEAT_MINIMUM",
+        entitlement_id=world_id,
+        seats="1",
+        line="0",
+    ),
+    refused(
+        "FulfillOrder",
+        "remove-100000-of-1-seat",
+        change("REMOVE-SEATS", world_id, quantity=100_000),
+        Code.FAILED_PRECONDITION,
+        "SEAT_MINIMUM",
+        entitlement_id=world_id,
+        seats="1",
+        line="0",
+    ),
+    refused(
+        "FulfillOrder",
+        "remove-seats-by-reference-of-perpetual",
+        change("REMOVE-SEATS", reference=PERPETUAL_REFERENCE),
+        Code.FAILED_PRECONDITION,
+        "SEAT_MINIMUM",
+        entitlement_id=perpetual_id,
+        seats="1",
+        line="0",
+    ),
+    refused(
+        "FulfillOrder",
+        "convert-a-paid-entitlement",
+        change("CONVERT", world_id),
+        Code.FAILED_PRECONDITION,
+        "NOT_A_TRIAL",
+        entitlement_id=world_id,
+        line="0",
+    ),
+    refused(
+        "FulfillOrder",
+        "convert-a-perpetual-entitlement",
+        change("CONVERT", perpetual_id),
+        Code.FAILED_PRECONDITION,
+        "NOT_A_TRIAL",
+        entitlement_id=perpetual_id,
+        line="0",
+    ),
+    refused(
+        "FulfillOrder",
+        "renew-a-perpetual-entitlement",
+        change("RENEW", perpetual_id),
+        Code.FAILED_PRECONDITION,
+        "ENTITLEMENT_PERPETUAL",
+        entitlement_id=perpetual_id,
+        line="0",
+    ),
+    refused(
+        "FulfillOrder",
+        "renew-a-perpetual-entitlement-by-reference",
+        change("RENEW-100Y", reference=PERPETUAL_REFERENCE, quantity=100_000),
+        Code.FAILED_PRECONDITION,
+        "ENTITLEMENT_PERPETUAL",
+        entitlement_id=perpetual_id,
+        line="0",
+    ),
+    *[
+        refused(
+            "FulfillOrder",
+            f"{sku.lower()}-a-cancelled-entitlement",
+            change(sku, cancelled_id),
+            Code.FAILED_PRECONDITION,
+            "ENTITLEMENT_CANCELLED",
+            entitlement_id=cancelled_id,
+            line="0",
+        )
+        for sku in CHANGE_SKUS
+    ],
+    refused(
+        "FulfillOrder",
+        "renew-a-cancelled-entitlement-by-reference",
+        change("RENEW", reference=CANCELLED_REFERENCE),
+        Code.FAILED_PRECONDITION,
+        "ENTITLEMENT_CANCELLED",
+        entitlement_id=cancelled_id,
+        line="0",
+    ),
+    invalid(
+        "FulfillOrder",
+        "add-seats-to-1000001",
+        change("ADD-SEATS", world_id, quantity=10),
+        "lines[0].quantity",
+    ),
+    invalid(
+        "FulfillOrder",
+        "add-seats-100000x100000",
+        change("ADD-SEATS", world_id, quantity=100_000),
+        "lines[0].quantity",
+    ),
+    invalid(
+        "FulfillOrder",
+        "add-seats-to-1000001-over-two-lines",
+        lambda w: fulfil(
+            [
+                line("ADD-SEATS", 5, entitlement_id=w.entitlement_id),
+                line("ADD-SEATS", 5, entitlement_id=w.entitlement_id),
+            ]
+        ),
+        "lines[1].quantity",
+    ),
+    invalid(
+        "FulfillOrder",
+        "renew-100y-x-70-past-year-9000",
+        change("RENEW-100Y", world_id, quantity=70),
+        "lines[0].quantity",
+    ),
+    invalid(
+        "FulfillOrder",
+        "renew-100y-x-100000",
+        change("RENEW-100Y", world_id, quantity=100_000),
+        "lines[0].quantity",
+    ),
+    invalid(
+        "FulfillOrder",
+        "renew-50d-x-100000-past-year-9999",
+        change("RENEW-50D", world_id, quantity=100_000),
+        "lines[0].quantity",
+    ),
+    invalid(
+        "FulfillOrder",
+        "renew-50d-into-year-9500",
+        renew_far_into(9500),
+        "lines[0].quantity",
+    ),
+    invalid(
+        "FulfillOrder",
+        "renew-50d-to-end-of-9999-with-90d-grace",
+        renew_grace_to_end_of_9999,
+        "lines[0].quantity",
+    ),
+    refused(
+        "FulfillOrder",
+        "multi-line-last-renews-a-perpetual",
+        failing_last_line_to("RENEW", perpetual_id),
+        Code.FAILED_PRECONDITION,
+        "ENTITLEMENT_PERPETUAL",
+        entitlement_id=perpetual_id,
+        line="3",
+    ),
+    refused(
+        "FulfillOrder",
+        "multi-line-last-cancels-a-cancelled",
+        failing_last_line_to("CANCEL", cancelled_id),
+        Code.FAILED_PRECONDITION,
+        "ENTITLEMENT_CANCELLED",
+        entitlement_id=cancelled_id,
+        line="3",
+    ),
+    refused(
+        "FulfillOrder",
+        "multi-line-last-removes-the-only-seat",
+        failing_last_line(line("REMOVE-SEATS", external_reference=PERPETUAL_REFERENCE)),
+        Code.FAILED_PRECONDITION,
+        "SEAT_MINIMUM",
+        entitlement_id=perpetual_id,
+        seats="1",
+        line="3",
+    ),
+    refused(
+        "FulfillOrder",
+        "multi-line-last-names-an-unknown-entitlement",
+        failing_last_line(line("RENEW", entitlement_id=UNKNOWN_ENTITLEMENT)),
+        Code.NOT_FOUND,
+        "ENTITLEMENT_NOT_FOUND",
+        entitlement_id=UNKNOWN_ENTITLEMENT,
+        line="3",
+    ),
+    refused(
+        "FulfillOrder",
+        "multi-line-last-takes-a-reference-just-created",
+        failing_last_line(
+            line("STD", external_reference="stripe:sub_multi_new"),
+        ),
+        Code.ALREADY_EXISTS,
+        "EXTERNAL_REFERENCE_TAKEN",
+        external_reference="stripe:sub_multi_new",
+        line="3",
+    ),
+    invalid(
+        "FulfillOrder",
+        "multi-line-last-has-no-target",
+        failing_last_line(line("CONVERT")),
+        "lines[3].entitlement_id",
+    ),
+    invalid(
+        "FulfillOrder",
+        "multi-line-last-aims-at-another-product",
+        failing_last_line(line("RENEW", external_reference=OTHER_REFERENCE)),
+        "lines[3].external_reference",
+    ),
+    invalid(
+        "FulfillOrder",
+        "multi-line-last-adds-too-many-seats",
+        failing_last_line(line("ADD-SEATS", 9, external_reference=TAKEN_REFERENCE)),
+        "lines[3].quantity",
+    ),
+]
+
+
+# --- ListEntitlements, ListEntitlementEvents, WatchEntitlementEvents --------------------------
+
+
+def entitlements_token_with(**filters: object) -> Callable[[World], ful.ListEntitlementsRequest]:
+    """The world's real ListEntitlements token (issued for customer_id=cust-1) with `filters`."""
+    return lambda w: ful.ListEntitlementsRequest(
+        page_token=w.entitlements_page_token,
+        **filters,  # type: ignore[arg-type]
+    )
+
+
+def list_entitlements(**fields: object) -> ful.ListEntitlementsRequest:
+    return ful.ListEntitlementsRequest(**fields)  # type: ignore[arg-type]
+
+
+LIST_ENTITLEMENTS = [
+    invalid("ListEntitlements", "negative-page-size", list_entitlements(page_size=-1), "page_size"),
+    invalid(
+        "ListEntitlements",
+        "int32-min-page-size",
+        list_entitlements(page_size=-(2**31)),
+        "page_size",
+    ),
+    invalid(
+        "ListEntitlements",
+        "garbage-page-token",
+        list_entitlements(page_token="!!garbage!!"),
+        "page_token",
+    ),
+    invalid(
+        "ListEntitlements",
+        "page-token-10k-chars",
+        list_entitlements(page_token=K10),
+        "page_token",
+    ),
+    invalid(
+        "ListEntitlements",
+        "page-token-of-another-customer",
+        entitlements_token_with(customer_id="cust-2"),
+        "page_token",
+    ),
+    invalid(
+        "ListEntitlements",
+        "page-token-without-its-filter",
+        entitlements_token_with(),
+        "page_token",
+    ),
+    invalid(
+        "ListEntitlements",
+        "page-token-with-an-extra-filter",
+        entitlements_token_with(customer_id="cust-1", status=ful.ENTITLEMENT_STATUS_ACTIVE),
+        "page_token",
+    ),
+    invalid(
+        "ListEntitlements",
+        "page-token-of-list-entitlement-events",
+        lambda w: list_entitlements(page_token=w.events_page_token),
+        "page_token",
+    ),
+    invalid(
+        "ListEntitlements",
+        "page-token-of-list-products",
+        list_entitlements(page_token=page_token({"s": "products", "a": "acme-cad"})),
+        "page_token",
+    ),
+    invalid(
+        "ListEntitlements",
+        "page-token-forged-nul-cursor",
+        list_entitlements(
+            page_token=page_token({"s": "entitlements:" + "\x1f" * 4, "a": "ent_\x00"})
+        ),
+        "page_token",
+    ),
+    invalid(
+        "ListEntitlements",
+        "email-not-an-email",
+        list_entitlements(email="not-an-email"),
+        "email",
+    ),
+    invalid("ListEntitlements", "email-two-ats", list_entitlements(email="a@b@c.example"), "email"),
+    invalid("ListEntitlements", "email-10k-chars", list_entitlements(email=K10), "email"),
+    invalid(
+        "ListEntitlements",
+        "email-255-chars",
+        list_entitlements(email="a" * 60 + "@" + "b" * 186 + ".example"),
+        "email",
+    ),
+    invalid(
+        "ListEntitlements",
+        "email-nul-char",
+        list_entitlements(email="it\x00@initech.example"),
+        "email",
+    ),
+    invalid(
+        "ListEntitlements",
+        "customer-id-129-chars",
+        list_entitlements(customer_id="c" * 129),
+        "customer_id",
+    ),
+    invalid(
+        "ListEntitlements",
+        "customer-id-10k-chars",
+        list_entitlements(customer_id=K10),
+        "customer_id",
+    ),
+    invalid(
+        "ListEntitlements",
+        "customer-id-with-space",
+        list_entitlements(customer_id="cust 1"),
+        "customer_id",
+    ),
+    invalid(
+        "ListEntitlements",
+        "product-id-uppercase",
+        list_entitlements(product_id="Acme-CAD"),
+        "product_id",
+    ),
+    invalid(
+        "ListEntitlements",
+        "product-id-starts-with-digit",
+        list_entitlements(product_id="1acme"),
+        "product_id",
+    ),
+    invalid(
+        "ListEntitlements",
+        "product-id-65-chars",
+        list_entitlements(product_id="p" * 65),
+        "product_id",
+    ),
+    invalid(
+        "ListEntitlements", "product-id-10k-chars", list_entitlements(product_id=K10), "product_id"
+    ),
+    invalid(
+        "ListEntitlements",
+        "external-reference-201-chars",
+        list_entitlements(external_reference="r" * 201),
+        "external_reference",
+    ),
+    invalid(
+        "ListEntitlements",
+        "external-reference-10k-chars",
+        list_entitlements(external_reference=K10),
+        "external_reference",
+    ),
+    invalid(
+        "ListEntitlements",
+        "external-reference-nul-char",
+        list_entitlements(external_reference="stripe:\x00"),
+        "external_reference",
+    ),
+    invalid("ListEntitlements", "status-99", list_entitlements(status=99), "status"),
+    invalid("ListEntitlements", "status-negative", list_entitlements(status=-1), "status"),
+    invalid(
+        "ListEntitlements",
+        "every-text-filter-bad",
+        list_entitlements(
+            customer_id=K10, email="not-an-email", product_id="Not A Slug", external_reference=K10
+        ),
+        "customer_id",
+        "email",
+        "product_id",
+        "external_reference",
+    ),
+    invalid(
+        "ListEntitlements",
+        "status-99-and-bad-email",
+        list_entitlements(status=99, email="not-an-email"),
+        "status",
+        "email",
+    ),
+]
+
+
+def events_of(
+    target: Callable[[World], str], page_size: int = 0, token: str = ""
+) -> Callable[[World], ful.ListEntitlementEventsRequest]:
+    return lambda w: ful.ListEntitlementEventsRequest(
+        entitlement_id=target(w), page_size=page_size, page_token=token
+    )
+
+
+def events_cursor(cursor: str) -> Callable[[World], ful.ListEntitlementEventsRequest]:
+    """A token shaped as the server's for the cancelled entitlement, with any cursor."""
+    return lambda w: ful.ListEntitlementEventsRequest(
+        entitlement_id=w.cancelled_id,
+        page_token=page_token({"s": f"events:{w.cancelled_id}", "a": cursor}),
+    )
+
+
+LIST_ENTITLEMENT_EVENTS = [
+    invalid(
+        "ListEntitlementEvents",
+        "empty-request",
+        ful.ListEntitlementEventsRequest(),
+        "entitlement_id",
+    ),
+    invalid(
+        "ListEntitlementEvents",
+        "entitlement-id-65-chars",
+        ful.ListEntitlementEventsRequest(entitlement_id="e" * 65),
+        "entitlement_id",
+    ),
+    invalid(
+        "ListEntitlementEvents",
+        "entitlement-id-10k-chars",
+        ful.ListEntitlementEventsRequest(entitlement_id=K10),
+        "entitlement_id",
+    ),
+    invalid(
+        "ListEntitlementEvents",
+        "entitlement-id-nul-char",
+        ful.ListEntitlementEventsRequest(entitlement_id="ent_\x00"),
+        "entitlement_id",
+    ),
+    refused(
+        "ListEntitlementEvents",
+        "unknown-entitlement",
+        ful.ListEntitlementEventsRequest(entitlement_id=UNKNOWN_ENTITLEMENT),
+        Code.NOT_FOUND,
+        "ENTITLEMENT_NOT_FOUND",
+        entitlement_id=UNKNOWN_ENTITLEMENT,
+    ),
+    invalid(
+        "ListEntitlementEvents",
+        "negative-page-size",
+        events_of(world_id, page_size=-1),
+        "page_size",
+    ),
+    invalid(
+        "ListEntitlementEvents",
+        "negative-page-size-of-unknown-entitlement",
+        ful.ListEntitlementEventsRequest(entitlement_id=UNKNOWN_ENTITLEMENT, page_size=-1),
+        "page_size",
+    ),
+    invalid(
+        "ListEntitlementEvents",
+        "garbage-page-token",
+        events_of(world_id, token="%%%"),
+        "page_token",
+    ),
+    invalid(
+        "ListEntitlementEvents",
+        "page-token-of-another-entitlement",
+        lambda w: events_of(world_id, token=w.events_page_token)(w),
+        "page_token",
+    ),
+    invalid(
+        "ListEntitlementEvents",
+        "page-token-of-list-entitlements",
+        lambda w: events_of(cancelled_id, token=w.entitlements_page_token)(w),
+        "page_token",
+    ),
+    invalid(
+        "ListEntitlementEvents",
+        "page-token-forged-non-numeric-cursor",
+        events_cursor("abc"),
+        "page_token",
+    ),
+    invalid(
+        "ListEntitlementEvents",
+        "page-token-forged-negative-cursor",
+        events_cursor("-1"),
+        "page_token",
+    ),
+    invalid(
+        "ListEntitlementEvents",
+        "page-token-forged-superscript-digit-cursor",
+        events_cursor("\u00b2"),
+        "page_token",
+    ),
+    invalid(
+        "ListEntitlementEvents",
+        "page-token-forged-30-digit-cursor",
+        events_cursor("9" * 30),
+        "page_token",
+    ),
+]
+
+
+def watch_after(sequence: Callable[[World], int]) -> Callable[[World], Message]:
+    return lambda w: ful.WatchEntitlementEventsRequest(after_sequence=sequence(w))
+
+
+def last_sequence(w: World) -> str:
+    return str(w.last_sequence)
+
+
+WATCH_ENTITLEMENT_EVENTS = [
+    invalid(
+        "WatchEntitlementEvents",
+        "negative-after-sequence",
+        ful.WatchEntitlementEventsRequest(after_sequence=-1),
+        "after_sequence",
+    ),
+    invalid(
+        "WatchEntitlementEvents",
+        "int64-min-after-sequence",
+        ful.WatchEntitlementEventsRequest(after_sequence=-(2**63)),
+        "after_sequence",
+    ),
+    refused(
+        "WatchEntitlementEvents",
+        "after-sequence-one-beyond-the-last",
+        watch_after(lambda w: w.last_sequence + 1),
+        Code.OUT_OF_RANGE,
+        "SEQUENCE_OUT_OF_RANGE",
+        last_sequence=last_sequence,
+    ),
+    refused(
+        "WatchEntitlementEvents",
+        "int64-max-after-sequence",
+        ful.WatchEntitlementEventsRequest(after_sequence=2**63 - 1),
+        Code.OUT_OF_RANGE,
+        "SEQUENCE_OUT_OF_RANGE",
+        last_sequence=last_sequence,
+    ),
+]
+
+
 GET_ORDER = [
     invalid("GetOrder", "empty-request", ful.GetOrderRequest(), "source", "order_id"),
     invalid(
@@ -1126,6 +2034,8 @@ UNDECODABLE = [
     Case("GetSigningKeys", "undecodable-request", b"\xff\xff\xff", *INVALID_UNDECODABLE),
     Case("PutSku", "undecodable-request", b"\x0a\xff\xff\xff\xff\x0f", *INVALID_UNDECODABLE),
     Case("FulfillOrder", "truncated-request", b"\x0a\x10test", *INVALID_UNDECODABLE),
+    Case("WatchEntitlementEvents", "truncated-varint", b"\x08\xff", *INVALID_UNDECODABLE),
+    Case("ListEntitlements", "truncated-request", b"\x12\x05ab", *INVALID_UNDECODABLE),
 ]
 
 # Requests that would succeed with the right token: a skipped check shows as a success.
@@ -1139,6 +2049,9 @@ GOOD_REQUESTS: dict[str, Request] = {
     "FulfillOrder": fulfil(),
     "GetOrder": ful.GetOrderRequest(source="test", order_id=WORLD_ORDER_ID),
     "GetEntitlement": lambda w: ful.GetEntitlementRequest(entitlement_id=w.entitlement_id),
+    "ListEntitlements": ful.ListEntitlementsRequest(),
+    "ListEntitlementEvents": events_of(world_id),
+    "WatchEntitlementEvents": ful.WatchEntitlementEventsRequest(after_sequence=0),
 }
 
 
@@ -1213,6 +2126,51 @@ def auth_cases() -> list[Case]:
             required_scope="read",
         ),
         refused(
+            "ListEntitlements",
+            "catalog-scope-token",
+            GOOD_REQUESTS["ListEntitlements"],
+            Code.PERMISSION_DENIED,
+            "INSUFFICIENT_SCOPE",
+            auth="catalog",
+            required_scope="read",
+        ),
+        refused(
+            "ListEntitlements",
+            "wrong-scope-before-invalid-argument",
+            list_entitlements(page_size=-1, email="not-an-email"),
+            Code.PERMISSION_DENIED,
+            "INSUFFICIENT_SCOPE",
+            auth="fulfill",
+            required_scope="read",
+        ),
+        refused(
+            "ListEntitlementEvents",
+            "wrong-scope-before-not-found",
+            ful.ListEntitlementEventsRequest(entitlement_id=UNKNOWN_ENTITLEMENT),
+            Code.PERMISSION_DENIED,
+            "INSUFFICIENT_SCOPE",
+            auth="fulfill",
+            required_scope="read",
+        ),
+        refused(
+            "WatchEntitlementEvents",
+            "wrong-scope-before-out-of-range",
+            ful.WatchEntitlementEventsRequest(after_sequence=2**63 - 1),
+            Code.PERMISSION_DENIED,
+            "INSUFFICIENT_SCOPE",
+            auth="fulfill",
+            required_scope="read",
+        ),
+        refused(
+            "WatchEntitlementEvents",
+            "catalog-scope-token",
+            GOOD_REQUESTS["WatchEntitlementEvents"],
+            Code.PERMISSION_DENIED,
+            "INSUFFICIENT_SCOPE",
+            auth="catalog",
+            required_scope="read",
+        ),
+        refused(
             "FulfillOrder",
             "wrong-scope-before-invalid-argument",
             ful.FulfillOrderRequest(),
@@ -1240,8 +2198,12 @@ CASES = [
     *LIST_SKUS,
     *DELETE_SKU,
     *FULFILL_ORDER,
+    *FULFILL_CHANGES,
     *GET_ORDER,
     *GET_ENTITLEMENT,
+    *LIST_ENTITLEMENTS,
+    *LIST_ENTITLEMENT_EVENTS,
+    *WATCH_ENTITLEMENT_EVENTS,
     *ACTIVATE_SEAT,
     *lease_cases("RenewLease"),
     *lease_cases("ReleaseSeat"),
@@ -1267,11 +2229,25 @@ def _metadata(w: World, case: Case) -> Metadata | None:
 async def _call(w: World, case: Case) -> bytes:
     service, _ = RPCS[case.rpc]
     request = case.request(w) if callable(case.request) else case.request
-    method = w.channel.unary_unary(
-        f"/{service}/{case.rpc}", request_serializer=_serialize, response_deserializer=None
-    )
-    response: bytes = await method(request, metadata=_metadata(w, case), timeout=30)
-    return response
+    path = f"/{service}/{case.rpc}"
+    if case.rpc not in STREAMING:
+        method = w.channel.unary_unary(
+            path, request_serializer=_serialize, response_deserializer=None
+        )
+        response: bytes = await method(request, metadata=_metadata(w, case), timeout=30)
+        return response
+    # A stream that wrongly starts sends the events there are: its first one is the answer.
+    stream = w.channel.unary_stream(path, request_serializer=_serialize, response_deserializer=None)
+    call = stream(request, metadata=_metadata(w, case), timeout=10)
+    try:
+        first = await call.read()
+    finally:
+        call.cancel()
+    return first if isinstance(first, bytes) else b""  # not bytes: the stream ended
+
+
+def _expected(w: World, value: Expected) -> str:
+    return value(w) if callable(value) else value
 
 
 def test_case_ids_are_unique() -> None:
@@ -1280,10 +2256,58 @@ def test_case_ids_are_unique() -> None:
     assert {case.rpc for case in CASES} == set(RPCS)
 
 
+def test_every_implemented_rpc_has_cases() -> None:
+    """Each RPC of the three services is either in RPCS (so has cases) or not yet implemented."""
+    declared: dict[str, tuple[str, bool]] = {}
+    for module in (cat, ful, lic):
+        for service in module.DESCRIPTOR.services_by_name.values():
+            for method in service.methods:
+                declared[method.name] = (service.full_name, method.server_streaming)
+    assert set(RPCS) | NOT_YET_IMPLEMENTED == set(declared)
+    assert not set(RPCS) & NOT_YET_IMPLEMENTED
+    assert {rpc: service for rpc, (service, _) in RPCS.items()} == {
+        rpc: declared[rpc][0] for rpc in RPCS
+    }
+    assert {rpc for rpc, (_, streaming) in declared.items() if streaming} == STREAMING
+
+
+@pytest.mark.parametrize("rpc", sorted(NOT_YET_IMPLEMENTED))
+async def test_rpcs_not_yet_implemented_say_so(world: World, rpc: str) -> None:
+    """A fully valid call of each still answers UNIMPLEMENTED / NOT_IMPLEMENTED."""
+    requests: dict[str, tuple[str, Message, Metadata | None]] = {
+        "ResendCredentials": (
+            FULFILLMENT,
+            ful.ResendCredentialsRequest(entitlement_id=world.entitlement_id),
+            world.tokens("fulfill"),
+        ),
+        "CheckLicense": (
+            LICENSING,
+            lic.CheckLicenseRequest(license_key=world.license_key, product_id=PRODUCT_ID),
+            None,
+        ),
+        "RedeemInvitation": (
+            LICENSING,
+            lic.RedeemInvitationRequest(invitation_code="INVITE-0001"),
+            None,
+        ),
+    }
+    service, request, metadata = requests[rpc]
+    method = world.channel.unary_unary(
+        f"/{service}/{rpc}", request_serializer=_serialize, response_deserializer=None
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await method(request, metadata=metadata, timeout=30)
+    failure = failure_of(caught.value)
+    assert (failure.code, failure.reason) == (Code.UNIMPLEMENTED, "NOT_IMPLEMENTED")
+
+
 @pytest.mark.parametrize("case", CASES, ids=[case.id for case in CASES])
 async def test_bad_input_is_refused_and_writes_nothing(world: World, case: Case) -> None:
     store = world.app.store
     counts, digests = await row_counts(store), await table_digests(store)
+    # A case that wrongly wrote an event must not make the stream cases fail as well.
+    async with store.read() as tx:
+        world.last_sequence = await tx.events.last_sequence()
     problems: list[str] = []
     try:
         response = await _call(world, case)
@@ -1303,7 +2327,8 @@ async def test_bad_input_is_refused_and_writes_nothing(world: World, case: Case)
             first = failure.metadata.get("field")
             if first != failure.fields[0]:
                 problems.append(f"metadata field={first!r}, first violation {failure.fields[0]!r}")
-        for key, value in case.metadata.items():
+        for key, expected in case.metadata.items():
+            value = _expected(world, expected)
             if failure.metadata.get(key) != value:
                 problems.append(f"metadata {key}={failure.metadata.get(key)!r}, expected {value!r}")
     else:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from keyturn.fulfillment.v1 import fulfillment_pb2 as pb
-from keyturn.server.app.entitlements import EventView
+from keyturn.server.app.entitlements import EventView, filter_violations
 from keyturn.server.app.fulfillment import FulfilledOrder
 from keyturn.server.app.views import EntitlementView
 from keyturn.server.domain.entitlement import Customer, Status
@@ -128,15 +128,19 @@ def entitlement_out(view: EntitlementView) -> pb.Entitlement:
 
 
 def entitlement_filter_in(message: pb.ListEntitlementsRequest) -> EntitlementFilter:
-    if message.status != pb.ENTITLEMENT_STATUS_UNSPECIFIED and message.status not in STATUS_IN:
-        raise_if_invalid([FieldViolation("status", "unknown status")])
-    return EntitlementFilter(
+    """The filters, with every bad one reported at once (an unknown status among them)."""
+    where = EntitlementFilter(
         customer_id=message.customer_id,
         email=message.email,
         product_id=message.product_id,
         status=STATUS_IN.get(message.status),
         external_reference=message.external_reference,
     )
+    violations = filter_violations(where)
+    if message.status != pb.ENTITLEMENT_STATUS_UNSPECIFIED and where.status is None:
+        violations.append(FieldViolation("status", "unknown status"))
+    raise_if_invalid(violations)
+    return where
 
 
 def event_out(view: EventView) -> pb.EntitlementEvent:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -19,11 +20,12 @@ from keyturn.server.store.event_repository import StoredEvent
 from keyturn.server.store.unit_of_work import Transaction
 
 from .context import AppContext
-from .fulfillment import check_entitlement_id, entitlement_view, missing_entitlement
+from .fulfillment import check_entitlement_id, missing_entitlement
 from .paging import next_page_token, page_of, page_request
 from .views import EntitlementView, from_snapshot
 
 WATCH_BATCH = 500
+SEQUENCE_CURSOR = re.compile(r"[0-9]{1,18}", re.ASCII)
 
 
 @dataclass(frozen=True)
@@ -34,7 +36,7 @@ class EventView:
     entitlement: EntitlementView
 
 
-def _check_filter(where: EntitlementFilter) -> None:
+def filter_violations(where: EntitlementFilter) -> list[FieldViolation]:
     violations: list[FieldViolation] = []
     if where.customer_id:
         violations += check_text("customer_id", where.customer_id, 128, "customer id")
@@ -44,7 +46,7 @@ def _check_filter(where: EntitlementFilter) -> None:
         violations += check_slug("product_id", where.product_id, "product id")
     if where.external_reference:
         violations += check_reference("external_reference", where.external_reference)
-    raise_if_invalid(violations)
+    return violations
 
 
 def _filter_scope(where: EntitlementFilter) -> str:
@@ -57,14 +59,15 @@ def _filter_scope(where: EntitlementFilter) -> str:
 async def list_entitlements(
     ctx: AppContext, where: EntitlementFilter, page_size: int, page_token: str
 ) -> tuple[list[EntitlementView], str]:
-    _check_filter(where)
+    raise_if_invalid(filter_violations(where))
     scope = _filter_scope(where)
     page = page_request(page_size, page_token, scope)
     now = ctx.clock.now()
     async with ctx.store.read() as tx:
         found = await tx.entitlements.list(where, now, page.after, page.size + 1)
         items, more = page_of(found, page.size)
-        views = [await entitlement_view(ctx, tx, e.entitlement_id) for e in items]
+        in_use = await tx.activations.count_live_many(items, now, ctx.lapse_grace)
+    views = [EntitlementView(e, e.status(now), in_use[e.entitlement_id]) for e in items]
     return views, next_page_token(items[-1].entitlement_id if more else None, scope)
 
 
@@ -79,7 +82,7 @@ async def list_entitlement_events(
     check_entitlement_id(entitlement_id)
     scope = f"events:{entitlement_id}"
     page = page_request(page_size, page_token, scope)
-    if page.after and not page.after.isdigit():
+    if page.after and not SEQUENCE_CURSOR.fullmatch(page.after):
         raise invalid_request(
             [FieldViolation("page_token", "is not a token returned by this list call")]
         )

@@ -101,6 +101,27 @@ class ActivationRepository:
         )
         return int((await self._db.execute(query)).scalar_one())
 
+    async def count_live_many(
+        self, held_by: list[Entitlement], now: datetime, lapse_grace: timedelta
+    ) -> dict[str, int]:
+        """Live seats of several entitlements in one query (0 for those with none)."""
+        counts = dict.fromkeys((e.entitlement_id for e in held_by), 0)
+        for model in LicenseModel:
+            ids = [e.entitlement_id for e in held_by if e.license_model is model]
+            if not ids:
+                continue
+            query = (
+                select(activations.c.entitlement_id, func.count())
+                .where(
+                    activations.c.entitlement_id.in_(ids),
+                    _live_condition(model, now, lapse_grace),
+                )
+                .group_by(activations.c.entitlement_id)
+            )
+            for entitlement_id, live in await self._db.execute(query):
+                counts[entitlement_id] = int(live)
+        return counts
+
     async def claim_seat(self, claim: SeatClaim) -> SeatResult:
         """Take or keep a seat, never beyond the entitlement's count.
 
