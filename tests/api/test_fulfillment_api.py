@@ -9,6 +9,7 @@ import grpc
 import pytest
 from sqlalchemy import text
 
+from keyturn.fulfillment.v1 import catalog_pb2 as cat
 from keyturn.fulfillment.v1 import catalog_pb2_grpc, fulfillment_pb2_grpc
 from keyturn.fulfillment.v1 import fulfillment_pb2 as ful
 from keyturn.server.api.server import KeyturnServer
@@ -208,3 +209,44 @@ async def test_shutdown_ends_change_streams_with_server_stopping(
         "SERVER_STOPPING",
         {"last_sequence": "1"},
     )
+
+
+async def test_orders_naming_the_same_entitlements_in_opposite_order_all_apply(
+    catalog_stub: catalog_pb2_grpc.CatalogServiceStub,
+    fulfillment_stub: Fulfillment,
+    tokens: Tokens,
+) -> None:
+    seat = cat.Sku(
+        sku_id="SEAT",
+        product_id="acme-cad",
+        operations=[cat.Operation(add_seats=cat.AddSeatsOperation(seats_per_unit=1))],
+    )
+    await put_catalog(catalog_stub, tokens("catalog"), create_sku("SUB-1Y", seats=1), seat)
+    first, second = [
+        (await fulfillment_stub.FulfillOrder(order(f"o-{n}", "SUB-1Y"), metadata=tokens("fulfill")))
+        .entitlements[0]
+        .entitlement_id
+        for n in (1, 2)
+    ]
+
+    def crossing(n: int) -> ful.FulfillOrderRequest:
+        request = order(f"cross-{n}", "SEAT")
+        targets = (first, second) if n % 2 else (second, first)
+        del request.lines[:]
+        request.lines.extend(
+            ful.OrderLine(sku_id="SEAT", quantity=1, entitlement_id=t) for t in targets
+        )
+        return request
+
+    rounds = 20
+    await asyncio.gather(
+        *(
+            fulfillment_stub.FulfillOrder(crossing(n), metadata=tokens("fulfill"))
+            for n in range(rounds)
+        )
+    )
+    for entitlement_id in (first, second):
+        got = await fulfillment_stub.GetEntitlement(
+            ful.GetEntitlementRequest(entitlement_id=entitlement_id), metadata=tokens("read")
+        )
+        assert got.entitlement.seats == 1 + rounds

@@ -80,6 +80,7 @@ async def _apply(
     # Claim the idempotency key first, so that concurrent replays wait on it.
     await tx.orders.add(StoredOrder(order, fingerprint, (), now))
     skus = await tx.catalog.get_skus({line.sku_id for line in order.lines})
+    await _lock_targets(tx, order)
     results: list[LineResult] = []
     keys: dict[str, str] = {}
     for index, line in enumerate(order.lines):
@@ -103,6 +104,21 @@ async def _apply(
     stored = StoredOrder(order, fingerprint, tuple(results), now)
     await tx.orders.set_results(order.source, order.order_id, stored.results)
     return FulfilledOrder(stored, views, replayed=False)
+
+
+async def _lock_targets(tx: Transaction, order: OrderRequest) -> None:
+    """Lock every existing entitlement the order names, in id order, before changing any.
+
+    Two orders naming the same entitlements in opposite orders would otherwise
+    deadlock on PostgreSQL; taking the locks in one global order cannot.
+    """
+    ids = {line.entitlement_id for line in order.lines if line.entitlement_id}
+    for line in order.lines:
+        if not line.entitlement_id and line.external_reference:
+            found = await tx.entitlements.find_by_reference(line.external_reference)
+            if found is not None:
+                ids.add(found.entitlement_id)
+    await tx.entitlements.lock_in_order(ids)
 
 
 async def _apply_line(

@@ -157,6 +157,18 @@ class EntitlementRepository:
         found = await self._many(query.limit(1))
         return found[0] if found else None
 
+    async def lock_in_order(self, entitlement_ids: set[str]) -> None:
+        """Row-lock these entitlements in id order (PostgreSQL; SQLite holds the write lock)."""
+        if not entitlement_ids or self._db.dialect.name == "sqlite":
+            return
+        query = (
+            select(entitlements.c.entitlement_id)
+            .where(entitlements.c.entitlement_id.in_(entitlement_ids))
+            .order_by(entitlements.c.entitlement_id)
+            .with_for_update()
+        )
+        await self._db.execute(query)
+
     async def get_many(self, entitlement_ids: set[str]) -> dict[str, Entitlement]:
         query = select(entitlements).where(entitlements.c.entitlement_id.in_(entitlement_ids))
         return {e.entitlement_id: e for e in await self._many(query)}

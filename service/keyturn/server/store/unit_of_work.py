@@ -21,6 +21,17 @@ from .order_repository import OrderRepository
 from .signing_key_repository import SigningKeyRepository
 from .token_repository import TokenRepository
 
+RETRYABLE_SQLSTATES = {"40001", "40P01"}  # serialization failure, deadlock detected
+
+
+def _sqlstate(error: exc.DBAPIError) -> str | None:
+    """The PostgreSQL error code behind a driver error, if there is one."""
+    for candidate in (error.orig, getattr(error.orig, "__cause__", None)):
+        code = getattr(candidate, "sqlstate", None)
+        if isinstance(code, str):
+            return code
+    return None
+
 
 class DuplicateKeyError(Exception):
     """A unique key was taken by a concurrent transaction; the whole transaction is undone."""
@@ -110,6 +121,13 @@ class Store:
         except (exc.OperationalError, exc.InterfaceError, OSError) as error:
             raise DomainError(
                 Reason.STORAGE_UNAVAILABLE, "the database is unavailable; retry later"
+            ) from error
+        except exc.DBAPIError as error:
+            if _sqlstate(error) not in RETRYABLE_SQLSTATES:
+                raise
+            raise DomainError(
+                Reason.STORAGE_UNAVAILABLE,
+                "a concurrent transaction conflicted with this one; retry",
             ) from error
 
     async def is_ready(self) -> bool:
