@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from datetime import timedelta
 
 import grpc
 import jwt
@@ -17,6 +18,7 @@ from keyturn.fulfillment.v1 import fulfillment_pb2 as ful
 from keyturn.licensing.v1 import licensing_pb2 as lic
 from keyturn.licensing.v1 import licensing_pb2_grpc
 from keyturn.server.app.context import AppContext
+from keyturn.server.clock import SystemClock
 
 from conftest import Tokens
 from support.catalog import new_license
@@ -214,3 +216,36 @@ async def test_key_for_another_product_is_refused(licensing_stub: Licensing, lic
         )
     failure = failure_of(caught.value)
     assert (failure.code, failure.reason) == (grpc.StatusCode.PERMISSION_DENIED, "PRODUCT_MISMATCH")
+
+
+async def test_a_lapse_is_recorded_once_when_the_entitlement_is_next_used(
+    app: AppContext,
+    license_of,  # type: ignore[no-untyped-def]
+    licensing_stub: Licensing,
+    fulfillment_stub: fulfillment_pb2_grpc.FulfillmentServiceStub,
+    tokens: Tokens,
+) -> None:
+    clock = app.clock
+    assert isinstance(clock, SystemClock)
+    entitlement = await license_of(1)
+    key = entitlement.license_key
+    first = await licensing_stub.ActivateSeat(activation(key, "device-aaaa"))
+    beyond_lapse = entitlement.lease_duration.ToTimedelta() + app.lapse_grace + timedelta(minutes=1)
+    clock.offset += beyond_lapse
+    second = await licensing_stub.ActivateSeat(activation(key, "device-bbbb"))
+    clock.offset += beyond_lapse
+    again = await licensing_stub.ActivateSeat(activation(key, "device-aaaa"))
+    events = await fulfillment_stub.ListEntitlementEvents(
+        ful.ListEntitlementEventsRequest(entitlement_id=entitlement.entitlement_id),
+        metadata=tokens("read"),
+    )
+    a, b = first.activation_id, second.activation_id
+    assert again.activation_id == a
+    assert [(e.type, e.activation_id, e.entitlement.seats_in_use) for e in events.events] == [
+        (ful.ENTITLEMENT_EVENT_TYPE_CREATED, "", 0),
+        (ful.ENTITLEMENT_EVENT_TYPE_SEAT_ACTIVATED, a, 1),
+        (ful.ENTITLEMENT_EVENT_TYPE_LEASE_LAPSED, a, 0),  # noticed as another device comes
+        (ful.ENTITLEMENT_EVENT_TYPE_SEAT_ACTIVATED, b, 1),
+        (ful.ENTITLEMENT_EVENT_TYPE_LEASE_LAPSED, b, 0),
+        (ful.ENTITLEMENT_EVENT_TYPE_SEAT_ACTIVATED, a, 1),  # a's old lapse is not repeated
+    ]

@@ -96,22 +96,22 @@ async def _record_seat_event(
 
 
 async def _record_claim(tx: Transaction, result: SeatResult, now: datetime) -> None:
-    """A seat taken is an event; a lapse is recorded when it is noticed, as the seat is retaken."""
-    if result.outcome is SeatOutcome.KEPT:
-        return
-    activation_id = result.activation.activation_id
-    if result.outcome is SeatOutcome.REGAINED:
+    """Lapses noticed by this claim, then the seat taken, if one was."""
+    took_seat = result.outcome is not SeatOutcome.KEPT
+    before_grant = result.seats_in_use - 1 if took_seat else result.seats_in_use
+    for activation_id in result.lapsed:
+        await _record_seat_event(
+            tx, EventType.LEASE_LAPSED, result.entitlement, activation_id, now, before_grant
+        )
+    if took_seat:
         await _record_seat_event(
             tx,
-            EventType.LEASE_LAPSED,
+            EventType.SEAT_ACTIVATED,
             result.entitlement,
-            activation_id,
+            result.activation.activation_id,
             now,
-            result.seats_in_use - 1,
+            result.seats_in_use,
         )
-    await _record_seat_event(
-        tx, EventType.SEAT_ACTIVATED, result.entitlement, activation_id, now, result.seats_in_use
-    )
 
 
 def _grant(ctx: AppContext, result: SeatResult, now: datetime) -> LeaseGrant:

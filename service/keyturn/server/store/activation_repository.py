@@ -46,6 +46,7 @@ class SeatResult:
     activation: Activation
     entitlement: Entitlement
     seats_in_use: int
+    lapsed: tuple[str, ...] = ()  # activations whose lapse was noticed now (to record)
 
 
 def _activation(row: RowMapping) -> Activation:
@@ -133,6 +134,7 @@ class ActivationRepository:
         if entitlement is None:
             raise DomainError(Reason.INVALID_LICENSE_KEY, "the license key is not valid")
         entitlement.ensure_usable(claim.now)
+        lapsed = await self._note_lapses(entitlement, claim)
         if claim.renew_activation_id is not None:
             row = await self._find(activations.c.activation_id == claim.renew_activation_id)
             if row is None or row.lease_jti != claim.renew_jti or row.released_time is not None:
@@ -162,11 +164,35 @@ class ActivationRepository:
             )
             if in_use >= entitlement.seats:
                 raise _seats_exhausted(entitlement)
-            lapsed = row is not None and row.released_time is None
-            outcome = SeatOutcome.REGAINED if lapsed else SeatOutcome.GRANTED
+            regained = row is not None and row.released_time is None
+            outcome = SeatOutcome.REGAINED if regained else SeatOutcome.GRANTED
         activation = await self._write(claim, row, expiry, outcome)
         in_use = await self.count_live(entitlement, claim.now, claim.lapse_grace)
-        return SeatResult(outcome, activation, entitlement, in_use)
+        return SeatResult(outcome, activation, entitlement, in_use, lapsed)
+
+    async def _note_lapses(self, entitlement: Entitlement, claim: SeatClaim) -> tuple[str, ...]:
+        """Floating activations whose lease lapsed since last looked at, marked as noticed.
+
+        Lapses need no sweep to free seats; this only lets the event log say so,
+        once per lapse, the next time the entitlement is used.
+        """
+        if entitlement.license_model is not LicenseModel.FLOATING:
+            return ()
+        unnoticed = and_(
+            activations.c.entitlement_id == entitlement.entitlement_id,
+            activations.c.released_time.is_(None),
+            activations.c.lapse_recorded_time.is_(None),
+            activations.c.lease_expire_time <= claim.now - claim.lapse_grace,
+        )
+        query = select(activations.c.activation_id).where(unnoticed)
+        ids = tuple(sorted((await self._db.execute(query)).scalars()))
+        if ids:
+            await self._db.execute(
+                update(activations)
+                .where(activations.c.activation_id.in_(ids))
+                .values(lapse_recorded_time=claim.now)
+            )
+        return ids
 
     async def _check_within_count(
         self, entitlement: Entitlement, held: Activation, claim: SeatClaim
@@ -236,6 +262,7 @@ class ActivationRepository:
                 lease_jti=claim.new_jti,
                 lease_expire_time=expiry,
                 released_time=None,
+                lapse_recorded_time=None,
                 update_time=claim.now,
                 seat_time=seat_time,
             )

@@ -144,6 +144,8 @@ activations = Table(
     Column("update_time", UtcDateTime, nullable=False),
     Column("released_time", UtcDateTime, nullable=True),
     Column("seat_time", UtcDateTime, nullable=True),  # when it last took its seat
+    # When its lapse was written to the event log (None: live, or lapse not yet noticed).
+    Column("lapse_recorded_time", UtcDateTime, nullable=True),
     UniqueConstraint("entitlement_id", "fingerprint"),
 )
 

@@ -83,7 +83,10 @@ class _EntitlementEventTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_
     ENTITLEMENT_EVENT_TYPE_SEAT_RELEASED: _EntitlementEventType.ValueType  # 9
     """A device gave its seat back."""
     ENTITLEMENT_EVENT_TYPE_LEASE_LAPSED: _EntitlementEventType.ValueType  # 10
-    """A floating lease ran out without renewal."""
+    """A floating lease ran out without renewal. Lapses free their seats at
+    once; the event is written, once per lapse, the next time a device
+    activates or renews a lease on the entitlement.
+    """
 
 class EntitlementEventType(_EntitlementEventType, metaclass=_EntitlementEventTypeEnumTypeWrapper):
     """What an entitlement event records."""
@@ -109,7 +112,10 @@ ENTITLEMENT_EVENT_TYPE_SEAT_ACTIVATED: EntitlementEventType.ValueType  # 8
 ENTITLEMENT_EVENT_TYPE_SEAT_RELEASED: EntitlementEventType.ValueType  # 9
 """A device gave its seat back."""
 ENTITLEMENT_EVENT_TYPE_LEASE_LAPSED: EntitlementEventType.ValueType  # 10
-"""A floating lease ran out without renewal."""
+"""A floating lease ran out without renewal. Lapses free their seats at
+once; the event is written, once per lapse, the next time a device
+activates or renews a lease on the entitlement.
+"""
 Global___EntitlementEventType: _TypeAlias = EntitlementEventType  # noqa: Y015
 
 @_typing.final
