@@ -26,13 +26,12 @@ from keyturn.server.domain.orders import (
     validate_order,
 )
 from keyturn.server.store.entitlement_repository import StoredKey
-from keyturn.server.store.event_repository import NewEvent
 from keyturn.server.store.order_repository import StoredOrder
 from keyturn.server.store.unit_of_work import DuplicateKeyError, Transaction
 
 from .catalog import missing_product
 from .context import AppContext
-from .views import EntitlementView, snapshot
+from .views import EntitlementView, new_event
 
 
 @dataclass(frozen=True)
@@ -83,6 +82,7 @@ async def _apply(
     await _lock_targets(tx, order)
     results: list[LineResult] = []
     keys: dict[str, str] = {}
+    latest: dict[str, Entitlement] = {}  # each entitlement as the order leaves it
     for index, line in enumerate(order.lines):
         sku = skus.get(line.sku_id)
         if sku is None:
@@ -97,9 +97,10 @@ async def _apply(
         entitlement = await _apply_line(ctx, tx, order, index, product, sku, now, keys)
         names = tuple(op.name for op in sku.operations)
         results.append(LineResult(index, sku.sku_id, entitlement.entitlement_id, names))
+        latest[entitlement.entitlement_id] = entitlement
     views = [
-        await entitlement_view(ctx, tx, entitlement_id, keys.get(entitlement_id, ""))
-        for entitlement_id in dict.fromkeys(r.entitlement_id for r in results)
+        await _view(ctx, tx, entitlement, keys.get(entitlement_id, ""))
+        for entitlement_id, entitlement in latest.items()
     ]
     stored = StoredOrder(order, fingerprint, tuple(results), now)
     await tx.orders.set_results(order.source, order.order_id, stored.results)
@@ -134,11 +135,12 @@ async def _apply_line(
     """Apply one line's operations, each recorded as an event; the entitlement after them."""
     line = order.lines[index]
     operations = sku.operations
+    changes: list[tuple[EventType, Entitlement]] = []
     if sku.creates:
         entitlement, license_key = await _create(ctx, tx, order, index, product, sku, now)
         keys[entitlement.entitlement_id] = license_key
         in_use = 0
-        await _record(tx, EventType.CREATED, entitlement, now, in_use, order)
+        changes.append((EventType.CREATED, entitlement))
         operations = operations[1:]
     else:
         entitlement = await _target(tx, index, line, sku)
@@ -146,30 +148,15 @@ async def _apply_line(
     context = LineContext(index, line.quantity, product, now)
     for op in operations:
         entitlement = apply_operation(entitlement, op, context)
-        await _record(tx, EVENT_OF[type(op)], entitlement, now, in_use, order)
+        changes.append((EVENT_OF[type(op)], entitlement))
+    for kind, state in changes:
+        event = new_event(
+            kind, state, now, in_use, order_source=order.source, order_id=order.order_id
+        )
+        await tx.events.append(event)
     if operations:
         await tx.entitlements.save(entitlement)
     return entitlement
-
-
-async def _record(
-    tx: Transaction,
-    kind: EventType,
-    entitlement: Entitlement,
-    now: datetime,
-    in_use: int,
-    order: OrderRequest,
-) -> None:
-    await tx.events.append(
-        NewEvent(
-            entitlement_id=entitlement.entitlement_id,
-            type=kind.value,
-            create_time=now,
-            snapshot=snapshot(entitlement, now, in_use),
-            order_source=order.source,
-            order_id=order.order_id,
-        )
-    )
 
 
 def _line_violation(index: int, field: str, text: str) -> DomainError:
@@ -183,9 +170,7 @@ async def _target(tx: Transaction, index: int, line: OrderLine, sku: Sku) -> Ent
         found = await tx.entitlements.get(line.entitlement_id, lock=True)
         field = "entitlement_id"
     elif reference:
-        found = await tx.entitlements.find_by_reference(reference)
-        if found is not None:
-            found = await tx.entitlements.get(found.entitlement_id, lock=True)
+        found = await tx.entitlements.find_by_reference(reference, lock=True)
         field = "external_reference"
     else:
         raise _line_violation(

@@ -16,11 +16,10 @@ from keyturn.server.domain.seats import Activation, renew_time
 from keyturn.server.domain.validation import check_slug
 from keyturn.server.leases.tokens import issue_lease, read_lease
 from keyturn.server.store.activation_repository import SeatClaim, SeatOutcome, SeatResult
-from keyturn.server.store.event_repository import NewEvent
 from keyturn.server.store.unit_of_work import Transaction
 
 from .context import AppContext
-from .views import snapshot
+from .views import new_event
 
 FINGERPRINT = re.compile(r"^[\x21-\x7e]{8,256}$")
 MAX_LABEL = 200
@@ -76,41 +75,29 @@ def _check_activation_request(
     raise_if_invalid(violations)
 
 
-async def _record_seat_event(
-    tx: Transaction,
-    kind: EventType,
-    entitlement: Entitlement,
-    activation_id: str,
-    now: datetime,
-    seats_in_use: int,
-) -> None:
-    await tx.events.append(
-        NewEvent(
-            entitlement_id=entitlement.entitlement_id,
-            type=kind.value,
-            create_time=now,
-            snapshot=snapshot(entitlement, now, seats_in_use),
-            activation_id=activation_id,
-        )
-    )
-
-
 async def _record_claim(tx: Transaction, result: SeatResult, now: datetime) -> None:
     """Lapses noticed by this claim, then the seat taken, if one was."""
     took_seat = result.outcome is not SeatOutcome.KEPT
     before_grant = result.seats_in_use - 1 if took_seat else result.seats_in_use
     for activation_id in result.lapsed:
-        await _record_seat_event(
-            tx, EventType.LEASE_LAPSED, result.entitlement, activation_id, now, before_grant
+        await tx.events.append(
+            new_event(
+                EventType.LEASE_LAPSED,
+                result.entitlement,
+                now,
+                before_grant,
+                activation_id=activation_id,
+            )
         )
     if took_seat:
-        await _record_seat_event(
-            tx,
-            EventType.SEAT_ACTIVATED,
-            result.entitlement,
-            result.activation.activation_id,
-            now,
-            result.seats_in_use,
+        await tx.events.append(
+            new_event(
+                EventType.SEAT_ACTIVATED,
+                result.entitlement,
+                now,
+                result.seats_in_use,
+                activation_id=result.activation.activation_id,
+            )
         )
 
 
@@ -192,8 +179,14 @@ async def release_seat(ctx: AppContext, lease_token: str) -> None:
             entitlement = await tx.entitlements.get(lease.entitlement_id)
             if entitlement is not None:
                 in_use = await tx.activations.count_live(entitlement, now, ctx.lapse_grace)
-                await _record_seat_event(
-                    tx, EventType.SEAT_RELEASED, entitlement, lease.activation_id, now, in_use
+                await tx.events.append(
+                    new_event(
+                        EventType.SEAT_RELEASED,
+                        entitlement,
+                        now,
+                        in_use,
+                        activation_id=lease.activation_id,
+                    )
                 )
 
 

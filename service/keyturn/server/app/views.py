@@ -8,6 +8,8 @@ from typing import Any
 
 from keyturn.server.domain.catalog import Feature
 from keyturn.server.domain.entitlement import Entitlement, Status
+from keyturn.server.domain.events import EventType
+from keyturn.server.store.event_repository import NewEvent
 
 
 @dataclass(frozen=True)
@@ -49,6 +51,28 @@ def snapshot(entitlement: Entitlement, now: datetime, seats_in_use: int) -> dict
         "external_references": list(entitlement.external_references),
         "update_time": entitlement.update_time.isoformat(),
     }
+
+
+def new_event(
+    kind: EventType,
+    entitlement: Entitlement,
+    now: datetime,
+    seats_in_use: int,
+    *,
+    order_source: str = "",
+    order_id: str = "",
+    activation_id: str = "",
+) -> NewEvent:
+    """The event of one change, caused by an order or by an activation."""
+    return NewEvent(
+        entitlement_id=entitlement.entitlement_id,
+        type=kind.value,
+        create_time=now,
+        snapshot=snapshot(entitlement, now, seats_in_use),
+        order_source=order_source,
+        order_id=order_id,
+        activation_id=activation_id,
+    )
 
 
 def from_snapshot(current: Entitlement, recorded: dict[str, Any]) -> EntitlementView:

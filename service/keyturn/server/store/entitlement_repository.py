@@ -206,12 +206,16 @@ class EntitlementRepository:
     async def find_by_key_hash(self, key_hash: str) -> Entitlement | None:
         return await self._one(select(entitlements).where(entitlements.c.key_hash == key_hash))
 
-    async def find_by_reference(self, reference: str) -> Entitlement | None:
-        query = select(entitlements).join(
-            external_references,
-            external_references.c.entitlement_id == entitlements.c.entitlement_id,
+    async def find_by_reference(self, reference: str, lock: bool = False) -> Entitlement | None:
+        query = (
+            select(entitlements)
+            .join(
+                external_references,
+                external_references.c.entitlement_id == entitlements.c.entitlement_id,
+            )
+            .where(external_references.c.external_reference == reference)
         )
-        return await self._one(query.where(external_references.c.external_reference == reference))
+        return await self._one(query.with_for_update(of=entitlements) if lock else query)
 
     async def sealed_key(self, entitlement_id: str) -> bytes | None:
         query = select(entitlements.c.key_sealed).where(
