@@ -105,7 +105,7 @@ class ActivationRepository:
     async def count_live_many(
         self, held_by: list[Entitlement], now: datetime, lapse_grace: timedelta
     ) -> dict[str, int]:
-        """Live seats of several entitlements in one query (0 for those with none)."""
+        """Live seats of several entitlements: one query per license model (0 for none)."""
         counts = dict.fromkeys((e.entitlement_id for e in held_by), 0)
         for model in LicenseModel:
             ids = [e.entitlement_id for e in held_by if e.license_model is model]
