@@ -45,7 +45,7 @@ from keyturn.server.app.context import AppContext
 from keyturn.server.app.tokens import create_token
 from keyturn.server.bootstrap import build_context
 from keyturn.server.domain.errors import Reason
-from keyturn.server.domain.license_key import generate_license_key
+from keyturn.server.domain.license_key import generate_invitation_code, generate_license_key
 
 from conftest import BACKENDS, Tokens, settings_for, sqlite_url
 from support.postgres import create_database, drop_database
@@ -78,11 +78,13 @@ RPCS: dict[str, tuple[str, str | None]] = {
     "RenewLease": (LICENSING, None),
     "ReleaseSeat": (LICENSING, None),
     "GetSigningKeys": (LICENSING, None),
+    "CheckLicense": (LICENSING, None),
+    "RedeemInvitation": (LICENSING, None),
 }
 # Server-streaming RPCs: a case reads the first message, where the error shows.
 STREAMING = {"WatchEntitlementEvents"}
 # Part of the contract, but still answering UNIMPLEMENTED in this version.
-NOT_YET_IMPLEMENTED = {"ResendCredentials", "CheckLicense", "RedeemInvitation"}
+NOT_YET_IMPLEMENTED = {"ResendCredentials"}
 
 # What the world holds.
 TAKEN_REFERENCE = "stripe:sub_taken"
@@ -209,7 +211,7 @@ def alg_none_lease(w: World) -> str:
 def hs256_lease(w: World) -> str:
     """The classic algorithm confusion: HMAC keyed with the published public key."""
     header, _, _, payload = _lease_parts(w)
-    public = next(k for k in w.app.keyring.jwks()["keys"] if k["kid"] == header["kid"])
+    public = w.app.keys.keyring.find(header["kid"]).jwk()  # type: ignore[union-attr]
     head = _json_b64({"alg": "HS256", "typ": "JWT", "kid": header["kid"]})
     signature = hmac.new(public["x"].encode(), f"{head}.{payload}".encode(), hashlib.sha256)
     return f"{head}.{payload}.{_b64(signature.digest())}"
@@ -1999,6 +2001,110 @@ ACTIVATE_SEAT = [
 ]
 
 
+def with_identity(
+    rpc: str, token: Callable[[World], str]
+) -> Callable[[World], lic.ActivateSeatRequest | lic.CheckLicenseRequest]:
+    def build(w: World) -> lic.ActivateSeatRequest | lic.CheckLicenseRequest:
+        if rpc == "CheckLicense":
+            return lic.CheckLicenseRequest(identity_token=token(w), product_id=PRODUCT_ID)
+        return lic.ActivateSeatRequest(
+            identity_token=token(w), product_id=PRODUCT_ID, fingerprint="device-0003"
+        )
+
+    return build
+
+
+def identity_token_cases(rpc: str) -> list[Case]:
+    """Identity tokens that are not ours get the answer of an unknown license key."""
+    bad = Code.UNAUTHENTICATED, "INVALID_LICENSE_KEY"
+    return [
+        refused(rpc, "identity-token-garbage", with_identity(rpc, lambda w: "garbage"), *bad),
+        refused(rpc, "identity-token-10k-chars", with_identity(rpc, lambda w: K10), *bad),
+        refused(rpc, "lease-as-identity-token", with_identity(rpc, lambda w: w.lease_token), *bad),
+        refused(
+            rpc, "license-key-as-identity-token", with_identity(rpc, lambda w: w.license_key), *bad
+        ),
+        refused(rpc, "identity-token-alg-none", with_identity(rpc, alg_none_lease), *bad),
+        refused(rpc, "identity-token-hs256", with_identity(rpc, hs256_lease), *bad),
+        refused(rpc, "identity-token-foreign-key", with_identity(rpc, foreign_lease), *bad),
+    ]
+
+
+def check(
+    license_key: str | None = None, product_id: str = PRODUCT_ID
+) -> Callable[[World], lic.CheckLicenseRequest]:
+    def build(w: World) -> lic.CheckLicenseRequest:
+        key = w.license_key if license_key is None else license_key
+        return lic.CheckLicenseRequest(license_key=key, product_id=product_id)
+
+    return build
+
+
+CHECK_LICENSE = [
+    invalid(
+        "CheckLicense", "empty-request", lic.CheckLicenseRequest(), "product_id", "license_key"
+    ),
+    invalid("CheckLicense", "product-id-10k-chars", check(product_id=K10), "product_id"),
+    refused(
+        "CheckLicense",
+        "malformed-license-key",
+        check("not-a-key"),
+        Code.UNAUTHENTICATED,
+        "INVALID_LICENSE_KEY",
+    ),
+    refused(
+        "CheckLicense",
+        "license-key-with-typo",
+        lambda w: check(w.license_key[:-1] + ("0" if w.license_key[-1] != "0" else "1"))(w),
+        Code.UNAUTHENTICATED,
+        "INVALID_LICENSE_KEY",
+    ),
+    refused(
+        "CheckLicense",
+        "unknown-license-key",
+        check(generate_license_key()),
+        Code.UNAUTHENTICATED,
+        "INVALID_LICENSE_KEY",
+    ),
+    refused(
+        "CheckLicense",
+        "unknown-product",
+        check(product_id="other-app"),
+        Code.PERMISSION_DENIED,
+        "PRODUCT_MISMATCH",
+        product_id="other-app",
+    ),
+    *identity_token_cases("CheckLicense"),
+]
+
+REDEEM_INVITATION = [
+    invalid("RedeemInvitation", "empty-request", lic.RedeemInvitationRequest(), "invitation_code"),
+    *(
+        refused(
+            "RedeemInvitation",
+            name,
+            request,
+            Code.UNAUTHENTICATED,
+            "INVALID_INVITATION",
+        )
+        for name, request in [
+            ("garbage", lic.RedeemInvitationRequest(invitation_code="INVITE-0001")),
+            ("10k-chars", lic.RedeemInvitationRequest(invitation_code=K10)),
+            ("non-ascii", lic.RedeemInvitationRequest(invitation_code="ÄÖÜß-ÄÖÜß")),
+            (
+                "unknown-code",
+                lic.RedeemInvitationRequest(invitation_code=generate_invitation_code()),
+            ),
+            (
+                "license-key-as-code",
+                lambda w: lic.RedeemInvitationRequest(invitation_code=w.license_key),
+            ),
+            ("lease-as-code", lambda w: lic.RedeemInvitationRequest(invitation_code=w.lease_token)),
+        ]
+    ),
+]
+
+
 def lease_cases(rpc: str) -> list[Case]:
     request = lic.RenewLeaseRequest if rpc == "RenewLease" else lic.ReleaseSeatRequest
     bad = Code.UNAUTHENTICATED, "INVALID_LEASE"
@@ -2205,6 +2311,9 @@ CASES = [
     *LIST_ENTITLEMENT_EVENTS,
     *WATCH_ENTITLEMENT_EVENTS,
     *ACTIVATE_SEAT,
+    *identity_token_cases("ActivateSeat"),
+    *CHECK_LICENSE,
+    *REDEEM_INVITATION,
     *lease_cases("RenewLease"),
     *lease_cases("ReleaseSeat"),
     *UNDECODABLE,
@@ -2279,16 +2388,6 @@ async def test_rpcs_not_yet_implemented_say_so(world: World, rpc: str) -> None:
             FULFILLMENT,
             ful.ResendCredentialsRequest(entitlement_id=world.entitlement_id),
             world.tokens("fulfill"),
-        ),
-        "CheckLicense": (
-            LICENSING,
-            lic.CheckLicenseRequest(license_key=world.license_key, product_id=PRODUCT_ID),
-            None,
-        ),
-        "RedeemInvitation": (
-            LICENSING,
-            lic.RedeemInvitationRequest(invitation_code="INVITE-0001"),
-            None,
         ),
     }
     service, request, metadata = requests[rpc]

@@ -577,7 +577,7 @@ async def test_seats_are_granted_up_to_the_count(store: Store) -> None:
         assert result.activation.lease_expire_time == NOW + LEASE
     error = await refused(store, "device-3")
     assert error.reason is Reason.SEATS_EXHAUSTED
-    assert error.metadata == {"seats": "3"}
+    assert error.metadata == {"seats": "3", "seat_limit": "3"}
     assert await count_rows(store, activations) == 3
     assert await live_seats(store, NOW) == 3
 
@@ -882,9 +882,11 @@ async def test_a_token_hash_is_unique(store: Store) -> None:
 # --- signing keys -----------------------------------------------------------
 
 
-async def test_signing_keys_list_unretired_newest_first(store: Store) -> None:
+async def test_signing_keys_list_newest_first_and_the_newest_unretired_signs(
+    store: Store,
+) -> None:
     async with store.read() as tx:
-        existing = await tx.signing_keys.list_unretired()  # the one the app made at start
+        existing = await tx.signing_keys.list_all()  # the one the app made at start
     old = StoredSigningKey(
         "kid-old", b"\x00sealed-old\xff", "pub-old", datetime(2000, 1, 1, tzinfo=UTC)
     )
@@ -901,10 +903,31 @@ async def test_signing_keys_list_unretired_newest_first(store: Store) -> None:
         for key in (old, retired, new, twin):
             await tx.signing_keys.add(key)
     async with store.read() as tx:
-        listed = await tx.signing_keys.list_unretired()
-    # Newest first; equal times are ordered by kid, descending.
-    assert listed == [twin, new, *existing, old]
+        listed = await tx.signing_keys.list_all()
+        signing = await tx.signing_keys.signing_kid()
+    # Newest first, retired ones too; equal times are ordered by kid, descending.
+    assert listed == [retired, twin, new, *existing, old]
     assert listed[-1].private_key_sealed == b"\x00sealed-old\xff"
+    assert signing == "kid-nex"  # the retired one is newer but no longer signs
+
+
+async def test_retiring_all_but_one_key_leaves_it_signing(store: Store) -> None:
+    async with store.read() as tx:
+        (first,) = await tx.signing_keys.list_all()
+    newer = StoredSigningKey("kid-newer", b"sealed", "pub", datetime(2999, 1, 1, tzinfo=UTC))
+    later = NOW + timedelta(hours=1)
+    async with store.write() as tx:
+        await tx.signing_keys.add(newer)
+        retired = await tx.signing_keys.retire_all_but("kid-newer", later)
+    async with store.write() as tx:
+        again = await tx.signing_keys.retire_all_but("kid-newer", later + timedelta(days=1))
+    async with store.read() as tx:
+        listed = {k.kid: k.retire_time for k in await tx.signing_keys.list_all()}
+        signing = await tx.signing_keys.signing_kid()
+    assert retired == [first.kid]
+    assert again == []  # an already scheduled retirement is not pushed back
+    assert listed == {first.kid: later, "kid-newer": None}
+    assert signing == "kid-newer"
 
 
 async def test_a_signing_key_id_is_unique(store: Store) -> None:
@@ -1029,7 +1052,7 @@ async def test_a_domain_error_inside_a_write_rolls_back_everything(store: Store)
         assert unchanged.seats == 1
         assert await tx.orders.get("stripe", "in_1") is None
         assert await tx.tokens.find_by_hash("h" * 64) is None
-        assert "kid-x" not in [k.kid for k in await tx.signing_keys.list_unretired()]
+        assert "kid-x" not in [k.kid for k in await tx.signing_keys.list_all()]
         assert await tx.activations.get("act_1") is None
     assert await count_rows(store, events) == 0
     assert await count_rows(store, activations) == 0

@@ -11,7 +11,7 @@ from sqlalchemy.engine import make_url
 from .app.context import AppContext
 from .clock import Clock, SystemClock
 from .config import Settings
-from .leases.keyring import load_keyring
+from .leases.keyring import SigningKeys, load_keyring
 from .sealing import Sealer, SecretError, load_or_create_secret_file
 from .store.migrate import upgrade
 from .store.unit_of_work import Store
@@ -63,7 +63,7 @@ async def build_context(settings: Settings, clock: Clock | None = None) -> AppCo
     return AppContext(
         store=store,
         sealer=sealer,
-        keyring=keyring,
+        keys=SigningKeys(store, sealer, keyring),
         clock=clock,
         issuer=settings.issuer,
         lapse_grace=timedelta(seconds=settings.lapse_grace_seconds),

@@ -23,6 +23,7 @@ from keyturn.server.domain.catalog import (
     Feature,
     LicenseModel,
     Operation,
+    Overage,
     Product,
     RemoveFeatures,
     RemoveSeats,
@@ -48,6 +49,16 @@ DISPATCHES = {
     pb.DISPATCH_LICENSE_KEY: Dispatch.LICENSE_KEY,
     pb.DISPATCH_INVITATION: Dispatch.INVITATION,
     pb.DISPATCH_NONE: Dispatch.NONE,
+}
+OVERAGES = {
+    pb.OVERAGE_POLICY_UNSPECIFIED: Overage.NONE,
+    pb.OVERAGE_POLICY_NONE: Overage.NONE,
+    pb.OVERAGE_POLICY_ALLOW_125_PERCENT: Overage.ALLOW_125_PERCENT,
+    pb.OVERAGE_POLICY_ALLOW_150_PERCENT: Overage.ALLOW_150_PERCENT,
+    pb.OVERAGE_POLICY_ALLOW_200_PERCENT: Overage.ALLOW_200_PERCENT,
+}
+OVERAGE_OUT = {
+    overage: code for code, overage in OVERAGES.items() if code != pb.OVERAGE_POLICY_UNSPECIFIED
 }
 ANCHORS = {
     pb.RENEWAL_ANCHOR_UNSPECIFIED: RenewalAnchor.FROM_NOW_IF_EXPIRED,
@@ -135,6 +146,8 @@ def _create_in(path: str, op: pb.CreateOperation, violations: list[FieldViolatio
         violations.append(FieldViolation(f"{path}.license_model", "unknown license model"))
     if op.dispatch not in DISPATCHES:
         violations.append(FieldViolation(f"{path}.dispatch", "unknown dispatch"))
+    if op.overage not in OVERAGES:
+        violations.append(FieldViolation(f"{path}.overage", "unknown overage policy"))
     lease = grace = None
     if op.HasField("lease_duration"):
         lease = _duration_in(
@@ -162,6 +175,7 @@ def _create_in(path: str, op: pb.CreateOperation, violations: list[FieldViolatio
         lease_duration=DEFAULT_LEASE_DURATION if lease is None else lease,
         dispatch=DISPATCHES.get(op.dispatch, Dispatch.LICENSE_KEY),
         grace=timedelta(0) if grace is None else grace,
+        overage=OVERAGES.get(op.overage, Overage.NONE),
     )
 
 
@@ -226,6 +240,7 @@ def operation_out(op: Operation) -> pb.Operation:
                 lease_duration=duration(op.lease_duration),
                 dispatch=DISPATCH_OUT[op.dispatch],
                 grace_period=duration(op.grace),
+                overage=OVERAGE_OUT[op.overage],
             )
         )
     if isinstance(op, Renew):

@@ -9,11 +9,12 @@ from keyturn.server.app.views import EntitlementView
 from keyturn.server.domain.entitlement import Customer, Status
 from keyturn.server.domain.errors import FieldViolation, raise_if_invalid
 from keyturn.server.domain.events import EventType
+from keyturn.server.domain.named_users import NamedUser
 from keyturn.server.domain.orders import OrderLine, OrderRequest
 from keyturn.server.store.entitlement_repository import EntitlementFilter
 from keyturn.server.store.order_repository import StoredOrder
 
-from .catalog_convert import DISPATCH_OUT, LICENSE_MODEL_OUT, features_out
+from .catalog_convert import DISPATCH_OUT, LICENSE_MODEL_OUT, OVERAGE_OUT, features_out
 from .timestamps import duration, timestamp
 
 STATUS_IN = {
@@ -62,6 +63,7 @@ def order_in(message: pb.FulfillOrderRequest) -> OrderRequest:
                 quantity=line.quantity,
                 entitlement_id=line.entitlement_id,
                 external_reference=line.external_reference,
+                named_user_emails=tuple(line.named_user_emails),
             )
             for line in message.lines
         ),
@@ -81,6 +83,7 @@ def order_out(stored: StoredOrder) -> pb.Order:
                 quantity=line.quantity,
                 entitlement_id=line.entitlement_id,
                 external_reference=line.external_reference,
+                named_user_emails=list(line.named_user_emails),
             )
             for line in request.lines
         ],
@@ -95,6 +98,13 @@ def order_out(stored: StoredOrder) -> pb.Order:
         ],
         create_time=timestamp(stored.create_time),
     )
+
+
+def named_user_out(user: NamedUser, invitation_code: str) -> pb.NamedUser:
+    message = pb.NamedUser(user_id=user.user_id, email=user.email, invitation_code=invitation_code)
+    if user.redeem_time is not None:
+        message.redeem_time.CopyFrom(timestamp(user.redeem_time))
+    return message
 
 
 def entitlement_out(view: EntitlementView) -> pb.Entitlement:
@@ -121,6 +131,11 @@ def entitlement_out(view: EntitlementView) -> pb.Entitlement:
         update_time=timestamp(e.update_time),
         seats_over=view.seats_over,
         grace_period=duration(e.grace),
+        overage=OVERAGE_OUT[e.overage],
+        seat_limit=e.seat_limit,
+        named_users=[
+            named_user_out(u, view.invitation_codes.get(u.user_id, "")) for u in view.named_users
+        ],
     )
     if e.end_time is not None:
         message.end_time.CopyFrom(timestamp(e.end_time))

@@ -6,7 +6,7 @@ import json
 from typing import Any
 
 from keyturn.licensing.v1 import licensing_pb2 as pb
-from keyturn.server.app.licensing import LeaseGrant
+from keyturn.server.app.licensing import Credential, LeaseGrant, LicenseStatus
 from keyturn.server.domain.entitlement import Status
 
 from .timestamps import timestamp
@@ -19,19 +19,29 @@ STATUS_OUT = {
 }
 
 
-def summary_out(grant: LeaseGrant) -> pb.EntitlementSummary:
-    e = grant.entitlement
+def credential_in(
+    message: pb.ActivateSeatRequest | pb.CheckLicenseRequest,
+) -> Credential:
+    if message.WhichOneof("credential") == "identity_token":
+        return Credential(identity_token=message.identity_token)
+    return Credential(license_key=message.license_key)
+
+
+def summary_out(license: LicenseStatus) -> pb.EntitlementSummary:
+    e = license.entitlement
     message = pb.EntitlementSummary(
         entitlement_id=e.entitlement_id,
         product_id=e.product_id,
         edition_id=e.edition_id,
-        status=STATUS_OUT[e.status(grant.issue_time)],
+        status=STATUS_OUT[license.status],
         features=[
             pb.Feature(name=f.name) if f.limit is None else pb.Feature(name=f.name, limit=f.limit)
             for f in e.features
         ],
         seats=e.seats,
-        seats_in_use=grant.seats_in_use,
+        seats_in_use=license.seats_in_use,
+        seat_limit=e.seat_limit,
+        in_overage=license.seats_in_use > e.seats,
     )
     if e.end_time is not None:
         message.end_time.CopyFrom(timestamp(e.end_time))

@@ -28,7 +28,7 @@ from .fulfillment_convert import (
     order_in,
     order_out,
 )
-from .licensing_convert import lease_out, signing_keys_out, summary_out
+from .licensing_convert import credential_in, lease_out, signing_keys_out, summary_out
 
 Context = grpc.aio.ServicerContext[object, object]
 
@@ -150,22 +150,26 @@ class LicensingServicer(lic_grpc.LicensingServiceServicer):
     async def ActivateSeat(
         self, request: lic.ActivateSeatRequest, context: Context
     ) -> lic.ActivateSeatResponse:
-        if request.WhichOneof("credential") == "identity_token":
-            raise not_implemented("ActivateSeat with an identity token")
         grant = await licensing.activate_seat(
-            self._ctx, request.license_key, request.product_id, request.fingerprint, request.label
+            self._ctx,
+            credential_in(request),
+            request.product_id,
+            request.fingerprint,
+            request.label,
         )
         return lic.ActivateSeatResponse(
             lease=lease_out(grant),
             activation_id=grant.activation.activation_id,
-            entitlement=summary_out(grant),
+            entitlement=summary_out(grant.license),
         )
 
     async def RenewLease(
         self, request: lic.RenewLeaseRequest, context: Context
     ) -> lic.RenewLeaseResponse:
         grant = await licensing.renew_lease(self._ctx, request.lease_token)
-        return lic.RenewLeaseResponse(lease=lease_out(grant), entitlement=summary_out(grant))
+        return lic.RenewLeaseResponse(
+            lease=lease_out(grant), entitlement=summary_out(grant.license)
+        )
 
     async def ReleaseSeat(
         self, request: lic.ReleaseSeatRequest, context: Context
@@ -176,14 +180,18 @@ class LicensingServicer(lic_grpc.LicensingServiceServicer):
     async def CheckLicense(
         self, request: lic.CheckLicenseRequest, context: Context
     ) -> lic.CheckLicenseResponse:
-        raise not_implemented("CheckLicense")
+        license = await licensing.check_license(
+            self._ctx, credential_in(request), request.product_id
+        )
+        return lic.CheckLicenseResponse(entitlement=summary_out(license))
 
     async def GetSigningKeys(
         self, request: lic.GetSigningKeysRequest, context: Context
     ) -> lic.GetSigningKeysResponse:
-        return signing_keys_out(licensing.signing_keys(self._ctx))
+        return signing_keys_out(await licensing.signing_keys(self._ctx))
 
     async def RedeemInvitation(
         self, request: lic.RedeemInvitationRequest, context: Context
     ) -> lic.RedeemInvitationResponse:
-        raise not_implemented("RedeemInvitation")
+        token = await licensing.redeem_invitation(self._ctx, request.invitation_code)
+        return lic.RedeemInvitationResponse(identity_token=token)

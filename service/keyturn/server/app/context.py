@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 
 from keyturn.server.clock import Clock
-from keyturn.server.leases.keyring import Keyring
+from keyturn.server.leases.keyring import SigningKeys
 from keyturn.server.sealing import Sealer
 from keyturn.server.store.unit_of_work import Store
 
@@ -16,7 +16,7 @@ from keyturn.server.store.unit_of_work import Store
 class AppContext:
     store: Store
     sealer: Sealer
-    keyring: Keyring
+    keys: SigningKeys
     clock: Clock
     issuer: str = "keyturn"
     lapse_grace: timedelta = timedelta(seconds=30)

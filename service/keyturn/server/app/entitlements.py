@@ -67,7 +67,13 @@ async def list_entitlements(
         found = await tx.entitlements.list(where, now, page.after, page.size + 1)
         items, more = page_of(found, page.size)
         in_use = await tx.activations.count_live_many(items, now, ctx.lapse_grace)
-    views = [EntitlementView(e, e.status(now), in_use[e.entitlement_id]) for e in items]
+        users = await tx.named_users.list_for([e.entitlement_id for e in items])
+    views = [
+        EntitlementView(
+            e, e.status(now), in_use[e.entitlement_id], named_users=tuple(users[e.entitlement_id])
+        )
+        for e in items
+    ]
     return views, next_page_token(items[-1].entitlement_id if more else None, scope)
 
 

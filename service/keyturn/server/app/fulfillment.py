@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from datetime import datetime
 
-from keyturn.server.domain.catalog import MAX_SEATS, Create, Product, Sku
+from keyturn.server.domain.catalog import MAX_SEATS, Create, Product, RemoveSeats, Sku
 from keyturn.server.domain.entitlement import Entitlement, create_entitlement
 from keyturn.server.domain.errors import (
     DomainError,
@@ -16,7 +16,8 @@ from keyturn.server.domain.errors import (
 )
 from keyturn.server.domain.events import EventType
 from keyturn.server.domain.ids import new_id
-from keyturn.server.domain.license_key import generate_license_key
+from keyturn.server.domain.license_key import generate_invitation_code, generate_license_key
+from keyturn.server.domain.named_users import NamedUser, check_fits_seats, new_emails
 from keyturn.server.domain.operations import EVENT_OF, LineContext, apply_operation
 from keyturn.server.domain.orders import (
     LineResult,
@@ -82,6 +83,7 @@ async def _apply(
     await _lock_targets(tx, order)
     results: list[LineResult] = []
     keys: dict[str, str] = {}
+    codes: dict[str, str] = {}  # invitation codes of the users this order assigns
     latest: dict[str, Entitlement] = {}  # each entitlement as the order leaves it
     for index, line in enumerate(order.lines):
         sku = skus.get(line.sku_id)
@@ -95,11 +97,12 @@ async def _apply(
         if product is None:
             raise missing_product(sku.product_id)
         entitlement = await _apply_line(ctx, tx, order, index, product, sku, now, keys)
+        await _assign_named_users(ctx, tx, order, index, sku, entitlement, now, codes)
         names = tuple(op.name for op in sku.operations)
         results.append(LineResult(index, sku.sku_id, entitlement.entitlement_id, names))
         latest[entitlement.entitlement_id] = entitlement
     views = [
-        await _view(ctx, tx, entitlement, keys.get(entitlement_id, ""))
+        await _view(ctx, tx, entitlement, keys.get(entitlement_id, ""), codes)
         for entitlement_id, entitlement in latest.items()
     ]
     stored = StoredOrder(order, fingerprint, tuple(results), now)
@@ -157,6 +160,38 @@ async def _apply_line(
     if operations:
         await tx.entitlements.save(entitlement)
     return entitlement
+
+
+async def _assign_named_users(
+    ctx: AppContext,
+    tx: Transaction,
+    order: OrderRequest,
+    index: int,
+    sku: Sku,
+    entitlement: Entitlement,
+    now: datetime,
+    codes: dict[str, str],
+) -> None:
+    """Give each new email of the line a seat and an invitation code; never more than seats."""
+    line = order.lines[index]
+    removes_seats = any(isinstance(op, RemoveSeats) for op in sku.operations)
+    if not line.named_user_emails and not removes_seats:
+        return
+    entitlement_id = entitlement.entitlement_id
+    assigned = (await tx.named_users.list_for([entitlement_id]))[entitlement_id]
+    fresh = new_emails({user.email for user in assigned}, line.named_user_emails)
+    check_fits_seats(entitlement, len(assigned) + len(fresh), index)
+    for email in fresh:
+        user = NamedUser(new_id("usr", now), entitlement_id, email, now)
+        code = generate_invitation_code()
+        await tx.named_users.add(
+            user,
+            ctx.sealer.hash_secret(code),
+            ctx.sealer.seal(code.encode()),
+            order.source,
+            order.order_id,
+        )
+        codes[user.user_id] = code
 
 
 def _line_violation(index: int, field: str, text: str) -> DomainError:
@@ -258,6 +293,9 @@ async def _replay(
     if stored.fingerprint != fingerprint:
         raise _order_conflict(stored.request)
     views: dict[str, EntitlementView] = {}
+    request = stored.request
+    sealed_codes = await tx.named_users.sealed_invitations(request.source, request.order_id)
+    codes = {user: ctx.sealer.unseal(sealed).decode() for user, sealed in sealed_codes.items()}
     for result in stored.results:
         if result.entitlement_id in views:
             continue
@@ -266,18 +304,22 @@ async def _replay(
             sealed = await tx.entitlements.sealed_key(result.entitlement_id)
             key = ctx.sealer.unseal(sealed).decode() if sealed else ""
         views[result.entitlement_id] = await entitlement_view(
-            ctx, tx, result.entitlement_id, license_key=key
+            ctx, tx, result.entitlement_id, license_key=key, invitation_codes=codes
         )
     return FulfilledOrder(stored, list(views.values()), replayed=True)
 
 
 async def entitlement_view(
-    ctx: AppContext, tx: Transaction, entitlement_id: str, license_key: str = ""
+    ctx: AppContext,
+    tx: Transaction,
+    entitlement_id: str,
+    license_key: str = "",
+    invitation_codes: dict[str, str] | None = None,
 ) -> EntitlementView:
     entitlement = await tx.entitlements.get(entitlement_id)
     if entitlement is None:
         raise missing_entitlement(entitlement_id)
-    return await _view(ctx, tx, entitlement, license_key)
+    return await _view(ctx, tx, entitlement, license_key, invitation_codes)
 
 
 def missing_entitlement(entitlement_id: str) -> DomainError:
@@ -294,11 +336,22 @@ def check_entitlement_id(entitlement_id: str) -> None:
 
 
 async def _view(
-    ctx: AppContext, tx: Transaction, entitlement: Entitlement, license_key: str = ""
+    ctx: AppContext,
+    tx: Transaction,
+    entitlement: Entitlement,
+    license_key: str = "",
+    invitation_codes: dict[str, str] | None = None,
 ) -> EntitlementView:
     now = ctx.clock.now()
     in_use = await tx.activations.count_live(entitlement, now, ctx.lapse_grace)
-    return EntitlementView(entitlement, entitlement.status(now), in_use, license_key)
+    users = (await tx.named_users.list_for([entitlement.entitlement_id]))[
+        entitlement.entitlement_id
+    ]
+    given = invitation_codes or {}
+    codes = {u.user_id: given[u.user_id] for u in users if u.user_id in given}
+    return EntitlementView(
+        entitlement, entitlement.status(now), in_use, license_key, tuple(users), codes
+    )
 
 
 async def get_entitlement(ctx: AppContext, entitlement_id: str) -> EntitlementView:

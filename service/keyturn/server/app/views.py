@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
 from keyturn.server.domain.catalog import Feature
 from keyturn.server.domain.entitlement import Entitlement, Status
 from keyturn.server.domain.events import EventType
+from keyturn.server.domain.named_users import NamedUser
 from keyturn.server.store.event_repository import NewEvent
 
 
@@ -18,6 +19,8 @@ class EntitlementView:
     status: Status
     seats_in_use: int
     license_key: str = ""
+    named_users: tuple[NamedUser, ...] = ()
+    invitation_codes: dict[str, str] = field(default_factory=dict)  # by user id; new ones only
 
     @property
     def seats_over(self) -> int:

@@ -19,6 +19,32 @@ class Dispatch(StrEnum):
     NONE = "none"
 
 
+class Overage(StrEnum):
+    """Seats usable beyond the paid count, as a share of it."""
+
+    NONE = "none"
+    ALLOW_125_PERCENT = "allow_125_percent"
+    ALLOW_150_PERCENT = "allow_150_percent"
+    ALLOW_200_PERCENT = "allow_200_percent"
+
+    @property
+    def percent(self) -> int:
+        """Seats usable at once, in percent of the paid seats."""
+        return _OVERAGE_PERCENT[self]
+
+    def seat_limit(self, seats: int) -> int:
+        """Seats usable at once for `seats` paid ones (rounded down, never below `seats`)."""
+        return seats * self.percent // 100
+
+
+_OVERAGE_PERCENT = {
+    Overage.NONE: 100,
+    Overage.ALLOW_125_PERCENT: 125,
+    Overage.ALLOW_150_PERCENT: 150,
+    Overage.ALLOW_200_PERCENT: 200,
+}
+
+
 class RenewalAnchor(StrEnum):
     """Where a renewal's term starts."""
 
@@ -76,6 +102,7 @@ class Create:
     lease_duration: timedelta = DEFAULT_LEASE_DURATION
     dispatch: Dispatch = Dispatch.LICENSE_KEY
     grace: timedelta = timedelta(0)
+    overage: Overage = Overage.NONE
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ from .catalog import (
     Edition,
     Feature,
     LicenseModel,
+    Overage,
     Product,
     merge_features,
     without_features,
@@ -58,6 +59,12 @@ class Entitlement:
     external_references: tuple[str, ...] = ()
     addons: tuple[Feature, ...] = ()  # added by orders on top of the edition's features
     removed_features: tuple[str, ...] = ()  # taken away by orders; stays away on edition change
+    overage: Overage = Overage.NONE
+
+    @property
+    def seat_limit(self) -> int:
+        """Seats that may be in use at once: the paid ones raised by the overage policy."""
+        return self.overage.seat_limit(self.seats)
 
     @property
     def perpetual(self) -> bool:
@@ -149,4 +156,5 @@ def create_entitlement(
         grace=op.grace,
         external_references=(external_reference,) if external_reference else (),
         addons=op.features,
+        overage=op.overage,
     )

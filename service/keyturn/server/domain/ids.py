@@ -15,3 +15,9 @@ def new_id(prefix: str, now: datetime) -> str:
     millis = ((now - _EPOCH) // timedelta(milliseconds=1)) & ((1 << 48) - 1)
     value = (millis << 80) | int.from_bytes(os.urandom(10), "big")
     return f"{prefix}_{base32.encode(value, 26).lower()}"
+
+
+def is_id(prefix: str, value: str) -> bool:
+    """True when `value` has the shape of an id made by new_id(prefix, ...)."""
+    body = value.removeprefix(f"{prefix}_")
+    return len(body) == 26 and body != value and all(c in base32.ALPHABET.lower() for c in body)

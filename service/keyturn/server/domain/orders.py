@@ -18,6 +18,7 @@ MAX_LINES = 100
 MAX_QUANTITY = 100_000
 MAX_EMAIL = 254
 MAX_REFERENCE = 200
+MAX_NAMED_USERS_PER_LINE = 1000
 
 
 @dataclass(frozen=True)
@@ -26,6 +27,7 @@ class OrderLine:
     quantity: int
     entitlement_id: str = ""
     external_reference: str = ""
+    named_user_emails: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -42,7 +44,11 @@ class OrderRequest:
 
     def fingerprint(self) -> str:
         """A digest of the whole content: equal orders have equal fingerprints."""
-        canonical = json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
+        content = asdict(self)
+        for line in content["lines"]:  # orders stored before named users keep their digest
+            if not line["named_user_emails"]:
+                del line["named_user_emails"]
+        canonical = json.dumps(content, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()
 
 
@@ -68,6 +74,16 @@ def check_text(path: str, value: str, limit: int, what: str) -> list[FieldViolat
     if len(value) > limit or not PRINTABLE.fullmatch(value):
         return [FieldViolation(path, f"{what} must be 1 to {limit} printable characters")]
     return []
+
+
+def check_named_user_emails(path: str, emails: tuple[str, ...]) -> list[FieldViolation]:
+    """Every email of a line well formed, at most MAX_NAMED_USERS_PER_LINE of them."""
+    if len(emails) > MAX_NAMED_USERS_PER_LINE:
+        return [FieldViolation(path, f"at most {MAX_NAMED_USERS_PER_LINE} named users per line")]
+    violations: list[FieldViolation] = []
+    for index, email in enumerate(emails):
+        violations += check_email(f"{path}[{index}]", email, required=True)
+    return violations
 
 
 def check_reference(path: str, value: str) -> list[FieldViolation]:
@@ -103,4 +119,5 @@ def validate_order(order: OrderRequest) -> list[FieldViolation]:
             violations += check_text(f"{path}.entitlement_id", line.entitlement_id, 64, "id")
         if line.external_reference:
             violations += check_reference(f"{path}.external_reference", line.external_reference)
+        violations += check_named_user_emails(f"{path}.named_user_emails", line.named_user_emails)
     return violations

@@ -24,6 +24,7 @@ class Activation:
     create_time: datetime
     released_time: datetime | None = None
     seat_time: datetime | None = None  # when it last took its seat (None: at create_time)
+    user_id: str | None = None  # the named user who activated, if any
 
 
 def holds_seat(

@@ -1,19 +1,31 @@
-"""Ed25519 signing keys: created on first start, sealed at rest, published as a JWKS."""
+"""Ed25519 signing keys: created on first start, rotated on demand, sealed at rest.
+
+The newest unretired key signs. Rotation adds a key and schedules the
+retirement of the old ones for when every lease they can have signed has
+expired; until then they stay in the published JWKS. Retired keys are kept,
+so that the server still recognises (and can refuse precisely) what they
+signed.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from keyturn.server.domain.ids import new_id
+from keyturn.server.domain.ids import is_id, new_id
 from keyturn.server.sealing import Sealer
 from keyturn.server.store.signing_key_repository import StoredSigningKey
 from keyturn.server.store.unit_of_work import Store
+
+# Added to the longest lease when a key is retired: covers leases being signed
+# while the rotation commits (the signing key is read inside each seat transaction).
+RETIRE_MARGIN = timedelta(minutes=5)
 
 
 def _b64url(data: bytes) -> str:
@@ -24,30 +36,40 @@ def _raw_public(key: Ed25519PublicKey) -> bytes:
     return key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
 
 
+def public_jwk(kid: str, public_key_hex: str) -> dict[str, str]:
+    """A public key as an RFC 8037 JSON Web Key."""
+    return {
+        "kty": "OKP",
+        "crv": "Ed25519",
+        "x": _b64url(bytes.fromhex(public_key_hex)),
+        "kid": kid,
+        "alg": "EdDSA",
+        "use": "sig",
+    }
+
+
+def is_published(key: StoredSigningKey, now: datetime) -> bool:
+    """A key is published until its retire time: leases it signed may still be valid."""
+    return key.retire_time is None or key.retire_time > now
+
+
 @dataclass(frozen=True)
 class SigningKey:
     kid: str
     private_key: Ed25519PrivateKey
     create_time: datetime
+    retire_time: datetime | None = None
 
     @property
     def public_key(self) -> Ed25519PublicKey:
         return self.private_key.public_key()
 
     def jwk(self) -> dict[str, str]:
-        """The public half as an RFC 8037 JSON Web Key."""
-        return {
-            "kty": "OKP",
-            "crv": "Ed25519",
-            "x": _b64url(_raw_public(self.public_key)),
-            "kid": self.kid,
-            "alg": "EdDSA",
-            "use": "sig",
-        }
+        return public_jwk(self.kid, _raw_public(self.public_key).hex())
 
 
 class Keyring:
-    """The unretired keys, newest first; the newest signs."""
+    """Every key of the deployment, newest first."""
 
     def __init__(self, keys: list[SigningKey]) -> None:
         if not keys:
@@ -55,15 +77,8 @@ class Keyring:
         self.keys = keys
         self._by_kid = {key.kid: key for key in keys}
 
-    @property
-    def signing_key(self) -> SigningKey:
-        return self.keys[0]
-
     def find(self, kid: str) -> SigningKey | None:
         return self._by_kid.get(kid)
-
-    def jwks(self) -> dict[str, Any]:
-        return {"keys": [key.jwk() for key in self.keys]}
 
 
 def new_signing_key(sealer: Sealer, now: datetime) -> StoredSigningKey:
@@ -85,20 +100,72 @@ def _open(stored: StoredSigningKey, sealer: Sealer) -> SigningKey:
     private = Ed25519PrivateKey.from_private_bytes(sealer.unseal(stored.private_key_sealed))
     if _raw_public(private.public_key()).hex() != stored.public_key:
         raise ValueError(f"signing key {stored.kid} does not match its public key")
-    return SigningKey(stored.kid, private, stored.create_time)
+    return SigningKey(stored.kid, private, stored.create_time, stored.retire_time)
+
+
+async def _read_keyring(store: Store, sealer: Sealer) -> Keyring | None:
+    async with store.read() as tx:
+        stored = await tx.signing_keys.list_all()
+    return Keyring([_open(key, sealer) for key in stored]) if stored else None
 
 
 async def load_keyring(store: Store, sealer: Sealer, now: datetime) -> Keyring:
     """The keyring from the database, creating the first key when there is none.
 
-    Raises SecretError when the keys cannot be opened with this secret.
+    Raises SecretError when a key cannot be opened with this secret.
     """
-    async with store.read() as tx:
-        stored = await tx.signing_keys.list_unretired()
-    if not stored:
-        async with store.write() as tx:
-            stored = await tx.signing_keys.list_unretired()
-            if not stored:
-                await tx.signing_keys.add(new_signing_key(sealer, now))
-                stored = await tx.signing_keys.list_unretired()
-    return Keyring([_open(key, sealer) for key in stored])
+    keyring = await _read_keyring(store, sealer)
+    if keyring is not None:
+        return keyring
+    async with store.write() as tx:
+        if await tx.signing_keys.signing_kid() is None:
+            await tx.signing_keys.add(new_signing_key(sealer, now))
+    keyring = await _read_keyring(store, sealer)
+    assert keyring is not None
+    return keyring
+
+
+@dataclass(frozen=True)
+class Rotation:
+    new_kid: str
+    retired: list[str]
+    retire_time: datetime
+
+
+async def rotate_signing_key(store: Store, sealer: Sealer, now: datetime) -> Rotation:
+    """Add a key that signs from now on; the others retire once their leases have expired."""
+    async with store.write() as tx:
+        longest = max(await tx.entitlements.longest_lease(), timedelta(0))
+        retire_time = now + longest + RETIRE_MARGIN
+        key = new_signing_key(sealer, now)
+        await tx.signing_keys.add(key)
+        retired = await tx.signing_keys.retire_all_but(key.kid, retire_time)
+    return Rotation(key.kid, retired, retire_time)
+
+
+class SigningKeys:
+    """This process's keyring, read again when another process has rotated the keys."""
+
+    def __init__(self, store: Store, sealer: Sealer, keyring: Keyring) -> None:
+        self._store = store
+        self._sealer = sealer
+        self.keyring = keyring
+        self._reload_lock = asyncio.Lock()
+
+    async def find(self, kid: str) -> SigningKey | None:
+        """The key `kid`, reading the database once when this process does not know it."""
+        key = self.keyring.find(kid)
+        if key is not None or not is_id("key", kid):
+            return key
+        async with self._reload_lock:
+            if self.keyring.find(kid) is None:
+                fresh = await _read_keyring(self._store, self._sealer)
+                if fresh is not None:
+                    self.keyring = fresh
+        return self.keyring.find(kid)
+
+    async def jwks(self, now: datetime) -> dict[str, Any]:
+        """The published keys as stored now (a rotation by another process shows at once)."""
+        async with self._store.read() as tx:
+            stored = await tx.signing_keys.list_all()
+        return {"keys": [public_jwk(k.kid, k.public_key) for k in stored if is_published(k, now)]}

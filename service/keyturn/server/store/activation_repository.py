@@ -38,6 +38,7 @@ class SeatClaim:
     new_jti: str
     renew_activation_id: str | None = None
     renew_jti: str | None = None
+    user_id: str | None = None  # the named user activating, when the credential names one
 
 
 @dataclass(frozen=True)
@@ -60,6 +61,7 @@ def _activation(row: RowMapping) -> Activation:
         create_time=row["create_time"],
         released_time=row["released_time"],
         seat_time=row["seat_time"],
+        user_id=row["user_id"],
     )
 
 
@@ -73,8 +75,8 @@ def _live_condition(model: LicenseModel, now: datetime, lapse_grace: timedelta):
 def _seats_exhausted(entitlement: Entitlement) -> DomainError:
     return DomainError(
         Reason.SEATS_EXHAUSTED,
-        f"all {entitlement.seats} seats of this license are in use",
-        {"seats": str(entitlement.seats)},
+        f"all {entitlement.seat_limit} seats of this license are in use",
+        {"seats": str(entitlement.seats), "seat_limit": str(entitlement.seat_limit)},
     )
 
 
@@ -162,7 +164,7 @@ class ActivationRepository:
                 claim.lapse_grace,
                 excluding=row.activation_id if row else "",
             )
-            if in_use >= entitlement.seats:
+            if in_use >= entitlement.seat_limit:
                 raise _seats_exhausted(entitlement)
             regained = row is not None and row.released_time is None
             outcome = SeatOutcome.REGAINED if regained else SeatOutcome.GRANTED
@@ -217,7 +219,7 @@ class ActivationRepository:
             )
         )
         ahead = int((await self._db.execute(query)).scalar_one())
-        if ahead >= entitlement.seats:
+        if ahead >= entitlement.seat_limit:
             raise _seats_exhausted(entitlement)
 
     async def _find(self, condition: object) -> Activation | None:
@@ -237,6 +239,7 @@ class ActivationRepository:
                 lease_expire_time=expiry,
                 create_time=claim.now,
                 seat_time=claim.now,
+                user_id=claim.user_id,
             )
             await self._db.execute(
                 insert(activations).values(
@@ -249,11 +252,13 @@ class ActivationRepository:
                     create_time=claim.now,
                     update_time=claim.now,
                     seat_time=claim.now,
+                    user_id=claim.user_id,
                 )
             )
             return activation
         seat_time = existing.seat_time if outcome is SeatOutcome.KEPT else claim.now
         label = claim.label or existing.label
+        user_id = claim.user_id or existing.user_id
         await self._db.execute(
             update(activations)
             .where(activations.c.activation_id == existing.activation_id)
@@ -265,6 +270,7 @@ class ActivationRepository:
                 lapse_recorded_time=None,
                 update_time=claim.now,
                 seat_time=seat_time,
+                user_id=user_id,
             )
         )
         return Activation(
@@ -276,6 +282,7 @@ class ActivationRepository:
             lease_expire_time=expiry,
             create_time=existing.create_time,
             seat_time=seat_time,
+            user_id=user_id,
         )
 
     async def release(self, activation_id: str, jti: str, now: datetime) -> Activation | None:

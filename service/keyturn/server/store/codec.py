@@ -18,6 +18,7 @@ from keyturn.server.domain.catalog import (
     Feature,
     LicenseModel,
     Operation,
+    Overage,
     RemoveFeatures,
     RemoveSeats,
     Renew,
@@ -65,6 +66,7 @@ def operation_to_json(op: Operation) -> dict[str, Any]:
             "lease_duration_seconds": int(op.lease_duration.total_seconds()),
             "dispatch": op.dispatch.value,
             "grace_seconds": int(op.grace.total_seconds()),
+            "overage": op.overage.value,
         }
     elif isinstance(op, Renew):
         body = {"term": op.term, "anchor": op.anchor.value}
@@ -90,6 +92,7 @@ def operation_from_json(data: dict[str, Any]) -> Operation:
             lease_duration=timedelta(seconds=body["lease_duration_seconds"]),
             dispatch=Dispatch(body["dispatch"]),
             grace=timedelta(seconds=body.get("grace_seconds", 0)),
+            overage=Overage(body.get("overage", Overage.NONE)),
         )
     if name == Renew.name:
         return Renew(
@@ -114,7 +117,10 @@ def order_from_json(data: dict[str, Any]) -> OrderRequest:
         order_id=data["order_id"],
         customer=Customer(**data["customer"]),
         ship_to_email=data["ship_to_email"],
-        lines=tuple(OrderLine(**line) for line in data["lines"]),
+        lines=tuple(
+            OrderLine(**{**line, "named_user_emails": tuple(line.get("named_user_emails", ()))})
+            for line in data["lines"]
+        ),
     )
 
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import ColumnElement, Select, and_, insert, not_, or_, select, update
+from sqlalchemy import ColumnElement, Select, and_, func, insert, not_, or_, select, update
 from sqlalchemy.engine import RowMapping
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from keyturn.server.domain.catalog import Dispatch, LicenseModel
+from keyturn.server.domain.catalog import Dispatch, LicenseModel, Overage
 from keyturn.server.domain.entitlement import Customer, Entitlement, Status
 
 from .codec import features_from_json, features_to_json
@@ -46,6 +46,7 @@ def _entitlement(row: RowMapping, references: tuple[str, ...]) -> Entitlement:
         external_references=references,
         addons=features_from_json(row["addon_features"]),
         removed_features=tuple(row["removed_features"]),
+        overage=Overage(row["overage"]),
     )
 
 
@@ -105,6 +106,7 @@ class EntitlementRepository:
                 customer_email=entitlement.customer.email,
                 ship_to_email=entitlement.ship_to_email,
                 license_model=entitlement.license_model.value,
+                overage=entitlement.overage.value,
                 lease_duration_seconds=int(entitlement.lease_duration.total_seconds()),
                 dispatch=entitlement.dispatch.value,
                 key_hash=key.key_hash if key else None,
@@ -198,6 +200,11 @@ class EntitlementRepository:
         if where.status is not None:
             query = query.where(_status_condition(where.status, now))
         return await self._many(query.order_by(t.c.entitlement_id).limit(limit))
+
+    async def longest_lease(self) -> timedelta:
+        """The longest lease duration of any entitlement (0 when there is none)."""
+        query = select(func.max(entitlements.c.lease_duration_seconds))
+        return timedelta(seconds=(await self._db.execute(query)).scalar_one_or_none() or 0)
 
     async def get(self, entitlement_id: str, lock: bool = False) -> Entitlement | None:
         query = select(entitlements).where(entitlements.c.entitlement_id == entitlement_id)

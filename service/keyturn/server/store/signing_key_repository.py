@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import insert, select
+from sqlalchemy import insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from .tables import signing_keys
@@ -17,7 +17,10 @@ class StoredSigningKey:
     private_key_sealed: bytes
     public_key: str
     create_time: datetime
-    retire_time: datetime | None = None
+    retire_time: datetime | None = None  # set when a newer key took over signing
+
+
+_NEWEST_FIRST = (signing_keys.c.create_time.desc(), signing_keys.c.kid.desc())
 
 
 class SigningKeyRepository:
@@ -35,13 +38,9 @@ class SigningKeyRepository:
             )
         )
 
-    async def list_unretired(self) -> list[StoredSigningKey]:
-        """Keys not yet retired, newest first (the first one signs)."""
-        query = (
-            select(signing_keys)
-            .where(signing_keys.c.retire_time.is_(None))
-            .order_by(signing_keys.c.create_time.desc(), signing_keys.c.kid.desc())
-        )
+    async def list_all(self) -> list[StoredSigningKey]:
+        """Every key, retired or not, newest first (the newest unretired one signs)."""
+        query = select(signing_keys).order_by(*_NEWEST_FIRST)
         return [
             StoredSigningKey(
                 kid=row["kid"],
@@ -52,3 +51,27 @@ class SigningKeyRepository:
             )
             for row in (await self._db.execute(query)).mappings()
         ]
+
+    async def signing_kid(self) -> str | None:
+        """The key that signs now: the newest one without a retire time."""
+        query = (
+            select(signing_keys.c.kid)
+            .where(signing_keys.c.retire_time.is_(None))
+            .order_by(*_NEWEST_FIRST)
+            .limit(1)
+        )
+        return (await self._db.execute(query)).scalar_one_or_none()
+
+    async def retire_all_but(self, kid: str, retire_time: datetime) -> list[str]:
+        """Schedule the retirement of every other signing key; returns their ids."""
+        query = select(signing_keys.c.kid).where(
+            signing_keys.c.retire_time.is_(None), signing_keys.c.kid != kid
+        )
+        kids = sorted((await self._db.execute(query)).scalars())
+        if kids:
+            await self._db.execute(
+                update(signing_keys)
+                .where(signing_keys.c.kid.in_(kids))
+                .values(retire_time=retire_time)
+            )
+        return kids

@@ -108,6 +108,7 @@ entitlements = Table(
     Column("addon_features", JSON, nullable=False, server_default="[]"),
     Column("removed_features", JSON, nullable=False, server_default="[]"),
     Column("license_model", String(16), nullable=False),
+    Column("overage", String(24), nullable=False, server_default="none"),
     Column("lease_duration_seconds", Integer, nullable=False),
     Column("dispatch", String(16), nullable=False),
     Column("key_hash", String(64), nullable=True, unique=True),
@@ -146,7 +147,26 @@ activations = Table(
     Column("seat_time", UtcDateTime, nullable=True),  # when it last took its seat
     # When its lapse was written to the event log (None: live, or lapse not yet noticed).
     Column("lapse_recorded_time", UtcDateTime, nullable=True),
+    Column("user_id", String(64), nullable=True),  # the named user who activated, if any
     UniqueConstraint("entitlement_id", "fingerprint"),
+)
+
+named_users = Table(
+    "named_users",
+    metadata,
+    Column("user_id", String(64), primary_key=True),
+    Column("entitlement_id", String(64), ForeignKey("entitlements.entitlement_id"), nullable=False),
+    Column("email", String(254), nullable=False),
+    # The invitation code: keyed hash for lookup, sealed copy for resend.
+    Column("invitation_hash", String(64), nullable=False, unique=True),
+    Column("invitation_sealed", LargeBinary, nullable=False),
+    Column("create_time", UtcDateTime, nullable=False),
+    Column("redeem_time", UtcDateTime, nullable=True),
+    # The jti of the one identity token that is valid (None: not redeemed).
+    Column("identity_jti", String(64), nullable=True),
+    Column("order_source", String(64), nullable=False),  # the order that assigned the seat
+    Column("order_id", String(128), nullable=False),
+    UniqueConstraint("entitlement_id", "email"),
 )
 
 events = Table(

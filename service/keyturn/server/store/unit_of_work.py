@@ -17,6 +17,7 @@ from .database import READ_ONLY, create_engine
 from .entitlement_repository import EntitlementRepository
 from .event_repository import EventRepository
 from .migrate import current_revision, head_revision
+from .named_user_repository import NamedUserRepository
 from .order_repository import OrderRepository
 from .signing_key_repository import SigningKeyRepository
 from .token_repository import TokenRepository
@@ -49,6 +50,7 @@ class Transaction:
         self.events = EventRepository(connection)
         self.tokens = TokenRepository(connection)
         self.signing_keys = SigningKeyRepository(connection)
+        self.named_users = NamedUserRepository(connection)
 
 
 class CommitBell:

@@ -136,6 +136,20 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     reconnect (to another replica) with the last sequence seen. Metadata:
     `last_sequence` (the last sequence sent on the stream).
     """
+    INVALID_INVITATION: _ErrorReason.ValueType  # 28
+    """UNAUTHENTICATED. The invitation code is unknown, malformed or fails its
+    checksum. The same answer for all three.
+    """
+    INVITATION_REDEEMED: _ErrorReason.ValueType  # 29
+    """FAILED_PRECONDITION. The invitation code was already exchanged for an
+    identity token: codes are single-use. Ask the vendor to send the
+    invitation again (ResendCredentials issues a new code).
+    """
+    NAMED_USERS_EXCEED_SEATS: _ErrorReason.ValueType  # 30
+    """FAILED_PRECONDITION. An order line names more users than the entitlement
+    has seats (each named user is assigned a seat). The whole order is rolled
+    back. Metadata: `entitlement_id`, `seats`, `named_users`, `line`.
+    """
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """ErrorReason lists every `google.rpc.ErrorInfo.reason` that Keyturn returns.
@@ -263,5 +277,19 @@ SERVER_STOPPING: ErrorReason.ValueType  # 27
 """UNAVAILABLE. The server is shutting down and ended this change stream;
 reconnect (to another replica) with the last sequence seen. Metadata:
 `last_sequence` (the last sequence sent on the stream).
+"""
+INVALID_INVITATION: ErrorReason.ValueType  # 28
+"""UNAUTHENTICATED. The invitation code is unknown, malformed or fails its
+checksum. The same answer for all three.
+"""
+INVITATION_REDEEMED: ErrorReason.ValueType  # 29
+"""FAILED_PRECONDITION. The invitation code was already exchanged for an
+identity token: codes are single-use. Ask the vendor to send the
+invitation again (ResendCredentials issues a new code).
+"""
+NAMED_USERS_EXCEED_SEATS: ErrorReason.ValueType  # 30
+"""FAILED_PRECONDITION. An order line names more users than the entitlement
+has seats (each named user is assigned a seat). The whole order is rolled
+back. Metadata: `entitlement_id`, `seats`, `named_users`, `line`.
 """
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015

@@ -75,6 +75,41 @@ DISPATCH_NONE: Dispatch.ValueType  # 3
 """Send nothing; the caller hands out the key itself."""
 Global___Dispatch: _TypeAlias = Dispatch  # noqa: Y015
 
+class _OveragePolicy:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _OveragePolicyEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_OveragePolicy.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    OVERAGE_POLICY_UNSPECIFIED: _OveragePolicy.ValueType  # 0
+    """Not set; `create` defaults it to OVERAGE_POLICY_NONE."""
+    OVERAGE_POLICY_NONE: _OveragePolicy.ValueType  # 1
+    """No seat beyond the paid count."""
+    OVERAGE_POLICY_ALLOW_125_PERCENT: _OveragePolicy.ValueType  # 2
+    """Up to 1.25 times the seats (rounded down) may be in use."""
+    OVERAGE_POLICY_ALLOW_150_PERCENT: _OveragePolicy.ValueType  # 3
+    """Up to 1.5 times the seats (rounded down) may be in use."""
+    OVERAGE_POLICY_ALLOW_200_PERCENT: _OveragePolicy.ValueType  # 4
+    """Up to twice the seats may be in use."""
+
+class OveragePolicy(_OveragePolicy, metaclass=_OveragePolicyEnumTypeWrapper):
+    """How many seats beyond the paid count may be in use at once. The seats in
+    overage are reported in the lease claims and by CheckLicense, so the app
+    can tell its user; the order source can bill them ("true-up").
+    """
+
+OVERAGE_POLICY_UNSPECIFIED: OveragePolicy.ValueType  # 0
+"""Not set; `create` defaults it to OVERAGE_POLICY_NONE."""
+OVERAGE_POLICY_NONE: OveragePolicy.ValueType  # 1
+"""No seat beyond the paid count."""
+OVERAGE_POLICY_ALLOW_125_PERCENT: OveragePolicy.ValueType  # 2
+"""Up to 1.25 times the seats (rounded down) may be in use."""
+OVERAGE_POLICY_ALLOW_150_PERCENT: OveragePolicy.ValueType  # 3
+"""Up to 1.5 times the seats (rounded down) may be in use."""
+OVERAGE_POLICY_ALLOW_200_PERCENT: OveragePolicy.ValueType  # 4
+"""Up to twice the seats may be in use."""
+Global___OveragePolicy: _TypeAlias = OveragePolicy  # noqa: Y015
+
 class _RenewalAnchor:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -243,6 +278,7 @@ class CreateOperation(_message.Message):
     LEASE_DURATION_FIELD_NUMBER: _builtins.int
     DISPATCH_FIELD_NUMBER: _builtins.int
     GRACE_PERIOD_FIELD_NUMBER: _builtins.int
+    OVERAGE_FIELD_NUMBER: _builtins.int
     edition_id: _builtins.str
     """Edition of the SKU's product that the entitlement grants."""
     seats_per_unit: _builtins.int
@@ -261,6 +297,8 @@ class CreateOperation(_message.Message):
     """How seats are held; defaults to floating."""
     dispatch: Global___Dispatch.ValueType
     """Credential sent by email; defaults to the license key."""
+    overage: Global___OveragePolicy.ValueType
+    """Seats that may be used beyond the paid count; defaults to none."""
     @_builtins.property
     def features(self) -> _containers.RepeatedCompositeFieldContainer[Global___Feature]:
         """Features added to (or overriding the limits of) the edition's features."""
@@ -289,10 +327,11 @@ class CreateOperation(_message.Message):
         lease_duration: _duration_pb2.Duration | None = ...,
         dispatch: Global___Dispatch.ValueType = ...,
         grace_period: _duration_pb2.Duration | None = ...,
+        overage: Global___OveragePolicy.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["grace_period", b"grace_period", "lease_duration", b"lease_duration"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["dispatch", b"dispatch", "edition_id", b"edition_id", "features", b"features", "grace_period", b"grace_period", "lease_duration", b"lease_duration", "license_model", b"license_model", "perpetual", b"perpetual", "seats_per_unit", b"seats_per_unit", "term", b"term", "trial", b"trial"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dispatch", b"dispatch", "edition_id", b"edition_id", "features", b"features", "grace_period", b"grace_period", "lease_duration", b"lease_duration", "license_model", b"license_model", "overage", b"overage", "perpetual", b"perpetual", "seats_per_unit", b"seats_per_unit", "term", b"term", "trial", b"trial"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

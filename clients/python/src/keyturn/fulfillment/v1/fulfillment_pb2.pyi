@@ -160,6 +160,7 @@ class OrderLine(_message.Message):
     QUANTITY_FIELD_NUMBER: _builtins.int
     ENTITLEMENT_ID_FIELD_NUMBER: _builtins.int
     EXTERNAL_REFERENCE_FIELD_NUMBER: _builtins.int
+    NAMED_USER_EMAILS_FIELD_NUMBER: _builtins.int
     sku_id: _builtins.str
     """Id of a SKU in the catalog."""
     quantity: _builtins.int
@@ -176,6 +177,17 @@ class OrderLine(_message.Message):
     attached to that entitlement (ALREADY_EXISTS / EXTERNAL_REFERENCE_TAKEN
     when it names another one).
     """
+    @_builtins.property
+    def named_user_emails(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Users (by email, up to 1000 per line) to assign seats of the line's
+        entitlement to. Each new one gets a single-use invitation code, returned
+        once in the FulfillOrder response (and emailed when the SKU's dispatch is
+        DISPATCH_INVITATION), which RedeemInvitation turns into an identity
+        token for ActivateSeat. An email already assigned is kept as it is.
+        More named users than seats: FAILED_PRECONDITION /
+        NAMED_USERS_EXCEED_SEATS.
+        """
+
     def __init__(
         self,
         *,
@@ -183,14 +195,55 @@ class OrderLine(_message.Message):
         quantity: _builtins.int = ...,
         entitlement_id: _builtins.str = ...,
         external_reference: _builtins.str = ...,
+        named_user_emails: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["entitlement_id", b"entitlement_id", "external_reference", b"external_reference", "quantity", b"quantity", "sku_id", b"sku_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["entitlement_id", b"entitlement_id", "external_reference", b"external_reference", "named_user_emails", b"named_user_emails", "quantity", b"quantity", "sku_id", b"sku_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___OrderLine: _TypeAlias = OrderLine  # noqa: Y015
+
+@_typing.final
+class NamedUser(_message.Message):
+    """A user assigned a seat of an entitlement."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_ID_FIELD_NUMBER: _builtins.int
+    EMAIL_FIELD_NUMBER: _builtins.int
+    INVITATION_CODE_FIELD_NUMBER: _builtins.int
+    REDEEM_TIME_FIELD_NUMBER: _builtins.int
+    user_id: _builtins.str
+    """Server-assigned id (`usr_` followed by 26 characters); the `sub` of the
+    user's identity token.
+    """
+    email: _builtins.str
+    """The user's email, lower-cased."""
+    invitation_code: _builtins.str
+    """The single-use invitation code. Set only in the FulfillOrder response for
+    users that order assigned; never returned by reads.
+    """
+    @_builtins.property
+    def redeem_time(self) -> _timestamp_pb2.Timestamp:
+        """When the invitation was redeemed; absent until then."""
+
+    def __init__(
+        self,
+        *,
+        user_id: _builtins.str = ...,
+        email: _builtins.str = ...,
+        invitation_code: _builtins.str = ...,
+        redeem_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["redeem_time", b"redeem_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["email", b"email", "invitation_code", b"invitation_code", "redeem_time", b"redeem_time", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___NamedUser: _TypeAlias = NamedUser  # noqa: Y015
 
 @_typing.final
 class Entitlement(_message.Message):
@@ -220,6 +273,9 @@ class Entitlement(_message.Message):
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
     SEATS_OVER_FIELD_NUMBER: _builtins.int
     GRACE_PERIOD_FIELD_NUMBER: _builtins.int
+    OVERAGE_FIELD_NUMBER: _builtins.int
+    SEAT_LIMIT_FIELD_NUMBER: _builtins.int
+    NAMED_USERS_FIELD_NUMBER: _builtins.int
     entitlement_id: _builtins.str
     """Server-assigned id (`ent_` followed by 26 characters)."""
     product_id: _builtins.str
@@ -251,6 +307,10 @@ class Entitlement(_message.Message):
     many of the most recently activated seats are refused at their next
     lease renewal. 0 when the count fits.
     """
+    overage: _catalog_pb2.OveragePolicy.ValueType
+    """Seats that may be used beyond `seats`."""
+    seat_limit: _builtins.int
+    """Seats that may be in use at once: `seats` raised by the overage policy."""
     @_builtins.property
     def customer(self) -> Global___Customer:
         """The buyer."""
@@ -287,6 +347,10 @@ class Entitlement(_message.Message):
     def grace_period(self) -> _duration_pb2.Duration:
         """Time after `end_time` during which the entitlement is still live."""
 
+    @_builtins.property
+    def named_users(self) -> _containers.RepeatedCompositeFieldContainer[Global___NamedUser]:
+        """Users assigned seats by orders, by email."""
+
     def __init__(
         self,
         *,
@@ -312,10 +376,13 @@ class Entitlement(_message.Message):
         update_time: _timestamp_pb2.Timestamp | None = ...,
         seats_over: _builtins.int = ...,
         grace_period: _duration_pb2.Duration | None = ...,
+        overage: _catalog_pb2.OveragePolicy.ValueType = ...,
+        seat_limit: _builtins.int = ...,
+        named_users: _abc.Iterable[Global___NamedUser] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "customer", b"customer", "end_time", b"end_time", "grace_period", b"grace_period", "lease_duration", b"lease_duration", "start_time", b"start_time", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "customer", b"customer", "dispatch", b"dispatch", "edition_id", b"edition_id", "end_time", b"end_time", "entitlement_id", b"entitlement_id", "external_references", b"external_references", "features", b"features", "grace_period", b"grace_period", "lease_duration", b"lease_duration", "license_key", b"license_key", "license_model", b"license_model", "perpetual", b"perpetual", "product_id", b"product_id", "seats", b"seats", "seats_in_use", b"seats_in_use", "seats_over", b"seats_over", "ship_to_email", b"ship_to_email", "start_time", b"start_time", "status", b"status", "trial", b"trial", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "customer", b"customer", "dispatch", b"dispatch", "edition_id", b"edition_id", "end_time", b"end_time", "entitlement_id", b"entitlement_id", "external_references", b"external_references", "features", b"features", "grace_period", b"grace_period", "lease_duration", b"lease_duration", "license_key", b"license_key", "license_model", b"license_model", "named_users", b"named_users", "overage", b"overage", "perpetual", b"perpetual", "product_id", b"product_id", "seat_limit", b"seat_limit", "seats", b"seats", "seats_in_use", b"seats_in_use", "seats_over", b"seats_over", "ship_to_email", b"ship_to_email", "start_time", b"start_time", "status", b"status", "trial", b"trial", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

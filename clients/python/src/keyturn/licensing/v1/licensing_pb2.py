@@ -25,47 +25,47 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$keyturn/licensing/v1/licensing.proto\x12\x14keyturn.licensing.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"5\n\x07\x46\x65\x61ture\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\x05limit\x18\x02 \x01(\x03H\x00\x88\x01\x01\x42\x08\n\x06_limit\"\x91\x02\n\x12\x45ntitlementSummary\x12\x16\n\x0e\x65ntitlement_id\x18\x01 \x01(\t\x12\x12\n\nproduct_id\x18\x02 \x01(\t\x12\x12\n\nedition_id\x18\x03 \x01(\t\x12\x37\n\x06status\x18\x04 \x01(\x0e\x32\'.keyturn.licensing.v1.EntitlementStatus\x12/\n\x08\x66\x65\x61tures\x18\x05 \x03(\x0b\x32\x1d.keyturn.licensing.v1.Feature\x12\r\n\x05seats\x18\x06 \x01(\x05\x12\x14\n\x0cseats_in_use\x18\x07 \x01(\x05\x12,\n\x08\x65nd_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"w\n\x05Lease\x12\r\n\x05token\x18\x01 \x01(\t\x12/\n\x0b\x65xpire_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nrenew_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x8c\x01\n\x13\x41\x63tivateSeatRequest\x12\x15\n\x0blicense_key\x18\x01 \x01(\tH\x00\x12\x18\n\x0eidentity_token\x18\x02 \x01(\tH\x00\x12\x12\n\nproduct_id\x18\x03 \x01(\t\x12\x13\n\x0b\x66ingerprint\x18\x04 \x01(\t\x12\r\n\x05label\x18\x05 \x01(\tB\x0c\n\ncredential\"\x98\x01\n\x14\x41\x63tivateSeatResponse\x12*\n\x05lease\x18\x01 \x01(\x0b\x32\x1b.keyturn.licensing.v1.Lease\x12\x15\n\ractivation_id\x18\x02 \x01(\t\x12=\n\x0b\x65ntitlement\x18\x03 \x01(\x0b\x32(.keyturn.licensing.v1.EntitlementSummary\"(\n\x11RenewLeaseRequest\x12\x13\n\x0blease_token\x18\x01 \x01(\t\"\x7f\n\x12RenewLeaseResponse\x12*\n\x05lease\x18\x01 \x01(\x0b\x32\x1b.keyturn.licensing.v1.Lease\x12=\n\x0b\x65ntitlement\x18\x02 \x01(\x0b\x32(.keyturn.licensing.v1.EntitlementSummary\")\n\x12ReleaseSeatRequest\x12\x13\n\x0blease_token\x18\x01 \x01(\t\"\x15\n\x13ReleaseSeatResponse\"h\n\x13\x43heckLicenseRequest\x12\x15\n\x0blicense_key\x18\x01 \x01(\tH\x00\x12\x18\n\x0eidentity_token\x18\x02 \x01(\tH\x00\x12\x12\n\nproduct_id\x18\x03 \x01(\tB\x0c\n\ncredential\"U\n\x14\x43heckLicenseResponse\x12=\n\x0b\x65ntitlement\x18\x01 \x01(\x0b\x32(.keyturn.licensing.v1.EntitlementSummary\"\x17\n\x15GetSigningKeysRequest\"X\n\nJsonWebKey\x12\x0b\n\x03kty\x18\x01 \x01(\t\x12\x0b\n\x03\x63rv\x18\x02 \x01(\t\x12\t\n\x01x\x18\x03 \x01(\t\x12\x0b\n\x03kid\x18\x04 \x01(\t\x12\x0b\n\x03\x61lg\x18\x05 \x01(\t\x12\x0b\n\x03use\x18\x06 \x01(\t\"[\n\x16GetSigningKeysResponse\x12.\n\x04keys\x18\x01 \x03(\x0b\x32 .keyturn.licensing.v1.JsonWebKey\x12\x11\n\tjwks_json\x18\x02 \x01(\t\"2\n\x17RedeemInvitationRequest\x12\x17\n\x0finvitation_code\x18\x01 \x01(\t\"2\n\x18RedeemInvitationResponse\x12\x16\n\x0eidentity_token\x18\x01 \x01(\t*\xb6\x01\n\x11\x45ntitlementStatus\x12\"\n\x1e\x45NTITLEMENT_STATUS_UNSPECIFIED\x10\x00\x12\x1c\n\x18\x45NTITLEMENT_STATUS_TRIAL\x10\x01\x12\x1d\n\x19\x45NTITLEMENT_STATUS_ACTIVE\x10\x02\x12\x1e\n\x1a\x45NTITLEMENT_STATUS_EXPIRED\x10\x03\x12 \n\x1c\x45NTITLEMENT_STATUS_CANCELLED\x10\x04\x32\x85\x05\n\x10LicensingService\x12\x65\n\x0c\x41\x63tivateSeat\x12).keyturn.licensing.v1.ActivateSeatRequest\x1a*.keyturn.licensing.v1.ActivateSeatResponse\x12_\n\nRenewLease\x12\'.keyturn.licensing.v1.RenewLeaseRequest\x1a(.keyturn.licensing.v1.RenewLeaseResponse\x12\x62\n\x0bReleaseSeat\x12(.keyturn.licensing.v1.ReleaseSeatRequest\x1a).keyturn.licensing.v1.ReleaseSeatResponse\x12\x65\n\x0c\x43heckLicense\x12).keyturn.licensing.v1.CheckLicenseRequest\x1a*.keyturn.licensing.v1.CheckLicenseResponse\x12k\n\x0eGetSigningKeys\x12+.keyturn.licensing.v1.GetSigningKeysRequest\x1a,.keyturn.licensing.v1.GetSigningKeysResponse\x12q\n\x10RedeemInvitation\x12-.keyturn.licensing.v1.RedeemInvitationRequest\x1a..keyturn.licensing.v1.RedeemInvitationResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$keyturn/licensing/v1/licensing.proto\x12\x14keyturn.licensing.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"5\n\x07\x46\x65\x61ture\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\x05limit\x18\x02 \x01(\x03H\x00\x88\x01\x01\x42\x08\n\x06_limit\"\xb9\x02\n\x12\x45ntitlementSummary\x12\x16\n\x0e\x65ntitlement_id\x18\x01 \x01(\t\x12\x12\n\nproduct_id\x18\x02 \x01(\t\x12\x12\n\nedition_id\x18\x03 \x01(\t\x12\x37\n\x06status\x18\x04 \x01(\x0e\x32\'.keyturn.licensing.v1.EntitlementStatus\x12/\n\x08\x66\x65\x61tures\x18\x05 \x03(\x0b\x32\x1d.keyturn.licensing.v1.Feature\x12\r\n\x05seats\x18\x06 \x01(\x05\x12\x14\n\x0cseats_in_use\x18\x07 \x01(\x05\x12,\n\x08\x65nd_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nseat_limit\x18\t \x01(\x05\x12\x12\n\nin_overage\x18\n \x01(\x08\"w\n\x05Lease\x12\r\n\x05token\x18\x01 \x01(\t\x12/\n\x0b\x65xpire_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nrenew_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x8c\x01\n\x13\x41\x63tivateSeatRequest\x12\x15\n\x0blicense_key\x18\x01 \x01(\tH\x00\x12\x18\n\x0eidentity_token\x18\x02 \x01(\tH\x00\x12\x12\n\nproduct_id\x18\x03 \x01(\t\x12\x13\n\x0b\x66ingerprint\x18\x04 \x01(\t\x12\r\n\x05label\x18\x05 \x01(\tB\x0c\n\ncredential\"\x98\x01\n\x14\x41\x63tivateSeatResponse\x12*\n\x05lease\x18\x01 \x01(\x0b\x32\x1b.keyturn.licensing.v1.Lease\x12\x15\n\ractivation_id\x18\x02 \x01(\t\x12=\n\x0b\x65ntitlement\x18\x03 \x01(\x0b\x32(.keyturn.licensing.v1.EntitlementSummary\"(\n\x11RenewLeaseRequest\x12\x13\n\x0blease_token\x18\x01 \x01(\t\"\x7f\n\x12RenewLeaseResponse\x12*\n\x05lease\x18\x01 \x01(\x0b\x32\x1b.keyturn.licensing.v1.Lease\x12=\n\x0b\x65ntitlement\x18\x02 \x01(\x0b\x32(.keyturn.licensing.v1.EntitlementSummary\")\n\x12ReleaseSeatRequest\x12\x13\n\x0blease_token\x18\x01 \x01(\t\"\x15\n\x13ReleaseSeatResponse\"h\n\x13\x43heckLicenseRequest\x12\x15\n\x0blicense_key\x18\x01 \x01(\tH\x00\x12\x18\n\x0eidentity_token\x18\x02 \x01(\tH\x00\x12\x12\n\nproduct_id\x18\x03 \x01(\tB\x0c\n\ncredential\"U\n\x14\x43heckLicenseResponse\x12=\n\x0b\x65ntitlement\x18\x01 \x01(\x0b\x32(.keyturn.licensing.v1.EntitlementSummary\"\x17\n\x15GetSigningKeysRequest\"X\n\nJsonWebKey\x12\x0b\n\x03kty\x18\x01 \x01(\t\x12\x0b\n\x03\x63rv\x18\x02 \x01(\t\x12\t\n\x01x\x18\x03 \x01(\t\x12\x0b\n\x03kid\x18\x04 \x01(\t\x12\x0b\n\x03\x61lg\x18\x05 \x01(\t\x12\x0b\n\x03use\x18\x06 \x01(\t\"[\n\x16GetSigningKeysResponse\x12.\n\x04keys\x18\x01 \x03(\x0b\x32 .keyturn.licensing.v1.JsonWebKey\x12\x11\n\tjwks_json\x18\x02 \x01(\t\"2\n\x17RedeemInvitationRequest\x12\x17\n\x0finvitation_code\x18\x01 \x01(\t\"2\n\x18RedeemInvitationResponse\x12\x16\n\x0eidentity_token\x18\x01 \x01(\t*\xb6\x01\n\x11\x45ntitlementStatus\x12\"\n\x1e\x45NTITLEMENT_STATUS_UNSPECIFIED\x10\x00\x12\x1c\n\x18\x45NTITLEMENT_STATUS_TRIAL\x10\x01\x12\x1d\n\x19\x45NTITLEMENT_STATUS_ACTIVE\x10\x02\x12\x1e\n\x1a\x45NTITLEMENT_STATUS_EXPIRED\x10\x03\x12 \n\x1c\x45NTITLEMENT_STATUS_CANCELLED\x10\x04\x32\x85\x05\n\x10LicensingService\x12\x65\n\x0c\x41\x63tivateSeat\x12).keyturn.licensing.v1.ActivateSeatRequest\x1a*.keyturn.licensing.v1.ActivateSeatResponse\x12_\n\nRenewLease\x12\'.keyturn.licensing.v1.RenewLeaseRequest\x1a(.keyturn.licensing.v1.RenewLeaseResponse\x12\x62\n\x0bReleaseSeat\x12(.keyturn.licensing.v1.ReleaseSeatRequest\x1a).keyturn.licensing.v1.ReleaseSeatResponse\x12\x65\n\x0c\x43heckLicense\x12).keyturn.licensing.v1.CheckLicenseRequest\x1a*.keyturn.licensing.v1.CheckLicenseResponse\x12k\n\x0eGetSigningKeys\x12+.keyturn.licensing.v1.GetSigningKeysRequest\x1a,.keyturn.licensing.v1.GetSigningKeysResponse\x12q\n\x10RedeemInvitation\x12-.keyturn.licensing.v1.RedeemInvitationRequest\x1a..keyturn.licensing.v1.RedeemInvitationResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'keyturn.licensing.v1.licensing_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ENTITLEMENTSTATUS']._serialized_start=1588
-  _globals['_ENTITLEMENTSTATUS']._serialized_end=1770
+  _globals['_ENTITLEMENTSTATUS']._serialized_start=1628
+  _globals['_ENTITLEMENTSTATUS']._serialized_end=1810
   _globals['_FEATURE']._serialized_start=95
   _globals['_FEATURE']._serialized_end=148
   _globals['_ENTITLEMENTSUMMARY']._serialized_start=151
-  _globals['_ENTITLEMENTSUMMARY']._serialized_end=424
-  _globals['_LEASE']._serialized_start=426
-  _globals['_LEASE']._serialized_end=545
-  _globals['_ACTIVATESEATREQUEST']._serialized_start=548
-  _globals['_ACTIVATESEATREQUEST']._serialized_end=688
-  _globals['_ACTIVATESEATRESPONSE']._serialized_start=691
-  _globals['_ACTIVATESEATRESPONSE']._serialized_end=843
-  _globals['_RENEWLEASEREQUEST']._serialized_start=845
-  _globals['_RENEWLEASEREQUEST']._serialized_end=885
-  _globals['_RENEWLEASERESPONSE']._serialized_start=887
-  _globals['_RENEWLEASERESPONSE']._serialized_end=1014
-  _globals['_RELEASESEATREQUEST']._serialized_start=1016
-  _globals['_RELEASESEATREQUEST']._serialized_end=1057
-  _globals['_RELEASESEATRESPONSE']._serialized_start=1059
-  _globals['_RELEASESEATRESPONSE']._serialized_end=1080
-  _globals['_CHECKLICENSEREQUEST']._serialized_start=1082
-  _globals['_CHECKLICENSEREQUEST']._serialized_end=1186
-  _globals['_CHECKLICENSERESPONSE']._serialized_start=1188
-  _globals['_CHECKLICENSERESPONSE']._serialized_end=1273
-  _globals['_GETSIGNINGKEYSREQUEST']._serialized_start=1275
-  _globals['_GETSIGNINGKEYSREQUEST']._serialized_end=1298
-  _globals['_JSONWEBKEY']._serialized_start=1300
-  _globals['_JSONWEBKEY']._serialized_end=1388
-  _globals['_GETSIGNINGKEYSRESPONSE']._serialized_start=1390
-  _globals['_GETSIGNINGKEYSRESPONSE']._serialized_end=1481
-  _globals['_REDEEMINVITATIONREQUEST']._serialized_start=1483
-  _globals['_REDEEMINVITATIONREQUEST']._serialized_end=1533
-  _globals['_REDEEMINVITATIONRESPONSE']._serialized_start=1535
-  _globals['_REDEEMINVITATIONRESPONSE']._serialized_end=1585
-  _globals['_LICENSINGSERVICE']._serialized_start=1773
-  _globals['_LICENSINGSERVICE']._serialized_end=2418
+  _globals['_ENTITLEMENTSUMMARY']._serialized_end=464
+  _globals['_LEASE']._serialized_start=466
+  _globals['_LEASE']._serialized_end=585
+  _globals['_ACTIVATESEATREQUEST']._serialized_start=588
+  _globals['_ACTIVATESEATREQUEST']._serialized_end=728
+  _globals['_ACTIVATESEATRESPONSE']._serialized_start=731
+  _globals['_ACTIVATESEATRESPONSE']._serialized_end=883
+  _globals['_RENEWLEASEREQUEST']._serialized_start=885
+  _globals['_RENEWLEASEREQUEST']._serialized_end=925
+  _globals['_RENEWLEASERESPONSE']._serialized_start=927
+  _globals['_RENEWLEASERESPONSE']._serialized_end=1054
+  _globals['_RELEASESEATREQUEST']._serialized_start=1056
+  _globals['_RELEASESEATREQUEST']._serialized_end=1097
+  _globals['_RELEASESEATRESPONSE']._serialized_start=1099
+  _globals['_RELEASESEATRESPONSE']._serialized_end=1120
+  _globals['_CHECKLICENSEREQUEST']._serialized_start=1122
+  _globals['_CHECKLICENSEREQUEST']._serialized_end=1226
+  _globals['_CHECKLICENSERESPONSE']._serialized_start=1228
+  _globals['_CHECKLICENSERESPONSE']._serialized_end=1313
+  _globals['_GETSIGNINGKEYSREQUEST']._serialized_start=1315
+  _globals['_GETSIGNINGKEYSREQUEST']._serialized_end=1338
+  _globals['_JSONWEBKEY']._serialized_start=1340
+  _globals['_JSONWEBKEY']._serialized_end=1428
+  _globals['_GETSIGNINGKEYSRESPONSE']._serialized_start=1430
+  _globals['_GETSIGNINGKEYSRESPONSE']._serialized_end=1521
+  _globals['_REDEEMINVITATIONREQUEST']._serialized_start=1523
+  _globals['_REDEEMINVITATIONREQUEST']._serialized_end=1573
+  _globals['_REDEEMINVITATIONRESPONSE']._serialized_start=1575
+  _globals['_REDEEMINVITATIONRESPONSE']._serialized_end=1625
+  _globals['_LICENSINGSERVICE']._serialized_start=1813
+  _globals['_LICENSINGSERVICE']._serialized_end=2458
 # @@protoc_insertion_point(module_scope)

@@ -94,6 +94,8 @@ class EntitlementSummary(_message.Message):
     SEATS_FIELD_NUMBER: _builtins.int
     SEATS_IN_USE_FIELD_NUMBER: _builtins.int
     END_TIME_FIELD_NUMBER: _builtins.int
+    SEAT_LIMIT_FIELD_NUMBER: _builtins.int
+    IN_OVERAGE_FIELD_NUMBER: _builtins.int
     entitlement_id: _builtins.str
     """Id of the entitlement."""
     product_id: _builtins.str
@@ -106,6 +108,14 @@ class EntitlementSummary(_message.Message):
     """Number of seats."""
     seats_in_use: _builtins.int
     """Seats held by live activations now."""
+    seat_limit: _builtins.int
+    """Seats that may be in use at once: `seats` raised by the overage policy
+    of the SKU (equal to `seats` when there is none).
+    """
+    in_overage: _builtins.bool
+    """True while more seats are in use than paid for (`seats_in_use` >
+    `seats`): the app may tell its user that the license is in overage.
+    """
     @_builtins.property
     def features(self) -> _containers.RepeatedCompositeFieldContainer[Global___Feature]:
         """Effective features."""
@@ -125,10 +135,12 @@ class EntitlementSummary(_message.Message):
         seats: _builtins.int = ...,
         seats_in_use: _builtins.int = ...,
         end_time: _timestamp_pb2.Timestamp | None = ...,
+        seat_limit: _builtins.int = ...,
+        in_overage: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["edition_id", b"edition_id", "end_time", b"end_time", "entitlement_id", b"entitlement_id", "features", b"features", "product_id", b"product_id", "seats", b"seats", "seats_in_use", b"seats_in_use", "status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["edition_id", b"edition_id", "end_time", b"end_time", "entitlement_id", b"entitlement_id", "features", b"features", "in_overage", b"in_overage", "product_id", b"product_id", "seat_limit", b"seat_limit", "seats", b"seats", "seats_in_use", b"seats_in_use", "status", b"status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -146,6 +158,12 @@ class Lease(_message.Message):
     token: _builtins.str
     """The lease as a compact JWT (EdDSA, `kid` in the header). Verify it with
     the keys of GetSigningKeys; present it to RenewLease and ReleaseSeat.
+    Claims: `iss`, `aud` (product id), `sub` (activation id), `iat`, `nbf`,
+    `exp`, `jti`, `entitlement_id`, `edition`, `features` (name -> limit or
+    null), `entitlement_end` (epoch seconds or null), `license_model`,
+    `fingerprint`, `token_use` (`lease`), `seats`, `seat_limit`,
+    `in_overage` (more seats in use than paid for when it was issued) and,
+    for a named user, `user_id` and `email`.
     """
     @_builtins.property
     def expire_time(self) -> _timestamp_pb2.Timestamp:

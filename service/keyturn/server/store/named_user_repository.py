@@ -1,0 +1,89 @@
+"""Named users of entitlements and their invitation codes (hashed and sealed)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import insert, select, update
+from sqlalchemy.engine import RowMapping
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from keyturn.server.domain.named_users import NamedUser
+
+from .tables import named_users
+
+
+def _named_user(row: RowMapping) -> NamedUser:
+    return NamedUser(
+        user_id=row["user_id"],
+        entitlement_id=row["entitlement_id"],
+        email=row["email"],
+        create_time=row["create_time"],
+        redeem_time=row["redeem_time"],
+        identity_jti=row["identity_jti"],
+    )
+
+
+class NamedUserRepository:
+    def __init__(self, connection: AsyncConnection) -> None:
+        self._db = connection
+
+    async def add(
+        self,
+        user: NamedUser,
+        invitation_hash: str,
+        invitation_sealed: bytes,
+        order_source: str,
+        order_id: str,
+    ) -> None:
+        await self._db.execute(
+            insert(named_users).values(
+                user_id=user.user_id,
+                entitlement_id=user.entitlement_id,
+                email=user.email,
+                invitation_hash=invitation_hash,
+                invitation_sealed=invitation_sealed,
+                create_time=user.create_time,
+                order_source=order_source,
+                order_id=order_id,
+            )
+        )
+
+    async def list_for(self, entitlement_ids: list[str]) -> dict[str, list[NamedUser]]:
+        """The named users of each entitlement, in the order they were assigned."""
+        found: dict[str, list[NamedUser]] = {e: [] for e in entitlement_ids}
+        if entitlement_ids:
+            query = (
+                select(named_users)
+                .where(named_users.c.entitlement_id.in_(entitlement_ids))
+                .order_by(named_users.c.create_time, named_users.c.user_id)
+            )
+            for row in (await self._db.execute(query)).mappings():
+                found[row["entitlement_id"]].append(_named_user(row))
+        return found
+
+    async def sealed_invitations(self, order_source: str, order_id: str) -> dict[str, bytes]:
+        """The sealed invitation code of each user an order assigned, by user id."""
+        query = select(named_users.c.user_id, named_users.c.invitation_sealed).where(
+            named_users.c.order_source == order_source, named_users.c.order_id == order_id
+        )
+        return {user_id: bytes(sealed) for user_id, sealed in await self._db.execute(query)}
+
+    async def get(self, user_id: str) -> NamedUser | None:
+        query = select(named_users).where(named_users.c.user_id == user_id)
+        row = (await self._db.execute(query)).mappings().first()
+        return None if row is None else _named_user(row)
+
+    async def find_by_invitation(self, invitation_hash: str) -> NamedUser | None:
+        query = select(named_users).where(named_users.c.invitation_hash == invitation_hash)
+        row = (await self._db.execute(query)).mappings().first()
+        return None if row is None else _named_user(row)
+
+    async def redeem(self, user: NamedUser, identity_jti: str, now: datetime) -> bool:
+        """Mark the invitation used, once: False when another redemption won the race."""
+        result = await self._db.execute(
+            update(named_users)
+            .where(named_users.c.user_id == user.user_id, named_users.c.redeem_time.is_(None))
+            .values(redeem_time=now, identity_jti=identity_jti)
+        )
+        return result.rowcount == 1
