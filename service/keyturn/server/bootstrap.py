@@ -68,4 +68,5 @@ async def build_context(settings: Settings, clock: Clock | None = None) -> AppCo
         issuer=settings.issuer,
         lapse_grace=timedelta(seconds=settings.lapse_grace_seconds),
         watch_poll_seconds=settings.watch_poll_seconds,
+        lapse_sweep_seconds=settings.lapse_sweep_seconds,
     )

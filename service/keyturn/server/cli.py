@@ -93,6 +93,41 @@ async def _tokens_revoke(args: argparse.Namespace) -> int:
     return 0 if revoked else 1
 
 
+async def _keys_rotate(args: argparse.Namespace) -> int:
+    from .leases.keyring import rotate_signing_key
+
+    ctx = await build_context(_settings(args))
+    try:
+        rotation = await rotate_signing_key(ctx.store, ctx.sealer, ctx.clock.now())
+    finally:
+        await ctx.store.close()
+    print(f"new signing key {rotation.new_kid}")
+    for kid in rotation.retired:
+        print(f"key {kid} stops signing now and retires at {rotation.retire_time.isoformat()}")
+    return 0
+
+
+async def _keys_list(args: argparse.Namespace) -> int:
+    ctx = await build_context(_settings(args))
+    try:
+        async with ctx.store.read() as tx:
+            keys = await tx.signing_keys.list_all()
+            signing = await tx.signing_keys.signing_kid()
+    finally:
+        await ctx.store.close()
+    now = ctx.clock.now()
+    for key in keys:
+        if key.kid == signing:
+            state = "signing"
+        elif key.retire_time is not None and key.retire_time <= now:
+            state = f"retired {key.retire_time.isoformat()}"
+        else:
+            retire = "" if key.retire_time is None else key.retire_time.isoformat()
+            state = f"published until {retire}"
+        print(f"{key.kid}  created {key.create_time.isoformat()}  {state}")
+    return 0
+
+
 def _health(args: argparse.Namespace) -> int:
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -149,6 +184,17 @@ def _parser() -> argparse.ArgumentParser:
     revoke = token_commands.add_parser("revoke", help="revoke a token by its id")
     revoke.add_argument("token_id")
     revoke.set_defaults(run=_tokens_revoke)
+
+    keys = commands.add_parser("keys", help="manage the keys that sign leases")
+    key_commands = keys.add_subparsers(dest="keys_command", required=True)
+    key_commands.add_parser(
+        "rotate",
+        help="add a signing key that signs from now on; older keys stay published until "
+        "every lease they signed has expired",
+    ).set_defaults(run=_keys_rotate)
+    key_commands.add_parser("list", help="show every signing key and its state").set_defaults(
+        run=_keys_list
+    )
 
     health = commands.add_parser("health", help="ask a running server whether it is SERVING")
     health.add_argument("--address", help="HOST:PORT (default: KEYTURN_LISTEN)")

@@ -49,6 +49,13 @@ class Settings(BaseSettings):
         "(those of this process arrive at once)",
     )
 
+    lapse_sweep_seconds: float = Field(
+        60.0,
+        ge=0,
+        description="How often lapsed leases are written to the change stream (0: never; "
+        "seats are freed at lapse either way)",
+    )
+
     @field_validator("listen")
     @classmethod
     def _check_listen(cls, value: str) -> str:

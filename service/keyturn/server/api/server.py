@@ -18,6 +18,7 @@ from keyturn.fulfillment.v1 import (
 )
 from keyturn.licensing.v1 import licensing_pb2, licensing_pb2_grpc
 from keyturn.server.app.context import AppContext
+from keyturn.server.app.lapses import run_lapse_sweeps
 from keyturn.server.app.tokens import TokenAuthenticator
 
 from .interceptor import ServiceInterceptor
@@ -56,7 +57,7 @@ class KeyturnServer:
             (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), self._server
         )
         self.port = 0
-        self._watch: asyncio.Task[None] | None = None
+        self._background: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
         self.port = self._server.add_insecure_port(self._listen)
@@ -64,7 +65,10 @@ class KeyturnServer:
             raise OSError(f"cannot listen on {self._listen}")
         await self._server.start()
         await self._refresh_health()
-        self._watch = asyncio.create_task(self._watch_readiness())
+        self._background.append(asyncio.create_task(self._watch_readiness()))
+        if self.ctx.lapse_sweep_seconds > 0:
+            sweeps = run_lapse_sweeps(self.ctx, self.ctx.lapse_sweep_seconds)
+            self._background.append(asyncio.create_task(sweeps))
 
     @property
     def address(self) -> str:
@@ -93,10 +97,10 @@ class KeyturnServer:
         await self._health.enter_graceful_shutdown()
         self.ctx.stopping.set()  # change streams end now rather than hold the drain
         self.ctx.store.bell.ring()
-        if self._watch is not None:
-            self._watch.cancel()
+        for task in self._background:
+            task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._watch
+                await task
         await self._server.stop(grace)
         await self.ctx.store.close()
 

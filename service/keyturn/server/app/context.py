@@ -21,4 +21,5 @@ class AppContext:
     issuer: str = "keyturn"
     lapse_grace: timedelta = timedelta(seconds=30)
     watch_poll_seconds: float = 0.5
+    lapse_sweep_seconds: float = 60.0  # 0: no sweep
     stopping: asyncio.Event = field(default_factory=asyncio.Event)  # set on shutdown

@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from keyturn.server.domain.ids import is_id, new_id
-from keyturn.server.sealing import Sealer
+from keyturn.server.sealing import Sealer, SecretError
 from keyturn.server.store.signing_key_repository import StoredSigningKey
 from keyturn.server.store.unit_of_work import Store
 
@@ -97,7 +97,11 @@ def new_signing_key(sealer: Sealer, now: datetime) -> StoredSigningKey:
 
 
 def _open(stored: StoredSigningKey, sealer: Sealer) -> SigningKey:
-    private = Ed25519PrivateKey.from_private_bytes(sealer.unseal(stored.private_key_sealed))
+    try:
+        raw = sealer.unseal(stored.private_key_sealed)
+    except SecretError as exc:
+        raise SecretError(f"signing key {stored.kid}: {exc}") from exc
+    private = Ed25519PrivateKey.from_private_bytes(raw)
     if _raw_public(private.public_key()).hex() != stored.public_key:
         raise ValueError(f"signing key {stored.kid} does not match its public key")
     return SigningKey(stored.kid, private, stored.create_time, stored.retire_time)

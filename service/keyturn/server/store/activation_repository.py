@@ -16,7 +16,7 @@ from keyturn.server.domain.errors import DomainError, Reason
 from keyturn.server.domain.seats import Activation, holds_seat
 
 from .entitlement_repository import EntitlementRepository
-from .tables import activations
+from .tables import activations, entitlements
 
 
 class SeatOutcome(StrEnum):
@@ -70,6 +70,14 @@ def _live_condition(model: LicenseModel, now: datetime, lapse_grace: timedelta):
     if model is LicenseModel.NODE_LOCKED:
         return alive
     return and_(alive, activations.c.lease_expire_time > now - lapse_grace)
+
+
+def _unnoticed_lapse(now: datetime, lapse_grace: timedelta):  # type: ignore[no-untyped-def]
+    return and_(
+        activations.c.released_time.is_(None),
+        activations.c.lapse_recorded_time.is_(None),
+        activations.c.lease_expire_time <= now - lapse_grace,
+    )
 
 
 def _seats_exhausted(entitlement: Entitlement) -> DomainError:
@@ -136,7 +144,7 @@ class ActivationRepository:
         if entitlement is None:
             raise DomainError(Reason.INVALID_LICENSE_KEY, "the license key is not valid")
         entitlement.ensure_usable(claim.now)
-        lapsed = await self._note_lapses(entitlement, claim)
+        lapsed = await self.note_lapses(entitlement, claim.now, claim.lapse_grace)
         if claim.renew_activation_id is not None:
             row = await self._find(activations.c.activation_id == claim.renew_activation_id)
             if row is None or row.lease_jti != claim.renew_jti or row.released_time is not None:
@@ -172,19 +180,20 @@ class ActivationRepository:
         in_use = await self.count_live(entitlement, claim.now, claim.lapse_grace)
         return SeatResult(outcome, activation, entitlement, in_use, lapsed)
 
-    async def _note_lapses(self, entitlement: Entitlement, claim: SeatClaim) -> tuple[str, ...]:
+    async def note_lapses(
+        self, entitlement: Entitlement, now: datetime, lapse_grace: timedelta
+    ) -> tuple[str, ...]:
         """Floating activations whose lease lapsed since last looked at, marked as noticed.
 
         Lapses need no sweep to free seats; this only lets the event log say so,
-        once per lapse, the next time the entitlement is used.
+        once per lapse: the next time the entitlement is used, or at the next sweep.
+        The caller holds the entitlement's lock.
         """
         if entitlement.license_model is not LicenseModel.FLOATING:
             return ()
         unnoticed = and_(
             activations.c.entitlement_id == entitlement.entitlement_id,
-            activations.c.released_time.is_(None),
-            activations.c.lapse_recorded_time.is_(None),
-            activations.c.lease_expire_time <= claim.now - claim.lapse_grace,
+            _unnoticed_lapse(now, lapse_grace),
         )
         query = select(activations.c.activation_id).where(unnoticed)
         ids = tuple(sorted((await self._db.execute(query)).scalars()))
@@ -192,9 +201,26 @@ class ActivationRepository:
             await self._db.execute(
                 update(activations)
                 .where(activations.c.activation_id.in_(ids))
-                .values(lapse_recorded_time=claim.now)
+                .values(lapse_recorded_time=now)
             )
         return ids
+
+    async def with_unnoticed_lapses(
+        self, now: datetime, lapse_grace: timedelta, limit: int
+    ) -> list[str]:
+        """Floating entitlements that have lapses not yet in the event log (for the sweep)."""
+        query = (
+            select(activations.c.entitlement_id)
+            .join(entitlements, entitlements.c.entitlement_id == activations.c.entitlement_id)
+            .where(
+                entitlements.c.license_model == LicenseModel.FLOATING.value,
+                _unnoticed_lapse(now, lapse_grace),
+            )
+            .distinct()
+            .order_by(activations.c.entitlement_id)
+            .limit(limit)
+        )
+        return list((await self._db.execute(query)).scalars())
 
     async def _check_within_count(
         self, entitlement: Entitlement, held: Activation, claim: SeatClaim

@@ -1,0 +1,62 @@
+"""The lapse sweep: writes `lease lapsed` events for leases nobody renewed.
+
+Seat counting never needs it (a lapsed lease counts as free the moment it
+lapses); it only makes the change stream tell sync consumers, even when no
+device uses the entitlement again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from keyturn.server.domain.events import EventType
+
+from .context import AppContext
+from .views import new_event
+
+log = logging.getLogger("keyturn.lapses")
+SWEEP_BATCH = 100
+
+
+async def sweep_lapses(ctx: AppContext) -> int:
+    """Record every lapse not yet recorded; returns how many were. One transaction per
+    entitlement, under its lock, so it never races a seat claim noticing the same lapse."""
+    recorded = 0
+    while True:
+        now = ctx.clock.now()
+        async with ctx.store.read() as tx:
+            ids = await tx.activations.with_unnoticed_lapses(now, ctx.lapse_grace, SWEEP_BATCH)
+        if not ids:
+            return recorded
+        for entitlement_id in ids:
+            async with ctx.store.write() as tx:
+                entitlement = await tx.entitlements.get(entitlement_id, lock=True)
+                if entitlement is None:
+                    continue
+                lapsed = await tx.activations.note_lapses(entitlement, now, ctx.lapse_grace)
+                in_use = await tx.activations.count_live(entitlement, now, ctx.lapse_grace)
+                for activation_id in lapsed:
+                    await tx.events.append(
+                        new_event(
+                            EventType.LEASE_LAPSED,
+                            entitlement,
+                            now,
+                            in_use,
+                            activation_id=activation_id,
+                        )
+                    )
+            recorded += len(lapsed)
+
+
+async def run_lapse_sweeps(ctx: AppContext, interval: float) -> None:
+    """Sweep every `interval` seconds until cancelled; a failed sweep is retried next time."""
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            recorded = await sweep_lapses(ctx)
+        except Exception:
+            log.exception("lapse sweep failed; retrying in %ss", interval)
+            continue
+        if recorded:
+            log.info("recorded %d lapsed leases", recorded)
