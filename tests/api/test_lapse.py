@@ -1,0 +1,181 @@
+"""Lapse and resurrection with a controllable clock: floating seats free themselves,
+node-locked ones do not, and the sweep only writes the events."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import grpc
+import pytest
+
+from keyturn.fulfillment.v1 import catalog_pb2 as cat
+from keyturn.fulfillment.v1 import catalog_pb2_grpc, fulfillment_pb2_grpc
+from keyturn.fulfillment.v1 import fulfillment_pb2 as ful
+from keyturn.licensing.v1 import licensing_pb2 as lic
+from keyturn.licensing.v1 import licensing_pb2_grpc
+from keyturn.server.app.context import AppContext
+from keyturn.server.app.lapses import sweep_lapses
+from keyturn.server.clock import SystemClock
+
+from conftest import Tokens
+from support.catalog import new_license
+from support.rpc import PRODUCT_ID, failure_of
+
+Licensing = licensing_pb2_grpc.LicensingServiceStub
+
+
+@pytest.fixture
+async def license_of(
+    catalog_stub: catalog_pb2_grpc.CatalogServiceStub,
+    fulfillment_stub: fulfillment_pb2_grpc.FulfillmentServiceStub,
+    tokens: Tokens,
+):  # type: ignore[no-untyped-def]
+    async def make(seats: int, model: int = cat.LICENSE_MODEL_FLOATING) -> ful.Entitlement:
+        return await new_license(
+            catalog_stub, fulfillment_stub, tokens("catalog"), tokens("fulfill"), seats, model
+        )
+
+    return make
+
+
+def clock_of(app: AppContext) -> SystemClock:
+    assert isinstance(app.clock, SystemClock)
+    return app.clock
+
+
+def lapse_span(app: AppContext, entitlement: ful.Entitlement) -> timedelta:
+    """Time after which a lease not renewed has lapsed (lease + lapse grace, and a bit)."""
+    return entitlement.lease_duration.ToTimedelta() + app.lapse_grace + timedelta(seconds=1)
+
+
+async def activate(stub: Licensing, key: str, fingerprint: str) -> lic.ActivateSeatResponse:
+    return await stub.ActivateSeat(  # type: ignore[no-any-return]
+        lic.ActivateSeatRequest(license_key=key, product_id=PRODUCT_ID, fingerprint=fingerprint)
+    )
+
+
+async def refusal(call: object) -> tuple[grpc.StatusCode, str]:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await call  # type: ignore[misc]
+    failure = failure_of(caught.value)
+    return failure.code, failure.reason
+
+
+async def test_a_lapsed_floating_seat_is_free_for_another_device(
+    app: AppContext,
+    license_of,
+    licensing_stub: Licensing,  # type: ignore[no-untyped-def]
+) -> None:
+    entitlement = await license_of(1)
+    key = entitlement.license_key
+    await activate(licensing_stub, key, "device-aaaa")
+    # While the lease (plus the lapse grace) runs, the seat is held.
+    clock_of(app).offset += entitlement.lease_duration.ToTimedelta()
+    assert await refusal(activate(licensing_stub, key, "device-bbbb")) == (
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        "SEATS_EXHAUSTED",
+    )
+    clock_of(app).offset += app.lapse_grace + timedelta(seconds=1)
+    taken = await activate(licensing_stub, key, "device-bbbb")
+    assert taken.entitlement.seats_in_use == 1
+
+
+async def test_a_lapsed_lease_is_resurrected_while_a_seat_is_free(
+    app: AppContext,
+    license_of,
+    licensing_stub: Licensing,  # type: ignore[no-untyped-def]
+) -> None:
+    entitlement = await license_of(2)
+    first = await activate(licensing_stub, entitlement.license_key, "device-aaaa")
+    clock_of(app).offset += lapse_span(app, entitlement)
+    renewed = await licensing_stub.RenewLease(lic.RenewLeaseRequest(lease_token=first.lease.token))
+    assert renewed.lease.token != first.lease.token
+    assert renewed.lease.expire_time.ToDatetime() > first.lease.expire_time.ToDatetime()
+    assert renewed.entitlement.seats_in_use == 1
+    # The resurrected lease is the current one: the old token is void.
+    assert await refusal(
+        licensing_stub.RenewLease(lic.RenewLeaseRequest(lease_token=first.lease.token))
+    ) == (grpc.StatusCode.FAILED_PRECONDITION, "LEASE_SUPERSEDED")
+
+
+async def test_resurrection_fails_when_the_seat_was_taken(
+    app: AppContext,
+    license_of,
+    licensing_stub: Licensing,  # type: ignore[no-untyped-def]
+) -> None:
+    entitlement = await license_of(1)
+    key = entitlement.license_key
+    lapsed = await activate(licensing_stub, key, "device-aaaa")
+    clock_of(app).offset += lapse_span(app, entitlement)
+    other = await activate(licensing_stub, key, "device-bbbb")
+    assert await refusal(
+        licensing_stub.RenewLease(lic.RenewLeaseRequest(lease_token=lapsed.lease.token))
+    ) == (grpc.StatusCode.RESOURCE_EXHAUSTED, "SEATS_EXHAUSTED")
+    # Once the other device releases, the lapsed lease comes back.
+    await licensing_stub.ReleaseSeat(lic.ReleaseSeatRequest(lease_token=other.lease.token))
+    back = await licensing_stub.RenewLease(lic.RenewLeaseRequest(lease_token=lapsed.lease.token))
+    assert back.entitlement.seats_in_use == 1
+
+
+async def test_node_locked_seats_are_not_freed_by_lapse(
+    app: AppContext,
+    license_of,
+    licensing_stub: Licensing,  # type: ignore[no-untyped-def]
+) -> None:
+    entitlement = await license_of(1, cat.LICENSE_MODEL_NODE_LOCKED)
+    key = entitlement.license_key
+    held = await activate(licensing_stub, key, "device-aaaa")
+    clock_of(app).offset += lapse_span(app, entitlement) * 10
+    assert await refusal(activate(licensing_stub, key, "device-bbbb")) == (
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        "SEATS_EXHAUSTED",
+    )
+    # The bound device renews its expired lease, and only a release frees the seat.
+    renewed = await licensing_stub.RenewLease(lic.RenewLeaseRequest(lease_token=held.lease.token))
+    await licensing_stub.ReleaseSeat(lic.ReleaseSeatRequest(lease_token=renewed.lease.token))
+    taken = await activate(licensing_stub, key, "device-bbbb")
+    assert taken.entitlement.seats_in_use == 1
+
+
+async def test_the_sweep_records_each_lapse_once_and_frees_nothing_itself(
+    app: AppContext,
+    license_of,  # type: ignore[no-untyped-def]
+    licensing_stub: Licensing,
+    fulfillment_stub: fulfillment_pb2_grpc.FulfillmentServiceStub,
+    tokens: Tokens,
+) -> None:
+    floating = await license_of(3)
+    locked = await license_of(1, cat.LICENSE_MODEL_NODE_LOCKED)
+    a = await activate(licensing_stub, floating.license_key, "device-aaaa")
+    b = await activate(licensing_stub, floating.license_key, "device-bbbb")
+    await activate(licensing_stub, locked.license_key, "device-cccc")
+    assert await sweep_lapses(app) == 0  # nothing has lapsed yet
+    lease = floating.lease_duration.ToTimedelta()
+    clock_of(app).offset += lease / 2
+    kept = await licensing_stub.RenewLease(lic.RenewLeaseRequest(lease_token=b.lease.token))
+    clock_of(app).offset += lease / 2 + app.lapse_grace + timedelta(seconds=1)
+    # a has lapsed, b has not: the seat count already says so, with no sweep run.
+    check = lic.CheckLicenseRequest(license_key=floating.license_key, product_id=PRODUCT_ID)
+    assert (await licensing_stub.CheckLicense(check)).entitlement.seats_in_use == 1
+    assert await sweep_lapses(app) == 1  # a's, which nobody noticed
+    assert await sweep_lapses(app) == 0
+    clock_of(app).offset += lease
+    # b has lapsed now; a device coming notices it first, so the sweep finds nothing.
+    await activate(licensing_stub, floating.license_key, "device-dddd")
+    assert await sweep_lapses(app) == 0
+    assert kept.lease.token != b.lease.token
+    events = await fulfillment_stub.ListEntitlementEvents(
+        ful.ListEntitlementEventsRequest(entitlement_id=floating.entitlement_id),
+        metadata=tokens("read"),
+    )
+    lapses = [
+        (e.activation_id, e.entitlement.seats_in_use)
+        for e in events.events
+        if e.type == ful.ENTITLEMENT_EVENT_TYPE_LEASE_LAPSED
+    ]
+    assert lapses == [(a.activation_id, 1), (b.activation_id, 0)]
+    locked_events = await fulfillment_stub.ListEntitlementEvents(
+        ful.ListEntitlementEventsRequest(entitlement_id=locked.entitlement_id),
+        metadata=tokens("read"),
+    )
+    assert ful.ENTITLEMENT_EVENT_TYPE_LEASE_LAPSED not in [e.type for e in locked_events.events]
