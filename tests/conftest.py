@@ -12,7 +12,9 @@ from pathlib import Path
 import grpc
 import pytest
 
+from keyturn.fulfillment.v1 import catalog_pb2 as cat
 from keyturn.fulfillment.v1 import catalog_pb2_grpc, fulfillment_pb2_grpc
+from keyturn.fulfillment.v1 import fulfillment_pb2 as ful
 from keyturn.licensing.v1 import licensing_pb2_grpc
 from keyturn.server.api.server import KeyturnServer
 from keyturn.server.app.context import AppContext
@@ -21,6 +23,7 @@ from keyturn.server.bootstrap import build_context
 from keyturn.server.config import Settings
 from keyturn.server.store.migrate import upgrade
 
+from support.catalog import new_license
 from support.postgres import create_database, drop_database, postgres_admin_url
 from support.threads import run_in_own_loop
 
@@ -135,6 +138,22 @@ def fulfillment_stub(channel: grpc.aio.Channel) -> fulfillment_pb2_grpc.Fulfillm
 @pytest.fixture
 def licensing_stub(channel: grpc.aio.Channel) -> licensing_pb2_grpc.LicensingServiceStub:
     return licensing_pb2_grpc.LicensingServiceStub(channel)
+
+
+@pytest.fixture
+async def license_of(
+    catalog_stub: catalog_pb2_grpc.CatalogServiceStub,
+    fulfillment_stub: fulfillment_pb2_grpc.FulfillmentServiceStub,
+    tokens: Tokens,
+):  # type: ignore[no-untyped-def]
+    """Makes a fresh entitlement of N seats (floating unless a model is given), with its key."""
+
+    async def make(seats: int, model: int = cat.LICENSE_MODEL_FLOATING) -> ful.Entitlement:
+        return await new_license(
+            catalog_stub, fulfillment_stub, tokens("catalog"), tokens("fulfill"), seats, model
+        )
+
+    return make
 
 
 __all__ = ["TEST_SECRET", "Tokens", "asyncio", "settings_for", "sqlite_url"]

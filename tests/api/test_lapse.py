@@ -9,8 +9,8 @@ import grpc
 import pytest
 
 from keyturn.fulfillment.v1 import catalog_pb2 as cat
-from keyturn.fulfillment.v1 import catalog_pb2_grpc, fulfillment_pb2_grpc
 from keyturn.fulfillment.v1 import fulfillment_pb2 as ful
+from keyturn.fulfillment.v1 import fulfillment_pb2_grpc
 from keyturn.licensing.v1 import licensing_pb2 as lic
 from keyturn.licensing.v1 import licensing_pb2_grpc
 from keyturn.server.app.context import AppContext
@@ -18,24 +18,9 @@ from keyturn.server.app.lapses import sweep_lapses
 from keyturn.server.clock import SystemClock
 
 from conftest import Tokens
-from support.catalog import new_license
 from support.rpc import PRODUCT_ID, failure_of
 
 Licensing = licensing_pb2_grpc.LicensingServiceStub
-
-
-@pytest.fixture
-async def license_of(
-    catalog_stub: catalog_pb2_grpc.CatalogServiceStub,
-    fulfillment_stub: fulfillment_pb2_grpc.FulfillmentServiceStub,
-    tokens: Tokens,
-):  # type: ignore[no-untyped-def]
-    async def make(seats: int, model: int = cat.LICENSE_MODEL_FLOATING) -> ful.Entitlement:
-        return await new_license(
-            catalog_stub, fulfillment_stub, tokens("catalog"), tokens("fulfill"), seats, model
-        )
-
-    return make
 
 
 def clock_of(app: AppContext) -> SystemClock:
