@@ -2,9 +2,9 @@
 
 The newest unretired key signs. Rotation adds a key and schedules the
 retirement of the old ones for when every lease they can have signed has
-expired; until then they stay in the published JWKS. Retired keys are kept,
-so that the server still recognises (and can refuse precisely) what they
-signed.
+expired; until then they stay in the published JWKS. Retired keys are kept:
+the server still accepts a lapsed lease they signed for renewal (the new lease
+is signed by the current key), while apps verifying offline no longer do.
 """
 
 from __future__ import annotations
@@ -139,6 +139,7 @@ class Rotation:
 async def rotate_signing_key(store: Store, sealer: Sealer, now: datetime) -> Rotation:
     """Add a key that signs from now on; the others retire once their leases have expired."""
     async with store.write() as tx:
+        await tx.signing_keys.lock_all()
         longest = max(await tx.entitlements.longest_lease(), timedelta(0))
         retire_time = now + longest + RETIRE_MARGIN
         key = new_signing_key(sealer, now)
@@ -161,6 +162,9 @@ class SigningKeys:
         key = self.keyring.find(kid)
         if key is not None or not is_id("key", kid):
             return key
+        async with self._store.read() as tx:
+            if not await tx.signing_keys.exists(kid):
+                return None  # not ours: no reading and unsealing of every key for it
         async with self._reload_lock:
             if self.keyring.find(kid) is None:
                 fresh = await _read_keyring(self._store, self._sealer)

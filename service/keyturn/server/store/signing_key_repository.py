@@ -52,6 +52,15 @@ class SigningKeyRepository:
             for row in (await self._db.execute(query)).mappings()
         ]
 
+    async def lock_all(self) -> None:
+        """Lock every key row until commit, so that rotations run one after another
+        (each then sees, and retires, the key the one before it added)."""
+        await self._db.execute(select(signing_keys.c.kid).with_for_update())
+
+    async def exists(self, kid: str) -> bool:
+        query = select(signing_keys.c.kid).where(signing_keys.c.kid == kid)
+        return (await self._db.execute(query)).first() is not None
+
     async def signing_kid(self) -> str | None:
         """The key that signs now: the newest one without a retire time."""
         query = (
