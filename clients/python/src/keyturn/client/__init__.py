@@ -1,0 +1,69 @@
+"""Keyturn client: take a seat, verify its lease offline, keep it renewed, give it back.
+
+Also thin clients for order connectors (FulfillmentClient) and catalog tools
+(CatalogClient). Generated stubs live in `keyturn.licensing.v1` and
+`keyturn.fulfillment.v1`.
+"""
+
+from .aio import AsyncLicensingClient
+from .catalog import CatalogClient
+from .conversion import EntitlementInfo
+from .errors import (
+    AuthenticationError,
+    EntitlementCancelledError,
+    EntitlementExpiredError,
+    EtagMismatchError,
+    InvalidLeaseError,
+    InvalidLicenseKeyError,
+    InvalidRequestError,
+    KeyturnError,
+    LeaseSupersededError,
+    LeaseVerificationError,
+    NotFoundError,
+    OrderConflictError,
+    PermissionDeniedError,
+    ProductMismatchError,
+    SeatsExhaustedError,
+    UnavailableError,
+    from_rpc_error,
+)
+from .fingerprint import default_fingerprint
+from .fulfillment import FulfillmentClient
+from .heartbeat import AsyncHeartbeat, Heartbeat
+from .lease import AsyncLease, Lease, LeaseBase
+from .licensing import LicensingClient
+from .retry import RetryPolicy
+from .verification import LeaseVerifier
+
+__all__ = [
+    "AsyncHeartbeat",
+    "AsyncLease",
+    "AsyncLicensingClient",
+    "AuthenticationError",
+    "CatalogClient",
+    "EntitlementCancelledError",
+    "EntitlementExpiredError",
+    "EntitlementInfo",
+    "EtagMismatchError",
+    "FulfillmentClient",
+    "Heartbeat",
+    "InvalidLeaseError",
+    "InvalidLicenseKeyError",
+    "InvalidRequestError",
+    "KeyturnError",
+    "Lease",
+    "LeaseBase",
+    "LeaseSupersededError",
+    "LeaseVerificationError",
+    "LeaseVerifier",
+    "LicensingClient",
+    "NotFoundError",
+    "OrderConflictError",
+    "PermissionDeniedError",
+    "ProductMismatchError",
+    "RetryPolicy",
+    "SeatsExhaustedError",
+    "UnavailableError",
+    "default_fingerprint",
+    "from_rpc_error",
+]

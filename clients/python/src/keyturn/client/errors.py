@@ -1,0 +1,185 @@
+"""Typed exceptions for Keyturn errors, chosen by the ErrorInfo reason the server sends.
+
+Callers branch on the exception class (or on `.reason`), never on message text.
+Reasons this client does not know yet still arrive as a plain `KeyturnError`
+with the reason string kept, so a newer server never breaks an older client.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import grpc
+from google.rpc import error_details_pb2, status_pb2
+
+ERROR_DOMAIN = "keyturn.dev"
+_STATUS_DETAILS_KEY = "grpc-status-details-bin"
+
+
+class KeyturnError(Exception):
+    """A failed Keyturn call: status code, ErrorInfo reason and metadata, message."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: grpc.StatusCode = grpc.StatusCode.UNKNOWN,
+        reason: str = "",
+        metadata: Mapping[str, str] | None = None,
+        field_violations: Iterable[tuple[str, str]] = (),
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code
+        self.reason = reason
+        self.metadata: dict[str, str] = dict(metadata or {})
+        self.field_violations: list[tuple[str, str]] = list(field_violations)
+
+    def __str__(self) -> str:
+        return f"{self.reason or self.code.name}: {self.message}"
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(code={self.code.name}, reason={self.reason!r}, message={self.message!r})"
+
+
+class InvalidRequestError(KeyturnError):
+    """INVALID_REQUEST: `.field_violations` lists (field, description) pairs."""
+
+
+class AuthenticationError(KeyturnError):
+    """MISSING_CREDENTIALS or INVALID_TOKEN: the connector's bearer token is absent or wrong."""
+
+
+class PermissionDeniedError(KeyturnError):
+    """INSUFFICIENT_SCOPE: the bearer token lacks the scope the call needs."""
+
+
+class NotFoundError(KeyturnError):
+    """ORDER_, SKU_, PRODUCT_ or ENTITLEMENT_NOT_FOUND."""
+
+
+class OrderConflictError(KeyturnError):
+    """ORDER_CONFLICT: the order id was already fulfilled with different content."""
+
+
+class EtagMismatchError(KeyturnError):
+    """ETAG_MISMATCH: someone changed the resource since it was read; read it again."""
+
+
+class InvalidLicenseKeyError(KeyturnError):
+    """INVALID_LICENSE_KEY: unknown, mistyped or malformed key or identity token."""
+
+
+class ProductMismatchError(KeyturnError):
+    """PRODUCT_MISMATCH: the credential is valid but licenses another product."""
+
+
+class EntitlementExpiredError(KeyturnError):
+    """ENTITLEMENT_EXPIRED: the term (plus grace) has ended."""
+
+
+class EntitlementCancelledError(KeyturnError):
+    """ENTITLEMENT_CANCELLED."""
+
+
+class SeatsExhaustedError(KeyturnError):
+    """SEATS_EXHAUSTED: every seat is taken; `.metadata['seats']` is the seat count."""
+
+
+class InvalidLeaseError(KeyturnError):
+    """INVALID_LEASE: the lease token is not one the server signed."""
+
+
+class LeaseSupersededError(KeyturnError):
+    """LEASE_SUPERSEDED: a newer token replaced this one, or the seat was released."""
+
+
+class UnavailableError(KeyturnError):
+    """Any UNAVAILABLE status: the server or its database cannot be reached; retry later."""
+
+
+class LeaseVerificationError(InvalidLeaseError):
+    """A lease failed offline verification; `.metadata['check']` says which check.
+
+    A subclass of InvalidLeaseError, so one `except` covers a lease refused by
+    the server and one refused locally.
+    """
+
+    def __init__(self, message: str, check: str) -> None:
+        super().__init__(
+            message,
+            code=grpc.StatusCode.UNAUTHENTICATED,
+            reason="INVALID_LEASE",
+            metadata={"check": check},
+        )
+
+
+ERRORS_BY_REASON: dict[str, type[KeyturnError]] = {
+    "INVALID_REQUEST": InvalidRequestError,
+    "MISSING_CREDENTIALS": AuthenticationError,
+    "INVALID_TOKEN": AuthenticationError,
+    "INSUFFICIENT_SCOPE": PermissionDeniedError,
+    "ORDER_NOT_FOUND": NotFoundError,
+    "SKU_NOT_FOUND": NotFoundError,
+    "PRODUCT_NOT_FOUND": NotFoundError,
+    "ENTITLEMENT_NOT_FOUND": NotFoundError,
+    "ORDER_CONFLICT": OrderConflictError,
+    "ETAG_MISMATCH": EtagMismatchError,
+    "INVALID_LICENSE_KEY": InvalidLicenseKeyError,
+    "PRODUCT_MISMATCH": ProductMismatchError,
+    "ENTITLEMENT_EXPIRED": EntitlementExpiredError,
+    "ENTITLEMENT_CANCELLED": EntitlementCancelledError,
+    "SEATS_EXHAUSTED": SeatsExhaustedError,
+    "INVALID_LEASE": InvalidLeaseError,
+    "LEASE_SUPERSEDED": LeaseSupersededError,
+}
+
+
+def _status_details(trailing: Iterable[Any] | None) -> status_pb2.Status | None:
+    """The google.rpc.Status of the trailers; sync and asyncio calls both carry it there."""
+    for key, value in trailing or ():
+        if key == _STATUS_DETAILS_KEY:
+            raw = value if isinstance(value, bytes) else str(value).encode("latin-1")
+            try:
+                return status_pb2.Status.FromString(raw)
+            except Exception:  # a garbled trailer must not hide the status code
+                return None
+    return None
+
+
+def _call_part(error: grpc.RpcError, name: str) -> Any:
+    """`error.code()` and friends, tolerating RpcErrors that are not calls."""
+    method = getattr(error, name, None)
+    return method() if callable(method) else None
+
+
+def from_rpc_error(error: grpc.RpcError) -> KeyturnError:
+    """The typed exception for a failed call of either the sync or the asyncio API."""
+    code = _call_part(error, "code")
+    if not isinstance(code, grpc.StatusCode):
+        code = grpc.StatusCode.UNKNOWN
+    message = _call_part(error, "details") or ""
+    reason, metadata, violations = "", {}, []
+    status = _status_details(_call_part(error, "trailing_metadata"))
+    for detail in status.details if status is not None else ():
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+            if info.domain == ERROR_DOMAIN or not reason:
+                reason, metadata = info.reason, dict(info.metadata)
+        elif detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            bad = error_details_pb2.BadRequest()
+            detail.Unpack(bad)
+            violations = [(v.field, v.description) for v in bad.field_violations]
+    if code is grpc.StatusCode.UNAVAILABLE:
+        kind: type[KeyturnError] = UnavailableError
+    else:
+        kind = ERRORS_BY_REASON.get(reason, KeyturnError)
+    return kind(
+        str(message),
+        code=code,
+        reason=reason,
+        metadata=metadata,
+        field_violations=violations,
+    )

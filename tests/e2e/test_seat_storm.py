@@ -1,0 +1,151 @@
+"""Seats are never oversold, whatever the number of server processes.
+
+500 devices activate at once, through the Python client, against a 10-seat
+floating entitlement served by three `keyturn serve` processes on one
+PostgreSQL database (one process on SQLite, which has a single writer). A
+monitor counts live seats with plain SQL, over and over, for as long as the
+storm lasts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from datetime import datetime
+from pathlib import Path
+
+import grpc
+from sqlalchemy import text
+
+from keyturn.client import AsyncLease, AsyncLicensingClient, RetryPolicy, SeatsExhaustedError
+from keyturn.fulfillment.v1 import catalog_pb2_grpc, fulfillment_pb2_grpc
+from keyturn.server.app.context import AppContext
+
+from conftest import TEST_SECRET, Tokens
+from support.catalog import new_license
+from support.rpc import PRODUCT_ID
+from support.subprocess_server import ServerProcess, start_server
+
+SEATS = 10
+DEVICES = 500
+CALL_TIMEOUT_S = 120.0
+# Deadlock or lock timeouts answer UNAVAILABLE; the client retries those.
+RETRY = RetryPolicy(attempts=8, initial=0.05, maximum=1.0)
+
+
+@contextlib.asynccontextmanager
+async def servers(cwd: Path, database_url: str, count: int) -> AsyncIterator[list[ServerProcess]]:
+    """`count` server processes on one (already migrated) database."""
+    settings = {
+        "KEYTURN_DATABASE_URL": database_url,
+        "KEYTURN_SECRET_KEY": TEST_SECRET,
+        "KEYTURN_AUTO_MIGRATE": "false",
+        "KEYTURN_LOG_LEVEL": "WARNING",
+    }
+    async with contextlib.AsyncExitStack() as stack:
+        managers = [start_server(cwd, settings) for _ in range(count)]
+        started = await asyncio.gather(*(asyncio.to_thread(m.__enter__) for m in managers))
+        for manager in managers:
+            stack.push_async_callback(asyncio.to_thread, manager.__exit__, None, None, None)
+        yield list(started)
+
+
+async def live_seats(app: AppContext, entitlement_id: str, now: datetime) -> int:
+    """Live seats by plain SQL, independent of the seat code under test."""
+    async with app.store.read() as tx:
+        result = await tx.connection.execute(
+            text(
+                "SELECT count(*) FROM activations WHERE entitlement_id = :id "
+                "AND released_time IS NULL AND lease_expire_time > :now"
+            ),
+            {"id": entitlement_id, "now": now},
+        )
+    return int(result.scalar_one())
+
+
+class Monitor:
+    """Counts live seats again and again until stopped; remembers the highest count."""
+
+    def __init__(self, app: AppContext, entitlement_id: str) -> None:
+        self._app = app
+        self._entitlement_id = entitlement_id
+        self.samples: list[int] = []
+        self._stop = asyncio.Event()
+
+    async def run(self) -> None:
+        while not self._stop.is_set():
+            now = self._app.clock.now()
+            self.samples.append(await live_seats(self._app, self._entitlement_id, now))
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+async def activate(
+    client: AsyncLicensingClient, key: str, fingerprint: str
+) -> AsyncLease | SeatsExhaustedError:
+    try:
+        return await client.activate(key, fingerprint=fingerprint, heartbeat=False)
+    except SeatsExhaustedError as refused:
+        return refused
+
+
+async def test_500_devices_against_10_seats_on_every_replica(
+    app: AppContext,
+    database_url: str,
+    tokens: Tokens,
+    tmp_path: Path,
+) -> None:
+    replicas = 1 if database_url.startswith("sqlite") else 3
+    async with servers(tmp_path, database_url, replicas) as running:
+        async with grpc.aio.insecure_channel(running[0].address) as channel:
+            entitlement = await new_license(
+                catalog_pb2_grpc.CatalogServiceStub(channel),
+                fulfillment_pb2_grpc.FulfillmentServiceStub(channel),
+                tokens("catalog"),
+                tokens("fulfill"),
+                SEATS,
+            )
+        key = entitlement.license_key
+        clients = [
+            AsyncLicensingClient(server.address, PRODUCT_ID, retry=RETRY, timeout=CALL_TIMEOUT_S)
+            for server in running
+        ]
+        try:
+            monitor = Monitor(app, entitlement.entitlement_id)
+            watching = asyncio.create_task(monitor.run())
+            results = await asyncio.gather(
+                *(
+                    activate(clients[i % replicas], key, f"storm-device-{i:04d}")
+                    for i in range(DEVICES)
+                )
+            )
+            monitor.stop()
+            await watching
+            granted = [r for r in results if isinstance(r, AsyncLease)]
+            refused = [r for r in results if isinstance(r, SeatsExhaustedError)]
+            assert len(granted) == SEATS
+            assert len(refused) == DEVICES - SEATS
+            assert {r.reason for r in refused} == {"SEATS_EXHAUSTED"}
+            assert len({lease.activation_id for lease in granted}) == SEATS
+            print(f"monitor: {len(monitor.samples)} counts, highest {max(monitor.samples)}")
+            assert len(monitor.samples) > 1, "the monitor hardly counted"
+            assert max(monitor.samples) <= SEATS
+            assert await live_seats(app, entitlement.entitlement_id, app.clock.now()) == SEATS
+
+            # Ten releases free ten seats, which ten new devices then take, on any replica.
+            await asyncio.gather(*(lease.release() for lease in granted))
+            assert await live_seats(app, entitlement.entitlement_id, app.clock.now()) == 0
+            again = await asyncio.gather(
+                *(
+                    activate(clients[i % replicas], key, f"second-wave-{i:04d}")
+                    for i in range(SEATS + 1)
+                )
+            )
+            assert sum(isinstance(r, AsyncLease) for r in again) == SEATS
+            assert sum(isinstance(r, SeatsExhaustedError) for r in again) == 1
+            assert await live_seats(app, entitlement.entitlement_id, app.clock.now()) == SEATS
+        finally:
+            for client in clients:
+                await client.close()
