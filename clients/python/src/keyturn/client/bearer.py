@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from types import TracebackType
 from typing import Self
 
@@ -35,10 +37,13 @@ class BearerClient:
         channel: grpc.Channel | None = None,
         retry: RetryPolicy = DEFAULT_RETRY,
         timeout: float | None = 30.0,
+        sleep: Callable[[float], object] = time.sleep,
     ) -> None:
-        """`channel` replaces target/credentials and is then not closed by close()."""
+        """`channel` replaces target/credentials and is then not closed by close().
+        `sleep` waits between reconnections of a change stream."""
         self.retry = retry
         self.timeout = timeout
+        self._sleep = sleep
         self._metadata = bearer_metadata(token)
         self._own_channel = channel is None
         self._channel = channel if channel is not None else open_channel(target, credentials)

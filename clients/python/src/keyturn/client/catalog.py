@@ -2,34 +2,21 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
-
-import grpc
 
 from keyturn.fulfillment.v1 import catalog_pb2, catalog_pb2_grpc
 
 from .bearer import BearerClient
 from .calls import paged
-from .retry import DEFAULT_RETRY, RetryPolicy
 
 
 class CatalogClient(BearerClient):
     """Thin sync wrapper of CatalogService: protobuf messages in and out, typed errors."""
 
-    def __init__(
-        self,
-        target: str,
-        token: str,
-        *,
-        credentials: grpc.ChannelCredentials | None = None,
-        channel: grpc.Channel | None = None,
-        retry: RetryPolicy = DEFAULT_RETRY,
-        timeout: float | None = 30.0,
-    ) -> None:
-        super().__init__(
-            target, token, credentials=credentials, channel=channel, retry=retry, timeout=timeout
-        )
-        self._stub = catalog_pb2_grpc.CatalogServiceStub(self._channel)
+    @functools.cached_property
+    def _stub(self) -> catalog_pb2_grpc.CatalogServiceStub:
+        return catalog_pb2_grpc.CatalogServiceStub(self._channel)
 
     def put_product(self, product: catalog_pb2.Product) -> catalog_pb2.Product:
         """Create or replace a product; send the etag you read to replace only that version."""

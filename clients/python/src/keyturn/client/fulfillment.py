@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Generator, Iterator
+import functools
+from collections.abc import Generator, Iterator
 
 import grpc
 
@@ -12,7 +12,6 @@ from keyturn.fulfillment.v1 import fulfillment_pb2, fulfillment_pb2_grpc
 from .bearer import BearerClient
 from .calls import paged
 from .errors import from_rpc_error
-from .retry import DEFAULT_RETRY, RetryPolicy
 
 Filter = str | int
 
@@ -25,22 +24,9 @@ class FulfillmentClient(BearerClient):
     answer never fulfils an order twice.
     """
 
-    def __init__(
-        self,
-        target: str,
-        token: str,
-        *,
-        credentials: grpc.ChannelCredentials | None = None,
-        channel: grpc.Channel | None = None,
-        retry: RetryPolicy = DEFAULT_RETRY,
-        timeout: float | None = 30.0,
-        sleep: Callable[[float], object] = time.sleep,
-    ) -> None:
-        super().__init__(
-            target, token, credentials=credentials, channel=channel, retry=retry, timeout=timeout
-        )
-        self._stub = fulfillment_pb2_grpc.FulfillmentServiceStub(self._channel)
-        self._sleep = sleep
+    @functools.cached_property
+    def _stub(self) -> fulfillment_pb2_grpc.FulfillmentServiceStub:
+        return fulfillment_pb2_grpc.FulfillmentServiceStub(self._channel)
 
     def fulfill_order(
         self, request: fulfillment_pb2.FulfillOrderRequest
