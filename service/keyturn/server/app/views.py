@@ -24,8 +24,9 @@ class EntitlementView:
 
     @property
     def seats_over(self) -> int:
-        """Seats in use beyond the count: refused at their next renewal."""
-        return max(0, self.seats_in_use - self.entitlement.seats)
+        """Seats in use beyond the seat limit (seats plus overage): refused at their next
+        renewal."""
+        return max(0, self.seats_in_use - self.entitlement.seat_limit)
 
 
 def _time(value: datetime | None) -> str | None:

@@ -284,7 +284,8 @@ class ActivationRepository:
             return activation
         seat_time = existing.seat_time if outcome is SeatOutcome.KEPT else claim.now
         label = claim.label or existing.label
-        user_id = claim.user_id or existing.user_id
+        # A renewal keeps the activation's user; a new activation is by whoever presents now.
+        user_id = existing.user_id if claim.renew_activation_id else claim.user_id
         await self._db.execute(
             update(activations)
             .where(activations.c.activation_id == existing.activation_id)

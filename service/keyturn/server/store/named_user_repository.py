@@ -50,13 +50,13 @@ class NamedUserRepository:
         )
 
     async def list_for(self, entitlement_ids: list[str]) -> dict[str, list[NamedUser]]:
-        """The named users of each entitlement, in the order they were assigned."""
+        """The named users of each entitlement, by assignment time, then email."""
         found: dict[str, list[NamedUser]] = {e: [] for e in entitlement_ids}
         if entitlement_ids:
             query = (
                 select(named_users)
                 .where(named_users.c.entitlement_id.in_(entitlement_ids))
-                .order_by(named_users.c.create_time, named_users.c.user_id)
+                .order_by(named_users.c.create_time, named_users.c.email)
             )
             for row in (await self._db.execute(query)).mappings():
                 found[row["entitlement_id"]].append(_named_user(row))

@@ -303,8 +303,8 @@ class Entitlement(_message.Message):
     the order created; never returned by reads.
     """
     seats_over: _builtins.int
-    """Seats in use beyond `seats` now (after an order removed seats): that
-    many of the most recently activated seats are refused at their next
+    """Seats in use beyond `seat_limit` now (after an order removed seats):
+    that many of the most recently activated seats are refused at their next
     lease renewal. 0 when the count fits.
     """
     overage: _catalog_pb2.OveragePolicy.ValueType
