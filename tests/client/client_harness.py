@@ -17,6 +17,7 @@ import grpc
 from keyturn.client import (
     AsyncLease,
     AsyncLicensingClient,
+    EntitlementInfo,
     Lease,
     LeaseBase,
     LicensingClient,
@@ -234,6 +235,15 @@ class Licensing:
             await asyncio.to_thread(lease.__exit__, type(exc), exc, exc.__traceback__)
             raise
         await asyncio.to_thread(lease.__exit__, None, None, None)
+
+    async def check(self, license_key: str | None = None, **kwargs: Any) -> EntitlementInfo:
+        """CheckLicense with a license key or `identity_token=`."""
+        info: EntitlementInfo = await self._run(self.client.check, license_key, **kwargs)
+        return info
+
+    async def redeem_invitation(self, invitation_code: str) -> str:
+        token: str = await self._run(self.client.redeem_invitation, invitation_code)
+        return token
 
     async def verify_lease(self, token: str) -> dict[str, Any]:
         claims: dict[str, Any] = await self._run(self.client.verify_lease, token)

@@ -75,6 +75,14 @@ class ProductMismatchError(KeyturnError):
     """PRODUCT_MISMATCH: the credential is valid but licenses another product."""
 
 
+class InvalidInvitationError(KeyturnError):
+    """INVALID_INVITATION: the invitation code is unknown, malformed or mistyped."""
+
+
+class InvitationRedeemedError(KeyturnError):
+    """INVITATION_REDEEMED: the code was used already; the first identity token stays valid."""
+
+
 class EntitlementExpiredError(KeyturnError):
     """ENTITLEMENT_EXPIRED: the term (plus grace) has ended."""
 
@@ -133,6 +141,8 @@ ERRORS_BY_REASON: dict[str, type[KeyturnError]] = {
     "SEATS_EXHAUSTED": SeatsExhaustedError,
     "INVALID_LEASE": InvalidLeaseError,
     "LEASE_SUPERSEDED": LeaseSupersededError,
+    "INVALID_INVITATION": InvalidInvitationError,
+    "INVITATION_REDEEMED": InvitationRedeemedError,
 }
 
 
