@@ -78,13 +78,12 @@ RPCS: dict[str, tuple[str, str | None]] = {
     "RenewLease": (LICENSING, None),
     "ReleaseSeat": (LICENSING, None),
     "GetSigningKeys": (LICENSING, None),
+    "ResendCredentials": (FULFILLMENT, "fulfill"),
     "CheckLicense": (LICENSING, None),
     "RedeemInvitation": (LICENSING, None),
 }
 # Server-streaming RPCs: a case reads the first message, where the error shows.
 STREAMING = {"WatchEntitlementEvents"}
-# Part of the contract, but still answering UNIMPLEMENTED in this version.
-NOT_YET_IMPLEMENTED = {"ResendCredentials"}
 
 # What the world holds.
 TAKEN_REFERENCE = "stripe:sub_taken"
@@ -2040,6 +2039,24 @@ def check(
     return build
 
 
+RESEND_CREDENTIALS = [
+    invalid("ResendCredentials", "empty-request", ful.ResendCredentialsRequest(), "entitlement_id"),
+    invalid(
+        "ResendCredentials",
+        "entitlement-id-10k-chars",
+        ful.ResendCredentialsRequest(entitlement_id=K10),
+        "entitlement_id",
+    ),
+    refused(
+        "ResendCredentials",
+        "unknown-entitlement",
+        ful.ResendCredentialsRequest(entitlement_id="ent_00000000000000000000000000"),
+        Code.NOT_FOUND,
+        "ENTITLEMENT_NOT_FOUND",
+        entitlement_id="ent_00000000000000000000000000",
+    ),
+]
+
 CHECK_LICENSE = [
     invalid(
         "CheckLicense", "empty-request", lic.CheckLicenseRequest(), "product_id", "license_key"
@@ -2157,6 +2174,7 @@ GOOD_REQUESTS: dict[str, Request] = {
     "GetEntitlement": lambda w: ful.GetEntitlementRequest(entitlement_id=w.entitlement_id),
     "ListEntitlements": ful.ListEntitlementsRequest(),
     "ListEntitlementEvents": events_of(world_id),
+    "ResendCredentials": lambda w: ful.ResendCredentialsRequest(entitlement_id=w.entitlement_id),
     "WatchEntitlementEvents": ful.WatchEntitlementEventsRequest(after_sequence=0),
 }
 
@@ -2313,6 +2331,7 @@ CASES = [
     *ACTIVATE_SEAT,
     *identity_token_cases("ActivateSeat"),
     *CHECK_LICENSE,
+    *RESEND_CREDENTIALS,
     *REDEEM_INVITATION,
     *lease_cases("RenewLease"),
     *lease_cases("ReleaseSeat"),
@@ -2372,32 +2391,11 @@ def test_every_implemented_rpc_has_cases() -> None:
         for service in module.DESCRIPTOR.services_by_name.values():
             for method in service.methods:
                 declared[method.name] = (service.full_name, method.server_streaming)
-    assert set(RPCS) | NOT_YET_IMPLEMENTED == set(declared)
-    assert not set(RPCS) & NOT_YET_IMPLEMENTED
+    assert set(RPCS) == set(declared)
     assert {rpc: service for rpc, (service, _) in RPCS.items()} == {
         rpc: declared[rpc][0] for rpc in RPCS
     }
     assert {rpc for rpc, (_, streaming) in declared.items() if streaming} == STREAMING
-
-
-@pytest.mark.parametrize("rpc", sorted(NOT_YET_IMPLEMENTED))
-async def test_rpcs_not_yet_implemented_say_so(world: World, rpc: str) -> None:
-    """A fully valid call of each still answers UNIMPLEMENTED / NOT_IMPLEMENTED."""
-    requests: dict[str, tuple[str, Message, Metadata | None]] = {
-        "ResendCredentials": (
-            FULFILLMENT,
-            ful.ResendCredentialsRequest(entitlement_id=world.entitlement_id),
-            world.tokens("fulfill"),
-        ),
-    }
-    service, request, metadata = requests[rpc]
-    method = world.channel.unary_unary(
-        f"/{service}/{rpc}", request_serializer=_serialize, response_deserializer=None
-    )
-    with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await method(request, metadata=metadata, timeout=30)
-    failure = failure_of(caught.value)
-    assert (failure.code, failure.reason) == (Code.UNIMPLEMENTED, "NOT_IMPLEMENTED")
 
 
 @pytest.mark.parametrize("case", CASES, ids=[case.id for case in CASES])

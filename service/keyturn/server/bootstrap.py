@@ -9,8 +9,11 @@ from pathlib import Path
 from sqlalchemy.engine import make_url
 
 from .app.context import AppContext
+from .app.delivery import Dispatcher, DispatchSettings
 from .clock import Clock, SystemClock
 from .config import Settings
+from .dispatch.rendering import MailRenderer
+from .dispatch.smtp import SmtpSender, SmtpSettings
 from .leases.keyring import SigningKeys, load_keyring
 from .sealing import Sealer, SecretError, load_or_create_secret_file
 from .store.migrate import upgrade
@@ -69,4 +72,33 @@ async def build_context(settings: Settings, clock: Clock | None = None) -> AppCo
         lapse_grace=timedelta(seconds=settings.lapse_grace_seconds),
         watch_poll_seconds=settings.watch_poll_seconds,
         lapse_sweep_seconds=settings.lapse_sweep_seconds,
+    )
+
+
+def build_dispatcher(ctx: AppContext, settings: Settings) -> Dispatcher | None:
+    """The email dispatcher, or None when no SMTP server is configured."""
+    if not settings.smtp_host:
+        return None
+    sender = SmtpSender(
+        SmtpSettings(
+            host=settings.smtp_host,
+            port=settings.smtp_port,
+            security=settings.smtp_security,
+            username=settings.smtp_username,
+            password=settings.smtp_password.get_secret_value() if settings.smtp_password else "",
+            timeout_seconds=settings.smtp_timeout_seconds,
+        )
+    )
+    return Dispatcher(
+        ctx,
+        sender,
+        MailRenderer(settings.mail_templates),
+        DispatchSettings(
+            mail_from=settings.mail_from,
+            poll_seconds=settings.dispatch_poll_seconds,
+            retry_initial=timedelta(seconds=settings.dispatch_retry_initial_seconds),
+            retry_max=timedelta(seconds=settings.dispatch_retry_max_seconds),
+            max_attempts=settings.dispatch_max_attempts,
+            claim_for=timedelta(seconds=settings.smtp_timeout_seconds * 4 + 60),
+        ),
     )

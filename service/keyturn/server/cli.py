@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import signal
 import sys
@@ -12,7 +13,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from .bootstrap import build_context, migrate
+from .bootstrap import build_context, build_dispatcher, migrate
 from .config import Settings
 from .domain.errors import DomainError
 from .sealing import SecretError
@@ -32,7 +33,13 @@ async def _serve(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     ctx = await build_context(settings)
-    server = KeyturnServer(ctx, settings.listen)
+    dispatcher = build_dispatcher(ctx, settings) if settings.dispatch_in_server else None
+    if dispatcher is None:
+        log.warning(
+            "no email dispatcher runs here (KEYTURN_SMTP_HOST is empty or "
+            "KEYTURN_DISPATCH_IN_SERVER=false): credential emails stay queued"
+        )
+    server = KeyturnServer(ctx, settings.listen, dispatcher)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -46,6 +53,28 @@ async def _serve(args: argparse.Namespace) -> int:
     )
     await server.stop(settings.shutdown_grace_seconds)
     log.info("stopped")
+    return 0
+
+
+async def _dispatch(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    ctx = await build_context(settings)
+    dispatcher = build_dispatcher(ctx, settings)
+    if dispatcher is None:
+        await ctx.store.close()
+        print("keyturn: KEYTURN_SMTP_HOST is not set: nothing to dispatch to", file=sys.stderr)
+        return 2
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    running = asyncio.create_task(dispatcher.run())
+    print(f"keyturn dispatching to {settings.smtp_host}:{settings.smtp_port}", flush=True)
+    await stop.wait()
+    running.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await running
+    await ctx.store.close()
     return 0
 
 
@@ -162,6 +191,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.set_defaults(run=_serve)
 
     commands.add_parser("migrate", help="upgrade the database schema").set_defaults(run=_migrate)
+    commands.add_parser(
+        "dispatch", help="send queued credential emails (without serving gRPC)"
+    ).set_defaults(run=_dispatch)
 
     catalog = commands.add_parser("catalog", help="manage the catalog")
     catalog_commands = catalog.add_subparsers(dest="catalog_command", required=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -54,6 +55,42 @@ class Settings(BaseSettings):
         ge=0,
         description="How often lapsed leases are written to the change stream (0: never; "
         "seats are freed at lapse either way)",
+    )
+
+    smtp_host: str = Field(
+        "",
+        description="SMTP server for credential emails; empty: emails stay queued (GetOrder "
+        "shows them) until one is configured",
+    )
+    smtp_port: int = Field(25, ge=1, le=65535)
+    smtp_security: Literal["auto", "starttls", "tls", "none"] = Field(
+        "auto",
+        description="auto: STARTTLS when the server offers it; starttls: required; tls: "
+        "implicit TLS (port 465); none: plain",
+    )
+    smtp_username: str = Field("", description="SMTP AUTH user (empty: no AUTH)")
+    smtp_password: SecretStr | None = Field(None, description="SMTP AUTH password")
+    smtp_timeout_seconds: float = Field(30.0, gt=0, le=600)
+    mail_from: str = Field(
+        "Keyturn <licenses@localhost>", description="From header of credential emails"
+    )
+    mail_templates: Path | None = Field(
+        None,
+        description="Folder with KIND.subject.j2 / KIND.txt.j2 / KIND.html.j2 templates "
+        "(KIND: license_key, invitation) that replace the shipped ones",
+    )
+    dispatch_in_server: bool = Field(
+        True, description="Run the email dispatcher inside `keyturn serve` (when SMTP is set)"
+    )
+    dispatch_poll_seconds: float = Field(
+        1.0, gt=0, le=60, description="How often the dispatcher looks for due emails"
+    )
+    dispatch_retry_initial_seconds: float = Field(
+        5.0, gt=0, description="First retry delay after a temporary failure (then doubling)"
+    )
+    dispatch_retry_max_seconds: float = Field(600.0, gt=0, description="Longest retry delay")
+    dispatch_max_attempts: int = Field(
+        50, ge=1, description="Attempts before a message is marked failed"
     )
 
     @field_validator("listen")

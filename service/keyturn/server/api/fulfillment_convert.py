@@ -9,6 +9,7 @@ from keyturn.server.app.views import EntitlementView
 from keyturn.server.domain.entitlement import Customer, Status
 from keyturn.server.domain.errors import FieldViolation, raise_if_invalid
 from keyturn.server.domain.events import EventType
+from keyturn.server.domain.messages import MessageKind, MessageState, OutboundMessage
 from keyturn.server.domain.named_users import NamedUser
 from keyturn.server.domain.orders import OrderLine, OrderRequest
 from keyturn.server.store.entitlement_repository import EntitlementFilter
@@ -70,7 +71,36 @@ def order_in(message: pb.FulfillOrderRequest) -> OrderRequest:
     )
 
 
-def order_out(stored: StoredOrder) -> pb.Order:
+MESSAGE_KIND_OUT = {
+    MessageKind.LICENSE_KEY: pb.MESSAGE_KIND_LICENSE_KEY,
+    MessageKind.INVITATION: pb.MESSAGE_KIND_INVITATION,
+}
+MESSAGE_STATE_OUT = {
+    MessageState.QUEUED: pb.MESSAGE_STATE_QUEUED,
+    MessageState.SENT: pb.MESSAGE_STATE_SENT,
+    MessageState.FAILED: pb.MESSAGE_STATE_FAILED,
+}
+
+
+def message_out(message: OutboundMessage) -> pb.OutboundMessage:
+    out = pb.OutboundMessage(
+        message_id=message.message_id,
+        kind=MESSAGE_KIND_OUT[message.kind],
+        entitlement_id=message.entitlement_id,
+        to=message.to_email,
+        state=MESSAGE_STATE_OUT[message.state],
+        attempts=message.attempts,
+        last_error=message.last_error,
+        create_time=timestamp(message.create_time),
+    )
+    if message.sent_time is not None:
+        out.sent_time.CopyFrom(timestamp(message.sent_time))
+    if message.next_attempt_time is not None and message.state is MessageState.QUEUED:
+        out.next_attempt_time.CopyFrom(timestamp(message.next_attempt_time))
+    return out
+
+
+def order_out(stored: StoredOrder, messages: list[OutboundMessage]) -> pb.Order:
     request = stored.request
     return pb.Order(
         source=request.source,
@@ -97,6 +127,7 @@ def order_out(stored: StoredOrder) -> pb.Order:
             for r in stored.results
         ],
         create_time=timestamp(stored.create_time),
+        messages=[message_out(m) for m in messages],
     )
 
 
@@ -174,7 +205,7 @@ def event_out(view: EventView) -> pb.EntitlementEvent:
 
 def fulfilled_out(result: FulfilledOrder) -> pb.FulfillOrderResponse:
     return pb.FulfillOrderResponse(
-        order=order_out(result.order),
+        order=order_out(result.order, result.messages),
         entitlements=[entitlement_out(view) for view in result.entitlements],
         replayed=result.replayed,
     )

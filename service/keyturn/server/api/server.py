@@ -18,6 +18,7 @@ from keyturn.fulfillment.v1 import (
 )
 from keyturn.licensing.v1 import licensing_pb2, licensing_pb2_grpc
 from keyturn.server.app.context import AppContext
+from keyturn.server.app.delivery import Dispatcher
 from keyturn.server.app.lapses import run_lapse_sweeps
 from keyturn.server.app.tokens import TokenAuthenticator
 
@@ -37,8 +38,9 @@ READINESS_INTERVAL_SECONDS = 5.0
 class KeyturnServer:
     """A running Keyturn gRPC server; health follows the database's readiness."""
 
-    def __init__(self, ctx: AppContext, listen: str) -> None:
+    def __init__(self, ctx: AppContext, listen: str, dispatcher: Dispatcher | None = None) -> None:
         self.ctx = ctx
+        self.dispatcher = dispatcher
         self._listen = listen
         self._server = grpc.aio.server(
             interceptors=[ServiceInterceptor(TokenAuthenticator(ctx.store))],
@@ -69,6 +71,8 @@ class KeyturnServer:
         if self.ctx.lapse_sweep_seconds > 0:
             sweeps = run_lapse_sweeps(self.ctx, self.ctx.lapse_sweep_seconds)
             self._background.append(asyncio.create_task(sweeps))
+        if self.dispatcher is not None:
+            self._background.append(asyncio.create_task(self.dispatcher.run()))
 
     @property
     def address(self) -> str:

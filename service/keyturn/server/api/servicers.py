@@ -17,7 +17,7 @@ from keyturn.licensing.v1 import licensing_pb2 as lic
 from keyturn.licensing.v1 import licensing_pb2_grpc as lic_grpc
 from keyturn.server.app import catalog, entitlements, fulfillment, licensing
 from keyturn.server.app.context import AppContext
-from keyturn.server.domain.errors import DomainError, FieldViolation, Reason, invalid_request
+from keyturn.server.domain.errors import FieldViolation, invalid_request
 
 from .catalog_convert import product_in, product_out, sku_in, sku_out
 from .fulfillment_convert import (
@@ -25,18 +25,13 @@ from .fulfillment_convert import (
     entitlement_out,
     event_out,
     fulfilled_out,
+    message_out,
     order_in,
     order_out,
 )
 from .licensing_convert import credential_in, lease_out, signing_keys_out, summary_out
 
 Context = grpc.aio.ServicerContext[object, object]
-
-
-def not_implemented(rpc: str) -> DomainError:
-    return DomainError(
-        Reason.NOT_IMPLEMENTED, f"{rpc} is not available in this version", {"operation": rpc}
-    )
 
 
 def _require(present: bool, field: str) -> None:
@@ -99,8 +94,8 @@ class FulfillmentServicer(ful_grpc.FulfillmentServiceServicer):
     async def GetOrder(
         self, request: ful.GetOrderRequest, context: Context
     ) -> ful.GetOrderResponse:
-        stored = await fulfillment.get_order(self._ctx, request.source, request.order_id)
-        return ful.GetOrderResponse(order=order_out(stored))
+        view = await fulfillment.get_order(self._ctx, request.source, request.order_id)
+        return ful.GetOrderResponse(order=order_out(view.order, view.messages))
 
     async def GetEntitlement(
         self, request: ful.GetEntitlementRequest, context: Context
@@ -131,7 +126,10 @@ class FulfillmentServicer(ful_grpc.FulfillmentServiceServicer):
     async def ResendCredentials(
         self, request: ful.ResendCredentialsRequest, context: Context
     ) -> ful.ResendCredentialsResponse:
-        raise not_implemented("ResendCredentials")
+        queued = await fulfillment.resend_credentials(self._ctx, request.entitlement_id)
+        return ful.ResendCredentialsResponse(
+            queued_messages=len(queued), messages=[message_out(m) for m in queued]
+        )
 
     async def WatchEntitlementEvents(
         self, request: ful.WatchEntitlementEventsRequest, context: Context

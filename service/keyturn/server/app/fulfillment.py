@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 
-from keyturn.server.domain.catalog import MAX_SEATS, Create, Product, RemoveSeats, Sku
+from keyturn.server.domain.catalog import MAX_SEATS, Create, Dispatch, Product, RemoveSeats, Sku
 from keyturn.server.domain.entitlement import Entitlement, create_entitlement
 from keyturn.server.domain.errors import (
     DomainError,
@@ -17,6 +17,7 @@ from keyturn.server.domain.errors import (
 from keyturn.server.domain.events import EventType
 from keyturn.server.domain.ids import new_id
 from keyturn.server.domain.license_key import generate_invitation_code, generate_license_key
+from keyturn.server.domain.messages import MessageKind, OutboundMessage
 from keyturn.server.domain.named_users import NamedUser, check_fits_seats, new_emails
 from keyturn.server.domain.operations import EVENT_OF, LineContext, apply_operation
 from keyturn.server.domain.orders import (
@@ -40,6 +41,15 @@ class FulfilledOrder:
     order: StoredOrder
     entitlements: list[EntitlementView]
     replayed: bool
+    messages: list[OutboundMessage] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class OrderView:
+    """A stored order and the emails queued for it, with their delivery state."""
+
+    order: StoredOrder
+    messages: list[OutboundMessage]
 
 
 def _order_conflict(order: OrderRequest) -> DomainError:
@@ -107,7 +117,8 @@ async def _apply(
     ]
     stored = StoredOrder(order, fingerprint, tuple(results), now)
     await tx.orders.set_results(order.source, order.order_id, stored.results)
-    return FulfilledOrder(stored, views, replayed=False)
+    messages = await tx.outbox.for_order(order.source, order.order_id)
+    return FulfilledOrder(stored, views, replayed=False, messages=messages)
 
 
 async def _lock_targets(tx: Transaction, order: OrderRequest) -> None:
@@ -192,6 +203,36 @@ async def _assign_named_users(
             order.order_id,
         )
         codes[user.user_id] = code
+        if entitlement.dispatch is Dispatch.INVITATION:
+            await queue_message(
+                tx, MessageKind.INVITATION, entitlement_id, email, order, now, user.user_id
+            )
+
+
+async def queue_message(
+    tx: Transaction,
+    kind: MessageKind,
+    entitlement_id: str,
+    to_email: str,
+    order: OrderRequest | tuple[str, str],
+    now: datetime,
+    user_id: str | None = None,
+) -> OutboundMessage:
+    """Write an email to the outbox, in the transaction of the change it announces."""
+    source, order_id = (order.source, order.order_id) if isinstance(order, OrderRequest) else order
+    message = OutboundMessage(
+        message_id=new_id("msg", now),
+        kind=kind,
+        entitlement_id=entitlement_id,
+        to_email=to_email,
+        order_source=source,
+        order_id=order_id,
+        create_time=now,
+        user_id=user_id,
+        next_attempt_time=now,
+    )
+    await tx.outbox.add(message)
+    return message
 
 
 def _line_violation(index: int, field: str, text: str) -> DomainError:
@@ -284,6 +325,15 @@ async def _create(
         key_sealed=ctx.sealer.seal(license_key.encode()),
     )
     await tx.entitlements.add(entitlement, stored_key, order.source, order.order_id)
+    if op.dispatch is Dispatch.LICENSE_KEY and order.delivery_email:
+        await queue_message(
+            tx,
+            MessageKind.LICENSE_KEY,
+            entitlement.entitlement_id,
+            order.delivery_email,
+            order,
+            now,
+        )
     return entitlement, license_key
 
 
@@ -306,7 +356,8 @@ async def _replay(
         views[result.entitlement_id] = await entitlement_view(
             ctx, tx, result.entitlement_id, license_key=key, invitation_codes=codes
         )
-    return FulfilledOrder(stored, list(views.values()), replayed=True)
+    messages = await tx.outbox.for_order(request.source, request.order_id)
+    return FulfilledOrder(stored, list(views.values()), replayed=True, messages=messages)
 
 
 async def entitlement_view(
@@ -360,14 +411,55 @@ async def get_entitlement(ctx: AppContext, entitlement_id: str) -> EntitlementVi
         return await entitlement_view(ctx, tx, entitlement_id)
 
 
-async def get_order(ctx: AppContext, source: str, order_id: str) -> StoredOrder:
+async def get_order(ctx: AppContext, source: str, order_id: str) -> OrderView:
     raise_if_invalid(check_order_key(source, order_id))
     async with ctx.store.read() as tx:
         stored = await tx.orders.get(source, order_id)
+        messages = await tx.outbox.for_order(source, order_id)
     if stored is None:
         raise DomainError(
             Reason.ORDER_NOT_FOUND,
             f"no order {source}/{order_id}",
             {"source": source, "order_id": order_id},
         )
-    return stored
+    return OrderView(stored, messages)
+
+
+async def resend_credentials(ctx: AppContext, entitlement_id: str) -> list[OutboundMessage]:
+    """Queue the credential emails of an entitlement again: its license key, or the
+    invitations its named users have not redeemed yet (with their same codes)."""
+    check_entitlement_id(entitlement_id)
+    now = ctx.clock.now()
+    async with ctx.store.write() as tx:
+        entitlement = await tx.entitlements.get(entitlement_id, lock=True)
+        if entitlement is None:
+            raise missing_entitlement(entitlement_id)
+        origin = await tx.entitlements.origin_order(entitlement_id)
+        queued: list[OutboundMessage] = []
+        if entitlement.dispatch is Dispatch.INVITATION:
+            users = (await tx.named_users.list_for([entitlement_id]))[entitlement_id]
+            for user in users:
+                if user.redeem_time is None:
+                    queued.append(
+                        await queue_message(
+                            tx,
+                            MessageKind.INVITATION,
+                            entitlement_id,
+                            user.email,
+                            origin,
+                            now,
+                            user.user_id,
+                        )
+                    )
+        elif entitlement.ship_to_email:
+            queued.append(
+                await queue_message(
+                    tx,
+                    MessageKind.LICENSE_KEY,
+                    entitlement_id,
+                    entitlement.ship_to_email,
+                    origin,
+                    now,
+                )
+            )
+    return queued

@@ -224,6 +224,14 @@ class EntitlementRepository:
         )
         return await self._one(query.with_for_update(of=entitlements) if lock else query)
 
+    async def origin_order(self, entitlement_id: str) -> tuple[str, str]:
+        """The source and id of the order that created the entitlement."""
+        query = select(entitlements.c.order_source, entitlements.c.order_id).where(
+            entitlements.c.entitlement_id == entitlement_id
+        )
+        source, order_id = (await self._db.execute(query)).one()
+        return str(source), str(order_id)
+
     async def sealed_key(self, entitlement_id: str) -> bytes | None:
         query = select(entitlements.c.key_sealed).where(
             entitlements.c.entitlement_id == entitlement_id

@@ -69,6 +69,11 @@ class NamedUserRepository:
         )
         return {user_id: bytes(sealed) for user_id, sealed in await self._db.execute(query)}
 
+    async def sealed_invitation(self, user_id: str) -> bytes | None:
+        query = select(named_users.c.invitation_sealed).where(named_users.c.user_id == user_id)
+        sealed = (await self._db.execute(query)).scalar_one_or_none()
+        return None if sealed is None else bytes(sealed)
+
     async def get(self, user_id: str) -> NamedUser | None:
         query = select(named_users).where(named_users.c.user_id == user_id)
         row = (await self._db.execute(query)).mappings().first()

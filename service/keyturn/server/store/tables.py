@@ -206,6 +206,29 @@ api_tokens = Table(
     Column("revoke_time", UtcDateTime, nullable=True),
 )
 
+outbox = Table(
+    "outbox",
+    metadata,
+    Column("message_id", String(64), primary_key=True),
+    Column("kind", String(16), nullable=False),
+    Column("entitlement_id", String(64), ForeignKey("entitlements.entitlement_id"), nullable=False),
+    Column("user_id", String(64), nullable=True),  # the named user of an invitation
+    Column("to_email", String(254), nullable=False),
+    # The order whose GetOrder shows it (for a resend: the entitlement's first order).
+    Column("order_source", String(64), nullable=False),
+    Column("order_id", String(128), nullable=False),
+    Column("state", String(8), nullable=False),
+    Column("attempts", Integer, nullable=False),
+    Column("next_attempt_time", UtcDateTime, nullable=True),
+    # A dispatcher is sending it until then; after that another may take it over.
+    Column("claimed_until", UtcDateTime, nullable=True),
+    Column("last_error", Text, nullable=False),
+    Column("create_time", UtcDateTime, nullable=False),
+    Column("sent_time", UtcDateTime, nullable=True),
+    Index("ix_outbox_state_next_attempt_time", "state", "next_attempt_time"),
+    Index("ix_outbox_order", "order_source", "order_id"),
+)
+
 signing_keys = Table(
     "signing_keys",
     metadata,

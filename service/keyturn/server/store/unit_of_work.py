@@ -19,6 +19,7 @@ from .event_repository import EventRepository
 from .migrate import current_revision, head_revision
 from .named_user_repository import NamedUserRepository
 from .order_repository import OrderRepository
+from .outbox_repository import OutboxRepository
 from .signing_key_repository import SigningKeyRepository
 from .token_repository import TokenRepository
 
@@ -51,6 +52,7 @@ class Transaction:
         self.tokens = TokenRepository(connection)
         self.signing_keys = SigningKeyRepository(connection)
         self.named_users = NamedUserRepository(connection)
+        self.outbox = OutboxRepository(connection)
 
 
 class CommitBell:
@@ -98,11 +100,13 @@ class Store:
 
     @asynccontextmanager
     async def write(self) -> AsyncIterator[Transaction]:
-        """A write transaction; its events are numbered and written last, just before commit."""
+        """A write transaction; its events are numbered and written last, just before commit.
+
+        Its commit rings the bell when it wrote events or queued emails."""
         async with self._transaction(read_only=False) as tx:
             yield tx
             written = await tx.events.flush()
-        if written:
+        if written or tx.outbox.queued:
             self.bell.ring()
 
     @asynccontextmanager

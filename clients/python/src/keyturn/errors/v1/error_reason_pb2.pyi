@@ -142,8 +142,8 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """
     INVITATION_REDEEMED: _ErrorReason.ValueType  # 29
     """FAILED_PRECONDITION. The invitation code was already exchanged for an
-    identity token: codes are single-use. Ask the vendor to send the
-    invitation again (ResendCredentials issues a new code).
+    identity token: codes are single-use, and the identity token of the
+    first redemption stays valid. Metadata: `user_id`.
     """
     NAMED_USERS_EXCEED_SEATS: _ErrorReason.ValueType  # 30
     """FAILED_PRECONDITION. An order line names more users than the entitlement
@@ -284,8 +284,8 @@ checksum. The same answer for all three.
 """
 INVITATION_REDEEMED: ErrorReason.ValueType  # 29
 """FAILED_PRECONDITION. The invitation code was already exchanged for an
-identity token: codes are single-use. Ask the vendor to send the
-invitation again (ResendCredentials issues a new code).
+identity token: codes are single-use, and the identity token of the
+first redemption stays valid. Metadata: `user_id`.
 """
 NAMED_USERS_EXCEED_SEATS: ErrorReason.ValueType  # 30
 """FAILED_PRECONDITION. An order line names more users than the entitlement

@@ -56,6 +56,58 @@ ENTITLEMENT_STATUS_CANCELLED: EntitlementStatus.ValueType  # 4
 """Cancelled by an order."""
 Global___EntitlementStatus: _TypeAlias = EntitlementStatus  # noqa: Y015
 
+class _MessageKind:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _MessageKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_MessageKind.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    MESSAGE_KIND_UNSPECIFIED: _MessageKind.ValueType  # 0
+    """Not set."""
+    MESSAGE_KIND_LICENSE_KEY: _MessageKind.ValueType  # 1
+    """The license key of an entitlement, to the order's ship-to address."""
+    MESSAGE_KIND_INVITATION: _MessageKind.ValueType  # 2
+    """A named user's invitation code, to that user."""
+
+class MessageKind(_MessageKind, metaclass=_MessageKindEnumTypeWrapper):
+    """What an email carries."""
+
+MESSAGE_KIND_UNSPECIFIED: MessageKind.ValueType  # 0
+"""Not set."""
+MESSAGE_KIND_LICENSE_KEY: MessageKind.ValueType  # 1
+"""The license key of an entitlement, to the order's ship-to address."""
+MESSAGE_KIND_INVITATION: MessageKind.ValueType  # 2
+"""A named user's invitation code, to that user."""
+Global___MessageKind: _TypeAlias = MessageKind  # noqa: Y015
+
+class _MessageState:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _MessageStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_MessageState.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    MESSAGE_STATE_UNSPECIFIED: _MessageState.ValueType  # 0
+    """Not set."""
+    MESSAGE_STATE_QUEUED: _MessageState.ValueType  # 1
+    """Waiting to be sent, or to be tried again after a temporary failure."""
+    MESSAGE_STATE_SENT: _MessageState.ValueType  # 2
+    """Accepted by the SMTP server."""
+    MESSAGE_STATE_FAILED: _MessageState.ValueType  # 3
+    """Refused for good (a 5xx answer, or too many attempts); see `last_error`."""
+
+class MessageState(_MessageState, metaclass=_MessageStateEnumTypeWrapper):
+    """Where an email is on its way out."""
+
+MESSAGE_STATE_UNSPECIFIED: MessageState.ValueType  # 0
+"""Not set."""
+MESSAGE_STATE_QUEUED: MessageState.ValueType  # 1
+"""Waiting to be sent, or to be tried again after a temporary failure."""
+MESSAGE_STATE_SENT: MessageState.ValueType  # 2
+"""Accepted by the SMTP server."""
+MESSAGE_STATE_FAILED: MessageState.ValueType  # 3
+"""Refused for good (a 5xx answer, or too many attempts); see `last_error`."""
+Global___MessageState: _TypeAlias = MessageState  # noqa: Y015
+
 class _EntitlementEventType:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -437,6 +489,7 @@ class Order(_message.Message):
     LINES_FIELD_NUMBER: _builtins.int
     RESULTS_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
+    MESSAGES_FIELD_NUMBER: _builtins.int
     source: _builtins.str
     """Where the order came from (`stripe`, `salesforce`, `netsuite`...)."""
     order_id: _builtins.str
@@ -459,6 +512,12 @@ class Order(_message.Message):
     def create_time(self) -> _timestamp_pb2.Timestamp:
         """When the order was fulfilled."""
 
+    @_builtins.property
+    def messages(self) -> _containers.RepeatedCompositeFieldContainer[Global___OutboundMessage]:
+        """The emails the order queued (and those ResendCredentials queued again
+        for its entitlements), with their delivery state. Output only.
+        """
+
     def __init__(
         self,
         *,
@@ -469,14 +528,83 @@ class Order(_message.Message):
         lines: _abc.Iterable[Global___OrderLine] | None = ...,
         results: _abc.Iterable[Global___OrderLineResult] | None = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
+        messages: _abc.Iterable[Global___OutboundMessage] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "customer", b"customer"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "customer", b"customer", "lines", b"lines", "order_id", b"order_id", "results", b"results", "ship_to_email", b"ship_to_email", "source", b"source"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "customer", b"customer", "lines", b"lines", "messages", b"messages", "order_id", b"order_id", "results", b"results", "ship_to_email", b"ship_to_email", "source", b"source"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Order: _TypeAlias = Order  # noqa: Y015
+
+@_typing.final
+class OutboundMessage(_message.Message):
+    """An email written in the same transaction as the change it announces (the
+    transactional outbox) and sent by the dispatcher.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MESSAGE_ID_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    ENTITLEMENT_ID_FIELD_NUMBER: _builtins.int
+    TO_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    ATTEMPTS_FIELD_NUMBER: _builtins.int
+    LAST_ERROR_FIELD_NUMBER: _builtins.int
+    CREATE_TIME_FIELD_NUMBER: _builtins.int
+    SENT_TIME_FIELD_NUMBER: _builtins.int
+    NEXT_ATTEMPT_TIME_FIELD_NUMBER: _builtins.int
+    message_id: _builtins.str
+    """Server-assigned id (`msg_` followed by 26 characters); the local part of
+    the email's Message-ID header, so a receiver can spot a repeat.
+    """
+    kind: Global___MessageKind.ValueType
+    """What it carries."""
+    entitlement_id: _builtins.str
+    """The entitlement it is about."""
+    to: _builtins.str
+    """The recipient."""
+    state: Global___MessageState.ValueType
+    """Delivery state."""
+    attempts: _builtins.int
+    """Attempts made so far."""
+    last_error: _builtins.str
+    """Why the last attempt failed (the SMTP answer or the connection error)."""
+    @_builtins.property
+    def create_time(self) -> _timestamp_pb2.Timestamp:
+        """When it was queued."""
+
+    @_builtins.property
+    def sent_time(self) -> _timestamp_pb2.Timestamp:
+        """When the SMTP server accepted it; absent until then."""
+
+    @_builtins.property
+    def next_attempt_time(self) -> _timestamp_pb2.Timestamp:
+        """When it will be tried next; absent once sent or failed."""
+
+    def __init__(
+        self,
+        *,
+        message_id: _builtins.str = ...,
+        kind: Global___MessageKind.ValueType = ...,
+        entitlement_id: _builtins.str = ...,
+        to: _builtins.str = ...,
+        state: Global___MessageState.ValueType = ...,
+        attempts: _builtins.int = ...,
+        last_error: _builtins.str = ...,
+        create_time: _timestamp_pb2.Timestamp | None = ...,
+        sent_time: _timestamp_pb2.Timestamp | None = ...,
+        next_attempt_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "next_attempt_time", b"next_attempt_time", "sent_time", b"sent_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "create_time", b"create_time", "entitlement_id", b"entitlement_id", "kind", b"kind", "last_error", b"last_error", "message_id", b"message_id", "next_attempt_time", b"next_attempt_time", "sent_time", b"sent_time", "state", b"state", "to", b"to"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___OutboundMessage: _TypeAlias = OutboundMessage  # noqa: Y015
 
 @_typing.final
 class FulfillOrderRequest(_message.Message):
@@ -873,16 +1001,26 @@ class ResendCredentialsResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     QUEUED_MESSAGES_FIELD_NUMBER: _builtins.int
+    MESSAGES_FIELD_NUMBER: _builtins.int
     queued_messages: _builtins.int
     """Number of messages queued."""
+    @_builtins.property
+    def messages(self) -> _containers.RepeatedCompositeFieldContainer[Global___OutboundMessage]:
+        """The messages queued: the license key email (when the entitlement's
+        dispatch is not DISPATCH_INVITATION) or one invitation per named user
+        who has not redeemed theirs. They also show in GetOrder of the order
+        that created the entitlement.
+        """
+
     def __init__(
         self,
         *,
         queued_messages: _builtins.int = ...,
+        messages: _abc.Iterable[Global___OutboundMessage] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["queued_messages", b"queued_messages"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["messages", b"messages", "queued_messages", b"queued_messages"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

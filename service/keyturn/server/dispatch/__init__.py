@@ -1,0 +1,1 @@
+"""Credential emails: templates rendered with Jinja2 and sent over SMTP."""

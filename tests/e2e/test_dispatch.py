@@ -1,0 +1,139 @@
+"""Credential emails from the outbox to a real SMTP server (aiosmtpd on loopback)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
+
+import grpc
+import pytest
+
+from keyturn.fulfillment.v1 import catalog_pb2_grpc, fulfillment_pb2_grpc
+from keyturn.fulfillment.v1 import fulfillment_pb2 as ful
+from keyturn.server.api.server import KeyturnServer
+from keyturn.server.app.context import AppContext
+from keyturn.server.app.delivery import Dispatcher
+from keyturn.server.bootstrap import build_context, build_dispatcher
+
+from conftest import Tokens, settings_for
+from support.catalog import put_catalog
+from support.rpc import create_sku, order
+from support.smtp import SmtpServer, body_html, body_text
+
+FAST_RETRY = {"dispatch_retry_initial_seconds": 0.05, "dispatch_retry_max_seconds": 0.2}
+WAIT_S = 30.0
+
+
+@pytest.fixture
+def smtp() -> Iterator[SmtpServer]:
+    server = SmtpServer()
+    server.start()
+    yield server
+    server.stop()
+
+
+@dataclass
+class Mailing:
+    ctx: AppContext
+    dispatcher: Dispatcher
+    fulfillment: fulfillment_pb2_grpc.FulfillmentServiceStub
+    tokens: Tokens
+
+    async def order_messages(self, order_id: str) -> list[ful.OutboundMessage]:
+        stored = await self.fulfillment.GetOrder(
+            ful.GetOrderRequest(source="test", order_id=order_id), metadata=self.tokens("read")
+        )
+        return list(stored.order.messages)
+
+    async def until(
+        self, order_id: str, done: Callable[[list[ful.OutboundMessage]], bool]
+    ) -> list[ful.OutboundMessage]:
+        """GetOrder's messages once `done` holds; woken by each recorded attempt."""
+        async with asyncio.timeout(WAIT_S):
+            while True:
+                signal = self.dispatcher.settled.armed()
+                messages = await self.order_messages(order_id)
+                if done(messages):
+                    return messages
+                await signal.wait()
+
+
+@contextlib.asynccontextmanager
+async def mailing(
+    database_url: str, smtp: SmtpServer, tokens: Tokens, **overrides: object
+) -> AsyncIterator[Mailing]:
+    settings = settings_for(database_url, **smtp.settings(), **FAST_RETRY, **overrides)
+    ctx = await build_context(settings)
+    dispatcher = build_dispatcher(ctx, settings)
+    assert dispatcher is not None
+    server = KeyturnServer(ctx, "127.0.0.1:0", dispatcher)
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(server.address) as channel:
+            await put_catalog(
+                catalog_pb2_grpc.CatalogServiceStub(channel),
+                tokens("catalog"),
+                create_sku("STD-1Y"),
+            )
+            yield Mailing(
+                ctx, dispatcher, fulfillment_pb2_grpc.FulfillmentServiceStub(channel), tokens
+            )
+    finally:
+        await server.stop(grace=1.0)
+
+
+def states(messages: list[ful.OutboundMessage]) -> list[int]:
+    return [m.state for m in messages]
+
+
+async def test_a_new_license_key_is_mailed_once_and_shown_as_sent(
+    database_url: str, smtp: SmtpServer, tokens: Tokens
+) -> None:
+    async with mailing(database_url, smtp, tokens) as m:
+        response = await m.fulfillment.FulfillOrder(
+            order("o-1", "STD-1Y"), metadata=tokens("fulfill")
+        )
+        (queued,) = response.order.messages
+        assert queued.kind == ful.MESSAGE_KIND_LICENSE_KEY
+        assert queued.to == "it@initech.example"
+        (mail,) = await smtp.mailbox.wait_for(lambda got: len(got) == 1)
+        (sent,) = await m.until("o-1", lambda ms: states(ms) == [ful.MESSAGE_STATE_SENT])
+    key = response.entitlements[0].license_key
+    assert key in body_text(mail)
+    assert key in body_html(mail)
+    assert str(mail["To"]) == "it@initech.example"
+    assert str(mail["Message-ID"]) == f"<{queued.message_id}@localhost>"
+    assert sent.attempts == 1
+    assert sent.HasField("sent_time")
+    assert not sent.HasField("next_attempt_time")
+
+
+async def test_a_5xx_answer_fails_the_message_for_good(
+    database_url: str, smtp: SmtpServer, tokens: Tokens
+) -> None:
+    smtp.mailbox.answer = "550 5.1.1 mailbox unavailable"
+    async with mailing(database_url, smtp, tokens) as m:
+        await m.fulfillment.FulfillOrder(order("o-1", "STD-1Y"), metadata=tokens("fulfill"))
+        (failed,) = await m.until("o-1", lambda ms: states(ms) == [ful.MESSAGE_STATE_FAILED])
+    assert failed.attempts == 1
+    assert failed.last_error.startswith("SMTP 550")
+    assert "mailbox unavailable" in failed.last_error
+    assert smtp.mailbox.messages == []
+
+
+async def test_a_4xx_answer_is_retried_until_the_server_accepts(
+    database_url: str, smtp: SmtpServer, tokens: Tokens
+) -> None:
+    smtp.mailbox.answer = "451 4.3.0 try again later"
+    async with mailing(database_url, smtp, tokens) as m:
+        await m.fulfillment.FulfillOrder(order("o-1", "STD-1Y"), metadata=tokens("fulfill"))
+        (waiting,) = await m.until("o-1", lambda ms: ms[0].attempts >= 2)
+        assert waiting.state == ful.MESSAGE_STATE_QUEUED
+        assert waiting.last_error.startswith("SMTP 451")
+        smtp.mailbox.answer = "250 OK"
+        (sent,) = await m.until("o-1", lambda ms: states(ms) == [ful.MESSAGE_STATE_SENT])
+    assert sent.attempts >= 3
+    assert sent.last_error == ""
+    assert len(smtp.mailbox.messages) == 1
