@@ -8,6 +8,7 @@ import contextlib
 import logging
 import signal
 import sys
+import threading
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -157,6 +158,64 @@ async def _keys_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _connect_stripe(args: argparse.Namespace) -> int:
+    import os
+
+    from keyturn.client import FulfillmentClient
+    from keyturn.client.connectors.stripe_webhook import StripeWebhookServer
+
+    secret = os.environ.get("KEYTURN_STRIPE_WEBHOOK_SECRET", "")
+    token = os.environ.get("KEYTURN_FULFILL_TOKEN", "")
+    if not secret or not token:
+        print(
+            "keyturn: set KEYTURN_STRIPE_WEBHOOK_SECRET (whsec_...) and KEYTURN_FULFILL_TOKEN "
+            "(a token with the fulfill scope)",
+            file=sys.stderr,
+        )
+        return 2
+    host, _, port = args.listen.rpartition(":")
+    with FulfillmentClient(args.target, token) as client:
+        server = StripeWebhookServer((host, int(port)), secret, client.fulfill_order, args.path)
+        bound_host, bound_port = server.address
+        print(f"keyturn stripe webhook on http://{bound_host}:{bound_port}{args.path}", flush=True)
+        stopping = threading.Event()
+
+        def stop(signum: int, frame: object) -> None:
+            if not stopping.is_set():
+                stopping.set()
+                threading.Thread(target=server.stop).start()
+
+        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, stop)
+        server.serve_forever()
+    return 0
+
+
+def _orders_import(args: argparse.Namespace) -> int:
+    import os
+
+    from keyturn.client import FulfillmentClient
+    from keyturn.client.connectors.file_import import import_orders
+
+    token = os.environ.get("KEYTURN_FULFILL_TOKEN", "")
+    if not token:
+        print(
+            "keyturn: set KEYTURN_FULFILL_TOKEN (a token with the fulfill scope)", file=sys.stderr
+        )
+        return 2
+    with FulfillmentClient(args.target, token) as client:
+        summary = import_orders(
+            Path(args.file),
+            client.fulfill_order,
+            source=args.source,
+            file_format=args.format,
+            rejects=Path(args.rejects) if args.rejects else None,
+            progress=not args.no_progress,
+        )
+    print(summary.describe())
+    return 0 if not summary.rejected else 1
+
+
 def _health(args: argparse.Namespace) -> int:
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -227,6 +286,37 @@ def _parser() -> argparse.ArgumentParser:
     key_commands.add_parser("list", help="show every signing key and its state").set_defaults(
         run=_keys_list
     )
+
+    connect = commands.add_parser("connect", help="run an order connector")
+    connectors = connect.add_subparsers(dest="connector", required=True)
+    stripe = connectors.add_parser(
+        "stripe",
+        help="an HTTP endpoint for Stripe webhooks (KEYTURN_STRIPE_WEBHOOK_SECRET, "
+        "KEYTURN_FULFILL_TOKEN)",
+    )
+    stripe.add_argument("--listen", default="127.0.0.1:8080", help="HOST:PORT for HTTP")
+    stripe.add_argument("--path", default="/stripe/webhook", help="the webhook URL path")
+    stripe.add_argument(
+        "--target", default="127.0.0.1:50051", help="the Keyturn gRPC server HOST:PORT"
+    )
+    stripe.set_defaults(run=_connect_stripe, sync=True)
+
+    orders = commands.add_parser("orders", help="work with orders")
+    order_commands = orders.add_subparsers(dest="orders_command", required=True)
+    importer = order_commands.add_parser(
+        "import", help="fulfil the orders of a CSV or JSONL export (KEYTURN_FULFILL_TOKEN)"
+    )
+    importer.add_argument("file", help="the export; see README 'File import' for its columns")
+    importer.add_argument("--source", default="import", help="order source (salesforce...)")
+    importer.add_argument(
+        "--format", choices=["csv", "jsonl"], help="default: from the file extension"
+    )
+    importer.add_argument("--rejects", help="write refused lines here, with reasons")
+    importer.add_argument(
+        "--target", default="127.0.0.1:50051", help="the Keyturn gRPC server HOST:PORT"
+    )
+    importer.add_argument("--no-progress", action="store_true", help="no progress bar")
+    importer.set_defaults(run=_orders_import, sync=True)
 
     health = commands.add_parser("health", help="ask a running server whether it is SERVING")
     health.add_argument("--address", help="HOST:PORT (default: KEYTURN_LISTEN)")

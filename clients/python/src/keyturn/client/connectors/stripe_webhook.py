@@ -1,0 +1,142 @@
+"""The Stripe webhook endpoint: verify the signature, map the event, fulfil the order.
+
+HTTP answers, chosen so that no order silently vanishes:
+- 400: the `Stripe-Signature` header is missing, wrong or stale; nothing is done.
+- 200: the order was fulfilled (or replayed: Stripe retried), or the event
+  needs no order.
+- 422: Keyturn refused the order (unknown SKU for a lookup key, a target not
+  found, a state that does not allow it). Stripe keeps retrying for days and
+  shows the failure in its dashboard; once the catalog is fixed, the next
+  retry fulfils the order.
+- 503: Keyturn is unreachable or busy; Stripe retries.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import grpc
+import stripe
+
+from keyturn.fulfillment.v1 import fulfillment_pb2 as ful
+
+from ..errors import KeyturnError
+from .stripe_mapping import Ignored, UnusableEvent, order_for_event
+
+log = logging.getLogger("keyturn.connect.stripe")
+MAX_BODY = 1 << 20
+TOLERANCE_SECONDS = 300
+RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
+
+Fulfil = Callable[[ful.FulfillOrderRequest], ful.FulfillOrderResponse]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    status: HTTPStatus
+    body: dict[str, Any]
+
+
+def handle_webhook(payload: bytes, signature: str | None, secret: str, fulfil: Fulfil) -> Outcome:
+    """One delivery of a webhook: what to answer Stripe."""
+    try:
+        stripe.WebhookSignature.verify_header(
+            payload.decode("utf-8"), signature, secret, TOLERANCE_SECONDS
+        )
+        event = json.loads(payload)
+    except (stripe.SignatureVerificationError, UnicodeDecodeError, ValueError) as exc:
+        return Outcome(HTTPStatus.BAD_REQUEST, {"error": f"signature check failed: {exc}"})
+    event_id = str(event.get("id", ""))
+    try:
+        mapped = order_for_event(event)
+    except (UnusableEvent, KeyError, TypeError, ValueError) as exc:
+        log.error("stripe event %s cannot become an order: %s", event_id, exc)
+        return Outcome(HTTPStatus.UNPROCESSABLE_ENTITY, {"event": event_id, "error": str(exc)})
+    if isinstance(mapped, Ignored):
+        return Outcome(HTTPStatus.OK, {"event": event_id, "ignored": mapped.reason})
+    try:
+        response = fulfil(mapped)
+    except KeyturnError as exc:
+        status = (
+            HTTPStatus.SERVICE_UNAVAILABLE
+            if exc.code in RETRYABLE
+            else HTTPStatus.UNPROCESSABLE_ENTITY
+        )
+        log.error("stripe event %s: order %s refused: %s", event_id, mapped.order_id, exc)
+        body = {"event": event_id, "order_id": mapped.order_id, "reason": exc.reason}
+        return Outcome(status, {**body, "error": exc.message})
+    return Outcome(
+        HTTPStatus.OK,
+        {
+            "event": event_id,
+            "order_id": mapped.order_id,
+            "replayed": response.replayed,
+            "entitlements": [e.entitlement_id for e in response.entitlements],
+        },
+    )
+
+
+class StripeWebhookServer:
+    """A small threaded HTTP server with one route: POST {path}."""
+
+    def __init__(
+        self, listen: tuple[str, int], secret: str, fulfil: Fulfil, path: str = "/stripe/webhook"
+    ) -> None:
+        if not secret:
+            raise ValueError("a Stripe webhook signing secret (whsec_...) is required")
+        handler = _handler(secret, fulfil, path)
+        self._http = ThreadingHTTPServer(listen, handler)
+        self._thread: threading.Thread | None = None
+
+    @property
+    def address(self) -> tuple[str, int]:
+        host, port = self._http.server_address[:2]
+        return str(host), int(port)
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._http.serve_forever, daemon=True)
+        self._thread.start()
+
+    def serve_forever(self) -> None:
+        self._http.serve_forever()
+
+    def stop(self) -> None:
+        self._http.shutdown()
+        self._http.server_close()
+        if self._thread is not None:
+            self._thread.join()
+
+
+def _handler(secret: str, fulfil: Fulfil, path: str) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            if self.path.split("?")[0] != path:
+                self._answer(Outcome(HTTPStatus.NOT_FOUND, {"error": "no such endpoint"}))
+                return
+            length = int(self.headers.get("Content-Length") or 0)
+            if length > MAX_BODY:
+                self._answer(Outcome(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, {"error": "too large"}))
+                return
+            payload = self.rfile.read(length)
+            outcome = handle_webhook(payload, self.headers.get("Stripe-Signature"), secret, fulfil)
+            self._answer(outcome)
+
+        def _answer(self, outcome: Outcome) -> None:
+            body = json.dumps(outcome.body).encode()
+            self.send_response(outcome.status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            log.info("%s %s", self.address_string(), format % args)
+
+    return Handler
