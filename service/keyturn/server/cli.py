@@ -59,12 +59,12 @@ async def _serve(args: argparse.Namespace) -> int:
 
 async def _dispatch(args: argparse.Namespace) -> int:
     settings = _settings(args)
-    ctx = await build_context(settings)
-    dispatcher = build_dispatcher(ctx, settings)
-    if dispatcher is None:
-        await ctx.store.close()
+    if not settings.smtp_host:
         print("keyturn: KEYTURN_SMTP_HOST is not set: nothing to dispatch to", file=sys.stderr)
         return 2
+    ctx = await build_context(settings)
+    dispatcher = build_dispatcher(ctx, settings)
+    assert dispatcher is not None
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

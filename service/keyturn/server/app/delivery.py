@@ -39,8 +39,7 @@ class Sender(Protocol):
 @dataclass(frozen=True)
 class DispatchSettings:
     mail_from: str = "Keyturn <licenses@localhost>"
-    batch: int = 20
-    concurrency: int = 4
+    batch: int = 8  # claimed and sent together, so every claim covers one attempt only
     poll_seconds: float = 1.0
     retry_initial: timedelta = timedelta(seconds=5)
     retry_max: timedelta = timedelta(minutes=10)
@@ -91,13 +90,7 @@ class Dispatcher:
         now = self._ctx.clock.now()
         async with self._ctx.store.write() as tx:
             claimed = await tx.outbox.claim_due(now, self._settings.claim_for, self._settings.batch)
-        limit = asyncio.Semaphore(self._settings.concurrency)
-
-        async def attempt(message: OutboundMessage) -> None:
-            async with limit:
-                await self._attempt(message)
-
-        await asyncio.gather(*(attempt(m) for m in claimed))
+        await asyncio.gather(*(self._attempt(m) for m in claimed))
         return len(claimed)
 
     async def _attempt(self, message: OutboundMessage) -> None:

@@ -35,7 +35,7 @@ class MailRenderer:
         loaders: list[Any] = []
         if template_folder is not None:
             if not template_folder.is_dir():
-                raise ValueError(f"mail template folder {template_folder} does not exist")
+                raise FileNotFoundError(f"KEYTURN_MAIL_TEMPLATES: no folder {template_folder}")
             loaders.append(FileSystemLoader(template_folder))
         loaders.append(PackageLoader("keyturn.server.dispatch", "templates"))
         self._env = Environment(

@@ -8,15 +8,23 @@ the message over.
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import insert, or_, select, update
+from sqlalchemy import case, func, insert, or_, select, update
 from sqlalchemy.engine import RowMapping
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from keyturn.server.domain.messages import MessageKind, MessageState, OutboundMessage
 
 from .tables import outbox
+
+
+def _aware(value: datetime | str | None) -> datetime | None:
+    """An aggregate's result: SQLite gives text, without the column type's conversion."""
+    if value is None or isinstance(value, datetime):
+        return value if value is None or value.tzinfo else value.replace(tzinfo=UTC)
+    parsed = datetime.fromisoformat(value)
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
 def _message(row: RowMapping) -> OutboundMessage:
@@ -93,12 +101,15 @@ class OutboxRepository:
         return claimed
 
     async def next_due_time(self) -> datetime | None:
-        """When the earliest queued message is due (None: nothing queued)."""
-        query = select(outbox.c.next_attempt_time).where(
-            outbox.c.state == MessageState.QUEUED.value
+        """When the earliest queued message can be claimed: due, and its claim (if another
+        dispatcher holds one) run out. None: nothing queued."""
+        free_at = case(
+            (outbox.c.claimed_until > outbox.c.next_attempt_time, outbox.c.claimed_until),
+            else_=outbox.c.next_attempt_time,
         )
-        query = query.order_by(outbox.c.next_attempt_time).limit(1)
-        return (await self._db.execute(query)).scalar_one_or_none()
+        query = select(func.min(free_at)).where(outbox.c.state == MessageState.QUEUED.value)
+        value = (await self._db.execute(query)).scalar_one_or_none()
+        return _aware(value)
 
     async def settle(
         self,

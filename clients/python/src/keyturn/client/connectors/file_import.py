@@ -15,12 +15,14 @@ Columns (header names, any order; unknown columns are ignored):
 
 JSONL: one order per line, in the JSON form of FulfillOrderRequest
 (`{"order_id": ..., "customer": {...}, "lines": [{"sku_id": ..., "quantity": 1}]}`);
-`source` defaults to the one given on the command line.
+`source` defaults to the one given on the command line; a `reject_reason` key
+(of a rejects file imported again) is ignored.
 
 Every order is sent with its source and id, so a second run replays what the
 first fulfilled and changes nothing. Exact duplicate rows of one order count
 once. Rejected orders go to the rejects file (same format, plus a
-`reject_reason`), which can be fixed and imported again.
+`reject_reason`), which can be fixed and imported again; it is written on
+every run, so a clean run leaves it without orders.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from ..errors import KeyturnError
 
 Fulfil = Callable[[ful.FulfillOrderRequest], ful.FulfillOrderResponse]
 ORDER_FIELDS = ("customer_id", "customer_name", "customer_email", "ship_to_email")
+MAX_QUANTITY_FIELD = 2**31 - 1  # OrderLine.quantity is an int32
 
 
 @dataclass
@@ -105,8 +108,12 @@ def _csv_batch(
             continue
         seen.add(key)
         quantity_text = record.get("quantity") or "1"
-        if not quantity_text.isdigit():
+        # ASCII digits only: str.isdigit() also accepts '²', which int() refuses.
+        if not (quantity_text.isascii() and quantity_text.isdigit()):
             problem = f"row {record['_line']}: quantity {quantity_text!r} is not a whole number"
+            return Batch(order_id, records, None, problem)
+        if int(quantity_text) > MAX_QUANTITY_FIELD:  # an OrderLine could not even hold it
+            problem = f"row {record['_line']}: quantity {quantity_text!r} is out of range"
             return Batch(order_id, records, None, problem)
         emails = [e.strip() for e in record.get("named_user_emails", "").split(";") if e.strip()]
         lines.append(
@@ -142,7 +149,9 @@ def _jsonl_batches(path: Path, source: str) -> Iterator[Batch]:
                 data = json.loads(text)
                 if not isinstance(data, dict):
                     raise ValueError("not a JSON object")
-                data.setdefault("source", source)
+                if data.get("source") in (None, ""):  # absent, null or empty: the default
+                    data["source"] = source
+                data.pop("reject_reason", None)  # a line of a rejects file, fixed and re-imported
                 request = json_format.ParseDict(data, ful.FulfillOrderRequest())
             except (ValueError, json_format.ParseError) as exc:
                 yield Batch("", [record], None, f"line {number}: {exc}")
@@ -206,7 +215,7 @@ def import_orders(
                 continue
         rejected.append((batch, reason))
         summary.reject(reason.split(":")[0] if batch.request is not None else "MALFORMED")
-    if rejects is not None and rejected:
+    if rejects is not None:  # also when empty: a rejects file of an earlier run is stale
         _write_rejects(rejects, kind, rejected)
     return summary
 
@@ -215,9 +224,11 @@ def _with_progress(batches: list[Batch], progress: bool) -> Iterator[Batch]:
     if not progress:
         yield from batches
         return
+    from rich.console import Console
     from rich.progress import Progress
 
-    with Progress(transient=True) as bar:
+    # On stderr: stdout carries only the summary, for scripts to read.
+    with Progress(transient=True, console=Console(stderr=True)) as bar:
         task = bar.add_task("importing orders", total=len(batches))
         for batch in batches:
             yield batch

@@ -10,12 +10,16 @@ what happened to the subscription:
 | `customer.subscription.updated`, quantity up / down | `LOOKUP_KEY:add-seats` / `:remove-seats` x difference |
 | `customer.subscription.updated`, another price | `NEW_LOOKUP_KEY:switch` x 1 |
 | `customer.subscription.deleted` | `LOOKUP_KEY:cancel` x 1 |
-| `checkout.session.completed`, mode `payment` | metadata `keyturn_sku` x `keyturn_quantity` |
+| `checkout.session.completed`, mode `payment`, paid | metadata `keyturn_sku` x `keyturn_quantity` |
+| `checkout.session.async_payment_succeeded`, mode `payment` | the same |
 
 Every other event (and `checkout.session.completed` of a subscription,
-whose first invoice does the work) is acknowledged and ignored. The invoice
-id is the order id of `invoice.paid`, the event id that of the others, so
-Stripe's retries replay instead of fulfilling twice.
+whose first invoice does the work, or of a payment still pending, which
+`checkout.session.async_payment_succeeded` fulfils once it succeeds) is
+acknowledged and ignored. Invoice lines of one-off invoice items (a setup
+fee) and prorations name no SKU and are skipped. The invoice id is the
+order id of `invoice.paid`, the event id that of the others, so Stripe's
+retries replay instead of fulfilling twice.
 """
 
 from __future__ import annotations
@@ -54,7 +58,7 @@ def order_for_event(event: Json) -> Mapped:
         return _subscription_updated(str(event["id"]), obj, previous)
     if kind == "customer.subscription.deleted":
         return _subscription_deleted(str(event["id"]), obj)
-    if kind == "checkout.session.completed":
+    if kind in ("checkout.session.completed", "checkout.session.async_payment_succeeded"):
         return _checkout_completed(str(event["id"]), obj)
     return Ignored(f"event type {kind!r} is not mapped to orders")
 
@@ -106,7 +110,7 @@ def _invoice_paid(invoice: Json) -> Mapped:
     subscription = _invoice_subscription(invoice)
     if not subscription:
         return Ignored("invoice of no subscription")
-    lines_data = (invoice.get("lines") or {}).get("data") or []
+    lines_data = _subscription_lines((invoice.get("lines") or {}).get("data") or [])
     if reason == "subscription_create":
         lines = []
         for index, item in enumerate(lines_data):
@@ -139,6 +143,20 @@ def _invoice_paid(invoice: Json) -> Mapped:
         )
         return _order(str(invoice["id"]), _customer(invoice), lines)
     return Ignored(f"invoice billing reason {reason!r} needs no order")
+
+
+def _subscription_lines(lines_data: list[Json]) -> list[Json]:
+    """The invoice lines that bill the subscription's items: not one-off invoice items
+    (a setup fee, which needs no lookup key) nor prorations carried over from changes."""
+    kept = []
+    for item in lines_data:
+        parent_type = (item.get("parent") or {}).get("type")  # API 2025-03-31 and later
+        if item.get("type") == "invoiceitem" or parent_type == "invoice_item_details":
+            continue
+        if item.get("proration"):
+            continue
+        kept.append(item)
+    return kept
 
 
 def _items(subscription: Json) -> list[Json]:
@@ -194,6 +212,10 @@ def _subscription_deleted(event_id: str, subscription: Json) -> Mapped:
 def _checkout_completed(event_id: str, session: Json) -> Mapped:
     if session.get("mode") != "payment":
         return Ignored("a subscription checkout: its first invoice.paid fulfils it")
+    if session.get("payment_status") == "unpaid":
+        return Ignored(
+            "the payment is pending: checkout.session.async_payment_succeeded fulfils it"
+        )
     metadata = session.get("metadata") or {}
     sku = metadata.get("keyturn_sku")
     if not sku:
