@@ -397,6 +397,13 @@ async def test_the_orders_import_command(
 
     after = await database_state(app.store)
     assert after != state
+    latin = tmp_path / "latin1.csv"
+    latin.write_bytes("order_id,customer_id,sku_id\nQ-9,Müller,x\n".encode("latin-1"))
+    result = await run_keyturn_async(["orders", "import", str(latin), *target], tmp_path, token)
+    assert result.returncode == 2, result
+    assert "is not UTF-8 text" in result.stderr
+    assert "Traceback" not in result.stderr
+
     result = await run_keyturn_async([*args, "--no-progress"], tmp_path, {})
     assert result.returncode == 2, result
     assert "KEYTURN_FULFILL_TOKEN" in result.stderr

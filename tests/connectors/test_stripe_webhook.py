@@ -10,6 +10,7 @@ the event loop.
 from __future__ import annotations
 
 import asyncio
+import http.client
 import socket
 import time
 from datetime import timedelta
@@ -278,6 +279,30 @@ async def test_ignored_events_and_other_paths_change_nothing(
         assert "order_id" not in answer.body
     elsewhere = await deliver(webhook.replace("/stripe/webhook", "/other"), ignored[0])
     assert elsewhere.status == 404
+    assert await database_state(app.store) == before
+
+
+async def test_a_signed_payload_that_is_no_event_or_a_bad_length_is_400(
+    webhook: str, app: AppContext
+) -> None:
+    before = await database_state(app.store)
+    for body in ("[1, 2, 3]", '"text"', "null"):
+        answer = await deliver(webhook, body)
+        assert answer.status == 400, (body, answer)
+        assert answer.body == {"error": "the payload is not a JSON object"}
+    host, _, rest = webhook.removeprefix("http://").partition("/")
+
+    def post_with_bad_length() -> int:
+        connection = http.client.HTTPConnection(host, timeout=30)
+        try:
+            connection.putrequest("POST", "/" + rest)
+            connection.putheader("Content-Length", "12abc")
+            connection.endheaders()
+            return connection.getresponse().status
+        finally:
+            connection.close()
+
+    assert await asyncio.to_thread(post_with_bad_length) == 400
     assert await database_state(app.store) == before
 
 

@@ -204,14 +204,21 @@ def _orders_import(args: argparse.Namespace) -> int:
         )
         return 2
     with FulfillmentClient(args.target, token) as client:
-        summary = import_orders(
-            Path(args.file),
-            client.fulfill_order,
-            source=args.source,
-            file_format=args.format,
-            rejects=Path(args.rejects) if args.rejects else None,
-            progress=not args.no_progress,
-        )
+        try:
+            summary = import_orders(
+                Path(args.file),
+                client.fulfill_order,
+                source=args.source,
+                file_format=args.format,
+                rejects=Path(args.rejects) if args.rejects else None,
+                progress=not args.no_progress,
+            )
+        except UnicodeDecodeError as exc:
+            print(
+                f"keyturn: {args.file} is not UTF-8 text (byte {exc.start}: {exc.reason})",
+                file=sys.stderr,
+            )
+            return 2
     print(summary.describe())
     return 0 if not summary.rejected else 1
 

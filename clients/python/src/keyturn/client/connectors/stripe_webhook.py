@@ -53,6 +53,8 @@ def handle_webhook(payload: bytes, signature: str | None, secret: str, fulfil: F
         event = json.loads(payload)
     except (stripe.SignatureVerificationError, UnicodeDecodeError, ValueError) as exc:
         return Outcome(HTTPStatus.BAD_REQUEST, {"error": f"signature check failed: {exc}"})
+    if not isinstance(event, dict):
+        return Outcome(HTTPStatus.BAD_REQUEST, {"error": "the payload is not a JSON object"})
     event_id = str(event.get("id", ""))
     try:
         mapped = order_for_event(event)
@@ -120,7 +122,11 @@ def _handler(secret: str, fulfil: Fulfil, path: str) -> type[BaseHTTPRequestHand
             if self.path.split("?")[0] != path:
                 self._answer(Outcome(HTTPStatus.NOT_FOUND, {"error": "no such endpoint"}))
                 return
-            length = int(self.headers.get("Content-Length") or 0)
+            length_text = self.headers.get("Content-Length") or "0"
+            if not length_text.isascii() or not length_text.isdigit():
+                self._answer(Outcome(HTTPStatus.BAD_REQUEST, {"error": "bad Content-Length"}))
+                return
+            length = int(length_text)
             if length > MAX_BODY:
                 self._answer(Outcome(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, {"error": "too large"}))
                 return
