@@ -25,6 +25,7 @@ from keyturn.server.store.migrate import upgrade
 
 from support.catalog import new_license
 from support.postgres import create_database, drop_database, postgres_admin_url
+from support.smtp import SmtpServer
 from support.threads import run_in_own_loop
 
 BACKENDS = [b for b in os.environ.get("KEYTURN_TEST_BACKENDS", "sqlite,postgresql").split(",") if b]
@@ -154,6 +155,15 @@ async def license_of(
         )
 
     return make
+
+
+@pytest.fixture
+def smtp() -> Iterator[SmtpServer]:
+    """A real SMTP server (aiosmtpd) on a loopback port of its own."""
+    server = SmtpServer()
+    server.start()
+    yield server
+    server.stop()
 
 
 __all__ = ["TEST_SECRET", "Tokens", "asyncio", "settings_for", "sqlite_url"]

@@ -2,86 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-from collections.abc import AsyncIterator, Callable, Iterator
-from dataclasses import dataclass
-
-import grpc
-import pytest
-
-from keyturn.fulfillment.v1 import catalog_pb2_grpc, fulfillment_pb2_grpc
 from keyturn.fulfillment.v1 import fulfillment_pb2 as ful
-from keyturn.server.api.server import KeyturnServer
-from keyturn.server.app.context import AppContext
-from keyturn.server.app.delivery import Dispatcher
-from keyturn.server.bootstrap import build_context, build_dispatcher
 
-from conftest import Tokens, settings_for
-from support.catalog import put_catalog
-from support.rpc import create_sku, order
+from conftest import Tokens
+from support.mailing import mailing
+from support.rpc import order
 from support.smtp import SmtpServer, body_html, body_text
-
-FAST_RETRY = {"dispatch_retry_initial_seconds": 0.05, "dispatch_retry_max_seconds": 0.2}
-WAIT_S = 30.0
-
-
-@pytest.fixture
-def smtp() -> Iterator[SmtpServer]:
-    server = SmtpServer()
-    server.start()
-    yield server
-    server.stop()
-
-
-@dataclass
-class Mailing:
-    ctx: AppContext
-    dispatcher: Dispatcher
-    fulfillment: fulfillment_pb2_grpc.FulfillmentServiceStub
-    tokens: Tokens
-
-    async def order_messages(self, order_id: str) -> list[ful.OutboundMessage]:
-        stored = await self.fulfillment.GetOrder(
-            ful.GetOrderRequest(source="test", order_id=order_id), metadata=self.tokens("read")
-        )
-        return list(stored.order.messages)
-
-    async def until(
-        self, order_id: str, done: Callable[[list[ful.OutboundMessage]], bool]
-    ) -> list[ful.OutboundMessage]:
-        """GetOrder's messages once `done` holds; woken by each recorded attempt."""
-        async with asyncio.timeout(WAIT_S):
-            while True:
-                signal = self.dispatcher.settled.armed()
-                messages = await self.order_messages(order_id)
-                if done(messages):
-                    return messages
-                await signal.wait()
-
-
-@contextlib.asynccontextmanager
-async def mailing(
-    database_url: str, smtp: SmtpServer, tokens: Tokens, **overrides: object
-) -> AsyncIterator[Mailing]:
-    settings = settings_for(database_url, **smtp.settings(), **FAST_RETRY, **overrides)
-    ctx = await build_context(settings)
-    dispatcher = build_dispatcher(ctx, settings)
-    assert dispatcher is not None
-    server = KeyturnServer(ctx, "127.0.0.1:0", dispatcher)
-    await server.start()
-    try:
-        async with grpc.aio.insecure_channel(server.address) as channel:
-            await put_catalog(
-                catalog_pb2_grpc.CatalogServiceStub(channel),
-                tokens("catalog"),
-                create_sku("STD-1Y"),
-            )
-            yield Mailing(
-                ctx, dispatcher, fulfillment_pb2_grpc.FulfillmentServiceStub(channel), tokens
-            )
-    finally:
-        await server.stop(grace=1.0)
 
 
 def states(messages: list[ful.OutboundMessage]) -> list[int]:

@@ -7,13 +7,11 @@ the mailbox or on the child process's log, each with a timeout.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import re
 import signal
 import subprocess
-from collections.abc import AsyncIterator, Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
 from email.message import EmailMessage
 from pathlib import Path
 
@@ -26,13 +24,10 @@ from keyturn.fulfillment.v1 import catalog_pb2_grpc, fulfillment_pb2_grpc
 from keyturn.fulfillment.v1 import fulfillment_pb2 as ful
 from keyturn.licensing.v1 import licensing_pb2 as lic
 from keyturn.licensing.v1 import licensing_pb2_grpc
-from keyturn.server.api.server import KeyturnServer
-from keyturn.server.app.context import AppContext
-from keyturn.server.app.delivery import Dispatcher
-from keyturn.server.bootstrap import build_context, build_dispatcher
 
-from conftest import TEST_SECRET, Tokens, settings_for
+from conftest import TEST_SECRET, Tokens
 from support.catalog import put_catalog
+from support.mailing import KEY_SKU, WAIT_S, Messages, mailing
 from support.rpc import PRODUCT_ID, create_sku, order
 from support.smtp import SmtpServer, body_html, body_text
 from support.subprocess_server import (
@@ -43,9 +38,6 @@ from support.subprocess_server import (
     sqlite_settings,
 )
 
-FAST = {"dispatch_retry_initial_seconds": 0.05, "dispatch_retry_max_seconds": 0.5}
-WAIT_S = 30.0
-KEY_SKU = "STD-1Y"
 INVITE_SKU = "TEAM-3"
 SHIP_TO = "it@initech.example"
 ALICE = "alice@initech.example"
@@ -56,15 +48,6 @@ CODE_IN_TEXT = re.compile(r"^Invitation code: (\S+)\r?$", re.MULTILINE)  # SMTP 
 
 Fulfillment = fulfillment_pb2_grpc.FulfillmentServiceStub
 Licensing = licensing_pb2_grpc.LicensingServiceStub
-Messages = list[ful.OutboundMessage]
-
-
-@pytest.fixture
-def smtp() -> Iterator[SmtpServer]:
-    server = SmtpServer()
-    server.start()
-    yield server
-    server.stop()
 
 
 def invitation_sku(sku_id: str = INVITE_SKU, seats: int = 3) -> cat.Sku:
@@ -109,63 +92,6 @@ def all_sent(count: int) -> Callable[[Messages], bool]:
 
 def message_id_header(message: ful.OutboundMessage) -> str:
     return f"<{message.message_id}@localhost>"
-
-
-@dataclass
-class Mailing:
-    ctx: AppContext
-    dispatcher: Dispatcher
-    fulfillment: Fulfillment
-    licensing: Licensing
-    tokens: Tokens
-
-    async def fulfil(self, request: ful.FulfillOrderRequest) -> ful.FulfillOrderResponse:
-        return await self.fulfillment.FulfillOrder(request, metadata=self.tokens("fulfill"))
-
-    async def order_messages(self, order_id: str) -> Messages:
-        stored = await self.fulfillment.GetOrder(
-            ful.GetOrderRequest(source="test", order_id=order_id), metadata=self.tokens("read")
-        )
-        return list(stored.order.messages)
-
-    async def until(self, order_id: str, done: Callable[[Messages], bool]) -> Messages:
-        """GetOrder's messages once `done` holds; woken by each recorded attempt."""
-        async with asyncio.timeout(WAIT_S):
-            while True:
-                signal = self.dispatcher.settled.armed()
-                messages = await self.order_messages(order_id)
-                if done(messages):
-                    return messages
-                await signal.wait()
-
-
-@contextlib.asynccontextmanager
-async def mailing(
-    database_url: str, smtp: SmtpServer, tokens: Tokens, *skus: cat.Sku, **overrides: object
-) -> AsyncIterator[Mailing]:
-    """A KeyturnServer whose dispatcher sends to `smtp`, with `skus` in the catalog."""
-    settings = settings_for(database_url, **smtp.settings(), **FAST, **overrides)
-    ctx = await build_context(settings)
-    dispatcher = build_dispatcher(ctx, settings)
-    assert dispatcher is not None
-    server = KeyturnServer(ctx, "127.0.0.1:0", dispatcher)
-    await server.start()
-    try:
-        async with grpc.aio.insecure_channel(server.address) as channel:
-            await put_catalog(
-                catalog_pb2_grpc.CatalogServiceStub(channel),
-                tokens("catalog"),
-                *(skus or (create_sku(KEY_SKU),)),
-            )
-            yield Mailing(
-                ctx,
-                dispatcher,
-                fulfillment_pb2_grpc.FulfillmentServiceStub(channel),
-                licensing_pb2_grpc.LicensingServiceStub(channel),
-                tokens,
-            )
-    finally:
-        await server.stop(grace=1.0)
 
 
 def invitation_codes(response: ful.FulfillOrderResponse) -> dict[str, str]:

@@ -13,20 +13,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
-from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, TypeVar
 
-import grpc
-import pytest
 from sqlalchemy import event, select
 from sqlalchemy.engine import RowMapping
 
 from keyturn.fulfillment.v1 import catalog_pb2_grpc, fulfillment_pb2_grpc
 from keyturn.fulfillment.v1 import fulfillment_pb2 as ful
 from keyturn.licensing.v1 import licensing_pb2 as lic
-from keyturn.licensing.v1 import licensing_pb2_grpc
-from keyturn.server.api.server import KeyturnServer
 from keyturn.server.app.context import AppContext
 from keyturn.server.app.delivery import Dispatcher
 from keyturn.server.bootstrap import build_context, build_dispatcher
@@ -35,6 +30,7 @@ from keyturn.server.store.unit_of_work import Store
 
 from conftest import Tokens, settings_for
 from support.catalog import put_catalog
+from support.mailing import WAIT_S, mailing
 from support.rpc import PRODUCT_ID, create_sku, order
 from support.smtp import SmtpServer, body_html, body_text
 
@@ -44,20 +40,12 @@ FAST = {
     "dispatch_poll_seconds": 0.1,
     "dispatch_max_attempts": 10_000,  # an outage must not make them FAILED
 }
-WAIT_S = 30.0
+
 ORDERS = 100
 SKU = "STD-1Y"
 
 T = TypeVar("T")
 Fulfillment = fulfillment_pb2_grpc.FulfillmentServiceStub
-
-
-@pytest.fixture
-def smtp() -> Iterator[SmtpServer]:
-    server = SmtpServer()
-    server.start()
-    yield server
-    server.stop()
 
 
 async def outbox_rows(store: Store) -> list[RowMapping]:
@@ -151,45 +139,11 @@ def check_received_once(smtp: SmtpServer, keys: dict[str, str]) -> None:
         assert str(mail["To"]) == "it@initech.example"
 
 
-@dataclass
-class Serving:
-    ctx: AppContext
-    dispatcher: Dispatcher
-    fulfillment: Fulfillment
-    licensing: licensing_pb2_grpc.LicensingServiceStub
-
-
-@contextlib.asynccontextmanager
-async def serving_with_dispatcher(
-    database_url: str, smtp: SmtpServer, tokens: Tokens
-) -> AsyncIterator[Serving]:
-    """A KeyturnServer with its dispatcher sending to `smtp`, the catalog put."""
-    settings = settings_for(database_url, **smtp.settings(), **FAST)
-    ctx = await build_context(settings)
-    dispatcher = build_dispatcher(ctx, settings)
-    assert dispatcher is not None
-    server = KeyturnServer(ctx, "127.0.0.1:0", dispatcher)
-    await server.start()
-    try:
-        async with grpc.aio.insecure_channel(server.address) as channel:
-            await put_catalog(
-                catalog_pb2_grpc.CatalogServiceStub(channel), tokens("catalog"), create_sku(SKU)
-            )
-            yield Serving(
-                ctx,
-                dispatcher,
-                fulfillment_pb2_grpc.FulfillmentServiceStub(channel),
-                licensing_pb2_grpc.LicensingServiceStub(channel),
-            )
-    finally:
-        await server.stop(grace=1.0)
-
-
 async def test_mail_queued_during_an_smtp_outage_goes_out_once_when_it_ends(
     database_url: str, smtp: SmtpServer, tokens: Tokens
 ) -> None:
     smtp.stop()
-    async with serving_with_dispatcher(database_url, smtp, tokens) as s:
+    async with mailing(database_url, smtp, tokens, **FAST) as s:
         responses = await fulfil_many(s.fulfillment, tokens, ORDERS)
         keys = keys_by_message(responses)
         order_ids = [r.order.order_id for r in responses]
