@@ -312,5 +312,20 @@ def test_an_invoice_line_of_api_2025_03_31_names_its_price_by_id_only() -> None:
         "type": "price_details",
         "price_details": {"price": "price_1QStandard", "product": "prod_AcmeCad"},
     }
-    with pytest.raises(UnusableEvent, match="invoice line 0"):
-        order_for_event(event("invoice.paid", body))
+    paid = event("invoice.paid", body)
+    with pytest.raises(UnusableEvent, match="set a Stripe API key"):
+        order_for_event(paid)
+    # With a price lookup (Stripe's API), the id names the SKU as the lookup key would.
+    asked: list[str] = []
+
+    def lookup(price_id: str) -> str | None:
+        asked.append(price_id)
+        return STANDARD if price_id == "price_1QStandard" else None
+
+    mapped = order_for_event(paid, lookup)
+    assert isinstance(mapped, ful.FulfillOrderRequest)
+    assert [(line.sku_id, line.quantity) for line in mapped.lines] == [(STANDARD, 2)]
+    assert asked == ["price_1QStandard"]
+    new_line["pricing"]["price_details"]["price"] = "price_1QUnknown"
+    with pytest.raises(UnusableEvent, match="price_1QUnknown has no lookup_key"):
+        order_for_event(paid, lookup)

@@ -162,7 +162,7 @@ def _connect_stripe(args: argparse.Namespace) -> int:
     import os
 
     from keyturn.client import FulfillmentClient
-    from keyturn.client.connectors.stripe_webhook import StripeWebhookServer
+    from keyturn.client.connectors.stripe_webhook import StripePriceLookup, StripeWebhookServer
 
     secret = os.environ.get("KEYTURN_STRIPE_WEBHOOK_SECRET", "")
     token = os.environ.get("KEYTURN_FULFILL_TOKEN", "")
@@ -173,9 +173,14 @@ def _connect_stripe(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+    api_key = os.environ.get("KEYTURN_STRIPE_API_KEY", "")
+    api_base = os.environ.get("KEYTURN_STRIPE_API_BASE") or None
+    prices = StripePriceLookup(api_key, api_base) if api_key else None
     host, _, port = args.listen.rpartition(":")
     with FulfillmentClient(args.target, token) as client:
-        server = StripeWebhookServer((host, int(port)), secret, client.fulfill_order, args.path)
+        server = StripeWebhookServer(
+            (host, int(port)), secret, client.fulfill_order, args.path, prices
+        )
         bound_host, bound_port = server.address
         print(f"keyturn stripe webhook on http://{bound_host}:{bound_port}{args.path}", flush=True)
         stopping = threading.Event()

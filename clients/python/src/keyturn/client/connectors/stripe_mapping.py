@@ -24,6 +24,7 @@ retries replay instead of fulfilling twice.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,19 +46,20 @@ class UnusableEvent(ValueError):
 
 Mapped = ful.FulfillOrderRequest | Ignored
 Json = dict[str, Any]
+PriceLookup = Callable[[str], "str | None"]  # price id -> its lookup key
 
 
-def order_for_event(event: Json) -> Mapped:
+def order_for_event(event: Json, prices: PriceLookup | None = None) -> Mapped:
     """The order an event calls for, or why none."""
     kind = str(event.get("type", ""))
     obj = event.get("data", {}).get("object", {})
     if kind == "invoice.paid":
-        return _invoice_paid(obj)
+        return _invoice_paid(obj, prices)
     if kind == "customer.subscription.updated":
         previous = event.get("data", {}).get("previous_attributes", {}) or {}
-        return _subscription_updated(str(event["id"]), obj, previous)
+        return _subscription_updated(str(event["id"]), obj, previous, prices)
     if kind == "customer.subscription.deleted":
-        return _subscription_deleted(str(event["id"]), obj)
+        return _subscription_deleted(str(event["id"]), obj, prices)
     if kind in ("checkout.session.completed", "checkout.session.async_payment_succeeded"):
         return _checkout_completed(str(event["id"]), obj)
     return Ignored(f"event type {kind!r} is not mapped to orders")
@@ -82,11 +84,27 @@ def _invoice_subscription(invoice: Json) -> str:
     return _id((parent.get("subscription_details") or {}).get("subscription"))
 
 
-def _lookup_key(price: Any, where: str) -> str:
+def _lookup_key(price: Any, where: str, prices: PriceLookup | None) -> str:
+    """The price's lookup key: in the event, or looked up by the price id (API versions
+    from 2025-03-31 name only the id on invoice lines)."""
     key = price.get("lookup_key") if isinstance(price, dict) else None
-    if not key:
-        raise UnusableEvent(f"{where}: the price has no lookup_key (it names the SKU)")
-    return str(key)
+    if key:
+        return str(key)
+    price_id = _id(price)
+    if price_id and prices is not None:
+        found = prices(price_id)
+        if found:
+            return found
+        raise UnusableEvent(f"{where}: price {price_id} has no lookup_key (it names the SKU)")
+    hint = "" if prices is not None else "; set a Stripe API key to look prices up"
+    raise UnusableEvent(f"{where}: the price has no lookup_key (it names the SKU){hint}")
+
+
+def _line_price(line: Json) -> Any:
+    """An invoice line's price: an object (older API versions) or an id under `pricing`."""
+    return line.get("price") or ((line.get("pricing") or {}).get("price_details") or {}).get(
+        "price"
+    )
 
 
 def _customer(obj: Json) -> ful.Customer:
@@ -105,7 +123,7 @@ def _order(order_id: str, customer: ful.Customer, lines: list[ful.OrderLine]) ->
     return ful.FulfillOrderRequest(source=SOURCE, order_id=order_id, customer=customer, lines=lines)
 
 
-def _invoice_paid(invoice: Json) -> Mapped:
+def _invoice_paid(invoice: Json, prices: PriceLookup | None) -> Mapped:
     reason = invoice.get("billing_reason")
     subscription = _invoice_subscription(invoice)
     if not subscription:
@@ -114,7 +132,7 @@ def _invoice_paid(invoice: Json) -> Mapped:
     if reason == "subscription_create":
         lines = []
         for index, item in enumerate(lines_data):
-            key = _lookup_key(item.get("price"), f"invoice line {index}")
+            key = _lookup_key(_line_price(item), f"invoice line {index}", prices)
             lines.append(
                 ful.OrderLine(
                     sku_id=key,
@@ -127,7 +145,7 @@ def _invoice_paid(invoice: Json) -> Mapped:
         return _order(str(invoice["id"]), _customer(invoice), lines)
     if reason == "subscription_cycle":
         keys = [
-            _lookup_key(item.get("price"), f"invoice line {index}")
+            _lookup_key(_line_price(item), f"invoice line {index}", prices)
             for index, item in enumerate(lines_data)
         ]
         lines = (
@@ -163,7 +181,9 @@ def _items(subscription: Json) -> list[Json]:
     return list((subscription.get("items") or {}).get("data") or [])
 
 
-def _subscription_updated(event_id: str, subscription: Json, previous: Json) -> Mapped:
+def _subscription_updated(
+    event_id: str, subscription: Json, previous: Json, prices: PriceLookup | None
+) -> Mapped:
     if "items" not in previous:
         return Ignored("no change of price or quantity")
     before = {
@@ -173,7 +193,7 @@ def _subscription_updated(event_id: str, subscription: Json, previous: Json) -> 
     ref = reference(str(subscription["id"]))
     lines: list[ful.OrderLine] = []
     for index, item in enumerate(_items(subscription)):
-        key = _lookup_key(item.get("price"), f"subscription item {index}")
+        key = _lookup_key(item.get("price"), f"subscription item {index}", prices)
         old = before.get(_id(item.get("id")) or str(index))
         if old is None:
             continue
@@ -198,11 +218,11 @@ def _subscription_updated(event_id: str, subscription: Json, previous: Json) -> 
     return _order(event_id, _customer(subscription), lines)
 
 
-def _subscription_deleted(event_id: str, subscription: Json) -> Mapped:
+def _subscription_deleted(event_id: str, subscription: Json, prices: PriceLookup | None) -> Mapped:
     items = _items(subscription)
     if not items:
         raise UnusableEvent("the deleted subscription has no items")
-    key = _lookup_key(items[0].get("price"), "subscription item 0")
+    key = _lookup_key(items[0].get("price"), "subscription item 0", prices)
     line = ful.OrderLine(
         sku_id=f"{key}:cancel", quantity=1, external_reference=reference(str(subscription["id"]))
     )

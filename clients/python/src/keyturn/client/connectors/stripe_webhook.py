@@ -28,7 +28,7 @@ import stripe
 from keyturn.fulfillment.v1 import fulfillment_pb2 as ful
 
 from ..errors import KeyturnError
-from .stripe_mapping import Ignored, UnusableEvent, order_for_event
+from .stripe_mapping import Ignored, PriceLookup, UnusableEvent, order_for_event
 
 log = logging.getLogger("keyturn.connect.stripe")
 MAX_BODY = 1 << 20
@@ -38,13 +38,51 @@ RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
 Fulfil = Callable[[ful.FulfillOrderRequest], ful.FulfillOrderResponse]
 
 
+class PriceLookupUnavailable(Exception):
+    """Stripe's API could not be asked for a price now; Stripe will deliver again."""
+
+
+class StripePriceLookup:
+    """Price id -> lookup key through Stripe's API (a restricted key that reads prices
+    is enough), remembered for the life of the process."""
+
+    def __init__(self, api_key: str, api_base: str | None = None) -> None:
+        addresses: Any = {"api": api_base} if api_base else None
+        self._client = stripe.StripeClient(api_key, base_addresses=addresses)
+        self._known: dict[str, str | None] = {}
+        self._lock = threading.Lock()
+
+    def __call__(self, price_id: str) -> str | None:
+        with self._lock:
+            if price_id in self._known:
+                return self._known[price_id]
+        try:
+            price = self._client.v1.prices.retrieve(price_id)
+        except stripe.InvalidRequestError as exc:
+            if exc.http_status == 404:
+                return None  # not a price of this account: the order is refused (422)
+            raise PriceLookupUnavailable(str(exc)) from exc
+        except stripe.StripeError as exc:
+            raise PriceLookupUnavailable(str(exc)) from exc
+        key = price.lookup_key or None
+        with self._lock:
+            self._known[price_id] = key
+        return key
+
+
 @dataclass(frozen=True)
 class Outcome:
     status: HTTPStatus
     body: dict[str, Any]
 
 
-def handle_webhook(payload: bytes, signature: str | None, secret: str, fulfil: Fulfil) -> Outcome:
+def handle_webhook(
+    payload: bytes,
+    signature: str | None,
+    secret: str,
+    fulfil: Fulfil,
+    prices: PriceLookup | None = None,
+) -> Outcome:
     """One delivery of a webhook: what to answer Stripe."""
     try:
         stripe.WebhookSignature.verify_header(
@@ -57,7 +95,10 @@ def handle_webhook(payload: bytes, signature: str | None, secret: str, fulfil: F
         return Outcome(HTTPStatus.BAD_REQUEST, {"error": "the payload is not a JSON object"})
     event_id = str(event.get("id", ""))
     try:
-        mapped = order_for_event(event)
+        mapped = order_for_event(event, prices)
+    except PriceLookupUnavailable as exc:
+        log.warning("stripe event %s: price lookup failed, Stripe will retry: %s", event_id, exc)
+        return Outcome(HTTPStatus.SERVICE_UNAVAILABLE, {"event": event_id, "error": str(exc)})
     except (UnusableEvent, KeyError, TypeError, ValueError) as exc:
         log.error("stripe event %s cannot become an order: %s", event_id, exc)
         return Outcome(HTTPStatus.UNPROCESSABLE_ENTITY, {"event": event_id, "error": str(exc)})
@@ -89,11 +130,16 @@ class StripeWebhookServer:
     """A small threaded HTTP server with one route: POST {path}."""
 
     def __init__(
-        self, listen: tuple[str, int], secret: str, fulfil: Fulfil, path: str = "/stripe/webhook"
+        self,
+        listen: tuple[str, int],
+        secret: str,
+        fulfil: Fulfil,
+        path: str = "/stripe/webhook",
+        prices: PriceLookup | None = None,
     ) -> None:
         if not secret:
             raise ValueError("a Stripe webhook signing secret (whsec_...) is required")
-        handler = _handler(secret, fulfil, path)
+        handler = _handler(secret, fulfil, path, prices)
         self._http = ThreadingHTTPServer(listen, handler)
         self._thread: threading.Thread | None = None
 
@@ -116,7 +162,9 @@ class StripeWebhookServer:
             self._thread.join()
 
 
-def _handler(secret: str, fulfil: Fulfil, path: str) -> type[BaseHTTPRequestHandler]:
+def _handler(
+    secret: str, fulfil: Fulfil, path: str, prices: PriceLookup | None
+) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self) -> None:
             if self.path.split("?")[0] != path:
@@ -131,7 +179,8 @@ def _handler(secret: str, fulfil: Fulfil, path: str) -> type[BaseHTTPRequestHand
                 self._answer(Outcome(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, {"error": "too large"}))
                 return
             payload = self.rfile.read(length)
-            outcome = handle_webhook(payload, self.headers.get("Stripe-Signature"), secret, fulfil)
+            signature = self.headers.get("Stripe-Signature")
+            outcome = handle_webhook(payload, signature, secret, fulfil, prices)
             self._answer(outcome)
 
         def _answer(self, outcome: Outcome) -> None:
