@@ -9,11 +9,12 @@ import logging
 import signal
 import sys
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 from pydantic import ValidationError
 
+from .app.context import AppContext
 from .bootstrap import build_context, build_dispatcher, migrate
 from .config import Settings
 from .domain.errors import DomainError
@@ -29,6 +30,25 @@ def _settings(args: argparse.Namespace) -> Settings:
     return Settings(**overrides)
 
 
+def _stop_on_signal() -> asyncio.Event:
+    """Set by SIGTERM or SIGINT: how long-running commands learn to stop."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    return stop
+
+
+@contextlib.asynccontextmanager
+async def _opened(settings: Settings) -> AsyncIterator[AppContext]:
+    """The application context of one command; its database is closed at the end."""
+    ctx = await build_context(settings)
+    try:
+        yield ctx
+    finally:
+        await ctx.store.close()
+
+
 async def _serve(args: argparse.Namespace) -> int:
     from .api.server import KeyturnServer
 
@@ -41,10 +61,7 @@ async def _serve(args: argparse.Namespace) -> int:
             "KEYTURN_DISPATCH_IN_SERVER=false): credential emails stay queued"
         )
     server = KeyturnServer(ctx, settings.listen, dispatcher)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+    stop = _stop_on_signal()
     await server.start()
     # One parseable line, so that scripts and tests can learn a port chosen with :0.
     print(f"keyturn listening on {server.address}", flush=True)
@@ -62,20 +79,16 @@ async def _dispatch(args: argparse.Namespace) -> int:
     if not settings.smtp_host:
         print("keyturn: KEYTURN_SMTP_HOST is not set: nothing to dispatch to", file=sys.stderr)
         return 2
-    ctx = await build_context(settings)
-    dispatcher = build_dispatcher(ctx, settings)
-    assert dispatcher is not None
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    running = asyncio.create_task(dispatcher.run())
-    print(f"keyturn dispatching to {settings.smtp_host}:{settings.smtp_port}", flush=True)
-    await stop.wait()
-    running.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await running
-    await ctx.store.close()
+    async with _opened(settings) as ctx:
+        dispatcher = build_dispatcher(ctx, settings)
+        assert dispatcher is not None
+        stop = _stop_on_signal()
+        running = asyncio.create_task(dispatcher.run())
+        print(f"keyturn dispatching to {settings.smtp_host}:{settings.smtp_port}", flush=True)
+        await stop.wait()
+        running.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await running
     return 0
 
 
@@ -89,11 +102,8 @@ async def _migrate(args: argparse.Namespace) -> int:
 async def _catalog_apply(args: argparse.Namespace) -> int:
     from .catalog_file import apply_catalog_file
 
-    ctx = await build_context(_settings(args))
-    try:
+    async with _opened(_settings(args)) as ctx:
         applied = await apply_catalog_file(ctx, Path(args.file))
-    finally:
-        await ctx.store.close()
     print(f"applied {len(applied.products)} products and {len(applied.skus)} SKUs")
     return 0
 
@@ -101,11 +111,8 @@ async def _catalog_apply(args: argparse.Namespace) -> int:
 async def _tokens_create(args: argparse.Namespace) -> int:
     from .app.tokens import create_token
 
-    ctx = await build_context(_settings(args))
-    try:
+    async with _opened(_settings(args)) as ctx:
         token, secret = await create_token(ctx, set(args.scope), args.description)
-    finally:
-        await ctx.store.close()
     print(secret)
     print(f"token {token.token_id} scopes={','.join(sorted(token.scopes))}", file=sys.stderr)
     return 0
@@ -114,11 +121,8 @@ async def _tokens_create(args: argparse.Namespace) -> int:
 async def _tokens_revoke(args: argparse.Namespace) -> int:
     from .app.tokens import revoke_token
 
-    ctx = await build_context(_settings(args))
-    try:
+    async with _opened(_settings(args)) as ctx:
         revoked = await revoke_token(ctx, args.token_id)
-    finally:
-        await ctx.store.close()
     print("revoked" if revoked else "no such active token")
     return 0 if revoked else 1
 
@@ -126,11 +130,8 @@ async def _tokens_revoke(args: argparse.Namespace) -> int:
 async def _keys_rotate(args: argparse.Namespace) -> int:
     from .leases.keyring import rotate_signing_key
 
-    ctx = await build_context(_settings(args))
-    try:
+    async with _opened(_settings(args)) as ctx:
         rotation = await rotate_signing_key(ctx.store, ctx.sealer, ctx.clock.now())
-    finally:
-        await ctx.store.close()
     print(f"new signing key {rotation.new_kid}")
     for kid in rotation.retired:
         print(f"key {kid} stops signing now and retires at {rotation.retire_time.isoformat()}")
@@ -138,13 +139,9 @@ async def _keys_rotate(args: argparse.Namespace) -> int:
 
 
 async def _keys_list(args: argparse.Namespace) -> int:
-    ctx = await build_context(_settings(args))
-    try:
-        async with ctx.store.read() as tx:
-            keys = await tx.signing_keys.list_all()
-            signing = await tx.signing_keys.signing_kid()
-    finally:
-        await ctx.store.close()
+    async with _opened(_settings(args)) as ctx, ctx.store.read() as tx:
+        keys = await tx.signing_keys.list_all()
+        signing = await tx.signing_keys.signing_kid()
     now = ctx.clock.now()
     for key in keys:
         if key.kid == signing:

@@ -205,7 +205,7 @@ async def _assign_named_users(
         codes[user.user_id] = code
         if entitlement.dispatch is Dispatch.INVITATION:
             await queue_message(
-                tx, MessageKind.INVITATION, entitlement_id, email, order, now, user.user_id
+                tx, MessageKind.INVITATION, entitlement_id, email, order.key, now, user.user_id
             )
 
 
@@ -214,12 +214,13 @@ async def queue_message(
     kind: MessageKind,
     entitlement_id: str,
     to_email: str,
-    order: OrderRequest | tuple[str, str],
+    origin: tuple[str, str],
     now: datetime,
     user_id: str | None = None,
 ) -> OutboundMessage:
-    """Write an email to the outbox, in the transaction of the change it announces."""
-    source, order_id = (order.source, order.order_id) if isinstance(order, OrderRequest) else order
+    """Write an email to the outbox, in the transaction of the change it announces.
+    `origin` is the order (source, id) whose GetOrder shows it."""
+    source, order_id = origin
     message = OutboundMessage(
         message_id=new_id("msg", now),
         kind=kind,
@@ -331,7 +332,7 @@ async def _create(
             MessageKind.LICENSE_KEY,
             entitlement.entitlement_id,
             order.delivery_email,
-            order,
+            order.key,
             now,
         )
     return entitlement, license_key

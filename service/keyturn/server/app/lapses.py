@@ -9,14 +9,37 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from datetime import datetime
 
+from keyturn.server.domain.entitlement import Entitlement
 from keyturn.server.domain.events import EventType
+from keyturn.server.store.unit_of_work import Transaction
 
 from .context import AppContext
 from .views import new_event
 
 log = logging.getLogger("keyturn.lapses")
 SWEEP_BATCH = 100
+
+
+async def record_lapses(
+    tx: Transaction,
+    entitlement: Entitlement,
+    lapsed: tuple[str, ...],
+    now: datetime,
+    seats_in_use: int,
+) -> None:
+    """A LEASE_LAPSED event for each activation whose lapse was just noticed."""
+    for activation_id in lapsed:
+        await tx.events.append(
+            new_event(
+                EventType.LEASE_LAPSED,
+                entitlement,
+                now,
+                seats_in_use,
+                activation_id=activation_id,
+            )
+        )
 
 
 async def sweep_lapses(ctx: AppContext) -> int:
@@ -36,16 +59,7 @@ async def sweep_lapses(ctx: AppContext) -> int:
                     continue
                 lapsed = await tx.activations.note_lapses(entitlement, now, ctx.lapse_grace)
                 in_use = await tx.activations.count_live(entitlement, now, ctx.lapse_grace)
-                for activation_id in lapsed:
-                    await tx.events.append(
-                        new_event(
-                            EventType.LEASE_LAPSED,
-                            entitlement,
-                            now,
-                            in_use,
-                            activation_id=activation_id,
-                        )
-                    )
+                await record_lapses(tx, entitlement, lapsed, now, in_use)
             recorded += len(lapsed)
 
 

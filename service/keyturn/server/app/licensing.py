@@ -18,6 +18,7 @@ from keyturn.server.domain.validation import check_slug
 from keyturn.server.leases.keyring import SigningKey
 from keyturn.server.leases.tokens import (
     IdentityClaims,
+    LeaseIdentity,
     NamedUserRef,
     issue_identity,
     issue_lease,
@@ -29,6 +30,7 @@ from keyturn.server.store.activation_repository import SeatClaim, SeatOutcome, S
 from keyturn.server.store.unit_of_work import Transaction
 
 from .context import AppContext
+from .lapses import record_lapses
 from .views import new_event
 
 FINGERPRINT = re.compile(r"^[\x21-\x7e]{8,256}$")
@@ -151,16 +153,7 @@ async def _record_claim(tx: Transaction, result: SeatResult, now: datetime) -> N
     """Lapses noticed by this claim, then the seat taken, if one was."""
     took_seat = result.outcome is not SeatOutcome.KEPT
     before_grant = result.seats_in_use - 1 if took_seat else result.seats_in_use
-    for activation_id in result.lapsed:
-        await tx.events.append(
-            new_event(
-                EventType.LEASE_LAPSED,
-                result.entitlement,
-                now,
-                before_grant,
-                activation_id=activation_id,
-            )
-        )
+    await record_lapses(tx, result.entitlement, result.lapsed, now, before_grant)
     if took_seat:
         await tx.events.append(
             new_event(
@@ -228,14 +221,15 @@ async def activate_seat(
     return await _grant(ctx, result, holder.user, kid, now)
 
 
-def _require_lease_token(lease_token: str) -> None:
+async def _presented_lease(ctx: AppContext, lease_token: str) -> LeaseIdentity:
+    """The lease a caller presents, its signature checked against the key it names."""
     if not lease_token:
         raise_if_invalid([FieldViolation("lease_token", "a lease token is required")])
+    return read_lease(await ctx.keys.find(unverified_kid(lease_token)), ctx.issuer, lease_token)
 
 
 async def renew_lease(ctx: AppContext, lease_token: str) -> LeaseGrant:
-    _require_lease_token(lease_token)
-    lease = read_lease(await ctx.keys.find(unverified_kid(lease_token)), ctx.issuer, lease_token)
+    lease = await _presented_lease(ctx, lease_token)
     now = ctx.clock.now()
     async with ctx.store.write() as tx:
         result = await tx.activations.claim_seat(
@@ -260,8 +254,7 @@ async def renew_lease(ctx: AppContext, lease_token: str) -> LeaseGrant:
 
 async def release_seat(ctx: AppContext, lease_token: str) -> None:
     """Give the seat back. Releasing again with the same token succeeds quietly."""
-    _require_lease_token(lease_token)
-    lease = read_lease(await ctx.keys.find(unverified_kid(lease_token)), ctx.issuer, lease_token)
+    lease = await _presented_lease(ctx, lease_token)
     now = ctx.clock.now()
     async with ctx.store.write() as tx:
         before = await tx.activations.release(lease.activation_id, lease.jti, now)

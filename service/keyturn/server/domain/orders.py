@@ -39,6 +39,11 @@ class OrderRequest:
     lines: tuple[OrderLine, ...]
 
     @property
+    def key(self) -> tuple[str, str]:
+        """The idempotency key: the order's source and its id there."""
+        return self.source, self.order_id
+
+    @property
     def delivery_email(self) -> str:
         return self.ship_to_email or self.customer.email
 

@@ -8,23 +8,15 @@ the message over.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
-from sqlalchemy import case, func, insert, or_, select, update
+from sqlalchemy import case, func, insert, or_, select, type_coerce, update
 from sqlalchemy.engine import RowMapping
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from keyturn.server.domain.messages import MessageKind, MessageState, OutboundMessage
 
-from .tables import outbox
-
-
-def _aware(value: datetime | str | None) -> datetime | None:
-    """An aggregate's result: SQLite gives text, without the column type's conversion."""
-    if value is None or isinstance(value, datetime):
-        return value if value is None or value.tzinfo else value.replace(tzinfo=UTC)
-    parsed = datetime.fromisoformat(value)
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+from .tables import UtcDateTime, outbox
 
 
 def _message(row: RowMapping) -> OutboundMessage:
@@ -107,9 +99,10 @@ class OutboxRepository:
             (outbox.c.claimed_until > outbox.c.next_attempt_time, outbox.c.claimed_until),
             else_=outbox.c.next_attempt_time,
         )
-        query = select(func.min(free_at)).where(outbox.c.state == MessageState.QUEUED.value)
-        value = (await self._db.execute(query)).scalar_one_or_none()
-        return _aware(value)
+        # Typed as the column, so SQLite's text comes back as an aware datetime too.
+        earliest = type_coerce(func.min(free_at), UtcDateTime)
+        query = select(earliest).where(outbox.c.state == MessageState.QUEUED.value)
+        return (await self._db.execute(query)).scalar_one_or_none()
 
     async def settle(
         self,
