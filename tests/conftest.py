@@ -75,6 +75,14 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
     run_in_own_loop(drop_database(admin, name))
 
 
+@pytest.fixture
+def postgres_url(pg_admin: str, pg_template: str) -> Iterator[str]:
+    """A migrated, empty PostgreSQL database of its own, for tests of PostgreSQL only."""
+    name = f"keyturn_test_{uuid.uuid4().hex[:12]}"
+    yield run_in_own_loop(create_database(pg_admin, name, template=pg_template))
+    run_in_own_loop(drop_database(pg_admin, name))
+
+
 def settings_for(database_url: str, **overrides: object) -> Settings:
     values: dict[str, object] = {
         "database_url": database_url,

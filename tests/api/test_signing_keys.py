@@ -29,6 +29,7 @@ from keyturn.licensing.v1 import licensing_pb2 as lic
 from keyturn.licensing.v1 import licensing_pb2_grpc
 from keyturn.server.app.context import AppContext
 from keyturn.server.bootstrap import build_context
+from keyturn.server.config import Settings
 from keyturn.server.domain.ids import new_id
 from keyturn.server.leases.keyring import Rotation, rotate_signing_key
 
@@ -63,6 +64,9 @@ async def published(stub: Licensing) -> tuple[list[str], jwt.PyJWKSet]:
     return kids, jwt.PyJWKSet.from_dict(document)
 
 
+REFRESH_SECONDS = Settings.model_fields["signing_key_refresh_seconds"].default
+
+
 def kid_of(token: str) -> str:
     kid = jwt.get_unverified_header(token)["kid"]
     assert isinstance(kid, str)
@@ -79,7 +83,7 @@ def verify(token: str, keys: jwt.PyJWKSet) -> dict[str, Any]:
 
 async def rotate(ctx: AppContext) -> tuple[datetime, Rotation]:
     now = ctx.clock.now()
-    return now, await rotate_signing_key(ctx.store, ctx.sealer, now)
+    return now, await ctx.keys.rotate(now)
 
 
 async def test_lease_signed_before_a_rotation_still_verifies_and_new_leases_use_the_new_key(
@@ -278,10 +282,23 @@ async def test_server_refuses_leases_of_unknown_keys_alg_none_and_hs256_with_the
     assert renewed_claims["jti"] != claims["jti"]
 
 
-async def test_rotation_by_another_process_is_used_at_the_next_activation(
+class StoppedClock:
+    """A monotonic clock that moves only when told to."""
+
+    def __init__(self) -> None:
+        self.value = 1000.0
+
+    def __call__(self) -> float:
+        return self.value
+
+
+async def test_rotation_by_another_process_signs_here_within_the_refresh_time(
     licensing_stub: Licensing, license_of, app: AppContext, database_url: str
 ) -> None:  # type: ignore[no-untyped-def]
-    entitlement = await license_of(seats=2)
+    monotonic = StoppedClock()
+    app.keys.monotonic = monotonic
+    app.keys.forget_signing()
+    entitlement = await license_of(seats=3)
     first = await licensing_stub.ActivateSeat(activation(entitlement.license_key, "device-0001"))
     old_kid = kid_of(first.lease.token)
 
@@ -297,9 +314,18 @@ async def test_rotation_by_another_process_is_used_at_the_next_activation(
     kids, keys = await published(licensing_stub)
     assert kids == [rotation.new_kid, old_kid]
 
+    # Within the refresh time the key held in memory still signs, and its leases verify
+    # against the published keys (the old key stays published past every such lease).
+    monotonic.value += REFRESH_SECONDS - 0.001
     second = await licensing_stub.ActivateSeat(activation(entitlement.license_key, "device-0002"))
-    assert kid_of(second.lease.token) == rotation.new_kid
+    assert kid_of(second.lease.token) == old_kid
     assert verify(second.lease.token, keys)["sub"] == second.activation_id
+
+    # Once the refresh time has passed, the next activation looks again and signs with it.
+    monotonic.value += 0.001
+    third = await licensing_stub.ActivateSeat(activation(entitlement.license_key, "device-0003"))
+    assert kid_of(third.lease.token) == rotation.new_kid
+    assert verify(third.lease.token, keys)["sub"] == third.activation_id
     assert verify(first.lease.token, keys)["sub"] == first.activation_id
 
 

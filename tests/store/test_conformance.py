@@ -17,6 +17,7 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import StatementError
 
 from keyturn.server.app.context import AppContext
+from keyturn.server.bootstrap import seat_store
 from keyturn.server.domain.catalog import (
     AddFeatures,
     AddSeats,
@@ -38,10 +39,18 @@ from keyturn.server.domain.entitlement import Customer, Entitlement
 from keyturn.server.domain.errors import DomainError, Reason
 from keyturn.server.domain.license_key import generate_license_key
 from keyturn.server.domain.orders import LineResult, OrderLine, OrderRequest
-from keyturn.server.store.activation_repository import SeatClaim, SeatOutcome, SeatResult
+from keyturn.server.domain.seats import Activation, SeatOutcome
 from keyturn.server.store.entitlement_repository import StoredKey
 from keyturn.server.store.event_repository import NewEvent
 from keyturn.server.store.order_repository import StoredOrder
+from keyturn.server.store.seats import (
+    ActivationClaim,
+    LeaseRef,
+    Release,
+    RenewalClaim,
+    SeatResult,
+    SeatStore,
+)
 from keyturn.server.store.signing_key_repository import StoredSigningKey
 from keyturn.server.store.tables import activations, events
 from keyturn.server.store.token_repository import ApiToken
@@ -155,6 +164,23 @@ async def get_entitlement(store: Store, entitlement_id: str) -> Entitlement | No
         return await tx.entitlements.get(entitlement_id)
 
 
+class FixedClock:
+    def __init__(self, now: datetime) -> None:
+        self._now = now
+
+    def now(self) -> datetime:
+        return self._now
+
+
+def seats_at(store: Store, now: datetime) -> SeatStore:
+    """The backend's seat store, deciding at `now`."""
+    return seat_store(store, FixedClock(now), LAPSE_GRACE)
+
+
+def no_events(*_: object) -> list[NewEvent]:
+    return []
+
+
 async def claim(
     store: Store,
     fingerprint: str,
@@ -166,20 +192,32 @@ async def claim(
 ) -> SeatResult:
     """One seat claim in a transaction of its own, as ActivateSeat or RenewLease does it."""
     suffix = uuid.uuid4().hex
-    async with store.write() as tx:
-        return await tx.activations.claim_seat(
-            SeatClaim(
-                entitlement_id=entitlement_id,
-                fingerprint=fingerprint,
-                label=label,
-                now=now,
-                lapse_grace=LAPSE_GRACE,
-                new_activation_id=f"act_{suffix}",
-                new_jti=f"jti_{suffix}",
-                renew_activation_id=renew[0] if renew else None,
-                renew_jti=renew[1] if renew else None,
-            )
+    seats = seats_at(store, now)
+    if renew is not None:
+        return await seats.renew(
+            RenewalClaim(entitlement_id, renew[0], renew[1], f"jti_{suffix}"), no_events
         )
+    return await seats.activate(
+        ActivationClaim(
+            product_id="acme-cad",
+            fingerprint=fingerprint,
+            label=label,
+            new_activation_id=f"act_{suffix}",
+            new_jti=f"jti_{suffix}",
+            entitlement_id=entitlement_id,
+        ),
+        no_events,
+    )
+
+
+async def release(
+    store: Store, held: tuple[str, str], now: datetime, entitlement_id: str = "ent_1"
+) -> Release:
+    return await seats_at(store, now).release(LeaseRef(entitlement_id, *held), no_events)
+
+
+def held_by(activation: Activation) -> tuple[str, str]:
+    return activation.activation_id, activation.lease_jti
 
 
 async def refused(
@@ -563,7 +601,7 @@ async def test_events_get_increasing_sequence_numbers(store: Store) -> None:
     assert rows[2]["activation_id"] == "act_1"
 
 
-# --- seats: claim_seat ------------------------------------------------------
+# --- seats: activate and renew------------------------------------------------
 
 
 async def test_seats_are_granted_up_to_the_count(store: Store) -> None:
@@ -611,11 +649,8 @@ async def test_a_new_label_replaces_the_old_one(store: Store) -> None:
 async def test_a_released_seat_can_be_granted_again(store: Store) -> None:
     await add_entitlements(store, entitlement(seats=1))
     first = await claim(store, "device-a")
-    async with store.write() as tx:
-        released = await tx.activations.release(
-            first.activation.activation_id, first.activation.lease_jti, NOW + US
-        )
-    assert released is not None
+    released = await release(store, held_by(first.activation), NOW + US)
+    assert released.released_now
     assert await live_seats(store, NOW + US) == 0
     other = await claim(store, "device-b", NOW + 2 * US)
     assert other.outcome is SeatOutcome.GRANTED
@@ -625,10 +660,7 @@ async def test_a_released_seat_can_be_granted_again(store: Store) -> None:
 async def test_a_released_fingerprint_comes_back_on_its_own_activation(store: Store) -> None:
     await add_entitlements(store, entitlement(seats=1, model=LicenseModel.NODE_LOCKED))
     first = await claim(store, "device-a")
-    async with store.write() as tx:
-        await tx.activations.release(
-            first.activation.activation_id, first.activation.lease_jti, NOW
-        )
+    await release(store, held_by(first.activation), NOW)
     back = await claim(store, "device-a", NOW + timedelta(seconds=1))
     assert back.outcome is SeatOutcome.GRANTED
     assert back.activation.activation_id == first.activation.activation_id
@@ -709,8 +741,7 @@ async def test_renewal_of_a_released_lease_is_superseded(store: Store) -> None:
     await add_entitlements(store, entitlement(seats=1))
     first = await claim(store, "device-a")
     held = (first.activation.activation_id, first.activation.lease_jti)
-    async with store.write() as tx:
-        await tx.activations.release(*held, NOW)
+    await release(store, held, NOW)
     assert (await refused(store, "device-a", renew=held)).reason is Reason.LEASE_SUPERSEDED
     assert await live_seats(store, NOW) == 0
 
@@ -813,13 +844,11 @@ async def test_release_is_idempotent(store: Store) -> None:
     await add_entitlements(store, entitlement(seats=1))
     first = await claim(store, "device-a")
     held = (first.activation.activation_id, first.activation.lease_jti)
-    async with store.write() as tx:
-        once = await tx.activations.release(*held, NOW + timedelta(seconds=1))
-    async with store.write() as tx:
-        twice = await tx.activations.release(*held, NOW + timedelta(seconds=2))
-    assert once is not None
-    assert twice is not None
-    assert once.activation_id == twice.activation_id == first.activation.activation_id
+    once = await release(store, held, NOW + timedelta(seconds=1))
+    twice = await release(store, held, NOW + timedelta(seconds=2))
+    assert once.released_now
+    assert not twice.released_now
+    assert once.seats_in_use == twice.seats_in_use == 0
     async with store.read() as tx:
         stored = await tx.activations.get(first.activation.activation_id)
     assert stored is not None
@@ -831,13 +860,10 @@ async def test_release_with_a_stale_lease_changes_nothing(store: Store) -> None:
     await add_entitlements(store, entitlement(seats=1))
     first = await claim(store, "device-a")
     renewed = await claim(store, "device-a", NOW + timedelta(minutes=1))
-    async with store.write() as tx:
-        stale = await tx.activations.release(
-            first.activation.activation_id, first.activation.lease_jti, NOW
-        )
-        unknown = await tx.activations.release("act-unknown", "jti", NOW)
-    assert stale is None
-    assert unknown is None
+    for stale in (held_by(first.activation), ("act-unknown", "jti")):
+        with pytest.raises(DomainError) as caught:
+            await release(store, stale, NOW)
+        assert caught.value.reason is Reason.LEASE_SUPERSEDED
     assert renewed.activation.lease_jti != first.activation.lease_jti
     assert await live_seats(store, NOW + timedelta(minutes=1)) == 1
 
@@ -1034,8 +1060,10 @@ async def test_a_domain_error_inside_a_write_rolls_back_everything(store: Store)
             await tx.events.append(NewEvent("ent_1", "created", NOW, {}))
             await tx.tokens.add(ApiToken("tok_1", frozenset({"read"}), "", NOW), "h" * 64)
             await tx.signing_keys.add(StoredSigningKey("kid-x", b"s", "p", NOW))
-            await tx.activations.claim_seat(
-                SeatClaim("ent_0", "device-a", "", NOW, LAPSE_GRACE, "act_1", "jti_1")
+            await tx.activations.add(
+                Activation(
+                    "act_1", "ent_0", "device-a", "", "jti_1", NOW + LEASE, NOW, seat_time=NOW
+                )
             )
             raise failure
 
@@ -1062,17 +1090,15 @@ async def test_a_refused_seat_rolls_back_the_rest_of_its_transaction(store: Stor
     await add_entitlements(store, entitlement(seats=1))
     await claim(store, "device-a")
 
-    async def event_then_claim() -> None:
-        async with store.write() as tx:
-            await tx.events.append(NewEvent("ent_1", "activated", NOW, {}))
-            await tx.activations.claim_seat(
-                SeatClaim("ent_1", "device-b", "", NOW, LAPSE_GRACE, "act_b", "jti_b")
-            )
-
+    before = await count_rows(store, activations)
+    claim_b = ActivationClaim("acme-cad", "device-b", "", "act_b", "jti_b", entitlement_id="ent_1")
     with pytest.raises(DomainError) as caught:
-        await event_then_claim()
+        await seats_at(store, NOW).activate(
+            claim_b, lambda _: [NewEvent("ent_1", "seat_activated", NOW, {})]
+        )
     assert caught.value.reason is Reason.SEATS_EXHAUSTED
     assert await count_rows(store, events) == 0
+    assert await count_rows(store, activations) == before
 
 
 async def test_committed_writes_are_visible_to_later_transactions(store: Store) -> None:
@@ -1106,13 +1132,7 @@ async def test_concurrent_claims_never_oversell(store: Store) -> None:
 async def test_concurrent_claims_of_one_device_share_one_seat(store: Store) -> None:
     await add_entitlements(store, entitlement(seats=2))
 
-    async def attempt(i: int) -> SeatResult:
-        async with store.write() as tx:
-            return await tx.activations.claim_seat(
-                SeatClaim("ent_1", "device-a", "", NOW, LAPSE_GRACE, f"act_{i}", f"jti_{i}")
-            )
-
-    results = await asyncio.gather(*(attempt(i) for i in range(10)))
+    results = await asyncio.gather(*(claim(store, "device-a", label="") for _ in range(10)))
     outcomes = [r.outcome for r in results]
     assert outcomes.count(SeatOutcome.GRANTED) == 1
     assert outcomes.count(SeatOutcome.KEPT) == 9

@@ -17,6 +17,9 @@ from .dispatch.smtp import SmtpSender, SmtpSettings
 from .leases.keyring import SigningKeys, load_keyring
 from .sealing import Sealer, SecretError, load_or_create_secret_file
 from .store.migrate import upgrade
+from .store.pg_seats import PgSeats
+from .store.seats import SeatStore
+from .store.sql_seats import SqlSeats
 from .store.unit_of_work import Store
 
 
@@ -51,6 +54,13 @@ async def migrate(settings: Settings) -> None:
     await asyncio.to_thread(upgrade, settings.database_url)
 
 
+def seat_store(store: Store, clock: Clock, lapse_grace: timedelta) -> SeatStore:
+    """asyncpg on PostgreSQL (the hot path, few round trips); SQLAlchemy on SQLite."""
+    if store.dialect == "postgresql":
+        return PgSeats(store, clock, lapse_grace)
+    return SqlSeats(store, clock, lapse_grace)
+
+
 async def build_context(settings: Settings, clock: Clock | None = None) -> AppContext:
     """Open the database (migrating it when allowed), unseal the signing keys."""
     clock = clock or SystemClock(timedelta(seconds=settings.clock_offset_seconds))
@@ -63,13 +73,15 @@ async def build_context(settings: Settings, clock: Clock | None = None) -> AppCo
     except BaseException:
         await store.close()
         raise
+    lapse_grace = timedelta(seconds=settings.lapse_grace_seconds)
     return AppContext(
         store=store,
         sealer=sealer,
-        keys=SigningKeys(store, sealer, keyring),
+        keys=SigningKeys(store, sealer, keyring, settings.signing_key_refresh_seconds),
         clock=clock,
+        seats=seat_store(store, clock, lapse_grace),
         issuer=settings.issuer,
-        lapse_grace=timedelta(seconds=settings.lapse_grace_seconds),
+        lapse_grace=lapse_grace,
         watch_poll_seconds=settings.watch_poll_seconds,
         lapse_sweep_seconds=settings.lapse_sweep_seconds,
     )

@@ -335,6 +335,14 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _loop_factory(settings: Settings) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    if settings.event_loop == "uvloop":
+        import uvloop
+
+        return uvloop.new_event_loop
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
@@ -352,7 +360,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if getattr(args, "sync", False):
             return run(args)  # type: ignore[return-value]
-        return asyncio.run(run(args))  # type: ignore[arg-type]
+        with asyncio.Runner(loop_factory=_loop_factory(settings)) as runner:
+            return runner.run(run(args))  # type: ignore[arg-type]
     except (SecretError, DomainError, OSError) as exc:
         print(f"keyturn: {exc}", file=sys.stderr)
         return 1

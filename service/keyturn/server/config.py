@@ -42,12 +42,23 @@ class Settings(BaseSettings):
         0.0, description="Shift the server clock (testing of expiry and lapse only)"
     )
     log_level: str = Field("INFO", description="Python logging level")
+    event_loop: Literal["uvloop", "asyncio"] = Field(
+        "uvloop", description="The event loop of the server's commands (uvloop: libuv's)"
+    )
     watch_poll_seconds: float = Field(
         0.5,
         gt=0,
         le=10,
         description="How often a change stream looks for events written by other replicas "
         "(those of this process arrive at once)",
+    )
+
+    signing_key_refresh_seconds: float = Field(
+        10.0,
+        ge=0,
+        lt=300,
+        description="How often a process looks up which key signs: a rotation by any process "
+        "(keyturn keys rotate) signs everywhere within this time",
     )
 
     lapse_sweep_seconds: float = Field(

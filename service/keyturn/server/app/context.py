@@ -9,6 +9,7 @@ from datetime import timedelta
 from keyturn.server.clock import Clock
 from keyturn.server.leases.keyring import SigningKeys
 from keyturn.server.sealing import Sealer
+from keyturn.server.store.seats import SeatStore
 from keyturn.server.store.unit_of_work import Store
 
 
@@ -18,6 +19,7 @@ class AppContext:
     sealer: Sealer
     keys: SigningKeys
     clock: Clock
+    seats: SeatStore
     issuer: str = "keyturn"
     lapse_grace: timedelta = timedelta(seconds=30)
     watch_poll_seconds: float = 0.5

@@ -13,7 +13,7 @@ from datetime import datetime
 
 from keyturn.server.domain.entitlement import Entitlement
 from keyturn.server.domain.events import EventType
-from keyturn.server.store.unit_of_work import Transaction
+from keyturn.server.store.event_repository import NewEvent
 
 from .context import AppContext
 from .views import new_event
@@ -22,24 +22,16 @@ log = logging.getLogger("keyturn.lapses")
 SWEEP_BATCH = 100
 
 
-async def record_lapses(
-    tx: Transaction,
-    entitlement: Entitlement,
-    lapsed: tuple[str, ...],
-    now: datetime,
-    seats_in_use: int,
-) -> None:
+def lapse_events(
+    entitlement: Entitlement, lapsed: tuple[str, ...], now: datetime, seats_in_use: int
+) -> list[NewEvent]:
     """A LEASE_LAPSED event for each activation whose lapse was just noticed."""
-    for activation_id in lapsed:
-        await tx.events.append(
-            new_event(
-                EventType.LEASE_LAPSED,
-                entitlement,
-                now,
-                seats_in_use,
-                activation_id=activation_id,
-            )
+    return [
+        new_event(
+            EventType.LEASE_LAPSED, entitlement, now, seats_in_use, activation_id=activation_id
         )
+        for activation_id in lapsed
+    ]
 
 
 async def sweep_lapses(ctx: AppContext) -> int:
@@ -58,8 +50,9 @@ async def sweep_lapses(ctx: AppContext) -> int:
                 if entitlement is None:
                     continue
                 lapsed = await tx.activations.note_lapses(entitlement, now, ctx.lapse_grace)
-                in_use = await tx.activations.count_live(entitlement, now, ctx.lapse_grace)
-                await record_lapses(tx, entitlement, lapsed, now, in_use)
+                in_use = await tx.activations.seats_held(entitlement_id)
+                for event in lapse_events(entitlement, lapsed, now, in_use):
+                    await tx.events.append(event)
             recorded += len(lapsed)
 
 

@@ -13,9 +13,14 @@ from keyturn.server.domain.events import EventType
 from keyturn.server.domain.ids import new_id
 from keyturn.server.domain.license_key import normalize_invitation_code, normalize_license_key
 from keyturn.server.domain.named_users import NamedUser
-from keyturn.server.domain.seats import Activation, renew_time
+from keyturn.server.domain.seats import (
+    Activation,
+    check_product,
+    invalid_license_key,
+    renew_time,
+    takes_seat,
+)
 from keyturn.server.domain.validation import check_slug
-from keyturn.server.leases.keyring import SigningKey
 from keyturn.server.leases.tokens import (
     IdentityClaims,
     LeaseIdentity,
@@ -26,11 +31,17 @@ from keyturn.server.leases.tokens import (
     read_lease,
     unverified_kid,
 )
-from keyturn.server.store.activation_repository import SeatClaim, SeatOutcome, SeatResult
-from keyturn.server.store.unit_of_work import Transaction
+from keyturn.server.store.event_repository import NewEvent
+from keyturn.server.store.seats import (
+    ActivationClaim,
+    LeaseRef,
+    Release,
+    RenewalClaim,
+    SeatResult,
+)
 
 from .context import AppContext
-from .lapses import record_lapses
+from .lapses import lapse_events
 from .views import new_event
 
 FINGERPRINT = re.compile(r"^[\x21-\x7e]{8,256}$")
@@ -64,9 +75,7 @@ class LeaseGrant:
     license: LicenseStatus
 
 
-def invalid_key() -> DomainError:
-    """The same answer for malformed, mistyped and unknown keys or identity tokens."""
-    return DomainError(Reason.INVALID_LICENSE_KEY, "the license key is not valid")
+invalid_key = invalid_license_key
 
 
 def invalid_invitation() -> DomainError:
@@ -108,78 +117,68 @@ async def _identity(ctx: AppContext, credential: Credential) -> IdentityClaims |
     return claims
 
 
-@dataclass(frozen=True)
-class Holder:
-    """Whom a credential names: an entitlement, and the named user when it is a token."""
-
-    entitlement: Entitlement
-    user: NamedUser | None
-
-
-async def _holder(
-    ctx: AppContext, tx: Transaction, credential: Credential, identity: IdentityClaims | None
-) -> Holder:
+async def _credential_target(
+    ctx: AppContext, credential: Credential, identity: IdentityClaims | None
+) -> tuple[str, str, NamedUser | None]:
+    """(key hash, entitlement id, named user): what the seat store looks the entitlement
+    up by. A license key is found by its keyed hash; an identity token by its user."""
     if identity is None:
         normalized = normalize_license_key(credential.license_key)
         if normalized is None:
             raise invalid_key()
-        entitlement = await tx.entitlements.find_by_key_hash(ctx.sealer.hash_secret(normalized))
-        if entitlement is None:
-            raise invalid_key()
-        return Holder(entitlement, None)
-    user = await tx.named_users.get(identity.user_id)
+        return ctx.sealer.hash_secret(normalized), "", None
+    async with ctx.store.read() as tx:
+        user = await tx.named_users.get(identity.user_id)
     if (
         user is None
         or user.identity_jti != identity.jti
         or user.entitlement_id != identity.entitlement_id
     ):
         raise invalid_key()  # replaced by a newer token, or never ours
-    entitlement = await tx.entitlements.get(user.entitlement_id)
-    if entitlement is None:
-        raise invalid_key()
-    return Holder(entitlement, user)
+    return "", user.entitlement_id, user
 
 
-def _check_product(entitlement: Entitlement, product_id: str) -> None:
-    if entitlement.product_id != product_id:
-        raise DomainError(
-            Reason.PRODUCT_MISMATCH,
-            f"this license is not for product {product_id!r}",
-            {"product_id": product_id},
-        )
-
-
-async def _record_claim(tx: Transaction, result: SeatResult, now: datetime) -> None:
+def _claim_events(result: SeatResult) -> list[NewEvent]:
     """Lapses noticed by this claim, then the seat taken, if one was."""
-    took_seat = result.outcome is not SeatOutcome.KEPT
+    took_seat = takes_seat(result.outcome)
     before_grant = result.seats_in_use - 1 if took_seat else result.seats_in_use
-    await record_lapses(tx, result.entitlement, result.lapsed, now, before_grant)
+    recorded = lapse_events(result.entitlement, result.lapsed, result.now, before_grant)
     if took_seat:
-        await tx.events.append(
+        recorded.append(
             new_event(
                 EventType.SEAT_ACTIVATED,
                 result.entitlement,
-                now,
+                result.now,
                 result.seats_in_use,
                 activation_id=result.activation.activation_id,
             )
         )
+    return recorded
 
 
-async def _signing_key(ctx: AppContext, kid: str | None) -> SigningKey:
-    """The key the seat transaction found signing (it reads it, so a rotation by any
-    process takes effect at once)."""
-    key = await ctx.keys.find(kid or "")
-    if key is None:
-        raise DomainError(Reason.STORAGE_UNAVAILABLE, "the signing key could not be loaded")
-    return key
+def _release_events(release: Release, activation_id: str) -> list[NewEvent]:
+    entitlement = release.entitlement
+    if entitlement is None:
+        return []
+    in_use_before = release.seats_in_use + (1 if release.released_now else 0)
+    recorded = lapse_events(entitlement, release.lapsed, release.now, in_use_before)
+    if release.released_now:
+        recorded.append(
+            new_event(
+                EventType.SEAT_RELEASED,
+                entitlement,
+                release.now,
+                release.seats_in_use,
+                activation_id=activation_id,
+            )
+        )
+    return recorded
 
 
-async def _grant(
-    ctx: AppContext, result: SeatResult, user: NamedUser | None, kid: str | None, now: datetime
-) -> LeaseGrant:
-    key = await _signing_key(ctx, kid)
+async def _grant(ctx: AppContext, result: SeatResult, user: NamedUser | None) -> LeaseGrant:
+    key = await ctx.keys.signing()
     ref = None if user is None else NamedUserRef(user.user_id, user.email)
+    now = result.now
     token = issue_lease(
         key, ctx.issuer, result.entitlement, result.activation, now, result.seats_in_use, ref
     )
@@ -200,25 +199,20 @@ async def activate_seat(
 ) -> LeaseGrant:
     _check_activation_request(credential, product_id, fingerprint, label)
     identity = await _identity(ctx, credential)
-    now = ctx.clock.now()
-    async with ctx.store.write() as tx:
-        holder = await _holder(ctx, tx, credential, identity)
-        _check_product(holder.entitlement, product_id)
-        result = await tx.activations.claim_seat(
-            SeatClaim(
-                entitlement_id=holder.entitlement.entitlement_id,
-                fingerprint=fingerprint,
-                label=label,
-                now=now,
-                lapse_grace=ctx.lapse_grace,
-                new_activation_id=new_id("act", now),
-                new_jti=new_id("lease", now),
-                user_id=None if holder.user is None else holder.user.user_id,
-            )
-        )
-        await _record_claim(tx, result, now)
-        kid = await tx.signing_keys.signing_kid()
-    return await _grant(ctx, result, holder.user, kid, now)
+    key_hash, entitlement_id, user = await _credential_target(ctx, credential, identity)
+    minted = ctx.clock.now()
+    claim = ActivationClaim(
+        product_id=product_id,
+        fingerprint=fingerprint,
+        label=label,
+        new_activation_id=new_id("act", minted),
+        new_jti=new_id("lease", minted),
+        key_hash=key_hash,
+        entitlement_id=entitlement_id,
+        user_id=None if user is None else user.user_id,
+    )
+    result = await ctx.seats.activate(claim, _claim_events)
+    return await _grant(ctx, result, user)
 
 
 async def _presented_lease(ctx: AppContext, lease_token: str) -> LeaseIdentity:
@@ -230,65 +224,35 @@ async def _presented_lease(ctx: AppContext, lease_token: str) -> LeaseIdentity:
 
 async def renew_lease(ctx: AppContext, lease_token: str) -> LeaseGrant:
     lease = await _presented_lease(ctx, lease_token)
-    now = ctx.clock.now()
-    async with ctx.store.write() as tx:
-        result = await tx.activations.claim_seat(
-            SeatClaim(
-                entitlement_id=lease.entitlement_id,
-                fingerprint=lease.fingerprint,
-                label="",
-                now=now,
-                lapse_grace=ctx.lapse_grace,
-                new_activation_id=lease.activation_id,
-                new_jti=new_id("lease", now),
-                renew_activation_id=lease.activation_id,
-                renew_jti=lease.jti,
-            )
-        )
-        await _record_claim(tx, result, now)
-        user_id = result.activation.user_id
-        user = None if user_id is None else await tx.named_users.get(user_id)
-        kid = await tx.signing_keys.signing_kid()
-    return await _grant(ctx, result, user, kid, now)
+    claim = RenewalClaim(
+        entitlement_id=lease.entitlement_id,
+        activation_id=lease.activation_id,
+        jti=lease.jti,
+        new_jti=new_id("lease", ctx.clock.now()),
+    )
+    result = await ctx.seats.renew(claim, _claim_events)
+    return await _grant(ctx, result, result.user)
 
 
 async def release_seat(ctx: AppContext, lease_token: str) -> None:
     """Give the seat back. Releasing again with the same token succeeds quietly."""
     lease = await _presented_lease(ctx, lease_token)
-    now = ctx.clock.now()
-    async with ctx.store.write() as tx:
-        before = await tx.activations.release(lease.activation_id, lease.jti, now)
-        if before is None:
-            raise DomainError(
-                Reason.LEASE_SUPERSEDED,
-                "this lease was renewed; release with the newest lease token",
-                {"activation_id": lease.activation_id},
-            )
-        if before.released_time is None:
-            entitlement = await tx.entitlements.get(lease.entitlement_id)
-            if entitlement is not None:
-                in_use = await tx.activations.count_live(entitlement, now, ctx.lapse_grace)
-                await tx.events.append(
-                    new_event(
-                        EventType.SEAT_RELEASED,
-                        entitlement,
-                        now,
-                        in_use,
-                        activation_id=lease.activation_id,
-                    )
-                )
+    await ctx.seats.release(
+        LeaseRef(lease.entitlement_id, lease.activation_id, lease.jti), _release_events
+    )
 
 
 async def check_license(ctx: AppContext, credential: Credential, product_id: str) -> LicenseStatus:
     """The entitlement behind a credential, whatever its state, without taking a seat."""
     raise_if_invalid(_check_product_id(product_id) + _check_credential(credential))
     identity = await _identity(ctx, credential)
-    now = ctx.clock.now()
-    async with ctx.store.read() as tx:
-        entitlement = (await _holder(ctx, tx, credential, identity)).entitlement
-        _check_product(entitlement, product_id)
-        in_use = await tx.activations.count_live(entitlement, now, ctx.lapse_grace)
-    return LicenseStatus(entitlement, entitlement.status(now), in_use)
+    key_hash, entitlement_id, _ = await _credential_target(ctx, credential, identity)
+    found = await ctx.seats.check(key_hash, entitlement_id)
+    if found is None:
+        raise invalid_key()
+    check_product(found.entitlement, product_id)
+    entitlement = found.entitlement
+    return LicenseStatus(entitlement, entitlement.status(found.now), found.seats_in_use)
 
 
 async def redeem_invitation(ctx: AppContext, invitation_code: str) -> str:
@@ -313,8 +277,7 @@ async def redeem_invitation(ctx: AppContext, invitation_code: str) -> str:
                 "this invitation was already used; ask for a new one",
                 {"user_id": user.user_id},
             )
-        kid = await tx.signing_keys.signing_kid()
-    key = await _signing_key(ctx, kid)
+    key = await ctx.keys.signing()
     return issue_identity(
         key, ctx.issuer, entitlement, NamedUserRef(user.user_id, user.email), jti, now
     )

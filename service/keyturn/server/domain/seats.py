@@ -1,16 +1,23 @@
-"""Seat rules: which activations hold a seat at a given instant.
+"""Seat rules: which activations hold a seat at a given instant, and who may take one.
 
 A node-locked activation holds its seat until released. A floating one holds
 it only while its lease (plus the lapse grace) runs, so a lapsed lease frees
 its seat without any sweep having run.
+
+`admit` is the whole admission rule. The stores only count and write: they
+lock the entitlement, count the seats held (a kept count, see
+store/seat_counts.py), call `admit` and write what it decided.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from enum import StrEnum
 
 from .catalog import LicenseModel
+from .entitlement import Entitlement
+from .errors import DomainError, Reason
 
 
 @dataclass(frozen=True)
@@ -25,17 +32,106 @@ class Activation:
     released_time: datetime | None = None
     seat_time: datetime | None = None  # when it last took its seat (None: at create_time)
     user_id: str | None = None  # the named user who activated, if any
+    lapse_recorded_time: datetime | None = None  # when its lapse went into the event log
+
+
+class SeatOutcome(StrEnum):
+    GRANTED = "granted"  # a seat was taken by a new or released activation
+    KEPT = "kept"  # the activation already held its seat; its lease is extended
+    REGAINED = "regained"  # its floating lease had lapsed; the seat is taken again
+    REFUSED = "refused"  # no seat is free
 
 
 def holds_seat(
     activation: Activation, model: LicenseModel, now: datetime, lapse_grace: timedelta
 ) -> bool:
-    """True when the activation counts against the seat limit at `now`."""
+    """True when the activation counts against the seat limit at `now`.
+
+    A floating lease whose lapse is recorded stays lapsed, also for a replica
+    deciding at an instant a little earlier than the one that recorded it.
+    """
     if activation.released_time is not None:
         return False
     if model is LicenseModel.NODE_LOCKED:
         return True
+    if activation.lapse_recorded_time is not None:
+        return False
     return activation.lease_expire_time + lapse_grace > now
+
+
+def rank_needed(holds: bool, in_use: int, seat_limit: int) -> bool:
+    """A held seat is kept outright while the seats in use fit the limit; beyond it (an
+    order removed seats) only the earliest taken are kept, so its rank must be known."""
+    return holds and in_use > seat_limit
+
+
+def admit(
+    current: Activation | None, holds: bool, in_use: int, seat_limit: int, ahead: int = 0
+) -> SeatOutcome:
+    """Whether a claim gets its seat.
+
+    current: the claimant's activation, if it has one; holds: whether it holds its
+    seat now; in_use: the seats held now, its own included; ahead: when
+    `rank_needed`, the held seats taken before its own. After seats were removed
+    below the number in use, the most recently taken are refused at their next
+    renewal, until the count fits.
+    """
+    if holds:
+        if in_use <= seat_limit or ahead < seat_limit:
+            return SeatOutcome.KEPT
+        return SeatOutcome.REFUSED
+    if in_use >= seat_limit:
+        return SeatOutcome.REFUSED
+    if current is not None and current.released_time is None:
+        return SeatOutcome.REGAINED
+    return SeatOutcome.GRANTED
+
+
+def takes_seat(outcome: SeatOutcome) -> bool:
+    return outcome in (SeatOutcome.GRANTED, SeatOutcome.REGAINED)
+
+
+def invalid_license_key() -> DomainError:
+    """The same answer for malformed, mistyped and unknown keys or identity tokens."""
+    return DomainError(Reason.INVALID_LICENSE_KEY, "the license key is not valid")
+
+
+def check_product(entitlement: Entitlement, product_id: str) -> None:
+    if entitlement.product_id != product_id:
+        raise DomainError(
+            Reason.PRODUCT_MISMATCH,
+            f"this license is not for product {product_id!r}",
+            {"product_id": product_id},
+        )
+
+
+def check_claimable(entitlement: Entitlement, product_id: str, now: datetime) -> None:
+    """A seat may be claimed: the license is for this product and usable now."""
+    check_product(entitlement, product_id)
+    entitlement.ensure_usable(now)
+
+
+def seats_exhausted(entitlement: Entitlement) -> DomainError:
+    return DomainError(
+        Reason.SEATS_EXHAUSTED,
+        f"all {entitlement.seat_limit} seats of this license are in use",
+        {"seats": str(entitlement.seats), "seat_limit": str(entitlement.seat_limit)},
+    )
+
+
+def lease_superseded(activation_id: str) -> DomainError:
+    return DomainError(
+        Reason.LEASE_SUPERSEDED,
+        "this lease was renewed or released; use the newest lease token",
+        {"activation_id": activation_id},
+    )
+
+
+def check_renewable(activation: Activation | None, activation_id: str, jti: str) -> Activation:
+    """The activation a lease names, if that lease is its newest and it is not released."""
+    if activation is None or activation.lease_jti != jti or activation.released_time is not None:
+        raise lease_superseded(activation_id)
+    return activation
 
 
 def renew_time(issued: datetime, expires: datetime) -> datetime:

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -18,6 +20,7 @@ from typing import Any
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from keyturn.server.domain.errors import DomainError, Reason
 from keyturn.server.domain.ids import is_id, new_id
 from keyturn.server.sealing import Sealer, SecretError
 from keyturn.server.store.signing_key_repository import StoredSigningKey
@@ -149,13 +152,59 @@ async def rotate_signing_key(store: Store, sealer: Sealer, now: datetime) -> Rot
 
 
 class SigningKeys:
-    """This process's keyring, read again when another process has rotated the keys."""
+    """This process's keyring, read again when another process has rotated the keys.
 
-    def __init__(self, store: Store, sealer: Sealer, keyring: Keyring) -> None:
+    The key that signs is held in memory and looked up again in the database
+    every `refresh_seconds`: a rotation by any process signs everywhere within
+    that time. Keys retire `RETIRE_MARGIN` after the longest lease, so a lease
+    signed by the old key meanwhile stays verifiable as long as it runs.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        sealer: Sealer,
+        keyring: Keyring,
+        refresh_seconds: float = 10.0,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if refresh_seconds >= RETIRE_MARGIN.total_seconds():
+            raise ValueError("the signing key refresh must be shorter than the retire margin")
         self._store = store
         self._sealer = sealer
         self.keyring = keyring
         self._reload_lock = asyncio.Lock()
+        self._refresh_seconds = refresh_seconds
+        self.monotonic = monotonic  # what refresh_seconds is measured on (tests move it)
+        self._signing: SigningKey | None = None
+        self._signing_read_at = 0.0
+
+    async def signing(self) -> SigningKey:
+        """The key that signs new leases and tokens (read at most every refresh_seconds)."""
+        key = self._signing
+        if key is not None and self.monotonic() - self._signing_read_at < self._refresh_seconds:
+            return key
+        async with self._reload_lock:
+            if self._signing is not key and self._signing is not None:
+                return self._signing  # another caller refreshed it meanwhile
+            read_at = self.monotonic()
+            async with self._store.read() as tx:
+                kid = await tx.signing_keys.signing_kid()
+        found = await self.find(kid or "")
+        if found is None:
+            raise DomainError(Reason.STORAGE_UNAVAILABLE, "the signing key could not be loaded")
+        self._signing, self._signing_read_at = found, read_at
+        return found
+
+    def forget_signing(self) -> None:
+        """Look the signing key up again at the next signature."""
+        self._signing = None
+
+    async def rotate(self, now: datetime) -> Rotation:
+        """Rotate the keys; this process signs with the new one at once."""
+        rotation = await rotate_signing_key(self._store, self._sealer, now)
+        self.forget_signing()
+        return rotation
 
     async def find(self, kid: str) -> SigningKey | None:
         """The key `kid`, reading the database once when this process does not know it."""

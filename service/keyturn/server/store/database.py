@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
+import asyncpg
 from sqlalchemy import event
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 READ_ONLY = "keyturn_read_only"
@@ -44,3 +46,28 @@ def create_engine(url: str, pool_size: int = 10) -> AsyncEngine:
         connection.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
     return engine
+
+
+def database_dsn(url: str) -> str:
+    """The libpq DSN of a SQLAlchemy `postgresql+asyncpg://` URL."""
+    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+async def _init_connection(connection: asyncpg.Connection) -> None:
+    await connection.set_type_codec(
+        "json", encoder=json.dumps, decoder=json.loads, schema="pg_catalog"
+    )
+
+
+async def create_pool(url: str, size: int, statement_cache_size: int = 100) -> asyncpg.Pool:
+    """Connections for the seat path; statement_cache_size 0 behind a transaction pooler
+    that does not keep prepared statements (PgBouncer before 1.21)."""
+    pool = await asyncpg.create_pool(
+        database_dsn(url),
+        min_size=1,
+        max_size=size,
+        init=_init_connection,
+        statement_cache_size=statement_cache_size,
+    )
+    assert pool is not None
+    return pool

@@ -6,13 +6,13 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy import ColumnElement, Select, and_, func, insert, not_, or_, select, update
-from sqlalchemy.engine import RowMapping
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from keyturn.server.domain.catalog import Dispatch, LicenseModel, Overage
 from keyturn.server.domain.entitlement import Customer, Entitlement, Status
 
 from .codec import features_from_json, features_to_json
+from .rows import Row
 from .tables import entitlements, external_references
 
 
@@ -24,7 +24,7 @@ class StoredKey:
     key_sealed: bytes
 
 
-def _entitlement(row: RowMapping, references: tuple[str, ...]) -> Entitlement:
+def entitlement_of(row: Row, references: tuple[str, ...]) -> Entitlement:
     return Entitlement(
         entitlement_id=row["entitlement_id"],
         product_id=row["product_id"],
@@ -152,7 +152,8 @@ class EntitlementRepository:
         for entitlement_id, reference in refs:
             by_entitlement.setdefault(entitlement_id, []).append(reference)
         return [
-            _entitlement(row, tuple(by_entitlement.get(row["entitlement_id"], ()))) for row in rows
+            entitlement_of(row, tuple(by_entitlement.get(row["entitlement_id"], ())))
+            for row in rows
         ]
 
     async def _one(self, query: Select[tuple[object, ...]]) -> Entitlement | None:

@@ -1,10 +1,12 @@
 """The entitlement event log: one global, gap-free sequence of every change, in commit order.
 
-Events are buffered during a transaction and written by `flush` as its last
-step. `flush` takes the next numbers from the single `event_sequence` row,
-whose row lock (SQLite: the write lock) is held until commit: a transaction
-that numbers its events after another has committed, so a reader that has
-seen sequence N has seen every number below it, and a rollback leaves no gap.
+Events are buffered during a transaction and inserted by `flush` as its last
+step. No writer takes a counter: on PostgreSQL an event is inserted without a
+sequence, and after commit `EventNumbering` gives every committed event the
+next numbers, one numberer at a time (see store/event_numbering.py). Readers
+only see numbered events, so a reader that has seen sequence N has seen every
+number below it, and a rollback leaves no gap. SQLite has one writer at a
+time: there `flush` numbers at insert, under the write lock.
 """
 
 from __future__ import annotations
@@ -13,10 +15,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import func, insert, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from .tables import event_sequence, events
+from .tables import events
 
 
 @dataclass(frozen=True)
@@ -35,44 +37,51 @@ class StoredEvent(NewEvent):
     sequence: int = 0
 
 
+STORED_COLUMNS = (
+    events.c.sequence,
+    events.c.entitlement_id,
+    events.c.type,
+    events.c.create_time,
+    events.c.order_source,
+    events.c.order_id,
+    events.c.activation_id,
+    events.c.snapshot,
+)
+
+
+def event_row(event: NewEvent) -> dict[str, Any]:
+    return {
+        "entitlement_id": event.entitlement_id,
+        "type": event.type,
+        "create_time": event.create_time,
+        "order_source": event.order_source,
+        "order_id": event.order_id,
+        "activation_id": event.activation_id,
+        "snapshot": event.snapshot,
+    }
+
+
 class EventRepository:
     def __init__(self, connection: AsyncConnection) -> None:
         self._db = connection
+        self._numbers_at_insert = connection.dialect.name == "sqlite"
         self._pending: list[NewEvent] = []
 
     async def append(self, event: NewEvent) -> None:
-        """Record an event; it gets its sequence number when the transaction ends."""
+        """Record an event; it is written when the transaction ends."""
         self._pending.append(event)
 
     async def flush(self) -> int:
-        """Number and write the buffered events; the number written."""
+        """Write the buffered events; the number written."""
         pending, self._pending = self._pending, []
         if not pending:
             return 0
-        counter = (
-            update(event_sequence)
-            .where(event_sequence.c.id == 1)
-            .values(last_sequence=event_sequence.c.last_sequence + len(pending))
-            .returning(event_sequence.c.last_sequence)
-        )
-        last = int((await self._db.execute(counter)).scalar_one())
-        first = last - len(pending) + 1
-        await self._db.execute(
-            insert(events),
-            [
-                {
-                    "sequence": first + offset,
-                    "entitlement_id": event.entitlement_id,
-                    "type": event.type,
-                    "create_time": event.create_time,
-                    "order_source": event.order_source,
-                    "order_id": event.order_id,
-                    "activation_id": event.activation_id,
-                    "snapshot": event.snapshot,
-                }
-                for offset, event in enumerate(pending)
-            ],
-        )
+        rows = [event_row(event) for event in pending]
+        if self._numbers_at_insert:
+            last = await self.last_sequence()
+            for offset, row in enumerate(rows, start=1):
+                row["sequence"] = last + offset
+        await self._db.execute(insert(events), rows)
         return len(pending)
 
     async def last_sequence(self) -> int:
@@ -81,7 +90,7 @@ class EventRepository:
 
     async def after(self, sequence: int, limit: int, entitlement_id: str = "") -> list[StoredEvent]:
         """Events with a sequence above `sequence`, oldest first; of one entitlement if named."""
-        query = select(events).where(events.c.sequence > sequence)
+        query = select(*STORED_COLUMNS).where(events.c.sequence > sequence)
         if entitlement_id:
             query = query.where(events.c.entitlement_id == entitlement_id)
         rows = (await self._db.execute(query.order_by(events.c.sequence).limit(limit))).mappings()

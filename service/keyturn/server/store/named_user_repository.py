@@ -5,15 +5,15 @@ from __future__ import annotations
 from datetime import datetime
 
 from sqlalchemy import insert, select, update
-from sqlalchemy.engine import RowMapping
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from keyturn.server.domain.named_users import NamedUser
 
+from .rows import Row
 from .tables import named_users
 
 
-def _named_user(row: RowMapping) -> NamedUser:
+def named_user_of(row: Row) -> NamedUser:
     return NamedUser(
         user_id=row["user_id"],
         entitlement_id=row["entitlement_id"],
@@ -59,7 +59,7 @@ class NamedUserRepository:
                 .order_by(named_users.c.create_time, named_users.c.email)
             )
             for row in (await self._db.execute(query)).mappings():
-                found[row["entitlement_id"]].append(_named_user(row))
+                found[row["entitlement_id"]].append(named_user_of(row))
         return found
 
     async def sealed_invitations(self, order_source: str, order_id: str) -> dict[str, bytes]:
@@ -77,12 +77,12 @@ class NamedUserRepository:
     async def get(self, user_id: str) -> NamedUser | None:
         query = select(named_users).where(named_users.c.user_id == user_id)
         row = (await self._db.execute(query)).mappings().first()
-        return None if row is None else _named_user(row)
+        return None if row is None else named_user_of(row)
 
     async def find_by_invitation(self, invitation_hash: str) -> NamedUser | None:
         query = select(named_users).where(named_users.c.invitation_hash == invitation_hash)
         row = (await self._db.execute(query)).mappings().first()
-        return None if row is None else _named_user(row)
+        return None if row is None else named_user_of(row)
 
     async def redeem(self, user: NamedUser, identity_jti: str, now: datetime) -> bool:
         """Mark the invitation used, once: False when another redemption won the race."""

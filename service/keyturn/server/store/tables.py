@@ -20,6 +20,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.types import TypeDecorator
@@ -112,6 +113,9 @@ entitlements = Table(
     Column("lease_duration_seconds", Integer, nullable=False),
     Column("dispatch", String(16), nullable=False),
     Column("key_hash", String(64), nullable=True, unique=True),
+    # Activations that hold a seat unless their lapse is pending: unreleased, no lapse
+    # recorded. Kept under the entitlement's row lock by every seat write.
+    Column("seats_held", Integer, nullable=False, server_default="0"),
     Column("key_sealed", LargeBinary, nullable=True),
     Column("order_source", String(64), nullable=False),
     Column("order_id", String(128), nullable=False),
@@ -149,6 +153,14 @@ activations = Table(
     Column("lapse_recorded_time", UtcDateTime, nullable=True),
     Column("user_id", String(64), nullable=True),  # the named user who activated, if any
     UniqueConstraint("entitlement_id", "fingerprint"),
+    # What counting seats reads: the activations that may hold one, by lease expiry.
+    Index(
+        "ix_activations_unlapsed",
+        "entitlement_id",
+        "lease_expire_time",
+        postgresql_where=text("released_time IS NULL AND lapse_recorded_time IS NULL"),
+        sqlite_where=text("released_time IS NULL AND lapse_recorded_time IS NULL"),
+    ),
 )
 
 named_users = Table(
@@ -172,12 +184,15 @@ named_users = Table(
 events = Table(
     "entitlement_events",
     metadata,
+    # Insertion order; the order in which committed events are numbered.
     Column(
-        "sequence",
+        "event_id",
         BigInteger().with_variant(Integer, "sqlite"),
         primary_key=True,
         autoincrement=True,
     ),
+    # The change stream's position: set after commit (PostgreSQL) or at insert (SQLite).
+    Column("sequence", BigInteger, nullable=True, unique=True),
     Column("entitlement_id", String(64), nullable=False),
     Column("type", String(32), nullable=False),
     Column("create_time", UtcDateTime, nullable=False),
@@ -186,13 +201,12 @@ events = Table(
     Column("activation_id", String(64), nullable=False),
     Column("snapshot", JSON, nullable=False),
     Index("ix_entitlement_events_entitlement_id_sequence", "entitlement_id", "sequence"),
-)
-
-event_sequence = Table(
-    "event_sequence",
-    metadata,
-    Column("id", Integer, primary_key=True, autoincrement=False),
-    Column("last_sequence", BigInteger, nullable=False),
+    Index(
+        "ix_entitlement_events_pending",
+        "event_id",
+        postgresql_where=text("sequence IS NULL"),
+        sqlite_where=text("sequence IS NULL"),
+    ),
 )
 
 api_tokens = Table(

@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 
+import asyncpg
 from sqlalchemy import exc, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -13,8 +14,9 @@ from keyturn.server.domain.errors import DomainError, Reason
 
 from .activation_repository import ActivationRepository
 from .catalog_repository import CatalogRepository
-from .database import READ_ONLY, create_engine
+from .database import READ_ONLY, create_engine, create_pool
 from .entitlement_repository import EntitlementRepository
+from .event_numbering import EventNumbering
 from .event_repository import EventRepository
 from .migrate import current_revision, head_revision
 from .named_user_repository import NamedUserRepository
@@ -85,10 +87,26 @@ class Store:
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
         self.bell = CommitBell()
+        # PostgreSQL numbers events after commit; SQLite at insert (one writer at a time).
+        self.numbering = (
+            EventNumbering(engine, self.bell.ring) if engine.dialect.name == "postgresql" else None
+        )
         # SQLite: a deferred BEGIN that takes no write lock; PostgreSQL: BEGIN READ ONLY.
+        self._pool: asyncpg.Pool | None = None
+        self._pool_lock = asyncio.Lock()
         self._read_only_options: dict[str, bool] = {READ_ONLY: True}
         if engine.dialect.name == "postgresql":
             self._read_only_options["postgresql_readonly"] = True
+
+    async def driver_pool(self) -> asyncpg.Pool:
+        """PostgreSQL connections of the seat path (store/pg_seats.py), opened at first use
+        and closed with the store."""
+        if self._pool is None:
+            async with self._pool_lock:
+                if self._pool is None:
+                    url = self.engine.url.render_as_string(hide_password=False)
+                    self._pool = await create_pool(url, self.engine.pool.size())  # type: ignore[attr-defined]
+        return self._pool
 
     @classmethod
     def from_url(cls, database_url: str) -> Store:
@@ -100,14 +118,28 @@ class Store:
 
     @asynccontextmanager
     async def write(self) -> AsyncIterator[Transaction]:
-        """A write transaction; its events are numbered and written last, just before commit.
+        """A write transaction; its events are written last, just before commit, and are
+        readable (numbered) when this returns.
 
         Its commit rings the bell when it wrote events or queued emails."""
         async with self._transaction(read_only=False) as tx:
             yield tx
             written = await tx.events.flush()
-        if written or tx.outbox.queued:
+        if written:
+            await self.events_committed()
+        elif tx.outbox.queued:
             self.bell.ring()
+
+    async def events_committed(self) -> None:
+        """After a commit that wrote events: wait for their numbers, then wake the watchers."""
+        if self.numbering is not None:
+            await self.numbering.settle()
+        self.bell.ring()
+
+    def start(self) -> None:
+        """Background work of a serving process: numbering events nobody waits for."""
+        if self.numbering is not None:
+            self.numbering.start()
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[Transaction]:
@@ -147,4 +179,8 @@ class Store:
             return False
 
     async def close(self) -> None:
+        if self.numbering is not None:
+            await self.numbering.close()
+        if self._pool is not None:
+            await self._pool.close()
         await self.engine.dispose()

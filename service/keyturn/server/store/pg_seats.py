@@ -1,0 +1,530 @@
+"""The seat transactions on PostgreSQL with asyncpg: few round trips, prepared statements.
+
+The hot RPCs run here rather than through SQLAlchemy, whose statement
+building cost more than the database work. The rule is not here: each
+transaction locks the entitlement (one statement), notes pending lapses and
+reads the device's activation (one statement, after the lock, so it sees
+every claim committed before), asks `domain.seats.admit`, and writes the
+activation, the kept seat count and the events in one statement.
+
+Time comes from the database (`clock_timestamp()`), so replicas whose clocks
+differ agree on which leases are live. A test clock that is not the system
+clock is passed in instead.
+
+A renewal of a seat that is held while the count fits the limit takes no
+lock and no transaction: it reads, and then extends the lease only if the
+activation is still as read (same lease, not released, lapse not recorded)
+and the entitlement unchanged; otherwise it takes the locked path.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import replace
+from datetime import datetime, timedelta
+from typing import Any, TypeAlias
+
+import asyncpg
+
+from keyturn.server.clock import Clock, SystemClock
+from keyturn.server.domain.catalog import LicenseModel
+from keyturn.server.domain.entitlement import Entitlement
+from keyturn.server.domain.errors import DomainError, Reason
+from keyturn.server.domain.named_users import NamedUser
+from keyturn.server.domain.seats import (
+    Activation,
+    SeatOutcome,
+    admit,
+    check_claimable,
+    check_renewable,
+    holds_seat,
+    invalid_license_key,
+    lease_superseded,
+    rank_needed,
+    seats_exhausted,
+    takes_seat,
+)
+
+from .activation_repository import activation_of
+from .entitlement_repository import entitlement_of
+from .event_repository import NewEvent
+from .rows import Row
+from .seats import (
+    ActivationClaim,
+    ClaimEvents,
+    LeaseRef,
+    LicenseCount,
+    Release,
+    ReleaseEvents,
+    RenewalClaim,
+    SeatResult,
+)
+from .unit_of_work import DuplicateKeyError, Store
+
+Db: TypeAlias = "asyncpg.pool.PoolConnectionProxy[asyncpg.Record]"
+ACQUIRE_TIMEOUT_SECONDS = 30.0
+UNAVAILABLE_SQLSTATE_CLASSES = ("08", "53", "57")  # connection, resources, operator
+CONFLICT_SQLSTATES = {"40001", "40P01"}  # serialization failure, deadlock
+
+_REFERENCES = (
+    "ARRAY(SELECT r.external_reference FROM external_references AS r"
+    " WHERE r.entitlement_id = e.entitlement_id ORDER BY r.external_reference) AS refs"
+)
+# $1: a fixed instant (a test clock) or NULL for the database's clock; $2: its offset.
+_NOW = "coalesce($1::timestamptz, clock_timestamp() + $2::float8 * interval '1 second')"
+
+LOCK_BY_KEY = f"SELECT e.*, {_REFERENCES} FROM entitlements AS e WHERE e.key_hash = $1 FOR UPDATE"
+LOCK_BY_ID = (
+    f"SELECT e.*, {_REFERENCES} FROM entitlements AS e WHERE e.entitlement_id = $1 FOR UPDATE"
+)
+
+# $3 entitlement, $4 lapse grace in seconds, $5 note lapses (floating), $6 the device.
+_NOTE_LAPSES = f"""
+WITH t AS (SELECT {_NOW} AS now),
+lapsed AS (
+    UPDATE activations AS a SET lapse_recorded_time = t.now FROM t
+    WHERE $5 AND a.entitlement_id = $3 AND a.released_time IS NULL
+      AND a.lapse_recorded_time IS NULL
+      AND a.lease_expire_time <= t.now - $4::float8 * interval '1 second'
+    RETURNING a.activation_id
+)
+SELECT t.now, ARRAY(SELECT activation_id FROM lapsed ORDER BY activation_id) AS lapsed,
+       a.*, u.email AS user_email, u.create_time AS user_create_time,
+       u.redeem_time AS user_redeem_time, u.identity_jti AS user_identity_jti
+FROM t LEFT JOIN activations AS a ON {{device}}
+LEFT JOIN named_users AS u ON u.user_id = a.user_id
+"""
+NOTE_LAPSES_AND_FIND_DEVICE = _NOTE_LAPSES.format(
+    device="a.entitlement_id = $3 AND a.fingerprint = $6"
+)
+NOTE_LAPSES_AND_FIND_ACTIVATION = _NOTE_LAPSES.format(device="a.activation_id = $6")
+
+
+def _with_count_and_events(written: str, params: int) -> str:
+    """One statement: `written` (an activation write using $1..$params, $2 being the
+    entitlement), the entitlement's kept count, and the events, as unnest arrays."""
+    count = params + 1
+    arrays = ", ".join(
+        f"${count + 1 + i}::{kind}[]"
+        for i, kind in enumerate(("text", "text", "timestamptz", "text", "text", "text", "json"))
+    )
+    return f"""
+WITH written AS ({written}),
+held AS (UPDATE entitlements SET seats_held = ${count} WHERE entitlement_id = $2),
+recorded AS (
+    INSERT INTO entitlement_events
+        (entitlement_id, type, create_time, order_source, order_id, activation_id, snapshot)
+    SELECT * FROM unnest({arrays})
+)
+SELECT 1
+"""
+
+
+_ACTIVATION_VALUES = 9  # activation id, entitlement, fingerprint ... user id
+INSERT_ACTIVATION = _with_count_and_events(
+    """
+    INSERT INTO activations (activation_id, entitlement_id, fingerprint, label, lease_jti,
+        lease_expire_time, create_time, update_time, seat_time, user_id)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $7, $8, $9)""",
+    _ACTIVATION_VALUES,
+)
+UPDATE_ACTIVATION = _with_count_and_events(
+    """
+    UPDATE activations SET fingerprint = $3, label = $4, lease_jti = $5,
+        lease_expire_time = $6, update_time = $7, seat_time = $8, user_id = $9,
+        released_time = NULL, lapse_recorded_time = NULL
+    WHERE activation_id = $1 AND entitlement_id = $2""",
+    _ACTIVATION_VALUES,
+)
+RELEASE_ACTIVATION = _with_count_and_events(
+    """
+    UPDATE activations SET released_time = $3, update_time = $3
+    WHERE activation_id = $1 AND entitlement_id = $2 AND $4""",
+    4,
+)
+
+# Seats in use of `e` at `t.now`: the kept count less the lapses not recorded yet ($3:
+# the lapse grace in seconds), found through ix_activations_unlapsed.
+_IN_USE = """
+    e.seats_held - CASE WHEN e.license_model = 'floating' THEN (
+        SELECT count(*) FROM activations AS p
+        WHERE p.entitlement_id = e.entitlement_id AND p.released_time IS NULL
+          AND p.lapse_recorded_time IS NULL
+          AND p.lease_expire_time <= t.now - $3::float8 * interval '1 second'
+    ) ELSE 0 END AS in_use"""
+
+# The unlocked renewal: read, then extend only what is unchanged.
+READ_FOR_RENEWAL = f"""
+SELECT t.now, e.*, {_REFERENCES}, {_IN_USE}, a.activation_id AS a_activation_id,
+       a.entitlement_id AS a_entitlement_id, a.fingerprint AS a_fingerprint,
+       a.label AS a_label, a.lease_jti AS a_lease_jti,
+       a.lease_expire_time AS a_lease_expire_time, a.create_time AS a_create_time,
+       a.released_time AS a_released_time, a.seat_time AS a_seat_time,
+       a.user_id AS a_user_id, a.lapse_recorded_time AS a_lapse_recorded_time,
+       u.email AS user_email, u.create_time AS user_create_time,
+       u.redeem_time AS user_redeem_time, u.identity_jti AS user_identity_jti
+FROM (SELECT {_NOW} AS now) AS t
+JOIN activations AS a ON a.activation_id = $4
+JOIN entitlements AS e ON e.entitlement_id = a.entitlement_id
+LEFT JOIN named_users AS u ON u.user_id = a.user_id
+"""
+EXTEND_LEASE = """
+UPDATE activations AS a SET lease_jti = $3, lease_expire_time = $4, update_time = $5
+FROM entitlements AS e
+WHERE a.activation_id = $1 AND a.lease_jti = $2 AND a.released_time IS NULL
+  AND a.lapse_recorded_time IS NULL AND e.entitlement_id = a.entitlement_id
+  AND e.update_time = $6
+RETURNING a.activation_id
+"""
+
+_COUNT = f"""
+SELECT t.now, e.*, {_REFERENCES}, {_IN_USE}
+FROM (SELECT {_NOW} AS now) AS t, entitlements AS e
+"""
+COUNT_BY_KEY = _COUNT + " WHERE e.key_hash = $4"
+COUNT_BY_ID = _COUNT + " WHERE e.entitlement_id = $4"
+
+RANK = """
+SELECT count(*) FROM activations AS a
+WHERE a.entitlement_id = $1 AND a.released_time IS NULL
+  AND ($2 OR (a.lapse_recorded_time IS NULL AND a.lease_expire_time > $3))
+  AND (coalesce(a.seat_time, a.create_time) < $4
+       OR (coalesce(a.seat_time, a.create_time) = $4 AND a.activation_id < $5))
+"""
+
+
+def _user(row: Row, user_id: str | None, entitlement_id: str) -> NamedUser | None:
+    if user_id is None or row["user_email"] is None:
+        return None
+    return NamedUser(
+        user_id=user_id,
+        entitlement_id=entitlement_id,
+        email=row["user_email"],
+        create_time=row["user_create_time"],
+        redeem_time=row["user_redeem_time"],
+        identity_jti=row["user_identity_jti"],
+    )
+
+
+def _renamed_activation(row: asyncpg.Record) -> Activation | None:
+    if row["a_activation_id"] is None:
+        return None
+    prefix = "a_"
+    return activation_of({k[len(prefix) :]: v for k, v in row.items() if k.startswith(prefix)})
+
+
+def _event_arrays(recorded: list[NewEvent]) -> list[list[Any]]:
+    return [
+        [e.entitlement_id for e in recorded],
+        [e.type for e in recorded],
+        [e.create_time for e in recorded],
+        [e.order_source for e in recorded],
+        [e.order_id for e in recorded],
+        [e.activation_id for e in recorded],
+        [e.snapshot for e in recorded],
+    ]
+
+
+async def _one_row(db: Db, statement: str, *args: object) -> asyncpg.Record:
+    """The row of a statement that always returns one."""
+    row = await db.fetchrow(statement, *args)
+    assert row is not None
+    return row
+
+
+@contextlib.asynccontextmanager
+async def _database_errors() -> AsyncIterator[None]:
+    """Driver failures as the domain's: a lost or refused database is STORAGE_UNAVAILABLE."""
+    try:
+        yield
+    except asyncpg.UniqueViolationError as error:
+        raise DuplicateKeyError(str(error)) from error
+    except asyncpg.PostgresError as error:
+        state = error.sqlstate or ""
+        if state in CONFLICT_SQLSTATES:
+            raise DomainError(
+                Reason.STORAGE_UNAVAILABLE,
+                "a concurrent transaction conflicted with this one; retry",
+            ) from error
+        if state[:2] in UNAVAILABLE_SQLSTATE_CLASSES:
+            raise DomainError(
+                Reason.STORAGE_UNAVAILABLE, "the database is unavailable; retry later"
+            ) from error
+        raise
+    except (asyncpg.InterfaceError, OSError, TimeoutError) as error:
+        raise DomainError(
+            Reason.STORAGE_UNAVAILABLE, "the database is unavailable; retry later"
+        ) from error
+
+
+class PgSeats:
+    def __init__(self, store: Store, clock: Clock, lapse_grace: timedelta) -> None:
+        self._store = store
+        self._clock = clock
+        self._grace_seconds = lapse_grace.total_seconds()
+        self._grace = lapse_grace
+
+    def _time_args(self) -> tuple[datetime | None, float]:
+        """($1, $2) of every statement: the database's clock, shifted as the system clock
+        is (tests of expiry); any other clock's own instant."""
+        if isinstance(self._clock, SystemClock):
+            return None, self._clock.offset.total_seconds()
+        return self._clock.now(), 0.0
+
+    @contextlib.asynccontextmanager
+    async def _connection(self) -> AsyncIterator[Db]:
+        async with _database_errors():
+            pool = await self._store.driver_pool()
+            async with pool.acquire(timeout=ACQUIRE_TIMEOUT_SECONDS) as db:
+                yield db
+
+    @contextlib.asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[Db]:
+        async with self._connection() as db, db.transaction():
+            yield db
+
+    # --- activation and renewal --------------------------------------------
+
+    async def activate(self, claim: ActivationClaim, events: ClaimEvents) -> SeatResult:
+        async with self._transaction() as db:
+            if claim.key_hash:
+                locked = await db.fetchrow(LOCK_BY_KEY, claim.key_hash)
+            else:
+                locked = await db.fetchrow(LOCK_BY_ID, claim.entitlement_id)
+            if locked is None:
+                raise invalid_license_key()
+            entitlement = entitlement_of(locked, tuple(locked["refs"]))
+            state = await _one_row(
+                db,
+                NOTE_LAPSES_AND_FIND_DEVICE,
+                *self._time_args(),
+                entitlement.entitlement_id,
+                self._grace_seconds,
+                entitlement.license_model is LicenseModel.FLOATING,
+                claim.fingerprint,
+            )
+            now: datetime = state["now"]
+            check_claimable(entitlement, claim.product_id, now)
+            fresh = Activation(
+                activation_id=claim.new_activation_id,
+                entitlement_id=entitlement.entitlement_id,
+                fingerprint=claim.fingerprint,
+                label=claim.label,
+                lease_jti=claim.new_jti,
+                lease_expire_time=entitlement.lease_expiry(now),
+                create_time=now,
+                seat_time=now,
+                user_id=claim.user_id,
+            )
+            result = await self._claim(db, entitlement, locked, state, fresh, False, events)
+        await self._committed(result.lapsed, result.outcome)
+        return result
+
+    async def renew(self, claim: RenewalClaim, events: ClaimEvents) -> SeatResult:
+        async with self._connection() as db:
+            kept = await self._renew_unlocked(db, claim)
+            if kept is not None:
+                return kept
+            async with db.transaction():
+                locked = await db.fetchrow(LOCK_BY_ID, claim.entitlement_id)
+                if locked is None:
+                    raise invalid_license_key()
+                entitlement = entitlement_of(locked, tuple(locked["refs"]))
+                state = await _one_row(
+                    db,
+                    NOTE_LAPSES_AND_FIND_ACTIVATION,
+                    *self._time_args(),
+                    entitlement.entitlement_id,
+                    self._grace_seconds,
+                    entitlement.license_model is LicenseModel.FLOATING,
+                    claim.activation_id,
+                )
+                now = state["now"]
+                entitlement.ensure_usable(now)
+                current = self._current(state)
+                if current is not None and current.entitlement_id != claim.entitlement_id:
+                    current = None
+                held = check_renewable(current, claim.activation_id, claim.jti)
+                wanted = replace(
+                    held,
+                    lease_jti=claim.new_jti,
+                    lease_expire_time=entitlement.lease_expiry(now),
+                    seat_time=now,
+                    label="",
+                )
+                result = await self._claim(db, entitlement, locked, state, wanted, True, events)
+        await self._committed(result.lapsed, result.outcome)
+        return result
+
+    async def _renew_unlocked(self, db: Db, claim: RenewalClaim) -> SeatResult | None:
+        """The renewal of a held seat while the count fits: no lock, no transaction. None
+        when the locked path must decide (lapsed, over the limit, changed meanwhile)."""
+        row = await db.fetchrow(
+            READ_FOR_RENEWAL, *self._time_args(), self._grace_seconds, claim.activation_id
+        )
+        if row is None:
+            return None
+        now: datetime = row["now"]
+        entitlement = entitlement_of(row, tuple(row["refs"]))
+        current = _renamed_activation(row)
+        if current is None or current.entitlement_id != claim.entitlement_id:
+            return None
+        check_renewable(current, claim.activation_id, claim.jti)
+        entitlement.ensure_usable(now)
+        holds = holds_seat(current, entitlement.license_model, now, self._grace)
+        held = int(row["seats_held"])  # an upper bound of the seats in use
+        if not holds or rank_needed(holds, held, entitlement.seat_limit):
+            return None
+        if admit(current, holds, held, entitlement.seat_limit) is not SeatOutcome.KEPT:
+            return None
+        expiry = entitlement.lease_expiry(now)
+        extended = await db.fetchval(
+            EXTEND_LEASE,
+            current.activation_id,
+            claim.jti,
+            claim.new_jti,
+            expiry,
+            now,
+            entitlement.update_time,
+        )
+        if extended is None:
+            return None
+        activation = replace(current, lease_jti=claim.new_jti, lease_expire_time=expiry)
+        user = _user(row, current.user_id, entitlement.entitlement_id)
+        in_use = int(row["in_use"])
+        return SeatResult(SeatOutcome.KEPT, activation, entitlement, in_use, now, user)
+
+    def _current(self, state: Row) -> Activation | None:
+        if state["activation_id"] is None:
+            return None
+        current = activation_of(state)
+        if current.activation_id in state["lapsed"]:
+            current = replace(current, lapse_recorded_time=state["now"])
+        return current
+
+    async def _claim(
+        self,
+        db: Db,
+        entitlement: Entitlement,
+        locked: Row,
+        state: Row,
+        wanted: Activation,
+        renewal: bool,
+        events: ClaimEvents,
+    ) -> SeatResult:
+        now: datetime = state["now"]
+        lapsed = tuple(state["lapsed"])
+        current = self._current(state)
+        model = entitlement.license_model
+        holds = current is not None and holds_seat(current, model, now, self._grace)
+        in_use = int(locked["seats_held"]) - len(lapsed)
+        ahead = 0
+        if current is not None and rank_needed(holds, in_use, entitlement.seat_limit):
+            ahead = await db.fetchval(
+                RANK,
+                entitlement.entitlement_id,
+                model is LicenseModel.NODE_LOCKED,
+                now - self._grace,
+                current.seat_time or current.create_time,
+                current.activation_id,
+            )
+        outcome = admit(current, holds, in_use, entitlement.seat_limit, ahead)
+        if outcome is SeatOutcome.REFUSED:
+            raise seats_exhausted(entitlement)
+        took = takes_seat(outcome)
+        seats_in_use = in_use + 1 if took else in_use
+        user = None
+        if current is None:
+            activation = wanted
+            statement = INSERT_ACTIVATION
+        else:
+            activation = replace(
+                current,
+                label=wanted.label or current.label,
+                lease_jti=wanted.lease_jti,
+                lease_expire_time=wanted.lease_expire_time,
+                seat_time=current.seat_time if outcome is SeatOutcome.KEPT else now,
+                user_id=current.user_id if renewal else wanted.user_id,
+                released_time=None,
+                lapse_recorded_time=None,
+            )
+            statement = UPDATE_ACTIVATION
+            if renewal:
+                user = _user(state, current.user_id, entitlement.entitlement_id)
+        result = SeatResult(outcome, activation, entitlement, seats_in_use, now, user, lapsed)
+        await db.execute(
+            statement,
+            activation.activation_id,
+            activation.entitlement_id,
+            activation.fingerprint,
+            activation.label,
+            activation.lease_jti,
+            activation.lease_expire_time,
+            now,
+            activation.seat_time,
+            activation.user_id,
+            seats_in_use,
+            *_event_arrays(events(result)),
+        )
+        return result
+
+    async def _committed(self, lapsed: tuple[str, ...], outcome: SeatOutcome) -> None:
+        if lapsed or takes_seat(outcome):
+            await self._store.events_committed()
+
+    # --- release and check --------------------------------------------------
+
+    async def release(self, lease: LeaseRef, events: ReleaseEvents) -> Release:
+        async with self._transaction() as db:
+            locked = await db.fetchrow(LOCK_BY_ID, lease.entitlement_id)
+            if locked is None:
+                raise lease_superseded(lease.activation_id)
+            entitlement = entitlement_of(locked, tuple(locked["refs"]))
+            state = await _one_row(
+                db,
+                NOTE_LAPSES_AND_FIND_ACTIVATION,
+                *self._time_args(),
+                entitlement.entitlement_id,
+                self._grace_seconds,
+                entitlement.license_model is LicenseModel.FLOATING,
+                lease.activation_id,
+            )
+            now: datetime = state["now"]
+            lapsed = tuple(state["lapsed"])
+            current = self._current(state)
+            if (
+                current is None
+                or current.entitlement_id != lease.entitlement_id
+                or current.lease_jti != lease.jti
+            ):
+                raise lease_superseded(lease.activation_id)
+            released_now = current.released_time is None
+            counted = released_now and current.lapse_recorded_time is None
+            held = int(locked["seats_held"]) - len(lapsed) - (1 if counted else 0)
+            result = Release(entitlement, held, now, released_now, lapsed)
+            recorded = events(result, lease.activation_id)
+            await db.execute(
+                RELEASE_ACTIVATION,
+                current.activation_id,
+                entitlement.entitlement_id,
+                now,
+                released_now,
+                held,
+                *_event_arrays(recorded),
+            )
+        if recorded:
+            await self._store.events_committed()
+        return result
+
+    async def check(self, key_hash: str, entitlement_id: str) -> LicenseCount | None:
+        async with self._connection() as db:
+            row = await db.fetchrow(
+                COUNT_BY_KEY if key_hash else COUNT_BY_ID,
+                *self._time_args(),
+                self._grace_seconds,
+                key_hash or entitlement_id,
+            )
+        if row is None:
+            return None
+        return LicenseCount(entitlement_of(row, tuple(row["refs"])), int(row["in_use"]), row["now"])

@@ -1,0 +1,110 @@
+"""The seat transactions every backend offers: what they take and what they give back.
+
+Each method is one transaction that locks the entitlement, counts, asks
+`domain.seats.admit` and writes what it decided. `SqlSeats` (SQLAlchemy; the
+SQLite default) and `PgSeats` (asyncpg, few round trips) implement it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Protocol
+
+from keyturn.server.domain.entitlement import Entitlement
+from keyturn.server.domain.named_users import NamedUser
+from keyturn.server.domain.seats import Activation, SeatOutcome
+
+from .event_repository import NewEvent
+
+
+@dataclass(frozen=True)
+class ActivationClaim:
+    """A device asking for a seat with a credential: the entitlement is found by key hash
+    (a license key) or by id (an identity token's named user)."""
+
+    product_id: str
+    fingerprint: str
+    label: str
+    new_activation_id: str
+    new_jti: str
+    key_hash: str = ""
+    entitlement_id: str = ""
+    user_id: str | None = None
+
+
+@dataclass(frozen=True)
+class LeaseRef:
+    """A lease as its (verified) token names it."""
+
+    entitlement_id: str
+    activation_id: str
+    jti: str
+
+
+@dataclass(frozen=True)
+class RenewalClaim(LeaseRef):
+    """A device presenting its newest lease for another one."""
+
+    new_jti: str
+
+
+@dataclass(frozen=True)
+class SeatResult:
+    outcome: SeatOutcome
+    activation: Activation
+    entitlement: Entitlement
+    seats_in_use: int
+    now: datetime  # the instant the decision was taken at (the lease's issue time)
+    user: NamedUser | None = None  # the named user of a renewed activation
+    lapsed: tuple[str, ...] = ()  # activations whose lapse was noticed now (to record)
+
+
+@dataclass(frozen=True)
+class Release:
+    """A seat given back; `entitlement` is None when it no longer exists."""
+
+    entitlement: Entitlement | None
+    seats_in_use: int
+    now: datetime
+    released_now: bool  # False: it was already released (a repeated release)
+    lapsed: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class LicenseCount:
+    entitlement: Entitlement
+    seats_in_use: int
+    now: datetime
+
+
+# The events a seat change records, built by the use case from what happened.
+ClaimEvents = Callable[[SeatResult], list[NewEvent]]
+ReleaseEvents = Callable[[Release, str], list[NewEvent]]
+
+
+class SeatStore(Protocol):
+    async def activate(self, claim: ActivationClaim, events: ClaimEvents) -> SeatResult:
+        """Take or keep the device's seat. Raises INVALID_LICENSE_KEY, PRODUCT_MISMATCH,
+        ENTITLEMENT_EXPIRED/CANCELLED or SEATS_EXHAUSTED."""
+        ...
+
+    async def renew(self, claim: RenewalClaim, events: ClaimEvents) -> SeatResult:
+        """Extend the lease of a held seat, or take the seat again after a lapse. Raises
+        LEASE_SUPERSEDED besides the activation errors."""
+        ...
+
+    async def release(self, lease: LeaseRef, events: ReleaseEvents) -> Release:
+        """Free the seat held under the lease. Raises LEASE_SUPERSEDED when it is not the
+        activation's newest lease."""
+        ...
+
+    async def check(self, key_hash: str, entitlement_id: str) -> LicenseCount | None:
+        """The entitlement of a key hash (or id) and its seats in use; None: no such one."""
+        ...
+
+
+def lapse_cutoff(now: datetime, lapse_grace: timedelta) -> datetime:
+    """A floating lease that expired at or before this instant no longer holds its seat."""
+    return now - lapse_grace
