@@ -212,8 +212,15 @@ class Watcher:
     sequence seen. Runs until cancelled.
     """
 
-    def __init__(self, stub: Fulfillment, auth: Metadata, rng: random.Random, longest: int) -> None:
-        self._stub = stub
+    def __init__(
+        self,
+        stub: Fulfillment | Sequence[Fulfillment],
+        auth: Metadata,
+        rng: random.Random,
+        longest: int,
+    ) -> None:
+        # Several stubs: each connection goes to one of them (replicas), chosen at random.
+        self._stubs = [stub] if isinstance(stub, Fulfillment) else list(stub)
         self._auth = auth
         self._rng = rng
         self._longest = longest
@@ -228,7 +235,7 @@ class Watcher:
     async def run(self) -> None:
         while True:
             budget = self._rng.randint(0, self._longest)
-            call = watch(self._stub, self._auth, self.last)
+            call = watch(self._rng.choice(self._stubs), self._auth, self.last)
             self.connections += 1
             try:
                 for _ in range(budget):
@@ -464,6 +471,52 @@ async def test_watcher_finds_events_written_by_another_server_process(
             await watcher.follow_until(task, await max_sequence(db))
     assert len(written.orders) == WRITERS * OTHER_PROCESS_ORDERS_PER_WRITER
     assert watcher.connections >= 3, "the watcher hardly reconnected"
+    await check_watcher_saw_the_database(db, watcher, written)
+
+
+REPLICAS = 3
+REPLICA_ORDERS_PER_WRITER = 40
+
+
+async def test_writers_on_three_replicas_and_a_watcher_hopping_between_them(
+    database_url: str, tokens: Tokens, db: AsyncEngine, tmp_path: Path
+) -> None:
+    """Concurrent writers, each on its own `keyturn serve` replica of one database, and a
+    watcher that reconnects at random points to a random replica: every event exactly
+    once, in the database's one order."""
+    async with contextlib.AsyncExitStack() as stack:
+        replicas = [
+            await stack.enter_async_context(other_server(tmp_path, database_url))
+            for _ in range(REPLICAS)
+        ]
+        channels = [
+            await stack.enter_async_context(grpc.aio.insecure_channel(r.address)) for r in replicas
+        ]
+        await put_catalog(
+            catalog_pb2_grpc.CatalogServiceStub(channels[0]), tokens("catalog"), *SKUS
+        )
+        watcher = Watcher(
+            [Fulfillment(c) for c in channels], tokens("read"), random.Random(31), longest=12
+        )
+        written = Written()
+        async with watching(watcher) as task:
+            await asyncio.gather(
+                *(
+                    writer(
+                        number,
+                        REPLICA_ORDERS_PER_WRITER,
+                        Fulfillment(channels[number % REPLICAS]),
+                        Licensing(channels[number % REPLICAS]),
+                        tokens("fulfill"),
+                        written,
+                    )
+                    for number in range(WRITERS)
+                )
+            )
+            await watcher.follow_until(task, await max_sequence(db))
+    assert len(written.orders) == WRITERS * REPLICA_ORDERS_PER_WRITER
+    assert written.activation_ids, "no seat was taken: the mix lost its activations"
+    assert watcher.connections >= 10, "the watcher hardly reconnected"
     await check_watcher_saw_the_database(db, watcher, written)
 
 
