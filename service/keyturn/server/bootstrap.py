@@ -10,6 +10,7 @@ from sqlalchemy.engine import make_url
 
 from .app.context import AppContext
 from .app.delivery import Dispatcher, DispatchSettings
+from .app.event_feed import EventFeed
 from .clock import Clock, SystemClock
 from .config import Settings
 from .dispatch.rendering import MailRenderer
@@ -68,9 +69,13 @@ async def build_context(settings: Settings, clock: Clock | None = None) -> AppCo
         sealer=sealer,
         keys=SigningKeys(store, sealer, keyring),
         clock=clock,
+        feed=EventFeed(
+            store,
+            poll_seconds=settings.watch_poll_seconds,
+            max_streams=settings.watch_max_streams,
+        ),
         issuer=settings.issuer,
         lapse_grace=timedelta(seconds=settings.lapse_grace_seconds),
-        watch_poll_seconds=settings.watch_poll_seconds,
         lapse_sweep_seconds=settings.lapse_sweep_seconds,
     )
 

@@ -65,6 +65,7 @@ class KeyturnServer:
         self.port = self._server.add_insecure_port(self._listen)
         if self.port == 0:
             raise OSError(f"cannot listen on {self._listen}")
+        self.ctx.feed.start()
         await self._server.start()
         await self._refresh_health()
         self._background.append(asyncio.create_task(self._watch_readiness()))
@@ -100,7 +101,7 @@ class KeyturnServer:
         """NOT_SERVING first, then let in-flight calls finish (up to `grace`), then close."""
         await self._health.enter_graceful_shutdown()
         self.ctx.stopping.set()  # change streams end now rather than hold the drain
-        self.ctx.store.bell.ring()
+        await self.ctx.feed.stop()  # wakes them to see it
         for task in self._background:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

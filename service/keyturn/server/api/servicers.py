@@ -5,6 +5,7 @@ Authentication and error mapping happen around them, in the interceptor.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator
 
 import grpc
@@ -134,11 +135,12 @@ class FulfillmentServicer(ful_grpc.FulfillmentServiceServicer):
     async def WatchEntitlementEvents(
         self, request: ful.WatchEntitlementEventsRequest, context: Context
     ) -> AsyncIterator[ful.WatchEntitlementEventsResponse]:
-        stream = entitlements.watch_events(
-            self._ctx, request.after_sequence, self._ctx.watch_poll_seconds
-        )
-        async for view in stream:
-            yield ful.WatchEntitlementEventsResponse(event=event_out(view))
+        # Closed here, not when collected: its stream slot is freed as soon as the call ends.
+        async with contextlib.aclosing(
+            entitlements.watch_events(self._ctx, request.after_sequence)
+        ) as stream:
+            async for view in stream:
+                yield ful.WatchEntitlementEventsResponse(event=event_out(view))
 
 
 class LicensingServicer(lic_grpc.LicensingServiceServicer):
