@@ -35,6 +35,20 @@ SERVICE_NAMES = (
 READINESS_INTERVAL_SECONDS = 5.0
 
 
+def _pending_call_limits(max_streams: int) -> list[tuple[str, int]]:
+    """Room for a burst of new calls the size of the stream cap.
+
+    grpc-core queues calls that arrived before the server picked them up and, past
+    1,000 queued (its default), refuses more at random with CANCELLED: 2,000 watchers
+    reconnecting at once lost about 200. The cap on streams is the limit that counts.
+    """
+    soft = max(1000, max_streams)
+    return [
+        ("grpc.server.max_pending_requests", soft),
+        ("grpc.server.max_pending_requests_hard_limit", 3 * soft),
+    ]
+
+
 class KeyturnServer:
     """A running Keyturn gRPC server; health follows the database's readiness."""
 
@@ -44,7 +58,7 @@ class KeyturnServer:
         self._listen = listen
         self._server = grpc.aio.server(
             interceptors=[ServiceInterceptor(TokenAuthenticator(ctx.store))],
-            options=[("grpc.so_reuseport", 0)],
+            options=[("grpc.so_reuseport", 0), *_pending_call_limits(ctx.feed.max_streams)],
         )
         licensing_pb2_grpc.add_LicensingServiceServicer_to_server(
             LicensingServicer(ctx), self._server
