@@ -1,4 +1,4 @@
-"""The change feed of one process: one reader of new events, followed by every open change stream.
+"""The change feed of one process: one reader of new events that every open stream follows.
 
 Without it each WatchEntitlementEvents stream read the database on its own every
 poll period, so 2,000 idle streams kept a core busy. Here one task reads new
