@@ -21,7 +21,7 @@ Figures printed:
   of that backlog by a new watcher on A and on B: events per second.
 
 The commit instant is taken in this process, on server A's engine: the moment
-the connection of the transaction that numbered the events goes back to the
+the connection of the transaction that wrote the events goes back to the
 pool, right after its COMMIT returned (and before the server rings its bell).
 The watcher's instant is when its `read()` returns the event. Both clocks are
 this process's `time.perf_counter`. The watchers' client runs in the same event
@@ -80,8 +80,8 @@ class CommitProbe:
         sync_engine = engine.sync_engine
 
         @event.listens_for(sync_engine, "after_cursor_execute")
-        def _numbered(conn: Connection, _cursor: Any, statement: str, *_args: Any) -> None:
-            if statement.lstrip().upper().startswith("UPDATE EVENT_SEQUENCE"):
+        def _wrote(conn: Connection, _cursor: Any, statement: str, *_args: Any) -> None:
+            if statement.lstrip().upper().startswith("INSERT INTO ENTITLEMENT_EVENTS"):
                 conn.info[self.FLAG] = True
 
         @event.listens_for(sync_engine.pool, "checkin")

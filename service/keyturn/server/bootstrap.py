@@ -10,6 +10,7 @@ from sqlalchemy.engine import make_url
 
 from .app.context import AppContext
 from .app.delivery import Dispatcher, DispatchSettings
+from .app.event_feed import EventFeed
 from .clock import Clock, SystemClock
 from .config import Settings
 from .dispatch.rendering import MailRenderer
@@ -80,9 +81,13 @@ async def build_context(settings: Settings, clock: Clock | None = None) -> AppCo
         keys=SigningKeys(store, sealer, keyring, settings.signing_key_refresh_seconds),
         clock=clock,
         seats=seat_store(store, clock, lapse_grace),
+        feed=EventFeed(
+            store,
+            poll_seconds=settings.watch_poll_seconds,
+            max_streams=settings.watch_max_streams,
+        ),
         issuer=settings.issuer,
         lapse_grace=lapse_grace,
-        watch_poll_seconds=settings.watch_poll_seconds,
         lapse_sweep_seconds=settings.lapse_sweep_seconds,
     )
 

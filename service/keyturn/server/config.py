@@ -49,8 +49,15 @@ class Settings(BaseSettings):
         0.5,
         gt=0,
         le=10,
-        description="How often a change stream looks for events written by other replicas "
-        "(those of this process arrive at once)",
+        description="How often this process looks for events written by other replicas, "
+        "for every change stream it serves (those of this process arrive at once)",
+    )
+    watch_max_streams: int = Field(
+        10_000,
+        ge=1,
+        le=1_000_000,
+        description="Most change streams (WatchEntitlementEvents) open at once on this "
+        "process; one more is refused with RESOURCE_EXHAUSTED / WATCH_STREAMS_EXHAUSTED",
     )
 
     signing_key_refresh_seconds: float = Field(

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from keyturn.fulfillment.v1 import fulfillment_pb2 as pb
-from keyturn.server.app.entitlements import EventView, filter_violations
+from keyturn.server.app.entitlements import filter_violations
+from keyturn.server.app.event_views import EventView
 from keyturn.server.app.fulfillment import FulfilledOrder
 from keyturn.server.app.views import EntitlementView
 from keyturn.server.domain.entitlement import Customer, Status

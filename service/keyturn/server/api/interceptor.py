@@ -121,8 +121,11 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         self, method: str, scope: str | None, behavior: Callable[..., Any]
     ) -> Callable[..., AsyncIterator[Any]]:
         async def call(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-            async with self._guard(method, scope, request, context):
-                async for response in behavior(request, context):
+            async with (
+                self._guard(method, scope, request, context),
+                contextlib.aclosing(behavior(request, context)) as responses,
+            ):
+                async for response in responses:
                     yield response
 
         return call

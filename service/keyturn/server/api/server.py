@@ -35,6 +35,20 @@ SERVICE_NAMES = (
 READINESS_INTERVAL_SECONDS = 5.0
 
 
+def _pending_call_limits(max_streams: int) -> list[tuple[str, int]]:
+    """Room for a burst of new calls the size of the stream cap.
+
+    grpc-core queues calls that arrived before the server picked them up and, past
+    1,000 queued (its default), refuses more at random with CANCELLED: 2,000 watchers
+    reconnecting at once lost about 200. The cap on streams is the limit that counts.
+    """
+    soft = max(1000, max_streams)
+    return [
+        ("grpc.server.max_pending_requests", soft),
+        ("grpc.server.max_pending_requests_hard_limit", 3 * soft),
+    ]
+
+
 class KeyturnServer:
     """A running Keyturn gRPC server; health follows the database's readiness."""
 
@@ -44,7 +58,7 @@ class KeyturnServer:
         self._listen = listen
         self._server = grpc.aio.server(
             interceptors=[ServiceInterceptor(TokenAuthenticator(ctx.store))],
-            options=[("grpc.so_reuseport", 0)],
+            options=[("grpc.so_reuseport", 0), *_pending_call_limits(ctx.feed.max_streams)],
         )
         licensing_pb2_grpc.add_LicensingServiceServicer_to_server(
             LicensingServicer(ctx), self._server
@@ -65,6 +79,7 @@ class KeyturnServer:
         self.port = self._server.add_insecure_port(self._listen)
         if self.port == 0:
             raise OSError(f"cannot listen on {self._listen}")
+        self.ctx.feed.start()
         await self._server.start()
         await self._refresh_health()
         self._background.append(asyncio.create_task(self._watch_readiness()))
@@ -100,7 +115,7 @@ class KeyturnServer:
         """NOT_SERVING first, then let in-flight calls finish (up to `grace`), then close."""
         await self._health.enter_graceful_shutdown()
         self.ctx.stopping.set()  # change streams end now rather than hold the drain
-        self.ctx.store.bell.ring()
+        await self.ctx.feed.stop()  # wakes them to see it
         for task in self._background:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

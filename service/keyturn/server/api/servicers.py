@@ -5,6 +5,8 @@ Authentication and error mapping happen around them, in the interceptor.
 
 from __future__ import annotations
 
+import contextlib
+import weakref
 from collections.abc import AsyncIterator
 
 import grpc
@@ -17,6 +19,7 @@ from keyturn.licensing.v1 import licensing_pb2 as lic
 from keyturn.licensing.v1 import licensing_pb2_grpc as lic_grpc
 from keyturn.server.app import catalog, entitlements, fulfillment, licensing
 from keyturn.server.app.context import AppContext
+from keyturn.server.app.event_views import EventView
 from keyturn.server.domain.errors import FieldViolation, invalid_request
 
 from .catalog_convert import product_in, product_out, sku_in, sku_out
@@ -81,9 +84,28 @@ class CatalogServicer(cat_grpc.CatalogServiceServicer):
         return cat.DeleteSkuResponse()
 
 
+class WatchResponses:
+    """Each event's stream message built once: the feed hands the same view to every stream.
+
+    Kept while the view lives (the feed's tail holds it); views read for one stream
+    take their message with them."""
+
+    def __init__(self) -> None:
+        self._built: weakref.WeakKeyDictionary[EventView, ful.WatchEntitlementEventsResponse] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    def of(self, view: EventView) -> ful.WatchEntitlementEventsResponse:
+        built = self._built.get(view)
+        if built is None:
+            built = self._built[view] = ful.WatchEntitlementEventsResponse(event=event_out(view))
+        return built
+
+
 class FulfillmentServicer(ful_grpc.FulfillmentServiceServicer):
     def __init__(self, ctx: AppContext) -> None:
         self._ctx = ctx
+        self._watch_responses = WatchResponses()
 
     async def FulfillOrder(
         self, request: ful.FulfillOrderRequest, context: Context
@@ -134,11 +156,12 @@ class FulfillmentServicer(ful_grpc.FulfillmentServiceServicer):
     async def WatchEntitlementEvents(
         self, request: ful.WatchEntitlementEventsRequest, context: Context
     ) -> AsyncIterator[ful.WatchEntitlementEventsResponse]:
-        stream = entitlements.watch_events(
-            self._ctx, request.after_sequence, self._ctx.watch_poll_seconds
-        )
-        async for view in stream:
-            yield ful.WatchEntitlementEventsResponse(event=event_out(view))
+        # Closed here, not when collected: its stream slot is freed as soon as the call ends.
+        async with contextlib.aclosing(
+            entitlements.watch_events(self._ctx, request.after_sequence)
+        ) as stream:
+            async for view in stream:
+                yield self._watch_responses.of(view)
 
 
 class LicensingServicer(lic_grpc.LicensingServiceServicer):

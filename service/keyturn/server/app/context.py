@@ -12,6 +12,8 @@ from keyturn.server.sealing import Sealer
 from keyturn.server.store.seats import SeatStore
 from keyturn.server.store.unit_of_work import Store
 
+from .event_feed import EventFeed
+
 
 @dataclass
 class AppContext:
@@ -20,8 +22,8 @@ class AppContext:
     keys: SigningKeys
     clock: Clock
     seats: SeatStore
+    feed: EventFeed  # new events for every change stream; started and stopped by the server
     issuer: str = "keyturn"
     lapse_grace: timedelta = timedelta(seconds=30)
-    watch_poll_seconds: float = 0.5
     lapse_sweep_seconds: float = 60.0  # 0: no sweep
     stopping: asyncio.Event = field(default_factory=asyncio.Event)  # set on shutdown

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from collections.abc import AsyncGenerator
 
 from keyturn.server.domain.errors import (
     DomainError,
@@ -16,24 +15,15 @@ from keyturn.server.domain.errors import (
 from keyturn.server.domain.orders import check_email, check_reference, check_text
 from keyturn.server.domain.validation import check_slug
 from keyturn.server.store.entitlement_repository import EntitlementFilter
-from keyturn.server.store.event_repository import StoredEvent
-from keyturn.server.store.unit_of_work import Transaction
 
 from .context import AppContext
+from .event_views import EventView, event_views
 from .fulfillment import check_entitlement_id, missing_entitlement
 from .paging import next_page_token, page_of, page_request
-from .views import EntitlementView, from_snapshot
+from .views import EntitlementView
 
 WATCH_BATCH = 500
 SEQUENCE_CURSOR = re.compile(r"[0-9]{1,18}", re.ASCII)
-
-
-@dataclass(frozen=True)
-class EventView:
-    """An event with the entitlement as it stood right after it."""
-
-    event: StoredEvent
-    entitlement: EntitlementView
 
 
 def filter_violations(where: EntitlementFilter) -> list[FieldViolation]:
@@ -77,11 +67,6 @@ async def list_entitlements(
     return views, next_page_token(items[-1].entitlement_id if more else None, scope)
 
 
-async def _event_views(tx: Transaction, events: list[StoredEvent]) -> list[EventView]:
-    current = await tx.entitlements.get_many({e.entitlement_id for e in events})
-    return [EventView(e, from_snapshot(current[e.entitlement_id], e.snapshot)) for e in events]
-
-
 async def list_entitlement_events(
     ctx: AppContext, entitlement_id: str, page_size: int, page_token: str
 ) -> tuple[list[EventView], str]:
@@ -98,20 +83,49 @@ async def list_entitlement_events(
             raise missing_entitlement(entitlement_id)
         found = await tx.events.after(after, page.size + 1, entitlement_id)
         items, more = page_of(found, page.size)
-        views = await _event_views(tx, items)
+        views = await event_views(tx, items)
     return views, next_page_token(str(items[-1].sequence) if more else None, scope)
 
 
-async def watch_events(
-    ctx: AppContext, after_sequence: int, poll_seconds: float
-) -> AsyncIterator[EventView]:
+async def watch_events(ctx: AppContext, after_sequence: int) -> AsyncGenerator[EventView, None]:
     """Every event after `after_sequence` in sequence order, then new ones as they commit.
 
-    Commits in this process wake the watcher at once; those of other replicas are
-    found by reading again every `poll_seconds`.
+    Events come from the process's feed (see event_feed) while the stream's cursor is
+    inside its tail, and from the database in batches while the cursor is behind it.
+    Waiting for new events costs the stream nothing: the feed wakes it.
     """
     if after_sequence < 0:
         raise_if_invalid([FieldViolation("after_sequence", "must not be negative")])
+    await _check_in_range(ctx, after_sequence)
+    feed = ctx.feed
+    with feed.stream_slot():
+        cursor = after_sequence
+        while True:
+            if ctx.stopping.is_set():
+                raise DomainError(
+                    Reason.SERVER_STOPPING,
+                    f"the server is stopping; reconnect with after_sequence {cursor}",
+                    {"last_sequence": str(cursor)},
+                )
+            grown = feed.armed()
+            batch = feed.after(cursor, WATCH_BATCH)
+            if batch is None:  # behind the feed's tail, or the feed has none yet
+                batch = await _read_after(ctx, cursor)
+                if not batch:  # the feed is not reading: look again after a poll period
+                    await ctx.store.bell.wait(grown, feed.poll_seconds)
+            elif not batch:
+                await grown.wait()
+            for view in batch:
+                yield view
+                cursor = view.event.sequence
+
+
+async def _check_in_range(ctx: AppContext, after_sequence: int) -> None:
+    """Refuse a sequence beyond the last event; the database is read only when the feed
+    has not seen that far."""
+    known = ctx.feed.last_sequence
+    if known is not None and after_sequence <= known:
+        return
     async with ctx.store.read() as tx:
         last = await tx.events.last_sequence()
     if after_sequence > last:
@@ -120,19 +134,8 @@ async def watch_events(
             f"after_sequence {after_sequence} is beyond the last event ({last})",
             {"last_sequence": str(last)},
         )
-    cursor = after_sequence
-    while True:
-        if ctx.stopping.is_set():
-            raise DomainError(
-                Reason.SERVER_STOPPING,
-                f"the server is stopping; reconnect with after_sequence {cursor}",
-                {"last_sequence": str(cursor)},
-            )
-        signal = ctx.store.bell.armed()
-        async with ctx.store.read() as tx:
-            batch = await _event_views(tx, await tx.events.after(cursor, WATCH_BATCH))
-        for view in batch:
-            yield view
-            cursor = view.event.sequence
-        if len(batch) < WATCH_BATCH:
-            await ctx.store.bell.wait(signal, poll_seconds)
+
+
+async def _read_after(ctx: AppContext, cursor: int) -> list[EventView]:
+    async with ctx.store.read() as tx:
+        return await event_views(tx, await tx.events.after(cursor, WATCH_BATCH))

@@ -44,6 +44,7 @@ class Reason(StrEnum):
     INVALID_INVITATION = "INVALID_INVITATION"
     INVITATION_REDEEMED = "INVITATION_REDEEMED"
     NAMED_USERS_EXCEED_SEATS = "NAMED_USERS_EXCEED_SEATS"
+    WATCH_STREAMS_EXHAUSTED = "WATCH_STREAMS_EXHAUSTED"
 
 
 @dataclass(frozen=True)
@@ -87,3 +88,13 @@ def raise_if_invalid(violations: Sequence[FieldViolation]) -> None:
     """Raise INVALID_REQUEST when anything was found wrong."""
     if violations:
         raise invalid_request(violations)
+
+
+def watch_streams_exhausted(max_streams: int) -> DomainError:
+    """A new change stream refused: this process already serves `max_streams` of them."""
+    return DomainError(
+        Reason.WATCH_STREAMS_EXHAUSTED,
+        f"this server already has {max_streams} change streams open, its most; "
+        "retry later or on another replica",
+        {"max_streams": str(max_streams)},
+    )

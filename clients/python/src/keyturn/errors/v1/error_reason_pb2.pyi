@@ -150,6 +150,12 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     has seats (each named user is assigned a seat). The whole order is rolled
     back. Metadata: `entitlement_id`, `seats`, `named_users`, `line`.
     """
+    WATCH_STREAMS_EXHAUSTED: _ErrorReason.ValueType  # 31
+    """RESOURCE_EXHAUSTED. This server already has as many WatchEntitlementEvents
+    streams open as it allows (`KEYTURN_WATCH_MAX_STREAMS`); the new stream is
+    refused before it sends anything. Retry with backoff, or on another
+    replica, with the same `after_sequence`. Metadata: `max_streams`.
+    """
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """ErrorReason lists every `google.rpc.ErrorInfo.reason` that Keyturn returns.
@@ -291,5 +297,11 @@ NAMED_USERS_EXCEED_SEATS: ErrorReason.ValueType  # 30
 """FAILED_PRECONDITION. An order line names more users than the entitlement
 has seats (each named user is assigned a seat). The whole order is rolled
 back. Metadata: `entitlement_id`, `seats`, `named_users`, `line`.
+"""
+WATCH_STREAMS_EXHAUSTED: ErrorReason.ValueType  # 31
+"""RESOURCE_EXHAUSTED. This server already has as many WatchEntitlementEvents
+streams open as it allows (`KEYTURN_WATCH_MAX_STREAMS`); the new stream is
+refused before it sends anything. Retry with backoff, or on another
+replica, with the same `after_sequence`. Metadata: `max_streams`.
 """
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015

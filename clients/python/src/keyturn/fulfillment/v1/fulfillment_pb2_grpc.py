@@ -131,6 +131,9 @@ class FulfillmentServiceServicer:
         """Streams every entitlement change in global sequence order, starting
         after `after_sequence`, then follows new changes as they are committed.
         Reconnect with the last sequence seen: nothing is skipped or repeated.
+        Changes committed through the same server arrive at once, those of other
+        replicas within the server's poll period. A server keeps a bounded number
+        of streams open; one more is RESOURCE_EXHAUSTED / WATCH_STREAMS_EXHAUSTED.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

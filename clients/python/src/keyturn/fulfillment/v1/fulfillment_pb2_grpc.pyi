@@ -59,6 +59,9 @@ class FulfillmentServiceStub:
     """Streams every entitlement change in global sequence order, starting
     after `after_sequence`, then follows new changes as they are committed.
     Reconnect with the last sequence seen: nothing is skipped or repeated.
+    Changes committed through the same server arrive at once, those of other
+    replicas within the server's poll period. A server keeps a bounded number
+    of streams open; one more is RESOURCE_EXHAUSTED / WATCH_STREAMS_EXHAUSTED.
     """
 
 @_typing.type_check_only
@@ -90,6 +93,9 @@ class FulfillmentServiceAsyncStub(FulfillmentServiceStub):
     """Streams every entitlement change in global sequence order, starting
     after `after_sequence`, then follows new changes as they are committed.
     Reconnect with the last sequence seen: nothing is skipped or repeated.
+    Changes committed through the same server arrive at once, those of other
+    replicas within the server's poll period. A server keeps a bounded number
+    of streams open; one more is RESOURCE_EXHAUSTED / WATCH_STREAMS_EXHAUSTED.
     """
 
 class FulfillmentServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -160,6 +166,9 @@ class FulfillmentServiceServicer(metaclass=_abc_1.ABCMeta):
         """Streams every entitlement change in global sequence order, starting
         after `after_sequence`, then follows new changes as they are committed.
         Reconnect with the last sequence seen: nothing is skipped or repeated.
+        Changes committed through the same server arrive at once, those of other
+        replicas within the server's poll period. A server keeps a bounded number
+        of streams open; one more is RESOURCE_EXHAUSTED / WATCH_STREAMS_EXHAUSTED.
         """
 
 def add_FulfillmentServiceServicer_to_server(servicer: FulfillmentServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
