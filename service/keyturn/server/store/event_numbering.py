@@ -16,24 +16,26 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
-from sqlalchemy import exc, text
-from sqlalchemy.ext.asyncio import AsyncEngine
+import asyncpg
 
 log = logging.getLogger("keyturn.events")
 
 BATCH = 5000
-NUMBER = text("SELECT keyturn_number_events(:batch)")
+NUMBER = "SELECT keyturn_number_events($1)"
 
 
 class EventNumbering:
     """One per process: commits that wrote events wait here for their numbers."""
 
     def __init__(
-        self, engine: AsyncEngine, on_numbered: Callable[[], None], poll_seconds: float = 1.0
+        self,
+        pool: Callable[[], Awaitable[asyncpg.Pool]],
+        on_numbered: Callable[[], None],
+        poll_seconds: float = 1.0,
     ) -> None:
-        self._engine = engine
+        self._pool = pool
         self._on_numbered = on_numbered
         self._poll_seconds = poll_seconds
         self._wanted = asyncio.Event()
@@ -59,10 +61,9 @@ class EventNumbering:
     async def number_all(self) -> int:
         """Number every committed event that has no sequence yet; how many were."""
         total = 0
+        pool = await self._pool()
         while True:
-            async with self._engine.connect() as connection:
-                numbered = int((await connection.execute(NUMBER, {"batch": BATCH})).scalar_one())
-                await connection.commit()
+            numbered = int(await pool.fetchval(NUMBER, BATCH))  # one statement, autocommit
             total += numbered
             if numbered < BATCH:
                 return total
@@ -76,7 +77,7 @@ class EventNumbering:
             waiters, self._waiters = self._waiters, []
             try:
                 numbered = await self.number_all()
-            except (exc.SQLAlchemyError, OSError) as error:
+            except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as error:
                 log.warning("numbering events failed (retrying): %s", error)
                 numbered = 0
             if numbered:

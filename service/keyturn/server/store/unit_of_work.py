@@ -89,7 +89,9 @@ class Store:
         self.bell = CommitBell()
         # PostgreSQL numbers events after commit; SQLite at insert (one writer at a time).
         self.numbering = (
-            EventNumbering(engine, self.bell.ring) if engine.dialect.name == "postgresql" else None
+            EventNumbering(self.driver_pool, self.bell.ring)
+            if engine.dialect.name == "postgresql"
+            else None
         )
         # SQLite: a deferred BEGIN that takes no write lock; PostgreSQL: BEGIN READ ONLY.
         self._pool: asyncpg.Pool | None = None
