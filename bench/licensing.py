@@ -20,12 +20,14 @@ import contextlib
 import random
 import secrets
 import signal
+import subprocess
 import sys
 import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
 from types import FrameType
+from typing import Protocol
 
 # support.postgres and support.subprocess_server, shared with the tests
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
@@ -60,6 +62,16 @@ OVERSELL_FREE_SEATS = 64  # free seats left on the hot entitlement for the limit
 OVERSELL_DEVICES = 4 * OVERSELL_FREE_SEATS
 
 
+class Child(Protocol):
+    """A server in a child process (keyturn serve, the echo server)."""
+
+    @property
+    def pid(self) -> int: ...
+
+    @property
+    def process(self) -> subprocess.Popen[str]: ...
+
+
 class Bench:
     """The load pool, the progress line and the timings shared by every measurement."""
 
@@ -69,8 +81,12 @@ class Bench:
         self.duration = duration
         self.warmup = warmup
 
-    def measure(self, label: str, name: str, job: Job, pid: int) -> report.Measured:
+    def measure(self, label: str, name: str, job: Job, server: Child) -> report.Measured:
         """One load measurement; server CPU sampled at its start and end instants."""
+        code = server.process.poll()
+        if code is not None:
+            raise RuntimeError(f"the server under test (pid {server.pid}) exited with {code}")
+        pid = server.pid
         self.progress.phase(label)
         samples = []
         result = self.pool.run(
@@ -114,21 +130,23 @@ def _seeded_counts(scale: Scale, seeded: Seeded) -> dict[str, int]:
     }
 
 
-def _rpc_rows(bench: Bench, figures: report.Figures, seeded: Seeded, target: str, pid: int) -> None:
+def _rpc_rows(
+    bench: Bench, figures: report.Figures, seeded: Seeded, target: str, server: Child
+) -> None:
     """The main table: each RPC at 16 and 64 in flight on the driven entitlements."""
     keys = tuple(d.license_key for d in seeded.driven)
     base = Job(kind="check", target=target, in_flight=LOW, product_id=PRODUCT_ID, keys=keys)
     for in_flight in (LOW, HIGH):
         job = replace(base, in_flight=in_flight, tag=f"check{in_flight}")
         figures.rpcs[("CheckLicense", in_flight)] = bench.measure(
-            f"CheckLicense @{in_flight}", "CheckLicense", job, pid
+            f"CheckLicense @{in_flight}", "CheckLicense", job, server
         )
     leases: list[str] = []
     for in_flight in (LOW, HIGH):
         job = replace(
             base, kind="activate", in_flight=in_flight, tag=f"act{in_flight}", collect_leases=True
         )
-        m = bench.measure(f"ActivateSeat @{in_flight}", "ActivateSeat", job, pid)
+        m = bench.measure(f"ActivateSeat @{in_flight}", "ActivateSeat", job, server)
         figures.rpcs[("ActivateSeat", in_flight)] = m
         leases += m.load.leases
     random.Random(7).shuffle(leases)
@@ -138,20 +156,20 @@ def _rpc_rows(bench: Bench, figures: report.Figures, seeded: Seeded, target: str
         held, leases = tuple(leases[:in_flight]), leases[in_flight:]
         job = replace(base, kind="renew", in_flight=in_flight, leases=held, tag="renew")
         figures.rpcs[("RenewLease", in_flight)] = bench.measure(
-            f"RenewLease @{in_flight}", "RenewLease", job, pid
+            f"RenewLease @{in_flight}", "RenewLease", job, server
         )
     prepare = replace(base, kind="activate", in_flight=HIGH, tag="prep", collect_leases=True)
-    leases += bench.measure("preparing leases for ReleaseSeat", "", prepare, pid).load.leases
+    leases += bench.measure("preparing leases for ReleaseSeat", "", prepare, server).load.leases
     half = len(leases) // 2
     for in_flight, share in ((LOW, leases[:half]), (HIGH, leases[half:])):
         job = replace(base, kind="release", in_flight=in_flight, leases=tuple(share), tag="rel")
         figures.rpcs[("ReleaseSeat", in_flight)] = bench.measure(
-            f"ReleaseSeat @{in_flight} ({len(share):,} leases)", "ReleaseSeat", job, pid
+            f"ReleaseSeat @{in_flight} ({len(share):,} leases)", "ReleaseSeat", job, server
         )
 
 
 def _history_rows(
-    bench: Bench, figures: report.Figures, seeded: Seeded, target: str, pid: int
+    bench: Bench, figures: report.Figures, seeded: Seeded, target: str, server: Child
 ) -> None:
     """CheckLicense, then ActivateSeat, all calls on one entitlement: fresh, history, big."""
     on = {"fresh": seeded.fresh, "history": seeded.history, "big": seeded.big}
@@ -166,7 +184,7 @@ def _history_rows(
                 tag=f"{kind}-{which}",
             )
             label = report.history_label(figures, rpc, which)
-            figures.history[(rpc, which)] = bench.measure(label, rpc, job, pid)
+            figures.history[(rpc, which)] = bench.measure(label, rpc, job, server)
 
 
 def _oversell(bench: Bench, db: Database, seeded: Seeded, target: str) -> report.Oversell:
@@ -272,9 +290,9 @@ def run(
     ).SerializeToString()
     for in_flight in (LOW, HIGH):
         job = Job(kind="echo", target=echo.address, in_flight=in_flight, payload=payload)
-        figures.echo[in_flight] = bench.measure(f"echo @{in_flight}", "echo", job, echo.pid)
-    _rpc_rows(bench, figures, seeded, server.address, server.pid)
-    _history_rows(bench, figures, seeded, server.address, server.pid)
+        figures.echo[in_flight] = bench.measure(f"echo @{in_flight}", "echo", job, echo)
+    _rpc_rows(bench, figures, seeded, server.address, server)
+    _history_rows(bench, figures, seeded, server.address, server)
     figures.oversell = _oversell(bench, db, seeded, server.address)
     _pgbench_rows(progress, figures, db, seeded.bulk, duration)
     return figures
