@@ -58,6 +58,7 @@ from harness.servers import (
 
 HIGH, LOW = 64, 16  # calls in flight
 PGBENCH_CLIENTS = 16
+RELEASE_PER_ACTIVATE = 1.5  # guess of ReleaseSeat's rate over ActivateSeat's, to size leases
 OVERSELL_FREE_SEATS = 64  # free seats left on the hot entitlement for the limit check
 OVERSELL_DEVICES = 4 * OVERSELL_FREE_SEATS
 
@@ -141,25 +142,55 @@ def _rpc_rows(
         figures.rpcs[("CheckLicense", in_flight)] = bench.measure(
             f"CheckLicense @{in_flight}", "CheckLicense", job, server
         )
-    leases: list[str] = []
+    for_release: list[str] = []
     for in_flight in (LOW, HIGH):
         job = replace(
             base, kind="activate", in_flight=in_flight, tag=f"act{in_flight}", collect_leases=True
         )
         m = bench.measure(f"ActivateSeat @{in_flight}", "ActivateSeat", job, server)
         figures.rpcs[("ActivateSeat", in_flight)] = m
-        leases += m.load.leases
-    random.Random(7).shuffle(leases)
+        for_release += m.load.leases
+    _renew_rows(bench, figures, base, server)
+    rate = figures.rpcs[("ActivateSeat", HIGH)].load.calls_per_s
+    _release_rows(bench, figures, base, server, for_release, rate)
+
+
+def _setup_leases(bench: Bench, base: Job, server: Child, rpc: str, count: int) -> list[str]:
+    """`count` new activations (at 64 in flight, not measured): their leases."""
+    job = replace(
+        base, kind="activate", in_flight=HIGH, tag=f"for{rpc}", collect_leases=True, max_calls=count
+    )
+    result = bench.measure(f"leases for {rpc}", "", job, server).load
+    if len(result.leases) < count:
+        raise RuntimeError(f"activations for {rpc} failed: {result.errors}")
+    return list(result.leases)
+
+
+def _renew_rows(bench: Bench, figures: report.Figures, base: Job, server: Child) -> None:
+    """Each slot renews one lease (taken in a setup phase) with its newest token."""
+    leases = _setup_leases(bench, base, server, "RenewLease", LOW + HIGH)
     for in_flight in (LOW, HIGH):
-        if len(leases) < in_flight:
-            raise RuntimeError(f"only {len(leases)} leases for RenewLease @{in_flight}")
         held, leases = tuple(leases[:in_flight]), leases[in_flight:]
         job = replace(base, kind="renew", in_flight=in_flight, leases=held, tag="renew")
         figures.rpcs[("RenewLease", in_flight)] = bench.measure(
             f"RenewLease @{in_flight}", "RenewLease", job, server
         )
-    prepare = replace(base, kind="activate", in_flight=HIGH, tag="prep", collect_leases=True)
-    leases += bench.measure("preparing leases for ReleaseSeat", "", prepare, server).load.leases
+
+
+def _release_rows(
+    bench: Bench,
+    figures: report.Figures,
+    base: Job,
+    server: Child,
+    leases: list[str],
+    activate_rate: float,
+) -> None:
+    """Releases of leases activated before: those of the ActivateSeat rows, topped up to
+    what two rows are expected to release (a row whose leases run out ends early)."""
+    needed = int(2 * RELEASE_PER_ACTIVATE * activate_rate * bench.duration) + 4 * HIGH
+    if len(leases) < needed:
+        leases += _setup_leases(bench, base, server, "ReleaseSeat", needed - len(leases))
+    random.Random(7).shuffle(leases)
     half = len(leases) // 2
     for in_flight, share in ((LOW, leases[:half]), (HIGH, leases[half:])):
         job = replace(base, kind="release", in_flight=in_flight, leases=tuple(share), tag="rel")

@@ -10,8 +10,8 @@ asked, the leases it obtained. A shared counter per process feeds the progress
 line.
 
 Kinds of call:
-- activate: ActivateSeat with a new fingerprint each call, keys round-robin
-  from a random offset;
+- activate: ActivateSeat with a new fingerprint each call, each with a key
+  picked at random;
 - check: CheckLicense, keys likewise;
 - renew: each call slot owns one lease and renews it again and again with the
   newest token;
@@ -20,7 +20,8 @@ Kinds of call:
 - echo: the echo server's method with the bytes of an ActivateSeat request.
 
 With `max_calls`, there is no warm-up and no end instant: the processes make
-that many calls in all and stop.
+that many calls in all and stop. Otherwise, calls still in flight at the end
+instant are cancelled (they would not count).
 """
 
 from __future__ import annotations
@@ -142,7 +143,7 @@ class _Run:
     async def call(self, slot: int, n: int, held: list[str]) -> tuple[str, Any]:
         job = self.job
         if job.kind == "activate":
-            key = job.keys[(slot * 7919 + n + self.rng.randrange(1 << 16)) % len(job.keys)]
+            key = self.rng.choice(job.keys)
             request = lic.ActivateSeatRequest(
                 license_key=key,
                 product_id=job.product_id,
@@ -151,7 +152,7 @@ class _Run:
             )
             return "OK", await self.stub.ActivateSeat(request, timeout=CALL_TIMEOUT_S)
         if job.kind == "check":
-            key = job.keys[(slot + n + self.rng.randrange(1 << 16)) % len(job.keys)]
+            key = self.rng.choice(job.keys)
             check = lic.CheckLicenseRequest(license_key=key, product_id=job.product_id)
             return "OK", await self.stub.CheckLicense(check, timeout=CALL_TIMEOUT_S)
         if job.kind == "renew":
@@ -220,7 +221,15 @@ async def _run_job(
         conn.send("ready")
         run.start, run.end = await asyncio.to_thread(conn.recv)
         slots = [asyncio.create_task(run.slot(i)) for i in range(job.in_flight)]
-        await asyncio.gather(*slots)
+        # By time: the calls still in flight at the end instant would not count; they are
+        # cancelled, so that a slow RPC does not hold up the next measurement.
+        timeout = None if job.max_calls else max(0.0, run.end - time.monotonic())
+        done, pending = await asyncio.wait(slots, timeout=timeout)
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+        for task in done:
+            task.result()  # a failure of the load generator itself
         return run.result()
 
 
