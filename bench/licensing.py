@@ -58,7 +58,7 @@ from harness.servers import (
 
 HIGH, LOW = 64, 16  # calls in flight
 PGBENCH_CLIENTS = 16
-RELEASE_PER_ACTIVATE = 1.5  # guess of ReleaseSeat's rate over ActivateSeat's, to size leases
+RELEASE_PER_ACTIVATE = 2.0  # guess of ReleaseSeat's rate over ActivateSeat's, to size leases
 OVERSELL_FREE_SEATS = 64  # free seats left on the hot entitlement for the limit check
 OVERSELL_DEVICES = 4 * OVERSELL_FREE_SEATS
 
@@ -102,7 +102,10 @@ class Bench:
         )
         before, after = samples
         cpu = (after.cpu_seconds - before.cpu_seconds) / max(1, result.calls)
-        self.progress.done(_summary(result))
+        summary = _summary(result)
+        if not job.max_calls and result.window_s < self.duration * 0.99:
+            summary += f" (leases ran out after {result.window_s:.1f} s)"
+        self.progress.done(summary)
         return report.Measured(name, job.in_flight, result, cpu, after.rss_bytes)
 
 
@@ -219,7 +222,10 @@ def _history_rows(
 
 
 def _oversell(bench: Bench, db: Database, seeded: Seeded, target: str) -> report.Oversell:
-    """Leave 64 seats free on the hot entitlement, send 256 new devices at once, count."""
+    """Leave 64 seats free on the hot entitlement, send 256 new devices at once, count.
+
+    Nothing else claims its seats meanwhile: its own rows ran two measurements ago.
+    """
     entitlement = seeded.fresh.entitlement_id
     before, _ = live_seats(db.dsn, entitlement)
     seats = before + OVERSELL_FREE_SEATS
