@@ -242,9 +242,11 @@ def start_server(
     settings: Mapping[str, str],
     listen: str = "127.0.0.1:0",
     timeout: float = START_TIMEOUT_S,
+    extra_args: Sequence[str] = (),
 ) -> Iterator[ServerProcess]:
-    """`keyturn serve` in `cwd` with `settings` (KEYTURN_* variables), stopped at the end."""
-    process = _spawn(["serve", "--listen", listen], cwd, settings)
+    """`keyturn serve` in `cwd` with `settings` (KEYTURN_* variables), stopped at the end;
+    `extra_args` go after `--listen` (such as `--workers 2`)."""
+    process = _spawn(["serve", "--listen", listen, *extra_args], cwd, settings)
     server = ServerProcess(process)
     try:
         server.await_listening(timeout)

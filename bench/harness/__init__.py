@@ -1,0 +1,1 @@
+"""The parts of bench/licensing.py: seeding, servers, load processes, pgbench, the report."""
