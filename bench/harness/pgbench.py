@@ -1,7 +1,6 @@
-"""The database ceiling: pgbench running the server's seat SQL from bench/pgbench/NAME.sql.
-
-Scripts are loaded by name, so a rewrite of the server's SQL only replaces the
-file. pgbench runs -n (no vacuum of its own tables), -M prepared (the server's
+"""The database ceiling: pgbench running the server's seat SQL (harness/seat_sql.py makes
+the script from store/pg_seats.py, so the two cannot drift), or bench/pgbench/NAME.sql.
+ pgbench runs -n (no vacuum of its own tables), -M prepared (the server's
 asyncpg prepares its statements too), for a fixed time.
 """
 
@@ -12,11 +11,14 @@ import os
 import re
 import shutil
 import subprocess
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+
+from .seat_sql import GENERATED
 
 SCRIPTS = Path(__file__).resolve().parents[1] / "pgbench"
 _TPS = re.compile(r"^tps = (?P<tps>[\d.]+) \(without initial connection time\)", re.M)
@@ -48,6 +50,11 @@ def find_pgbench() -> Path | None:
 
 
 def script_path(name: str) -> Path:
+    """bench/pgbench/NAME.sql, or the script made from the server's SQL (seat_sql.py)."""
+    if name in GENERATED:
+        path = Path(tempfile.gettempdir()) / f"keyturn-pgbench-{os.getpid()}-{name}.sql"
+        path.write_text(GENERATED[name]())
+        return path
     path = SCRIPTS / f"{name}.sql"
     if not path.is_file():
         raise FileNotFoundError(f"no pgbench script {path}")

@@ -195,6 +195,16 @@ JOIN unnest($1::text[]) WITH ORDINALITY AS e(id, n) ON e.n = 1 + g % cardinality
 """
 
 
+# The count every seat write keeps (migration 0006), made to match the rows put in here.
+_SEATS_HELD = """
+UPDATE entitlements AS e SET seats_held = c.held
+FROM (SELECT entitlement_id, count(*) AS held FROM activations
+      WHERE released_time IS NULL AND lapse_recorded_time IS NULL
+      GROUP BY entitlement_id) AS c
+WHERE e.entitlement_id = c.entitlement_id
+"""
+
+
 @contextlib.asynccontextmanager
 async def _constraints_set_aside(conn: asyncpg.Connection, table: str) -> AsyncIterator[None]:
     """Drop the table's keys, foreign keys and indexes, and make them again at the end.
@@ -244,6 +254,7 @@ async def seed_rows(dsn: str, scale: Scale, api_made: Seeded) -> Seeded:
             await conn.execute(_RELEASED_ROWS, history, "hist", scale.history_released)
             await conn.execute(_LIVE_ROWS, api_made.big.entitlement_id, "big", scale.big_live)
             await conn.execute(_SPREAD_ROWS, list(spread_over), scale.spread_activations)
+        await conn.execute(_SEATS_HELD)
         for table in ("entitlements", "activations"):
             await conn.execute(f"VACUUM ANALYZE {table}")
         entitlement_rows = int(await conn.fetchval("SELECT count(*) FROM entitlements"))
