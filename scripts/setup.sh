@@ -3,7 +3,11 @@
 # (.venv, with keyturn-client and keyturn[dev] installed editable) and the buf
 # CLI from package-lock.json (./node_modules/.bin/buf). Idempotent; run from
 # anywhere. PYTHON picks the interpreter that creates the venv (default python3).
+# With --for-tests it also installs the Debian packages the tests run
+# (pgbouncer), with apt-get, when they are missing.
 set -euo pipefail
+for_tests=false
+[ "${1:-}" = "--for-tests" ] && for_tests=true
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
@@ -40,5 +44,24 @@ command -v npm >/dev/null 2>&1 \
 say "npm: installing the buf CLI (npm ci)"
 npm ci --no-audit --no-fund --loglevel=error
 [ -x "$root/node_modules/.bin/buf" ] || die "npm ci did not install node_modules/.bin/buf"
+
+if $for_tests; then
+  missing=()
+  for package in pgbouncer; do
+    dpkg -s "$package" >/dev/null 2>&1 || missing+=("$package")
+  done
+  if [ "${#missing[@]}" -gt 0 ]; then
+    command -v apt-get >/dev/null 2>&1 \
+      || die "the tests need the Debian packages: ${missing[*]} (no apt-get here)"
+    sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    say "apt-get: installing ${missing[*]} (for the tests)"
+    export DEBIAN_FRONTEND=noninteractive
+    $sudo apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null \
+      || { $sudo apt-get update -q >/dev/null && \
+           $sudo apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null; } \
+      || die "apt-get could not install ${missing[*]}"
+  fi
+fi
 
 say "setup done: $("$venv/bin/python" --version 2>&1), buf $("$root/node_modules/.bin/buf" --version)"

@@ -13,7 +13,7 @@ step() { printf '\n===== %s =====\n' "$*"; }
 fail() { printf '\nFAILED: %s\n' "$*" >&2; exit 1; }
 
 step "setup"
-bash scripts/setup.sh
+bash scripts/setup.sh --for-tests
 
 step "buf lint"
 ./node_modules/.bin/buf lint || fail "buf lint"

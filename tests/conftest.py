@@ -24,6 +24,7 @@ from keyturn.server.config import Settings
 from keyturn.server.store.migrate import upgrade
 
 from support.catalog import new_license
+from support.pgbouncer import Bouncer, pgbouncer_in_front
 from support.postgres import create_database, drop_database, postgres_admin_url
 from support.smtp import SmtpServer
 from support.threads import run_in_own_loop
@@ -59,9 +60,65 @@ def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-@pytest.fixture(params=BACKENDS)
+# Modules that set THROUGH_PGBOUNCER = True also run on PostgreSQL through a PgBouncer
+# in transaction pooling mode (backend "pgbouncer"), as replicas behind one would.
+PGBOUNCER = "pgbouncer"
+_bouncer: Bouncer | None = None
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Every test on a database runs on each backend (the fixture `database_url`)."""
+    if "database_url" not in metafunc.fixturenames:
+        return
+    backends = list(BACKENDS)
+    if getattr(metafunc.module, "THROUGH_PGBOUNCER", False) and "postgresql" in BACKENDS:
+        backends.append(PGBOUNCER)
+    metafunc.parametrize("database_url", backends, indirect=True)
+
+
+@pytest.fixture(scope="session")
+def bouncer(pg_admin: str) -> Iterator[Bouncer]:
+    global _bouncer
+    with pgbouncer_in_front(pg_admin) as started:
+        _bouncer = started
+        yield started
+        _bouncer = None
+
+
+def is_pooled(database_url: str) -> bool:
+    return _bouncer is not None and _bouncer.is_pooled(database_url)
+
+
+def direct_url(database_url: str) -> str:
+    """The database itself, also when the test's servers reach it through PgBouncer."""
+    return database_url if _bouncer is None else _bouncer.direct(database_url)
+
+
+def server_settings(database_url: str, **extra: str) -> dict[str, str]:
+    """The KEYTURN_* environment of a `keyturn serve` child on this (migrated) database."""
+    settings = {
+        "KEYTURN_DATABASE_URL": database_url,
+        "KEYTURN_SECRET_KEY": TEST_SECRET,
+        "KEYTURN_AUTO_MIGRATE": "false",
+    }
+    if is_pooled(database_url):
+        settings["KEYTURN_DATABASE_TRANSACTION_POOLER"] = "true"
+    settings.update(extra)
+    return settings
+
+
+@pytest.fixture
 def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """A migrated, empty database of its own for one test."""
+    if request.param == PGBOUNCER:
+        pooler: Bouncer = request.getfixturevalue("bouncer")
+        admin: str = request.getfixturevalue("pg_admin")
+        name = f"keyturn_test_{uuid.uuid4().hex[:12]}"
+        template_name: str = request.getfixturevalue("pg_template")
+        direct = run_in_own_loop(create_database(admin, name, template=template_name))
+        yield pooler.pooled(direct)
+        run_in_own_loop(drop_database(admin, name))
+        return
     if request.param == "sqlite":
         template: Path = request.getfixturevalue("sqlite_template")
         path = tmp_path / "keyturn.db"
@@ -89,6 +146,7 @@ def settings_for(database_url: str, **overrides: object) -> Settings:
         "secret_key": TEST_SECRET,
         "auto_migrate": False,
         "listen": "127.0.0.1:0",
+        "database_transaction_pooler": is_pooled(database_url),
     }
     values.update(overrides)
     return Settings(**values)  # type: ignore[arg-type]

@@ -22,6 +22,8 @@ from support.rpc import PRODUCT_ID, failure_of
 
 Licensing = licensing_pb2_grpc.LicensingServiceStub
 
+THROUGH_PGBOUNCER = True  # conftest: also through PgBouncer in transaction mode
+
 
 def clock_of(app: AppContext) -> SystemClock:
     assert isinstance(app.clock, SystemClock)

@@ -44,6 +44,8 @@ Fulfillment = fulfillment_pb2_grpc.FulfillmentServiceStub
 ISSUER = "keyturn"  # settings_for leaves the default issuer
 MARGIN = timedelta(minutes=5)  # added to the longest lease when a key is retired
 
+THROUGH_PGBOUNCER = True  # conftest: also through PgBouncer in transaction mode
+
 
 def activation(key: str, fingerprint: str) -> lic.ActivateSeatRequest:
     return lic.ActivateSeatRequest(

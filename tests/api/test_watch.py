@@ -30,7 +30,7 @@ from keyturn.server.api.server import KeyturnServer
 from keyturn.server.app.context import AppContext
 from keyturn.server.bootstrap import build_context
 
-from conftest import TEST_SECRET, Tokens, settings_for
+from conftest import Tokens, direct_url, server_settings, settings_for
 from support.catalog import Metadata, put_catalog
 from support.rpc import PRODUCT_ID, RpcFailure, create_sku, failure_of, order
 from support.subprocess_server import ServerProcess, start_server
@@ -39,6 +39,7 @@ Fulfillment = fulfillment_pb2_grpc.FulfillmentServiceStub
 Licensing = licensing_pb2_grpc.LicensingServiceStub
 WatchCall: TypeAlias = "grpc.aio.UnaryStreamCall[ful.WatchEntitlementEventsRequest, ful.WatchEntitlementEventsResponse]"
 
+THROUGH_PGBOUNCER = True  # conftest: also through PgBouncer in transaction mode
 WAIT_S = 60.0  # only so that a broken stream fails the test instead of hanging it
 WRITERS = 3
 ORDERS_PER_WRITER = 100
@@ -87,7 +88,7 @@ async def skus(catalog_stub: catalog_pb2_grpc.CatalogServiceStub, tokens: Tokens
 @pytest.fixture
 async def db(database_url: str) -> AsyncIterator[AsyncEngine]:
     """An engine of the test's own on the server's database, for reading it with SQL."""
-    engine = create_async_engine(database_url)
+    engine = create_async_engine(direct_url(database_url))
     yield engine
     await engine.dispose()
 
@@ -413,12 +414,7 @@ async def test_resuming_watcher_sees_every_event_of_concurrent_writers_once_in_o
 @contextlib.asynccontextmanager
 async def other_server(cwd: Path, database_url: str) -> AsyncIterator[ServerProcess]:
     """`keyturn serve` in a child process on the same database (already migrated)."""
-    settings = {
-        "KEYTURN_DATABASE_URL": database_url,
-        "KEYTURN_SECRET_KEY": TEST_SECRET,
-        "KEYTURN_AUTO_MIGRATE": "false",
-    }
-    manager = start_server(cwd, settings)
+    manager = start_server(cwd, server_settings(database_url))
     process = await asyncio.to_thread(manager.__enter__)
     try:
         yield process

@@ -25,7 +25,7 @@ from keyturn.licensing.v1 import licensing_pb2_grpc
 from keyturn.server.app.tokens import create_token
 from keyturn.server.bootstrap import build_context
 
-from conftest import TEST_SECRET, settings_for
+from conftest import TEST_SECRET, server_settings, settings_for
 from support.catalog import new_license
 from support.rpc import PRODUCT_ID
 from support.subprocess_server import (
@@ -42,13 +42,11 @@ MARGIN = timedelta(minutes=5)  # added to the longest lease when a key is retire
 OTHER_SECRET = "another-secret-key-9876543210-zyxwvutsrqponm"
 KEY_LINE = re.compile(r"^(?P<kid>key_\w+)  created (?P<created>\S+)  (?P<state>.+)$")
 
+THROUGH_PGBOUNCER = True  # conftest: also through PgBouncer in transaction mode
+
 
 def settings(database_url: str, secret: str = TEST_SECRET) -> dict[str, str]:
-    return {
-        "KEYTURN_DATABASE_URL": database_url,
-        "KEYTURN_SECRET_KEY": secret,
-        "KEYTURN_AUTO_MIGRATE": "false",  # the fixture's database is migrated
-    }
+    return server_settings(database_url, KEYTURN_SECRET_KEY=secret)
 
 
 @contextlib.asynccontextmanager

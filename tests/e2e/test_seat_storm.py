@@ -22,11 +22,12 @@ from keyturn.client import AsyncLease, AsyncLicensingClient, RetryPolicy, SeatsE
 from keyturn.fulfillment.v1 import catalog_pb2_grpc, fulfillment_pb2_grpc
 from keyturn.server.app.context import AppContext
 
-from conftest import TEST_SECRET, Tokens
+from conftest import Tokens, server_settings
 from support.catalog import new_license
 from support.rpc import PRODUCT_ID
 from support.subprocess_server import ServerProcess, start_server
 
+THROUGH_PGBOUNCER = True  # conftest: also through PgBouncer in transaction mode
 SEATS = 10
 DEVICES = 500
 CALL_TIMEOUT_S = 120.0
@@ -37,12 +38,7 @@ RETRY = RetryPolicy(attempts=8, initial=0.05, maximum=1.0)
 @contextlib.asynccontextmanager
 async def servers(cwd: Path, database_url: str, count: int) -> AsyncIterator[list[ServerProcess]]:
     """`count` server processes on one (already migrated) database."""
-    settings = {
-        "KEYTURN_DATABASE_URL": database_url,
-        "KEYTURN_SECRET_KEY": TEST_SECRET,
-        "KEYTURN_AUTO_MIGRATE": "false",
-        "KEYTURN_LOG_LEVEL": "WARNING",
-    }
+    settings = server_settings(database_url, KEYTURN_LOG_LEVEL="WARNING")
     async with contextlib.AsyncExitStack() as stack:
         managers = [start_server(cwd, settings) for _ in range(count)]
         started = await asyncio.gather(*(asyncio.to_thread(m.__enter__) for m in managers))

@@ -12,7 +12,7 @@ from .app.context import AppContext
 from .app.delivery import Dispatcher, DispatchSettings
 from .app.event_feed import EventFeed
 from .clock import Clock, SystemClock
-from .config import Settings
+from .config import Settings, SettingsError
 from .dispatch.rendering import MailRenderer
 from .dispatch.smtp import SmtpSender, SmtpSettings
 from .leases.keyring import SigningKeys, load_keyring
@@ -66,9 +66,17 @@ async def build_context(settings: Settings, clock: Clock | None = None) -> AppCo
     """Open the database (migrating it when allowed), unseal the signing keys."""
     clock = clock or SystemClock(timedelta(seconds=settings.clock_offset_seconds))
     sealer = Sealer(resolve_secret(settings))
+    if settings.auto_migrate and settings.database_transaction_pooler:
+        raise SettingsError(
+            "KEYTURN_AUTO_MIGRATE must be false with KEYTURN_DATABASE_TRANSACTION_POOLER: "
+            "migrations hold a session lock a transaction pooler cannot keep; run "
+            "`keyturn migrate` with the database's own URL first"
+        )
     if settings.auto_migrate:
         await migrate(settings)
-    store = Store.from_url(settings.database_url)
+    store = Store.from_url(
+        settings.database_url, settings.database_pool_size, settings.database_transaction_pooler
+    )
     try:
         keyring = await load_keyring(store, sealer, clock.now())
     except BaseException:

@@ -16,7 +16,7 @@ from pydantic import ValidationError
 
 from .app.context import AppContext
 from .bootstrap import build_context, build_dispatcher, migrate
-from .config import Settings
+from .config import Settings, SettingsError
 from .domain.errors import DomainError
 from .sealing import SecretError
 
@@ -362,7 +362,7 @@ def main(argv: list[str] | None = None) -> int:
             return run(args)  # type: ignore[return-value]
         with asyncio.Runner(loop_factory=_loop_factory(settings)) as runner:
             return runner.run(run(args))  # type: ignore[arg-type]
-    except (SecretError, DomainError, OSError) as exc:
+    except (SecretError, SettingsError, DomainError, OSError) as exc:
         print(f"keyturn: {exc}", file=sys.stderr)
         return 1
     except Exception as exc:

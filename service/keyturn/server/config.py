@@ -11,6 +11,10 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./keyturn.db"
 
 
+class SettingsError(Exception):
+    """Settings that are each valid but do not work together."""
+
+
 class Settings(BaseSettings):
     """Every knob of the server; see README 'Configuration'."""
 
@@ -19,6 +23,19 @@ class Settings(BaseSettings):
     database_url: str = Field(
         DEFAULT_DATABASE_URL,
         description="SQLAlchemy URL: sqlite+aiosqlite:///PATH or postgresql+asyncpg://...",
+    )
+    database_pool_size: int = Field(
+        10,
+        ge=1,
+        le=1000,
+        description="Connections per process to the database, for each of the seat path and "
+        "the rest (each may open as many again at a peak)",
+    )
+    database_transaction_pooler: bool = Field(
+        False,
+        description="The database URL points at a pooler in transaction mode (PgBouncer): "
+        "no prepared statement is kept from one transaction to the next. Migrate against "
+        "the database itself (KEYTURN_AUTO_MIGRATE=false here)",
     )
     listen: str = Field("127.0.0.1:50051", description="HOST:PORT the gRPC server binds")
     secret_key: SecretStr | None = Field(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import uuid
 from typing import Any
 
 import asyncpg
@@ -17,16 +18,30 @@ def is_sqlite_url(url: str) -> bool:
     return url.startswith("sqlite")
 
 
-def create_engine(url: str, pool_size: int = 10) -> AsyncEngine:
+def create_engine(url: str, pool_size: int = 10, transaction_pooler: bool = False) -> AsyncEngine:
     """An engine whose write transactions serialise where they must.
 
     SQLite: every write transaction starts with BEGIN IMMEDIATE, so two writers
     never interleave (the seat count cannot be read stale); reads start a
     plain deferred BEGIN. PostgreSQL: READ COMMITTED plus explicit row locks.
+    Behind a transaction pooler (PgBouncer 1.18 keeps no prepared statement from
+    one transaction to the next) statements are prepared under unique names and
+    not cached.
     """
     if not is_sqlite_url(url):
+        connect_args: dict[str, Any] = {}
+        if transaction_pooler:
+            connect_args = {
+                "prepared_statement_cache_size": 0,
+                "statement_cache_size": 0,
+                "prepared_statement_name_func": _unique_statement_name,
+            }
         return create_async_engine(
-            url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True
+            url,
+            pool_size=pool_size,
+            max_overflow=pool_size,
+            pool_pre_ping=True,
+            connect_args=connect_args,
         )
     engine = create_async_engine(url, connect_args={"timeout": 60})
 
@@ -59,15 +74,26 @@ async def _init_connection(connection: asyncpg.Connection) -> None:
     )
 
 
-async def create_pool(url: str, size: int, statement_cache_size: int = 100) -> asyncpg.Pool:
-    """Connections for the seat path; statement_cache_size 0 behind a transaction pooler
-    that does not keep prepared statements (PgBouncer before 1.21)."""
+def _unique_statement_name() -> str:
+    return f"__keyturn_{uuid.uuid4().hex}__"
+
+
+async def _keep_session(connection: asyncpg.Connection) -> None:
+    """Nothing to reset when a connection goes back to the pool: the seat path sets no
+    session state (no SET, LISTEN or session locks); an open transaction is rolled back
+    by asyncpg itself. Saves the round trip of asyncpg's default reset."""
+
+
+async def create_pool(url: str, size: int, transaction_pooler: bool = False) -> asyncpg.Pool:
+    """Connections for the seat path: prepared statements cached per connection, unless
+    behind a transaction pooler that does not keep them (PgBouncer before 1.21)."""
     pool = await asyncpg.create_pool(
         database_dsn(url),
         min_size=1,
         max_size=size,
         init=_init_connection,
-        statement_cache_size=statement_cache_size,
+        reset=_keep_session,
+        statement_cache_size=0 if transaction_pooler else 100,
     )
     assert pool is not None
     return pool

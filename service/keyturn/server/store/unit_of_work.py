@@ -84,8 +84,9 @@ class CommitBell:
 class Store:
     """Opens transactions; commits when the block ends, rolls back when it raises."""
 
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, transaction_pooler: bool = False) -> None:
         self.engine = engine
+        self._transaction_pooler = transaction_pooler
         self.bell = CommitBell()
         # PostgreSQL numbers events after commit; SQLite at insert (one writer at a time).
         self.numbering = (
@@ -107,12 +108,16 @@ class Store:
             async with self._pool_lock:
                 if self._pool is None:
                     url = self.engine.url.render_as_string(hide_password=False)
-                    self._pool = await create_pool(url, self.engine.pool.size())  # type: ignore[attr-defined]
+                    size = self.engine.pool.size()  # type: ignore[attr-defined]
+                    self._pool = await create_pool(url, size, self._transaction_pooler)
         return self._pool
 
     @classmethod
-    def from_url(cls, database_url: str) -> Store:
-        return cls(create_engine(database_url))
+    def from_url(
+        cls, database_url: str, pool_size: int = 10, transaction_pooler: bool = False
+    ) -> Store:
+        engine = create_engine(database_url, pool_size, transaction_pooler)
+        return cls(engine, transaction_pooler)
 
     @property
     def dialect(self) -> str:
