@@ -20,6 +20,7 @@ and the entitlement unchanged; otherwise it takes the locked path.
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from datetime import datetime, timedelta
@@ -154,16 +155,20 @@ _IN_USE = """
           AND p.lease_expire_time <= t.now - $3::float8 * interval '1 second'
     ) ELSE 0 END AS in_use"""
 
-# The unlocked renewal: read, then extend only what is unchanged.
-READ_FOR_RENEWAL = f"""
-SELECT t.now, e.*, {_REFERENCES}, {_IN_USE}, a.activation_id AS a_activation_id,
+# The device's activation beside its entitlement's columns, prefixed a_, and its user.
+_DEVICE_COLUMNS = """
+       a.activation_id AS a_activation_id,
        a.entitlement_id AS a_entitlement_id, a.fingerprint AS a_fingerprint,
        a.label AS a_label, a.lease_jti AS a_lease_jti,
        a.lease_expire_time AS a_lease_expire_time, a.create_time AS a_create_time,
        a.released_time AS a_released_time, a.seat_time AS a_seat_time,
        a.user_id AS a_user_id, a.lapse_recorded_time AS a_lapse_recorded_time,
        u.email AS user_email, u.create_time AS user_create_time,
-       u.redeem_time AS user_redeem_time, u.identity_jti AS user_identity_jti
+       u.redeem_time AS user_redeem_time, u.identity_jti AS user_identity_jti"""
+
+# The unlocked renewal: read, then extend only what is unchanged.
+READ_FOR_RENEWAL = f"""
+SELECT t.now, e.*, {_REFERENCES}, {_IN_USE}, {_DEVICE_COLUMNS}
 FROM (SELECT {_NOW} AS now) AS t
 JOIN activations AS a ON a.activation_id = $4
 JOIN entitlements AS e ON e.entitlement_id = a.entitlement_id
@@ -177,6 +182,40 @@ WHERE a.activation_id = $1 AND a.lease_jti = $2 AND a.released_time IS NULL
   AND e.update_time = $6
 RETURNING a.activation_id
 """
+
+# The unlocked activation of a new device: read ($4 key hash or entitlement id, $5 the
+# device), then add it only if the entitlement is as read (ADD_DEVICE).
+_READ_FOR_ACTIVATION = f"""
+SELECT t.now, e.*, {_REFERENCES}, {_IN_USE}, {_DEVICE_COLUMNS}
+FROM (SELECT {_NOW} AS now) AS t
+JOIN entitlements AS e ON {{entitlement}}
+LEFT JOIN activations AS a ON a.entitlement_id = e.entitlement_id AND a.fingerprint = $5
+LEFT JOIN named_users AS u ON u.user_id = a.user_id
+"""
+READ_FOR_ACTIVATION_BY_KEY = _READ_FOR_ACTIVATION.format(entitlement="e.key_hash = $4")
+READ_FOR_ACTIVATION_BY_ID = _READ_FOR_ACTIVATION.format(entitlement="e.entitlement_id = $4")
+# $10 the seats held as read, $11 the entitlement's update time as read; nothing is
+# written unless both still hold (then RETURNING gives the new count).
+ADD_DEVICE = """
+WITH held AS (
+    UPDATE entitlements SET seats_held = seats_held + 1
+    WHERE entitlement_id = $2 AND seats_held = $10 AND update_time = $11
+    RETURNING seats_held
+),
+written AS (
+    INSERT INTO activations (activation_id, entitlement_id, fingerprint, label, lease_jti,
+        lease_expire_time, create_time, update_time, seat_time, user_id)
+    SELECT $1, $2, $3, $4, $5, $6, $7, $7, $8, $9 FROM held
+),
+recorded AS (
+    INSERT INTO entitlement_events
+        (entitlement_id, type, create_time, order_source, order_id, activation_id, snapshot)
+    SELECT event.* FROM held, unnest($12::text[], $13::text[], $14::timestamptz[],
+        $15::text[], $16::text[], $17::text[], $18::json[]) AS event
+)
+SELECT seats_held FROM held
+"""
+CONTENTION_MEMORY_SECONDS = 1.0  # after a lost race on an entitlement, lock it at once
 
 _COUNT = f"""
 SELECT t.now, e.*, {_REFERENCES}, {_IN_USE}
@@ -264,6 +303,7 @@ class PgSeats:
         self._clock = clock
         self._grace_seconds = lapse_grace.total_seconds()
         self._grace = lapse_grace
+        self._contended: dict[str, float] = {}  # entitlement id -> when a race was lost
 
     def _time_args(self) -> tuple[datetime | None, float]:
         """($1, $2) of every statement: the database's clock, shifted as the system clock
@@ -287,39 +327,117 @@ class PgSeats:
     # --- activation and renewal --------------------------------------------
 
     async def activate(self, claim: ActivationClaim, events: ClaimEvents) -> SeatResult:
-        async with self._transaction() as db:
-            if claim.key_hash:
-                locked = await db.fetchrow(LOCK_BY_KEY, claim.key_hash)
-            else:
-                locked = await db.fetchrow(LOCK_BY_ID, claim.entitlement_id)
-            if locked is None:
-                raise invalid_license_key()
-            entitlement = entitlement_of(locked, tuple(locked["refs"]))
-            state = await _one_row(
-                db,
-                NOTE_LAPSES_AND_FIND_DEVICE,
-                *self._time_args(),
-                entitlement.entitlement_id,
-                self._grace_seconds,
-                entitlement.license_model is LicenseModel.FLOATING,
-                claim.fingerprint,
-            )
-            now: datetime = state["now"]
-            check_claimable(entitlement, claim.product_id, now)
-            fresh = Activation(
-                activation_id=claim.new_activation_id,
-                entitlement_id=entitlement.entitlement_id,
-                fingerprint=claim.fingerprint,
-                label=claim.label,
-                lease_jti=claim.new_jti,
-                lease_expire_time=entitlement.lease_expiry(now),
-                create_time=now,
-                seat_time=now,
-                user_id=claim.user_id,
-            )
-            result = await self._claim(db, entitlement, locked, state, fresh, False, events)
+        async with self._connection() as db:
+            result = await self._add_device_unlocked(db, claim, events)
+            if result is None:
+                async with db.transaction():
+                    result = await self._activate_locked(db, claim, events)
         await self._committed(result.lapsed, result.outcome)
         return result
+
+    async def _add_device_unlocked(
+        self, db: Db, claim: ActivationClaim, events: ClaimEvents
+    ) -> SeatResult | None:
+        """A device new to the entitlement, while no lapse waits to be recorded: read,
+        decide, and add it in one statement that writes only if the entitlement is as
+        read. None when the locked path must decide (a known device, pending lapses, a
+        race lost to another claim on the same entitlement)."""
+        row = await db.fetchrow(
+            READ_FOR_ACTIVATION_BY_KEY if claim.key_hash else READ_FOR_ACTIVATION_BY_ID,
+            *self._time_args(),
+            self._grace_seconds,
+            claim.key_hash or claim.entitlement_id,
+            claim.fingerprint,
+        )
+        if row is None:
+            raise invalid_license_key()
+        entitlement = entitlement_of(row, tuple(row["refs"]))
+        now: datetime = row["now"]
+        check_claimable(entitlement, claim.product_id, now)
+        held, in_use = int(row["seats_held"]), int(row["in_use"])
+        if row["a_activation_id"] is not None or held != in_use:
+            return None
+        if self._contended_recently(entitlement.entitlement_id):
+            return None
+        if admit(None, False, in_use, entitlement.seat_limit) is SeatOutcome.REFUSED:
+            raise seats_exhausted(entitlement)  # no seat was free when read
+        fresh = Activation(
+            activation_id=claim.new_activation_id,
+            entitlement_id=entitlement.entitlement_id,
+            fingerprint=claim.fingerprint,
+            label=claim.label,
+            lease_jti=claim.new_jti,
+            lease_expire_time=entitlement.lease_expiry(now),
+            create_time=now,
+            seat_time=now,
+            user_id=claim.user_id,
+        )
+        result = SeatResult(SeatOutcome.GRANTED, fresh, entitlement, in_use + 1, now)
+        try:
+            added = await db.fetchval(
+                ADD_DEVICE,
+                fresh.activation_id,
+                fresh.entitlement_id,
+                fresh.fingerprint,
+                fresh.label,
+                fresh.lease_jti,
+                fresh.lease_expire_time,
+                now,
+                fresh.seat_time,
+                fresh.user_id,
+                held,
+                entitlement.update_time,
+                *_event_arrays(events(result)),
+            )
+        except asyncpg.UniqueViolationError:
+            added = None  # the same device, added by a concurrent claim
+        if added is None:
+            self._note_contention(entitlement.entitlement_id)
+            return None
+        return result
+
+    def _contended_recently(self, entitlement_id: str) -> bool:
+        lost = self._contended.get(entitlement_id)
+        return lost is not None and time.monotonic() - lost < CONTENTION_MEMORY_SECONDS
+
+    def _note_contention(self, entitlement_id: str) -> None:
+        if len(self._contended) > 10_000:
+            self._contended.clear()
+        self._contended[entitlement_id] = time.monotonic()
+
+    async def _activate_locked(
+        self, db: Db, claim: ActivationClaim, events: ClaimEvents
+    ) -> SeatResult:
+        if claim.key_hash:
+            locked = await db.fetchrow(LOCK_BY_KEY, claim.key_hash)
+        else:
+            locked = await db.fetchrow(LOCK_BY_ID, claim.entitlement_id)
+        if locked is None:
+            raise invalid_license_key()
+        entitlement = entitlement_of(locked, tuple(locked["refs"]))
+        state = await _one_row(
+            db,
+            NOTE_LAPSES_AND_FIND_DEVICE,
+            *self._time_args(),
+            entitlement.entitlement_id,
+            self._grace_seconds,
+            entitlement.license_model is LicenseModel.FLOATING,
+            claim.fingerprint,
+        )
+        now: datetime = state["now"]
+        check_claimable(entitlement, claim.product_id, now)
+        fresh = Activation(
+            activation_id=claim.new_activation_id,
+            entitlement_id=entitlement.entitlement_id,
+            fingerprint=claim.fingerprint,
+            label=claim.label,
+            lease_jti=claim.new_jti,
+            lease_expire_time=entitlement.lease_expiry(now),
+            create_time=now,
+            seat_time=now,
+            user_id=claim.user_id,
+        )
+        return await self._claim(db, entitlement, locked, state, fresh, False, events)
 
     async def renew(self, claim: RenewalClaim, events: ClaimEvents) -> SeatResult:
         async with self._connection() as db:
