@@ -30,6 +30,7 @@ from .fulfillment_convert import (
     order_out,
 )
 from .licensing_convert import credential_in, lease_out, signing_keys_out, summary_out
+from .metrics import WatchMetrics
 
 Context = grpc.aio.ServicerContext[object, object]
 
@@ -82,8 +83,9 @@ class CatalogServicer(cat_grpc.CatalogServiceServicer):
 
 
 class FulfillmentServicer(ful_grpc.FulfillmentServiceServicer):
-    def __init__(self, ctx: AppContext) -> None:
+    def __init__(self, ctx: AppContext, watch_metrics: WatchMetrics) -> None:
         self._ctx = ctx
+        self._watch_metrics = watch_metrics
 
     async def FulfillOrder(
         self, request: ful.FulfillOrderRequest, context: Context
@@ -137,7 +139,7 @@ class FulfillmentServicer(ful_grpc.FulfillmentServiceServicer):
         stream = entitlements.watch_events(
             self._ctx, request.after_sequence, self._ctx.watch_poll_seconds
         )
-        async for view in stream:
+        async for view in self._watch_metrics.track(stream):
             yield ful.WatchEntitlementEventsResponse(event=event_out(view))
 
 
