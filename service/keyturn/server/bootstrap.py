@@ -16,6 +16,7 @@ from .dispatch.rendering import MailRenderer
 from .dispatch.smtp import SmtpSender, SmtpSettings
 from .leases.keyring import SigningKeys, load_keyring
 from .sealing import Sealer, SecretError, load_or_create_secret_file
+from .store.database import create_engine
 from .store.migrate import upgrade
 from .store.unit_of_work import Store
 
@@ -57,7 +58,7 @@ async def build_context(settings: Settings, clock: Clock | None = None) -> AppCo
     sealer = Sealer(resolve_secret(settings))
     if settings.auto_migrate:
         await migrate(settings)
-    store = Store.from_url(settings.database_url)
+    store = Store(create_engine(settings.database_url, pool_size=settings.db_pool_size))
     try:
         keyring = await load_keyring(store, sealer, clock.now())
     except BaseException:

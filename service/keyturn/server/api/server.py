@@ -86,9 +86,12 @@ class KeyturnServer:
         self._background: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
-        self.port = self._server.add_insecure_port(self._listen)
+        try:
+            self.port = self._server.add_insecure_port(self._listen)
+        except RuntimeError:  # grpc's "Failed to bind": taken, or not an address of this host
+            self.port = 0
         if self.port == 0:
-            raise OSError(f"cannot listen on {self._listen}")
+            raise OSError(f"cannot listen on {self._listen}: in use, or not an address here")
         await self._server.start()
         await self._refresh_health()
         self._background.append(asyncio.create_task(self._watch_readiness()))
