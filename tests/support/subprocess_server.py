@@ -4,7 +4,9 @@
 with the given `KEYTURN_*` settings, waits (bounded) for the one line
 `keyturn listening on HOST:PORT` on stdout and yields a `ServerProcess`. It runs
 one process (KEYTURN_WORKERS=1) unless the test asks for more workers: the
-default, one per CPU, would only make every test start slower. With
+default, one per CPU, would only make every test start slower (about twice as
+long for two). KEYTURN_TEST_WORKERS=N runs every such server with N workers, to
+check the suite under the production default. With
 KEYTURN_METRICS_LISTEN set, the `keyturn metrics on HOST:PORT` line printed
 before it gives `metrics_address`. Reader
 threads collect stdout and stderr line by line, so a test can wait, with a
@@ -251,10 +253,13 @@ def start_server(
     settings: Mapping[str, str],
     listen: str = "127.0.0.1:0",
     timeout: float = START_TIMEOUT_S,
-    workers: int = 1,
+    workers: int | None = None,
 ) -> Iterator[ServerProcess]:
     """`keyturn serve` in `cwd` with `settings` (KEYTURN_* variables), stopped at the end;
-    `workers` processes (KEYTURN_WORKERS) unless `settings` name their own number."""
+    `workers` processes (KEYTURN_WORKERS; default KEYTURN_TEST_WORKERS, else 1) unless
+    `settings` name their own number."""
+    if workers is None:
+        workers = int(os.environ.get("KEYTURN_TEST_WORKERS", "1"))
     process = _spawn(
         ["serve", "--listen", listen], cwd, {"KEYTURN_WORKERS": str(workers), **settings}
     )

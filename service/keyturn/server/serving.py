@@ -85,9 +85,9 @@ async def serve(settings: Settings, role: WorkerRole | None = None) -> int:
     log.info(
         "shutting down: draining in-flight calls for up to %ss", settings.shutdown_grace_seconds
     )
-    if exporter is not None:
-        exporter.close()
     await server.stop(settings.shutdown_grace_seconds)
+    if exporter is not None:  # after the drain, which scrapes may watch
+        exporter.close()
     if lifeline is not None:
         lifeline.cancel()
         with contextlib.suppress(asyncio.CancelledError):

@@ -148,10 +148,14 @@ class Supervisor:
         if stop.is_set():  # signalled while the database was being prepared
             return 0
         log.info("starting %d workers on %s", count, reserved.address)
-        for index in range(count):
-            self._workers[index] = await self._spawn(index, reserved)
         try:
+            for index in range(count):
+                self._workers[index] = await self._spawn(index, reserved)
             started = await self._all_ready(reserved, stop)
+        except OSError as failure:  # the system would not start a process
+            await self._stop_all([])
+            print(f"keyturn: cannot start a worker: {failure}", file=sys.stderr, flush=True)
+            return 1
         except WorkerStartError as failure:
             await self._stop_all([])
             print(f"keyturn: {failure}", file=sys.stderr, flush=True)
@@ -268,7 +272,12 @@ class Supervisor:
             async with self._spawning:
                 if self._stopping.is_set():
                     return
-                self._workers[index] = await self._spawn(index, reserved)
+                try:
+                    self._workers[index] = await self._spawn(index, reserved)
+                except OSError:
+                    log.exception("cannot start worker %d again; trying later", index)
+                    worker.ready_at = 0.0  # seen again at once, as a quick death: a longer delay
+                    continue
                 self._restarts.inc()
             try:
                 await self._ready(self._workers[index], reserved)
