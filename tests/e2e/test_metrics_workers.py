@@ -23,7 +23,7 @@ from support.catalog import new_license
 from support.metrics import ACTIVATE, CHECK, Scrape, calls, scrape, timed
 from support.rpc import PRODUCT_ID, failure_of
 from support.subprocess_server import create_token, sqlite_settings, start_server
-from support.workers import channel_to, worker_pids
+from support.workers import channel_to, listening_workers
 
 WAIT_S = 30.0
 
@@ -67,7 +67,7 @@ async def test_counters_and_gauges_of_both_workers_on_the_one_metrics_port(
     auth = (("authorization", f"Bearer {token}"),)
     with start_server(tmp_path, settings, workers=2) as server:
         assert server.metrics_address
-        pids = worker_pids(server.stderr_lines)
+        pids = await listening_workers(server)
         first = await channel_to(server.address, pids[0])
         second = await channel_to(server.address, pids[1])
         try:

@@ -43,6 +43,7 @@ from support.workers import (
     answering_worker,
     answering_workers,
     channel_to,
+    listening_workers,
     worker_pids,
 )
 
@@ -62,7 +63,7 @@ def alive(pid: int) -> bool:
 async def test_two_workers_share_one_port_chosen_with_0_and_both_answer(tmp_path: Path) -> None:
     settings = sqlite_settings(tmp_path / "keyturn.db", **GRACE)
     with start_server(tmp_path, settings, workers=2) as server:
-        pids = worker_pids(server.stderr_lines)
+        pids = await listening_workers(server)
         assert sorted(pids) == [0, 1], server.stderr_tail()
         assert len(set(pids.values())) == 2
         assert server.pid not in pids.values(), "the supervisor serves no call itself"
@@ -80,7 +81,7 @@ async def test_a_killed_worker_is_restarted_and_calls_keep_being_answered(tmp_pa
         tmp_path / "keyturn.db", KEYTURN_METRICS_LISTEN="127.0.0.1:0", **GRACE
     )
     with start_server(tmp_path, settings, workers=2) as server:
-        pids = worker_pids(server.stderr_lines)
+        pids = await listening_workers(server)
         before = await answering_workers(server.address, set(pids.values()))
         assert set(before) == set(pids.values())
 
@@ -132,7 +133,7 @@ async def test_a_fresh_database_is_migrated_and_keyed_once_before_workers_start(
         **GRACE,
     }
     with start_server(tmp_path, settings, workers=2) as server:
-        pids = worker_pids(server.stderr_lines)
+        pids = await listening_workers(server)
         assert set(await answering_workers(server.address, set(pids.values()))) == set(
             pids.values()
         )
@@ -223,7 +224,7 @@ async def test_a_port_in_use_is_refused_clearly(tmp_path: Path, workers: int) ->
 async def test_workers_stop_by_themselves_when_the_supervisor_is_killed(tmp_path: Path) -> None:
     settings = sqlite_settings(tmp_path / "keyturn.db", **GRACE)
     with start_server(tmp_path, settings, workers=2) as server:
-        pids = worker_pids(server.stderr_lines)
+        pids = await listening_workers(server)
         assert all(alive(pid) for pid in pids.values())
         server.signal(signal.SIGKILL)
         assert await server.await_exit(WAIT_S) == -signal.SIGKILL
@@ -255,7 +256,7 @@ async def test_a_watch_on_one_worker_sees_what_another_worker_writes(tmp_path: P
     token = await create_token(tmp_path, settings)
     auth = (("authorization", f"Bearer {token}"),)
     with start_server(tmp_path, settings, workers=2) as server:
-        pids = worker_pids(server.stderr_lines)
+        pids = await listening_workers(server)
         watcher = await channel_to(server.address, pids[0])
         writer = await channel_to(server.address, pids[1])
         try:

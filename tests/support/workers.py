@@ -16,6 +16,8 @@ import grpc
 from keyturn.licensing.v1 import licensing_pb2 as lic
 from keyturn.licensing.v1 import licensing_pb2_grpc
 
+from .subprocess_server import ServerProcess
+
 WORKER_LISTENING = re.compile(
     r"keyturn\.supervisor worker (?P<index>\d+) \(pid (?P<pid>\d+)\) listening"
 )
@@ -23,6 +25,7 @@ WORKER_EXITED = re.compile(
     r"keyturn\.supervisor worker (?P<index>\d+) \(pid (?P<pid>\d+)\) exited with"
 )
 CALL_TIMEOUT_S = 30.0
+WAIT_S = 60.0
 NEW_CONNECTION = (("grpc.use_local_subchannel_pool", 1),)
 
 
@@ -34,6 +37,15 @@ def worker_pids(lines: Sequence[str]) -> dict[int, int]:
         if match:
             pids[int(match["index"])] = int(match["pid"])
     return pids
+
+
+async def listening_workers(server: ServerProcess, count: int = 2) -> dict[int, int]:
+    """Worker index -> pid, once the supervisor's log shows `count` workers listening.
+
+    The listening line (stdout) and these log lines (stderr) come through two pipes, read
+    by two threads: the first may be seen before the last of the others."""
+    await server.await_stderr(lambda lines: len(worker_pids(lines)) >= count, WAIT_S)
+    return worker_pids(server.stderr_lines)
 
 
 def trailer_worker(metadata: object) -> int:
