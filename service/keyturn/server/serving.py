@@ -36,6 +36,11 @@ class WorkerRole:
 
     @property
     def sweeps_lapses(self) -> bool:
+        """Worker 0 alone runs the lapse sweep: any worker could (an entitlement is swept
+        under its row lock and each lapse is recorded once), but N sweeps on one host would
+        only repeat the same reads and take the same locks. The email dispatcher runs in
+        every worker instead: claims keep each email to one sender, and a worker sends the
+        emails it queued at once, without waiting for another's poll."""
         return self.index == 0
 
 
