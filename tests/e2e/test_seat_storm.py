@@ -1,10 +1,10 @@
 """Seats are never oversold, whatever the number of server processes.
 
 500 devices activate at once, through the Python client, against a 10-seat
-floating entitlement served by three `keyturn serve` processes on one
-PostgreSQL database (one process on SQLite, which has a single writer). A
-monitor counts live seats with plain SQL, over and over, for as long as the
-storm lasts.
+floating entitlement served by three `keyturn serve` replicas on one
+PostgreSQL database (one replica on SQLite, which has a single writer), each
+replica one process or a supervisor of two workers on one port. A monitor
+counts live seats with plain SQL, over and over, for as long as the storm lasts.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from datetime import datetime
 from pathlib import Path
 
 import grpc
+import pytest
 from sqlalchemy import text
 
 from keyturn.client import AsyncLease, AsyncLicensingClient, RetryPolicy, SeatsExhaustedError
@@ -26,6 +27,7 @@ from conftest import Tokens, server_settings
 from support.catalog import new_license
 from support.rpc import PRODUCT_ID
 from support.subprocess_server import ServerProcess, start_server
+from support.workers import channel_to, discover_workers
 
 THROUGH_PGBOUNCER = True  # conftest: also through PgBouncer in transaction mode
 SEATS = 10
@@ -36,15 +38,33 @@ RETRY = RetryPolicy(attempts=8, initial=0.05, maximum=1.0)
 
 
 @contextlib.asynccontextmanager
-async def servers(cwd: Path, database_url: str, count: int) -> AsyncIterator[list[ServerProcess]]:
-    """`count` server processes on one (already migrated) database."""
+async def servers(
+    cwd: Path, database_url: str, count: int, workers: int
+) -> AsyncIterator[list[ServerProcess]]:
+    """`count` servers of `workers` processes each on one (already migrated) database."""
     settings = server_settings(database_url, KEYTURN_LOG_LEVEL="WARNING")
     async with contextlib.AsyncExitStack() as stack:
-        managers = [start_server(cwd, settings) for _ in range(count)]
+        managers = [start_server(cwd, settings, workers=workers) for _ in range(count)]
         started = await asyncio.gather(*(asyncio.to_thread(m.__enter__) for m in managers))
         for manager in managers:
             stack.push_async_callback(asyncio.to_thread, manager.__exit__, None, None, None)
-        yield list(started)
+        try:
+            yield list(started)
+        except BaseException:
+            for server in started:  # shown by pytest under "Captured stdout call"
+                print(f"--- keyturn serve (pid {server.pid}) stderr:\n{server.stderr_tail(80)}")
+            raise
+
+
+async def worker_channels(
+    server: ServerProcess, workers: int
+) -> list[tuple[str, grpc.aio.Channel | None]]:
+    """One channel to each worker of `server` (None: the client opens its own to a lone
+    process), so that the storm reaches every process, not just the one a channel picks."""
+    if workers == 1:
+        return [(server.address, None)]
+    pids = await discover_workers(server.address, workers)
+    return [(server.address, await channel_to(server.address, pid)) for pid in sorted(pids)]
 
 
 async def live_seats(app: AppContext, entitlement_id: str, now: datetime) -> int:
@@ -87,14 +107,16 @@ async def activate(
         return refused
 
 
+@pytest.mark.parametrize("workers", [1, 2])
 async def test_500_devices_against_10_seats_on_every_replica(
     app: AppContext,
     database_url: str,
     tokens: Tokens,
     tmp_path: Path,
+    workers: int,
 ) -> None:
     replicas = 1 if database_url.startswith("sqlite") else 3
-    async with servers(tmp_path, database_url, replicas) as running:
+    async with servers(tmp_path, database_url, replicas, workers) as running:
         async with grpc.aio.insecure_channel(running[0].address) as channel:
             entitlement = await new_license(
                 catalog_pb2_grpc.CatalogServiceStub(channel),
@@ -104,16 +126,19 @@ async def test_500_devices_against_10_seats_on_every_replica(
                 SEATS,
             )
         key = entitlement.license_key
+        channels = [c for server in running for c in await worker_channels(server, workers)]
         clients = [
-            AsyncLicensingClient(server.address, PRODUCT_ID, retry=RETRY, timeout=CALL_TIMEOUT_S)
-            for server in running
+            AsyncLicensingClient(
+                address, PRODUCT_ID, channel=channel, retry=RETRY, timeout=CALL_TIMEOUT_S
+            )
+            for address, channel in channels
         ]
         try:
             monitor = Monitor(app, entitlement.entitlement_id)
             watching = asyncio.create_task(monitor.run())
             results = await asyncio.gather(
                 *(
-                    activate(clients[i % replicas], key, f"storm-device-{i:04d}")
+                    activate(clients[i % len(clients)], key, f"storm-device-{i:04d}")
                     for i in range(DEVICES)
                 )
             )
@@ -135,7 +160,7 @@ async def test_500_devices_against_10_seats_on_every_replica(
             assert await live_seats(app, entitlement.entitlement_id, app.clock.now()) == 0
             again = await asyncio.gather(
                 *(
-                    activate(clients[i % replicas], key, f"second-wave-{i:04d}")
+                    activate(clients[i % len(clients)], key, f"second-wave-{i:04d}")
                     for i in range(SEATS + 1)
                 )
             )
@@ -145,3 +170,6 @@ async def test_500_devices_against_10_seats_on_every_replica(
         finally:
             for client in clients:
                 await client.close()
+            for _, channel in channels:
+                if channel is not None:
+                    await channel.close()

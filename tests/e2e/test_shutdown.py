@@ -1,5 +1,9 @@
 """Stopping the real server process: calls in flight at SIGTERM finish, then it exits 0.
 
+Each test runs one process and a supervisor of two workers (`--workers 2`),
+which passes the signal on to both: every worker drains and logs its own
+`shutting down` and `stopped`, and the supervisor exits 0 once both have ended.
+
 Calls are held in flight without sleeping: the test takes SQLite's write lock
 itself (BEGIN IMMEDIATE on its own connection), so every ActivateSeat waits in
 its own BEGIN IMMEDIATE (busy_timeout 60 s) until the test rolls back. The
@@ -147,7 +151,10 @@ def activation(license_key: str, fingerprint: str) -> lic.ActivateSeatRequest:
     )
 
 
-async def test_sigterm_lets_calls_in_flight_finish_and_exits_0(tmp_path: Path) -> None:
+@pytest.mark.parametrize("workers", [1, 2])
+async def test_sigterm_lets_calls_in_flight_finish_and_exits_0(
+    tmp_path: Path, workers: int
+) -> None:
     database = tmp_path / "keyturn.db"
     settings = sqlite_settings(
         database, KEYTURN_LOG_LEVEL="DEBUG", KEYTURN_SHUTDOWN_GRACE_SECONDS=str(GRACE_S)
@@ -157,7 +164,7 @@ async def test_sigterm_lets_calls_in_flight_finish_and_exits_0(tmp_path: Path) -
     (tmp_path / "catalog.yaml").write_text(CATALOG_YAML)
     await run_cli_async(["catalog", "apply", "catalog.yaml"], tmp_path, settings)
 
-    with start_server(tmp_path, settings) as server:
+    with start_server(tmp_path, settings, workers=workers) as server:
         license_key = await fulfil(server.address, token)
         async with grpc.aio.insecure_channel(server.address) as channel:
             licensing = licensing_pb2_grpc.LicensingServiceStub(channel)
@@ -208,12 +215,14 @@ async def test_sigterm_lets_calls_in_flight_finish_and_exits_0(tmp_path: Path) -
     log = server.stderr_lines
     assert count(log, STARTED) == IN_FLIGHT, "the call made after SIGTERM reached a servicer"
     assert count(log, f"{FINISHED}OK ") == IN_FLIGHT
-    assert count(log, STOPPED) == 1
+    assert count(log, SHUTTING_DOWN) == workers
+    assert count(log, STOPPED) == workers
 
 
-async def test_sigint_on_an_idle_server_exits_0_promptly(tmp_path: Path) -> None:
+@pytest.mark.parametrize("workers", [1, 2])
+async def test_sigint_on_an_idle_server_exits_0_promptly(tmp_path: Path, workers: int) -> None:
     settings = sqlite_settings(tmp_path / "keyturn.db", KEYTURN_SHUTDOWN_GRACE_SECONDS=str(GRACE_S))
-    with start_server(tmp_path, settings) as server:
+    with start_server(tmp_path, settings, workers=workers) as server:
         # One answered call first: `keyturn serve` prints its listening line before it
         # installs its signal handlers, and a signal in between kills it (exit -2 for
         # SIGINT). A call can only be answered once `_serve` waits, handlers in place.
@@ -227,6 +236,6 @@ async def test_sigint_on_an_idle_server_exits_0_promptly(tmp_path: Path) -> None
         code = await server.await_exit(10)
     assert code == 0, server.stderr_tail()
     log = server.stderr_lines
-    assert count(log, SHUTTING_DOWN) == 1
-    assert count(log, STOPPED) == 1
+    assert count(log, SHUTTING_DOWN) == workers
+    assert count(log, STOPPED) == workers
     assert not any("Traceback" in line for line in log), server.stderr_tail()

@@ -2,7 +2,13 @@
 
 `start_server()` runs `keyturn serve --listen 127.0.0.1:0` in a working directory
 with the given `KEYTURN_*` settings, waits (bounded) for the one line
-`keyturn listening on HOST:PORT` on stdout and yields a `ServerProcess`. Reader
+`keyturn listening on HOST:PORT` on stdout and yields a `ServerProcess`. It runs
+one process (KEYTURN_WORKERS=1) unless the test asks for more workers: the
+default, one per CPU, would only make every test start slower (about twice as
+long for two). KEYTURN_TEST_WORKERS=N runs every such server with N workers, to
+check the suite under the production default. With
+KEYTURN_METRICS_LISTEN set, the `keyturn metrics on HOST:PORT` line printed
+before it gives `metrics_address`. Reader
 threads collect stdout and stderr line by line, so a test can wait, with a
 timeout and without sleeping, until the server's log shows something. On exit
 the process gets SIGTERM, then SIGKILL if it has not ended in time; nothing is
@@ -28,6 +34,7 @@ from pathlib import Path
 from typing import IO
 
 LISTENING_RE = re.compile(r"^keyturn listening on (?P<address>\S+:(?P<port>\d+))$")
+METRICS_RE = re.compile(r"^keyturn metrics on (?P<address>\S+:\d+)$")
 START_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 30.0
 CLI_TIMEOUT_S = 60.0
@@ -124,6 +131,7 @@ class ServerProcess:
         self.process = process
         self.address = ""
         self.port = 0
+        self.metrics_address = ""
         self.listening_at = 0.0  # time.monotonic() when the listening line was read
         self._stdout = LineCollector(process.stdout, f"keyturn-{process.pid}-stdout")
         self._stderr = LineCollector(process.stderr, f"keyturn-{process.pid}-stderr")
@@ -147,6 +155,9 @@ class ServerProcess:
                     f"keyturn serve exited with code {code} before listening; "
                     f"stdout:\n{self._stdout.text()}\nstderr:\n{self.stderr_text()}"
                 )
+            metrics = METRICS_RE.match(line)
+            if metrics:
+                self.metrics_address = metrics["address"]
             match = LISTENING_RE.match(line)
             if match:
                 self.address = match["address"]
@@ -242,11 +253,19 @@ def start_server(
     settings: Mapping[str, str],
     listen: str = "127.0.0.1:0",
     timeout: float = START_TIMEOUT_S,
+    workers: int | None = None,
     extra_args: Sequence[str] = (),
 ) -> Iterator[ServerProcess]:
     """`keyturn serve` in `cwd` with `settings` (KEYTURN_* variables), stopped at the end;
-    `extra_args` go after `--listen` (such as `--workers 2`)."""
-    process = _spawn(["serve", "--listen", listen, *extra_args], cwd, settings)
+    `workers` processes (KEYTURN_WORKERS; default KEYTURN_TEST_WORKERS, else 1) unless
+    `settings` name their own number; `extra_args` go after `--listen`."""
+    if workers is None:
+        workers = int(os.environ.get("KEYTURN_TEST_WORKERS", "1"))
+    process = _spawn(
+        ["serve", "--listen", listen, *extra_args],
+        cwd,
+        {"KEYTURN_WORKERS": str(workers), **settings},
+    )
     server = ServerProcess(process)
     try:
         server.await_listening(timeout)

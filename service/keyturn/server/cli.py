@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import logging
 import signal
 import sys
 import threading
@@ -18,25 +17,18 @@ from .app.context import AppContext
 from .bootstrap import build_context, build_dispatcher, migrate
 from .config import Settings, SettingsError
 from .domain.errors import DomainError
+from .logs import configure_logging
 from .sealing import SecretError
-
-log = logging.getLogger("keyturn")
+from .signals import stop_on_signal
 
 
 def _settings(args: argparse.Namespace) -> Settings:
-    overrides = {}
+    overrides: dict[str, object] = {}
     if getattr(args, "listen", None):
         overrides["listen"] = args.listen
-    return Settings(**overrides)
-
-
-def _stop_on_signal() -> asyncio.Event:
-    """Set by SIGTERM or SIGINT: how long-running commands learn to stop."""
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    return stop
+    if getattr(args, "workers", None):
+        overrides["workers"] = args.workers
+    return Settings(**overrides)  # type: ignore[arg-type]
 
 
 @contextlib.asynccontextmanager
@@ -50,28 +42,17 @@ async def _opened(settings: Settings) -> AsyncIterator[AppContext]:
 
 
 async def _serve(args: argparse.Namespace) -> int:
-    from .api.server import KeyturnServer
+    """One process (--workers 1), a supervisor of N, or (hidden flags) one of those N."""
+    from .serving import WorkerRole, serve
+    from .supervisor import Supervisor
+    from .worker_link import WorkerEnd
 
     settings = _settings(args)
-    ctx = await build_context(settings)
-    dispatcher = build_dispatcher(ctx, settings) if settings.dispatch_in_server else None
-    if dispatcher is None:
-        log.warning(
-            "no email dispatcher runs here (KEYTURN_SMTP_HOST is empty or "
-            "KEYTURN_DISPATCH_IN_SERVER=false): credential emails stay queued"
-        )
-    server = KeyturnServer(ctx, settings.listen, dispatcher)
-    stop = _stop_on_signal()
-    await server.start()
-    # One parseable line, so that scripts and tests can learn a port chosen with :0.
-    print(f"keyturn listening on {server.address}", flush=True)
-    await stop.wait()
-    log.info(
-        "shutting down: draining in-flight calls for up to %ss", settings.shutdown_grace_seconds
-    )
-    await server.stop(settings.shutdown_grace_seconds)
-    log.info("stopped")
-    return 0
+    if args.worker_link is not None:
+        return await serve(settings, WorkerRole(args.worker_index, WorkerEnd(args.worker_link)))
+    if settings.workers == 1:
+        return await serve(settings)
+    return await Supervisor(settings).run()
 
 
 async def _dispatch(args: argparse.Namespace) -> int:
@@ -82,7 +63,7 @@ async def _dispatch(args: argparse.Namespace) -> int:
     async with _opened(settings) as ctx:
         dispatcher = build_dispatcher(ctx, settings)
         assert dispatcher is not None
-        stop = _stop_on_signal()
+        stop = stop_on_signal()
         running = asyncio.create_task(dispatcher.run())
         print(f"keyturn dispatching to {settings.smtp_host}:{settings.smtp_port}", flush=True)
         await stop.wait()
@@ -256,6 +237,15 @@ def _parser() -> argparse.ArgumentParser:
 
     serve = commands.add_parser("serve", help="run the gRPC server")
     serve.add_argument("--listen", help="HOST:PORT to bind (default 127.0.0.1:50051)")
+    serve.add_argument(
+        "--workers",
+        type=_positive,
+        help="server processes on the one port (default: KEYTURN_WORKERS, else the number "
+        "of CPUs); 1: a single process",
+    )
+    # Set by the supervisor for the workers it starts; not for people.
+    serve.add_argument("--worker-index", type=int, default=0, help=argparse.SUPPRESS)
+    serve.add_argument("--worker-link", type=int, help=argparse.SUPPRESS)
     serve.set_defaults(run=_serve)
 
     commands.add_parser("migrate", help="upgrade the database schema").set_defaults(run=_migrate)
@@ -343,19 +333,22 @@ def _loop_factory(settings: Settings) -> Callable[[], asyncio.AbstractEventLoop]
     return None
 
 
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be 1 or more")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        settings = Settings()
+        settings = _settings(args)
     except ValidationError as exc:
         print(f"keyturn: bad settings: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-        stream=sys.stderr,
-    )
-    logging.getLogger("alembic").setLevel(max(logging.WARNING, logging.root.level))
+    worker = args.worker_index if getattr(args, "worker_link", None) is not None else None
+    configure_logging(settings.log_level, settings.log_format, worker)
     run: Callable[[argparse.Namespace], Awaitable[int] | int] = args.run
     try:
         if getattr(args, "sync", False):

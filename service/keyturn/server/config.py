@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Literal
 
@@ -13,6 +14,21 @@ DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./keyturn.db"
 
 class SettingsError(Exception):
     """Settings that are each valid but do not work together."""
+
+
+def available_cpus() -> int:
+    """The CPUs this process may run on: its affinity mask where the OS has one (a container
+    pinned to 2 of 64 CPUs gets 2), else os.cpu_count()."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return os.cpu_count() or 1
+
+
+def _check_host_port(value: str) -> str:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError("must be HOST:PORT, for example 127.0.0.1:50051")
+    return value
 
 
 class Settings(BaseSettings):
@@ -28,8 +44,9 @@ class Settings(BaseSettings):
         10,
         ge=1,
         le=1000,
-        description="Connections per process to the database, for each of the seat path and "
-        "the rest (each may open as many again at a peak)",
+        description="PostgreSQL connections one `keyturn serve` keeps open for each of the seat "
+        "path and the rest, shared out over its workers (each keeps at least 2); under load "
+        "each pool may open as many again",
     )
     database_transaction_pooler: bool = Field(
         False,
@@ -38,6 +55,22 @@ class Settings(BaseSettings):
         "the database itself (KEYTURN_AUTO_MIGRATE=false here)",
     )
     listen: str = Field("127.0.0.1:50051", description="HOST:PORT the gRPC server binds")
+    workers: int = Field(
+        default_factory=available_cpus,
+        ge=1,
+        le=256,
+        description="Server processes behind the one port (SO_REUSEPORT), supervised and "
+        "restarted by `keyturn serve`; default: the number of CPUs. 1: a single process, "
+        "no supervisor",
+    )
+    metrics_listen: str = Field(
+        "",
+        description="HOST:PORT of the Prometheus /metrics endpoint (empty: off); with several "
+        "workers it shows all of them",
+    )
+    log_format: Literal["text", "json"] = Field(
+        "text", description="text, or json: one JSON object per line (one per RPC)"
+    )
     secret_key: SecretStr | None = Field(
         None,
         description="Master secret (at least 32 characters) from which the keys that hash and "
@@ -58,7 +91,9 @@ class Settings(BaseSettings):
     clock_offset_seconds: float = Field(
         0.0, description="Shift the server clock (testing of expiry and lapse only)"
     )
-    log_level: str = Field("INFO", description="Python logging level")
+    log_level: str = Field(
+        "INFO", description="Python logging level; INFO logs one line per RPC, never a secret"
+    )
     event_loop: Literal["uvloop", "asyncio"] = Field(
         "uvloop", description="The event loop of the server's commands (uvloop: libuv's)"
     )
@@ -89,7 +124,7 @@ class Settings(BaseSettings):
         60.0,
         ge=0,
         description="How often lapsed leases are written to the change stream (0: never; "
-        "seats are freed at lapse either way)",
+        "seats are freed at lapse either way). With several workers only worker 0 sweeps",
     )
 
     smtp_host: str = Field(
@@ -115,7 +150,9 @@ class Settings(BaseSettings):
         "(KIND: license_key, invitation) that replace the shipped ones",
     )
     dispatch_in_server: bool = Field(
-        True, description="Run the email dispatcher inside `keyturn serve` (when SMTP is set)"
+        True,
+        description="Run the email dispatcher inside `keyturn serve` (when SMTP is set); "
+        "with several workers every worker runs one (claims keep each email to one sender)",
     )
     dispatch_poll_seconds: float = Field(
         1.0, gt=0, le=60, description="How often the dispatcher looks for due emails"
@@ -131,10 +168,12 @@ class Settings(BaseSettings):
     @field_validator("listen")
     @classmethod
     def _check_listen(cls, value: str) -> str:
-        host, sep, port = value.rpartition(":")
-        if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-            raise ValueError("must be HOST:PORT, for example 127.0.0.1:50051")
-        return value
+        return _check_host_port(value)
+
+    @field_validator("metrics_listen")
+    @classmethod
+    def _check_metrics_listen(cls, value: str) -> str:
+        return _check_host_port(value) if value else value
 
     @property
     def is_sqlite(self) -> bool:

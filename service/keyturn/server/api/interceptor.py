@@ -1,4 +1,9 @@
-"""Around every call: bearer-token auth, domain errors to rich statuses, one log line."""
+"""Around every call: bearer-token auth, domain errors to rich statuses, one log line, metrics.
+
+The log line and the metrics carry the method, the status code, the ErrorInfo
+reason, the duration and (log only) the peer address: never a credential or
+anything else from the request.
+"""
 
 from __future__ import annotations
 
@@ -16,6 +21,7 @@ from keyturn.server.app.tokens import TokenAuthenticator
 from keyturn.server.domain.errors import DomainError, Reason
 
 from .errors import STATUS_OF, grpc_status_of
+from .metrics import RpcMetrics
 from .request_checks import check_request, tolerant
 
 log = logging.getLogger("keyturn.rpc")
@@ -45,9 +51,21 @@ def _bearer(context: grpc.aio.ServicerContext[Any, Any]) -> str:
     )
 
 
+Trailer = tuple[tuple[str, str], ...]
+
+
 class ServiceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
-    def __init__(self, authenticator: TokenAuthenticator) -> None:
+    """`trailer`: trailing metadata added to every answer (a worker's `keyturn-worker`)."""
+
+    def __init__(
+        self,
+        authenticator: TokenAuthenticator,
+        metrics: RpcMetrics | None = None,
+        trailer: Trailer = (),
+    ) -> None:
         self._auth = authenticator
+        self._metrics = metrics
+        self._trailer = trailer
 
     async def intercept_service(
         self,
@@ -87,10 +105,14 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         request: Any,
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> AsyncIterator[None]:
-        """Authorize and check the request, turn failures into statuses, log the outcome."""
+        """Authorize and check the request, turn failures into statuses, log and count the
+        outcome."""
         started = time.perf_counter()
-        code = "OK"
+        code, reason = "OK", ""
+        peer = context.peer()  # now: once the call is cancelled, asking grpc may crash it
         log.debug("rpc started method=%s", method)
+        if self._trailer:
+            context.set_trailing_metadata(self._trailer)
         try:
             if scope:
                 await self._authorize(context, scope)
@@ -100,13 +122,26 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
             code = "CANCELLED"
             raise
         except DomainError as error:
-            code = STATUS_OF[error.reason].name
-            await _abort(context, error)
+            code, reason = STATUS_OF[error.reason].name, error.reason.value
+            await self._abort(context, error)
         except Exception as error:
-            code = _unexpected(error)
-            await _abort(context, _internal(error))
+            code, reason = _unexpected(error), Reason.INTERNAL_ERROR.value
+            await self._abort(context, _internal(error))
         finally:
-            _log_call(method, code, started)
+            seconds = time.perf_counter() - started
+            _log_call(method, code, reason, seconds, peer)
+            if self._metrics is not None:
+                self._metrics.observe(method, code, reason, seconds)
+
+    async def _abort(self, context: grpc.aio.ServicerContext[Any, Any], error: DomainError) -> None:
+        """Ends the call with the error's status and details (raises, as grpc.aio does),
+        keeping this server's own trailer beside the status details."""
+        status = grpc_status_of(error)
+        await context.abort(
+            status.code,
+            status.details,
+            trailing_metadata=(*self._trailer, *status.trailing_metadata),
+        )
 
     def _wrap_unary(
         self, method: str, scope: str | None, behavior: Callable[..., Awaitable[Any]]
@@ -131,11 +166,6 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         return call
 
 
-async def _abort(context: Any, error: DomainError) -> None:
-    """Ends the call with the error's status and details (raises, as grpc.aio does)."""
-    await context.abort_with_status(grpc_status_of(error))
-
-
 def _unexpected(error: Exception) -> str:
     """Aborts raised by grpc itself pass through; anything else is a bug, logged in full."""
     if isinstance(error, grpc.aio.AbortError):
@@ -151,10 +181,21 @@ def _internal(error: Exception) -> DomainError:
     )
 
 
-def _log_call(method: str, code: str, started: float) -> None:
+def _log_call(method: str, code: str, reason: str, seconds: float, peer: str) -> None:
+    """One line per call; its fields also go to JSON logs as they are (see logs.py)."""
+    duration_ms = round(1000 * seconds, 1)
     log.info(
-        "rpc method=%s code=%s duration_ms=%.1f",
+        "rpc method=%s code=%s duration_ms=%.1f%s peer=%s",
         method,
         code,
-        1000 * (time.perf_counter() - started),
+        duration_ms,
+        f" reason={reason}" if reason else "",
+        peer,
+        extra={
+            "method": method,
+            "code": code,
+            "reason": reason,
+            "duration_ms": duration_ms,
+            "peer": peer,
+        },
     )

@@ -9,6 +9,7 @@ import logging
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from prometheus_client import CollectorRegistry
 
 from keyturn.fulfillment.v1 import (
     catalog_pb2,
@@ -21,8 +22,10 @@ from keyturn.server.app.context import AppContext
 from keyturn.server.app.delivery import Dispatcher
 from keyturn.server.app.lapses import run_lapse_sweeps
 from keyturn.server.app.tokens import TokenAuthenticator
+from keyturn.server.store.pool_metrics import instrument_pool
 
 from .interceptor import ServiceInterceptor
+from .metrics import RpcMetrics, WatchMetrics
 from .servicers import CatalogServicer, FulfillmentServicer, LicensingServicer
 
 log = logging.getLogger("keyturn.server")
@@ -50,21 +53,45 @@ def _pending_call_limits(max_streams: int) -> list[tuple[str, int]]:
 
 
 class KeyturnServer:
-    """A running Keyturn gRPC server; health follows the database's readiness."""
+    """A running Keyturn gRPC server; health follows the database's readiness.
 
-    def __init__(self, ctx: AppContext, listen: str, dispatcher: Dispatcher | None = None) -> None:
+    Alone, it owns its port (SO_REUSEPORT off: a port in use is an error). As one
+    worker of a supervisor (`reuse_port`), it binds the port the supervisor reserved,
+    beside the other workers, and names itself in a `keyturn-worker` trailer
+    (`worker_id`) so that a caller can tell which process answered.
+    """
+
+    def __init__(
+        self,
+        ctx: AppContext,
+        listen: str,
+        dispatcher: Dispatcher | None = None,
+        *,
+        registry: CollectorRegistry | None = None,
+        reuse_port: bool = False,
+        worker_id: str = "",
+    ) -> None:
         self.ctx = ctx
         self.dispatcher = dispatcher
+        self.registry = registry if registry is not None else CollectorRegistry()
         self._listen = listen
+        instrument_pool(ctx.store.engine, self.registry)
+        trailer = (("keyturn-worker", worker_id),) if worker_id else ()
+        interceptor = ServiceInterceptor(
+            TokenAuthenticator(ctx.store), RpcMetrics(self.registry), trailer
+        )
         self._server = grpc.aio.server(
-            interceptors=[ServiceInterceptor(TokenAuthenticator(ctx.store))],
-            options=[("grpc.so_reuseport", 0), *_pending_call_limits(ctx.feed.max_streams)],
+            interceptors=[interceptor],
+            options=[
+                ("grpc.so_reuseport", 1 if reuse_port else 0),
+                *_pending_call_limits(ctx.feed.max_streams),
+            ],
         )
         licensing_pb2_grpc.add_LicensingServiceServicer_to_server(
             LicensingServicer(ctx), self._server
         )
         fulfillment_pb2_grpc.add_FulfillmentServiceServicer_to_server(
-            FulfillmentServicer(ctx), self._server
+            FulfillmentServicer(ctx, WatchMetrics(self.registry, ctx.clock)), self._server
         )
         catalog_pb2_grpc.add_CatalogServiceServicer_to_server(CatalogServicer(ctx), self._server)
         self._health = health.aio.HealthServicer()  # type: ignore[attr-defined]
@@ -76,9 +103,12 @@ class KeyturnServer:
         self._background: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
-        self.port = self._server.add_insecure_port(self._listen)
+        try:
+            self.port = self._server.add_insecure_port(self._listen)
+        except RuntimeError:  # grpc's "Failed to bind": taken, or not an address of this host
+            self.port = 0
         if self.port == 0:
-            raise OSError(f"cannot listen on {self._listen}")
+            raise OSError(f"cannot listen on {self._listen}: in use, or not an address here")
         self.ctx.feed.start()
         await self._server.start()
         await self._refresh_health()

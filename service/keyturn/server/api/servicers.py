@@ -33,6 +33,7 @@ from .fulfillment_convert import (
     order_out,
 )
 from .licensing_convert import credential_in, lease_out, signing_keys_out, summary_out
+from .metrics import WatchMetrics
 
 Context = grpc.aio.ServicerContext[object, object]
 
@@ -103,9 +104,10 @@ class WatchResponses:
 
 
 class FulfillmentServicer(ful_grpc.FulfillmentServiceServicer):
-    def __init__(self, ctx: AppContext) -> None:
+    def __init__(self, ctx: AppContext, watch_metrics: WatchMetrics) -> None:
         self._ctx = ctx
         self._watch_responses = WatchResponses()
+        self._watch_metrics = watch_metrics
 
     async def FulfillOrder(
         self, request: ful.FulfillOrderRequest, context: Context
@@ -157,10 +159,13 @@ class FulfillmentServicer(ful_grpc.FulfillmentServiceServicer):
         self, request: ful.WatchEntitlementEventsRequest, context: Context
     ) -> AsyncIterator[ful.WatchEntitlementEventsResponse]:
         # Closed here, not when collected: its stream slot is freed as soon as the call ends.
-        async with contextlib.aclosing(
-            entitlements.watch_events(self._ctx, request.after_sequence)
-        ) as stream:
-            async for view in stream:
+        async with (
+            contextlib.aclosing(
+                entitlements.watch_events(self._ctx, request.after_sequence)
+            ) as stream,
+            contextlib.aclosing(self._watch_metrics.track(stream)) as tracked,
+        ):
+            async for view in tracked:
                 yield self._watch_responses.of(view)
 
 

@@ -70,7 +70,7 @@ def _pending_lapses_of(entitlement_id: Any, now: datetime, lapse_grace: timedelt
     )
 
 
-def _in_use_column(now: datetime, lapse_grace: timedelta) -> Any:
+def in_use_column(now: datetime, lapse_grace: timedelta) -> Any:
     """Seats in use of an entitlements row: held, less pending lapses of floating ones."""
     floating = entitlements.c.license_model == LicenseModel.FLOATING.value
     pending = _pending_lapses_of(entitlements.c.entitlement_id, now, lapse_grace)
@@ -109,7 +109,7 @@ class ActivationRepository:
         counts = dict.fromkeys((e.entitlement_id for e in held_by), 0)
         if not counts:
             return counts
-        query = select(entitlements.c.entitlement_id, _in_use_column(now, lapse_grace)).where(
+        query = select(entitlements.c.entitlement_id, in_use_column(now, lapse_grace)).where(
             entitlements.c.entitlement_id.in_(list(counts))
         )
         for entitlement_id, live in await self._db.execute(query):

@@ -61,12 +61,15 @@ from .seats import (
     RenewalClaim,
     SeatResult,
 )
-from .unit_of_work import DuplicateKeyError, Store
+from .unit_of_work import (
+    RETRYABLE_SQLSTATES,
+    UNAVAILABLE_SQLSTATE_CLASSES,
+    DuplicateKeyError,
+    Store,
+)
 
 Db: TypeAlias = "asyncpg.pool.PoolConnectionProxy[asyncpg.Record]"
 ACQUIRE_TIMEOUT_SECONDS = 30.0
-UNAVAILABLE_SQLSTATE_CLASSES = ("08", "53", "57")  # connection, resources, operator
-CONFLICT_SQLSTATES = {"40001", "40P01"}  # serialization failure, deadlock
 
 _REFERENCES = (
     "ARRAY(SELECT r.external_reference FROM external_references AS r"
@@ -281,7 +284,7 @@ async def _database_errors() -> AsyncIterator[None]:
         raise DuplicateKeyError(str(error)) from error
     except asyncpg.PostgresError as error:
         state = error.sqlstate or ""
-        if state in CONFLICT_SQLSTATES:
+        if state in RETRYABLE_SQLSTATES:
             raise DomainError(
                 Reason.STORAGE_UNAVAILABLE,
                 "a concurrent transaction conflicted with this one; retry",

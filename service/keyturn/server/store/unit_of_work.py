@@ -26,6 +26,8 @@ from .signing_key_repository import SigningKeyRepository
 from .token_repository import TokenRepository
 
 RETRYABLE_SQLSTATES = {"40001", "40P01"}  # serialization failure, deadlock detected
+# Connection exceptions, insufficient resources (too many clients), operator intervention.
+UNAVAILABLE_SQLSTATE_CLASSES = ("08", "53", "57")
 
 
 def _sqlstate(error: exc.DBAPIError) -> str | None:
@@ -168,7 +170,12 @@ class Store:
                 Reason.STORAGE_UNAVAILABLE, "the database is unavailable; retry later"
             ) from error
         except exc.DBAPIError as error:
-            if _sqlstate(error) not in RETRYABLE_SQLSTATES:
+            state = _sqlstate(error) or ""
+            if state[:2] in UNAVAILABLE_SQLSTATE_CLASSES:
+                raise DomainError(
+                    Reason.STORAGE_UNAVAILABLE, "the database is unavailable; retry later"
+                ) from error
+            if state not in RETRYABLE_SQLSTATES:
                 raise
             raise DomainError(
                 Reason.STORAGE_UNAVAILABLE,
