@@ -325,8 +325,17 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _loop_factory(settings: Settings) -> Callable[[], asyncio.AbstractEventLoop] | None:
-    if settings.event_loop == "uvloop":
+def _loop_factory(
+    settings: Settings, args: argparse.Namespace
+) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop where calls are served; the supervisor of workers (which only starts and
+    watches processes, with options uvloop's subprocess support lacks) keeps asyncio's."""
+    supervising = (
+        getattr(args, "run", None) is _serve
+        and getattr(args, "worker_link", None) is None
+        and settings.workers > 1
+    )
+    if settings.event_loop == "uvloop" and not supervising:
         import uvloop
 
         return uvloop.new_event_loop
@@ -353,7 +362,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if getattr(args, "sync", False):
             return run(args)  # type: ignore[return-value]
-        with asyncio.Runner(loop_factory=_loop_factory(settings)) as runner:
+        with asyncio.Runner(loop_factory=_loop_factory(settings, args)) as runner:
             return runner.run(run(args))  # type: ignore[arg-type]
     except (SecretError, SettingsError, DomainError, OSError) as exc:
         print(f"keyturn: {exc}", file=sys.stderr)
