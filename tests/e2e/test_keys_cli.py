@@ -18,6 +18,7 @@ from pathlib import Path
 
 import grpc
 import jwt
+import pytest
 
 from keyturn.fulfillment.v1 import catalog_pb2_grpc, fulfillment_pb2_grpc
 from keyturn.licensing.v1 import licensing_pb2 as lic
@@ -36,6 +37,7 @@ from support.subprocess_server import (
     run_cli_async,
     start_server,
 )
+from support.workers import channel_to, listening_workers
 
 LEASE = timedelta(seconds=900)  # the lease duration of support.rpc.create_sku
 MARGIN = timedelta(minutes=5)  # added to the longest lease when a key is retired
@@ -93,11 +95,16 @@ def activation(key: str, fingerprint: str) -> lic.ActivateSeatRequest:
     )
 
 
+@pytest.mark.parametrize("workers", [1, 2])
 async def test_keys_rotate_is_picked_up_by_a_running_server(
-    database_url: str, tmp_path: Path
+    database_url: str, tmp_path: Path, workers: int
 ) -> None:
     # The server looks the signing key up at every signature (the default: every 10 s).
-    env = {**settings(database_url), "KEYTURN_SIGNING_KEY_REFRESH_SECONDS": "0"}
+    env = {
+        **settings(database_url),
+        "KEYTURN_SIGNING_KEY_REFRESH_SECONDS": "0",
+        "KEYTURN_WORKERS": str(workers),  # with 2, calls reach both workers of one port
+    }
     auth = (("authorization", f"Bearer {await api_token(database_url)}"),)
     async with (
         serving(tmp_path, env) as server,
@@ -109,7 +116,7 @@ async def test_keys_rotate_is_picked_up_by_a_running_server(
             fulfillment_pb2_grpc.FulfillmentServiceStub(channel),
             auth,
             auth,
-            seats=2,
+            seats=2 + workers,
         )
         first = await licensing.ActivateSeat(activation(entitlement.license_key, "device-0001"))
         old_kid = kid_of(first.lease.token)
@@ -140,6 +147,16 @@ async def test_keys_rotate_is_picked_up_by_a_running_server(
         renewed = await licensing.RenewLease(lic.RenewLeaseRequest(lease_token=first.lease.token))
         assert kid_of(second.lease.token) == new_kid
         assert kid_of(renewed.lease.token) == new_kid
+        # Every worker signs with it: a connection to each, chosen by its pid.
+        for pid in (await listening_workers(server, workers)).values() if workers > 1 else ():
+            per_worker = await channel_to(server.address, pid)
+            try:
+                seat = await licensing_pb2_grpc.LicensingServiceStub(per_worker).ActivateSeat(
+                    activation(entitlement.license_key, f"device-worker-{pid}")
+                )
+            finally:
+                await per_worker.close()
+            assert kid_of(seat.lease.token) == new_kid
 
         response = await licensing.GetSigningKeys(lic.GetSigningKeysRequest())
         keys = jwt.PyJWKSet.from_dict(json.loads(response.jwks_json))
