@@ -202,3 +202,48 @@ async def test_serve_with_another_secret_key_exits_1_naming_the_signing_key(
     # The failed start wrote nothing (no new key), and the right secret still opens the key
     # (keys list, like serve, decrypts every stored key first).
     assert await keys_list(tmp_path, created) == {kid: "signing"}
+
+
+async def test_keys_rotate_is_picked_up_by_three_replicas(
+    database_url: str, tmp_path: Path
+) -> None:
+    """Three `keyturn serve` replicas of one database: after `keyturn keys rotate` each
+    signs with the new key, and every lease verifies against any replica's JWKS."""
+    env = {**settings(database_url), "KEYTURN_SIGNING_KEY_REFRESH_SECONDS": "0"}
+    auth = (("authorization", f"Bearer {await api_token(database_url)}"),)
+    async with contextlib.AsyncExitStack() as stack:
+        replicas = [await stack.enter_async_context(serving(tmp_path, env)) for _ in range(3)]
+        channels = [
+            await stack.enter_async_context(grpc.aio.insecure_channel(r.address)) for r in replicas
+        ]
+        entitlement = await new_license(
+            catalog_pb2_grpc.CatalogServiceStub(channels[0]),
+            fulfillment_pb2_grpc.FulfillmentServiceStub(channels[0]),
+            auth,
+            auth,
+            seats=6,
+        )
+        stubs = [licensing_pb2_grpc.LicensingServiceStub(c) for c in channels]
+        before = [
+            await stub.ActivateSeat(activation(entitlement.license_key, f"device-old-{i}"))
+            for i, stub in enumerate(stubs)
+        ]
+        old_kids = {kid_of(seat.lease.token) for seat in before}
+        assert len(old_kids) == 1
+        rotated = await run_cli_async(["keys", "rotate"], tmp_path, env)
+        new = re.search(r"^new signing key (key_\w+)$", rotated.stdout, re.MULTILINE)
+        assert new, rotated.stdout
+        after = [
+            await stub.ActivateSeat(activation(entitlement.license_key, f"device-new-{i}"))
+            for i, stub in enumerate(stubs)
+        ]
+        assert [kid_of(seat.lease.token) for seat in after] == [new[1]] * 3
+        for stub in stubs:
+            response = await stub.GetSigningKeys(lic.GetSigningKeysRequest())
+            keys = jwt.PyJWKSet.from_dict(json.loads(response.jwks_json))
+            for seat in (*before, *after):
+                token = seat.lease.token
+                claims = jwt.decode(
+                    token, keys[kid_of(token)].key, algorithms=["EdDSA"], audience=PRODUCT_ID
+                )
+                assert claims["sub"] == seat.activation_id

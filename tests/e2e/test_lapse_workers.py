@@ -1,7 +1,8 @@
-"""Lapse across processes and workers: leases taken on one server are judged lapsed by
-`keyturn serve --workers 2` running later (its clock moved past lease and grace),
-seats are free again without a job, a lapsed lease renews only while a seat is free,
-and each lapse is recorded once although both workers claim seats.
+"""Lapse across processes: leases taken on one server are judged lapsed by servers
+running later (their clock moved past lease and grace), either one `keyturn serve
+--workers 2` or three replicas: seats are free again without a job, a lapsed lease
+renews only while a seat is free, and each lapse is recorded once although several
+processes claim seats and sweep.
 
 The later server's clock is shifted with KEYTURN_CLOCK_OFFSET_SECONDS; on PostgreSQL
 the seat decisions take the database's time plus that shift, on SQLite the server's.
@@ -11,7 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+import itertools
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import grpc
@@ -36,18 +38,36 @@ LATER_S = LEASE_S + GRACE_S + 60
 WAIT_S = 60.0
 
 
+# (replicas, workers each) of the later servers
+TOPOLOGIES = {"two-workers": (1, 2), "three-replicas": (3, 1)}
+
+
 @contextlib.asynccontextmanager
 async def serving(
-    cwd: Path, database_url: str, workers: int, **extra: str
-) -> AsyncIterator[tuple[ServerProcess, grpc.aio.Channel]]:
+    cwd: Path, database_url: str, workers: int, replicas: int = 1, **extra: str
+) -> AsyncIterator[list[grpc.aio.Channel]]:
+    """`replicas` servers of `workers` processes each; a channel to each."""
     settings = server_settings(database_url, KEYTURN_LAPSE_GRACE_SECONDS=str(GRACE_S), **extra)
-    manager = start_server(cwd, settings, workers=workers)
-    server = await asyncio.to_thread(manager.__enter__)
-    try:
-        async with grpc.aio.insecure_channel(server.address) as channel:
-            yield server, channel
-    finally:
-        await asyncio.to_thread(manager.__exit__, None, None, None)
+    async with contextlib.AsyncExitStack() as stack:
+        managers = [start_server(cwd, settings, workers=workers) for _ in range(replicas)]
+        servers: list[ServerProcess] = await asyncio.gather(
+            *(asyncio.to_thread(m.__enter__) for m in managers)
+        )
+        for manager in managers:
+            stack.push_async_callback(asyncio.to_thread, manager.__exit__, None, None, None)
+        yield [
+            await stack.enter_async_context(grpc.aio.insecure_channel(s.address)) for s in servers
+        ]
+
+
+class Licensing:
+    """A LicensingService stub that sends each call where `next_stub` says."""
+
+    def __init__(self, next_stub: Callable[[], licensing_pb2_grpc.LicensingServiceStub]) -> None:
+        self._next = next_stub
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._next(), name)
 
 
 def activation(key: str, fingerprint: str) -> lic.ActivateSeatRequest:
@@ -66,12 +86,14 @@ async def lapse_events(
     ]
 
 
-async def test_leases_lapse_for_a_later_server_with_two_workers(
-    app: AppContext, database_url: str, tmp_path: Path
+@pytest.mark.parametrize("topology", list(TOPOLOGIES))
+async def test_leases_lapse_for_later_servers(
+    app: AppContext, database_url: str, tmp_path: Path, topology: str
 ) -> None:
+    replicas, workers = TOPOLOGIES[topology]
     _, secret = await create_token(app, {"catalog", "fulfill", "read"}, "lapse workers")
     auth = (("authorization", f"Bearer {secret}"),)
-    async with serving(tmp_path, database_url, workers=1) as (_, now_channel):
+    async with serving(tmp_path, database_url, workers=1) as [now_channel]:
         catalog = catalog_pb2_grpc.CatalogServiceStub(now_channel)
         fulfillment = fulfillment_pb2_grpc.FulfillmentServiceStub(now_channel)
         claimed = await new_license(catalog, fulfillment, auth, auth, seats=2)
@@ -85,9 +107,11 @@ async def test_leases_lapse_for_a_later_server_with_two_workers(
             await licensing.ActivateSeat(activation(swept.license_key, name))
 
     later = {"KEYTURN_CLOCK_OFFSET_SECONDS": str(LATER_S), "KEYTURN_LAPSE_SWEEP_SECONDS": "0.2"}
-    async with serving(tmp_path, database_url, workers=2, **later) as (_, later_channel):
-        licensing = licensing_pb2_grpc.LicensingServiceStub(later_channel)
-        fulfillment = fulfillment_pb2_grpc.FulfillmentServiceStub(later_channel)
+    async with serving(tmp_path, database_url, workers, replicas, **later) as channels:
+        # Each call on the next replica in turn (one replica: its two workers share it).
+        turns = itertools.cycle(channels)
+        licensing = Licensing(lambda: licensing_pb2_grpc.LicensingServiceStub(next(turns)))
+        fulfillment = fulfillment_pb2_grpc.FulfillmentServiceStub(channels[-1])
         check = await licensing.CheckLicense(
             lic.CheckLicenseRequest(license_key=claimed.license_key, product_id=PRODUCT_ID)
         )
