@@ -3,6 +3,9 @@
 # setup, buf lint, generated code up to date, ruff, ruff format, mypy,
 # hadolint, pytest. Extra arguments go to pytest, e.g.
 #   bash scripts/test.sh -k leases -x
+# pytest runs in KEYTURN_TEST_PROCESSES processes (pytest-xdist, default 2: most
+# tests wait on servers and databases, so two share two cores well; 0: in this
+# process, as plain pytest does).
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -42,7 +45,8 @@ step "hadolint Dockerfile"
 
 step "pytest"
 rc=0
-"$venv/bin/pytest" "$@" || rc=$?
+processes="${KEYTURN_TEST_PROCESSES:-2}"
+"$venv/bin/pytest" -n "$processes" --dist loadfile "$@" || rc=$?
 if [ "$rc" -eq 5 ]; then
   fail "pytest collected no tests (exit code 5); a run that tests nothing is a failure"
 elif [ "$rc" -ne 0 ]; then
