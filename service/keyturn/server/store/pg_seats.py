@@ -60,6 +60,7 @@ from .seats import (
     ReleaseEvents,
     RenewalClaim,
     SeatResult,
+    fresh_activation,
 )
 from .unit_of_work import (
     RETRYABLE_SQLSTATES,
@@ -364,17 +365,7 @@ class PgSeats:
             return None
         if admit(None, False, in_use, entitlement.seat_limit) is SeatOutcome.REFUSED:
             raise seats_exhausted(entitlement)  # no seat was free when read
-        fresh = Activation(
-            activation_id=claim.new_activation_id,
-            entitlement_id=entitlement.entitlement_id,
-            fingerprint=claim.fingerprint,
-            label=claim.label,
-            lease_jti=claim.new_jti,
-            lease_expire_time=entitlement.lease_expiry(now),
-            create_time=now,
-            seat_time=now,
-            user_id=claim.user_id,
-        )
+        fresh = fresh_activation(claim, entitlement, now)
         result = SeatResult(SeatOutcome.GRANTED, fresh, entitlement, in_use + 1, now)
         try:
             added = await db.fetchval(
@@ -411,36 +402,38 @@ class PgSeats:
     async def _activate_locked(
         self, db: Db, claim: ActivationClaim, events: ClaimEvents
     ) -> SeatResult:
-        if claim.key_hash:
-            locked = await db.fetchrow(LOCK_BY_KEY, claim.key_hash)
-        else:
-            locked = await db.fetchrow(LOCK_BY_ID, claim.entitlement_id)
+        lock, key = (
+            (LOCK_BY_KEY, claim.key_hash) if claim.key_hash else (LOCK_BY_ID, claim.entitlement_id)
+        )
+        locked = await self._locked(db, lock, key, NOTE_LAPSES_AND_FIND_DEVICE, claim.fingerprint)
         if locked is None:
             raise invalid_license_key()
+        entitlement, row, state = locked
+        now: datetime = state["now"]
+        check_claimable(entitlement, claim.product_id, now)
+        fresh = fresh_activation(claim, entitlement, now)
+        return await self._claim(db, entitlement, row, state, fresh, False, events)
+
+    async def _locked(
+        self, db: Db, lock: str, key: str, find: str, device: str
+    ) -> tuple[Entitlement, asyncpg.Record, asyncpg.Record] | None:
+        """Lock the entitlement (`lock` by `key`), then, in a statement of its own so that it
+        sees every claim committed before the lock was granted, record pending lapses and
+        `find` the device. None: no such entitlement."""
+        locked = await db.fetchrow(lock, key)
+        if locked is None:
+            return None
         entitlement = entitlement_of(locked, tuple(locked["refs"]))
         state = await _one_row(
             db,
-            NOTE_LAPSES_AND_FIND_DEVICE,
+            find,
             *self._time_args(),
             entitlement.entitlement_id,
             self._grace_seconds,
             entitlement.license_model is LicenseModel.FLOATING,
-            claim.fingerprint,
+            device,
         )
-        now: datetime = state["now"]
-        check_claimable(entitlement, claim.product_id, now)
-        fresh = Activation(
-            activation_id=claim.new_activation_id,
-            entitlement_id=entitlement.entitlement_id,
-            fingerprint=claim.fingerprint,
-            label=claim.label,
-            lease_jti=claim.new_jti,
-            lease_expire_time=entitlement.lease_expiry(now),
-            create_time=now,
-            seat_time=now,
-            user_id=claim.user_id,
-        )
-        return await self._claim(db, entitlement, locked, state, fresh, False, events)
+        return entitlement, locked, state
 
     async def renew(self, claim: RenewalClaim, events: ClaimEvents) -> SeatResult:
         async with self._connection() as db:
@@ -448,19 +441,16 @@ class PgSeats:
             if kept is not None:
                 return kept
             async with db.transaction():
-                locked = await db.fetchrow(LOCK_BY_ID, claim.entitlement_id)
-                if locked is None:
-                    raise invalid_license_key()
-                entitlement = entitlement_of(locked, tuple(locked["refs"]))
-                state = await _one_row(
+                locked = await self._locked(
                     db,
+                    LOCK_BY_ID,
+                    claim.entitlement_id,
                     NOTE_LAPSES_AND_FIND_ACTIVATION,
-                    *self._time_args(),
-                    entitlement.entitlement_id,
-                    self._grace_seconds,
-                    entitlement.license_model is LicenseModel.FLOATING,
                     claim.activation_id,
                 )
+                if locked is None:
+                    raise invalid_license_key()
+                entitlement, row, state = locked
                 now = state["now"]
                 entitlement.ensure_usable(now)
                 current = self._current(state)
@@ -474,7 +464,7 @@ class PgSeats:
                     seat_time=now,
                     label="",
                 )
-                result = await self._claim(db, entitlement, locked, state, wanted, True, events)
+                result = await self._claim(db, entitlement, row, state, wanted, True, events)
         await self._committed(result.lapsed, result.outcome)
         return result
 
@@ -598,19 +588,16 @@ class PgSeats:
 
     async def release(self, lease: LeaseRef, events: ReleaseEvents) -> Release:
         async with self._transaction() as db:
-            locked = await db.fetchrow(LOCK_BY_ID, lease.entitlement_id)
-            if locked is None:
-                raise lease_superseded(lease.activation_id)
-            entitlement = entitlement_of(locked, tuple(locked["refs"]))
-            state = await _one_row(
+            locked = await self._locked(
                 db,
+                LOCK_BY_ID,
+                lease.entitlement_id,
                 NOTE_LAPSES_AND_FIND_ACTIVATION,
-                *self._time_args(),
-                entitlement.entitlement_id,
-                self._grace_seconds,
-                entitlement.license_model is LicenseModel.FLOATING,
                 lease.activation_id,
             )
+            if locked is None:
+                raise lease_superseded(lease.activation_id)
+            entitlement, row, state = locked
             now: datetime = state["now"]
             lapsed = tuple(state["lapsed"])
             current = self._current(state)
@@ -622,7 +609,7 @@ class PgSeats:
                 raise lease_superseded(lease.activation_id)
             released_now = current.released_time is None
             counted = released_now and current.lapse_recorded_time is None
-            held = int(locked["seats_held"]) - len(lapsed) - (1 if counted else 0)
+            held = int(row["seats_held"]) - len(lapsed) - (1 if counted else 0)
             result = Release(entitlement, held, now, released_now, lapsed)
             recorded = events(result, lease.activation_id)
             await db.execute(

@@ -105,6 +105,21 @@ class SeatStore(Protocol):
         ...
 
 
+def fresh_activation(claim: ActivationClaim, entitlement: Entitlement, now: datetime) -> Activation:
+    """The activation a new device gets when its claim is granted at `now`."""
+    return Activation(
+        activation_id=claim.new_activation_id,
+        entitlement_id=entitlement.entitlement_id,
+        fingerprint=claim.fingerprint,
+        label=claim.label,
+        lease_jti=claim.new_jti,
+        lease_expire_time=entitlement.lease_expiry(now),
+        create_time=now,
+        seat_time=now,
+        user_id=claim.user_id,
+    )
+
+
 def lapse_cutoff(now: datetime, lapse_grace: timedelta) -> datetime:
     """A floating lease that expired at or before this instant no longer holds its seat."""
     return now - lapse_grace

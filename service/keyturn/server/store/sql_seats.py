@@ -35,6 +35,7 @@ from .seats import (
     ReleaseEvents,
     RenewalClaim,
     SeatResult,
+    fresh_activation,
 )
 from .unit_of_work import Store, Transaction
 
@@ -52,17 +53,7 @@ class SqlSeats:
             check_claimable(entitlement, claim.product_id, now)
             lapsed = await tx.activations.note_lapses(entitlement, now, self._grace)
             current = await tx.activations.of_device(entitlement.entitlement_id, claim.fingerprint)
-            fresh = Activation(
-                activation_id=claim.new_activation_id,
-                entitlement_id=entitlement.entitlement_id,
-                fingerprint=claim.fingerprint,
-                label=claim.label,
-                lease_jti=claim.new_jti,
-                lease_expire_time=entitlement.lease_expiry(now),
-                create_time=now,
-                seat_time=now,
-                user_id=claim.user_id,
-            )
+            fresh = fresh_activation(claim, entitlement, now)
             # A new activation is by whoever presents now (a named user, or the key).
             result = await self._claim(
                 tx, entitlement, current, fresh, now, lapsed, keep_user=False
