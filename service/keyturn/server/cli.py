@@ -46,7 +46,7 @@ async def _opened(settings: Settings) -> AsyncIterator[AppContext]:
     try:
         yield ctx
     finally:
-        await ctx.store.close()
+        await ctx.close()
 
 
 async def _serve(args: argparse.Namespace) -> int:
