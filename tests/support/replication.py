@@ -28,6 +28,7 @@ PRIMARY_SETTINGS = {
     "max_wal_senders": "4",
     "fsync": "off",  # the tests' clusters need no durability
     "full_page_writes": "off",
+    "track_commit_timestamp": "on",  # what replication lag is measured from
     # synchronous_commit stays on: the WAL senders send only flushed WAL, and with it
     # off the WAL writer would flush (and so replicate) only every wal_writer_delay.
 }

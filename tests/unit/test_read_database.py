@@ -26,7 +26,7 @@ def settings(database_url: str, read_database_url: str) -> Settings:
     return Settings(
         database_url=database_url,
         read_database_url=read_database_url,
-        secret_key=TEST_SECRET,  # type: ignore[arg-type]
+        secret_key=TEST_SECRET,
         auto_migrate=False,
     )
 

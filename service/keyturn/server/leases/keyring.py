@@ -246,7 +246,8 @@ class SigningKeys:
         self._signing = None
 
     async def rotate(self, now: datetime) -> Rotation:
-        """Rotate the keys; this process signs with the new one at once."""
+        """Rotate the keys; this process signs with the new one at once (with a standby,
+        once it publishes the key)."""
         rotation = await rotate_signing_key(self._store, self._sealer, now)
         self.forget_signing()
         return rotation
