@@ -36,6 +36,7 @@ from keyturn.fulfillment.v1 import fulfillment_pb2 as ful
 from keyturn.licensing.v1 import licensing_pb2 as lic
 from keyturn.licensing.v1 import licensing_pb2_grpc
 from keyturn.server.clock import SystemClock
+from keyturn.server.domain.license_key import generate_license_key
 from keyturn.server.leases.keyring import RETIRE_MARGIN, SigningKeys, load_keyring
 from keyturn.server.sealing import Sealer
 from keyturn.server.store.migrate import upgrade
@@ -286,6 +287,11 @@ async def test_reads_answer_from_the_standby_and_writes_go_to_the_primary(
         ful.GetEntitlementRequest(entitlement_id="ent_nope"), metadata=d.auth
     )
     assert await failure(missing) == (grpc.StatusCode.NOT_FOUND, "ENTITLEMENT_NOT_FOUND")
+    unknown = lic.CheckLicenseRequest(license_key=generate_license_key(), product_id=PRODUCT_ID)
+    assert await failure(d.licensing.CheckLicense(unknown)) == (
+        grpc.StatusCode.UNAUTHENTICATED,
+        "INVALID_LICENSE_KEY",
+    )
 
     await resume_replay(d.standby_admin)
     await caught_up(d.db.replicated)
