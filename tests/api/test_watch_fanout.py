@@ -224,7 +224,9 @@ async def test_stream_behind_the_tail_reads_the_database_then_follows_the_tail(
     """A tail of 16 events and bursts of 240: the stream that does not read during the
     bursts is left behind the tail, reads the rest from the database, then follows again."""
     ctx = await build_context(settings_for(database_url))
-    ctx.feed = EventFeed(ctx.store, poll_seconds=0.5, max_streams=10, tail_size=16)
+    ctx.feed = EventFeed(
+        ctx.read_store, ctx.store.bell, poll_seconds=0.5, max_streams=10, tail_size=16
+    )
     async with channel_to(ctx, tokens) as channel:
         stub = Fulfillment(channel)
         made = await stub.FulfillOrder(order("o-0", "SUB-3"), metadata=tokens("fulfill"))

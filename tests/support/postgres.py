@@ -11,7 +11,9 @@
    `postgres` system user (initdb refuses to run as root).
 
 `create_database()` and `drop_database()` make and remove databases on that
-server with asyncpg.
+server with asyncpg. `LocalCluster` is the throwaway cluster of step 3, for
+tests that need a server of their own (such as a primary and its standby,
+support/replication.py).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import socket
 import subprocess
 import tempfile
 import threading
-from collections.abc import Coroutine, Iterator
+from collections.abc import Coroutine, Iterator, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
@@ -212,20 +214,40 @@ def _conf_quote(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
 
-@contextlib.contextmanager
-def _throwaway_cluster() -> Iterator[str]:
-    bindir = _find_pg_bin()
-    prefix = _run_as_prefix()
-    base = Path(tempfile.mkdtemp(prefix="keyturn-pg-"))
-    data = base / "data"
-    log = base / "postgres.log"
-    started = False
+# Settings of a cluster only tests use: durability traded for speed.
+FAST_SETTINGS = {"fsync": "off", "synchronous_commit": "off", "full_page_writes": "off"}
 
-    def run(*args: str, timeout: float) -> subprocess.CompletedProcess[str]:
-        # cwd=base: the postgres user may not be allowed into the caller's cwd.
+
+class LocalCluster:
+    """A PostgreSQL cluster of the tests' own in a temporary folder, on a free loopback
+    port; run as the `postgres` system user when the tests run as root. `remove()`
+    stops it and deletes the folder. Made by `initdb()`, or by `basebackup_of()` as a
+    streaming standby of another LocalCluster."""
+
+    def __init__(self, name: str = "data") -> None:
+        self.bindir = _find_pg_bin()
+        self._prefix = _run_as_prefix()
+        self.base = Path(tempfile.mkdtemp(prefix=f"keyturn-pg-{name}-"))
+        self.data = self.base / "data"
+        self.log = self.base / "postgres.log"
+        self.port = 0
+        self._running = False  # pg_ctl may have left a postmaster even when start failed
+        if self._prefix:
+            import pwd
+
+            user = pwd.getpwnam("postgres")
+            os.chown(self.base, user.pw_uid, user.pw_gid)
+
+    @property
+    def admin_url(self) -> str:
+        return f"postgresql://postgres@{DEFAULT_HOST}:{self.port}/postgres"
+
+    def run(self, tool: str, *args: str, timeout: float) -> subprocess.CompletedProcess[str]:
+        """A PostgreSQL program of this cluster's version, as the cluster's user.
+        cwd=base: the postgres user may not be allowed into the caller's cwd."""
         return subprocess.run(
-            [*prefix, *args],
-            cwd=base,
+            [*self._prefix, str(self.bindir / tool), *args],
+            cwd=self.base,
             stdin=subprocess.DEVNULL,
             capture_output=True,
             text=True,
@@ -233,21 +255,17 @@ def _throwaway_cluster() -> Iterator[str]:
             check=False,
         )
 
-    def stop(mode: str) -> bool:
-        pg_ctl = str(bindir / "pg_ctl")
-        result = run(pg_ctl, "-D", str(data), "stop", "-m", mode, "-w", "-t", "30", timeout=40)
-        return result.returncode == 0
+    def _check(self, result: subprocess.CompletedProcess[str], what: str) -> None:
+        if result.returncode != 0:
+            raise RuntimeError(
+                f"{what} failed (exit {result.returncode}):\n{result.stdout}{result.stderr}"
+            )
 
-    try:
-        if prefix:
-            import pwd
-
-            user = pwd.getpwnam("postgres")
-            os.chown(base, user.pw_uid, user.pw_gid)
-        init = run(
-            str(bindir / "initdb"),
+    def initdb(self) -> None:
+        result = self.run(
+            "initdb",
             "-D",
-            str(data),
+            str(self.data),
             "-U",
             "postgres",
             "--auth=trust",
@@ -256,51 +274,102 @@ def _throwaway_cluster() -> Iterator[str]:
             "--no-sync",
             timeout=120,
         )
-        if init.returncode != 0:
-            raise RuntimeError(
-                f"initdb failed (exit {init.returncode}):\n{init.stdout}{init.stderr}"
-            )
+        self._check(result, "initdb")
 
-        start_output = ""
-        for _attempt in range(3):  # a free port can be taken before the server binds it
-            port = _free_loopback_port()
-            settings = {
+    def allow_replication(self) -> None:
+        """Let pg_basebackup and standbys connect from loopback without a password."""
+        with (self.data / "pg_hba.conf").open("a") as hba:
+            hba.write("host replication postgres 127.0.0.1/32 trust\n")
+
+    def basebackup_of(self, primary: LocalCluster) -> None:
+        """This cluster's data: a copy of the running `primary`, set up to follow it as a
+        streaming standby (-R writes primary_conninfo and standby.signal)."""
+        result = self.run(
+            "pg_basebackup",
+            "-h",
+            DEFAULT_HOST,
+            "-p",
+            str(primary.port),
+            "-U",
+            "postgres",
+            "-D",
+            str(self.data),
+            "-R",
+            "-X",
+            "stream",
+            "-c",
+            "fast",
+            "--no-sync",
+            timeout=120,
+        )
+        self._check(result, "pg_basebackup")
+
+    def start(self, settings: Mapping[str, str], port: int | None = None) -> None:
+        """Start on `port`, or on a free one (tried three times: a free port can be taken
+        before the server binds it). `settings` are appended to postgresql.auto.conf,
+        where the last line of a name wins over what initdb or pg_basebackup wrote."""
+        output = ""
+        for _attempt in range(1 if port else 3):
+            self.port = port or _free_loopback_port()
+            lines = {
                 "listen_addresses": DEFAULT_HOST,
-                "port": str(port),
-                "unix_socket_directories": str(base),
-                "fsync": "off",
-                "synchronous_commit": "off",
-                "full_page_writes": "off",
+                "port": str(self.port),
+                "unix_socket_directories": str(self.base),
+                **settings,
             }
-            with (data / "postgresql.auto.conf").open("w") as conf:
-                conf.writelines(f"{k} = {_conf_quote(v)}\n" for k, v in settings.items())
-            result = run(
-                str(bindir / "pg_ctl"),
+            with (self.data / "postgresql.auto.conf").open("a") as conf:
+                conf.writelines(f"{k} = {_conf_quote(v)}\n" for k, v in lines.items())
+            result = self.run(
+                "pg_ctl",
                 "-D",
-                str(data),
+                str(self.data),
                 "-l",
-                str(log),
+                str(self.log),
                 "-w",
                 "-t",
                 str(_START_TIMEOUT_S),
                 "start",
                 timeout=_START_TIMEOUT_S + 10,
             )
-            started = True  # pg_ctl may have left a postmaster running even on failure
+            self._running = True
             if result.returncode == 0:
-                break
-            start_output = result.stdout + result.stderr
-            stop("immediate")
-            started = False
-        else:
-            server_log = log.read_text(errors="replace") if log.exists() else ""
-            raise RuntimeError(
-                f"could not start a throwaway PostgreSQL cluster in {base}:\n"
-                f"{start_output}\n{server_log}"
-            )
+                return
+            output = result.stdout + result.stderr
+            self.stop("immediate")
+        server_log = self.log.read_text(errors="replace") if self.log.exists() else ""
+        raise RuntimeError(
+            f"could not start a PostgreSQL cluster in {self.base}:\n{output}\n{server_log}"
+        )
 
-        yield f"postgresql://postgres@{DEFAULT_HOST}:{port}/postgres"
+    def stop(self, mode: str = "fast") -> None:
+        """Stop the server (fast: disconnect clients, shut down cleanly), if it runs."""
+        if not self._running:
+            return
+        result = self.run(
+            "pg_ctl", "-D", str(self.data), "stop", "-m", mode, "-w", "-t", "30", timeout=40
+        )
+        if result.returncode != 0 and mode != "immediate":
+            self.run("pg_ctl", "-D", str(self.data), "stop", "-m", "immediate", timeout=40)
+        self._running = False
+
+    def remove(self) -> None:
+        self.stop()
+        shutil.rmtree(self.base, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def local_cluster(name: str = "data") -> Iterator[LocalCluster]:
+    """A LocalCluster (not yet made or started) that is removed on exit."""
+    cluster = LocalCluster(name)
+    try:
+        yield cluster
     finally:
-        if started and not stop("fast"):
-            stop("immediate")
-        shutil.rmtree(base, ignore_errors=True)
+        cluster.remove()
+
+
+@contextlib.contextmanager
+def _throwaway_cluster() -> Iterator[str]:
+    with local_cluster() as cluster:
+        cluster.initdb()
+        cluster.start(FAST_SETTINGS)
+        yield cluster.admin_url

@@ -7,6 +7,7 @@ from datetime import timedelta
 from pathlib import Path
 
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
 from .app.context import AppContext
 from .app.delivery import Dispatcher, DispatchSettings
@@ -19,9 +20,9 @@ from .leases.keyring import SigningKeys, load_keyring
 from .sealing import Sealer, SecretError, load_or_create_secret_file
 from .store.migrate import upgrade
 from .store.pg_seats import PgSeats
-from .store.seats import SeatStore
+from .store.seats import SeatCheck, SeatStore
 from .store.sql_seats import SqlSeats
-from .store.unit_of_work import Store
+from .store.unit_of_work import ReadStore, Store
 
 
 def secrets_file_for(settings: Settings) -> Path:
@@ -62,6 +63,40 @@ def seat_store(store: Store, clock: Clock, lapse_grace: timedelta) -> SeatStore:
     return SqlSeats(store, clock, lapse_grace)
 
 
+def check_read_database(settings: Settings) -> None:
+    """A read database is a streaming standby of a PostgreSQL primary: nothing else."""
+    if not settings.has_read_database:
+        return
+    for variable, url in (
+        ("KEYTURN_DATABASE_URL", settings.database_url),
+        ("KEYTURN_READ_DATABASE_URL", settings.read_database_url),
+    ):
+        try:
+            backend = make_url(url).get_backend_name()
+        except ArgumentError as error:
+            raise SettingsError(f"{variable} is not a database URL: {error}") from None
+        if backend != "postgresql":
+            raise SettingsError(
+                "KEYTURN_READ_DATABASE_URL (a streaming standby) needs PostgreSQL for both "
+                f"databases; {variable} is {backend}. Leave it empty to read from the database"
+            )
+
+
+def read_side(
+    settings: Settings, store: Store, seats: SeatStore, clock: Clock, lapse_grace: timedelta
+) -> tuple[ReadStore, SeatCheck]:
+    """Where the read-only RPCs read: the standby if one is set, else the primary itself."""
+    if not settings.has_read_database:
+        return store, seats
+    standby = Store.from_url(
+        settings.read_database_url,
+        settings.database_pool_size,
+        settings.database_transaction_pooler,
+        read_only=True,
+    )
+    return standby, PgSeats(standby, clock, lapse_grace)
+
+
 async def build_context(settings: Settings, clock: Clock | None = None) -> AppContext:
     """Open the database (migrating it when allowed), unseal the signing keys."""
     clock = clock or SystemClock(timedelta(seconds=settings.clock_offset_seconds))
@@ -72,6 +107,7 @@ async def build_context(settings: Settings, clock: Clock | None = None) -> AppCo
             "migrations hold a session lock a transaction pooler cannot keep; run "
             "`keyturn migrate` with the database's own URL first"
         )
+    check_read_database(settings)
     if settings.auto_migrate:
         await migrate(settings)
     store = Store.from_url(
@@ -83,17 +119,30 @@ async def build_context(settings: Settings, clock: Clock | None = None) -> AppCo
         await store.close()
         raise
     lapse_grace = timedelta(seconds=settings.lapse_grace_seconds)
+    seats = seat_store(store, clock, lapse_grace)
+    read_store, read_seats = read_side(settings, store, seats, clock, lapse_grace)
+    keys = SigningKeys(
+        store,
+        sealer,
+        keyring,
+        settings.signing_key_refresh_seconds,
+        published=read_store,
+        clock=clock,
+    )
     return AppContext(
         store=store,
         sealer=sealer,
-        keys=SigningKeys(store, sealer, keyring, settings.signing_key_refresh_seconds),
+        keys=keys,
         clock=clock,
-        seats=seat_store(store, clock, lapse_grace),
+        seats=seats,
         feed=EventFeed(
-            store,
+            read_store,
+            store.bell,
             poll_seconds=settings.watch_poll_seconds,
             max_streams=settings.watch_max_streams,
         ),
+        read_store=read_store,
+        read_seats=read_seats,
         issuer=settings.issuer,
         lapse_grace=lapse_grace,
         lapse_sweep_seconds=settings.lapse_sweep_seconds,

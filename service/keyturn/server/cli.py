@@ -38,7 +38,7 @@ async def _opened(settings: Settings) -> AsyncIterator[AppContext]:
     try:
         yield ctx
     finally:
-        await ctx.store.close()
+        await ctx.close()
 
 
 async def _serve(args: argparse.Namespace) -> int:

@@ -54,6 +54,13 @@ class Settings(BaseSettings):
         "no prepared statement is kept from one transaction to the next. Migrate against "
         "the database itself (KEYTURN_AUTO_MIGRATE=false here)",
     )
+    read_database_url: str = Field(
+        "",
+        description="A streaming standby of the PostgreSQL database (postgresql+asyncpg://...) "
+        "that serves the read-only RPCs (CheckLicense, Get/List, GetSigningKeys, the change "
+        "stream), up to its replication lag behind; empty: everything from the primary. "
+        "Treated as behind a transaction pooler too when KEYTURN_DATABASE_TRANSACTION_POOLER is set",
+    )
     listen: str = Field("127.0.0.1:50051", description="HOST:PORT the gRPC server binds")
     workers: int = Field(
         default_factory=available_cpus,
@@ -178,3 +185,7 @@ class Settings(BaseSettings):
     @property
     def is_sqlite(self) -> bool:
         return self.database_url.startswith("sqlite")
+
+    @property
+    def has_read_database(self) -> bool:
+        return bool(self.read_database_url)

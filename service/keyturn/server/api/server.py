@@ -134,7 +134,7 @@ class KeyturnServer:
             await self._health.set(name, status)
 
     async def _refresh_health(self) -> None:
-        await self._set_health(await self.ctx.store.is_ready())
+        await self._set_health(await self.ctx.is_ready())
 
     async def _watch_readiness(self) -> None:
         while True:
@@ -151,7 +151,7 @@ class KeyturnServer:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await self._server.stop(grace)
-        await self.ctx.store.close()
+        await self.ctx.close()
 
     async def wait_for_termination(self) -> None:
         await self._server.wait_for_termination()

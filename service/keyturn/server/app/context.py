@@ -9,21 +9,41 @@ from datetime import timedelta
 from keyturn.server.clock import Clock
 from keyturn.server.leases.keyring import SigningKeys
 from keyturn.server.sealing import Sealer
-from keyturn.server.store.seats import SeatStore
-from keyturn.server.store.unit_of_work import Store
+from keyturn.server.store.seats import SeatCheck, SeatStore
+from keyturn.server.store.unit_of_work import ReadStore, Store
 
 from .event_feed import EventFeed
 
 
 @dataclass
 class AppContext:
-    store: Store
+    store: Store  # the primary: every write, and the reads that must be exact
     sealer: Sealer
     keys: SigningKeys
     clock: Clock
     seats: SeatStore
     feed: EventFeed  # new events for every change stream; started and stopped by the server
+    # The read-only RPCs read here (see app/standby_reads.py): a streaming standby when
+    # KEYTURN_READ_DATABASE_URL is set, else the very objects above.
+    read_store: ReadStore
+    read_seats: SeatCheck
     issuer: str = "keyturn"
     lapse_grace: timedelta = timedelta(seconds=30)
     lapse_sweep_seconds: float = 60.0  # 0: no sweep
     stopping: asyncio.Event = field(default_factory=asyncio.Event)  # set on shutdown
+
+    @property
+    def reads_from_standby(self) -> bool:
+        return self.read_store is not self.store
+
+    async def is_ready(self) -> bool:
+        """The database answers with the newest schema, and so does the standby that serves
+        the reads: without it those RPCs could only answer UNAVAILABLE."""
+        if not await self.store.is_ready():
+            return False
+        return not self.reads_from_standby or await self.read_store.is_ready()
+
+    async def close(self) -> None:
+        if self.reads_from_standby:
+            await self.read_store.close()
+        await self.store.close()

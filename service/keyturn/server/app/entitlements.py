@@ -15,11 +15,13 @@ from keyturn.server.domain.errors import (
 from keyturn.server.domain.orders import check_email, check_reference, check_text
 from keyturn.server.domain.validation import check_slug
 from keyturn.server.store.entitlement_repository import EntitlementFilter
+from keyturn.server.store.unit_of_work import ReadStore
 
 from .context import AppContext
 from .event_views import EventView, event_views
 from .fulfillment import check_entitlement_id, missing_entitlement
 from .paging import next_page_token, page_of, page_request
+from .standby_reads import found_on_standby_or_primary
 from .views import EntitlementView
 
 WATCH_BATCH = 500
@@ -53,7 +55,7 @@ async def list_entitlements(
     scope = _filter_scope(where)
     page = page_request(page_size, page_token, scope)
     now = ctx.clock.now()
-    async with ctx.store.read() as tx:
+    async with ctx.read_store.read() as tx:
         found = await tx.entitlements.list(where, now, page.after, page.size + 1)
         items, more = page_of(found, page.size)
         in_use = await tx.activations.count_live_many(items, now, ctx.lapse_grace)
@@ -78,20 +80,28 @@ async def list_entitlement_events(
             [FieldViolation("page_token", "is not a token returned by this list call")]
         )
     after = int(page.after or 0)
-    async with ctx.store.read() as tx:
-        if await tx.entitlements.get(entitlement_id) is None:
-            raise missing_entitlement(entitlement_id)
-        found = await tx.events.after(after, page.size + 1, entitlement_id)
-        items, more = page_of(found, page.size)
-        views = await event_views(tx, items)
-    return views, next_page_token(str(items[-1].sequence) if more else None, scope)
+
+    async def read(store: ReadStore) -> tuple[list[EventView], bool] | None:
+        async with store.read() as tx:
+            if await tx.entitlements.get(entitlement_id) is None:
+                return None
+            found = await tx.events.after(after, page.size + 1, entitlement_id)
+            items, more = page_of(found, page.size)
+            return await event_views(tx, items), more
+
+    page_read = await found_on_standby_or_primary(ctx, read)
+    if page_read is None:
+        raise missing_entitlement(entitlement_id)
+    views, more = page_read
+    return views, next_page_token(str(views[-1].event.sequence) if more else None, scope)
 
 
 async def watch_events(ctx: AppContext, after_sequence: int) -> AsyncGenerator[EventView, None]:
     """Every event after `after_sequence` in sequence order, then new ones as they commit.
 
     Events come from the process's feed (see event_feed) while the stream's cursor is
-    inside its tail, and from the database in batches while the cursor is behind it.
+    inside its tail, and from the read store (a standby, if one is set) in batches
+    while the cursor is behind it.
     Waiting for new events costs the stream nothing: the feed wakes it.
     """
     if after_sequence < 0:
@@ -122,7 +132,8 @@ async def watch_events(ctx: AppContext, after_sequence: int) -> AsyncGenerator[E
 
 async def _check_in_range(ctx: AppContext, after_sequence: int) -> None:
     """Refuse a sequence beyond the last event; the database is read only when the feed
-    has not seen that far."""
+    has not seen that far. The primary's, not the standby's: a cursor another server
+    handed out may be ahead of this standby, and the stream then waits for it."""
     known = ctx.feed.last_sequence
     if known is not None and after_sequence <= known:
         return
@@ -137,5 +148,5 @@ async def _check_in_range(ctx: AppContext, after_sequence: int) -> None:
 
 
 async def _read_after(ctx: AppContext, cursor: int) -> list[EventView]:
-    async with ctx.store.read() as tx:
+    async with ctx.read_store.read() as tx:
         return await event_views(tx, await tx.events.after(cursor, WATCH_BATCH))

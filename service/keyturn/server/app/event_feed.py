@@ -14,6 +14,16 @@ stream at or above `floor` gets from it exactly the events after its cursor:
 nothing skipped, nothing repeated. The feed reads only while a stream is open;
 when the last one closes it drops its tail, and starts a new one at the end of
 the log when the next opens. It also admits streams: at most `max_streams` at once.
+
+The rows come from the read store, a streaming standby when one is configured;
+the wake-ups from this process's commits on the primary (`bell`). A standby
+always shows a prefix 1..N of the numbered events: the numbering rounds of
+store/event_numbering.py commit one after the other (an advisory lock held to
+commit), each numbering the events after the last, and a standby replays
+commits in their order. So reading after a cursor there skips and repeats
+nothing either; it may only show the newest events later. A commit of this
+process may ring before the standby has replayed it: its events then come with
+the next poll, up to `poll_seconds` later.
 """
 
 from __future__ import annotations
@@ -25,7 +35,7 @@ import logging
 from collections.abc import Iterator
 
 from keyturn.server.domain.errors import watch_streams_exhausted
-from keyturn.server.store.unit_of_work import Store
+from keyturn.server.store.unit_of_work import CommitBell, ReadStore
 
 from .event_views import EventView, event_views
 
@@ -39,9 +49,16 @@ class EventFeed:
     """New events of the whole deployment, read once per process and kept as a bounded tail."""
 
     def __init__(
-        self, store: Store, *, poll_seconds: float, max_streams: int, tail_size: int = TAIL_SIZE
+        self,
+        store: ReadStore,
+        bell: CommitBell,
+        *,
+        poll_seconds: float,
+        max_streams: int,
+        tail_size: int = TAIL_SIZE,
     ) -> None:
         self._store = store
+        self._bell = bell
         self.poll_seconds = poll_seconds
         self.max_streams = max_streams
         self._tail_size = tail_size
@@ -111,14 +128,14 @@ class EventFeed:
             if not self._open_streams:
                 self._drop_tail()
                 await self._wanted.wait()
-            signal = self._store.bell.armed()
+            signal = self._bell.armed()
             try:
                 read = await self._read()
             except Exception:
                 log.exception("reading new events failed; retrying in %ss", self.poll_seconds)
                 read = 0
             if read < READ_BATCH:  # a full batch: there may be more right away
-                await self._store.bell.wait(signal, self.poll_seconds)
+                await self._bell.wait(signal, self.poll_seconds)
 
     async def _read(self) -> int:
         """Read the next batch into the tail. Without a tail, start one holding the newest

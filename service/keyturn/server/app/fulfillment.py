@@ -29,10 +29,11 @@ from keyturn.server.domain.orders import (
 )
 from keyturn.server.store.entitlement_repository import StoredKey
 from keyturn.server.store.order_repository import StoredOrder
-from keyturn.server.store.unit_of_work import DuplicateKeyError, Transaction
+from keyturn.server.store.unit_of_work import DuplicateKeyError, ReadStore, Transaction
 
 from .catalog import missing_product
 from .context import AppContext
+from .standby_reads import found_on_standby_or_primary
 from .views import EntitlementView, new_event
 
 
@@ -408,22 +409,36 @@ async def _view(
 
 async def get_entitlement(ctx: AppContext, entitlement_id: str) -> EntitlementView:
     check_entitlement_id(entitlement_id)
-    async with ctx.store.read() as tx:
-        return await entitlement_view(ctx, tx, entitlement_id)
+
+    async def read(store: ReadStore) -> EntitlementView | None:
+        async with store.read() as tx:
+            entitlement = await tx.entitlements.get(entitlement_id)
+            return None if entitlement is None else await _view(ctx, tx, entitlement)
+
+    view = await found_on_standby_or_primary(ctx, read)
+    if view is None:
+        raise missing_entitlement(entitlement_id)
+    return view
 
 
 async def get_order(ctx: AppContext, source: str, order_id: str) -> OrderView:
     raise_if_invalid(check_order_key(source, order_id))
-    async with ctx.store.read() as tx:
-        stored = await tx.orders.get(source, order_id)
-        messages = await tx.outbox.for_order(source, order_id)
-    if stored is None:
+
+    async def read(store: ReadStore) -> OrderView | None:
+        async with store.read() as tx:
+            stored = await tx.orders.get(source, order_id)
+            if stored is None:
+                return None
+            return OrderView(stored, await tx.outbox.for_order(source, order_id))
+
+    view = await found_on_standby_or_primary(ctx, read)
+    if view is None:
         raise DomainError(
             Reason.ORDER_NOT_FOUND,
             f"no order {source}/{order_id}",
             {"source": source, "order_id": order_id},
         )
-    return OrderView(stored, messages)
+    return view
 
 
 async def resend_credentials(ctx: AppContext, entitlement_id: str) -> list[OutboundMessage]:

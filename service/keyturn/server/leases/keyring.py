@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,11 +21,14 @@ from typing import Any
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from keyturn.server.clock import Clock, SystemClock
 from keyturn.server.domain.errors import DomainError, Reason
 from keyturn.server.domain.ids import is_id, new_id
 from keyturn.server.sealing import Sealer, SecretError
 from keyturn.server.store.signing_key_repository import StoredSigningKey
-from keyturn.server.store.unit_of_work import Store
+from keyturn.server.store.unit_of_work import ReadStore, Store
+
+log = logging.getLogger("keyturn.keys")
 
 # Added to the longest lease when a key is retired: covers leases being signed
 # while the rotation commits (the signing key is read inside each seat transaction).
@@ -82,6 +86,14 @@ class Keyring:
 
     def find(self, kid: str) -> SigningKey | None:
         return self._by_kid.get(kid)
+
+
+def may_still_sign(keyring: Keyring, key: SigningKey, now: datetime, refresh: timedelta) -> bool:
+    """Whether `key`, superseded by a rotation, may sign for `refresh` more: every lease it
+    signs must expire before its retire time, which the first rotation after it set to
+    its own time + the longest lease + RETIRE_MARGIN."""
+    newer = [k.create_time for k in keyring.keys if k.create_time > key.create_time]
+    return not newer or now + refresh <= min(newer) + RETIRE_MARGIN
 
 
 def new_signing_key(sealer: Sealer, now: datetime) -> StoredSigningKey:
@@ -158,6 +170,11 @@ class SigningKeys:
     every `refresh_seconds`: a rotation by any process signs everywhere within
     that time. Keys retire `RETIRE_MARGIN` after the longest lease, so a lease
     signed by the old key meanwhile stays verifiable as long as it runs.
+
+    The JWKS comes from `published`, the read store. When that is a standby, a
+    new key signs only once the standby shows it too (the older key signs
+    meanwhile, while `may_still_sign`): an app fetching the keys from this
+    server must find the key of every lease it is given.
     """
 
     def __init__(
@@ -167,15 +184,20 @@ class SigningKeys:
         keyring: Keyring,
         refresh_seconds: float = 10.0,
         monotonic: Callable[[], float] = time.monotonic,
+        *,
+        published: ReadStore | None = None,
+        clock: Clock | None = None,
     ) -> None:
         if refresh_seconds >= RETIRE_MARGIN.total_seconds():
             raise ValueError("the signing key refresh must be shorter than the retire margin")
         self._store = store
+        self._published: ReadStore = store if published is None else published
         self._sealer = sealer
         self.keyring = keyring
         self._reload_lock = asyncio.Lock()
         self._refresh_seconds = refresh_seconds
         self.monotonic = monotonic  # what refresh_seconds is measured on (tests move it)
+        self._clock: Clock = clock or SystemClock()
         self._signing: SigningKey | None = None
         self._signing_read_at = 0.0
 
@@ -193,15 +215,39 @@ class SigningKeys:
         found = await self.find(kid or "")
         if found is None:
             raise DomainError(Reason.STORAGE_UNAVAILABLE, "the signing key could not be loaded")
+        if key is None or found.kid != key.kid:
+            found = await self._once_published(found)
         self._signing, self._signing_read_at = found, read_at
         return found
+
+    async def _once_published(self, key: SigningKey) -> SigningKey:
+        """`key` if the JWKS shows it; else the key the JWKS still shows signing, while it
+        may sign. Failing that (the standby is down, or minutes behind) `key` after all,
+        so that a lagging standby never stops seats from being granted."""
+        if self._published is self._store:
+            return key
+        try:
+            async with self._published.read() as tx:
+                if await tx.signing_keys.exists(key.kid):
+                    return key
+                shown = await tx.signing_keys.signing_kid()
+        except DomainError as error:
+            log.warning("signing with %s unchecked: the read database failed: %s", key.kid, error)
+            return key
+        older = None if shown is None else await self.find(shown)
+        refresh = timedelta(seconds=self._refresh_seconds)
+        if older is not None and may_still_sign(self.keyring, older, self._clock.now(), refresh):
+            return older
+        log.warning("signing with %s, which the read database does not publish yet", key.kid)
+        return key
 
     def forget_signing(self) -> None:
         """Look the signing key up again at the next signature."""
         self._signing = None
 
     async def rotate(self, now: datetime) -> Rotation:
-        """Rotate the keys; this process signs with the new one at once."""
+        """Rotate the keys; this process signs with the new one at once (with a standby,
+        once it publishes the key)."""
         rotation = await rotate_signing_key(self._store, self._sealer, now)
         self.forget_signing()
         return rotation
@@ -222,7 +268,8 @@ class SigningKeys:
         return self.keyring.find(kid)
 
     async def jwks(self, now: datetime) -> dict[str, Any]:
-        """The published keys as stored now (a rotation by another process shows at once)."""
-        async with self._store.read() as tx:
+        """The published keys as stored now (a rotation by another process shows at once;
+        from a standby, once it has replayed it)."""
+        async with self._published.read() as tx:
             stored = await tx.signing_keys.list_all()
         return {"keys": [public_jwk(k.kid, k.public_key) for k in stored if is_published(k, now)]}

@@ -84,7 +84,15 @@ ClaimEvents = Callable[[SeatResult], list[NewEvent]]
 ReleaseEvents = Callable[[Release, str], list[NewEvent]]
 
 
-class SeatStore(Protocol):
+class SeatCheck(Protocol):
+    """The one seat read, CheckLicense's: it writes nothing, so it may run on a standby."""
+
+    async def check(self, key_hash: str, entitlement_id: str) -> LicenseCount | None:
+        """The entitlement of a key hash (or id) and its seats in use; None: no such one."""
+        ...
+
+
+class SeatStore(SeatCheck, Protocol):
     async def activate(self, claim: ActivationClaim, events: ClaimEvents) -> SeatResult:
         """Take or keep the device's seat. Raises INVALID_LICENSE_KEY, PRODUCT_MISMATCH,
         ENTITLEMENT_EXPIRED/CANCELLED or SEATS_EXHAUSTED."""
@@ -98,10 +106,6 @@ class SeatStore(Protocol):
     async def release(self, lease: LeaseRef, events: ReleaseEvents) -> Release:
         """Free the seat held under the lease. Raises LEASE_SUPERSEDED when it is not the
         activation's newest lease."""
-        ...
-
-    async def check(self, key_hash: str, entitlement_id: str) -> LicenseCount | None:
-        """The entitlement of a key hash (or id) and its seats in use; None: no such one."""
         ...
 
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager, suppress
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, suppress
+from typing import Protocol
 
 import asyncpg
 from sqlalchemy import exc, text
@@ -25,8 +26,9 @@ from .outbox_repository import OutboxRepository
 from .signing_key_repository import SigningKeyRepository
 from .token_repository import TokenRepository
 
-RETRYABLE_SQLSTATES = {"40001", "40P01"}  # serialization failure, deadlock detected
-# Connection exceptions, insufficient resources (too many clients), operator intervention.
+# Serialization failure (on a standby also a query cancelled by a recovery conflict), deadlock.
+RETRYABLE_SQLSTATES = {"40001", "40P01"}
+# Connection, resources, operator intervention (a server starting up or shutting down).
 UNAVAILABLE_SQLSTATE_CLASSES = ("08", "53", "57")
 
 
@@ -83,17 +85,38 @@ class CommitBell:
                 await signal.wait()
 
 
-class Store:
-    """Opens transactions; commits when the block ends, rolls back when it raises."""
+class ReadStore(Protocol):
+    """What the read-only RPCs may use: read transactions only, so that code given the
+    store of a standby (see bootstrap) cannot even try to write there."""
 
-    def __init__(self, engine: AsyncEngine, transaction_pooler: bool = False) -> None:
+    @property
+    def dialect(self) -> str: ...
+
+    def read(self) -> AbstractAsyncContextManager[Transaction]: ...
+
+    async def is_ready(self) -> bool: ...
+
+    async def close(self) -> None: ...
+
+
+class Store:
+    """Opens transactions; commits when the block ends, rolls back when it raises.
+
+    `read_only`: the store of a streaming standby. It numbers no events and refuses
+    `write`: a hot standby would refuse them anyway, this only says so earlier.
+    """
+
+    def __init__(
+        self, engine: AsyncEngine, transaction_pooler: bool = False, *, read_only: bool = False
+    ) -> None:
         self.engine = engine
         self._transaction_pooler = transaction_pooler
+        self.read_only = read_only
         self.bell = CommitBell()
         # PostgreSQL numbers events after commit; SQLite at insert (one writer at a time).
         self.numbering = (
             EventNumbering(self.driver_pool, self.bell.ring)
-            if engine.dialect.name == "postgresql"
+            if engine.dialect.name == "postgresql" and not read_only
             else None
         )
         # SQLite: a deferred BEGIN that takes no write lock; PostgreSQL: BEGIN READ ONLY.
@@ -116,10 +139,15 @@ class Store:
 
     @classmethod
     def from_url(
-        cls, database_url: str, pool_size: int = 10, transaction_pooler: bool = False
+        cls,
+        database_url: str,
+        pool_size: int = 10,
+        transaction_pooler: bool = False,
+        *,
+        read_only: bool = False,
     ) -> Store:
         engine = create_engine(database_url, pool_size, transaction_pooler)
-        return cls(engine, transaction_pooler)
+        return cls(engine, transaction_pooler, read_only=read_only)
 
     @property
     def dialect(self) -> str:
@@ -131,6 +159,8 @@ class Store:
         readable (numbered) when this returns.
 
         Its commit rings the bell when it wrote events or queued emails."""
+        if self.read_only:
+            raise RuntimeError("a write transaction on the store of a read-only database")
         async with self._transaction(read_only=False) as tx:
             yield tx
             written = await tx.events.flush()
