@@ -22,6 +22,7 @@ from keyturn.client import (
     InvalidRequestError,
     KeyturnError,
     LeaseBase,
+    LeaseSupersededError,
     RetryPolicy,
     SeatsExhaustedError,
     UnavailableError,
@@ -104,9 +105,20 @@ def test_heartbeat_schedule_follows_the_lease_not_the_client_clock() -> None:
     unavailable = UnavailableError("down", code=grpc.StatusCode.UNAVAILABLE)
     assert schedule.after_failure(unavailable)
     assert 0 <= schedule.seconds_left() <= 1
+    # A deadline or a server fault during a database stall is retried while the lease runs.
+    for code in (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.INTERNAL):
+        assert schedule.after_failure(KeyturnError("stalled", code=code, reason=""))
+        assert schedule.seconds_left() >= 0  # backing off, within the lease
+    assert schedule.after_failure(
+        KeyturnError("fault", code=grpc.StatusCode.INTERNAL, reason="INTERNAL_ERROR")
+    )
     assert not schedule.after_failure(SeatsExhaustedError("full"))  # refused: lost at once
+    assert not schedule.after_failure(LeaseSupersededError("renewed elsewhere"))
     clock[0] = NOW + timedelta(minutes=15)
     assert not schedule.after_failure(unavailable)  # expired unrenewed: lost
+    assert not schedule.after_failure(
+        KeyturnError("stalled", code=grpc.StatusCode.DEADLINE_EXCEEDED)
+    )
 
 
 class FakeCall(grpc.RpcError):

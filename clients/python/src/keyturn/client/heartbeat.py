@@ -2,8 +2,9 @@
 
 Both loops follow one HeartbeatSchedule: renew at the server's renew time
 (or every `interval` seconds when given); when the server cannot be reached,
-keep retrying with backoff while the lease is still good; on any other error,
-or once the lease expired unrenewed, stop and report the loss once. `wake()`
+times out or fails without a typed answer, keep retrying with backoff while the
+lease is still good; on an answer about the seat (superseded, refused, expired,
+cancelled), or once the lease expired unrenewed, stop and report the loss once. `wake()`
 renews now, e.g. after the machine resumes from sleep.
 """
 
@@ -19,7 +20,7 @@ from datetime import UTC, datetime, timedelta
 
 from .errors import KeyturnError
 from .lease import LeaseBase
-from .retry import RetryPolicy, heartbeat_retry_delay, is_retryable, renew_delay
+from .retry import RetryPolicy, heartbeat_retries, heartbeat_retry_delay, renew_delay
 
 log = logging.getLogger("keyturn.client")
 
@@ -81,7 +82,7 @@ class HeartbeatSchedule:
 
     def after_failure(self, error: KeyturnError) -> bool:
         """Schedule a retry and return True, or return False when the lease is lost."""
-        if not is_retryable(error):
+        if not heartbeat_retries(error):
             return False
         self.failures += 1
         delay = heartbeat_retry_delay(self.policy, self.failures, self.expire_at, self.clock())

@@ -1,7 +1,8 @@
 """When to retry a call and how long to wait first: shared by the sync and asyncio clients.
 
 Only UNAVAILABLE is retried. Every other code is an answer (a seat refused, a
-bad key, a conflict) that asking again cannot change. Every Keyturn call is
+bad key, a conflict) that asking again cannot change. The heartbeat is the
+exception: while its lease runs it retries all but a typed answer about the seat. Every Keyturn call is
 safe to repeat: ActivateSeat with the same fingerprint reuses its seat and
 FulfillOrder with the same order id replays the stored result.
 """
@@ -73,6 +74,17 @@ HEARTBEAT_MAX_BACKOFF = 30.0  # seconds
 def is_retryable(error: KeyturnError) -> bool:
     """UNAVAILABLE only: the server did not answer, so asking again may succeed."""
     return error.code is grpc.StatusCode.UNAVAILABLE
+
+
+def heartbeat_retries(error: KeyturnError) -> bool:
+    """Whether a failed renewal is worth another try while the lease still runs.
+
+    Only a typed answer about the seat (superseded, refused, expired, cancelled, an
+    invalid lease...) ends it. A deadline exceeded during a database stall, a server
+    fault or any error without a known reason says nothing about the seat, and the
+    lease in hand stays good until it expires.
+    """
+    return is_retryable(error) or type(error) is KeyturnError
 
 
 def renew_delay(renew_time: datetime, issued: datetime, interval: float | None) -> float:
