@@ -39,7 +39,7 @@ async def sweep_lapses(ctx: AppContext) -> int:
     entitlement, under its lock, so it never races a seat claim noticing the same lapse."""
     recorded = 0
     while True:
-        now = ctx.clock.now()
+        now = await ctx.seats.now()  # as seat claims judge lapses, on every replica
         async with ctx.store.read() as tx:
             ids = await tx.activations.with_unnoticed_lapses(now, ctx.lapse_grace, SWEEP_BATCH)
         if not ids:

@@ -316,6 +316,12 @@ class PgSeats:
             return None, self._clock.offset.total_seconds()
         return self._clock.now(), 0.0
 
+    async def now(self) -> datetime:
+        """The instant seat decisions are taken at: the database's clock."""
+        async with self._connection() as db:
+            instant: datetime = await db.fetchval(f"SELECT {_NOW}", *self._time_args())
+        return instant
+
     @contextlib.asynccontextmanager
     async def _connection(self) -> AsyncIterator[Db]:
         async with _database_errors():

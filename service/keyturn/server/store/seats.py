@@ -93,6 +93,11 @@ class SeatCheck(Protocol):
 
 
 class SeatStore(SeatCheck, Protocol):
+    async def now(self) -> datetime:
+        """The instant seat decisions are taken at (the database's clock on PostgreSQL, so
+        that replicas whose clocks differ agree on which leases are live)."""
+        ...
+
     async def activate(self, claim: ActivationClaim, events: ClaimEvents) -> SeatResult:
         """Take or keep the device's seat. Raises INVALID_LICENSE_KEY, PRODUCT_MISMATCH,
         ENTITLEMENT_EXPIRED/CANCELLED or SEATS_EXHAUSTED."""

@@ -46,6 +46,10 @@ class SqlSeats:
         self._clock = clock
         self._grace = lapse_grace
 
+    async def now(self) -> datetime:
+        """One process writes SQLite: its clock is the one clock."""
+        return self._clock.now()
+
     async def activate(self, claim: ActivationClaim, events: ClaimEvents) -> SeatResult:
         now = self._clock.now()
         async with self._store.write() as tx:
