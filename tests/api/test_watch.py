@@ -14,7 +14,6 @@ import random
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeAlias
 
 import grpc
 import pytest
@@ -32,12 +31,12 @@ from keyturn.server.bootstrap import build_context
 
 from conftest import Tokens, direct_url, server_settings, settings_for
 from support.catalog import Metadata, put_catalog
-from support.rpc import PRODUCT_ID, RpcFailure, create_sku, failure_of, order
-from support.subprocess_server import ServerProcess, start_server
+from support.rpc import PRODUCT_ID, create_sku, failure_of, order
+from support.subprocess_server import ServerProcess, serving
+from support.watch import next_event, watch, watch_failure
 
 Fulfillment = fulfillment_pb2_grpc.FulfillmentServiceStub
 Licensing = licensing_pb2_grpc.LicensingServiceStub
-WatchCall: TypeAlias = "grpc.aio.UnaryStreamCall[ful.WatchEntitlementEventsRequest, ful.WatchEntitlementEventsResponse]"
 
 THROUGH_PGBOUNCER = True  # conftest: also through PgBouncer in transaction mode
 WAIT_S = 60.0  # only so that a broken stream fails the test instead of hanging it
@@ -144,28 +143,6 @@ async def seats_in_database(db: AsyncEngine) -> dict[str, int]:
     async with db.connect() as connection:
         result = await connection.execute(text("SELECT entitlement_id, seats FROM entitlements"))
         return {r[0]: int(r[1]) for r in result.all()}
-
-
-def watch(stub: Fulfillment, auth: Metadata, after_sequence: int) -> WatchCall:
-    return stub.WatchEntitlementEvents(
-        ful.WatchEntitlementEventsRequest(after_sequence=after_sequence), metadata=auth
-    )
-
-
-async def next_event(call: WatchCall) -> ful.EntitlementEvent:
-    response = await asyncio.wait_for(call.read(), WAIT_S)
-    assert isinstance(response, ful.WatchEntitlementEventsResponse), "the stream ended"
-    return response.event
-
-
-async def watch_failure(stub: Fulfillment, auth: Metadata, after_sequence: int) -> RpcFailure:
-    call = watch(stub, auth, after_sequence)
-    try:
-        with pytest.raises(grpc.aio.AioRpcError) as caught:
-            await asyncio.wait_for(call.read(), WAIT_S)
-    finally:
-        call.cancel()
-    return failure_of(caught.value)
 
 
 async def history(
@@ -414,12 +391,8 @@ async def test_resuming_watcher_sees_every_event_of_concurrent_writers_once_in_o
 @contextlib.asynccontextmanager
 async def other_server(cwd: Path, database_url: str) -> AsyncIterator[ServerProcess]:
     """`keyturn serve` in a child process on the same database (already migrated)."""
-    manager = start_server(cwd, server_settings(database_url))
-    process = await asyncio.to_thread(manager.__enter__)
-    try:
+    async with serving(cwd, server_settings(database_url)) as process:
         yield process
-    finally:
-        await asyncio.to_thread(manager.__exit__, None, None, None)
 
 
 @contextlib.asynccontextmanager

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable, Iterator
-from typing import Any, TypeAlias
+from typing import Any
 
 import grpc
 import pytest
@@ -26,11 +26,11 @@ from keyturn.server.app.event_feed import EventFeed
 from keyturn.server.bootstrap import build_context
 
 from conftest import Tokens, settings_for
-from support.catalog import Metadata, put_catalog
-from support.rpc import PRODUCT_ID, RpcFailure, create_sku, failure_of, order
+from support.catalog import put_catalog
+from support.rpc import PRODUCT_ID, create_sku, order
+from support.watch import next_event, watch, watch_failure
 
 Fulfillment = fulfillment_pb2_grpc.FulfillmentServiceStub
-WatchCall: TypeAlias = "grpc.aio.UnaryStreamCall[ful.WatchEntitlementEventsRequest, ful.WatchEntitlementEventsResponse]"
 
 WAIT_S = 60.0  # only so that a broken stream fails the test instead of hanging it
 STREAMS = 2000
@@ -96,28 +96,6 @@ async def channel_to(ctx: AppContext, tokens: Tokens) -> AsyncIterator[grpc.aio.
         grpc.aio.insecure_channel(server.address) as channel,
     ):
         yield channel
-
-
-def watch(stub: Fulfillment, auth: Metadata, after_sequence: int) -> WatchCall:
-    return stub.WatchEntitlementEvents(
-        ful.WatchEntitlementEventsRequest(after_sequence=after_sequence), metadata=auth
-    )
-
-
-async def next_event(call: WatchCall) -> ful.EntitlementEvent:
-    response = await asyncio.wait_for(call.read(), WAIT_S)
-    assert isinstance(response, ful.WatchEntitlementEventsResponse), "the stream ended"
-    return response.event
-
-
-async def watch_failure(stub: Fulfillment, auth: Metadata, after_sequence: int) -> RpcFailure:
-    call = watch(stub, auth, after_sequence)
-    try:
-        with pytest.raises(grpc.aio.AioRpcError) as caught:
-            await asyncio.wait_for(call.read(), WAIT_S)
-    finally:
-        call.cancel()
-    return failure_of(caught.value)
 
 
 async def until(condition: Callable[[], bool], what: str) -> None:

@@ -12,7 +12,6 @@ import contextlib
 import json
 import re
 import subprocess
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -31,11 +30,10 @@ from support.catalog import new_license
 from support.rpc import PRODUCT_ID
 from support.subprocess_server import (
     CLI_TIMEOUT_S,
-    ServerProcess,
     child_env,
     keyturn_command,
     run_cli_async,
-    start_server,
+    serving,
 )
 from support.workers import channel_to, listening_workers
 
@@ -49,17 +47,6 @@ THROUGH_PGBOUNCER = True  # conftest: also through PgBouncer in transaction mode
 
 def settings(database_url: str, secret: str = TEST_SECRET) -> dict[str, str]:
     return server_settings(database_url, KEYTURN_SECRET_KEY=secret)
-
-
-@contextlib.asynccontextmanager
-async def serving(cwd: Path, env: dict[str, str]) -> AsyncIterator[ServerProcess]:
-    """`keyturn serve` in a child process, started and stopped off the event loop."""
-    manager = start_server(cwd, env)
-    process = await asyncio.to_thread(manager.__enter__)
-    try:
-        yield process
-    finally:
-        await asyncio.to_thread(manager.__exit__, None, None, None)
 
 
 async def keys_list(cwd: Path, env: dict[str, str]) -> dict[str, str]:

@@ -53,7 +53,12 @@ from support.replication import (
     resume_replay,
 )
 from support.rpc import PRODUCT_ID, create_sku, failure_of, order
-from support.subprocess_server import ServerProcess, create_token, run_cli_async, start_server
+from support.subprocess_server import (
+    ServerProcess,
+    create_token,
+    run_cli_async,
+    serving,
+)
 
 WAIT_S = 30.0  # only so that a broken stream or a stuck standby fails instead of hanging
 LAG_WRITES = 50
@@ -123,16 +128,6 @@ class Deployment:
     @property
     def standby_admin(self) -> str:
         return self.db.replicated.standby.admin_url
-
-
-@contextlib.asynccontextmanager
-async def serving(cwd: Path, env: dict[str, str]) -> AsyncIterator[ServerProcess]:
-    manager = start_server(cwd, env)
-    process = await asyncio.to_thread(manager.__enter__)
-    try:
-        yield process
-    finally:
-        await asyncio.to_thread(manager.__exit__, None, None, None)
 
 
 @pytest.fixture

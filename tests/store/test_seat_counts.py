@@ -1,5 +1,6 @@
 """One seat rule, three places: `domain.seats.holds_seat`, its SQL twin `live_condition`,
-and the count kept on the entitlement (`seats_held`, less the pending lapses).
+and the count kept on the entitlement (`seats_held`, less the pending lapses), as the
+SQLAlchemy repositories and the backend's seat store (PgSeats' own SQL) read it.
 
 A seeded random walk of activations, renewals, releases, lapses, sweeps and seat
 removals runs through the backend's seat store; after every step the seats in use
@@ -126,6 +127,10 @@ class Walk:
                 )
             ).scalar_one()
         assert held == unlapsed, "seats_held counts the unreleased activations with no lapse"
+        # The seat store's own count (PostgreSQL: its raw SQL, CheckLicense's) agrees too.
+        checked = await self.seats().check("", self.entitlement_id)
+        assert checked is not None
+        assert checked.seats_in_use == kept
         return kept, by_rule, int(by_sql), int(held)
 
 

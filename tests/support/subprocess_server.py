@@ -29,9 +29,9 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 LISTENING_RE = re.compile(r"^keyturn listening on (?P<address>\S+:(?P<port>\d+))$")
 METRICS_RE = re.compile(r"^keyturn metrics on (?P<address>\S+:\d+)$")
@@ -280,6 +280,19 @@ def start_server(
         raise
     finally:
         server.stop()
+
+
+@contextlib.asynccontextmanager
+async def serving(
+    cwd: Path, settings: Mapping[str, str], **options: Any
+) -> AsyncIterator[ServerProcess]:
+    """`start_server` for async tests: started and stopped off the event loop."""
+    manager = start_server(cwd, settings, **options)
+    server = await asyncio.to_thread(manager.__enter__)
+    try:
+        yield server
+    finally:
+        await asyncio.to_thread(manager.__exit__, None, None, None)
 
 
 def run_cli(

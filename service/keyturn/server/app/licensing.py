@@ -75,9 +75,6 @@ class LeaseGrant:
     license: LicenseStatus
 
 
-invalid_key = invalid_license_key
-
-
 def invalid_invitation() -> DomainError:
     return DomainError(Reason.INVALID_INVITATION, "the invitation code is not valid")
 
@@ -113,7 +110,7 @@ async def _identity(ctx: AppContext, credential: Credential) -> IdentityClaims |
     token = credential.identity_token
     claims = read_identity(await ctx.keys.find(unverified_kid(token)), ctx.issuer, token)
     if claims is None:
-        raise invalid_key()
+        raise invalid_license_key()
     return claims
 
 
@@ -125,7 +122,7 @@ async def _credential_target(
     if identity is None:
         normalized = normalize_license_key(credential.license_key)
         if normalized is None:
-            raise invalid_key()
+            raise invalid_license_key()
         return ctx.sealer.hash_secret(normalized), "", None
     async with ctx.store.read() as tx:
         user = await tx.named_users.get(identity.user_id)
@@ -134,7 +131,7 @@ async def _credential_target(
         or user.identity_jti != identity.jti
         or user.entitlement_id != identity.entitlement_id
     ):
-        raise invalid_key()  # replaced by a newer token, or never ours
+        raise invalid_license_key()  # replaced by a newer token, or never ours
     return "", user.entitlement_id, user
 
 
@@ -254,7 +251,7 @@ async def check_license(ctx: AppContext, credential: Credential, product_id: str
     if found is None and ctx.reads_from_standby:  # sold a moment ago? (app/standby_reads.py)
         found = await ctx.seats.check(key_hash, entitlement_id)
     if found is None:
-        raise invalid_key()
+        raise invalid_license_key()
     check_product(found.entitlement, product_id)
     entitlement = found.entitlement
     return LicenseStatus(entitlement, entitlement.status(found.now), found.seats_in_use)

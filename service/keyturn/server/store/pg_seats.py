@@ -31,7 +31,6 @@ import asyncpg
 from keyturn.server.clock import Clock, SystemClock
 from keyturn.server.domain.catalog import LicenseModel
 from keyturn.server.domain.entitlement import Entitlement
-from keyturn.server.domain.errors import DomainError, Reason
 from keyturn.server.domain.named_users import NamedUser
 from keyturn.server.domain.seats import (
     Activation,
@@ -62,12 +61,7 @@ from .seats import (
     SeatResult,
     fresh_activation,
 )
-from .unit_of_work import (
-    RETRYABLE_SQLSTATES,
-    UNAVAILABLE_SQLSTATE_CLASSES,
-    DuplicateKeyError,
-    Store,
-)
+from .unit_of_work import DuplicateKeyError, Store, database_unavailable, storage_error
 
 Db: TypeAlias = "asyncpg.pool.PoolConnectionProxy[asyncpg.Record]"
 ACQUIRE_TIMEOUT_SECONDS = 30.0
@@ -106,22 +100,28 @@ NOTE_LAPSES_AND_FIND_DEVICE = _NOTE_LAPSES.format(
 NOTE_LAPSES_AND_FIND_ACTIVATION = _NOTE_LAPSES.format(device="a.activation_id = $6")
 
 
+def _insert_events(first: int, only_after: str = "") -> str:
+    """The events of `_event_arrays`, as parameters $first.. (one array per column); with
+    `only_after` (a CTE), written only if that CTE returned a row."""
+    arrays = ", ".join(
+        f"${first + i}::{kind}[]"
+        for i, kind in enumerate(("text", "text", "timestamptz", "text", "text", "text", "json"))
+    )
+    source = f"{only_after}, " if only_after else ""
+    return f"""
+    INSERT INTO entitlement_events
+        (entitlement_id, type, create_time, order_source, order_id, activation_id, snapshot)
+    SELECT event.* FROM {source}unnest({arrays}) AS event"""
+
+
 def _with_count_and_events(written: str, params: int) -> str:
     """One statement: `written` (an activation write using $1..$params, $2 being the
     entitlement), the entitlement's kept count, and the events, as unnest arrays."""
     count = params + 1
-    arrays = ", ".join(
-        f"${count + 1 + i}::{kind}[]"
-        for i, kind in enumerate(("text", "text", "timestamptz", "text", "text", "text", "json"))
-    )
     return f"""
 WITH written AS ({written}),
 held AS (UPDATE entitlements SET seats_held = ${count} WHERE entitlement_id = $2),
-recorded AS (
-    INSERT INTO entitlement_events
-        (entitlement_id, type, create_time, order_source, order_id, activation_id, snapshot)
-    SELECT * FROM unnest({arrays})
-)
+recorded AS ({_insert_events(count + 1)})
 SELECT 1
 """
 
@@ -200,7 +200,7 @@ READ_FOR_ACTIVATION_BY_KEY = _READ_FOR_ACTIVATION.format(entitlement="e.key_hash
 READ_FOR_ACTIVATION_BY_ID = _READ_FOR_ACTIVATION.format(entitlement="e.entitlement_id = $4")
 # $10 the seats held as read, $11 the entitlement's update time as read; nothing is
 # written unless both still hold (then RETURNING gives the new count).
-ADD_DEVICE = """
+ADD_DEVICE = f"""
 WITH held AS (
     UPDATE entitlements SET seats_held = seats_held + 1
     WHERE entitlement_id = $2 AND seats_held = $10 AND update_time = $11
@@ -211,12 +211,7 @@ written AS (
         lease_expire_time, create_time, update_time, seat_time, user_id)
     SELECT $1, $2, $3, $4, $5, $6, $7, $7, $8, $9 FROM held
 ),
-recorded AS (
-    INSERT INTO entitlement_events
-        (entitlement_id, type, create_time, order_source, order_id, activation_id, snapshot)
-    SELECT event.* FROM held, unnest($12::text[], $13::text[], $14::timestamptz[],
-        $15::text[], $16::text[], $17::text[], $18::json[]) AS event
-)
+recorded AS ({_insert_events(12, only_after="held")})
 SELECT seats_held FROM held
 """
 CONTENTION_MEMORY_SECONDS = 1.0  # after a lost race on an entitlement, lock it at once
@@ -284,21 +279,12 @@ async def _database_errors() -> AsyncIterator[None]:
     except asyncpg.UniqueViolationError as error:
         raise DuplicateKeyError(str(error)) from error
     except asyncpg.PostgresError as error:
-        state = error.sqlstate or ""
-        if state in RETRYABLE_SQLSTATES:
-            raise DomainError(
-                Reason.STORAGE_UNAVAILABLE,
-                "a concurrent transaction conflicted with this one; retry",
-            ) from error
-        if state[:2] in UNAVAILABLE_SQLSTATE_CLASSES:
-            raise DomainError(
-                Reason.STORAGE_UNAVAILABLE, "the database is unavailable; retry later"
-            ) from error
-        raise
+        answer = storage_error(error.sqlstate)
+        if answer is None:
+            raise
+        raise answer from error
     except (asyncpg.InterfaceError, OSError, TimeoutError) as error:
-        raise DomainError(
-            Reason.STORAGE_UNAVAILABLE, "the database is unavailable; retry later"
-        ) from error
+        raise database_unavailable() from error
 
 
 class PgSeats:

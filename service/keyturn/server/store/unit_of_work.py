@@ -32,6 +32,23 @@ RETRYABLE_SQLSTATES = {"40001", "40P01"}
 UNAVAILABLE_SQLSTATE_CLASSES = ("08", "53", "57")
 
 
+def database_unavailable() -> DomainError:
+    return DomainError(Reason.STORAGE_UNAVAILABLE, "the database is unavailable; retry later")
+
+
+def storage_error(sqlstate: str | None) -> DomainError | None:
+    """What a database failure with this SQLSTATE means to a caller, through either
+    driver: the database unavailable, a conflict worth retrying, or None (a bug)."""
+    state = sqlstate or ""
+    if state[:2] in UNAVAILABLE_SQLSTATE_CLASSES:
+        return database_unavailable()
+    if state in RETRYABLE_SQLSTATES:
+        return DomainError(
+            Reason.STORAGE_UNAVAILABLE, "a concurrent transaction conflicted with this one; retry"
+        )
+    return None
+
+
 def _sqlstate(error: exc.DBAPIError) -> str | None:
     """The PostgreSQL error code behind a driver error, if there is one."""
     for candidate in (error.orig, getattr(error.orig, "__cause__", None)):
@@ -196,21 +213,12 @@ class Store:
         except exc.IntegrityError as error:
             raise DuplicateKeyError(str(error.orig)) from error
         except (exc.OperationalError, exc.InterfaceError, OSError) as error:
-            raise DomainError(
-                Reason.STORAGE_UNAVAILABLE, "the database is unavailable; retry later"
-            ) from error
+            raise database_unavailable() from error
         except exc.DBAPIError as error:
-            state = _sqlstate(error) or ""
-            if state[:2] in UNAVAILABLE_SQLSTATE_CLASSES:
-                raise DomainError(
-                    Reason.STORAGE_UNAVAILABLE, "the database is unavailable; retry later"
-                ) from error
-            if state not in RETRYABLE_SQLSTATES:
+            answer = storage_error(_sqlstate(error))
+            if answer is None:
                 raise
-            raise DomainError(
-                Reason.STORAGE_UNAVAILABLE,
-                "a concurrent transaction conflicted with this one; retry",
-            ) from error
+            raise answer from error
 
     async def is_ready(self) -> bool:
         """True when the database answers and its schema is the newest."""
