@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -24,6 +26,7 @@ from keyturn.server.config import Settings
 from keyturn.server.store.migrate import upgrade
 
 from support.catalog import new_license
+from support.faults import REPORT_ENV, read_report
 from support.pgbouncer import Bouncer, pgbouncer_in_front
 from support.postgres import create_database, drop_database, postgres_admin_url
 from support.smtp import SmtpServer
@@ -58,6 +61,40 @@ def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("template") / "keyturn.db"
     upgrade(sqlite_url(path))
     return path
+
+
+_FAULT_REPORT = pytest.StashKey[Path]()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """The run's fault report file (support/faults.py), set before pytest-xdist starts its
+    workers so that they inherit it."""
+    if not hasattr(config, "workerinput") and not os.environ.get(REPORT_ENV):
+        handle, path = tempfile.mkstemp(prefix="keyturn-faults-", suffix=".jsonl")
+        os.close(handle)
+        os.environ[REPORT_ENV] = path
+        config.stash[_FAULT_REPORT] = Path(path)
+
+
+def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    """The fault tests' tallies, one line each, and their sums."""
+    path = config.stash.get(_FAULT_REPORT, None)
+    if path is None:
+        return
+    rows = read_report(path)
+    path.unlink(missing_ok=True)
+    if not rows:
+        return
+    terminalreporter.section("faults injected and what was lost")
+    totals: dict[str, int] = {}
+    for row in sorted(rows, key=lambda r: str(r["name"])):
+        counts = {k: int(v) for k, v in row.items() if k != "name"}
+        for key, value in counts.items():
+            totals[key] = totals.get(key, 0) + value
+        terminalreporter.write_line(
+            f"{row['name']}: " + " ".join(f"{k}={v}" for k, v in counts.items())
+        )
+    terminalreporter.write_line("TOTAL: " + " ".join(f"{k}={v}" for k, v in totals.items()))
 
 
 # Modules that set THROUGH_PGBOUNCER = True also run on PostgreSQL through a PgBouncer

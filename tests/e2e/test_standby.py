@@ -28,7 +28,7 @@ import asyncpg
 import grpc
 import jwt
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2
 
 from keyturn.fulfillment.v1 import catalog_pb2 as cat
 from keyturn.fulfillment.v1 import catalog_pb2_grpc, fulfillment_pb2_grpc
@@ -44,6 +44,7 @@ from keyturn.server.store.unit_of_work import Store
 
 from conftest import TEST_SECRET
 from support.catalog import Metadata, put_catalog
+from support.health import health_reaches
 from support.postgres import create_database, drop_database
 from support.replication import (
     Replicated,
@@ -559,19 +560,6 @@ async def replay_lag(d: Deployment, entitlement: ful.Entitlement, held: int, dev
 # --- a standby that is down ---------------------------------------------------------------
 
 
-async def health_reaches(channel: grpc.aio.Channel, wanted: int) -> None:
-    """Follow the health Watch stream until it reports `wanted` (readiness is refreshed
-    every few seconds)."""
-    call = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest(service=""))
-    try:
-        async with asyncio.timeout(WAIT_S):
-            async for response in call:
-                if response.status == wanted:
-                    return
-    finally:
-        call.cancel()
-
-
 async def test_a_stopped_standby_fails_reads_with_unavailable_and_the_server_is_not_ready(
     deployment: Deployment,
 ) -> None:
@@ -579,11 +567,11 @@ async def test_a_stopped_standby_fails_reads_with_unavailable_and_the_server_is_
     made = (await d.fulfillment.FulfillOrder(order("o-1", "SUB-3"), metadata=d.auth)).entitlements
     first = made[0]
     await caught_up(d.db.replicated)
-    await health_reaches(d.channel, health_pb2.HealthCheckResponse.SERVING)
+    await health_reaches(d.channel, health_pb2.HealthCheckResponse.SERVING, WAIT_S)
     replicated = d.db.replicated
     await asyncio.to_thread(replicated.stop_standby)
     try:
-        unavailable = (grpc.StatusCode.UNAVAILABLE, "STORAGE_UNAVAILABLE")
+        unavailable = (grpc.StatusCode.UNAVAILABLE, "DATABASE_UNAVAILABLE")
         request = lic.CheckLicenseRequest(license_key=first.license_key, product_id=PRODUCT_ID)
         assert await failure(d.licensing.CheckLicense(request)) == unavailable
         get_request = ful.GetEntitlementRequest(entitlement_id=first.entitlement_id)
@@ -605,10 +593,10 @@ async def test_a_stopped_standby_fails_reads_with_unavailable_and_the_server_is_
         await d.fulfillment.FulfillOrder(add_seat("o-2", first.entitlement_id), metadata=d.auth)
         lease = await activate(d, first.license_key, "device-0001")
         assert lease.entitlement.seats_in_use == 1
-        await health_reaches(d.channel, health_pb2.HealthCheckResponse.NOT_SERVING)
+        await health_reaches(d.channel, health_pb2.HealthCheckResponse.NOT_SERVING, WAIT_S)
     finally:
         await asyncio.to_thread(replicated.start_standby)
-    await health_reaches(d.channel, health_pb2.HealthCheckResponse.SERVING)
+    await health_reaches(d.channel, health_pb2.HealthCheckResponse.SERVING, WAIT_S)
     await caught_up(d.db.replicated)
     got = await get(d, first.entitlement_id)
     assert (got.seats, got.seats_in_use) == (4, 1)

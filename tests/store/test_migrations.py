@@ -120,10 +120,10 @@ async def test_migrated_schema_matches_the_declared_tables(
     empty_database_url: str, store_of: Store
 ) -> None:
     assert await current_revision(store_of.engine) is None
-    assert not await store_of.is_ready()
+    assert not await store_of.is_ready(5.0)
     await migrate(empty_database_url)
     assert await current_revision(store_of.engine) == head_revision()
-    assert await store_of.is_ready()
+    assert await store_of.is_ready(5.0)
     differences = await schema_differences(store_of)
     assert differences == []
     # Migrating again is a no-op.

@@ -242,6 +242,10 @@ class LocalCluster:
     def admin_url(self) -> str:
         return f"postgresql://postgres@{DEFAULT_HOST}:{self.port}/postgres"
 
+    @property
+    def running(self) -> bool:
+        return self._running
+
     def run(self, tool: str, *args: str, timeout: float) -> subprocess.CompletedProcess[str]:
         """A PostgreSQL program of this cluster's version, as the cluster's user.
         cwd=base: the postgres user may not be allowed into the caller's cwd."""

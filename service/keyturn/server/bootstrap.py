@@ -93,6 +93,7 @@ def read_side(
         settings.database_pool_size,
         settings.database_transaction_pooler,
         read_only=True,
+        limits=settings.database_limits,
     )
     return standby, PgSeats(standby, clock, lapse_grace)
 
@@ -111,7 +112,10 @@ async def build_context(settings: Settings, clock: Clock | None = None) -> AppCo
     if settings.auto_migrate:
         await migrate(settings)
     store = Store.from_url(
-        settings.database_url, settings.database_pool_size, settings.database_transaction_pooler
+        settings.database_url,
+        settings.database_pool_size,
+        settings.database_transaction_pooler,
+        limits=settings.database_limits,
     )
     try:
         keyring = await load_keyring(store, sealer, clock.now())
@@ -146,6 +150,7 @@ async def build_context(settings: Settings, clock: Clock | None = None) -> AppCo
         issuer=settings.issuer,
         lapse_grace=lapse_grace,
         lapse_sweep_seconds=settings.lapse_sweep_seconds,
+        readiness_timeout=settings.health_check_timeout_seconds,
     )
 
 

@@ -9,6 +9,8 @@ from typing import Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from keyturn.server.store.database import DatabaseLimits
+
 DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./keyturn.db"
 
 
@@ -54,12 +56,44 @@ class Settings(BaseSettings):
         "no prepared statement is kept from one transaction to the next. Migrate against "
         "the database itself (KEYTURN_AUTO_MIGRATE=false here)",
     )
+    database_connect_timeout_seconds: float = Field(
+        5.0, gt=0, le=600, description="How long opening a database connection may take"
+    )
+    database_statement_timeout_seconds: float = Field(
+        10.0,
+        gt=0,
+        le=3600,
+        description="How long one statement may run (PostgreSQL statement_timeout); past it "
+        "the call is answered UNAVAILABLE / DATABASE_BUSY. SQLite: how long a writer waits "
+        "for the file",
+    )
+    database_lock_timeout_seconds: float = Field(
+        2.0,
+        gt=0,
+        le=3600,
+        description="How long a statement may wait for a row lock (PostgreSQL lock_timeout), "
+        "and a seat claim for its turn on a busy entitlement, before DATABASE_BUSY",
+    )
+    database_pool_timeout_seconds: float = Field(
+        5.0,
+        gt=0,
+        le=600,
+        description="How long a call may wait for a free pooled connection before "
+        "DATABASE_BUSY (PostgreSQL)",
+    )
     read_database_url: str = Field(
         "",
         description="A streaming standby of the PostgreSQL database (postgresql+asyncpg://...) "
         "that serves the read-only RPCs (CheckLicense, Get/List, GetSigningKeys, the change "
         "stream), up to its replication lag behind; empty: everything from the primary. "
         "Treated as behind a transaction pooler too when KEYTURN_DATABASE_TRANSACTION_POOLER is set",
+    )
+    health_check_timeout_seconds: float = Field(
+        2.0,
+        gt=0,
+        le=60,
+        description="Health turns NOT_SERVING when the database takes longer than this to "
+        "answer its check (run every second), and SERVING again once it answers",
     )
     listen: str = Field("127.0.0.1:50051", description="HOST:PORT the gRPC server binds")
     workers: int = Field(
@@ -181,6 +215,15 @@ class Settings(BaseSettings):
     @classmethod
     def _check_metrics_listen(cls, value: str) -> str:
         return _check_host_port(value) if value else value
+
+    @property
+    def database_limits(self) -> DatabaseLimits:
+        return DatabaseLimits(
+            connect=self.database_connect_timeout_seconds,
+            statement=self.database_statement_timeout_seconds,
+            lock=self.database_lock_timeout_seconds,
+            pool=self.database_pool_timeout_seconds,
+        )
 
     @property
     def is_sqlite(self) -> bool:

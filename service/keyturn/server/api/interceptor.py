@@ -17,6 +17,7 @@ from typing import Any
 
 import grpc
 
+from keyturn.server.app.conflicts import retry_conflicts
 from keyturn.server.app.tokens import TokenAuthenticator
 from keyturn.server.domain.errors import DomainError, Reason
 
@@ -160,7 +161,7 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
     ) -> Callable[..., Awaitable[Any]]:
         async def call(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
             async with self._guard(method, scope, request, context):
-                return await behavior(request, context)
+                return await retry_conflicts(lambda: behavior(request, context))
 
         return call
 

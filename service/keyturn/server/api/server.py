@@ -35,7 +35,7 @@ SERVICE_NAMES = (
     fulfillment_pb2.DESCRIPTOR.services_by_name["FulfillmentService"].full_name,
     catalog_pb2.DESCRIPTOR.services_by_name["CatalogService"].full_name,
 )
-READINESS_INTERVAL_SECONDS = 5.0
+READINESS_INTERVAL_SECONDS = 1.0  # health follows the database within about this
 
 
 def _pending_call_limits(max_streams: int) -> list[tuple[str, int]]:

@@ -30,6 +30,7 @@ class AppContext:
     issuer: str = "keyturn"
     lapse_grace: timedelta = timedelta(seconds=30)
     lapse_sweep_seconds: float = 60.0  # 0: no sweep
+    readiness_timeout: float = 2.0  # a database slower than this to answer is not ready
     stopping: asyncio.Event = field(default_factory=asyncio.Event)  # set on shutdown
 
     @property
@@ -39,9 +40,9 @@ class AppContext:
     async def is_ready(self) -> bool:
         """The database answers with the newest schema, and so does the standby that serves
         the reads: without it those RPCs could only answer UNAVAILABLE."""
-        if not await self.store.is_ready():
+        if not await self.store.is_ready(self.readiness_timeout):
             return False
-        return not self.reads_from_standby or await self.read_store.is_ready()
+        return not self.reads_from_standby or await self.read_store.is_ready(self.readiness_timeout)
 
     async def close(self) -> None:
         if self.reads_from_standby:

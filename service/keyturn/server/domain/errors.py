@@ -33,7 +33,7 @@ class Reason(StrEnum):
     SEATS_EXHAUSTED = "SEATS_EXHAUSTED"
     INVALID_LEASE = "INVALID_LEASE"
     LEASE_SUPERSEDED = "LEASE_SUPERSEDED"
-    STORAGE_UNAVAILABLE = "STORAGE_UNAVAILABLE"
+    DATABASE_UNAVAILABLE = "DATABASE_UNAVAILABLE"
     INTERNAL_ERROR = "INTERNAL_ERROR"
     EXTERNAL_REFERENCE_TAKEN = "EXTERNAL_REFERENCE_TAKEN"
     NOT_A_TRIAL = "NOT_A_TRIAL"
@@ -45,6 +45,9 @@ class Reason(StrEnum):
     INVITATION_REDEEMED = "INVITATION_REDEEMED"
     NAMED_USERS_EXCEED_SEATS = "NAMED_USERS_EXCEED_SEATS"
     WATCH_STREAMS_EXHAUSTED = "WATCH_STREAMS_EXHAUSTED"
+    TRANSACTION_CONFLICT = "TRANSACTION_CONFLICT"
+    DATABASE_BUSY = "DATABASE_BUSY"
+    SIGNING_KEY_UNAVAILABLE = "SIGNING_KEY_UNAVAILABLE"
 
 
 @dataclass(frozen=True)
@@ -97,4 +100,35 @@ def watch_streams_exhausted(max_streams: int) -> DomainError:
         f"this server already has {max_streams} change streams open, its most; "
         "retry later or on another replica",
         {"max_streams": str(max_streams)},
+    )
+
+
+def database_unavailable() -> DomainError:
+    """The database cannot be reached (down, starting, stopping, connection lost)."""
+    return DomainError(Reason.DATABASE_UNAVAILABLE, "the database is unavailable; retry later")
+
+
+def database_busy(limit: str) -> DomainError:
+    """The database did not answer within `limit` (pool_timeout, statement_timeout or
+    lock_timeout): overloaded, or a lock held long by another session."""
+    return DomainError(
+        Reason.DATABASE_BUSY,
+        f"the database did not answer in time ({limit}); retry later",
+        {"limit": limit},
+    )
+
+
+def transaction_conflict(attempts: int) -> DomainError:
+    """A serialization failure or deadlock, after the server's own `attempts`."""
+    return DomainError(
+        Reason.TRANSACTION_CONFLICT,
+        "a concurrent transaction conflicted with this one; nothing was written, retry",
+        {"attempts": str(attempts)},
+    )
+
+
+def signing_key_unavailable() -> DomainError:
+    """No key to sign with could be loaded."""
+    return DomainError(
+        Reason.SIGNING_KEY_UNAVAILABLE, "no signing key could be loaded; retry later"
     )

@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from keyturn.server.clock import Clock, SystemClock
-from keyturn.server.domain.errors import DomainError, Reason
+from keyturn.server.domain.errors import DomainError, signing_key_unavailable
 from keyturn.server.domain.ids import is_id, new_id
 from keyturn.server.sealing import Sealer, SecretError
 from keyturn.server.store.signing_key_repository import StoredSigningKey
@@ -214,7 +214,7 @@ class SigningKeys:
                 kid = await tx.signing_keys.signing_kid()
         found = await self.find(kid or "")
         if found is None:
-            raise DomainError(Reason.STORAGE_UNAVAILABLE, "the signing key could not be loaded")
+            raise signing_key_unavailable()
         if key is None or found.kid != key.kid:
             found = await self._once_published(found)
         self._signing, self._signing_read_at = found, read_at

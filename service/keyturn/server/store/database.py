@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
@@ -14,11 +15,50 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 READ_ONLY = "keyturn_read_only"
 
 
+@dataclass(frozen=True)
+class DatabaseLimits:
+    """How long a call may wait on the database before it is answered DATABASE_BUSY or
+    DATABASE_UNAVAILABLE, rather than holding its connection (and its caller) until the
+    caller gives up: a stopped, frozen or locked database must fail calls fast.
+
+    `statement` and `lock` are enforced by PostgreSQL (statement_timeout, lock_timeout,
+    sent at connect) and, for a database that no longer answers at all, by the driver a
+    little later (`command_seconds`). Behind a transaction pooler the startup settings
+    cannot be sent: set them on the database role instead (README).
+    """
+
+    connect: float = 5.0
+    statement: float = 10.0
+    lock: float = 2.0
+    pool: float = 5.0
+
+    @property
+    def command_seconds(self) -> float:
+        """The driver's own bound on a statement: past the server's, so that PostgreSQL
+        says which limit it was when it can."""
+        return self.statement + 2.0
+
+    def server_settings(self) -> dict[str, str]:
+        """The session settings PostgreSQL enforces (milliseconds; 0 would mean none)."""
+        return {
+            "statement_timeout": str(max(1, round(self.statement * 1000))),
+            "lock_timeout": str(max(1, round(self.lock * 1000))),
+        }
+
+
+DEFAULT_LIMITS = DatabaseLimits()
+
+
 def is_sqlite_url(url: str) -> bool:
     return url.startswith("sqlite")
 
 
-def create_engine(url: str, pool_size: int = 10, transaction_pooler: bool = False) -> AsyncEngine:
+def create_engine(
+    url: str,
+    pool_size: int = 10,
+    transaction_pooler: bool = False,
+    limits: DatabaseLimits = DEFAULT_LIMITS,
+) -> AsyncEngine:
     """An engine whose write transactions serialise where they must.
 
     SQLite: every write transaction starts with BEGIN IMMEDIATE, so two writers
@@ -29,21 +69,27 @@ def create_engine(url: str, pool_size: int = 10, transaction_pooler: bool = Fals
     not cached.
     """
     if not is_sqlite_url(url):
-        connect_args: dict[str, Any] = {}
+        connect_args: dict[str, Any] = {
+            "timeout": limits.connect,
+            "command_timeout": limits.command_seconds,
+        }
         if transaction_pooler:
-            connect_args = {
+            connect_args |= {
                 "prepared_statement_cache_size": 0,
                 "statement_cache_size": 0,
                 "prepared_statement_name_func": _unique_statement_name,
             }
+        else:
+            connect_args["server_settings"] = limits.server_settings()
         return create_async_engine(
             url,
             pool_size=pool_size,
             max_overflow=pool_size,
+            pool_timeout=limits.pool,
             pool_pre_ping=True,
             connect_args=connect_args,
         )
-    engine = create_async_engine(url, connect_args={"timeout": 60})
+    engine = create_async_engine(url, connect_args={"timeout": limits.statement})
 
     @event.listens_for(engine.sync_engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
@@ -51,7 +97,7 @@ def create_engine(url: str, pool_size: int = 10, transaction_pooler: bool = Fals
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.execute("PRAGMA busy_timeout=60000")
+        cursor.execute(f"PRAGMA busy_timeout={round(limits.statement * 1000)}")
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.close()
 
@@ -84,7 +130,12 @@ async def _keep_session(connection: asyncpg.Connection) -> None:
     by asyncpg itself. Saves the round trip of asyncpg's default reset."""
 
 
-async def create_pool(url: str, size: int, transaction_pooler: bool = False) -> asyncpg.Pool:
+async def create_pool(
+    url: str,
+    size: int,
+    transaction_pooler: bool = False,
+    limits: DatabaseLimits = DEFAULT_LIMITS,
+) -> asyncpg.Pool:
     """Connections for the seat path: prepared statements cached per connection, unless
     behind a transaction pooler that does not keep them (PgBouncer before 1.21)."""
     pool = await asyncpg.create_pool(
@@ -94,6 +145,9 @@ async def create_pool(url: str, size: int, transaction_pooler: bool = False) -> 
         init=_init_connection,
         reset=_keep_session,
         statement_cache_size=0 if transaction_pooler else 100,
+        timeout=limits.connect,
+        command_timeout=limits.command_seconds,
+        server_settings=None if transaction_pooler else limits.server_settings(),
     )
     assert pool is not None
     return pool

@@ -75,16 +75,26 @@ class EventNumbering:
                     await self._wanted.wait()
             self._wanted.clear()
             waiters, self._waiters = self._waiters, []
+            numbered = 0
             try:
                 numbered = await self.number_all()
-            except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as error:
+            except (
+                asyncpg.PostgresError,
+                asyncpg.InterfaceError,
+                asyncpg.InternalClientError,  # a connection the database ended
+                OSError,
+            ) as error:
                 log.warning("numbering events failed (retrying): %s", error)
-                numbered = 0
+            except Exception:
+                # Whatever failed, the round's waiters must not wait for ever (their calls
+                # would hang to their deadlines) and the next round must still run.
+                log.exception("numbering events failed (retrying)")
+            finally:
+                for waiter in waiters:
+                    if not waiter.done():
+                        waiter.set_result(None)
             if numbered:
                 self._on_numbered()
-            for waiter in waiters:
-                if not waiter.done():
-                    waiter.set_result(None)
 
     async def close(self) -> None:
         if self._task is not None:

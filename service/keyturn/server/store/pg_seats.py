@@ -31,6 +31,7 @@ import asyncpg
 from keyturn.server.clock import Clock, SystemClock
 from keyturn.server.domain.catalog import LicenseModel
 from keyturn.server.domain.entitlement import Entitlement
+from keyturn.server.domain.errors import database_busy, database_unavailable
 from keyturn.server.domain.named_users import NamedUser
 from keyturn.server.domain.seats import (
     Activation,
@@ -47,6 +48,7 @@ from keyturn.server.domain.seats import (
 )
 
 from .activation_repository import activation_of
+from .entitlement_gate import EntitlementGate
 from .entitlement_repository import entitlement_of
 from .event_repository import NewEvent
 from .rows import Row
@@ -61,10 +63,9 @@ from .seats import (
     SeatResult,
     fresh_activation,
 )
-from .unit_of_work import DuplicateKeyError, Store, database_unavailable, storage_error
+from .unit_of_work import BROKEN_CONNECTION, DuplicateKeyError, Store, storage_error
 
 Db: TypeAlias = "asyncpg.pool.PoolConnectionProxy[asyncpg.Record]"
-ACQUIRE_TIMEOUT_SECONDS = 30.0
 
 _REFERENCES = (
     "ARRAY(SELECT r.external_reference FROM external_references AS r"
@@ -273,7 +274,8 @@ async def _one_row(db: Db, statement: str, *args: object) -> asyncpg.Record:
 
 @contextlib.asynccontextmanager
 async def _database_errors() -> AsyncIterator[None]:
-    """Driver failures as the domain's: a lost or refused database is STORAGE_UNAVAILABLE."""
+    """Driver failures as the domain's (see unit_of_work.storage_error): a lost or refused
+    database is DATABASE_UNAVAILABLE, a statement past the driver's bound DATABASE_BUSY."""
     try:
         yield
     except asyncpg.UniqueViolationError as error:
@@ -283,7 +285,9 @@ async def _database_errors() -> AsyncIterator[None]:
         if answer is None:
             raise
         raise answer from error
-    except (asyncpg.InterfaceError, OSError, TimeoutError) as error:
+    except TimeoutError as error:  # asyncpg's command_timeout: no answer at all
+        raise database_busy("statement_timeout") from error
+    except (*BROKEN_CONNECTION, asyncpg.InterfaceError, OSError) as error:
         raise database_unavailable() from error
 
 
@@ -294,6 +298,7 @@ class PgSeats:
         self._grace_seconds = lapse_grace.total_seconds()
         self._grace = lapse_grace
         self._contended: dict[str, float] = {}  # entitlement id -> when a race was lost
+        self._gate = EntitlementGate(max(2, store.pool_size // 2), store.limits.lock)
 
     def _time_args(self) -> tuple[datetime | None, float]:
         """($1, $2) of every statement: the database's clock, shifted as the system clock
@@ -309,21 +314,35 @@ class PgSeats:
         return instant
 
     @contextlib.asynccontextmanager
-    async def _connection(self) -> AsyncIterator[Db]:
-        async with _database_errors():
+    async def _connection(self, entitlement: str = "") -> AsyncIterator[Db]:
+        """A pooled connection; for a claim on `entitlement` (its key hash or id) once the
+        entitlement's gate lets it through."""
+        async with contextlib.AsyncExitStack() as stack:
+            if entitlement:
+                await stack.enter_async_context(self._gate.passage(entitlement))
+            await stack.enter_async_context(_database_errors())
             pool = await self._store.driver_pool()
-            async with pool.acquire(timeout=ACQUIRE_TIMEOUT_SECONDS) as db:
+            try:
+                db = await pool.acquire(timeout=self._store.limits.pool)
+            except TimeoutError as error:
+                raise database_busy("pool_timeout") from error
+            try:
                 yield db
+            except asyncpg.InternalClientError:
+                db.terminate()  # its protocol state is lost (see BROKEN_CONNECTION)
+                raise
+            finally:
+                await pool.release(db)
 
     @contextlib.asynccontextmanager
-    async def _transaction(self) -> AsyncIterator[Db]:
-        async with self._connection() as db, db.transaction():
+    async def _transaction(self, entitlement: str = "") -> AsyncIterator[Db]:
+        async with self._connection(entitlement) as db, db.transaction():
             yield db
 
     # --- activation and renewal --------------------------------------------
 
     async def activate(self, claim: ActivationClaim, events: ClaimEvents) -> SeatResult:
-        async with self._connection() as db:
+        async with self._connection(claim.key_hash or claim.entitlement_id) as db:
             result = await self._add_device_unlocked(db, claim, events)
             if result is None:
                 async with db.transaction():
@@ -428,7 +447,7 @@ class PgSeats:
         return entitlement, locked, state
 
     async def renew(self, claim: RenewalClaim, events: ClaimEvents) -> SeatResult:
-        async with self._connection() as db:
+        async with self._connection(claim.entitlement_id) as db:
             kept = await self._renew_unlocked(db, claim)
             if kept is not None:
                 return kept
@@ -579,7 +598,7 @@ class PgSeats:
     # --- release and check --------------------------------------------------
 
     async def release(self, lease: LeaseRef, events: ReleaseEvents) -> Release:
-        async with self._transaction() as db:
+        async with self._transaction(lease.entitlement_id) as db:
             locked = await self._locked(
                 db,
                 LOCK_BY_ID,

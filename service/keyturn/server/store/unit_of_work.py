@@ -11,11 +11,16 @@ import asyncpg
 from sqlalchemy import exc, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from keyturn.server.domain.errors import DomainError, Reason
+from keyturn.server.domain.errors import (
+    DomainError,
+    database_busy,
+    database_unavailable,
+    transaction_conflict,
+)
 
 from .activation_repository import ActivationRepository
 from .catalog_repository import CatalogRepository
-from .database import READ_ONLY, create_engine, create_pool
+from .database import DEFAULT_LIMITS, READ_ONLY, DatabaseLimits, create_engine, create_pool
 from .entitlement_repository import EntitlementRepository
 from .event_numbering import EventNumbering
 from .event_repository import EventRepository
@@ -30,22 +35,25 @@ from .token_repository import TokenRepository
 RETRYABLE_SQLSTATES = {"40001", "40P01"}
 # Connection, resources, operator intervention (a server starting up or shutting down).
 UNAVAILABLE_SQLSTATE_CLASSES = ("08", "53", "57")
-
-
-def database_unavailable() -> DomainError:
-    return DomainError(Reason.STORAGE_UNAVAILABLE, "the database is unavailable; retry later")
+# The session's own limits (DatabaseLimits): a statement or a lock wait that took too long.
+BUSY_SQLSTATES = {"57014": "statement_timeout", "55P03": "lock_timeout"}
+SQLITE_BUSY = 5  # another writer held the file past busy_timeout
+# asyncpg's "cannot switch to state N; another operation is in progress": the database
+# ended the connection (pg_terminate_backend, a shutdown) between two statements, and
+# the next one finds the protocol in the state the lost one left.
+BROKEN_CONNECTION = (asyncpg.InternalClientError,)
 
 
 def storage_error(sqlstate: str | None) -> DomainError | None:
     """What a database failure with this SQLSTATE means to a caller, through either
-    driver: the database unavailable, a conflict worth retrying, or None (a bug)."""
+    driver: the database busy or unavailable, a conflict worth retrying, or None (a bug)."""
     state = sqlstate or ""
+    if state in BUSY_SQLSTATES:
+        return database_busy(BUSY_SQLSTATES[state])
     if state[:2] in UNAVAILABLE_SQLSTATE_CLASSES:
         return database_unavailable()
     if state in RETRYABLE_SQLSTATES:
-        return DomainError(
-            Reason.STORAGE_UNAVAILABLE, "a concurrent transaction conflicted with this one; retry"
-        )
+        return transaction_conflict(attempts=1)
     return None
 
 
@@ -111,7 +119,7 @@ class ReadStore(Protocol):
 
     def read(self) -> AbstractAsyncContextManager[Transaction]: ...
 
-    async def is_ready(self) -> bool: ...
+    async def is_ready(self, within_seconds: float) -> bool: ...
 
     async def close(self) -> None: ...
 
@@ -124,9 +132,15 @@ class Store:
     """
 
     def __init__(
-        self, engine: AsyncEngine, transaction_pooler: bool = False, *, read_only: bool = False
+        self,
+        engine: AsyncEngine,
+        transaction_pooler: bool = False,
+        *,
+        read_only: bool = False,
+        limits: DatabaseLimits = DEFAULT_LIMITS,
     ) -> None:
         self.engine = engine
+        self.limits = limits
         self._transaction_pooler = transaction_pooler
         self.read_only = read_only
         self.bell = CommitBell()
@@ -150,8 +164,9 @@ class Store:
             async with self._pool_lock:
                 if self._pool is None:
                     url = self.engine.url.render_as_string(hide_password=False)
-                    size = self.engine.pool.size()  # type: ignore[attr-defined]
-                    self._pool = await create_pool(url, size, self._transaction_pooler)
+                    self._pool = await create_pool(
+                        url, self.pool_size, self._transaction_pooler, self.limits
+                    )
         return self._pool
 
     @classmethod
@@ -162,13 +177,20 @@ class Store:
         transaction_pooler: bool = False,
         *,
         read_only: bool = False,
+        limits: DatabaseLimits = DEFAULT_LIMITS,
     ) -> Store:
-        engine = create_engine(database_url, pool_size, transaction_pooler)
-        return cls(engine, transaction_pooler, read_only=read_only)
+        engine = create_engine(database_url, pool_size, transaction_pooler, limits)
+        return cls(engine, transaction_pooler, read_only=read_only, limits=limits)
 
     @property
     def dialect(self) -> str:
         return self.engine.dialect.name
+
+    @property
+    def pool_size(self) -> int:
+        """Connections each pool keeps (the seat path's and SQLAlchemy's)."""
+        size: int = self.engine.pool.size()  # type: ignore[attr-defined]
+        return size
 
     @asynccontextmanager
     async def write(self) -> AsyncIterator[Transaction]:
@@ -212,22 +234,36 @@ class Store:
                     yield Transaction(connection)
         except exc.IntegrityError as error:
             raise DuplicateKeyError(str(error.orig)) from error
-        except (exc.OperationalError, exc.InterfaceError, OSError) as error:
-            raise database_unavailable() from error
+        except exc.TimeoutError as error:  # no pooled connection came free in time
+            raise database_busy("pool_timeout") from error
+        except TimeoutError as error:  # the driver's own bound: the database did not answer
+            raise database_busy("statement_timeout") from error
         except exc.DBAPIError as error:
             answer = storage_error(_sqlstate(error))
-            if answer is None:
-                raise
-            raise answer from error
+            if answer is not None:
+                raise answer from error
+            if isinstance(error.orig, BROKEN_CONNECTION) or isinstance(
+                getattr(error.orig, "__cause__", None), BROKEN_CONNECTION
+            ):
+                raise database_unavailable() from error
+            if getattr(error.orig, "sqlite_errorcode", None) == SQLITE_BUSY:
+                raise database_busy("lock_timeout") from error
+            if isinstance(error, exc.OperationalError | exc.InterfaceError):
+                raise database_unavailable() from error
+            raise
+        except OSError as error:
+            raise database_unavailable() from error
 
-    async def is_ready(self) -> bool:
-        """True when the database answers and its schema is the newest."""
+    async def is_ready(self, within_seconds: float) -> bool:
+        """True when the database answers within `within_seconds` and its schema is the
+        newest: a frozen database makes this False as fast as a stopped one."""
         try:
-            async with self.engine.connect() as connection:
-                await connection.execution_options(**{READ_ONLY: True})
-                await connection.execute(text("SELECT 1"))
-            return await current_revision(self.engine) == head_revision()
-        except (exc.SQLAlchemyError, OSError):
+            async with asyncio.timeout(within_seconds):
+                async with self.engine.connect() as connection:
+                    await connection.execution_options(**{READ_ONLY: True})
+                    await connection.execute(text("SELECT 1"))
+                return await current_revision(self.engine) == head_revision()
+        except (exc.SQLAlchemyError, OSError):  # TimeoutError is an OSError
             return False
 
     async def close(self) -> None:

@@ -26,6 +26,7 @@ from .errors import (
     PermissionDeniedError,
     ProductMismatchError,
     SeatsExhaustedError,
+    TransactionConflictError,
     UnavailableError,
     from_rpc_error,
 )
@@ -67,6 +68,7 @@ __all__ = [
     "ProductMismatchError",
     "RetryPolicy",
     "SeatsExhaustedError",
+    "TransactionConflictError",
     "UnavailableError",
     "default_fingerprint",
     "from_rpc_error",

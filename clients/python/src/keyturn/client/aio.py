@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable, Mapping
 from datetime import timedelta
 from types import TracebackType
@@ -20,12 +21,14 @@ from .conversion import (
     entitlement_info,
     lease_grant,
 )
-from .errors import KeyturnError
+from .errors import KeyturnError, LeaseSupersededError
 from .fingerprint import default_fingerprint
 from .heartbeat import AsyncHeartbeat, Clock, utc_now
 from .lease import AsyncLease
 from .retry import DEFAULT_RETRY, NO_RETRY, RetryPolicy
 from .verification import DEFAULT_ISSUER, DEFAULT_LEEWAY, LeaseVerifier
+
+log = logging.getLogger("keyturn.client")
 
 
 class AsyncLicensingClient:
@@ -93,6 +96,7 @@ class AsyncLicensingClient:
             lease_grant(response.lease, claims, response.entitlement, response.activation_id),
             self,
         )
+        lease.activation = request
         if heartbeat:
             self._start_heartbeat(lease, on_lost, on_renewed, heartbeat_interval)
         return lease
@@ -193,6 +197,27 @@ class AsyncLicensingClient:
             lease._apply(lease_grant(response.lease, claims, response.entitlement))
         return lease
 
+    async def _beat(self, lease: AsyncLease, retrying: bool) -> AsyncLease:
+        """One heartbeat renewal. `retrying`: an earlier attempt went unanswered and may
+        have renewed unseen; a LEASE_SUPERSEDED then takes the device's seat again."""
+        try:
+            return await self._renew(lease, NO_RETRY)
+        except LeaseSupersededError:
+            if not retrying or lease.activation is None:
+                raise
+        log.info(
+            "renewal of %s may have been answered unseen; activating again", lease.activation_id
+        )
+        async with lease.lock:
+            response = await invoke_async(
+                self._stub.ActivateSeat, lease.activation, retry=NO_RETRY, call_timeout=self.timeout
+            )
+            claims = await self.verify_lease(response.lease.token)
+            lease._apply(
+                lease_grant(response.lease, claims, response.entitlement, response.activation_id)
+            )
+        return lease
+
     async def _release_token(self, token: str) -> None:
         request = licensing_pb2.ReleaseSeatRequest(lease_token=token)
         await self._call(self._stub.ReleaseSeat, request)
@@ -211,7 +236,7 @@ class AsyncLicensingClient:
         beat = AsyncHeartbeat(
             lease,
             # One attempt per renewal: the heartbeat itself retries until expiry.
-            lambda: self._renew(lease, NO_RETRY),
+            lambda retrying: self._beat(lease, retrying),
             policy=self.retry,
             clock=self.clock,
             interval=interval,

@@ -104,7 +104,13 @@ class LeaseSupersededError(KeyturnError):
 
 
 class UnavailableError(KeyturnError):
-    """Any UNAVAILABLE status: the server or its database cannot be reached; retry later."""
+    """Any UNAVAILABLE status (DATABASE_UNAVAILABLE, DATABASE_BUSY, SIGNING_KEY_UNAVAILABLE,
+    SERVER_STOPPING, none): the server or its database cannot answer now; retry later."""
+
+
+class TransactionConflictError(KeyturnError):
+    """TRANSACTION_CONFLICT: a concurrent transaction conflicted with this call after the
+    server's own retries; nothing was written, and the call is retried like UNAVAILABLE."""
 
 
 class LeaseVerificationError(InvalidLeaseError):
@@ -143,6 +149,7 @@ ERRORS_BY_REASON: dict[str, type[KeyturnError]] = {
     "LEASE_SUPERSEDED": LeaseSupersededError,
     "INVALID_INVITATION": InvalidInvitationError,
     "INVITATION_REDEEMED": InvitationRedeemedError,
+    "TRANSACTION_CONFLICT": TransactionConflictError,
 }
 
 

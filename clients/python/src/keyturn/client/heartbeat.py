@@ -6,6 +6,13 @@ times out or fails without a typed answer, keep retrying with backoff while the
 lease is still good; on an answer about the seat (superseded, refused, expired,
 cancelled), or once the lease expired unrenewed, stop and report the loss once. `wake()`
 renews now, e.g. after the machine resumes from sleep.
+
+A renewal that failed without an answer may still have renewed (committed, then the
+answer was cut off by a restart): its new token never arrived, and the next renewal
+with the old one is LEASE_SUPERSEDED. The renew callable is told when an earlier
+attempt went unanswered (`retrying`); the clients then take the device's own seat
+again with its activation request (the same fingerprint gets the same seat back)
+rather than give the lease up.
 """
 
 from __future__ import annotations
@@ -98,7 +105,7 @@ class Heartbeat:
     def __init__(
         self,
         lease: LeaseBase,
-        renew: Callable[[], object],
+        renew: Callable[[bool], object],
         *,
         policy: RetryPolicy,
         clock: Clock,
@@ -150,7 +157,7 @@ class Heartbeat:
     def _run(self) -> None:
         while not self._nap_until_due():
             try:
-                self._renew()
+                self._renew(self._plan.failures > 0)
             except Exception as exc:
                 error = as_keyturn_error(exc)
                 if self._stop.is_set():
@@ -190,7 +197,7 @@ class AsyncHeartbeat:
     def __init__(
         self,
         lease: LeaseBase,
-        renew: Callable[[], Awaitable[object]],
+        renew: Callable[[bool], Awaitable[object]],
         *,
         policy: RetryPolicy,
         clock: Clock,
@@ -244,7 +251,7 @@ class AsyncHeartbeat:
     async def _run(self) -> None:
         while not await self._nap_until_due():
             try:
-                await self._renew()
+                await self._renew(self._plan.failures > 0)
             except Exception as exc:
                 error = as_keyturn_error(exc)
                 if self._stop.is_set():

@@ -14,6 +14,8 @@ from datetime import UTC, datetime
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Protocol
 
+from keyturn.licensing.v1 import licensing_pb2
+
 from .conversion import EntitlementInfo, LeaseGrant
 from .errors import KeyturnError
 
@@ -28,6 +30,9 @@ class LeaseBase:
         self._grant = grant
         self.lost: KeyturnError | None = None  # set once the heartbeat gives the seat up
         self.released = False
+        # The ActivateSeat request that took the seat: the heartbeat sends it again when a
+        # renewal whose answer was lost had in fact renewed (see heartbeat.py).
+        self.activation: licensing_pb2.ActivateSeatRequest | None = None
 
     def _apply(self, grant: LeaseGrant) -> None:
         self._grant = grant

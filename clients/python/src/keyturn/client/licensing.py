@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import threading
 from collections.abc import Callable, Mapping
 from datetime import timedelta
@@ -21,12 +22,14 @@ from .conversion import (
     entitlement_info,
     lease_grant,
 )
-from .errors import KeyturnError
+from .errors import KeyturnError, LeaseSupersededError
 from .fingerprint import default_fingerprint
 from .heartbeat import Clock, Heartbeat, utc_now
 from .lease import Lease
 from .retry import DEFAULT_RETRY, NO_RETRY, RetryPolicy
 from .verification import DEFAULT_ISSUER, DEFAULT_LEEWAY, LeaseVerifier
+
+log = logging.getLogger("keyturn.client")
 
 
 class LicensingClient:
@@ -100,6 +103,7 @@ class LicensingClient:
             lease_grant(response.lease, claims, response.entitlement, response.activation_id),
             self,
         )
+        lease.activation = request
         if heartbeat:
             self._start_heartbeat(lease, on_lost, on_renewed, heartbeat_interval)
         return lease
@@ -190,6 +194,27 @@ class LicensingClient:
             lease._apply(lease_grant(response.lease, claims, response.entitlement))
         return lease
 
+    def _beat(self, lease: Lease, retrying: bool) -> Lease:
+        """One heartbeat renewal. `retrying`: an earlier attempt went unanswered and may
+        have renewed unseen; a LEASE_SUPERSEDED then takes the device's seat again."""
+        try:
+            return self._renew(lease, NO_RETRY)
+        except LeaseSupersededError:
+            if not retrying or lease.activation is None:
+                raise
+        log.info(
+            "renewal of %s may have been answered unseen; activating again", lease.activation_id
+        )
+        with lease.lock:
+            response = invoke(
+                self._stub.ActivateSeat, lease.activation, retry=NO_RETRY, timeout=self.timeout
+            )
+            claims = self.verify_lease(response.lease.token)
+            lease._apply(
+                lease_grant(response.lease, claims, response.entitlement, response.activation_id)
+            )
+        return lease
+
     def _release_token(self, token: str) -> None:
         self._call(self._stub.ReleaseSeat, licensing_pb2.ReleaseSeatRequest(lease_token=token))
 
@@ -208,7 +233,7 @@ class LicensingClient:
         beat = Heartbeat(
             lease,
             # One attempt per renewal: the heartbeat itself retries until expiry.
-            lambda: self._renew(lease, NO_RETRY),
+            lambda retrying: self._beat(lease, retrying),
             policy=self.retry,
             clock=self.clock,
             interval=interval,

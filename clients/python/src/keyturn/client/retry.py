@@ -1,7 +1,8 @@
 """When to retry a call and how long to wait first: shared by the sync and asyncio clients.
 
-Only UNAVAILABLE is retried. Every other code is an answer (a seat refused, a
-bad key, a conflict) that asking again cannot change. The heartbeat is the
+Only UNAVAILABLE and a transaction conflict (ABORTED / TRANSACTION_CONFLICT:
+nothing was written) are retried. Every other code is an answer (a seat refused, a
+bad key, an order conflict) that asking again cannot change. The heartbeat is the
 exception: while its lease runs it retries all but a typed answer about the seat. Every Keyturn call is
 safe to repeat: ActivateSeat with the same fingerprint reuses its seat and
 FulfillOrder with the same order id replays the stored result.
@@ -16,7 +17,7 @@ from datetime import datetime
 
 import grpc
 
-from .errors import KeyturnError
+from .errors import KeyturnError, TransactionConflictError
 
 
 @dataclass(frozen=True)
@@ -72,8 +73,9 @@ HEARTBEAT_MAX_BACKOFF = 30.0  # seconds
 
 
 def is_retryable(error: KeyturnError) -> bool:
-    """UNAVAILABLE only: the server did not answer, so asking again may succeed."""
-    return error.code is grpc.StatusCode.UNAVAILABLE
+    """UNAVAILABLE (the server or its database could not answer) or a transaction conflict
+    (rolled back): asking again may succeed."""
+    return error.code is grpc.StatusCode.UNAVAILABLE or isinstance(error, TransactionConflictError)
 
 
 def heartbeat_retries(error: KeyturnError) -> bool:

@@ -101,8 +101,14 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     renewal issues a new token) or its seat was released. Only the newest
     token of a live activation can be renewed.
     """
-    STORAGE_UNAVAILABLE: _ErrorReason.ValueType  # 20
-    """UNAVAILABLE. The database could not be reached; retry with backoff."""
+    DATABASE_UNAVAILABLE: _ErrorReason.ValueType  # 20
+    """UNAVAILABLE. The database cannot be reached: it is down, starting up or
+    shutting down, refused the connection, or the connection broke. Nothing
+    was written unless the call's own effects say so (every call is safe to
+    repeat). Retry with backoff. (Earlier versions named it
+    STORAGE_UNAVAILABLE and also sent it for a conflict or a missing signing
+    key: see TRANSACTION_CONFLICT, DATABASE_BUSY, SIGNING_KEY_UNAVAILABLE.)
+    """
     INTERNAL_ERROR: _ErrorReason.ValueType  # 21
     """INTERNAL. An unexpected server fault. Never returned for bad input; if
     you see it, it is a bug worth reporting. Metadata: `error_id`.
@@ -155,6 +161,25 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     streams open as it allows (`KEYTURN_WATCH_MAX_STREAMS`); the new stream is
     refused before it sends anything. Retry with backoff, or on another
     replica, with the same `after_sequence`. Metadata: `max_streams`.
+    """
+    TRANSACTION_CONFLICT: _ErrorReason.ValueType  # 32
+    """ABORTED. A concurrent transaction conflicted with this one (a
+    serialization failure or a deadlock) and the server's own retries did not
+    get it through; nothing was written. Retry the call with backoff.
+    Metadata: `attempts` (how many times the server tried).
+    """
+    DATABASE_BUSY: _ErrorReason.ValueType  # 33
+    """UNAVAILABLE. The database did not answer in time: no connection came
+    free within `KEYTURN_DATABASE_POOL_TIMEOUT_SECONDS`, or a statement ran
+    past `KEYTURN_DATABASE_STATEMENT_TIMEOUT_SECONDS` (or waited for a lock
+    past `KEYTURN_DATABASE_LOCK_TIMEOUT_SECONDS`). The database is overloaded
+    or another session holds a lock long; nothing was written. Retry with
+    backoff. Metadata: `limit` (`pool_timeout`, `statement_timeout` or
+    `lock_timeout`).
+    """
+    SIGNING_KEY_UNAVAILABLE: _ErrorReason.ValueType  # 34
+    """UNAVAILABLE. No key to sign leases and identity tokens could be loaded
+    (the database holds none yet, as during a restore). Retry with backoff.
     """
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
@@ -249,8 +274,14 @@ LEASE_SUPERSEDED: ErrorReason.ValueType  # 19
 renewal issues a new token) or its seat was released. Only the newest
 token of a live activation can be renewed.
 """
-STORAGE_UNAVAILABLE: ErrorReason.ValueType  # 20
-"""UNAVAILABLE. The database could not be reached; retry with backoff."""
+DATABASE_UNAVAILABLE: ErrorReason.ValueType  # 20
+"""UNAVAILABLE. The database cannot be reached: it is down, starting up or
+shutting down, refused the connection, or the connection broke. Nothing
+was written unless the call's own effects say so (every call is safe to
+repeat). Retry with backoff. (Earlier versions named it
+STORAGE_UNAVAILABLE and also sent it for a conflict or a missing signing
+key: see TRANSACTION_CONFLICT, DATABASE_BUSY, SIGNING_KEY_UNAVAILABLE.)
+"""
 INTERNAL_ERROR: ErrorReason.ValueType  # 21
 """INTERNAL. An unexpected server fault. Never returned for bad input; if
 you see it, it is a bug worth reporting. Metadata: `error_id`.
@@ -303,5 +334,24 @@ WATCH_STREAMS_EXHAUSTED: ErrorReason.ValueType  # 31
 streams open as it allows (`KEYTURN_WATCH_MAX_STREAMS`); the new stream is
 refused before it sends anything. Retry with backoff, or on another
 replica, with the same `after_sequence`. Metadata: `max_streams`.
+"""
+TRANSACTION_CONFLICT: ErrorReason.ValueType  # 32
+"""ABORTED. A concurrent transaction conflicted with this one (a
+serialization failure or a deadlock) and the server's own retries did not
+get it through; nothing was written. Retry the call with backoff.
+Metadata: `attempts` (how many times the server tried).
+"""
+DATABASE_BUSY: ErrorReason.ValueType  # 33
+"""UNAVAILABLE. The database did not answer in time: no connection came
+free within `KEYTURN_DATABASE_POOL_TIMEOUT_SECONDS`, or a statement ran
+past `KEYTURN_DATABASE_STATEMENT_TIMEOUT_SECONDS` (or waited for a lock
+past `KEYTURN_DATABASE_LOCK_TIMEOUT_SECONDS`). The database is overloaded
+or another session holds a lock long; nothing was written. Retry with
+backoff. Metadata: `limit` (`pool_timeout`, `statement_timeout` or
+`lock_timeout`).
+"""
+SIGNING_KEY_UNAVAILABLE: ErrorReason.ValueType  # 34
+"""UNAVAILABLE. No key to sign leases and identity tokens could be loaded
+(the database holds none yet, as during a restore). Retry with backoff.
 """
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015
