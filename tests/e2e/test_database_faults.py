@@ -14,147 +14,35 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import asyncpg
 import grpc
 import pytest
-from grpc_health.v1 import health_pb2
 
-from keyturn.fulfillment.v1 import catalog_pb2_grpc, fulfillment_pb2_grpc
 from keyturn.fulfillment.v1 import fulfillment_pb2 as ful
-from keyturn.licensing.v1 import licensing_pb2 as lic
-from keyturn.licensing.v1 import licensing_pb2_grpc
-from keyturn.server.store.database import database_dsn
+from keyturn.fulfillment.v1 import fulfillment_pb2_grpc
 
-from conftest import server_settings
-from support.catalog import put_catalog
-from support.faults import FaultTally, FaultyCluster, faulty_cluster, record
+from support.fault_deployment import (
+    NOT_SERVING,
+    SERVING,
+    SKU,
+    WAIT_S,
+    Fault,
+    Metadata,
+    Probe,
+    answer,
+    check_nothing_lost,
+    deployment,
+    fault,
+    faulty,
+)
+from support.faults import FaultTally, record
 from support.health import health_reaches
-from support.rpc import PRODUCT_ID, create_sku, failure_of, order
-from support.seat_load import SeatLoad, lost_writes, oversold
-from support.subprocess_server import ServerProcess, create_token, serving
+from support.rpc import failure_of, order
+from support.seat_load import SeatLoad
 
-WAIT_S = 60.0
-SKU = "FAULT-5"
-SEATS = 5
-SERVING = health_pb2.HealthCheckResponse.SERVING
-NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
-# What a seat call may answer while the database fails, besides OK: the database's two
-# retryable answers, and the answers about seats that traffic gets anyway.
-FAULT_ANSWERS = {
-    ("UNAVAILABLE", "DATABASE_UNAVAILABLE"),
-    ("UNAVAILABLE", "DATABASE_BUSY"),
-    ("RESOURCE_EXHAUSTED", "SEATS_EXHAUSTED"),
-    # A renewal committed whose answer was cut off: the device still holds the older token.
-    ("FAILED_PRECONDITION", "LEASE_SUPERSEDED"),
-}
-Metadata = tuple[tuple[str, str], ...]
-
-
-@pytest.fixture(scope="module")
-def faulty() -> Iterator[FaultyCluster]:
-    with faulty_cluster("faults") as cluster:
-        yield cluster
-
-
-@dataclass
-class Fault:
-    """One test's database on the faulty cluster."""
-
-    cluster: FaultyCluster
-    url: str
-
-    @property
-    def dsn(self) -> str:
-        return database_dsn(self.url)
-
-
-@pytest.fixture
-def fault(faulty: FaultyCluster) -> Iterator[Fault]:
-    name, url = faulty.new_database()
-    try:
-        yield Fault(faulty, url)
-    finally:
-        faulty.start_if_stopped()
-        faulty.drop_database(name)
-
-
-@dataclass
-class Deployment:
-    server: ServerProcess
-    channel: grpc.aio.Channel
-    licensing: licensing_pb2_grpc.LicensingServiceStub
-    fulfillment: fulfillment_pb2_grpc.FulfillmentServiceStub
-    auth: Metadata
-    keys: list[str]
-    entitlement_ids: list[str]
-
-
-@contextlib.asynccontextmanager
-async def deployment(
-    cwd: Path, url: str, entitlements: int = 4, **settings: str
-) -> AsyncIterator[Deployment]:
-    """A server on `url` with `entitlements` floating entitlements of SEATS seats each."""
-    env = server_settings(url, KEYTURN_LOG_LEVEL="WARNING", **settings)
-    token = await create_token(cwd, env)
-    auth = (("authorization", f"Bearer {token}"),)
-    async with serving(cwd, env) as server, grpc.aio.insecure_channel(server.address) as channel:
-        fulfillment = fulfillment_pb2_grpc.FulfillmentServiceStub(channel)
-        await put_catalog(
-            catalog_pb2_grpc.CatalogServiceStub(channel), auth, create_sku(SKU, seats=SEATS)
-        )
-        made = [
-            (await fulfillment.FulfillOrder(order(f"setup-{n}", SKU), metadata=auth)).entitlements[
-                0
-            ]
-            for n in range(entitlements)
-        ]
-        try:
-            yield Deployment(
-                server,
-                channel,
-                licensing_pb2_grpc.LicensingServiceStub(channel),
-                fulfillment,
-                auth,
-                [e.license_key for e in made],
-                [e.entitlement_id for e in made],
-            )
-        except BaseException:
-            print(f"--- keyturn serve stderr:\n{server.stderr_tail(120)}")
-            raise
-
-
-def unexpected(answers: Counter[tuple[str, str]], allowed: set[tuple[str, str]]) -> dict[str, int]:
-    return {f"{c}/{r}": n for (c, r), n in answers.items() if c != "OK" and (c, r) not in allowed}
-
-
-async def check_nothing_lost(
-    fault: Fault, load: SeatLoad, name: str, faults: int, server: ServerProcess
-) -> None:
-    """Record the tally of `load` and assert that the fault cost nothing (the server's
-    log is shown when not)."""
-    lost = await lost_writes(fault.dsn, load.acked)
-    over = await oversold(fault.dsn)
-    record(
-        name,
-        FaultTally(
-            faults=faults,
-            requests=load.during_fault,
-            internal=load.internal,
-            lost=len(lost),
-            oversold=over,
-        ),
-    )
-    if load.internal or unexpected(load.answers, FAULT_ANSWERS):
-        print(f"--- keyturn serve stderr:\n{server.stderr_tail(200)}")
-    assert load.internal == 0, load.answers
-    assert unexpected(load.answers, FAULT_ANSWERS) == {}
-    assert lost == []
-    assert over == 0
-    assert load.acked, "some lease was acknowledged"
+__all__ = ["fault", "faulty"]  # fixtures
 
 
 @pytest.mark.parametrize("mode", ["fast", "immediate"])
@@ -336,40 +224,6 @@ async def test_calls_on_a_locked_entitlement_end_at_their_deadline_and_leave_not
     assert after == ("OK", "")
     assert set(probe.answers) == {("OK", "")}, probe.answers
     assert probe.answers[("OK", "")] > 0
-
-
-async def answer(
-    stub: licensing_pb2_grpc.LicensingServiceStub,
-    key: str,
-    fingerprint: str,
-    deadline: float | None,
-) -> tuple[str, str]:
-    request = lic.ActivateSeatRequest(
-        license_key=key, product_id=PRODUCT_ID, fingerprint=fingerprint
-    )
-    try:
-        await stub.ActivateSeat(request, timeout=deadline)
-    except grpc.aio.AioRpcError as error:
-        failure = failure_of(error)
-        return failure.code.name, failure.reason
-    return "OK", ""
-
-
-class Probe:
-    """CheckLicense and ActivateSeat on an entitlement nobody locks, one after another."""
-
-    def __init__(self, stub: licensing_pb2_grpc.LicensingServiceStub, key: str) -> None:
-        self._stub = stub
-        self._key = key
-        self.answers: Counter[tuple[str, str]] = Counter()
-        self._stop = asyncio.Event()
-
-    def stop(self) -> None:
-        self._stop.set()
-
-    async def run(self) -> None:
-        while not self._stop.is_set():
-            self.answers[await answer(self._stub, self._key, "device-probe", 30.0)] += 1
 
 
 async def statements_waiting(conn: asyncpg.Connection, within_s: float = 10.0) -> int:

@@ -71,6 +71,7 @@ def create_sku(
     trial: bool = False,
     model: int = cat.LICENSE_MODEL_FLOATING,
     product_id: str = PRODUCT_ID,
+    lease_seconds: int = 900,
 ) -> cat.Sku:
     return cat.Sku(
         sku_id=sku_id,
@@ -85,7 +86,7 @@ def create_sku(
                     perpetual=not term,
                     trial=trial,
                     license_model=model,
-                    lease_duration=duration_pb2.Duration(seconds=900),
+                    lease_duration=duration_pb2.Duration(seconds=lease_seconds),
                 )
             )
         ],

@@ -67,3 +67,5 @@ async def run_lapse_sweeps(ctx: AppContext, interval: float) -> None:
             continue
         if recorded:
             log.info("recorded %d lapsed leases", recorded)
+        else:
+            log.debug("lapse sweep: no lapsed lease to record")
