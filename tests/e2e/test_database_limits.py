@@ -372,6 +372,10 @@ def sweeps(lines: list[str]) -> int:
 async def lapse_events(dsn: str) -> int:
     conn = await asyncpg.connect(dsn)
     try:
-        return int(await conn.fetchval("SELECT count(*) FROM entitlement_events WHERE type = 'lease_lapsed'"))
+        return int(
+            await conn.fetchval(
+                "SELECT count(*) FROM entitlement_events WHERE type = 'lease_lapsed'"
+            )
+        )
     finally:
         await conn.close()
