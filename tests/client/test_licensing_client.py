@@ -232,6 +232,40 @@ async def test_heartbeat_rides_out_an_outage(
     assert licensing.calls.count("RenewLease") >= 3
 
 
+async def test_heartbeat_takes_its_seat_again_when_a_renewal_was_answered_unseen(
+    open_client: OpenLicensing,
+    proxy: TcpProxy,
+    license_of: LicenseOf,
+    licensing_stub: licensing_pb2_grpc.LicensingServiceStub,
+) -> None:
+    """A renewal that commits but whose answer never arrives (a restart cut it off) leaves
+    the device with a superseded token; the heartbeat activates again with the same
+    fingerprint and keeps the same seat rather than reporting the lease lost."""
+    entitlement = await license_of(seats=1)
+    licensing = await open_client(proxy.address)
+    renewed, lost = Signal(), Signal()
+    lease = await licensing.activate(
+        entitlement.license_key, heartbeat=True, on_renewed=renewed, on_lost=lost
+    )
+    first_activation = lease.activation_id
+    failed = Signal()
+    licensing.calls.after.append(lambda name, bad: failed() if bad else None)
+    proxy.pause()
+    await licensing.wake(lease)
+    await failed.wait()  # the heartbeat's renewal went unanswered...
+    # ...and a renewal with its token did commit (its answer is what the device lost).
+    await licensing_stub.RenewLease(lic.RenewLeaseRequest(lease_token=lease.token))
+    proxy.resume()
+    await renewed.wait()
+    assert lost.calls == []
+    assert lease.lost is None
+    assert lease.activation_id == first_activation
+    assert licensing.calls.count("ActivateSeat") == 2
+    info = await licensing.check(entitlement.license_key)
+    assert info.seats_in_use == 1
+    await licensing.stop_heartbeat(lease)
+
+
 async def test_heartbeat_gives_up_when_the_lease_expires_unrenewed(
     open_client: OpenLicensing, proxy: TcpProxy, license_of: LicenseOf
 ) -> None:
