@@ -179,10 +179,12 @@ def acknowledge(ledger: Ledger, lease: AsyncLease, fingerprint: str) -> None:
     ledger.fingerprints[lease.activation_id] = fingerprint
 
 
-async def until(check: Callable[[], Awaitable[bool]], within_s: float = WAIT_S) -> None:
-    """Until `check()` holds, asked again as soon as it answers (bounded)."""
+async def until(
+    count: Callable[[], Awaitable[int]], holds: Callable[[int], bool], within_s: float = WAIT_S
+) -> None:
+    """Until `holds(await count())`, counted again as soon as it answers (bounded)."""
     async with asyncio.timeout(within_s):
-        while not await check():
+        while not holds(await count()):
             pass
 
 
@@ -220,11 +222,13 @@ async def numbering_held(database_url: str) -> AsyncIterator[asyncpg.Connection]
         await connection.close()
 
 
-async def kill_9(process: ServerProcess) -> float:
-    """SIGKILL, and the time it was sent once the process is gone."""
+async def kill_9(process: ServerProcess, run: Run) -> float:
+    """SIGKILL, and the time it was sent once the process is gone. The seat monitor
+    pauses until `run.monitor.resume()`: with no server, no seat can change."""
     killed_at = time.monotonic()
     process.signal(signal.SIGKILL)
     assert await process.await_exit(WAIT_S) == -signal.SIGKILL
+    run.monitor.pause()
     return killed_at
 
 
@@ -250,7 +254,7 @@ async def report(
     ledger = run.ledger
     codes = ledger.codes()
     lost = await lost_writes(app, ledger)
-    over = max(await oversold(app), max(run.monitor.samples) - SEATS, 0)
+    over = max(await oversold(app), max(run.monitor.samples, default=0) - SEATS, 0)
     faults_line(
         name,
         faults=1,
@@ -308,23 +312,25 @@ async def test_kill_9_of_a_server_under_activation_load_loses_no_acknowledged_wr
         if postgres:
             async with numbering_held(database_url) as lock:
                 # Calls in flight commit, then wait for numbers that do not come.
-                await until(lambda: _positive(unnumbered_events(app)))
-                killed_at = await kill_9(first)
-                await until(lambda: _zero(waiting_numberers(lock)))
+                await until(lambda: unnumbered_events(app), lambda n: n > 0)
+                killed_at = await kill_9(first, run)
+                await until(lambda: waiting_numberers(lock), lambda n: n == 0)
             unnumbered = await unnumbered_events(app)
             assert unnumbered > 0, "numbered with no process alive"
         else:
-            killed_at = await kill_9(first)
+            killed_at = await kill_9(first, run)
             assert sqlite_integrity(tmp_path / "keyturn.db") == "ok"
         assert await run.follower.ended_with() is grpc.StatusCode.UNAVAILABLE
         shown = len(run.follower.seen)
         assert contiguous_from_1(run.follower.seen)
 
+        started_at = time.monotonic()
         second = await stack.enter_async_context(
             serving(tmp_path, settings, workers=1, listen=f"127.0.0.1:{first.port}")
         )
         probe = await serves(second.address, licensed.probe.license_key, "probe-restart")
         served_at = time.monotonic()
+        run.monitor.resume()
         acknowledge(run.ledger, probe, "probe-restart")
         await run.answered(AFTER_RESTART, since=served_at)
         await run.stop()
@@ -338,18 +344,12 @@ async def test_kill_9_of_a_server_under_activation_load_loses_no_acknowledged_wr
             shown,
             unnumbered_at_kill=unnumbered,
             restart_s=f"{served_at - killed_at:.2f}",
+            start_to_listen_s=f"{second.listening_at - started_at:.2f}",
+            listen_to_answer_s=f"{served_at - second.listening_at:.2f}",
             seed=seed,
         )
     if not postgres:
         assert sqlite_integrity(tmp_path / "keyturn.db") == "ok"
-
-
-async def _positive(count: Awaitable[int]) -> bool:
-    return await count > 0
-
-
-async def _zero(count: Awaitable[int]) -> bool:
-    return await count == 0
 
 
 @pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)

@@ -33,21 +33,32 @@ async def live_seats(app: AppContext, entitlement_id: str, now: datetime) -> int
 
 
 class Monitor:
-    """Counts live seats again and again until stopped; remembers every count."""
+    """Counts live seats again and again until stopped; remembers every count. Paused, it
+    leaves the CPU to others (while no server runs, say, when nothing can change)."""
 
     def __init__(self, app: AppContext, entitlement_id: str) -> None:
         self._app = app
         self._entitlement_id = entitlement_id
         self.samples: list[int] = []
         self._stop = asyncio.Event()
+        self._counting = asyncio.Event()
+        self._counting.set()
 
     async def run(self) -> None:
         while not self._stop.is_set():
+            await self._counting.wait()
             now = self._app.clock.now()
             self.samples.append(await live_seats(self._app, self._entitlement_id, now))
 
+    def pause(self) -> None:
+        self._counting.clear()
+
+    def resume(self) -> None:
+        self._counting.set()
+
     def stop(self) -> None:
         self._stop.set()
+        self._counting.set()
 
 
 @dataclass(frozen=True)
