@@ -22,7 +22,7 @@ import os
 import random
 import signal
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import timedelta
 from pathlib import Path
 
@@ -65,7 +65,8 @@ def dispatcher(command: str, cwd: Path, settings: Mapping[str, str]) -> Iterator
             yield child
 
 
-def all_sent(message_ids: set[str]):  # type: ignore[no-untyped-def]
+def all_sent(message_ids: set[str]) -> Callable[[Sequence[str]], bool]:
+    """Whether a dispatcher's log shows every one of `message_ids` recorded as sent."""
     checks = [sent_line(m) for m in message_ids]
     return lambda lines: all(check(lines) for check in checks)
 
