@@ -7,11 +7,10 @@ the mailbox or on the child process's log, each with a timeout.
 
 from __future__ import annotations
 
-import contextlib
 import re
 import signal
 import subprocess
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from email.message import EmailMessage
 from pathlib import Path
 
@@ -27,15 +26,15 @@ from keyturn.licensing.v1 import licensing_pb2_grpc
 
 from conftest import TEST_SECRET, Tokens
 from support.catalog import put_catalog
-from support.mailing import KEY_SKU, WAIT_S, Messages, mailing
+from support.mailing import KEY_SKU, WAIT_S, Messages, mailing, sent_line
 from support.rpc import PRODUCT_ID, create_sku, order
 from support.smtp import SmtpServer, body_html, body_text
 from support.subprocess_server import (
     CLI_TIMEOUT_S,
-    ServerProcess,
     child_env,
     keyturn_command,
     sqlite_settings,
+    start_dispatcher,
 )
 
 INVITE_SKU = "TEAM-3"
@@ -271,30 +270,6 @@ async def test_the_shipped_html_template_escapes_what_the_order_says(
 # --- 7. `keyturn dispatch` -----------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def dispatch_process(cwd: Path, settings: dict[str, str]) -> Iterator[ServerProcess]:
-    """`keyturn dispatch` in a child process; its output collected, stopped at the end."""
-    process = subprocess.Popen(
-        [*keyturn_command(), "dispatch"],
-        cwd=cwd,
-        env=child_env(settings),
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        bufsize=1,
-    )
-    child = ServerProcess(process)
-    try:
-        yield child
-    finally:
-        child.stop()
-
-
-def sent_line(message_id: str) -> Callable[[list[str]], bool]:
-    return lambda lines: any(f" sent {message_id} (license_key)" in line for line in lines)
-
-
 async def test_keyturn_dispatch_sends_the_queued_mail_until_sigterm(
     database_url: str,
     smtp: SmtpServer,
@@ -327,7 +302,7 @@ async def test_keyturn_dispatch_sends_the_queued_mail_until_sigterm(
         "KEYTURN_SMTP_SECURITY": "none",
         "KEYTURN_DISPATCH_POLL_SECONDS": "0.1",
     }
-    with dispatch_process(tmp_path, settings) as child:
+    with start_dispatcher(tmp_path, settings) as child:
         (queued,) = first.order.messages
         await child.await_stderr(sent_line(queued.message_id), WAIT_S)
         assert [(m.state, m.attempts) for m in await messages("o-1")] == [(SENT, 1)]

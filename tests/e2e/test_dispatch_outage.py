@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequen
 from datetime import timedelta
 from typing import Any, TypeVar
 
-from sqlalchemy import event, select
+from sqlalchemy import event
 from sqlalchemy.engine import RowMapping
 
 from keyturn.fulfillment.v1 import catalog_pb2_grpc, fulfillment_pb2_grpc
@@ -25,12 +25,11 @@ from keyturn.licensing.v1 import licensing_pb2 as lic
 from keyturn.server.app.context import AppContext
 from keyturn.server.app.delivery import Dispatcher
 from keyturn.server.bootstrap import build_context, build_dispatcher
-from keyturn.server.store.tables import outbox
 from keyturn.server.store.unit_of_work import Store
 
 from conftest import Tokens, settings_for
 from support.catalog import put_catalog
-from support.mailing import WAIT_S, mailing
+from support.mailing import KEY_SKU, WAIT_S, fulfil_many, keys_by_message, mailing, outbox_rows
 from support.rpc import PRODUCT_ID, create_sku, order
 from support.smtp import SmtpServer, body_html, body_text
 
@@ -42,17 +41,10 @@ FAST = {
 }
 
 ORDERS = 100
-SKU = "STD-1Y"
+SKU = KEY_SKU  # the one fulfil_many orders
 
 T = TypeVar("T")
 Fulfillment = fulfillment_pb2_grpc.FulfillmentServiceStub
-
-
-async def outbox_rows(store: Store) -> list[RowMapping]:
-    """Every outbox row, read with plain SQL."""
-    async with store.read() as tx:
-        result = await tx.connection.execute(select(outbox).order_by(outbox.c.message_id))
-        return list(result.mappings())
 
 
 async def first_of(signals: Sequence[asyncio.Event]) -> None:
@@ -85,21 +77,6 @@ def all_rows(predicate: Callable[[RowMapping], bool], count: int) -> Callable[[A
     return lambda rows: len(rows) == count and all(predicate(r) for r in rows)
 
 
-async def fulfil_many(
-    stub: Fulfillment, tokens: Tokens, count: int, prefix: str = "o"
-) -> list[ful.FulfillOrderResponse]:
-    """`count` one-line orders (each queues one license-key email), ten at a time."""
-    limit = asyncio.Semaphore(10)
-
-    async def one(number: int) -> ful.FulfillOrderResponse:
-        async with limit:
-            return await stub.FulfillOrder(
-                order(f"{prefix}-{number:03}", SKU), metadata=tokens("fulfill")
-            )
-
-    return list(await asyncio.gather(*(one(n) for n in range(count))))
-
-
 async def messages_of(
     stub: Fulfillment, tokens: Tokens, order_ids: Sequence[str]
 ) -> dict[str, list[ful.OutboundMessage]]:
@@ -113,18 +90,6 @@ async def messages_of(
 
     found = await asyncio.gather(*(one(order_id) for order_id in order_ids))
     return dict(zip(order_ids, found, strict=True))
-
-
-def keys_by_message(responses: Sequence[ful.FulfillOrderResponse]) -> dict[str, str]:
-    """The license key each order's one email is to carry, by message id."""
-    keys = {}
-    for response in responses:
-        (message,) = response.order.messages
-        assert message.kind == ful.MESSAGE_KIND_LICENSE_KEY
-        assert message.state == ful.MESSAGE_STATE_QUEUED
-        keys[message.message_id] = response.entitlements[0].license_key
-    assert len(keys) == len(responses)
-    return keys
 
 
 def check_received_once(smtp: SmtpServer, keys: dict[str, str]) -> None:

@@ -12,12 +12,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
-from datetime import datetime
 from pathlib import Path
 
 import grpc
 import pytest
-from sqlalchemy import text
 
 from keyturn.client import AsyncLease, AsyncLicensingClient, RetryPolicy, SeatsExhaustedError
 from keyturn.fulfillment.v1 import catalog_pb2_grpc, fulfillment_pb2_grpc
@@ -26,6 +24,7 @@ from keyturn.server.app.context import AppContext
 from conftest import Tokens, server_settings
 from support.catalog import new_license
 from support.rpc import PRODUCT_ID
+from support.seats import Monitor, live_seats
 from support.subprocess_server import ServerProcess, start_server
 from support.workers import channel_to, discover_workers
 
@@ -65,37 +64,6 @@ async def worker_channels(
         return [(server.address, None)]
     pids = await discover_workers(server.address, workers)
     return [(server.address, await channel_to(server.address, pid)) for pid in sorted(pids)]
-
-
-async def live_seats(app: AppContext, entitlement_id: str, now: datetime) -> int:
-    """Live seats by plain SQL, independent of the seat code under test."""
-    async with app.store.read() as tx:
-        result = await tx.connection.execute(
-            text(
-                "SELECT count(*) FROM activations WHERE entitlement_id = :id "
-                "AND released_time IS NULL AND lease_expire_time > :now"
-            ),
-            {"id": entitlement_id, "now": now},
-        )
-    return int(result.scalar_one())
-
-
-class Monitor:
-    """Counts live seats again and again until stopped; remembers the highest count."""
-
-    def __init__(self, app: AppContext, entitlement_id: str) -> None:
-        self._app = app
-        self._entitlement_id = entitlement_id
-        self.samples: list[int] = []
-        self._stop = asyncio.Event()
-
-    async def run(self) -> None:
-        while not self._stop.is_set():
-            now = self._app.clock.now()
-            self.samples.append(await live_seats(self._app, self._entitlement_id, now))
-
-    def stop(self) -> None:
-        self._stop.set()
 
 
 async def activate(

@@ -25,8 +25,10 @@ from keyturn.server.domain.errors import DomainError, Reason
 from keyturn.server.domain.seats import holds_seat
 from keyturn.server.store.activation_repository import activation_of, live_condition
 from keyturn.server.store.seats import ActivationClaim, LeaseRef, RenewalClaim
-from keyturn.server.store.tables import activations, entitlements
+from keyturn.server.store.tables import activations
 from keyturn.server.store.unit_of_work import Store
+
+from support.seats import kept_counts
 
 DEVICES = 7
 STEPS = 70
@@ -108,25 +110,11 @@ class Walk:
                     )
                 )
             ).scalar_one()
-            held = (
-                await tx.connection.execute(
-                    select(entitlements.c.seats_held).where(
-                        entitlements.c.entitlement_id == self.entitlement_id
-                    )
-                )
-            ).scalar_one()
-            unlapsed = (
-                await tx.connection.execute(
-                    select(func.count())
-                    .select_from(activations)
-                    .where(
-                        activations.c.entitlement_id == self.entitlement_id,
-                        activations.c.released_time.is_(None),
-                        activations.c.lapse_recorded_time.is_(None),
-                    )
-                )
-            ).scalar_one()
-        assert held == unlapsed, "seats_held counts the unreleased activations with no lapse"
+            kept_count = await kept_counts(tx.connection, self.entitlement_id)
+        held = kept_count.held
+        assert held == kept_count.unlapsed, (
+            "seats_held counts the unreleased activations with no lapse"
+        )
         # The seat store's own count (PostgreSQL: its raw SQL, CheckLicense's) agrees too.
         checked = await self.seats().check("", self.entitlement_id)
         assert checked is not None

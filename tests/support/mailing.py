@@ -1,17 +1,21 @@
 """A Keyturn server whose dispatcher mails to a test SMTP server, for the dispatch tests.
 
 `until()` waits for GetOrder's messages to reach a state, woken by the
-dispatcher's `settled` bell after each recorded attempt: no sleeping.
+dispatcher's `settled` bell after each recorded attempt: no sleeping. The helpers
+below it queue many orders' emails, read the outbox with plain SQL, and tell a
+dispatcher's log line for a message recorded as sent.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 
 import grpc
+from sqlalchemy import select
+from sqlalchemy.engine import RowMapping
 
 from keyturn.fulfillment.v1 import catalog_pb2 as cat
 from keyturn.fulfillment.v1 import catalog_pb2_grpc, fulfillment_pb2_grpc
@@ -21,9 +25,11 @@ from keyturn.server.api.server import KeyturnServer
 from keyturn.server.app.context import AppContext
 from keyturn.server.app.delivery import Dispatcher
 from keyturn.server.bootstrap import build_context, build_dispatcher
+from keyturn.server.store.tables import outbox
+from keyturn.server.store.unit_of_work import Store
 
 from .catalog import put_catalog
-from .rpc import create_sku
+from .rpc import create_sku, order
 from .smtp import SmtpServer
 from conftest import Tokens, settings_for
 
@@ -92,3 +98,44 @@ async def mailing(
             )
     finally:
         await server.stop(grace=1.0)
+
+
+async def outbox_rows(store: Store) -> list[RowMapping]:
+    """Every outbox row, read with plain SQL."""
+    async with store.read() as tx:
+        result = await tx.connection.execute(select(outbox).order_by(outbox.c.message_id))
+        return list(result.mappings())
+
+
+async def fulfil_many(
+    stub: fulfillment_pb2_grpc.FulfillmentServiceStub,
+    tokens: Tokens,
+    count: int,
+    prefix: str = "o",
+) -> list[ful.FulfillOrderResponse]:
+    """`count` one-line orders (each queues one license-key email), ten at a time."""
+    limit = asyncio.Semaphore(10)
+
+    async def one(number: int) -> ful.FulfillOrderResponse:
+        async with limit:
+            return await stub.FulfillOrder(
+                order(f"{prefix}-{number:03}", KEY_SKU), metadata=tokens("fulfill")
+            )
+
+    return list(await asyncio.gather(*(one(n) for n in range(count))))
+
+
+def keys_by_message(responses: Sequence[ful.FulfillOrderResponse]) -> dict[str, str]:
+    """The license key each order's one email is to carry, by message id."""
+    keys = {}
+    for response in responses:
+        (message,) = response.order.messages
+        assert message.kind == ful.MESSAGE_KIND_LICENSE_KEY
+        assert message.state == ful.MESSAGE_STATE_QUEUED
+        keys[message.message_id] = response.entitlements[0].license_key
+    assert len(keys) == len(responses)
+    return keys
+
+
+def sent_line(message_id: str) -> Callable[[list[str]], bool]:
+    return lambda lines: any(f" sent {message_id} (license_key)" in line for line in lines)

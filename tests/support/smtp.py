@@ -1,7 +1,9 @@
 """A real SMTP server (aiosmtpd) on a loopback port, for tests of email dispatch.
 
 It records every message it accepts, can be told to answer 4xx or 5xx, and
-can be stopped and started again on the same port (an outage). Waiters are
+can be stopped and started again on the same port (an outage). `FaultAtQuit`
+injects a fault (a dispatcher's kill) after a message was accepted and before its
+sender heard the end of the session. Waiters are
 woken by each accepted message, so tests wait with a timeout, never sleep.
 """
 
@@ -62,6 +64,46 @@ class Mailbox:
 
     def to(self, address: str) -> list[EmailMessage]:
         return [m for m in self.messages if str(m["To"]) == address]
+
+
+class FaultAtQuit(Mailbox):
+    """A mailbox that calls `fault` at the QUIT of the session that brought (or followed)
+    its `at`-th message, before answering it, then refuses every message until
+    `reopen()`.
+
+    At that QUIT the sender holds the 250 of DATA (the message is accepted) and waits for
+    the answer to QUIT: aiosmtplib's send has not returned, so a dispatcher cannot have
+    recorded the message as sent. A fault there lands in the window between the SMTP
+    acceptance and the database record.
+    """
+
+    def __init__(self, at: int) -> None:
+        super().__init__()
+        self.at = at
+        self.fault: Callable[[], None] | None = None
+        self.faulted_on = ""  # Message-ID of the message of the session the fault cut off
+        self._refusing = False
+        self._message_of: dict[int, str] = {}  # id(session) -> Message-ID it brought
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        if self._refusing:
+            return "421 4.3.0 closing for a test fault"
+        answer = await super().handle_DATA(server, session, envelope)
+        if answer.startswith("2"):
+            self._message_of[id(session)] = str(self.messages[-1]["Message-ID"])
+        return answer
+
+    async def handle_QUIT(self, server: Any, session: Any, envelope: Any) -> str:
+        accepted = self._message_of.pop(id(session), "")
+        if self.fault is not None and accepted and len(self.messages) >= self.at:
+            fault, self.fault = self.fault, None
+            self.faulted_on = accepted
+            self._refusing = True
+            fault()
+        return "221 Bye"
+
+    def reopen(self) -> None:
+        self._refusing = False
 
 
 class SmtpServer:

@@ -14,7 +14,8 @@ timeout and without sleeping, until the server's log shows something. On exit
 the process gets SIGTERM, then SIGKILL if it has not ended in time; nothing is
 left running.
 
-`run_cli()` runs one other `keyturn` command (tokens, catalog...) the same way.
+`start_dispatcher()` runs `keyturn dispatch` the same way (it prints no listening
+line); `run_cli()` runs one other `keyturn` command (tokens, catalog...) to its end.
 """
 
 from __future__ import annotations
@@ -293,6 +294,16 @@ async def serving(
         yield server
     finally:
         await asyncio.to_thread(manager.__exit__, None, None, None)
+
+
+@contextlib.contextmanager
+def start_dispatcher(cwd: Path, settings: Mapping[str, str]) -> Iterator[ServerProcess]:
+    """`keyturn dispatch` in `cwd` with `settings`; its output collected, stopped at the end."""
+    dispatcher = ServerProcess(_spawn(["dispatch"], cwd, settings))
+    try:
+        yield dispatcher
+    finally:
+        dispatcher.stop()
 
 
 def run_cli(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import TypeAlias
 
 import grpc
@@ -40,3 +41,57 @@ async def watch_failure(stub: Fulfillment, auth: Metadata, after_sequence: int) 
     finally:
         call.cancel()
     return failure_of(caught.value)
+
+
+class Follower:
+    """Reads a change stream in the background, event by event, until it fails (its
+    server died) or is closed; waiters are woken at every event and at the end."""
+
+    def __init__(self, call: WatchCall) -> None:
+        self._call = call
+        self.seen: list[ful.EntitlementEvent] = []
+        self.ended: grpc.StatusCode | None = None  # the code the stream ended with
+        self._changed = asyncio.Condition()
+        self._task = asyncio.create_task(self._read(), name="change-stream-follower")
+
+    async def _read(self) -> None:
+        try:
+            async for response in self._call:
+                async with self._changed:
+                    self.seen.append(response.event)
+                    self._changed.notify_all()
+            code = grpc.StatusCode.OK
+        except grpc.aio.AioRpcError as error:
+            code = error.code()
+        async with self._changed:
+            self.ended = code
+            self._changed.notify_all()
+
+    async def until(self, count: int, within_s: float = WAIT_S) -> list[ful.EntitlementEvent]:
+        """Once `count` events were read, or the stream ended (bounded)."""
+        async with asyncio.timeout(within_s), self._changed:
+            await self._changed.wait_for(lambda: len(self.seen) >= count or self.ended is not None)
+        return self.seen
+
+    async def ended_with(self, within_s: float = WAIT_S) -> grpc.StatusCode:
+        """The code the stream ended with, once it has (bounded)."""
+        async with asyncio.timeout(within_s), self._changed:
+            await self._changed.wait_for(lambda: self.ended is not None)
+        assert self.ended is not None
+        return self.ended
+
+    async def close(self) -> None:
+        self._call.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+
+
+async def read_events(
+    stub: Fulfillment, auth: Metadata, after_sequence: int, count: int
+) -> list[ful.EntitlementEvent]:
+    """The `count` events after `after_sequence`, from a new stream."""
+    call = watch(stub, auth, after_sequence)
+    try:
+        return [await next_event(call) for _ in range(count)]
+    finally:
+        call.cancel()
