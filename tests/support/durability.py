@@ -23,6 +23,7 @@ from keyturn.server.domain.events import EventType
 from keyturn.server.store.tables import activations, entitlements, events
 
 from .activation_load import Ledger
+from .faults import TALLY_FIELDS, FaultTally, record
 from .seats import KeptCount, kept_counts, live_seats
 
 
@@ -138,8 +139,8 @@ def sqlite_integrity(database: Path) -> str:
         connection.close()
 
 
-def faults_line(name: str, **figures: object) -> str:
-    """`FAULTS name: key=value ...`, printed by every fault run for the lead to collect."""
-    line = f"FAULTS {name}: " + " ".join(f"{key}={value}" for key, value in figures.items())
-    print(line)
-    return line
+def faults_line(name: str, **figures: object) -> None:
+    """`FAULTS name: key=value ...`: the figures that are a FaultTally's go to the run's
+    fault report (support/faults.py), the others are printed beside them."""
+    tally = FaultTally(**{k: int(str(v)) for k, v in figures.items() if k in TALLY_FIELDS})
+    record(name, tally, **{k: v for k, v in figures.items() if k not in TALLY_FIELDS})

@@ -40,14 +40,18 @@ class FaultTally:
     oversold: int = 0
     leases_lost: int = 0  # client leases given up for a transient fault
 
-    def line(self, name: str) -> str:
-        fields = " ".join(f"{key}={value}" for key, value in asdict(self).items())
+    def line(self, name: str, **extra: object) -> str:
+        fields = " ".join(f"{key}={value}" for key, value in {**asdict(self), **extra}.items())
         return f"FAULTS {name}: {fields}"
 
 
-def record(name: str, tally: FaultTally) -> None:
-    """Print the tally of fault test `name` and add it to the run's report."""
-    print(tally.line(name))
+TALLY_FIELDS = frozenset(FaultTally.__dataclass_fields__)
+
+
+def record(name: str, tally: FaultTally, **extra: object) -> None:
+    """Print the tally of fault test `name` (and `extra` figures of its own) and add the
+    tally to the run's report."""
+    print(tally.line(name, **extra))
     report = os.environ.get(REPORT_ENV)
     if report:
         with Path(report).open("a") as out:
