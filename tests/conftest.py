@@ -163,6 +163,7 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
         template: Path = request.getfixturevalue("sqlite_template")
         path = tmp_path / "keyturn.db"
         shutil.copyfile(template, path)
+        path.chmod(0o600)  # as Keyturn creates its own
         yield sqlite_url(path)
         return
     admin: str = request.getfixturevalue("pg_admin")

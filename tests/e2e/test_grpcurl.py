@@ -14,12 +14,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 
+from keyturn.fulfillment.v1 import fulfillment_pb2 as ful
+from keyturn.fulfillment.v1 import fulfillment_pb2_grpc
+
+from support.rpc import failure_of
 from support.subprocess_server import (
     ServerProcess,
     create_token,
     run_cli_async,
+    serving,
     sqlite_settings,
     start_server,
 )
@@ -226,3 +232,41 @@ async def test_fulfillment_without_a_token_is_unauthenticated(server: ServerProc
     assert "Code: Unauthenticated" in outcome.stderr
     assert '"reason":"MISSING_CREDENTIALS"' in outcome.stderr
     assert outcome.stdout.strip() == ""
+
+
+async def test_reflection_can_leave_the_admin_services_out(tmp_path: Path) -> None:
+    settings = sqlite_settings(tmp_path / "keyturn.db", KEYTURN_REFLECT_ADMIN_SERVICES="false")
+    async with serving(tmp_path, settings) as server:
+        listed = await grpcurl(server.address, "list")
+        described = await grpcurl(
+            server.address, "describe", "keyturn.fulfillment.v1.FulfillmentService"
+        )
+        activation = {
+            "license_key": "not-a-key",
+            "product_id": PRODUCT_ID,
+            "fingerprint": "grpcurl-device-0002",
+        }
+        refused = await grpcurl(
+            "-d",
+            json.dumps(activation),
+            server.address,
+            "keyturn.licensing.v1.LicensingService/ActivateSeat",
+        )
+        async with grpc.aio.insecure_channel(server.address) as channel:
+            with pytest.raises(grpc.aio.AioRpcError) as caught:  # still served, behind its token
+                await fulfillment_pb2_grpc.FulfillmentServiceStub(channel).GetOrder(
+                    ful.GetOrderRequest(source="shop", order_id="o-1"), timeout=GRPCURL_TIMEOUT_S
+                )
+    assert listed.code == 0, listed.stderr
+    assert set(listed.stdout.split()) == {
+        "keyturn.licensing.v1.LicensingService",
+        "grpc.health.v1.Health",
+        "grpc.reflection.v1alpha.ServerReflection",
+    }
+    assert described.code != 0
+    assert "keyturn.fulfillment.v1.FulfillmentService" in described.stderr
+    assert "not found" in described.stderr
+    # The licensing API is described as before, its error details too.
+    assert "Code: Unauthenticated" in refused.stderr
+    assert '"reason":"INVALID_LICENSE_KEY"' in refused.stderr
+    assert failure_of(caught.value).reason == "MISSING_CREDENTIALS"

@@ -306,11 +306,12 @@ def start_dispatcher(cwd: Path, settings: Mapping[str, str]) -> Iterator[ServerP
         dispatcher.stop()
 
 
-def run_cli(
+def run_to_the_end(
     args: Sequence[str], cwd: Path, settings: Mapping[str, str], timeout: float = CLI_TIMEOUT_S
 ) -> subprocess.CompletedProcess[str]:
-    """One `keyturn` command to completion; RuntimeError with its output if it fails."""
-    result = subprocess.run(
+    """One `keyturn` command to completion, whatever its exit code (a `serve` that
+    refuses to start, say); TimeoutExpired after `timeout`."""
+    return subprocess.run(
         [*keyturn_command(), *args],
         cwd=cwd,
         env=child_env(settings),
@@ -320,6 +321,13 @@ def run_cli(
         timeout=timeout,
         check=False,
     )
+
+
+def run_cli(
+    args: Sequence[str], cwd: Path, settings: Mapping[str, str], timeout: float = CLI_TIMEOUT_S
+) -> subprocess.CompletedProcess[str]:
+    """One `keyturn` command to completion; RuntimeError with its output if it fails."""
+    result = run_to_the_end(args, cwd, settings, timeout)
     if result.returncode != 0:
         raise RuntimeError(
             f"keyturn {' '.join(args)} exited with {result.returncode}:\n"

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
+import stat
 from datetime import timedelta
 from pathlib import Path
 
@@ -17,12 +20,15 @@ from .config import Settings, SettingsError
 from .dispatch.rendering import MailRenderer
 from .dispatch.smtp import SmtpSender, SmtpSettings
 from .leases.keyring import SigningKeys, load_keyring
-from .sealing import Sealer, SecretError, load_or_create_secret_file
+from .sealing import HOW_TO_SET, Sealer, SecretError, checked_secret, load_or_create_secret_file
+from .store.database import create_sqlite_file, sqlite_file, sqlite_side_files
 from .store.migrate import upgrade
 from .store.pg_seats import PgSeats
 from .store.seats import SeatCheck, SeatStore
 from .store.sql_seats import SqlSeats
 from .store.unit_of_work import ReadStore, Store
+
+log = logging.getLogger("keyturn")
 
 
 def secrets_file_for(settings: Settings) -> Path:
@@ -33,22 +39,42 @@ def secrets_file_for(settings: Settings) -> Path:
 
 
 def resolve_secret(settings: Settings) -> str:
-    """The master secret: from settings, or for SQLite from (or into) a file beside the database."""
+    """The master secret: from settings, or for SQLite from (or into) a file beside the
+    database (the quick start). A weak one is refused, wherever it comes from."""
     if settings.secret_key is not None:
-        return settings.secret_key.get_secret_value()
+        return checked_secret(settings.secret_key.get_secret_value(), "KEYTURN_SECRET_KEY")
     if not settings.is_sqlite:
         raise SecretError(
-            "KEYTURN_SECRET_KEY is required with PostgreSQL (every replica needs the same one); "
-            "generate one with: python -c 'import secrets; print(secrets.token_urlsafe(48))'"
+            "KEYTURN_SECRET_KEY is required with PostgreSQL (every replica needs the same "
+            f"one): {HOW_TO_SET}"
         )
-    return load_or_create_secret_file(secrets_file_for(settings))
+    path = secrets_file_for(settings)
+    secret = load_or_create_secret_file(path)
+    warn_if_others_may_read(path)
+    return secret
+
+
+def warn_if_others_may_read(*paths: Path) -> None:
+    """Files made before Keyturn created them private (0600) keep their mode: say so."""
+    for path in paths:
+        with contextlib.suppress(FileNotFoundError):
+            mode = stat.S_IMODE(path.stat().st_mode)
+            if mode & 0o077:
+                log.warning(
+                    "%s is open to other users (mode %03o): it holds secrets or customer "
+                    "data; make it private with: chmod 600 %s",
+                    path,
+                    mode,
+                    path,
+                )
 
 
 def prepare_sqlite_folder(settings: Settings) -> None:
-    if settings.is_sqlite:
-        database = make_url(settings.database_url).database
-        if database and database != ":memory:":
-            Path(database).parent.mkdir(parents=True, exist_ok=True)
+    """The SQLite file's folder, and the file itself (private), before a migration opens it."""
+    database = sqlite_file(settings.database_url)
+    if database is not None:
+        database.parent.mkdir(parents=True, exist_ok=True)
+        create_sqlite_file(settings.database_url)
 
 
 async def migrate(settings: Settings) -> None:
@@ -117,6 +143,9 @@ async def build_context(settings: Settings, clock: Clock | None = None) -> AppCo
         settings.database_transaction_pooler,
         limits=settings.database_limits,
     )
+    database_file = sqlite_file(settings.database_url)
+    if database_file is not None:
+        warn_if_others_may_read(database_file, *sqlite_side_files(database_file))
     try:
         keyring = await load_keyring(store, sealer, clock.now())
     except BaseException:

@@ -96,6 +96,12 @@ class Settings(BaseSettings):
         "answer its check (run every second), and SERVING again once it answers",
     )
     listen: str = Field("127.0.0.1:50051", description="HOST:PORT the gRPC server binds")
+    reflect_admin_services: bool = Field(
+        True,
+        description="Server reflection also describes FulfillmentService and CatalogService "
+        "(for grpcurl); false: it lists only LicensingService, health and reflection, so "
+        "that a stranger is not shown the admin API (calls to it still need a token)",
+    )
     workers: int = Field(
         default_factory=available_cpus,
         ge=1,
@@ -114,9 +120,10 @@ class Settings(BaseSettings):
     )
     secret_key: SecretStr | None = Field(
         None,
-        description="Master secret (at least 32 characters) from which the keys that hash and "
-        "encrypt license keys and signing keys are derived. Required for PostgreSQL; for "
-        "SQLite it is generated on first start into a file beside the database.",
+        description="Master secret (at least 32 characters, not an obvious pattern) from "
+        "which the keys that hash and encrypt license keys and signing keys are derived. "
+        "Required for PostgreSQL; for SQLite it is generated on first start into a file "
+        "beside the database (mode 0600).",
     )
     secrets_file: Path | None = Field(
         None, description="Where the generated secret is kept (default: DATABASE.secrets)"

@@ -67,3 +67,7 @@ def configure_logging(
         handler.addFilter(_WorkerTag(worker))
     logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
     logging.getLogger("alembic").setLevel(max(logging.WARNING, logging.root.level))
+    # aiosqlite's DEBUG lines show each statement with its parameters (customer names,
+    # emails, key hashes); its INFO and above carry none. SQLAlchemy's own statement log
+    # stays at its default (WARNING), and its errors hide parameters (store/database.py).
+    logging.getLogger("aiosqlite").setLevel(max(logging.INFO, logging.root.level))

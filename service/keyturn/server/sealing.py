@@ -18,10 +18,41 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 MIN_SECRET_LENGTH = 32
+MIN_DISTINCT_CHARACTERS = 8
+HOW_TO_SET = (
+    "set it to a random value of 32+ characters, for example the output of: "
+    'python -c "import secrets; print(secrets.token_urlsafe(48))"'
+)
 
 
 class SecretError(Exception):
-    """The master secret is missing, too short, or does not open what it sealed."""
+    """The master secret is missing, too weak, or does not open what it sealed."""
+
+
+def secret_weakness(secret: str) -> str | None:
+    """Why `secret` is too weak to derive keys from, or None.
+
+    Catches the obvious mistakes only (a placeholder, one character typed over and
+    over, a short word repeated): too short, too few different characters, or a
+    shorter part repeated. A random secret passes: 32 random hex digits (the shortest
+    random secret allowed) use fewer than 8 of the 16 symbols once in 30 million.
+    """
+    if len(secret) < MIN_SECRET_LENGTH:
+        return f"too short: {len(secret)} characters, at least {MIN_SECRET_LENGTH}"
+    distinct = len(set(secret))
+    if distinct < MIN_DISTINCT_CHARACTERS:
+        return f"too few different characters: {distinct}, at least {MIN_DISTINCT_CHARACTERS}"
+    if any(secret[period:] == secret[:-period] for period in range(1, len(secret) // 2 + 1)):
+        return "a shorter part repeated"
+    return None
+
+
+def checked_secret(secret: str, source: str) -> str:
+    """`secret`, or SecretError in one line naming `source` and saying how to set one."""
+    weakness = secret_weakness(secret)
+    if weakness is not None:
+        raise SecretError(f"{source} is too weak ({weakness}); {HOW_TO_SET}")
+    return secret
 
 
 def _derive(master: bytes, purpose: str) -> bytes:
@@ -34,8 +65,7 @@ class Sealer:
     """Hashes and encrypts secrets with keys derived from the master secret."""
 
     def __init__(self, master_secret: str) -> None:
-        if len(master_secret) < MIN_SECRET_LENGTH:
-            raise SecretError(f"the secret key must be at least {MIN_SECRET_LENGTH} characters")
+        checked_secret(master_secret, "the secret key")
         master = master_secret.encode()
         self._hash_key = _derive(master, "license-key-hash")
         self._fernet = Fernet(base64.urlsafe_b64encode(_derive(master, "encryption-at-rest")))
@@ -58,12 +88,9 @@ class Sealer:
 
 
 def load_or_create_secret_file(path: Path) -> str:
-    """The secret kept in `path`, created (mode 0600) on first use."""
+    """The secret kept in `path`, created (mode 0600: this user only) on first use."""
     if path.exists():
-        text = path.read_text().strip()
-        if len(text) < MIN_SECRET_LENGTH:
-            raise SecretError(f"{path} does not hold a secret of {MIN_SECRET_LENGTH}+ characters")
-        return text
+        return checked_secret(path.read_text().strip(), f"the secret in {path}")
     path.parent.mkdir(parents=True, exist_ok=True)
     secret = secrets.token_urlsafe(48)
     try:

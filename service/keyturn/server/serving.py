@@ -62,6 +62,7 @@ async def serve(settings: Settings, role: WorkerRole | None = None) -> int:
             registry=CollectorRegistry(),
             reuse_port=role is not None,
             worker_id=str(os.getpid()) if role is not None else "",
+            reflect_admin_services=settings.reflect_admin_services,
         )
         if role is None and settings.metrics_listen:
             exporter = MetricsExporter(settings.metrics_listen, server.registry, ctx)

@@ -5,10 +5,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Iterable
 
 import grpc
+from google.protobuf import descriptor_pb2, descriptor_pool
+from google.protobuf.descriptor import FileDescriptor
+from google.rpc import error_details_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2
 from prometheus_client import CollectorRegistry
 
 from keyturn.fulfillment.v1 import (
@@ -30,12 +34,43 @@ from .servicers import CatalogServicer, FulfillmentServicer, LicensingServicer
 
 log = logging.getLogger("keyturn.server")
 
-SERVICE_NAMES = (
-    licensing_pb2.DESCRIPTOR.services_by_name["LicensingService"].full_name,
+LICENSING_SERVICE = licensing_pb2.DESCRIPTOR.services_by_name["LicensingService"].full_name
+ADMIN_SERVICES = (  # for back offices and connectors, with an API token
     fulfillment_pb2.DESCRIPTOR.services_by_name["FulfillmentService"].full_name,
     catalog_pb2.DESCRIPTOR.services_by_name["CatalogService"].full_name,
 )
+SERVICE_NAMES = (LICENSING_SERVICE, *ADMIN_SERVICES)
+# What reflection describes when the admin services are left out: the licensing API,
+# health, reflection, and the error details its statuses carry.
+PUBLIC_FILES = (
+    licensing_pb2.DESCRIPTOR,
+    health_pb2.DESCRIPTOR,
+    reflection_pb2.DESCRIPTOR,
+    error_details_pb2.DESCRIPTOR,
+)
 READINESS_INTERVAL_SECONDS = 1.0  # health follows the database within about this
+
+
+def _pool_of(files: Iterable[FileDescriptor]) -> descriptor_pool.DescriptorPool:
+    """A pool of just these files and those they import. Reflection answers a lookup of
+    any symbol in its pool, listed or not: the default pool (every module imported)
+    would still describe the admin services to whoever names them."""
+    pool = descriptor_pool.DescriptorPool()
+    added: set[str] = set()
+
+    def add(file: FileDescriptor) -> None:
+        if file.name in added:
+            return
+        for dependency in file.dependencies:
+            add(dependency)
+        proto = descriptor_pb2.FileDescriptorProto()
+        file.CopyToProto(proto)
+        pool.Add(proto)
+        added.add(file.name)
+
+    for file in files:
+        add(file)
+    return pool
 
 
 def _pending_call_limits(max_streams: int) -> list[tuple[str, int]]:
@@ -58,7 +93,9 @@ class KeyturnServer:
     Alone, it owns its port (SO_REUSEPORT off: a port in use is an error). As one
     worker of a supervisor (`reuse_port`), it binds the port the supervisor reserved,
     beside the other workers, and names itself in a `keyturn-worker` trailer
-    (`worker_id`) so that a caller can tell which process answered.
+    (`worker_id`) so that a caller can tell which process answered. Reflection
+    describes every service, or (`reflect_admin_services` false) the licensing one
+    only; the admin services answer either way.
     """
 
     def __init__(
@@ -70,6 +107,7 @@ class KeyturnServer:
         registry: CollectorRegistry | None = None,
         reuse_port: bool = False,
         worker_id: str = "",
+        reflect_admin_services: bool = True,
     ) -> None:
         self.ctx = ctx
         self.dispatcher = dispatcher
@@ -96,9 +134,16 @@ class KeyturnServer:
         catalog_pb2_grpc.add_CatalogServiceServicer_to_server(CatalogServicer(ctx), self._server)
         self._health = health.aio.HealthServicer()  # type: ignore[attr-defined]
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
-        reflection.enable_server_reflection(
-            (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), self._server
-        )
+        if reflect_admin_services:
+            reflection.enable_server_reflection(
+                (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), self._server
+            )
+        else:
+            reflection.enable_server_reflection(
+                (LICENSING_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME),
+                self._server,
+                pool=_pool_of(PUBLIC_FILES),
+            )
         self.port = 0
         self._background: list[asyncio.Task[None]] = []
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from email.message import EmailMessage
@@ -139,7 +140,9 @@ class Dispatcher:
             message.message_id,
             attempts,
             "permanent" if gave_up else f"retry at {retry_at}",
-            reason,
+            # SMTP servers often quote the recipient; logs carry no customer address
+            # (GetOrder shows the reason as it came).
+            _without(message.to_email, reason),
         )
 
     async def _compose(self, message: OutboundMessage) -> EmailMessage:
@@ -182,6 +185,13 @@ class Dispatcher:
             "invitation_code": credential if message.kind is MessageKind.INVITATION else "",
             "email": message.to_email,
         }
+
+
+def _without(address: str, text: str) -> str:
+    """`text` with `address` (in any case) replaced by a placeholder."""
+    if not address:
+        return text
+    return re.sub(re.escape(address), "<recipient>", text, flags=re.IGNORECASE)
 
 
 def _date(value: datetime | None) -> str:

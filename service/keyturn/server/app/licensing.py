@@ -10,7 +10,7 @@ from typing import Any
 from keyturn.server.domain.entitlement import Entitlement, Status
 from keyturn.server.domain.errors import DomainError, FieldViolation, Reason, raise_if_invalid
 from keyturn.server.domain.events import EventType
-from keyturn.server.domain.ids import new_id
+from keyturn.server.domain.ids import new_id, same_secret_id
 from keyturn.server.domain.license_key import normalize_invitation_code, normalize_license_key
 from keyturn.server.domain.named_users import NamedUser
 from keyturn.server.domain.seats import (
@@ -128,7 +128,7 @@ async def _credential_target(
         user = await tx.named_users.get(identity.user_id)
     if (
         user is None
-        or user.identity_jti != identity.jti
+        or not same_secret_id(user.identity_jti, identity.jti)
         or user.entitlement_id != identity.entitlement_id
     ):
         raise invalid_license_key()  # replaced by a newer token, or never ours

@@ -19,7 +19,12 @@ TOKEN_PREFIX = "kt_"
 
 
 def hash_token(secret: str) -> str:
-    """Tokens carry 256 random bits, so a plain SHA-256 is a safe lookup key."""
+    """Tokens carry 256 random bits, so a plain SHA-256 is a safe lookup key.
+
+    A token is found by its digest (in the cache, then by the database's index), never
+    compared as itself: how long a lookup takes can tell at most how much of some stored
+    digest the digest of a guess matches, and a caller cannot steer a digest toward
+    another, so timing says nothing about any token."""
     return hashlib.sha256(secret.encode()).hexdigest()
 
 

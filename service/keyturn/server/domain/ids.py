@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hmac
 import os
 from datetime import UTC, datetime, timedelta
 
@@ -15,6 +16,12 @@ def new_id(prefix: str, now: datetime) -> str:
     millis = ((now - _EPOCH) // timedelta(milliseconds=1)) & ((1 << 48) - 1)
     value = (millis << 80) | int.from_bytes(os.urandom(10), "big")
     return f"{prefix}_{base32.encode(value, 26).lower()}"
+
+
+def same_secret_id(stored: str | None, presented: str) -> bool:
+    """Whether a presented id that works as a credential (a lease's or identity token's
+    jti) is the stored one, compared in constant time like every token."""
+    return stored is not None and hmac.compare_digest(stored.encode(), presented.encode())
 
 
 def is_id(prefix: str, value: str) -> bool:

@@ -18,6 +18,7 @@ from enum import StrEnum
 from .catalog import LicenseModel
 from .entitlement import Entitlement
 from .errors import DomainError, Reason
+from .ids import same_secret_id
 
 
 @dataclass(frozen=True)
@@ -129,7 +130,11 @@ def lease_superseded(activation_id: str) -> DomainError:
 
 def check_renewable(activation: Activation | None, activation_id: str, jti: str) -> Activation:
     """The activation a lease names, if that lease is its newest and it is not released."""
-    if activation is None or activation.lease_jti != jti or activation.released_time is not None:
+    if (
+        activation is None
+        or not same_secret_id(activation.lease_jti, jti)
+        or activation.released_time is not None
+    ):
         raise lease_superseded(activation_id)
     return activation
 

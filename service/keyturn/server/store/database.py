@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import uuid
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -53,6 +56,33 @@ def is_sqlite_url(url: str) -> bool:
     return url.startswith("sqlite")
 
 
+def sqlite_file(url: str) -> Path | None:
+    """The database file of a SQLite URL; None for other databases and in-memory ones."""
+    if not is_sqlite_url(url):
+        return None
+    database = make_url(url).database
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return None
+    return Path(database)
+
+
+def sqlite_side_files(database: Path) -> tuple[Path, Path]:
+    """The write-ahead log and shared-memory index SQLite keeps beside the file in WAL mode."""
+    return Path(f"{database}-wal"), Path(f"{database}-shm")
+
+
+def create_sqlite_file(url: str) -> None:
+    """Create the SQLite file readable by this user only (0600), before SQLite opens it:
+    SQLite would create it world-readable (0644), and it holds customer names and
+    emails. SQLite gives its -wal and -shm files the database file's mode, so they are
+    private too. An existing file is left as it is; where the file cannot be created
+    (no such folder), SQLite's own open reports why."""
+    path = sqlite_file(url)
+    if path is not None:
+        with contextlib.suppress(OSError):
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+
+
 def create_engine(
     url: str,
     pool_size: int = 10,
@@ -66,7 +96,8 @@ def create_engine(
     plain deferred BEGIN. PostgreSQL: READ COMMITTED plus explicit row locks.
     Behind a transaction pooler (PgBouncer 1.18 keeps no prepared statement from
     one transaction to the next) statements are prepared under unique names and
-    not cached.
+    not cached. Neither engine puts statement parameters (customer names, emails)
+    into the errors it raises or the lines it logs (`hide_parameters`).
     """
     if not is_sqlite_url(url):
         connect_args: dict[str, Any] = {
@@ -88,8 +119,12 @@ def create_engine(
             pool_timeout=limits.pool,
             pool_pre_ping=True,
             connect_args=connect_args,
+            hide_parameters=True,
         )
-    engine = create_async_engine(url, connect_args={"timeout": limits.statement})
+    create_sqlite_file(url)
+    engine = create_async_engine(
+        url, connect_args={"timeout": limits.statement}, hide_parameters=True
+    )
 
     @event.listens_for(engine.sync_engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:

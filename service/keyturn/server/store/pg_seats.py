@@ -612,11 +612,7 @@ class PgSeats:
             now: datetime = state["now"]
             lapsed = tuple(state["lapsed"])
             current = self._current(state)
-            if (
-                current is None
-                or current.entitlement_id != lease.entitlement_id
-                or current.lease_jti != lease.jti
-            ):
+            if not lease.is_current_for(current):
                 raise lease_superseded(lease.activation_id)
             released_now = current.released_time is None
             counted = released_now and current.lapse_recorded_time is None

@@ -10,9 +10,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Protocol
+from typing import Protocol, TypeGuard
 
 from keyturn.server.domain.entitlement import Entitlement
+from keyturn.server.domain.ids import same_secret_id
 from keyturn.server.domain.named_users import NamedUser
 from keyturn.server.domain.seats import Activation, SeatOutcome
 
@@ -41,6 +42,14 @@ class LeaseRef:
     entitlement_id: str
     activation_id: str
     jti: str
+
+    def is_current_for(self, activation: Activation | None) -> TypeGuard[Activation]:
+        """Whether this is `activation`'s newest lease (a renewal voids the older ones)."""
+        return (
+            activation is not None
+            and activation.entitlement_id == self.entitlement_id
+            and same_secret_id(activation.lease_jti, self.jti)
+        )
 
 
 @dataclass(frozen=True)

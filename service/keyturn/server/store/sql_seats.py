@@ -135,12 +135,7 @@ class SqlSeats:
         async with self._store.write() as tx:
             entitlement = await tx.entitlements.get(lease.entitlement_id, lock=True)
             current = await tx.activations.get(lease.activation_id)
-            if (
-                entitlement is None
-                or current is None
-                or current.entitlement_id != lease.entitlement_id
-                or current.lease_jti != lease.jti
-            ):
+            if entitlement is None or not lease.is_current_for(current):
                 raise lease_superseded(lease.activation_id)
             lapsed = await tx.activations.note_lapses(entitlement, now, self._grace)
             current = await tx.activations.get(lease.activation_id)

@@ -28,7 +28,7 @@ def _run(connection: Connection) -> None:
 
 
 async def _run_online(url: str) -> None:
-    engine = create_async_engine(url, poolclass=NullPool)
+    engine = create_async_engine(url, poolclass=NullPool, hide_parameters=True)  # as the store's
     try:
         async with engine.connect() as connection:
             postgres = connection.dialect.name == "postgresql"
