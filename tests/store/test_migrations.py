@@ -8,7 +8,6 @@ runs the migrations the way the server does (`keyturn.server.store.migrate.upgra
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -34,9 +33,8 @@ from keyturn.server.store.tables import (
 )
 from keyturn.server.store.unit_of_work import Store
 
-from conftest import BACKENDS, sqlite_url
-from support.postgres import create_database, drop_database
-from support.threads import run_in_own_loop
+from conftest import BACKENDS
+from support.empty_database import empty_database
 
 FIRST_REVISION = "0001"
 # Times with and without microseconds: a value whose microseconds are 0 is written by
@@ -53,13 +51,8 @@ EVENT_SEQUENCES = (1, 2, 3, 9)  # gaps are possible in 0001 (a rolled-back inser
 @pytest.fixture(params=BACKENDS)
 def empty_database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """An empty database, no table in it."""
-    if request.param == "sqlite":
-        yield sqlite_url(tmp_path / "empty.db")
-        return
-    admin: str = request.getfixturevalue("pg_admin")
-    name = f"keyturn_mig_{uuid.uuid4().hex[:12]}"
-    yield run_in_own_loop(create_database(admin, name))
-    run_in_own_loop(drop_database(admin, name))
+    with empty_database(request, request.param, tmp_path, "mig") as url:
+        yield url
 
 
 @pytest.fixture

@@ -197,7 +197,7 @@ async def _restore(args: argparse.Namespace) -> int:
             from .store.sqlite_backup import restore_sqlite
 
             target = str(_sqlite_path(settings))
-            contents = await asyncio.to_thread(
+            restored = await asyncio.to_thread(
                 restore_sqlite,
                 source,
                 _sqlite_path(settings),
@@ -216,14 +216,14 @@ async def _restore(args: argparse.Namespace) -> int:
                 )
                 return 2
             target = shown(settings.database_url)
-            contents = await restore_postgres(
+            restored = await restore_postgres(
                 source, settings.database_url, force=args.force, secret=given
             )
     except BackupError as error:
         print(f"keyturn: {error}", file=sys.stderr)
         return 1
     print(
-        f"restored {source} into {target}: {contents.describe()}; what was written after "
+        f"restored {source} into {target}: {restored.describe()}; what was written after "
         "the backup began is not in it"
     )
     if given is None:

@@ -22,6 +22,7 @@ from alembic.script import ScriptDirectory
 from alembic.util.exc import CommandError
 from sqlalchemy import inspect, literal, select, table, text
 from sqlalchemy.engine import Connection
+from sqlalchemy.exc import DBAPIError
 
 from ..sealing import MIN_SECRET_LENGTH, Sealer, SecretError
 from .migrate import MIGRATIONS
@@ -48,7 +49,7 @@ class Contents:
     def describe(self) -> str:
         events = f"events 1..{self.last_sequence}" if self.last_sequence else "no events"
         if self.unnumbered:
-            events += f" and {self.unnumbered} committed, numbered next when a server runs"
+            events += f" and {self.unnumbered} committed, not numbered yet (a restore numbers them)"
         return f"schema {self.revision}, {self.entitlements} entitlements, {events}"
 
 
@@ -64,6 +65,30 @@ class RecoveryPoint:
         return (
             f"everything committed before {self.taken_at.isoformat()} ({self.contents.describe()})"
         )
+
+
+@dataclass(frozen=True)
+class Restored:
+    """A database after a restore; `numbered`: events the backup held unnumbered (committed
+    just before it began), numbered by the restore after all the others."""
+
+    contents: Contents
+    numbered: int
+
+    def describe(self) -> str:
+        if not self.numbered:
+            return self.contents.describe()
+        return (
+            f"{self.contents.describe()}; the last {self.numbered} were committed unnumbered "
+            "before the backup began and are numbered now"
+        )
+
+
+def one_line(error: BaseException) -> str:
+    """What a driver error says, without SQLAlchemy's statement and links."""
+    said = error.orig if isinstance(error, DBAPIError) and error.orig is not None else error
+    lines = str(said).strip().splitlines()
+    return lines[0] if lines else type(said).__name__
 
 
 def table_names(connection: Connection) -> list[str]:

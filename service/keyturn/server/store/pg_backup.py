@@ -11,7 +11,8 @@ The master secret (KEYTURN_SECRET_KEY) is in no table, so not in the dump. A
 restore first reads the dump's schema version and signing keys (`pg_restore
 --data-only` of those two tables) and checks that the secret it is given opens
 them, then runs `pg_restore --single-transaction --clean`: the target ends as the
-backup, or as it was.
+backup, or as it was. Events the dump holds unnumbered are numbered right after, as
+their writers' servers would have done.
 
 The programs are looked up on PATH, then in the newest /usr/lib/postgresql/*/bin
 (Debian's layout); pg_dump must be as new as the server.
@@ -28,9 +29,10 @@ from contextlib import asynccontextmanager
 from datetime import datetime
 from pathlib import Path
 
+import asyncpg
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
 from sqlalchemy.pool import NullPool
 
@@ -38,18 +40,21 @@ from .backup import (
     PG_DUMP_MAGIC,
     SCHEMA_TABLE,
     BackupError,
-    Contents,
     RecoveryPoint,
+    Restored,
     check_backup_file,
     check_known_revision,
     check_new_file,
     check_secret_opens,
     check_target_empty,
     contents_of,
+    one_line,
     partial_path,
     table_names,
     tables_with_data,
 )
+from .database import create_pool
+from .event_numbering import EventNumbering
 
 TOOLS_GLOB = "/usr/lib/postgresql/*/bin"
 COPY_START = re.compile(r"^COPY (?:\S+\.)?\"?(?P<table>\w+)\"? \((?P<columns>[^)]*)\) FROM stdin;$")
@@ -121,11 +126,8 @@ async def _connected(database_url: str) -> AsyncIterator[AsyncConnection]:
     try:
         async with engine.connect() as connection:
             yield connection
-    except DBAPIError as error:
-        message = str(error.orig).strip().splitlines()[0]
-        raise BackupError(f"database {shown(database_url)}: {message}") from None
     except (SQLAlchemyError, OSError) as error:
-        raise BackupError(f"database {shown(database_url)}: {error}") from None
+        raise BackupError(f"database {shown(database_url)}: {one_line(error)}") from None
     finally:
         await engine.dispose()
 
@@ -217,7 +219,7 @@ async def _backup_header(backup: Path) -> tuple[str, list[tuple[str, bytes]]]:
 
 async def restore_postgres(
     backup: Path, database_url: str, *, force: bool, secret: str
-) -> Contents:
+) -> Restored:
     """Replace the database's content by the dump's, in one transaction, after checking
     that `secret` opens the dump's signing keys."""
     check_backup_file(backup, PG_DUMP_MAGIC, "PostgreSQL")
@@ -257,4 +259,23 @@ async def restore_postgres(
     except BackupError as error:
         raise BackupError(f"{error}; {where} is as it was") from None
     async with _connected(database_url) as connection:
-        return await connection.run_sync(contents_of, where)
+        contents = await connection.run_sync(contents_of, where)
+    if not contents.unnumbered:
+        return Restored(contents, 0)
+    numbered = await _number_events(database_url)
+    async with _connected(database_url) as connection:
+        return Restored(await connection.run_sync(contents_of, where), numbered)
+
+
+async def _number_events(database_url: str) -> int:
+    """Number the events the backup holds unnumbered, as a server would after their commit:
+    after every event numbered before the backup, in the order they were written."""
+    pool = await create_pool(database_url, 1)
+
+    async def opened() -> asyncpg.Pool:
+        return pool
+
+    try:
+        return await EventNumbering(opened, lambda: None).number_all()
+    finally:
+        await pool.close()

@@ -31,14 +31,15 @@ from sqlalchemy.pool import NullPool
 from .backup import (
     SQLITE_MAGIC,
     BackupError,
-    Contents,
     RecoveryPoint,
+    Restored,
     check_backup_file,
     check_known_revision,
     check_new_file,
     check_secret_opens,
     check_target_empty,
     contents_of,
+    one_line,
     partial_path,
     read_secret_file,
     tables_with_data,
@@ -69,7 +70,7 @@ def _opened(path: Path) -> Iterator[Connection]:
     except Exception as error:
         if isinstance(error, BackupError):
             raise
-        raise BackupError(f"{path}: {error}") from None
+        raise BackupError(f"{path}: {one_line(error)}") from None
     finally:
         engine.dispose()
 
@@ -143,7 +144,7 @@ def restore_sqlite(
     force: bool,
     given_secret: str | None,
     secrets_file: Path,
-) -> Contents:
+) -> Restored:
     """Replace `database` by `backup`, and its secret file by the backup's (unless the
     secret is given). Blocking. Checks everything before writing anything."""
     check_backup_file(backup, SQLITE_MAGIC, "SQLite")
@@ -191,4 +192,4 @@ def restore_sqlite(
             os.replace(staged, secrets_file)
     finally:
         staged.unlink(missing_ok=True)
-    return contents
+    return Restored(contents, 0)  # SQLite numbers events at insert
