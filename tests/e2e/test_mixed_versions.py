@@ -168,9 +168,8 @@ def fresh_url(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[str]:
 
 @dataclass
 class Calls:
-    """The answers of one server, by method: how many succeeded, which failed how."""
+    """The failures of one server's calls, by method, status and reason."""
 
-    succeeded: collections.Counter[str] = field(default_factory=collections.Counter)
     failed: collections.Counter[tuple[str, str, str]] = field(default_factory=collections.Counter)
 
     async def call(self, method: str, response: object) -> object | None:
@@ -180,7 +179,6 @@ class Calls:
             failure = failure_of(error)
             self.failed[(method, failure.code.name, failure.reason)] += 1
             return None
-        self.succeeded[method] += 1
         return answer
 
     def unexpected(self) -> set[tuple[str, str]]:

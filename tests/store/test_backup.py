@@ -160,6 +160,20 @@ def backup_file(tmp_path: Path) -> Path:
     return folder / "keyturn.backup"
 
 
+def said(outcome: Outcome, message: str, code: int = 1) -> None:
+    """The command failed with `code`, saying `keyturn: MESSAGE` on one line, and nothing
+    else."""
+    assert (outcome.code, outcome.out, outcome.err) == (code, "", f"keyturn: {message}\n")
+
+
+def backed_up(keyturn: Keyturn, database_url: str, backup_file: Path) -> Outcome:
+    """A populated database, backed up."""
+    populate(database_url, "source")
+    made = keyturn(env_of(database_url), "backup", str(backup_file))
+    assert made.code == 0, made.err
+    return made
+
+
 def secrets_of(path: Path) -> Path:
     return path.with_name(f"{path.name}.secrets")
 
@@ -167,9 +181,7 @@ def secrets_of(path: Path) -> Path:
 def test_restore_into_an_empty_database_copies_every_row(
     database_url: str, target_url: str, backup_file: Path, keyturn: Keyturn
 ) -> None:
-    populate(database_url, "source")
-    made = keyturn(env_of(database_url), "backup", str(backup_file))
-    assert made.code == 0, made.err
+    made = backed_up(keyturn, database_url, backup_file)
     assert made.out.startswith(f"backup written to {backup_file}: everything committed before ")
     assert f"(schema {head_revision()}, 0 entitlements, events 1..2)" in made.out
     restored = keyturn(env_of(target_url), "restore", str(backup_file))
@@ -201,16 +213,13 @@ def test_restore_into_an_empty_database_copies_every_row(
 def test_restore_refuses_a_database_holding_data_unless_forced(
     database_url: str, target_url: str, backup_file: Path, keyturn: Keyturn
 ) -> None:
-    populate(database_url, "source")
-    assert keyturn(env_of(database_url), "backup", str(backup_file)).code == 0
+    backed_up(keyturn, database_url, backup_file)
     populate(target_url, "target")
     before = digests(target_url)
-    refused = keyturn(env_of(target_url), "restore", str(backup_file))
-    assert (refused.code, refused.out) == (1, "")
-    assert refused.err == (
-        f"keyturn: {where(target_url)} holds data (tables api_tokens, entitlement_events, "
-        "signing_keys): restore into an empty database, or pass --force to replace everything "
-        "in it\n"
+    said(
+        keyturn(env_of(target_url), "restore", str(backup_file)),
+        f"{where(target_url)} holds data (tables api_tokens, entitlement_events, signing_keys): "
+        "restore into an empty database, or pass --force to replace everything in it",
     )
     assert digests(target_url) == before
     forced = keyturn(env_of(target_url), "restore", "--force", str(backup_file))
@@ -222,24 +231,21 @@ def test_restore_refuses_a_database_holding_data_unless_forced(
 def test_restore_with_another_secret_writes_nothing(
     database_url: str, target_url: str, backup_file: Path, keyturn: Keyturn
 ) -> None:
-    populate(database_url, "source")
-    assert keyturn(env_of(database_url), "backup", str(backup_file)).code == 0
+    backed_up(keyturn, database_url, backup_file)
     [kid] = [
         line.split()[0] for line in keyturn(env_of(database_url), "keys", "list").out.splitlines()
     ]
     tail = (
         f" does not open the backup's signing key {kid}: a restore needs the secret of the "
-        "database the backup was made from; nothing was written\n"
+        "database the backup was made from; nothing was written"
     )
     given = {**env_of(target_url), "KEYTURN_SECRET_KEY": OTHER_SECRET}
-    refused = keyturn(given, "restore", str(backup_file))
-    assert (refused.code, refused.err) == (1, f"keyturn: KEYTURN_SECRET_KEY{tail}")
+    said(keyturn(given, "restore", str(backup_file)), f"KEYTURN_SECRET_KEY{tail}")
     if is_sqlite(database_url):
         secrets_of(backup_file).write_text(OTHER_SECRET + "\n")
-        refused = keyturn(env_of(target_url), "restore", str(backup_file))
-        assert (refused.code, refused.err) == (
-            1,
-            f"keyturn: the secret in {secrets_of(backup_file)}{tail}",
+        said(
+            keyturn(env_of(target_url), "restore", str(backup_file)),
+            f"the secret in {secrets_of(backup_file)}{tail}",
         )
         assert not secrets_of(database_file(target_url)).exists()
     assert table_count(target_url) == 0
@@ -248,8 +254,7 @@ def test_restore_with_another_secret_writes_nothing(
 def test_a_restore_that_fails_midway_leaves_the_database_as_it_was(
     database_url: str, target_url: str, backup_file: Path, keyturn: Keyturn
 ) -> None:
-    populate(database_url, "source")
-    assert keyturn(env_of(database_url), "backup", str(backup_file)).code == 0
+    backed_up(keyturn, database_url, backup_file)
     populate(target_url, "target")
     if is_sqlite(database_url):
         # A backup damaged past its first page: found before anything is written.
@@ -278,10 +283,9 @@ def test_backup_refuses_an_existing_file_unless_forced(
 ) -> None:
     populate(database_url, "source")
     backup_file.write_bytes(b"an older backup")
-    refused = keyturn(env_of(database_url), "backup", str(backup_file))
-    assert (refused.code, refused.out) == (1, "")
-    assert refused.err == (
-        f"keyturn: {backup_file} exists: choose another name, or pass --force to replace it\n"
+    said(
+        keyturn(env_of(database_url), "backup", str(backup_file)),
+        f"{backup_file} exists: choose another name, or pass --force to replace it",
     )
     assert backup_file.read_bytes() == b"an older backup"
     assert keyturn(env_of(database_url), "backup", "--force", str(backup_file)).code == 0
@@ -295,17 +299,12 @@ def test_restore_refuses_what_is_not_a_backup_of_its_kind(
     database_url: str, target_url: str, backup_file: Path, keyturn: Keyturn, tmp_path: Path
 ) -> None:
     env = env_of(target_url)
-    missing = keyturn(env, "restore", str(tmp_path / "nothing"))
-    assert (missing.code, missing.err) == (
-        1,
-        f"keyturn: no backup file at {tmp_path / 'nothing'}\n",
-    )
+    nothing = tmp_path / "nothing"
+    said(keyturn(env, "restore", str(nothing)), f"no backup file at {nothing}")
     backup_file.write_text("not a backup\n")
-    garbage = keyturn(env, "restore", str(backup_file))
-    assert (garbage.code, garbage.err) == (
-        1,
-        f"keyturn: {backup_file} is not a Keyturn backup (neither a SQLite file nor a pg_dump "
-        "archive)\n",
+    said(
+        keyturn(env, "restore", str(backup_file)),
+        f"{backup_file} is not a Keyturn backup (neither a SQLite file nor a pg_dump archive)",
     )
     if is_sqlite(database_url):
         backup_file.write_bytes(b"PGDMP\x01\x0e\x00" + bytes(64))
@@ -316,11 +315,10 @@ def test_restore_refuses_what_is_not_a_backup_of_its_kind(
             connection.execute("CREATE TABLE t (x)")
         sqlite_file.replace(backup_file)
         kind, backend = "SQLite", "PostgreSQL"
-    other = keyturn(env, "restore", str(backup_file))
-    assert (other.code, other.err) == (
-        1,
-        f"keyturn: {backup_file} is a backup of a {kind} database and KEYTURN_DATABASE_URL is "
-        f"{backend}: restore it into a database of its kind\n",
+    said(
+        keyturn(env, "restore", str(backup_file)),
+        f"{backup_file} is a backup of a {kind} database and KEYTURN_DATABASE_URL is "
+        f"{backend}: restore it into a database of its kind",
     )
     assert table_count(target_url) == 0
 
@@ -330,10 +328,9 @@ def test_backup_of_a_database_without_the_schema_is_refused(
 ) -> None:
     if is_sqlite(target_url):
         sqlite3.connect(database_file(target_url)).close()  # an empty file
-    refused = keyturn(env_of(target_url), "backup", str(backup_file))
-    assert (refused.code, refused.err) == (
-        1,
-        f"keyturn: {where(target_url)} holds no Keyturn schema (no alembic_version table)\n",
+    said(
+        keyturn(env_of(target_url), "backup", str(backup_file)),
+        f"{where(target_url)} holds no Keyturn schema (no alembic_version table)",
     )
     assert list(backup_file.parent.iterdir()) == []
 
@@ -344,11 +341,10 @@ def test_restore_refuses_a_schema_this_version_does_not_know(
     populate(database_url, "source")
     execute(database_url, "UPDATE alembic_version SET version_num = '0099'")
     assert keyturn(env_of(database_url), "backup", str(backup_file)).code == 0
-    refused = keyturn(env_of(target_url), "restore", str(backup_file))
-    assert (refused.code, refused.err) == (
-        1,
-        f"keyturn: {backup_file} has schema 0099, which this keyturn (schema {head_revision()}) "
-        "does not know: restore it with the version of keyturn that made it, or a newer one\n",
+    said(
+        keyturn(env_of(target_url), "restore", str(backup_file)),
+        f"{backup_file} has schema 0099, which this keyturn (schema {head_revision()}) does not "
+        "know: restore it with the version of keyturn that made it, or a newer one",
     )
     assert table_count(target_url) == 0
 
@@ -357,16 +353,14 @@ def test_restore_refuses_a_schema_this_version_does_not_know(
 def test_sqlite_backup_without_its_secret_file(
     database_url: str, target_url: str, backup_file: Path, keyturn: Keyturn
 ) -> None:
-    populate(database_url, "source")
-    assert keyturn(env_of(database_url), "backup", str(backup_file)).code == 0
+    backed_up(keyturn, database_url, backup_file)
     kept = secrets_of(backup_file)
     kept.unlink()
-    refused = keyturn(env_of(target_url), "restore", str(backup_file))
-    assert (refused.code, refused.err) == (
-        1,
-        f"keyturn: {kept} is missing: it holds the secret that opens the backup's license keys "
-        "and signing keys; put it beside the backup, or set KEYTURN_SECRET_KEY to the secret of "
-        "the database the backup was made from\n",
+    said(
+        keyturn(env_of(target_url), "restore", str(backup_file)),
+        f"{kept} is missing: it holds the secret that opens the backup's license keys and "
+        "signing keys; put it beside the backup, or set KEYTURN_SECRET_KEY to the secret of "
+        "the database the backup was made from",
     )
     assert not database_file(target_url).exists()
     secret = secrets_of(database_file(database_url)).read_text().strip()
@@ -388,13 +382,11 @@ def test_sqlite_backup_without_its_secret_file(
 def test_postgres_restore_needs_the_secret_key(
     database_url: str, target_url: str, backup_file: Path, keyturn: Keyturn
 ) -> None:
-    populate(database_url, "source")
-    assert keyturn(env_of(database_url), "backup", str(backup_file)).code == 0
-    refused = keyturn(env_of(target_url, secret=None), "restore", str(backup_file))
-    assert (refused.code, refused.err) == (
-        2,
-        "keyturn: restore needs KEYTURN_SECRET_KEY: the secret of the database the backup was "
-        "made from\n",
+    backed_up(keyturn, database_url, backup_file)
+    said(
+        keyturn(env_of(target_url, secret=None), "restore", str(backup_file)),
+        "restore needs KEYTURN_SECRET_KEY: the secret of the database the backup was made from",
+        code=2,
     )
     assert table_count(target_url) == 0
 
@@ -403,14 +395,12 @@ def test_postgres_restore_needs_the_secret_key(
 def test_postgres_restore_refuses_a_database_of_another_schema(
     database_url: str, target_url: str, backup_file: Path, keyturn: Keyturn
 ) -> None:
-    populate(database_url, "source")
-    assert keyturn(env_of(database_url), "backup", str(backup_file)).code == 0
+    backed_up(keyturn, database_url, backup_file)
     upgrade(target_url, "0005")
-    refused = keyturn(env_of(target_url), "restore", "--force", str(backup_file))
-    assert (refused.code, refused.err) == (
-        1,
-        f"keyturn: {where(target_url)} has schema 0005 and the backup schema {head_revision()}: "
-        "restore into an empty database (drop and create it first)\n",
+    said(
+        keyturn(env_of(target_url), "restore", "--force", str(backup_file)),
+        f"{where(target_url)} has schema 0005 and the backup schema {head_revision()}: restore "
+        "into an empty database (drop and create it first)",
     )
     assert execute(target_url, "SELECT version_num FROM alembic_version") == ["0005"]
 

@@ -97,14 +97,18 @@ def shown(database_url: str) -> str:
 
 async def _run(tool: str, arguments: Sequence[str], environment: dict[str, str]) -> str:
     """Run a PostgreSQL program to completion; its stdout, or BackupError with its error."""
-    process = await asyncio.create_subprocess_exec(
-        str(find_tool(tool)),
-        *arguments,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env={**os.environ, **environment},
-    )
+    program = find_tool(tool)
+    try:
+        process = await asyncio.create_subprocess_exec(
+            str(program),
+            *arguments,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            env={**os.environ, **environment},
+        )
+    except OSError as error:
+        raise BackupError(f"{program} cannot run: {error}") from None
     stdout, stderr = await process.communicate()
     if process.returncode != 0:
         raise BackupError(f"{tool} failed: {_first_error(tool, stderr.decode(errors='replace'))}")
@@ -124,10 +128,16 @@ async def _connected(database_url: str) -> AsyncIterator[AsyncConnection]:
     """One connection to the database; failures to reach or read it as BackupError."""
     engine = create_async_engine(database_url, poolclass=NullPool)
     try:
-        async with engine.connect() as connection:
+        try:
+            connection = await engine.connect()
+        except (SQLAlchemyError, OSError) as error:  # refused, unknown host or database...
+            raise BackupError(f"database {shown(database_url)}: {one_line(error)}") from None
+        try:
             yield connection
-    except (SQLAlchemyError, OSError) as error:
-        raise BackupError(f"database {shown(database_url)}: {one_line(error)}") from None
+        except SQLAlchemyError as error:
+            raise BackupError(f"database {shown(database_url)}: {one_line(error)}") from None
+        finally:
+            await connection.close()
     finally:
         await engine.dispose()
 
