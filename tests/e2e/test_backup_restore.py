@@ -214,6 +214,7 @@ async def test_backup_while_serving_restores_seats_leases_keys_and_events(
     point = EVENTS_LINE.search(made.stdout)
     assert point, made.stdout
     last, unnumbered = int(point["last"]), int(point["unnumbered"] or 0)
+    print(f"seat calls answered while keyturn backup ran: {churn.during}; {point[0]}")
     assert churn.during > 0, "the server answered seat calls while the backup ran"
     assert [event.sequence for event in original_log] == list(range(1, len(original_log) + 1))
     assert last + unnumbered < len(original_log), "writes after the backup are not in it"

@@ -2,11 +2,12 @@
 
 The old version is the server code of an earlier commit, exported from the
 repository's history (`git archive`) into a temporary folder and run by this venv's
-`keyturn` with PYTHONPATH pointing there. The upgrade goes as a deployment would:
-the old server serves a database at its own schema, the database is migrated to
-today's schema while it keeps running, then today's server starts beside it, and
-both serve the same entitlements: activations racing for the last seats through
-either server, leases of one renewed by the other, releases, orders, the event log.
+`keyturn` with PYTHONPATH pointing there (on today's dependencies). The upgrade
+goes as a deployment would: the old server serves a database at its own schema,
+the database is migrated to today's schema while it keeps running, then today's
+server starts beside it, and both serve the same entitlements: activations racing
+for the last seats through either server, leases of one renewed by the other,
+releases, orders, the event log.
 
 Two old versions are run:
 - the first commit of today's newest migration (both servers know the schema);
