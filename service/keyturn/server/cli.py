@@ -136,6 +136,106 @@ async def _keys_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sqlite_path(settings: Settings) -> Path:
+    from sqlalchemy.engine import make_url
+
+    return Path(make_url(settings.database_url).database or "keyturn.db")
+
+
+async def _backup(args: argparse.Namespace) -> int:
+    from .bootstrap import secrets_file_for
+    from .store.backup import BackupError
+
+    settings = _settings(args)
+    target = Path(args.file)
+    try:
+        if settings.is_sqlite:
+            from .store.sqlite_backup import backup_sqlite
+
+            secrets = None if settings.secret_key is not None else secrets_file_for(settings)
+            made = await asyncio.to_thread(
+                backup_sqlite,
+                _sqlite_path(settings),
+                target,
+                force=args.force,
+                secrets_file=secrets,
+            )
+            point, kept = made.point, made.secrets
+        else:
+            from .store.pg_backup import backup_postgres
+
+            point = await backup_postgres(settings.database_url, target, force=args.force)
+            kept = None
+    except BackupError as error:
+        print(f"keyturn: {error}", file=sys.stderr)
+        return 1
+    print(f"backup written to {target}: {point.describe()}")
+    if kept is not None:
+        print(
+            f"its secret is in {kept} (mode 0600): keep the two files together; without the "
+            "secret the backup's license keys and signing keys cannot be used"
+        )
+    else:
+        print(
+            f"keyturn: WARNING: {target} does not hold the secret: keep KEYTURN_SECRET_KEY "
+            "with it; without the secret the backup's license keys and signing keys cannot "
+            "be used",
+            file=sys.stderr,
+        )
+    return 0
+
+
+async def _restore(args: argparse.Namespace) -> int:
+    from .bootstrap import secrets_file_for
+    from .store.backup import BackupError
+
+    settings = _settings(args)
+    source = Path(args.file)
+    given = None if settings.secret_key is None else settings.secret_key.get_secret_value()
+    try:
+        if settings.is_sqlite:
+            from .store.sqlite_backup import restore_sqlite
+
+            target = str(_sqlite_path(settings))
+            restored = await asyncio.to_thread(
+                restore_sqlite,
+                source,
+                _sqlite_path(settings),
+                force=args.force,
+                given_secret=given,
+                secrets_file=secrets_file_for(settings),
+            )
+        else:
+            from .store.pg_backup import restore_postgres, shown
+
+            if given is None:
+                print(
+                    "keyturn: restore needs KEYTURN_SECRET_KEY: the secret of the database "
+                    "the backup was made from",
+                    file=sys.stderr,
+                )
+                return 2
+            target = shown(settings.database_url)
+            restored = await restore_postgres(
+                source, settings.database_url, force=args.force, secret=given
+            )
+    except BackupError as error:
+        print(f"keyturn: {error}", file=sys.stderr)
+        return 1
+    print(
+        f"restored {source} into {target}: {restored.describe()}; what was written after "
+        "the backup began is not in it"
+    )
+    if given is None:
+        print(f"its secret was put in {secrets_file_for(settings)}")
+    else:
+        print(
+            "servers on it need this KEYTURN_SECRET_KEY (the secret of the database the "
+            "backup was made from: it opens the backup's signing keys)"
+        )
+    return 0
+
+
 def _connect_stripe(args: argparse.Namespace) -> int:
     import os
 
@@ -285,6 +385,23 @@ def _parser() -> argparse.ArgumentParser:
     key_commands.add_parser("list", help="show every signing key and its state").set_defaults(
         run=_keys_list
     )
+
+    backup = commands.add_parser(
+        "backup",
+        help="write a consistent copy of the database while servers run (SQLite: a database "
+        "file and FILE.secrets; PostgreSQL: a pg_dump archive, without KEYTURN_SECRET_KEY)",
+    )
+    backup.add_argument("file", help="where the backup goes")
+    backup.add_argument("--force", action="store_true", help="replace FILE if it exists")
+    backup.set_defaults(run=_backup)
+    restore = commands.add_parser(
+        "restore",
+        help="replace the database by a backup, in one transaction; needs the backup's secret "
+        "(FILE.secrets beside a SQLite backup, or KEYTURN_SECRET_KEY)",
+    )
+    restore.add_argument("file", help="a file written by keyturn backup")
+    restore.add_argument("--force", action="store_true", help="replace a database that holds data")
+    restore.set_defaults(run=_restore)
 
     connect = commands.add_parser("connect", help="run an order connector")
     connectors = connect.add_subparsers(dest="connector", required=True)
