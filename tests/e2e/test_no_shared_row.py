@@ -11,8 +11,10 @@ from collections.abc import AsyncIterator
 
 import grpc
 import pytest
+from sqlalchemy import text
 
 from keyturn.fulfillment.v1 import catalog_pb2_grpc, fulfillment_pb2_grpc
+from keyturn.fulfillment.v1 import fulfillment_pb2 as ful
 from keyturn.licensing.v1 import licensing_pb2 as lic
 from keyturn.licensing.v1 import licensing_pb2_grpc
 from keyturn.server.api.server import KeyturnServer
@@ -106,3 +108,41 @@ async def test_a_held_transaction_on_one_entitlement_delays_no_other(
         await writer.store.close()
     done = await asyncio.wait_for(waiting, WAIT_S)
     assert done.entitlement.seats_in_use == 1
+
+
+async def test_a_starting_server_numbers_events_left_unnumbered_without_writing_first(
+    postgres_url: str,
+) -> None:
+    """Events a dead process committed but never numbered are numbered by the next server
+    as soon as it starts, not only once it writes an event of its own."""
+    ctx = await build_context(settings_for(postgres_url))
+    try:
+        _, secret = await create_token(ctx, {"catalog", "fulfill", "read"}, "test")
+        auth = (("authorization", f"Bearer {secret}"),)
+        server = KeyturnServer(ctx, "127.0.0.1:0")
+        await server.start()
+        async with grpc.aio.insecure_channel(server.address) as channel:
+            made = await new_license(
+                catalog_pb2_grpc.CatalogServiceStub(channel),
+                fulfillment_pb2_grpc.FulfillmentServiceStub(channel),
+                auth,
+                auth,
+                seats=1,
+            )
+        await server.stop(grace=1.0)
+        async with ctx.store.write() as tx:  # as a writer that died before numbering left it
+            await tx.connection.execute(text("UPDATE entitlement_events SET sequence = NULL"))
+    finally:
+        await ctx.store.close()
+    later = await build_context(settings_for(postgres_url))
+    again = KeyturnServer(later, "127.0.0.1:0")
+    await again.start()
+    try:
+        async with grpc.aio.insecure_channel(again.address) as channel:
+            fulfillment = fulfillment_pb2_grpc.FulfillmentServiceStub(channel)
+            request = ful.ListEntitlementEventsRequest(entitlement_id=made.entitlement_id)
+            async with asyncio.timeout(WAIT_S):
+                while not (await fulfillment.ListEntitlementEvents(request, metadata=auth)).events:  # noqa: ASYNC110 (numbering has no notification)
+                    await asyncio.sleep(0.1)
+    finally:
+        await again.stop(grace=1.0)

@@ -155,6 +155,9 @@ class KeyturnServer:
         if self.port == 0:
             raise OSError(f"cannot listen on {self._listen}: in use, or not an address here")
         self.ctx.feed.start()
+        # Numbering rounds from the start, not from this process's first write: events a
+        # process that died between commit and numbering left behind get numbered.
+        self.ctx.store.start()
         await self._server.start()
         await self._refresh_health()
         self._background.append(asyncio.create_task(self._watch_readiness()))
