@@ -24,8 +24,6 @@ from keyturn.fulfillment.v1 import fulfillment_pb2 as ful
 from keyturn.fulfillment.v1 import fulfillment_pb2_grpc
 
 from support.fault_deployment import (
-    NOT_SERVING,
-    SERVING,
     SKU,
     WAIT_S,
     Fault,
@@ -36,9 +34,10 @@ from support.fault_deployment import (
     deployment,
     fault,
     faulty,
+    outage_under_load,
+    stopped,
 )
 from support.faults import FaultTally, record
-from support.health import health_reaches
 from support.rpc import failure_of, order
 from support.seat_load import SeatLoad
 
@@ -50,24 +49,10 @@ async def test_a_database_stopped_or_crashed_under_load_fails_fast_and_recovers_
     fault: Fault, tmp_path: Path, mode: str
 ) -> None:
     async with deployment(tmp_path, fault.url) as d:
-        load = SeatLoad(d.server.address, d.keys, devices=30)
-        load.start()
-        try:
-            await load.oks_beyond(100, WAIT_S)
-            load.in_fault = True
-            await asyncio.to_thread(fault.cluster.stop, mode)
-            down_s = await health_reaches(d.channel, NOT_SERVING, WAIT_S)
-            await load.failures_beyond(100, WAIT_S)
-            await asyncio.to_thread(fault.cluster.start)
-            up_s = await health_reaches(d.channel, SERVING, WAIT_S)
-            load.in_fault = False
-            await load.oks_beyond(200, WAIT_S)
-        finally:
-            await load.stop()
-    print(
-        f"database {mode} stop: NOT_SERVING after {down_s:.1f} s, SERVING {up_s:.1f} s after "
-        f"the start; slowest failed call {load.slowest_failure_s:.2f} s; answers {dict(load.answers)}"
-    )
+        outage = await outage_under_load(
+            d, stopped(fault.cluster, mode), f"database {mode} stop", failures=100
+        )
+    load = outage.load
     assert ("UNAVAILABLE", "DATABASE_UNAVAILABLE") in load.answers
     await check_nothing_lost(fault, load, f"postgres-{mode}-stop", 1, d.server)
 

@@ -28,7 +28,6 @@ from keyturn.licensing.v1 import licensing_pb2_grpc
 from conftest import server_settings
 from support.catalog import put_catalog
 from support.fault_deployment import (
-    NOT_SERVING,
     SERVING,
     SKU,
     WAIT_S,
@@ -37,11 +36,13 @@ from support.fault_deployment import (
     deployment,
     fault,
     faulty,
+    frozen,
+    outage_under_load,
 )
 from support.faults import FaultTally, record
 from support.health import health_reaches
 from support.rpc import PRODUCT_ID, create_sku, failure_of, order
-from support.seat_load import SeatLoad, oversold
+from support.seat_load import oversold
 from support.subprocess_server import create_token, serving
 
 __all__ = ["fault", "faulty"]  # fixtures
@@ -207,23 +208,8 @@ async def test_a_frozen_database_fails_calls_in_bounded_time_and_health_follows_
     within the statement timeout, not left to their deadline; health says NOT_SERVING
     within seconds, and SERVING again within seconds of the thaw."""
     async with deployment(tmp_path, fault.url, KEYTURN_DATABASE_STATEMENT_TIMEOUT_SECONDS="2") as d:
-        load = SeatLoad(d.server.address, d.keys, devices=30)
-        load.start()
-        try:
-            await load.oks_beyond(100, WAIT_S)
-            load.in_fault = True
-            with fault.cluster.frozen():
-                down_s = await health_reaches(d.channel, NOT_SERVING, WAIT_S)
-                await load.failures_beyond(30, WAIT_S)
-            up_s = await health_reaches(d.channel, SERVING, WAIT_S)
-            load.in_fault = False
-            await load.oks_beyond(200, WAIT_S)
-        finally:
-            await load.stop()
-    print(
-        f"frozen database: NOT_SERVING after {down_s:.1f} s, SERVING {up_s:.1f} s after the "
-        f"thaw; slowest failed call {load.slowest_failure_s:.1f} s; answers {dict(load.answers)}"
-    )
+        outage = await outage_under_load(d, frozen(fault.cluster), "frozen database", 30)
+    load = outage.load
     assert ("DEADLINE_EXCEEDED", "") not in load.answers
     await check_nothing_lost(fault, load, "postgres-frozen", 1, d.server)
 

@@ -28,6 +28,7 @@ from keyturn.server.store.database import database_dsn
 from conftest import server_settings
 from support.catalog import put_catalog
 from support.faults import FaultTally, FaultyCluster, faulty_cluster, record
+from support.health import health_reaches
 from support.rpc import PRODUCT_ID, create_sku, failure_of, order
 from support.seat_load import SeatLoad, lost_writes, oversold
 from support.subprocess_server import ServerProcess, create_token, serving
@@ -184,3 +185,53 @@ class Probe:
     async def run(self) -> None:
         while not self._stop.is_set():
             self.answers[await answer(self._stub, self._key, "device-probe", 30.0)] += 1
+
+
+@dataclass
+class Outage:
+    load: SeatLoad
+    down_s: float  # from the fault to health NOT_SERVING
+    up_s: float  # from the end of the fault to health SERVING
+
+
+async def outage_under_load(
+    d: Deployment, fault: contextlib.AbstractAsyncContextManager[None], name: str, failures: int
+) -> Outage:
+    """Seat load on `d`; once it is answered, `fault` is entered, held until health says
+    NOT_SERVING and `failures` calls have failed, then left; the load runs on until it is
+    answered again."""
+    load = SeatLoad(d.server.address, d.keys, devices=30)
+    load.start()
+    try:
+        await load.oks_beyond(100, WAIT_S)
+        load.in_fault = True
+        async with fault:
+            down_s = await health_reaches(d.channel, NOT_SERVING, WAIT_S)
+            await load.failures_beyond(failures, WAIT_S)
+        up_s = await health_reaches(d.channel, SERVING, WAIT_S)
+        load.in_fault = False
+        await load.oks_beyond(200, WAIT_S)
+    finally:
+        await load.stop()
+    print(
+        f"{name}: NOT_SERVING after {down_s:.1f} s, SERVING {up_s:.1f} s after it ended; "
+        f"slowest failed call {load.slowest_failure_s:.2f} s; answers {dict(load.answers)}"
+    )
+    return Outage(load, down_s, up_s)
+
+
+@contextlib.asynccontextmanager
+async def stopped(cluster: FaultyCluster, mode: str) -> AsyncIterator[None]:
+    """The cluster stopped (`fast`, or `immediate`: a crash) inside, started on exit."""
+    await asyncio.to_thread(cluster.stop, mode)
+    try:
+        yield
+    finally:
+        await asyncio.to_thread(cluster.start)
+
+
+@contextlib.asynccontextmanager
+async def frozen(cluster: FaultyCluster) -> AsyncIterator[None]:
+    """Every process of the cluster stopped with SIGSTOP inside."""
+    with cluster.frozen():
+        yield
