@@ -128,6 +128,21 @@ async def schema_differences(store: Store) -> list[Any]:
         return await connection.run_sync(compare)
 
 
+async def test_readiness_serves_the_newest_schema_and_newer_ones_but_not_older_ones(
+    empty_database_url: str, store_of: Store
+) -> None:
+    """A replica not yet upgraded stays ready while a newer Keyturn migrates the database
+    ahead of it (expand, then contract); one behind its database's schema does not."""
+    await migrate(empty_database_url)
+    assert await store_of.is_ready(5.0)
+    for revision, ready in (("0099_from_a_newer_keyturn", True), ("0005", False)):
+        async with store_of.engine.begin() as connection:
+            await connection.execute(
+                text("UPDATE alembic_version SET version_num = :revision"), {"revision": revision}
+            )
+        assert await store_of.is_ready(5.0) is ready, revision
+
+
 async def test_migrated_schema_matches_the_declared_tables(
     empty_database_url: str, store_of: Store
 ) -> None:

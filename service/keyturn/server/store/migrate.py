@@ -32,6 +32,21 @@ def head_revision() -> str | None:
     return ScriptDirectory(str(MIGRATIONS)).get_current_head()
 
 
+def known_revisions() -> set[str]:
+    return {script.revision for script in ScriptDirectory(str(MIGRATIONS)).walk_revisions()}
+
+
+def serves_schema(revision: str | None) -> bool:
+    """Whether this code serves a database at `revision`: its own newest, or one it does
+    not know, which only a newer Keyturn can have written. Migrations keep the code of the
+    release before them working (expand, then contract: tests/e2e/test_mixed_versions.py),
+    so a replica not yet upgraded stays in service while the database is migrated ahead
+    of it. A known older revision is not served: the code would miss what it needs."""
+    return revision is not None and (
+        revision == head_revision() or revision not in known_revisions()
+    )
+
+
 async def current_revision(engine: AsyncEngine) -> str | None:
     def _read(connection: Connection) -> str | None:
         return MigrationContext.configure(connection).get_current_revision()

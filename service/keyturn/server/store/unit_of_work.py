@@ -24,7 +24,7 @@ from .database import DEFAULT_LIMITS, READ_ONLY, DatabaseLimits, create_engine, 
 from .entitlement_repository import EntitlementRepository
 from .event_numbering import EventNumbering
 from .event_repository import EventRepository
-from .migrate import current_revision, head_revision
+from .migrate import current_revision, serves_schema
 from .named_user_repository import NamedUserRepository
 from .order_repository import OrderRepository
 from .outbox_repository import OutboxRepository
@@ -255,14 +255,15 @@ class Store:
             raise database_unavailable() from error
 
     async def is_ready(self, within_seconds: float) -> bool:
-        """True when the database answers within `within_seconds` and its schema is the
-        newest: a frozen database makes this False as fast as a stopped one."""
+        """True when the database answers within `within_seconds` and its schema is one this
+        code serves (migrate.serves_schema): a frozen database makes this False as fast as
+        a stopped one."""
         try:
             async with asyncio.timeout(within_seconds):
                 async with self.engine.connect() as connection:
                     await connection.execution_options(**{READ_ONLY: True})
                     await connection.execute(text("SELECT 1"))
-                return await current_revision(self.engine) == head_revision()
+                return serves_schema(await current_revision(self.engine))
         except (exc.SQLAlchemyError, OSError):  # TimeoutError is an OSError
             return False
 
