@@ -136,6 +136,30 @@ async def test_twenty_concurrent_replays_create_one_entitlement(
 
 
 @pytest.mark.usefixtures("skus")
+async def test_twenty_orders_racing_for_one_new_reference_name_it_when_refused(
+    fulfillment_stub: Fulfillment, tokens: Tokens, app: AppContext
+) -> None:
+    """Different orders, one new external reference: one order gets it; each other one
+    is told which reference on which line, also when it lost the race at the unique key
+    (on PostgreSQL) rather than at the check before it."""
+    requests = [order(f"o-ref-{i}", "SUB-1Y", reference="stripe:sub_contested") for i in range(20)]
+    answers = await asyncio.gather(
+        *(fulfillment_stub.FulfillOrder(r, metadata=tokens("fulfill")) for r in requests),
+        return_exceptions=True,
+    )
+    refused = [failure_of(a) for a in answers if isinstance(a, grpc.aio.AioRpcError)]
+    assert len(refused) == 19, [a for a in answers if not isinstance(a, grpc.aio.AioRpcError)]
+    assert {(f.code, f.reason) for f in refused} == {
+        (grpc.StatusCode.ALREADY_EXISTS, "EXTERNAL_REFERENCE_TAKEN")
+    }
+    assert all(
+        f.metadata == {"external_reference": "stripe:sub_contested", "line": "0"} for f in refused
+    )
+    assert await count(app, "entitlements") == 1
+    assert await count(app, "orders") == 1
+
+
+@pytest.mark.usefixtures("skus")
 async def test_order_lines_apply_all_or_nothing(
     fulfillment_stub: Fulfillment, tokens: Tokens, app: AppContext
 ) -> None:

@@ -774,7 +774,11 @@ def test_changing_edition_to_one_the_product_lacks_is_an_invalid_state() -> None
     ent = make(Create("std", 1, "P1Y"), 1, NOW)
     error = refused(ent, ChangeEdition("gold"), line(NOW))
     assert error.reason is Reason.INVALID_STATE
-    assert error.metadata == {"product_id": "acme-cad", "operation": "change_edition"}
+    assert error.metadata == {
+        "product_id": "acme-cad",
+        "edition_id": "gold",
+        "operation": "change_edition",
+    }
 
 
 # --- status -----------------------------------------------------------------------------

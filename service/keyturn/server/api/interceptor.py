@@ -19,7 +19,7 @@ import grpc
 
 from keyturn.server.app.conflicts import retry_conflicts
 from keyturn.server.app.tokens import TokenAuthenticator
-from keyturn.server.domain.errors import DomainError, Reason
+from keyturn.server.domain.errors import DomainError, Reason, internal_error, missing_credentials
 
 from .errors import STATUS_OF, grpc_status_of
 from .metrics import RpcMetrics
@@ -47,9 +47,7 @@ def _bearer(context: grpc.aio.ServicerContext[Any, Any]) -> str:
             scheme, _, token = value.partition(" ")
             if scheme.lower() == "bearer" and token.strip():
                 return token.strip()
-    raise DomainError(
-        Reason.MISSING_CREDENTIALS, "send 'authorization: Bearer <token>' with this call"
-    )
+    raise missing_credentials()
 
 
 Trailer = tuple[tuple[str, str], ...]
@@ -189,9 +187,7 @@ def _unexpected(error: Exception) -> str:
 def _internal(error: Exception) -> DomainError:
     error_id = secrets.token_hex(6)
     log.error("unexpected error %s", error_id, exc_info=error)
-    return DomainError(
-        Reason.INTERNAL_ERROR, f"unexpected server error {error_id}", {"error_id": error_id}
-    )
+    return internal_error(error_id)
 
 
 def _log_call(method: str, code: str, reason: str, seconds: float, peer: str) -> None:

@@ -16,7 +16,7 @@ from keyturn.server.domain.errors import FieldViolation, invalid_request
 
 # Credentials are judged by their own parsers, which refuse NUL like any other
 # malformed key, so that every bad key gets the same answer.
-CREDENTIAL_FIELDS = frozenset({"license_key", "identity_token", "lease_token"})
+CREDENTIAL_FIELDS = frozenset({"license_key", "identity_token", "lease_token", "invitation_code"})
 
 
 class Undecodable:

@@ -6,7 +6,12 @@ import secrets
 from dataclasses import replace
 
 from keyturn.server.domain.catalog import Product, Sku
-from keyturn.server.domain.errors import DomainError, Reason, raise_if_invalid
+from keyturn.server.domain.errors import (
+    etag_mismatch,
+    product_not_found,
+    raise_if_invalid,
+    sku_not_found,
+)
 from keyturn.server.domain.validation import (
     check_sku_id,
     check_slug,
@@ -26,21 +31,7 @@ def _new_etag() -> str:
 
 def _check_etag(sent: str, stored: str | None, resource: str) -> None:
     if sent and sent != stored:
-        raise DomainError(
-            Reason.ETAG_MISMATCH,
-            f"{resource} was changed by someone else (the etag sent is stale); read it again",
-            {"resource": resource},
-        )
-
-
-def _missing_sku(sku_id: str) -> DomainError:
-    return DomainError(Reason.SKU_NOT_FOUND, f"no SKU {sku_id!r}", {"sku_id": sku_id})
-
-
-def missing_product(product_id: str) -> DomainError:
-    return DomainError(
-        Reason.PRODUCT_NOT_FOUND, f"no product {product_id!r}", {"product_id": product_id}
-    )
+        raise etag_mismatch(resource)
 
 
 async def put_product(ctx: AppContext, product: Product) -> Product:
@@ -53,11 +44,7 @@ async def put_product(ctx: AppContext, product: Product) -> Product:
             await tx.catalog.put_product(saved)
             return saved
     except DuplicateKeyError as exc:  # created concurrently by another writer
-        raise DomainError(
-            Reason.ETAG_MISMATCH,
-            f"{product.product_id} was created concurrently; read it again",
-            {"resource": product.product_id},
-        ) from exc
+        raise etag_mismatch(product.product_id) from exc
 
 
 async def list_products(
@@ -76,7 +63,7 @@ async def put_sku(ctx: AppContext, sku: Sku) -> Sku:
         async with ctx.store.write() as tx:
             product = await tx.catalog.get_product(sku.product_id)
             if product is None:
-                raise missing_product(sku.product_id)
+                raise product_not_found(sku.product_id)
             raise_if_invalid(validate_sku_against_product(sku, product))
             stored = await tx.catalog.get_sku(sku.sku_id, lock=True)
             _check_etag(sku.etag, stored.etag if stored else None, sku.sku_id)
@@ -84,11 +71,7 @@ async def put_sku(ctx: AppContext, sku: Sku) -> Sku:
             await tx.catalog.put_sku(saved)
             return saved
     except DuplicateKeyError as exc:
-        raise DomainError(
-            Reason.ETAG_MISMATCH,
-            f"{sku.sku_id} was created concurrently; read it again",
-            {"resource": sku.sku_id},
-        ) from exc
+        raise etag_mismatch(sku.sku_id) from exc
 
 
 async def get_sku(ctx: AppContext, sku_id: str) -> Sku:
@@ -96,7 +79,7 @@ async def get_sku(ctx: AppContext, sku_id: str) -> Sku:
     async with ctx.store.read() as tx:
         sku = await tx.catalog.get_sku(sku_id)
     if sku is None:
-        raise _missing_sku(sku_id)
+        raise sku_not_found(sku_id)
     return sku
 
 
@@ -118,6 +101,6 @@ async def delete_sku(ctx: AppContext, sku_id: str, etag: str) -> None:
     async with ctx.store.write() as tx:
         stored = await tx.catalog.get_sku(sku_id, lock=True)
         if stored is None:
-            raise _missing_sku(sku_id)
+            raise sku_not_found(sku_id)
         _check_etag(etag, stored.etag, sku_id)
         await tx.catalog.delete_sku(sku_id)

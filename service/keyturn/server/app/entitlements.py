@@ -6,11 +6,12 @@ import re
 from collections.abc import AsyncGenerator
 
 from keyturn.server.domain.errors import (
-    DomainError,
     FieldViolation,
-    Reason,
+    entitlement_not_found,
     invalid_request,
     raise_if_invalid,
+    sequence_out_of_range,
+    server_stopping,
 )
 from keyturn.server.domain.orders import check_email, check_reference, check_text
 from keyturn.server.domain.validation import check_slug
@@ -19,7 +20,7 @@ from keyturn.server.store.unit_of_work import ReadStore
 
 from .context import AppContext
 from .event_views import EventView, event_views
-from .fulfillment import check_entitlement_id, missing_entitlement
+from .fulfillment import check_entitlement_id
 from .paging import next_page_token, page_of, page_request
 from .standby_reads import found_on_standby_or_primary
 from .views import EntitlementView
@@ -91,7 +92,7 @@ async def list_entitlement_events(
 
     page_read = await found_on_standby_or_primary(ctx, read)
     if page_read is None:
-        raise missing_entitlement(entitlement_id)
+        raise entitlement_not_found(entitlement_id)
     views, more = page_read
     return views, next_page_token(str(views[-1].event.sequence) if more else None, scope)
 
@@ -112,11 +113,7 @@ async def watch_events(ctx: AppContext, after_sequence: int) -> AsyncGenerator[E
         cursor = after_sequence
         while True:
             if ctx.stopping.is_set():
-                raise DomainError(
-                    Reason.SERVER_STOPPING,
-                    f"the server is stopping; reconnect with after_sequence {cursor}",
-                    {"last_sequence": str(cursor)},
-                )
+                raise server_stopping(last_sequence=cursor)
             grown = feed.armed()
             batch = feed.after(cursor, WATCH_BATCH)
             if batch is None:  # behind the feed's tail, or the feed has none yet
@@ -140,11 +137,7 @@ async def _check_in_range(ctx: AppContext, after_sequence: int) -> None:
     async with ctx.store.read() as tx:
         last = await tx.events.last_sequence()
     if after_sequence > last:
-        raise DomainError(
-            Reason.SEQUENCE_OUT_OF_RANGE,
-            f"after_sequence {after_sequence} is beyond the last event ({last})",
-            {"last_sequence": str(last)},
-        )
+        raise sequence_out_of_range(last_sequence=last)
 
 
 async def _read_after(ctx: AppContext, cursor: int) -> list[EventView]:

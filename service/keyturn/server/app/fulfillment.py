@@ -10,9 +10,15 @@ from keyturn.server.domain.entitlement import Entitlement, create_entitlement
 from keyturn.server.domain.errors import (
     DomainError,
     FieldViolation,
-    Reason,
+    entitlement_not_found,
+    external_reference_taken,
     invalid_request,
+    order_conflict,
+    order_not_found,
+    product_not_found,
     raise_if_invalid,
+    sku_not_found,
+    transaction_conflict,
 )
 from keyturn.server.domain.events import EventType
 from keyturn.server.domain.ids import new_id
@@ -31,7 +37,6 @@ from keyturn.server.store.entitlement_repository import StoredKey
 from keyturn.server.store.order_repository import StoredOrder
 from keyturn.server.store.unit_of_work import DuplicateKeyError, ReadStore, Transaction
 
-from .catalog import missing_product
 from .context import AppContext
 from .standby_reads import found_on_standby_or_primary
 from .views import EntitlementView, new_event
@@ -53,14 +58,6 @@ class OrderView:
     messages: list[OutboundMessage]
 
 
-def _order_conflict(order: OrderRequest) -> DomainError:
-    return DomainError(
-        Reason.ORDER_CONFLICT,
-        f"order {order.source}/{order.order_id} was already fulfilled with different content",
-        {"source": order.source, "order_id": order.order_id},
-    )
-
-
 async def fulfil_order(ctx: AppContext, order: OrderRequest) -> FulfilledOrder:
     """Apply the order, or return the stored result when it was applied before."""
     raise_if_invalid(validate_order(order))
@@ -75,12 +72,12 @@ async def fulfil_order(ctx: AppContext, order: OrderRequest) -> FulfilledOrder:
         # A concurrent replay committed the same order first: answer with its result.
         async with ctx.store.read() as tx:
             stored = await tx.orders.get(order.source, order.order_id)
-            if stored is None:  # the other unique key an order can collide on
-                raise DomainError(
-                    Reason.EXTERNAL_REFERENCE_TAKEN,
-                    "an external reference of this order was attached concurrently by another",
-                    {"source": order.source, "order_id": order.order_id},
-                ) from None
+            if stored is None:
+                # Another order attached one of this order's external references (the
+                # other unique key an order can collide on) after this one checked it.
+                # A conflict: the call runs again (app/conflicts.py) and then finds
+                # the reference taken, and answers which one and on which line.
+                raise transaction_conflict(attempts=1) from None
             return await _replay(ctx, tx, stored, fingerprint)
 
 
@@ -99,14 +96,10 @@ async def _apply(
     for index, line in enumerate(order.lines):
         sku = skus.get(line.sku_id)
         if sku is None:
-            raise DomainError(
-                Reason.SKU_NOT_FOUND,
-                f"line {index}: no SKU {line.sku_id!r}",
-                {"sku_id": line.sku_id, "line": str(index)},
-            )
+            raise sku_not_found(line.sku_id, line=index)
         product = await tx.catalog.get_product(sku.product_id)
         if product is None:
-            raise missing_product(sku.product_id)
+            raise product_not_found(sku.product_id)
         entitlement = await _apply_line(ctx, tx, order, index, product, sku, now, keys)
         await _assign_named_users(ctx, tx, order, index, sku, entitlement, now, codes)
         names = tuple(op.name for op in sku.operations)
@@ -256,13 +249,10 @@ async def _target(tx: Transaction, index: int, line: OrderLine, sku: Sku) -> Ent
             "entitlement_id",
             f"SKU {sku.sku_id!r} changes an entitlement: give entitlement_id or external_reference",
         )
+    if found is None and line.entitlement_id:
+        raise entitlement_not_found(line.entitlement_id, line=index)
     if found is None:
-        named = line.entitlement_id or reference
-        raise DomainError(
-            Reason.ENTITLEMENT_NOT_FOUND,
-            f"line {index}: no entitlement {named!r}",
-            {field: named, "line": str(index)},
-        )
+        raise entitlement_not_found(external_reference=reference, line=index)
     if found.product_id != sku.product_id:
         raise _line_violation(
             index,
@@ -281,11 +271,7 @@ async def _target(tx: Transaction, index: int, line: OrderLine, sku: Sku) -> Ent
 
 async def _check_reference_free(tx: Transaction, index: int, reference: str) -> None:
     if await tx.entitlements.reference_exists(reference):
-        raise DomainError(
-            Reason.EXTERNAL_REFERENCE_TAKEN,
-            f"line {index}: external reference {reference!r} is already in use",
-            {"external_reference": reference, "line": str(index)},
-        )
+        raise external_reference_taken(reference, line=index)
 
 
 async def _create(
@@ -343,7 +329,7 @@ async def _replay(
     ctx: AppContext, tx: Transaction, stored: StoredOrder, fingerprint: str
 ) -> FulfilledOrder:
     if stored.fingerprint != fingerprint:
-        raise _order_conflict(stored.request)
+        raise order_conflict(stored.request.source, stored.request.order_id)
     views: dict[str, EntitlementView] = {}
     request = stored.request
     sealed_codes = await tx.named_users.sealed_invitations(request.source, request.order_id)
@@ -371,16 +357,8 @@ async def entitlement_view(
 ) -> EntitlementView:
     entitlement = await tx.entitlements.get(entitlement_id)
     if entitlement is None:
-        raise missing_entitlement(entitlement_id)
+        raise entitlement_not_found(entitlement_id)
     return await _view(ctx, tx, entitlement, license_key, invitation_codes)
-
-
-def missing_entitlement(entitlement_id: str) -> DomainError:
-    return DomainError(
-        Reason.ENTITLEMENT_NOT_FOUND,
-        f"no entitlement {entitlement_id!r}",
-        {"entitlement_id": entitlement_id},
-    )
 
 
 def check_entitlement_id(entitlement_id: str) -> None:
@@ -417,7 +395,7 @@ async def get_entitlement(ctx: AppContext, entitlement_id: str) -> EntitlementVi
 
     view = await found_on_standby_or_primary(ctx, read)
     if view is None:
-        raise missing_entitlement(entitlement_id)
+        raise entitlement_not_found(entitlement_id)
     return view
 
 
@@ -433,11 +411,7 @@ async def get_order(ctx: AppContext, source: str, order_id: str) -> OrderView:
 
     view = await found_on_standby_or_primary(ctx, read)
     if view is None:
-        raise DomainError(
-            Reason.ORDER_NOT_FOUND,
-            f"no order {source}/{order_id}",
-            {"source": source, "order_id": order_id},
-        )
+        raise order_not_found(source, order_id)
     return view
 
 
@@ -449,7 +423,7 @@ async def resend_credentials(ctx: AppContext, entitlement_id: str) -> list[Outbo
     async with ctx.store.write() as tx:
         entitlement = await tx.entitlements.get(entitlement_id, lock=True)
         if entitlement is None:
-            raise missing_entitlement(entitlement_id)
+            raise entitlement_not_found(entitlement_id)
         origin = await tx.entitlements.origin_order(entitlement_id)
         queued: list[OutboundMessage] = []
         if entitlement.dispatch is Dispatch.INVITATION:

@@ -8,7 +8,13 @@ from datetime import datetime
 from typing import Any
 
 from keyturn.server.domain.entitlement import Entitlement, Status
-from keyturn.server.domain.errors import DomainError, FieldViolation, Reason, raise_if_invalid
+from keyturn.server.domain.errors import (
+    FieldViolation,
+    invalid_invitation,
+    invalid_license_key,
+    invitation_redeemed,
+    raise_if_invalid,
+)
 from keyturn.server.domain.events import EventType
 from keyturn.server.domain.ids import new_id, same_secret_id
 from keyturn.server.domain.license_key import normalize_invitation_code, normalize_license_key
@@ -16,7 +22,6 @@ from keyturn.server.domain.named_users import NamedUser
 from keyturn.server.domain.seats import (
     Activation,
     check_product,
-    invalid_license_key,
     renew_time,
     takes_seat,
 )
@@ -73,10 +78,6 @@ class LeaseGrant:
     renew_time: datetime
     activation: Activation
     license: LicenseStatus
-
-
-def invalid_invitation() -> DomainError:
-    return DomainError(Reason.INVALID_INVITATION, "the invitation code is not valid")
 
 
 def _check_credential(credential: Credential) -> list[FieldViolation]:
@@ -274,11 +275,7 @@ async def redeem_invitation(ctx: AppContext, invitation_code: str) -> str:
             raise invalid_invitation()
         jti = new_id("idt", now)
         if user.redeem_time is not None or not await tx.named_users.redeem(user, jti, now):
-            raise DomainError(
-                Reason.INVITATION_REDEEMED,
-                "this invitation was already used; ask for a new one",
-                {"user_id": user.user_id},
-            )
+            raise invitation_redeemed(user.user_id)
     key = await ctx.keys.signing()
     return issue_identity(
         key, ctx.issuer, entitlement, NamedUserRef(user.user_id, user.email), jti, now

@@ -7,7 +7,12 @@ import secrets
 import time
 from dataclasses import dataclass
 
-from keyturn.server.domain.errors import DomainError, FieldViolation, Reason, raise_if_invalid
+from keyturn.server.domain.errors import (
+    FieldViolation,
+    insufficient_scope,
+    invalid_token,
+    raise_if_invalid,
+)
 from keyturn.server.domain.ids import new_id
 from keyturn.server.store.token_repository import ApiToken
 from keyturn.server.store.unit_of_work import Store
@@ -79,14 +84,10 @@ class TokenAuthenticator:
             cached = _Cached(found, time.monotonic() + self._ttl)
             self._cache[digest] = cached
         if cached.token is None or cached.token.revoke_time is not None:
-            raise DomainError(Reason.INVALID_TOKEN, "the bearer token is not valid")
+            raise invalid_token()
         return cached.token
 
     @staticmethod
     def require(token: ApiToken, scope: str) -> None:
         if scope not in token.scopes:
-            raise DomainError(
-                Reason.INSUFFICIENT_SCOPE,
-                f"this token lacks the {scope!r} scope",
-                {"required_scope": scope},
-            )
+            raise insufficient_scope(required_scope=scope)

@@ -18,7 +18,7 @@ from .catalog import (
     without_features,
 )
 from .durations import parse_iso_duration
-from .errors import DomainError, Reason
+from .errors import entitlement_cancelled, entitlement_expired, invalid_state
 
 
 class Status(StrEnum):
@@ -86,18 +86,10 @@ class Entitlement:
         """Raise unless seats can be taken or leases renewed now."""
         status = self.status(now)
         if status is Status.CANCELLED:
-            raise DomainError(
-                Reason.ENTITLEMENT_CANCELLED,
-                "this license was cancelled",
-                {"entitlement_id": self.entitlement_id},
-            )
+            raise entitlement_cancelled(self.entitlement_id)
         if status is Status.EXPIRED:
             assert self.end_time is not None
-            raise DomainError(
-                Reason.ENTITLEMENT_EXPIRED,
-                "this license has expired",
-                {"entitlement_id": self.entitlement_id, "end_time": self.end_time.isoformat()},
-            )
+            raise entitlement_expired(self.entitlement_id, self.end_time)
 
     def lease_expiry(self, now: datetime) -> datetime:
         """A new lease's expiry: one lease duration, never past the usable end."""
@@ -113,15 +105,6 @@ def effective_features(
     return without_features(merge_features(edition.features, addons), removed)
 
 
-def missing_edition(product: Product, edition_id: str, operation: str) -> DomainError:
-    """The catalog changed under a SKU: its edition is gone from the product."""
-    return DomainError(
-        Reason.INVALID_STATE,
-        f"product {product.product_id!r} no longer has edition {edition_id!r}",
-        {"product_id": product.product_id, "operation": operation},
-    )
-
-
 def create_entitlement(
     op: Create,
     product: Product,
@@ -135,7 +118,7 @@ def create_entitlement(
     """The entitlement a `create` operation makes for an order line of `quantity` units."""
     edition = product.edition(op.edition_id)
     if edition is None:
-        raise missing_edition(product, op.edition_id, op.name)
+        raise invalid_state(product.product_id, op.edition_id, op.name)
     end_time = None if op.term is None else parse_iso_duration(op.term).after(now)
     return Entitlement(
         entitlement_id=entitlement_id,

@@ -1,13 +1,19 @@
-"""Domain errors: a reason from the contract's ErrorReason enum plus a message.
+"""Domain errors: a reason from the contract's ErrorReason enum, a message, metadata.
 
 The API layer maps each reason to one gRPC status code; the domain never
-knows about gRPC.
+knows about gRPC. Every error is built by the one factory of its reason below,
+named after it (`seats_exhausted` for SEATS_EXHAUSTED) and in the enum's order,
+whose keyword arguments are the ErrorInfo metadata keys that
+`proto/keyturn/errors/v1/error_reason.proto` documents for that reason; a test
+reads the proto and holds every factory to it. Optional arguments are keys sent
+only when they apply (the `line` of an order line).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from enum import StrEnum
 
 
@@ -59,7 +65,9 @@ class FieldViolation:
 
 
 class DomainError(Exception):
-    """A failure the caller can act on, identified by its reason."""
+    """A failure the caller can act on, identified by its reason. Build one through
+    the factory of its reason, never directly: the factory keeps the metadata to
+    what the contract documents."""
 
     def __init__(
         self,
@@ -76,7 +84,8 @@ class DomainError(Exception):
 
 
 def invalid_request(violations: Sequence[FieldViolation]) -> DomainError:
-    """The INVALID_REQUEST error for a non-empty list of violations."""
+    """The INVALID_REQUEST error for a non-empty list of violations; metadata `field` is
+    the first offending field (the BadRequest detail lists them all)."""
     first = violations[0]
     more = f" (and {len(violations) - 1} more)" if len(violations) > 1 else ""
     return DomainError(
@@ -93,6 +102,257 @@ def raise_if_invalid(violations: Sequence[FieldViolation]) -> None:
         raise invalid_request(violations)
 
 
+def _on_line(line: int | None, message: str) -> str:
+    return message if line is None else f"line {line}: {message}"
+
+
+def _with_line(metadata: dict[str, str], line: int | None) -> dict[str, str]:
+    return metadata if line is None else {**metadata, "line": str(line)}
+
+
+def missing_credentials() -> DomainError:
+    """A Fulfillment or Catalog call without a bearer token."""
+    return DomainError(
+        Reason.MISSING_CREDENTIALS, "send 'authorization: Bearer <token>' with this call"
+    )
+
+
+def invalid_token() -> DomainError:
+    """A bearer token that is unknown or revoked."""
+    return DomainError(Reason.INVALID_TOKEN, "the bearer token is not valid")
+
+
+def insufficient_scope(required_scope: str) -> DomainError:
+    return DomainError(
+        Reason.INSUFFICIENT_SCOPE,
+        f"this token lacks the {required_scope!r} scope",
+        {"required_scope": required_scope},
+    )
+
+
+def order_conflict(source: str, order_id: str) -> DomainError:
+    """The idempotency key of an order already fulfilled with other content."""
+    return DomainError(
+        Reason.ORDER_CONFLICT,
+        f"order {source}/{order_id} was already fulfilled with different content",
+        {"source": source, "order_id": order_id},
+    )
+
+
+def order_not_found(source: str, order_id: str) -> DomainError:
+    return DomainError(
+        Reason.ORDER_NOT_FOUND,
+        f"no order {source}/{order_id}",
+        {"source": source, "order_id": order_id},
+    )
+
+
+def sku_not_found(sku_id: str, line: int | None = None) -> DomainError:
+    """No such SKU; `line` when an order line names it."""
+    return DomainError(
+        Reason.SKU_NOT_FOUND,
+        _on_line(line, f"no SKU {sku_id!r}"),
+        _with_line({"sku_id": sku_id}, line),
+    )
+
+
+def product_not_found(product_id: str) -> DomainError:
+    return DomainError(
+        Reason.PRODUCT_NOT_FOUND, f"no product {product_id!r}", {"product_id": product_id}
+    )
+
+
+def entitlement_not_found(
+    entitlement_id: str | None = None,
+    *,
+    external_reference: str | None = None,
+    line: int | None = None,
+) -> DomainError:
+    """No entitlement by the id or the external reference it was looked up by (give one);
+    `line` when an order line names it."""
+    looked_up = {"entitlement_id": entitlement_id, "external_reference": external_reference}
+    metadata = {key: value for key, value in looked_up.items() if value is not None}
+    assert metadata, "name the entitlement looked for"
+    named = entitlement_id if entitlement_id is not None else external_reference
+    return DomainError(
+        Reason.ENTITLEMENT_NOT_FOUND,
+        _on_line(line, f"no entitlement {named!r}"),
+        _with_line(metadata, line),
+    )
+
+
+def etag_mismatch(resource: str) -> DomainError:
+    """The etag sent is not the stored one, or the resource was created concurrently."""
+    return DomainError(
+        Reason.ETAG_MISMATCH,
+        f"{resource} was changed by someone else since it was read; read it again",
+        {"resource": resource},
+    )
+
+
+def invalid_state(product_id: str, edition_id: str, operation: str) -> DomainError:
+    """The catalog changed under a SKU: its `operation` names an edition the product
+    no longer has."""
+    return DomainError(
+        Reason.INVALID_STATE,
+        f"product {product_id!r} no longer has edition {edition_id!r} ({operation})",
+        {"product_id": product_id, "edition_id": edition_id, "operation": operation},
+    )
+
+
+def not_implemented(operation: str) -> DomainError:
+    return DomainError(
+        Reason.NOT_IMPLEMENTED,
+        f"{operation} is not available in this server version",
+        {"operation": operation},
+    )
+
+
+def invalid_license_key() -> DomainError:
+    """The same answer for malformed, mistyped and unknown keys or identity tokens."""
+    return DomainError(Reason.INVALID_LICENSE_KEY, "the license key is not valid")
+
+
+def product_mismatch(product_id: str) -> DomainError:
+    """A valid credential that does not license `product_id`."""
+    return DomainError(
+        Reason.PRODUCT_MISMATCH,
+        f"this license is not for product {product_id!r}",
+        {"product_id": product_id},
+    )
+
+
+def entitlement_expired(entitlement_id: str, end_time: datetime) -> DomainError:
+    return DomainError(
+        Reason.ENTITLEMENT_EXPIRED,
+        "this license has expired",
+        {"entitlement_id": entitlement_id, "end_time": end_time.isoformat()},
+    )
+
+
+def entitlement_cancelled(entitlement_id: str, line: int | None = None) -> DomainError:
+    """A cancelled entitlement; `line` when an order line aims an operation at it."""
+    return DomainError(
+        Reason.ENTITLEMENT_CANCELLED,
+        _on_line(line, "the entitlement was cancelled"),
+        _with_line({"entitlement_id": entitlement_id}, line),
+    )
+
+
+def seats_exhausted(seats: int, seat_limit: int) -> DomainError:
+    """No free seat: `seat_limit` (the paid `seats` raised by any overage policy) in use."""
+    return DomainError(
+        Reason.SEATS_EXHAUSTED,
+        f"all {seat_limit} seats of this license are in use",
+        {"seats": str(seats), "seat_limit": str(seat_limit)},
+    )
+
+
+def invalid_lease() -> DomainError:
+    """A lease token we did not sign, or one tampered with."""
+    return DomainError(Reason.INVALID_LEASE, "the lease token is not valid")
+
+
+def lease_superseded(activation_id: str) -> DomainError:
+    return DomainError(
+        Reason.LEASE_SUPERSEDED,
+        "this lease was renewed or released; use the newest lease token",
+        {"activation_id": activation_id},
+    )
+
+
+def database_unavailable() -> DomainError:
+    """The database cannot be reached (down, starting, stopping, connection lost)."""
+    return DomainError(Reason.DATABASE_UNAVAILABLE, "the database is unavailable; retry later")
+
+
+def internal_error(error_id: str) -> DomainError:
+    """An unexpected fault, logged in full under `error_id`."""
+    return DomainError(
+        Reason.INTERNAL_ERROR, f"unexpected server error {error_id}", {"error_id": error_id}
+    )
+
+
+def external_reference_taken(external_reference: str, line: int) -> DomainError:
+    """The reference an order line would attach already names another entitlement."""
+    return DomainError(
+        Reason.EXTERNAL_REFERENCE_TAKEN,
+        f"line {line}: external reference {external_reference!r} is already in use",
+        {"external_reference": external_reference, "line": str(line)},
+    )
+
+
+def not_a_trial(entitlement_id: str, line: int) -> DomainError:
+    return DomainError(
+        Reason.NOT_A_TRIAL,
+        f"line {line}: the entitlement is not a trial",
+        {"entitlement_id": entitlement_id, "line": str(line)},
+    )
+
+
+def entitlement_perpetual(entitlement_id: str, line: int) -> DomainError:
+    return DomainError(
+        Reason.ENTITLEMENT_PERPETUAL,
+        f"line {line}: a perpetual entitlement cannot be renewed",
+        {"entitlement_id": entitlement_id, "line": str(line)},
+    )
+
+
+def seat_minimum(entitlement_id: str, seats: int, line: int) -> DomainError:
+    """Removing seats would leave fewer than one of the `seats` there are."""
+    return DomainError(
+        Reason.SEAT_MINIMUM,
+        f"line {line}: removing seats would leave fewer than one of {seats}",
+        {"entitlement_id": entitlement_id, "seats": str(seats), "line": str(line)},
+    )
+
+
+def sequence_out_of_range(last_sequence: int) -> DomainError:
+    """An `after_sequence` beyond the last event written."""
+    return DomainError(
+        Reason.SEQUENCE_OUT_OF_RANGE,
+        f"after_sequence is beyond the last event ({last_sequence})",
+        {"last_sequence": str(last_sequence)},
+    )
+
+
+def server_stopping(last_sequence: int) -> DomainError:
+    """A change stream ended by shutdown, after sending up to `last_sequence`."""
+    return DomainError(
+        Reason.SERVER_STOPPING,
+        f"the server is stopping; reconnect with after_sequence {last_sequence}",
+        {"last_sequence": str(last_sequence)},
+    )
+
+
+def invalid_invitation() -> DomainError:
+    """The same answer for unknown, malformed and mistyped invitation codes."""
+    return DomainError(Reason.INVALID_INVITATION, "the invitation code is not valid")
+
+
+def invitation_redeemed(user_id: str) -> DomainError:
+    return DomainError(
+        Reason.INVITATION_REDEEMED,
+        "this invitation was already used; ask for a new one",
+        {"user_id": user_id},
+    )
+
+
+def named_users_exceed_seats(
+    entitlement_id: str, seats: int, named_users: int, line: int
+) -> DomainError:
+    return DomainError(
+        Reason.NAMED_USERS_EXCEED_SEATS,
+        f"line {line}: {named_users} named users do not fit in {seats} seats",
+        {
+            "entitlement_id": entitlement_id,
+            "seats": str(seats),
+            "named_users": str(named_users),
+            "line": str(line),
+        },
+    )
+
+
 def watch_streams_exhausted(max_streams: int) -> DomainError:
     """A new change stream refused: this process already serves `max_streams` of them."""
     return DomainError(
@@ -103,9 +363,13 @@ def watch_streams_exhausted(max_streams: int) -> DomainError:
     )
 
 
-def database_unavailable() -> DomainError:
-    """The database cannot be reached (down, starting, stopping, connection lost)."""
-    return DomainError(Reason.DATABASE_UNAVAILABLE, "the database is unavailable; retry later")
+def transaction_conflict(attempts: int) -> DomainError:
+    """A serialization failure or deadlock, after the server's own `attempts`."""
+    return DomainError(
+        Reason.TRANSACTION_CONFLICT,
+        "a concurrent transaction conflicted with this one; nothing was written, retry",
+        {"attempts": str(attempts)},
+    )
 
 
 def database_busy(limit: str) -> DomainError:
@@ -115,15 +379,6 @@ def database_busy(limit: str) -> DomainError:
         Reason.DATABASE_BUSY,
         f"the database did not answer in time ({limit}); retry later",
         {"limit": limit},
-    )
-
-
-def transaction_conflict(attempts: int) -> DomainError:
-    """A serialization failure or deadlock, after the server's own `attempts`."""
-    return DomainError(
-        Reason.TRANSACTION_CONFLICT,
-        "a concurrent transaction conflicted with this one; nothing was written, retry",
-        {"attempts": str(attempts)},
     )
 
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from .entitlement import Entitlement
-from .errors import DomainError, Reason
+from .errors import named_users_exceed_seats
 
 
 @dataclass(frozen=True)
@@ -42,13 +42,6 @@ def new_emails(assigned: set[str], requested: tuple[str, ...]) -> list[str]:
 def check_fits_seats(entitlement: Entitlement, named: int, line_index: int) -> None:
     """Named users are each assigned a seat: never more of them than seats."""
     if named > entitlement.seats:
-        raise DomainError(
-            Reason.NAMED_USERS_EXCEED_SEATS,
-            f"{named} named users do not fit in {entitlement.seats} seats",
-            {
-                "entitlement_id": entitlement.entitlement_id,
-                "seats": str(entitlement.seats),
-                "named_users": str(named),
-                "line": str(line_index),
-            },
+        raise named_users_exceed_seats(
+            entitlement.entitlement_id, entitlement.seats, named, line_index
         )

@@ -27,8 +27,17 @@ from .catalog import (
     without_features,
 )
 from .durations import IsoDuration, parse_iso_duration
-from .entitlement import Entitlement, Status, effective_features, missing_edition
-from .errors import DomainError, FieldViolation, Reason, invalid_request
+from .entitlement import Entitlement, Status, effective_features
+from .errors import (
+    DomainError,
+    FieldViolation,
+    entitlement_cancelled,
+    entitlement_perpetual,
+    invalid_request,
+    invalid_state,
+    not_a_trial,
+    seat_minimum,
+)
 from .events import EventType
 
 EVENT_OF: dict[type[Operation], EventType] = {
@@ -53,13 +62,6 @@ class LineContext:
     product: Product
     now: datetime
 
-    def fail(self, reason: Reason, message: str, entitlement: Entitlement) -> DomainError:
-        return DomainError(
-            reason,
-            f"line {self.line_index}: {message}",
-            {"entitlement_id": entitlement.entitlement_id, "line": str(self.line_index)},
-        )
-
     def too_large(self, what: str) -> DomainError:
         path = f"lines[{self.line_index}].quantity"
         return invalid_request([FieldViolation(path, f"would make {what}")])
@@ -79,9 +81,7 @@ def _end_after(term: IsoDuration, start: datetime, line: LineContext) -> datetim
 def renew(ent: Entitlement, op: Renew, line: LineContext) -> Entitlement:
     """Extend the end date; it never moves backwards."""
     if ent.end_time is None:
-        raise line.fail(
-            Reason.ENTITLEMENT_PERPETUAL, "a perpetual entitlement cannot be renewed", ent
-        )
+        raise entitlement_perpetual(ent.entitlement_id, line.line_index)
     expired = ent.status(line.now) is Status.EXPIRED
     from_now = op.anchor is RenewalAnchor.FROM_NOW or (
         op.anchor is RenewalAnchor.FROM_NOW_IF_EXPIRED and expired
@@ -103,20 +103,14 @@ def remove_seats(ent: Entitlement, op: RemoveSeats, line: LineContext) -> Entitl
     """Fewer seats; seats in use beyond the count are refused at their next renewal."""
     seats = ent.seats - op.seats_per_unit * line.quantity
     if seats < 1:
-        error = line.fail(
-            Reason.SEAT_MINIMUM,
-            f"removing {ent.seats - seats} of {ent.seats} seats would leave fewer than one",
-            ent,
-        )
-        error.metadata["seats"] = str(ent.seats)
-        raise error
+        raise seat_minimum(ent.entitlement_id, ent.seats, line.line_index)
     return replace(ent, seats=seats)
 
 
 def change_edition(ent: Entitlement, op: ChangeEdition, line: LineContext) -> Entitlement:
     edition = line.product.edition(op.edition_id)
     if edition is None:
-        raise missing_edition(line.product, op.edition_id, op.name)
+        raise invalid_state(line.product.product_id, op.edition_id, op.name)
     features = effective_features(edition, ent.addons, ent.removed_features)
     return replace(ent, edition_id=edition.edition_id, features=features)
 
@@ -143,7 +137,7 @@ def remove_features(ent: Entitlement, op: RemoveFeatures, line: LineContext) -> 
 def convert_trial(ent: Entitlement, op: ConvertTrial, line: LineContext) -> Entitlement:
     """Trial to paid, the paid term counted from now (also after the trial ran out)."""
     if not ent.trial:
-        raise line.fail(Reason.NOT_A_TRIAL, "the entitlement is not a trial", ent)
+        raise not_a_trial(ent.entitlement_id, line.line_index)
     end = None if op.term is None else _end_after(scaled_term(op.term, line), line.now, line)
     return replace(ent, trial=False, start_time=line.now, end_time=end)
 
@@ -155,11 +149,7 @@ def cancel(ent: Entitlement, op: Cancel, line: LineContext) -> Entitlement:
 def apply_operation(ent: Entitlement, op: Operation, line: LineContext) -> Entitlement:
     """The entitlement after one operation of an order line (never `create`)."""
     if ent.status(line.now) is Status.CANCELLED:
-        raise line.fail(
-            Reason.ENTITLEMENT_CANCELLED,
-            f"the entitlement was cancelled; {op.name} cannot apply",
-            ent,
-        )
+        raise entitlement_cancelled(ent.entitlement_id, line.line_index)
     changed: Entitlement
     if isinstance(op, Renew):
         changed = renew(ent, op, line)

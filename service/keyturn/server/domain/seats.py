@@ -17,7 +17,7 @@ from enum import StrEnum
 
 from .catalog import LicenseModel
 from .entitlement import Entitlement
-from .errors import DomainError, Reason
+from .errors import lease_superseded, product_mismatch
 from .ids import same_secret_id
 
 
@@ -92,40 +92,15 @@ def takes_seat(outcome: SeatOutcome) -> bool:
     return outcome in (SeatOutcome.GRANTED, SeatOutcome.REGAINED)
 
 
-def invalid_license_key() -> DomainError:
-    """The same answer for malformed, mistyped and unknown keys or identity tokens."""
-    return DomainError(Reason.INVALID_LICENSE_KEY, "the license key is not valid")
-
-
 def check_product(entitlement: Entitlement, product_id: str) -> None:
     if entitlement.product_id != product_id:
-        raise DomainError(
-            Reason.PRODUCT_MISMATCH,
-            f"this license is not for product {product_id!r}",
-            {"product_id": product_id},
-        )
+        raise product_mismatch(product_id)
 
 
 def check_claimable(entitlement: Entitlement, product_id: str, now: datetime) -> None:
     """A seat may be claimed: the license is for this product and usable now."""
     check_product(entitlement, product_id)
     entitlement.ensure_usable(now)
-
-
-def seats_exhausted(entitlement: Entitlement) -> DomainError:
-    return DomainError(
-        Reason.SEATS_EXHAUSTED,
-        f"all {entitlement.seat_limit} seats of this license are in use",
-        {"seats": str(entitlement.seats), "seat_limit": str(entitlement.seat_limit)},
-    )
-
-
-def lease_superseded(activation_id: str) -> DomainError:
-    return DomainError(
-        Reason.LEASE_SUPERSEDED,
-        "this lease was renewed or released; use the newest lease token",
-        {"activation_id": activation_id},
-    )
 
 
 def check_renewable(activation: Activation | None, activation_id: str, jti: str) -> Activation:

@@ -13,7 +13,7 @@ from typing import Any
 import jwt
 
 from keyturn.server.domain.entitlement import Entitlement
-from keyturn.server.domain.errors import DomainError, Reason
+from keyturn.server.domain.errors import invalid_lease
 from keyturn.server.domain.seats import Activation
 
 from .keyring import SigningKey
@@ -167,7 +167,7 @@ def read_lease(key: SigningKey | None, issuer: str, token: str) -> LeaseIdentity
     seat is free). Leases issued before `token_use` existed count as leases."""
     claims = _verified_claims(key, issuer, token, LEASE_USE, ["exp", "fingerprint"])
     if claims is None:
-        raise DomainError(Reason.INVALID_LEASE, "the lease token is not valid")
+        raise invalid_lease()
     user_id = claims.get("user_id")
     return LeaseIdentity(
         activation_id=claims["sub"],

@@ -31,7 +31,13 @@ import asyncpg
 from keyturn.server.clock import Clock, SystemClock
 from keyturn.server.domain.catalog import LicenseModel
 from keyturn.server.domain.entitlement import Entitlement
-from keyturn.server.domain.errors import database_busy, database_unavailable
+from keyturn.server.domain.errors import (
+    database_busy,
+    database_unavailable,
+    invalid_license_key,
+    lease_superseded,
+    seats_exhausted,
+)
 from keyturn.server.domain.named_users import NamedUser
 from keyturn.server.domain.seats import (
     Activation,
@@ -40,10 +46,7 @@ from keyturn.server.domain.seats import (
     check_claimable,
     check_renewable,
     holds_seat,
-    invalid_license_key,
-    lease_superseded,
     rank_needed,
-    seats_exhausted,
     takes_seat,
 )
 
@@ -375,7 +378,9 @@ class PgSeats:
         if self._contended_recently(entitlement.entitlement_id):
             return None
         if admit(None, False, in_use, entitlement.seat_limit) is SeatOutcome.REFUSED:
-            raise seats_exhausted(entitlement)  # no seat was free when read
+            raise seats_exhausted(
+                entitlement.seats, entitlement.seat_limit
+            )  # no seat was free when read
         fresh = fresh_activation(claim, entitlement, now)
         result = SeatResult(SeatOutcome.GRANTED, fresh, entitlement, in_use + 1, now)
         try:
@@ -553,7 +558,7 @@ class PgSeats:
             )
         outcome = admit(current, holds, in_use, entitlement.seat_limit, ahead)
         if outcome is SeatOutcome.REFUSED:
-            raise seats_exhausted(entitlement)
+            raise seats_exhausted(entitlement.seats, entitlement.seat_limit)
         took = takes_seat(outcome)
         seats_in_use = in_use + 1 if took else in_use
         user = None

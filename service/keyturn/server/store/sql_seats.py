@@ -12,6 +12,7 @@ from datetime import datetime, timedelta
 
 from keyturn.server.clock import Clock
 from keyturn.server.domain.entitlement import Entitlement
+from keyturn.server.domain.errors import invalid_license_key, lease_superseded, seats_exhausted
 from keyturn.server.domain.seats import (
     Activation,
     SeatOutcome,
@@ -19,10 +20,7 @@ from keyturn.server.domain.seats import (
     check_claimable,
     check_renewable,
     holds_seat,
-    invalid_license_key,
-    lease_superseded,
     rank_needed,
-    seats_exhausted,
     takes_seat,
 )
 
@@ -111,7 +109,7 @@ class SqlSeats:
             ahead = await tx.activations.held_ahead_of(entitlement, current, now, self._grace)
         outcome = admit(current, holds, in_use, entitlement.seat_limit, ahead)
         if outcome is SeatOutcome.REFUSED:
-            raise seats_exhausted(entitlement)
+            raise seats_exhausted(entitlement.seats, entitlement.seat_limit)
         if current is None:
             await tx.activations.add(wanted)
             return SeatResult(outcome, wanted, entitlement, in_use + 1, now, lapsed=lapsed)

@@ -92,7 +92,8 @@ class EntitlementCancelledError(KeyturnError):
 
 
 class SeatsExhaustedError(KeyturnError):
-    """SEATS_EXHAUSTED: every seat is taken; `.metadata['seats']` is the seat count."""
+    """SEATS_EXHAUSTED: every seat is taken; `.metadata['seats']` is the paid seat count,
+    `.metadata['seat_limit']` how many may be in use at once (more under an overage policy)."""
 
 
 class InvalidLeaseError(KeyturnError):
@@ -100,7 +101,8 @@ class InvalidLeaseError(KeyturnError):
 
 
 class LeaseSupersededError(KeyturnError):
-    """LEASE_SUPERSEDED: a newer token replaced this one, or the seat was released."""
+    """LEASE_SUPERSEDED: a newer token replaced this one, or the seat was released;
+    `.metadata['activation_id']` names the activation."""
 
 
 class UnavailableError(KeyturnError):

@@ -49,7 +49,8 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """
     SKU_NOT_FOUND: _ErrorReason.ValueType  # 7
     """NOT_FOUND. The SKU does not exist (also when an order line names it).
-    Metadata: `sku_id`.
+    Metadata: `sku_id`, `line` (the index of the order line naming it, when
+    one does).
     """
     PRODUCT_NOT_FOUND: _ErrorReason.ValueType  # 8
     """NOT_FOUND. The product does not exist (also when a SKU refers to it).
@@ -57,7 +58,9 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """
     ENTITLEMENT_NOT_FOUND: _ErrorReason.ValueType  # 9
     """NOT_FOUND. No entitlement with that id or external reference.
-    Metadata: `entitlement_id` or `external_reference`.
+    Metadata: `entitlement_id` or `external_reference` (whichever it was
+    looked up by), `line` (the index of the order line naming it, when one
+    does).
     """
     ETAG_MISMATCH: _ErrorReason.ValueType  # 10
     """ABORTED. The `etag` sent with a replace is not the stored one: someone
@@ -65,9 +68,12 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     Metadata: `resource`.
     """
     INVALID_STATE: _ErrorReason.ValueType  # 11
-    """FAILED_PRECONDITION. The operation does not apply to the entitlement in
-    its current state (for example renewing a cancelled entitlement).
-    Metadata: `entitlement_id`, `status`, `operation`.
+    """FAILED_PRECONDITION. The catalog changed under a SKU: its `create` or
+    `change_edition` operation names an edition that its product no longer
+    has (the product was replaced without it after the SKU was saved). Put
+    the SKU again, or the edition back; the whole order is rolled back.
+    Metadata: `product_id`, `edition_id`, `operation` (`create` or
+    `change_edition`).
     """
     NOT_IMPLEMENTED: _ErrorReason.ValueType  # 12
     """UNIMPLEMENTED. The operation or call is part of the contract but not
@@ -84,13 +90,19 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """
     ENTITLEMENT_EXPIRED: _ErrorReason.ValueType  # 15
     """FAILED_PRECONDITION. The entitlement has passed its end date (plus grace).
-    Metadata: `end_time` (RFC 3339).
+    Metadata: `entitlement_id`, `end_time` (RFC 3339).
     """
     ENTITLEMENT_CANCELLED: _ErrorReason.ValueType  # 16
-    """FAILED_PRECONDITION. The entitlement was cancelled."""
+    """FAILED_PRECONDITION. The entitlement was cancelled: no seat can be taken
+    or renewed, and an order line's operation cannot apply to it (the whole
+    order is then rolled back). Metadata: `entitlement_id`, `line` (the
+    index of the order line aiming at it, when one does).
+    """
     SEATS_EXHAUSTED: _ErrorReason.ValueType  # 17
     """RESOURCE_EXHAUSTED. Every seat of the entitlement is in use.
-    Metadata: `seats` (the seat count).
+    Metadata: `seats` (the paid seat count), `seat_limit` (the seats that may
+    be in use at once: `seats` raised by the overage policy, equal to it
+    when there is none).
     """
     INVALID_LEASE: _ErrorReason.ValueType  # 18
     """UNAUTHENTICATED. The lease token is malformed, not signed by a Keyturn
@@ -99,7 +111,8 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     LEASE_SUPERSEDED: _ErrorReason.ValueType  # 19
     """FAILED_PRECONDITION. The lease token was replaced by a newer one (every
     renewal issues a new token) or its seat was released. Only the newest
-    token of a live activation can be renewed.
+    token of a live activation can be renewed. Metadata: `activation_id` (the
+    lease's `sub`).
     """
     DATABASE_UNAVAILABLE: _ErrorReason.ValueType  # 20
     """UNAVAILABLE. The database cannot be reached: it is down, starting up or
@@ -114,8 +127,10 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     you see it, it is a bug worth reporting. Metadata: `error_id`.
     """
     EXTERNAL_REFERENCE_TAKEN: _ErrorReason.ValueType  # 22
-    """ALREADY_EXISTS. The external reference that a `create` would attach
-    already names another entitlement. Metadata: `external_reference`.
+    """ALREADY_EXISTS. The external reference that an order line would attach
+    (to the entitlement its `create` makes, or to its target) already names
+    another entitlement. The whole order is rolled back.
+    Metadata: `external_reference`, `line`.
     """
     NOT_A_TRIAL: _ErrorReason.ValueType  # 23
     """FAILED_PRECONDITION. A `convert_trial` operation targets an entitlement
@@ -187,9 +202,11 @@ class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
 
     Every non-OK status carries an ErrorInfo whose `domain` is `keyturn.dev` and
     whose `reason` is the name of one of these values (for example
-    `SEATS_EXHAUSTED`). Each value documents the gRPC status code it travels
-    with and the metadata keys it carries. Clients branch on the reason, never
-    on the message text.
+    `SEATS_EXHAUSTED`). Each value's comment starts with the gRPC status code
+    it travels with and ends with the ErrorInfo metadata keys it carries
+    (`Metadata: ...`; a key said to be sent "when" something applies is absent
+    otherwise). Clients branch on the reason and read the metadata, never the
+    message text.
 
     The values are not prefixed with the enum name on purpose: the reason
     string is the value name, and the enum lives alone in its package.
@@ -222,7 +239,8 @@ Metadata: `source`, `order_id`.
 """
 SKU_NOT_FOUND: ErrorReason.ValueType  # 7
 """NOT_FOUND. The SKU does not exist (also when an order line names it).
-Metadata: `sku_id`.
+Metadata: `sku_id`, `line` (the index of the order line naming it, when
+one does).
 """
 PRODUCT_NOT_FOUND: ErrorReason.ValueType  # 8
 """NOT_FOUND. The product does not exist (also when a SKU refers to it).
@@ -230,7 +248,9 @@ Metadata: `product_id`.
 """
 ENTITLEMENT_NOT_FOUND: ErrorReason.ValueType  # 9
 """NOT_FOUND. No entitlement with that id or external reference.
-Metadata: `entitlement_id` or `external_reference`.
+Metadata: `entitlement_id` or `external_reference` (whichever it was
+looked up by), `line` (the index of the order line naming it, when one
+does).
 """
 ETAG_MISMATCH: ErrorReason.ValueType  # 10
 """ABORTED. The `etag` sent with a replace is not the stored one: someone
@@ -238,9 +258,12 @@ else changed the resource first. Read it again and retry.
 Metadata: `resource`.
 """
 INVALID_STATE: ErrorReason.ValueType  # 11
-"""FAILED_PRECONDITION. The operation does not apply to the entitlement in
-its current state (for example renewing a cancelled entitlement).
-Metadata: `entitlement_id`, `status`, `operation`.
+"""FAILED_PRECONDITION. The catalog changed under a SKU: its `create` or
+`change_edition` operation names an edition that its product no longer
+has (the product was replaced without it after the SKU was saved). Put
+the SKU again, or the edition back; the whole order is rolled back.
+Metadata: `product_id`, `edition_id`, `operation` (`create` or
+`change_edition`).
 """
 NOT_IMPLEMENTED: ErrorReason.ValueType  # 12
 """UNIMPLEMENTED. The operation or call is part of the contract but not
@@ -257,13 +280,19 @@ product named in the request. Metadata: `product_id`.
 """
 ENTITLEMENT_EXPIRED: ErrorReason.ValueType  # 15
 """FAILED_PRECONDITION. The entitlement has passed its end date (plus grace).
-Metadata: `end_time` (RFC 3339).
+Metadata: `entitlement_id`, `end_time` (RFC 3339).
 """
 ENTITLEMENT_CANCELLED: ErrorReason.ValueType  # 16
-"""FAILED_PRECONDITION. The entitlement was cancelled."""
+"""FAILED_PRECONDITION. The entitlement was cancelled: no seat can be taken
+or renewed, and an order line's operation cannot apply to it (the whole
+order is then rolled back). Metadata: `entitlement_id`, `line` (the
+index of the order line aiming at it, when one does).
+"""
 SEATS_EXHAUSTED: ErrorReason.ValueType  # 17
 """RESOURCE_EXHAUSTED. Every seat of the entitlement is in use.
-Metadata: `seats` (the seat count).
+Metadata: `seats` (the paid seat count), `seat_limit` (the seats that may
+be in use at once: `seats` raised by the overage policy, equal to it
+when there is none).
 """
 INVALID_LEASE: ErrorReason.ValueType  # 18
 """UNAUTHENTICATED. The lease token is malformed, not signed by a Keyturn
@@ -272,7 +301,8 @@ signing key, signed with another algorithm than EdDSA, or tampered with.
 LEASE_SUPERSEDED: ErrorReason.ValueType  # 19
 """FAILED_PRECONDITION. The lease token was replaced by a newer one (every
 renewal issues a new token) or its seat was released. Only the newest
-token of a live activation can be renewed.
+token of a live activation can be renewed. Metadata: `activation_id` (the
+lease's `sub`).
 """
 DATABASE_UNAVAILABLE: ErrorReason.ValueType  # 20
 """UNAVAILABLE. The database cannot be reached: it is down, starting up or
@@ -287,8 +317,10 @@ INTERNAL_ERROR: ErrorReason.ValueType  # 21
 you see it, it is a bug worth reporting. Metadata: `error_id`.
 """
 EXTERNAL_REFERENCE_TAKEN: ErrorReason.ValueType  # 22
-"""ALREADY_EXISTS. The external reference that a `create` would attach
-already names another entitlement. Metadata: `external_reference`.
+"""ALREADY_EXISTS. The external reference that an order line would attach
+(to the entitlement its `create` makes, or to its target) already names
+another entitlement. The whole order is rolled back.
+Metadata: `external_reference`, `line`.
 """
 NOT_A_TRIAL: ErrorReason.ValueType  # 23
 """FAILED_PRECONDITION. A `convert_trial` operation targets an entitlement
