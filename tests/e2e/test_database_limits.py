@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
+import sqlite3
 from collections import Counter
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -43,7 +44,7 @@ from support.faults import FaultTally, record
 from support.health import health_reaches
 from support.rpc import PRODUCT_ID, create_sku, failure_of, order
 from support.seat_load import oversold
-from support.subprocess_server import create_token, serving
+from support.subprocess_server import create_token, serving, sqlite_settings
 
 __all__ = ["fault", "faulty"]  # fixtures
 
@@ -365,3 +366,39 @@ async def lapse_events(dsn: str) -> int:
         )
     finally:
         await conn.close()
+
+
+async def test_a_sqlite_file_held_by_another_writer_answers_busy_after_the_timeout(
+    tmp_path: Path,
+) -> None:
+    """SQLite: another process holds the write lock (BEGIN IMMEDIATE) past the statement
+    timeout: a seat claim is answered UNAVAILABLE / DATABASE_BUSY, nothing is written, and
+    once the lock is let go the same claim succeeds."""
+    database = tmp_path / "keyturn.db"
+    env = sqlite_settings(database, KEYTURN_DATABASE_STATEMENT_TIMEOUT_SECONDS="1")
+    token = await create_token(tmp_path, env)
+    auth = (("authorization", f"Bearer {token}"),)
+    async with serving(tmp_path, env) as server, grpc.aio.insecure_channel(server.address) as ch:
+        await put_catalog(catalog_pb2_grpc.CatalogServiceStub(ch), auth, create_sku(SKU, seats=2))
+        made = await fulfillment_pb2_grpc.FulfillmentServiceStub(ch).FulfillOrder(
+            order("o-sqlite", SKU), metadata=auth
+        )
+        key = made.entitlements[0].license_key
+        licensing = licensing_pb2_grpc.LicensingServiceStub(ch)
+        holder = await asyncio.to_thread(sqlite3.connect, database, isolation_level=None)
+        try:
+            await asyncio.to_thread(holder.execute, "BEGIN IMMEDIATE")
+            busy = await outcome(
+                licensing.ActivateSeat(activation(key, "device-waits"), timeout=20)
+            )
+            await asyncio.to_thread(holder.execute, "ROLLBACK")
+            rows = await asyncio.to_thread(
+                lambda: holder.execute("SELECT count(*) FROM activations").fetchone()[0]
+            )
+        finally:
+            await asyncio.to_thread(holder.close)
+        after = await outcome(licensing.ActivateSeat(activation(key, "device-waits"), timeout=20))
+    record("sqlite-write-lock-held", FaultTally(faults=1, requests=1))
+    assert busy == ("UNAVAILABLE", "DATABASE_BUSY", {"limit": "lock_timeout"})
+    assert rows == 0
+    assert after[0] == "OK"
