@@ -678,13 +678,16 @@ def announced_and_refused(address: str, streams: int) -> tuple[dict[int, int], d
         raw.close()
 
 
-async def refused_huge_messages(stubs: Sequence[Licensing], license_key: str) -> list[Refusal]:
-    """One request of HUGE_MESSAGE bytes on each stub at once (built here, so that a failing
-    test's report does not print it)."""
+async def refused_huge_messages(
+    stubs: Sequence[Licensing], license_key: str
+) -> tuple[int, list[Refusal]]:
+    """One request of over HUGE_MESSAGE bytes on each stub at once (built here, so that a
+    failing test's report does not print it): its size, and the refusals."""
     huge = activation(license_key, "x" * HUGE_MESSAGE)
-    return await asyncio.gather(
+    refused = await asyncio.gather(
         *(refusal(stub.ActivateSeat(huge, timeout=CALL_TIMEOUT_S)) for stub in stubs)
     )
+    return huge.ByteSize(), refused
 
 
 async def test_oversize_messages_and_metadata_are_refused_without_being_held(
@@ -709,7 +712,7 @@ async def test_oversize_messages_and_metadata_are_refused_without_being_held(
                 ]
                 before = served.memory()
                 began = time.monotonic()
-                refused = await refused_huge_messages(stubs, served.license_key)
+                size, refused = await refused_huge_messages(stubs, served.license_key)
                 took = time.monotonic() - began
                 after_messages = served.memory()
                 print(
@@ -718,7 +721,7 @@ async def test_oversize_messages_and_metadata_are_refused_without_being_held(
                 )
                 for code, reason, message in refused:
                     assert (code, reason) == (grpc.StatusCode.RESOURCE_EXHAUSTED, "")
-                    assert f"larger than max ({HUGE_MESSAGE + 66} vs. {limit})" in message
+                    assert f"larger than max ({size} vs. {limit})" in message
                 # Under the limit, the request reaches Keyturn, which judges the label.
                 under = activation(served.license_key, "x" * (limit // 2))
                 with pytest.raises(grpc.aio.AioRpcError) as caught:
@@ -762,3 +765,65 @@ async def test_oversize_messages_and_metadata_are_refused_without_being_held(
                 after = served.memory()
     print(f"before {before}; after the messages {after_messages}; after the metadata {after}")
     within(after, before.rss + REFUSAL_BUDGET, "refusing oversize messages and metadata")
+
+
+# --- memory over many activations ------------------------------------------------------
+
+# A few thousand here; bench/licensing.py makes 100,000 and holds the server to its RSS
+# target (README "Benchmark"): that many take minutes on two cores.
+WARM_UP = 500  # activations before the baseline: pools, caches and statements fill up
+ACTIVATIONS = 3000  # measured after the baseline, in two halves
+ACTIVATING_AT_ONCE = 16
+# Growth allowed over the second half; measured: none (under 0.5 MiB either way). A leak
+# of 1.5 KiB an activation (a lease kept, a row cached) would exceed it: 150 MB per 100,000.
+SECOND_HALF_BUDGET = 2 * MiB
+
+
+async def activate_devices(stub: Licensing, license_key: str, first: int, count: int) -> None:
+    """`count` new devices (fingerprints first..first+count-1), ACTIVATING_AT_ONCE in flight."""
+    numbers = iter(range(first, first + count))
+
+    async def slot() -> None:
+        for n in numbers:
+            request = lic.ActivateSeatRequest(
+                license_key=license_key, product_id=PRODUCT_ID, fingerprint=f"device-{n:08d}"
+            )
+            await stub.ActivateSeat(request, timeout=CALL_TIMEOUT_S)
+
+    await asyncio.gather(*(slot() for _ in range(ACTIVATING_AT_ONCE)))
+
+
+async def test_memory_stops_growing_over_thousands_of_activations(
+    postgres_url: str, tmp_path: Path
+) -> None:
+    async with keyturn_serve(tmp_path, postgres_url) as served:
+        async with grpc.aio.insecure_channel(served.server.address) as channel:
+            many = await new_license(
+                catalog_pb2_grpc.CatalogServiceStub(channel),
+                fulfillment_pb2_grpc.FulfillmentServiceStub(channel),
+                served.auth,
+                served.auth,
+                WARM_UP + ACTIVATIONS,
+            )
+            stub = Licensing(channel)
+            with probing(served) as probe:
+                start = served.memory()
+                await activate_devices(stub, many.license_key, 0, WARM_UP)
+                baseline = served.memory()
+                half = ACTIVATIONS // 2
+                began = time.monotonic()
+                await activate_devices(stub, many.license_key, WARM_UP, half)
+                first_half = served.memory()
+                await activate_devices(stub, many.license_key, WARM_UP + half, half)
+                second_half = served.memory()
+                took = time.monotonic() - began
+                await probe.answers_again()
+    print(
+        f"activations: at start {start}; after {WARM_UP:,} {baseline}; "
+        f"{half:,} more {first_half}; {half:,} more {second_half} ({ACTIVATIONS / took:.0f}/s)"
+    )
+    print(
+        f"growth: first half {(first_half.rss - baseline.rss) / MiB:+.1f} MiB, "
+        f"second half {(second_half.rss - first_half.rss) / MiB:+.1f} MiB"
+    )
+    within(second_half, max(first_half.rss, baseline.peak) + SECOND_HALF_BUDGET, "second half")
