@@ -472,6 +472,19 @@ SLOW_KINDS = {
 CHECK_LICENSE_PATH = "/keyturn.licensing.v1.LicensingService/CheckLicense"
 
 
+def call_headers(authority: str, *extra: tuple[str, str]) -> list[tuple[str, str]]:
+    """The HEADERS of a gRPC CheckLicense call, as a client sends them."""
+    return [
+        (":method", "POST"),
+        (":scheme", "http"),
+        (":path", CHECK_LICENSE_PATH),
+        (":authority", authority),
+        ("content-type", "application/grpc"),
+        ("te", "trailers"),
+        *extra,
+    ]
+
+
 class SlowClient:
     """One connection of a slow client of one kind; `run` says when the server closed it.
 
@@ -486,15 +499,7 @@ class SlowClient:
         self._authority = authority
 
     def _headers(self) -> bytes:
-        headers = [
-            (":method", "POST"),
-            (":scheme", "http"),
-            (":path", CHECK_LICENSE_PATH),
-            (":authority", self._authority),
-            ("content-type", "application/grpc"),
-            ("te", "trailers"),
-        ]
-        self._h2.send_headers(1, headers)
+        self._h2.send_headers(1, call_headers(self._authority))
         return self._h2.data_to_send()
 
     async def _trickle(self, writer: asyncio.StreamWriter) -> None:
@@ -653,16 +658,7 @@ class RawHttp2:
     def open_call(self, extra_headers: Sequence[tuple[str, str]] = ()) -> int:
         """A CheckLicense call's headers: the stream stays open, its message never sent."""
         stream = self._h2.get_next_available_stream_id()
-        headers = [
-            (":method", "POST"),
-            (":scheme", "http"),
-            (":path", CHECK_LICENSE_PATH),
-            (":authority", self._authority),
-            ("content-type", "application/grpc"),
-            ("te", "trailers"),
-            *extra_headers,
-        ]
-        self._h2.send_headers(stream, headers)
+        self._h2.send_headers(stream, call_headers(self._authority, *extra_headers))
         self._flush()
         return stream
 
