@@ -163,11 +163,12 @@ class Settings(BaseSettings):
     # What one caller can make a server process hold, and for how long (gRPC server
     # options; see api/transport_limits.py and README "Limits of the transport").
     max_request_bytes: int = Field(
-        1024 * 1024,
+        4 * 1024 * 1024,
         ge=1024,
         le=64 * 1024 * 1024,
-        description="Largest request message accepted (Keyturn's are a few KB); a larger one "
-        "is refused with RESOURCE_EXHAUSTED before it is read into memory",
+        description="Largest request message accepted; a larger one is refused with "
+        "RESOURCE_EXHAUSTED before it is read into memory. Keyturn's requests are a few KB: "
+        "below this, an overlong field gets its own INVALID_ARGUMENT",
     )
     max_metadata_bytes: int = Field(
         16 * 1024,

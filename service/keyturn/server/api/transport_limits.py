@@ -1,21 +1,22 @@
 """What one caller can make a server process hold, and for how long: gRPC server options.
 
-grpc's own defaults suit a server inside a trusted network: 4 MiB messages, no
-bound on connections or on the streams of one, 120 s to finish a handshake, idle
-connections kept forever. Keyturn also faces licensees' machines, so each limit
-is explicit, set from Settings (README "Limits of the transport"), and refused
-with a clear status: RESOURCE_EXHAUSTED for an oversize message or metadata,
-decided by grpc-core before the request reaches Python (so these carry no
-ErrorInfo). A connection that sends its preface or headers byte by byte is
-closed after `handshake_timeout_seconds` or `max_connection_idle_seconds`; one
-that holds a call open by trickling it, after `max_connection_age_seconds` and
-its grace, or sooner by keepalive when it does not answer pings.
+grpc's own defaults suit a server inside a trusted network: no bound on
+connections, 120 s to finish a handshake, idle connections kept forever, 8 KiB
+of metadata refused only at random below 16 KiB. Keyturn also faces licensees'
+machines, so each limit is explicit, set from Settings (README "Limits of the
+transport"), and refused with a clear status: RESOURCE_EXHAUSTED for an
+oversize message or metadata, decided by grpc-core before the request reaches
+Python (so these carry no ErrorInfo). A connection that sends its preface or
+headers byte by byte is closed after `handshake_timeout_seconds` or
+`max_connection_idle_seconds`; one that holds a call open by trickling it, after
+`max_connection_age_seconds` and its grace, or sooner by keepalive when it does
+not answer pings.
 
-grpc refuses connections past `max_connections` (it closes them at once), which
-bounds memory (about 16 KB each, idle) and descriptors. A descriptor each needs
-an open-files limit to match: the process raises its soft limit as far as its
-hard limit allows, and warns when that is still too low (then connections past
-it wait in the kernel's listen queue, and so may the database's).
+grpc closes connections past `max_connections` at once, which bounds memory
+(about 18 KB an idle one) and descriptors. A descriptor each needs an
+open-files limit to match: the process raises its soft limit as far as its hard
+limit allows, and warns when that is still too low (then connections past it
+wait in the kernel's listen queue, and so may the database's).
 """
 
 from __future__ import annotations
