@@ -9,7 +9,8 @@ Fulfillment API, the bulk by SQL), then drives ActivateSeat, RenewLease,
 ReleaseSeat and CheckLicense at 16 and 64 calls in flight from separate load
 processes. In the same run it measures the ceilings: a grpc.aio echo server
 driven by the same load generator, and pgbench running the server's seat SQL
-(bench/pgbench/activate_seat.sql). A progress line goes to stderr; the tables
+(bench/pgbench/activate_seat.sql). Last, the server's memory after 100,000
+new activations (2,000 at small scale). A progress line goes to stderr; the tables
 and the targets, met or not, to stdout. See README, "Benchmark".
 """
 
@@ -251,6 +252,25 @@ def _oversell(bench: Bench, db: Database, seeded: Seeded, target: str) -> report
     return report.Oversell(seats, before, OVERSELL_DEVICES, result.codes, after)
 
 
+def _memory_run(
+    bench: Bench, figures: report.Figures, seeded: Seeded, target: str, server: Child, count: int
+) -> None:
+    """`count` new devices on the driven entitlements, 64 in flight (last, so that their rows
+    change no other measurement): the server's RSS before and after."""
+    before = usage_of(server.pid).rss_bytes
+    job = Job(
+        kind="activate",
+        target=target,
+        in_flight=HIGH,
+        product_id=PRODUCT_ID,
+        keys=tuple(d.license_key for d in seeded.driven),
+        tag="memory",
+        max_calls=count,
+    )
+    measured = bench.measure(f"memory: {count:,} activations", "ActivateSeat", job, server)
+    figures.memory = report.MemoryRun(count, before, measured)
+
+
 def _pgbench_rows(
     progress: Progress, figures: report.Figures, db: Database, bulk: int, duration: float
 ) -> None:
@@ -332,6 +352,7 @@ def run(
     _history_rows(bench, figures, seeded, server.address, server)
     figures.oversell = _oversell(bench, db, seeded, server.address)
     _pgbench_rows(progress, figures, db, seeded.bulk, duration)
+    _memory_run(bench, figures, seeded, server.address, server, scale.memory_activations)
     return figures
 
 

@@ -13,6 +13,7 @@ class Scale:
     history_released: int  # released activations on the 'history' entitlement
     big_live: int  # live activations on the 'big' entitlement
     activations: int  # activation rows in all once seeded
+    memory_activations: int  # new devices activated to see the server's memory after them
     duration: float  # default seconds per measurement
     warmup: float  # seconds of calls before each measurement, not counted
 
@@ -35,6 +36,7 @@ SCALES = {
         history_released=2_000,
         big_live=2_000,
         activations=20_000,
+        memory_activations=2_000,
         duration=3.0,
         warmup=0.5,
     ),
@@ -45,6 +47,7 @@ SCALES = {
         history_released=100_000,
         big_live=100_000,
         activations=1_000_000,
+        memory_activations=100_000,
         duration=10.0,
         warmup=1.0,
     ),

@@ -87,7 +87,8 @@ def test_small_run_prints_every_row_without_errors_or_oversold_seats(
     assert "| random of 200 entitlements | 16 |" in table
     assert "| one row | 16 |" in table
     assert "not one seat oversold" in table
-    assert len(re.findall(r"^- .*: .*, (met|NOT met)$", table, re.M)) == 11
+    assert len(re.findall(r"^- .*: .*, (met|NOT met)$", table, re.M)) == 12
+    assert re.search(r"^Memory over 2,000 activations of new devices .* after$", table, re.M)
 
     figures = json.loads(out.read_text())
     for row in figures["echo"] + figures["rpcs"]:
@@ -104,6 +105,12 @@ def test_small_run_prints_every_row_without_errors_or_oversold_seats(
     assert oversell["codes"]["OK"] == oversell["seats"] - oversell["live_before"]
     assert oversell["live_after"] == oversell["seats"]
     assert not oversell["oversold"]
+
+    memory = figures["memory"]
+    assert memory["activations"] == 2_000
+    assert memory["codes"] == {"OK": 2_000}, memory
+    assert memory["rss_before_bytes"]
+    assert memory["rss_bytes"]
 
     for run in figures["pgbench"].values():
         assert run["transactions"] > 0

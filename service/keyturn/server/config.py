@@ -160,6 +160,75 @@ class Settings(BaseSettings):
         "process; one more is refused with RESOURCE_EXHAUSTED / WATCH_STREAMS_EXHAUSTED",
     )
 
+    # What one caller can make a server process hold, and for how long (gRPC server
+    # options; see api/transport_limits.py and README "Limits of the transport").
+    max_request_bytes: int = Field(
+        4 * 1024 * 1024,
+        ge=1024,
+        le=64 * 1024 * 1024,
+        description="Largest request message accepted; a larger one is refused with "
+        "RESOURCE_EXHAUSTED before it is read into memory. Keyturn's requests are a few KB: "
+        "below this, an overlong field gets its own INVALID_ARGUMENT",
+    )
+    max_metadata_bytes: int = Field(
+        16 * 1024,
+        ge=1024,
+        le=1024 * 1024,
+        description="Largest request metadata (all headers of a call together); more is "
+        "refused with RESOURCE_EXHAUSTED",
+    )
+    max_streams_per_connection: int = Field(
+        1000,
+        ge=1,
+        le=1_000_000,
+        description="Calls (HTTP/2 streams) one connection may have open at once; a client's "
+        "further calls on that connection wait for one to end",
+    )
+    max_connections: int = Field(
+        4000,
+        ge=1,
+        le=1_000_000,
+        description="Connections one server process holds at once; one more is closed at once "
+        "(the client sees UNAVAILABLE and retries). The process raises its open-files limit "
+        "to fit, up to the hard limit (ulimit -Hn)",
+    )
+    handshake_timeout_seconds: float = Field(
+        10.0,
+        gt=0,
+        le=600,
+        description="A new connection must send the HTTP/2 preface and settings within this "
+        "time, else it is closed",
+    )
+    max_connection_idle_seconds: float = Field(
+        300.0,
+        ge=0,
+        description="A connection without a call for this long is closed (the client "
+        "reconnects at its next call); 0: never",
+    )
+    max_connection_age_seconds: float = Field(
+        3600.0,
+        ge=0,
+        description="A connection older than this is asked to go away (GOAWAY; clients "
+        "reconnect, possibly to another replica); 0: never",
+    )
+    max_connection_age_grace_seconds: float = Field(
+        300.0,
+        ge=0,
+        description="How long calls may still run on a connection asked to go away by age; "
+        "then it is closed (a change stream ends UNAVAILABLE and is resumed)",
+    )
+    keepalive_seconds: float = Field(
+        60.0,
+        gt=0,
+        description="How often the server pings a connection with calls open (change streams), "
+        "to find peers that are gone",
+    )
+    keepalive_timeout_seconds: float = Field(
+        20.0,
+        gt=0,
+        description="A ping unanswered for this long closes the connection and its calls",
+    )
+
     signing_key_refresh_seconds: float = Field(
         10.0,
         ge=0,

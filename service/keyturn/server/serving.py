@@ -47,6 +47,7 @@ class WorkerRole:
 async def serve(settings: Settings, role: WorkerRole | None = None) -> int:
     """Serve until SIGTERM/SIGINT (or, for a worker, until the supervisor is gone)."""
     from .api.server import KeyturnServer
+    from .api.transport_limits import TransportLimits
 
     if role is not None and not role.sweeps_lapses:
         settings = settings.model_copy(update={"lapse_sweep_seconds": 0.0})
@@ -63,6 +64,7 @@ async def serve(settings: Settings, role: WorkerRole | None = None) -> int:
             reuse_port=role is not None,
             worker_id=str(os.getpid()) if role is not None else "",
             reflect_admin_services=settings.reflect_admin_services,
+            limits=TransportLimits.from_settings(settings),
         )
         if role is None and settings.metrics_listen:
             exporter = MetricsExporter(settings.metrics_listen, server.registry, ctx)

@@ -31,6 +31,7 @@ from keyturn.server.store.pool_metrics import instrument_pool
 from .interceptor import ServiceInterceptor
 from .metrics import RpcMetrics, WatchMetrics
 from .servicers import CatalogServicer, FulfillmentServicer, LicensingServicer
+from .transport_limits import TransportLimits, fit_open_files
 
 log = logging.getLogger("keyturn.server")
 
@@ -95,7 +96,8 @@ class KeyturnServer:
     beside the other workers, and names itself in a `keyturn-worker` trailer
     (`worker_id`) so that a caller can tell which process answered. Reflection
     describes every service, or (`reflect_admin_services` false) the licensing one
-    only; the admin services answer either way.
+    only; the admin services answer either way. `limits` bound what callers can make
+    it hold (default: those of Settings' defaults).
     """
 
     def __init__(
@@ -108,11 +110,13 @@ class KeyturnServer:
         reuse_port: bool = False,
         worker_id: str = "",
         reflect_admin_services: bool = True,
+        limits: TransportLimits | None = None,
     ) -> None:
         self.ctx = ctx
         self.dispatcher = dispatcher
         self.registry = registry if registry is not None else CollectorRegistry()
         self._listen = listen
+        self.limits = limits if limits is not None else TransportLimits.defaults()
         instrument_pool(ctx.store.engine, self.registry)
         trailer = (("keyturn-worker", worker_id),) if worker_id else ()
         interceptor = ServiceInterceptor(
@@ -123,6 +127,7 @@ class KeyturnServer:
             options=[
                 ("grpc.so_reuseport", 1 if reuse_port else 0),
                 *_pending_call_limits(ctx.feed.max_streams),
+                *self.limits.grpc_options(),
             ],
         )
         licensing_pb2_grpc.add_LicensingServiceServicer_to_server(
@@ -148,6 +153,7 @@ class KeyturnServer:
         self._background: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
+        fit_open_files(self.limits.open_files_needed)
         try:
             self.port = self._server.add_insecure_port(self._listen)
         except RuntimeError:  # grpc's "Failed to bind": taken, or not an address of this host
