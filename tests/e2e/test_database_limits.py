@@ -385,7 +385,9 @@ async def test_a_sqlite_file_held_by_another_writer_answers_busy_after_the_timeo
         )
         key = made.entitlements[0].license_key
         licensing = licensing_pb2_grpc.LicensingServiceStub(ch)
-        holder = await asyncio.to_thread(sqlite3.connect, database, isolation_level=None)
+        holder = await asyncio.to_thread(
+            sqlite3.connect, database, isolation_level=None, check_same_thread=False
+        )
         try:
             await asyncio.to_thread(holder.execute, "BEGIN IMMEDIATE")
             busy = await outcome(
