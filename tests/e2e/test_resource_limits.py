@@ -49,6 +49,7 @@ from keyturn.server.config import Settings
 
 from conftest import server_settings
 from support.catalog import Metadata, new_license
+from support.faults import FaultTally, record
 from support.metrics import scrape
 from support.rpc import PRODUCT_ID, failure_of
 from support.subprocess_server import ServerProcess, create_token, serving
@@ -193,9 +194,14 @@ class Probe:
 
 
 @contextlib.contextmanager
-def probing(served: Served) -> Iterator[Probe]:
+def probing(served: Served, name: str) -> Iterator[Probe]:
+    """A probe for the length of the block; its calls go into the run's fault tally as
+    the requests made while the resource fault `name` lasted."""
     with Probe(served.server.address, served.license_key) as probe:
         yield probe
+    internal = sum(f.startswith(("INTERNAL", "UNKNOWN")) for f in probe.failures)
+    calls = 2 * probe.answered + len(probe.failures)
+    record(name, FaultTally(faults=1, requests=calls, internal=internal))
     assert probe.failures == [], probe.failures
     print(f"probe: {probe.answered} rounds of ActivateSeat + CheckLicense, all OK")
 
@@ -250,7 +256,7 @@ async def test_two_thousand_change_streams_then_one_more_refused(
     }
     async with keyturn_serve(tmp_path, postgres_url, **settings) as served:
         options = [("grpc.use_local_subchannel_pool", 1)]
-        with probing(served) as probe:
+        with probing(served, "resources-2000-change-streams") as probe:
             async with contextlib.AsyncExitStack() as stack:
                 channels = [
                     await stack.enter_async_context(
@@ -413,7 +419,10 @@ async def test_ten_thousand_idle_connections_are_capped_then_closed_when_idle(
     with open_files_soft_limit(INHERITED_OPEN_FILES):
         async with keyturn_serve(tmp_path, postgres_url, **settings) as served:
             assert open_files_limit(served.pid) >= cap + DESCRIPTOR_RESERVE
-            with probing(served) as probe, open_files_soft_limit(needed):
+            with (
+                probing(served, "resources-10000-idle-connections") as probe,
+                open_files_soft_limit(needed),
+            ):
                 before = served.memory()
                 flood = IdleConnections(served.server.address, CONNECTIONS)
                 try:
@@ -563,7 +572,7 @@ async def test_slow_clients_are_closed_in_bounded_time_while_others_are_served(
         address = served.server.address
         # The probe's own connection ages too: it goes away every few seconds, and the
         # probe's calls go on over a new one without a failure.
-        with probing(served) as probe:
+        with probing(served, "resources-slow-clients") as probe:
             before = served.memory()
             clients = [SlowClient(kind, address) for kind in SLOW_KINDS for _ in range(EACH_KIND)]
             runs = [asyncio.create_task(client.run(address)) for client in clients]
@@ -713,7 +722,7 @@ async def test_oversize_messages_and_metadata_are_refused_without_being_held(
     }
     async with keyturn_serve(tmp_path, postgres_url, **settings) as served:
         address = served.server.address
-        with probing(served) as probe:
+        with probing(served, "resources-oversize-messages-and-metadata") as probe:
             async with contextlib.AsyncExitStack() as stack:
                 stubs = [
                     Licensing(
@@ -821,7 +830,7 @@ async def test_memory_stops_growing_over_thousands_of_activations(
             WARM_UP + ACTIVATIONS,
         )
         stub = Licensing(channel)
-        with probing(served) as probe:
+        with probing(served, "resources-thousands-of-activations") as probe:
             start = served.memory()
             await activate_devices(stub, many.license_key, 0, WARM_UP)
             baseline = served.memory()
