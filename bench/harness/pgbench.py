@@ -6,6 +6,7 @@ asyncpg prepares its statements too), for a fixed time.
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import re
@@ -14,7 +15,7 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,16 +50,20 @@ def find_pgbench() -> Path | None:
     return Path(candidates[-1]) if candidates else None
 
 
-def script_path(name: str) -> Path:
-    """bench/pgbench/NAME.sql, or the script made from the server's SQL (seat_sql.py)."""
+@contextlib.contextmanager
+def script_path(name: str) -> Iterator[Path]:
+    """bench/pgbench/NAME.sql, or the script made from the server's SQL (seat_sql.py), in
+    a temporary folder removed afterwards."""
     if name in GENERATED:
-        path = Path(tempfile.gettempdir()) / f"keyturn-pgbench-{os.getpid()}-{name}.sql"
-        path.write_text(GENERATED[name]())
-        return path
+        with tempfile.TemporaryDirectory(prefix="keyturn-pgbench-") as folder:
+            path = Path(folder) / f"{name}.sql"
+            path.write_text(GENERATED[name]())
+            yield path
+        return
     path = SCRIPTS / f"{name}.sql"
     if not path.is_file():
         raise FileNotFoundError(f"no pgbench script {path}")
-    return path
+    yield path
 
 
 def run_pgbench(
@@ -75,22 +80,22 @@ def run_pgbench(
     command += ["-j", str(min(2, clients)), "-T", str(max(1, round(duration)))]
     for key, value in variables.items():
         command += ["-D", f"{key}={value}"]
-    command += ["-f", str(script_path(name))]
-    process = subprocess.Popen(
-        command,
-        env={**{k: v for k, v in os.environ.items() if not k.startswith("PG")}, **env},
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    output: list[str] = []
-    reader = threading.Thread(target=lambda: output.extend(process.communicate()), daemon=True)
-    began = time.monotonic()
-    reader.start()
-    while reader.is_alive():
-        tick(time.monotonic() - began)
-        reader.join(0.25)
+    with script_path(name) as script:
+        process = subprocess.Popen(
+            [*command, "-f", str(script)],
+            env={**{k: v for k, v in os.environ.items() if not k.startswith("PG")}, **env},
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        output: list[str] = []
+        reader = threading.Thread(target=lambda: output.extend(process.communicate()), daemon=True)
+        began = time.monotonic()
+        reader.start()
+        while reader.is_alive():
+            tick(time.monotonic() - began)
+            reader.join(0.25)
     stdout, stderr = output
     tps, done = _TPS.search(stdout), _DONE.search(stdout)
     if process.returncode != 0 or tps is None or done is None:
