@@ -1,14 +1,17 @@
-"""The examples in clients/python/examples run as documented, against a real server."""
+"""The examples in clients/python/examples run as the client README documents them, with
+the shipped catalog (examples/catalog.yaml) and the shipped orders (orders.jsonl),
+against a real server: a README command or example file that stops working fails here."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import re
 import signal
 import sys
 from pathlib import Path
 
-from client_harness import WAIT, LicenseOf
+from client_harness import WAIT
 
 from keyturn.fulfillment.v1 import catalog_pb2_grpc
 from keyturn.licensing.v1 import licensing_pb2 as lic
@@ -16,19 +19,33 @@ from keyturn.licensing.v1 import licensing_pb2_grpc
 from keyturn.server.api.server import KeyturnServer
 
 from conftest import Tokens
-from support.catalog import put_catalog
-from support.rpc import PRODUCT_ID, create_sku
+from support.catalog import put_shipped_catalog
 
 pytest_plugins = ["client_fixtures"]
 
-EXAMPLES = Path(__file__).resolve().parents[2] / "clients" / "python" / "examples"
+CLIENT = Path(__file__).resolve().parents[2] / "clients" / "python"
+README = CLIENT / "README.md"
+DOCUMENTED_TARGET = "127.0.0.1:50051"
+
+
+def documented_command(script: str) -> list[str]:
+    """The arguments the client README's Examples section gives `examples/SCRIPT`."""
+    found = re.findall(rf"`examples/{re.escape(script)} ([^`]*)`", README.read_text())
+    assert len(found) == 1, f"the client README documents examples/{script} {len(found)} times"
+    return found[0].split()
+
+
+def filled_in(args: list[str], target: str, **values: str) -> list[str]:
+    """The documented arguments with this test's server and the placeholders' values."""
+    return [target if a == DOCUMENTED_TARGET else values.get(a, a) for a in args]
 
 
 async def start(*args: str) -> asyncio.subprocess.Process:
     return await asyncio.create_subprocess_exec(
         sys.executable,
-        str(EXAMPLES / args[0]),
+        str(CLIENT / "examples" / args[0]),
         *args[1:],
+        cwd=CLIENT,  # the README's commands name files from the client's folder
         stdin=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
@@ -40,69 +57,102 @@ async def read_line(process: asyncio.subprocess.Process) -> str:
     return (await asyncio.wait_for(process.stdout.readline(), WAIT)).decode().strip()
 
 
-async def test_activate_example_holds_the_seat_until_interrupted(
+async def fulfil_shipped_orders(
+    target: str, token: str, *extra: str
+) -> tuple[int | None, list[dict[str, object]]]:
+    """examples/fulfill_order.py run as documented; its exit code and result lines."""
+    args = filled_in(documented_command("fulfill_order.py"), target, **{"$TOKEN": token})
+    connector = await start("fulfill_order.py", *args, *extra)
+    out, err = await asyncio.wait_for(connector.communicate(), WAIT)
+    assert err == b""
+    return connector.returncode, [json.loads(line) for line in out.decode().splitlines()]
+
+
+async def test_fulfill_order_example_fulfils_the_shipped_orders_and_replays_them(
     server: KeyturnServer,
-    license_of: LicenseOf,
+    catalog_stub: catalog_pb2_grpc.CatalogServiceStub,
+    tokens: Tokens,
+    bearer: dict[str, str],
+) -> None:
+    await put_shipped_catalog(catalog_stub, tokens("catalog"))
+    code, results = await fulfil_shipped_orders(server.address, bearer["fulfill"])
+    assert code == 0, results
+    shipped = [
+        json.loads(line) for line in (CLIENT / "examples" / "orders.jsonl").read_text().splitlines()
+    ]
+    assert [r["order_id"] for r in results] == [o["orderId"] for o in shipped]
+    assert [r["replayed"] for r in results] == [False] * len(shipped)
+    for result, order in zip(results, shipped, strict=True):
+        [created] = result["entitlements"]  # type: ignore[misc]
+        assert created["license_key"]
+        assert created["seats"] == order["lines"][0]["quantity"]
+
+    code, again = await fulfil_shipped_orders(server.address, bearer["fulfill"])
+    assert code == 0, again
+    assert [r["replayed"] for r in again] == [True] * len(shipped)
+    assert [r["entitlements"] for r in again] == [r["entitlements"] for r in results]
+
+
+async def test_activate_example_holds_a_seat_of_a_shipped_order_until_interrupted(
+    server: KeyturnServer,
+    catalog_stub: catalog_pb2_grpc.CatalogServiceStub,
+    tokens: Tokens,
+    bearer: dict[str, str],
     licensing_stub: licensing_pb2_grpc.LicensingServiceStub,
 ) -> None:
-    entitlement = await license_of(seats=1)
-    app = await start(
-        "activate.py", "--target", server.address, "--product", PRODUCT_ID,
-        "--key", entitlement.license_key, "--label", "example",
-    )  # fmt: skip
+    await put_shipped_catalog(catalog_stub, tokens("catalog"))
+    _, results = await fulfil_shipped_orders(server.address, bearer["fulfill"])
+    [standard] = results[0]["entitlements"]  # type: ignore[misc]
+    args = filled_in(
+        documented_command("activate.py"), server.address, XXXX=standard["license_key"]
+    )
+    app = await start("activate.py", *args, "--label", "example")
     licensed = await read_line(app)
-    assert licensed.startswith(f"licensed: {PRODUCT_ID} standard edition (active)")
+    assert licensed.startswith("licensed: acme-cad standard edition (active)"), licensed
     assert "export-pdf, projects=10" in licensed
-    assert "seat 1/1" in licensed
+    assert "seat 1/3" in licensed
     assert await read_line(app) == "running; Ctrl-C to stop"
     app.send_signal(signal.SIGINT)
     out, err = await asyncio.wait_for(app.communicate(), WAIT)
     assert (app.returncode, out.decode().strip(), err) == (0, "seat released", b"")
-    # The seat is free again for another device.
+    # The seat is free again: another device takes one of three, not two.
     other = await licensing_stub.ActivateSeat(
         lic.ActivateSeatRequest(
-            license_key=entitlement.license_key, product_id=PRODUCT_ID, fingerprint="device-0002"
+            license_key=standard["license_key"], product_id="acme-cad", fingerprint="device-0002"
         )
     )
     assert other.entitlement.seats_in_use == 1
 
 
 async def test_activate_example_explains_a_bad_key(server: KeyturnServer) -> None:
-    app = await start(
-        "activate.py", "--target", server.address, "--product", PRODUCT_ID, "--key", "AAAA-BBBB"
-    )
+    args = filled_in(documented_command("activate.py"), server.address, XXXX="AAAA-BBBB")
+    app = await start("activate.py", *args)
     out, err = await asyncio.wait_for(app.communicate(), WAIT)
     assert (app.returncode, out) == (2, b"")
     assert b"not valid" in err
 
 
-async def test_fulfill_order_example_fulfils_replays_and_reports_errors(
+async def test_fulfill_order_example_names_a_wrapped_order_and_an_unknown_sku(
     server: KeyturnServer,
     catalog_stub: catalog_pb2_grpc.CatalogServiceStub,
     tokens: Tokens,
     bearer: dict[str, str],
 ) -> None:
-    await put_catalog(catalog_stub, tokens("catalog"), create_sku("CAD-1Y", seats=3))
+    await put_shipped_catalog(catalog_stub, tokens("catalog"))
     order = {
-        "orderId": "1001",
-        "customer": {"customerId": "c-7", "name": "Initech", "email": "it@initech.example"},
-        "lines": [{"skuId": "CAD-1Y", "quantity": 1, "externalReference": "shop:sub_1001"}],
+        "orderId": "1003",
+        "customer": {"customerId": "c-9"},
+        "lines": [{"skuId": "NOPE", "quantity": 1}],
     }
-    unknown_sku = {**order, "orderId": "1002", "lines": [{"skuId": "NOPE", "quantity": 1}]}
-    lines = [json.dumps(o) for o in (order, order, unknown_sku)]
+    wrapped = json.dumps(order, indent=1)  # one order over several lines
     connector = await start(
         "fulfill_order.py", "--target", server.address, "--token", bearer["fulfill"],
         "--source", "shop",
     )  # fmt: skip
-    out, err = await asyncio.wait_for(
-        connector.communicate(("\n".join(lines) + "\n").encode()), WAIT
-    )
-    assert err == b""
-    assert connector.returncode == 1  # one order failed
-    first, again, failed = (json.loads(line) for line in out.decode().splitlines())
-    assert (first["order_id"], first["replayed"], again["replayed"]) == ("1001", False, True)
-    [created] = first["entitlements"]
-    assert created["seats"] == 3
-    assert created["license_key"]
-    assert again["entitlements"] == first["entitlements"]
-    assert (failed["order_id"], failed["error"]) == ("1002", "SKU_NOT_FOUND")
+    stdin = (json.dumps(order) + "\n" + wrapped + "\n").encode()
+    out, err = await asyncio.wait_for(connector.communicate(stdin), WAIT)
+    assert (connector.returncode, err) == (1, b"")
+    unknown, *malformed = (json.loads(line) for line in out.decode().splitlines())
+    assert (unknown["order_id"], unknown["error"]) == ("1003", "SKU_NOT_FOUND")
+    assert [m["line"] for m in malformed] == list(range(2, len(wrapped.splitlines()) + 2))
+    assert {m["error"] for m in malformed} == {"MALFORMED"}

@@ -1,6 +1,6 @@
 """An app that holds a Keyturn seat while it runs.
 
-    python examples/activate.py --target 127.0.0.1:50051 --product cad --key XXXX-XXXX-...
+    python examples/activate.py --target 127.0.0.1:50051 --product acme-cad --key XXXX-XXXX-...
 
 Activates this machine, prints the edition, features and expiry, keeps the
 lease renewed in the background and gives the seat back on Ctrl-C (or

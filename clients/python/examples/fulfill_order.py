@@ -1,12 +1,12 @@
 """An order connector: reads orders as JSON lines, fulfils each one, prints the result.
 
-    python examples/fulfill_order.py --target 127.0.0.1:50051 --token "$KEYTURN_TOKEN" orders.jsonl
+    python examples/fulfill_order.py --target 127.0.0.1:50051 --token "$KEYTURN_TOKEN" \
+        examples/orders.jsonl
 
-Each input line is a FulfillOrderRequest in protobuf JSON form, e.g.
-
-    {"source": "shop", "orderId": "1001",
-     "customer": {"customerId": "c-7", "name": "Initech", "email": "it@initech.example"},
-     "lines": [{"skuId": "CAD-PRO-1Y", "quantity": 3, "externalReference": "shop:sub_1001"}]}
+Each input line is a FulfillOrderRequest in protobuf JSON form, one order per
+line (an order wrapped over several lines is refused, with its line number);
+examples/orders.jsonl holds two orders for the SKUs of the repository's
+examples/catalog.yaml.
 
 Running the same file again is safe: an order already fulfilled is replayed,
 not applied twice (`source` + `order_id` is the idempotency key). The token
@@ -40,12 +40,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def read_orders(lines: Iterable[str], source: str) -> Iterable[fulfillment_pb2.FulfillOrderRequest]:
-    for line in lines:
+def read_orders(
+    lines: Iterable[str], source: str
+) -> Iterable[tuple[int, fulfillment_pb2.FulfillOrderRequest | json_format.ParseError]]:
+    """Each order with its 1-based line number; a line that is no order, as its error."""
+    for number, line in enumerate(lines, start=1):
         if line.strip():
-            request = json_format.Parse(line, fulfillment_pb2.FulfillOrderRequest())
+            try:
+                request = json_format.Parse(line, fulfillment_pb2.FulfillOrderRequest())
+            except json_format.ParseError as error:
+                yield number, error
+                continue
             request.source = request.source or source
-            yield request
+            yield number, request
 
 
 def summary(response: fulfillment_pb2.FulfillOrderResponse) -> dict[str, Any]:
@@ -70,7 +77,14 @@ def main(argv: list[str] | None = None) -> int:
     failed = 0
     source = sys.stdin if args.orders == "-" else open(args.orders, encoding="utf-8")  # noqa: SIM115
     with source, FulfillmentClient(args.target, args.token) as client:
-        for request in read_orders(source, args.source):
+        for number, request in read_orders(source, args.source):
+            if isinstance(request, json_format.ParseError):
+                failed += 1
+                print(
+                    json.dumps({"line": number, "error": "MALFORMED", "message": str(request)}),
+                    flush=True,
+                )
+                continue
             try:
                 result = summary(client.fulfill_order(request))
             except OrderConflictError:
