@@ -1,4 +1,4 @@
-"""Fixtures of the connector tests: the Stripe catalog on the server under test,
+"""Fixtures of the connector tests: the shipped catalog on the server under test,
 FulfillmentClients with real bearer secrets, and a StripeWebhookServer on loopback.
 
 A plugin that the test modules name in `pytest_plugins`: a second conftest.py
@@ -11,27 +11,26 @@ import asyncio
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
-from connector_harness import SECRET, stripe_skus
+from connector_harness import SECRET
 
 from keyturn.client import FulfillmentClient
 from keyturn.client.connectors.stripe_webhook import StripeWebhookServer
-from keyturn.fulfillment.v1 import catalog_pb2 as cat
 from keyturn.fulfillment.v1 import catalog_pb2_grpc
 from keyturn.server.api.server import KeyturnServer
 from keyturn.server.app.context import AppContext
 from keyturn.server.app.tokens import create_token
+from keyturn.server.catalog_file import CatalogFile
 
 from conftest import Tokens
-from support.catalog import put_catalog
+from support.catalog import put_shipped_catalog
 
 
 @pytest.fixture
 async def stripe_catalog(
     catalog_stub: catalog_pb2_grpc.CatalogServiceStub, tokens: Tokens
-) -> list[cat.Sku]:
-    skus = stripe_skus()
-    await put_catalog(catalog_stub, tokens("catalog"), *skus)
-    return skus
+) -> CatalogFile:
+    """examples/catalog.yaml as shipped: the Stripe lookup keys and their lifecycle SKUs."""
+    return await put_shipped_catalog(catalog_stub, tokens("catalog"))
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""Helpers of the connector tests: the catalog of Stripe lookup-key SKUs, Stripe events
+"""Helpers of the connector tests: the Stripe lookup keys of the shipped catalog, Stripe events
 built and signed as Stripe does, HTTP posts on loopback, database digests, and `keyturn`
 commands run as child processes. The fixtures are in connector_fixtures."""
 
@@ -23,63 +23,20 @@ from typing import Any
 import sqlalchemy
 import stripe
 
-from keyturn.fulfillment.v1 import catalog_pb2 as cat
 from keyturn.server.store.unit_of_work import Store
 
 from support.rows import table_digests
-from support.rpc import PRODUCT_ID, create_sku
 from support.subprocess_server import LineCollector, child_env, keyturn_command
 
 Json = dict[str, Any]
 
 SECRET = "whsec_test_5f1c0a9e2b7d4c3a8e6f0b1d2c3e4f5a"
-STANDARD = "acme-cad-standard"  # lookup key of the Standard price
-PRO = "acme-cad-pro"  # lookup key of the Pro price
-PERPETUAL = "acme-cad-perpetual"  # a one-off purchase (checkout in payment mode)
+# The Stripe lookup keys of examples/catalog.yaml, which the connector tests load as shipped.
+STANDARD = "CAD-STD-1Y"  # lookup key of the Standard price
+PRO = "CAD-PRO-1Y"  # lookup key of the Pro price
+PERPETUAL = "CAD-PRO-PERPETUAL"  # a one-off purchase (checkout in payment mode)
 WAIT_S = 60.0  # upper bound for a child process to start or end; reached only on failure
 API_VERSION = "2024-06-20"  # a version whose invoice lines still carry `price`
-
-
-# --- catalog -------------------------------------------------------------------------------
-
-
-def operation_sku(sku_id: str, operation: cat.Operation) -> cat.Sku:
-    return cat.Sku(
-        sku_id=sku_id, product_id=PRODUCT_ID, display_name=sku_id, operations=[operation]
-    )
-
-
-def create_edition_sku(sku_id: str, edition_id: str, term: str = "P1Y") -> cat.Sku:
-    sku = create_sku(sku_id, seats=1, term=term)
-    sku.operations[0].create.edition_id = edition_id
-    return sku
-
-
-def stripe_skus() -> list[cat.Sku]:
-    """One SKU per lookup key and suffix the Stripe mapping can name."""
-    skus = [
-        create_edition_sku(STANDARD, "standard"),
-        create_edition_sku(PRO, "pro"),
-        create_edition_sku(PERPETUAL, "standard", term=""),
-    ]
-    for key, edition in ((STANDARD, "standard"), (PRO, "pro")):
-        skus += [
-            operation_sku(f"{key}:renew", cat.Operation(renew=cat.RenewOperation(term="P1Y"))),
-            operation_sku(
-                f"{key}:add-seats",
-                cat.Operation(add_seats=cat.AddSeatsOperation(seats_per_unit=1)),
-            ),
-            operation_sku(
-                f"{key}:remove-seats",
-                cat.Operation(remove_seats=cat.RemoveSeatsOperation(seats_per_unit=1)),
-            ),
-            operation_sku(
-                f"{key}:switch",
-                cat.Operation(change_edition=cat.ChangeEditionOperation(edition_id=edition)),
-            ),
-            operation_sku(f"{key}:cancel", cat.Operation(cancel=cat.CancelOperation())),
-        ]
-    return skus
 
 
 # --- what the database holds ---------------------------------------------------------------

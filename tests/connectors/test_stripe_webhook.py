@@ -41,6 +41,14 @@ from connector_harness import (
 )
 
 from keyturn.client import FulfillmentClient, NotFoundError, RetryPolicy
+from keyturn.client.connectors.stripe_mapping import (
+    ADD_SEATS,
+    CANCEL,
+    REMOVE_SEATS,
+    RENEW,
+    SWITCH,
+    lifecycle_sku,
+)
 from keyturn.client.connectors.stripe_webhook import StripeWebhookServer
 from keyturn.fulfillment.v1 import catalog_pb2 as cat
 from keyturn.fulfillment.v1 import catalog_pb2_grpc
@@ -95,14 +103,20 @@ def fulfilled(answer: Answer, order_id: str, replayed: bool = False) -> list[str
     return entitlements
 
 
-async def test_a_subscription_lifecycle_end_to_end(
-    webhook: str, read_client: FulfillmentClient, stripe_catalog: object
+EDITION_OF = {STANDARD: "standard", PRO: "pro"}
+
+
+@pytest.mark.parametrize(("first", "then"), [(STANDARD, PRO), (PRO, STANDARD)])
+async def test_a_subscription_lifecycle_end_to_end_with_the_shipped_catalog(
+    webhook: str, read_client: FulfillmentClient, stripe_catalog: object, first: str, then: str
 ) -> None:
+    """Create, renew, seats up and down, switch, cancel: every SKU each event names is in
+    examples/catalog.yaml (both directions use all ten lifecycle SKUs)."""
     sub = stripe_id("sub")
     read = read_client
 
-    # Created: the first invoice paid, 5 seats of Standard, named stripe:sub_...
-    created = subscription_paid(sub, STANDARD, 5, invoice_id="in_1QLifecycleFirst")
+    # Created: the first invoice paid, 5 seats, named stripe:sub_...
+    created = subscription_paid(sub, first, 5, invoice_id="in_1QLifecycleFirst")
     answer = await deliver(webhook, created)
     assert answer.body["event"] == created["id"]
     [entitlement_id] = fulfilled(answer, "in_1QLifecycleFirst")
@@ -110,7 +124,7 @@ async def test_a_subscription_lifecycle_end_to_end(
     assert entitlement.entitlement_id == entitlement_id
     assert (entitlement.product_id, entitlement.edition_id, entitlement.seats) == (
         PRODUCT_ID,
-        "standard",
+        EDITION_OF[first],
         5,
     )
     assert entitlement.status == ful.ENTITLEMENT_STATUS_ACTIVE
@@ -119,14 +133,14 @@ async def test_a_subscription_lifecycle_end_to_end(
         customer_id="cus_Initech", name="Initech", email="billing@initech.example"
     )
     order = await run(read.get_order, "stripe", "in_1QLifecycleFirst")
-    assert [(line.sku_id, line.quantity) for line in order.lines] == [(STANDARD, 5)]
+    assert [(line.sku_id, line.quantity) for line in order.lines] == [(first, 5)]
     assert [list(r.operations) for r in order.results] == [["create"]]
 
     # Renewed: the cycle invoice extends the end date by the renewal term (P1Y).
     first_end = entitlement.end_time.ToDatetime()
     renewal = event(
         "invoice.paid",
-        invoice("subscription_cycle", sub, [invoice_line(STANDARD, 5, sub)], new_shape=True),
+        invoice("subscription_cycle", sub, [invoice_line(first, 5, sub)], new_shape=True),
     )
     fulfilled(await deliver(webhook, renewal), renewal["data"]["object"]["id"])
     entitlement = await run(read.get_entitlement, entitlement_id)
@@ -138,21 +152,21 @@ async def test_a_subscription_lifecycle_end_to_end(
 
     # Quantity up, then down: seats follow the subscription's quantity.
     for before, after in ((5, 8), (8, 6)):
-        changed = quantity_or_price_changed(sub, (STANDARD, before), (STANDARD, after))
+        changed = quantity_or_price_changed(sub, (first, before), (first, after))
         assert fulfilled(await deliver(webhook, changed), changed["id"]) == [entitlement_id]
         entitlement = await run(read.get_entitlement, entitlement_id)
         assert entitlement.seats == after
 
     # Another price: the edition of the new price's lookup key.
-    switched = quantity_or_price_changed(sub, (STANDARD, 6), (PRO, 6))
+    switched = quantity_or_price_changed(sub, (first, 6), (then, 6))
     fulfilled(await deliver(webhook, switched), switched["id"])
     entitlement = await run(read.get_entitlement, entitlement_id)
-    assert (entitlement.edition_id, entitlement.seats) == ("pro", 6)
+    assert (entitlement.edition_id, entitlement.seats) == (EDITION_OF[then], 6)
 
     # Deleted: cancelled.
     deleted = event(
         "customer.subscription.deleted",
-        subscription(sub, [subscription_item(PRO, 6, "si_Main")], status="canceled"),
+        subscription(sub, [subscription_item(then, 6, "si_Main")], status="canceled"),
     )
     fulfilled(await deliver(webhook, deleted), deleted["id"])
     entitlement = await run(read.get_entitlement, entitlement_id)
@@ -168,6 +182,16 @@ async def test_a_subscription_lifecycle_end_to_end(
         (E.ENTITLEMENT_EVENT_TYPE_CANCELLED, "stripe", deleted["id"]),
     ]
     assert history[2].order_id != history[3].order_id
+    # Each event ordered its lifecycle SKU of the shipped catalog.
+    ordered = [(await run(read.get_order, "stripe", e.order_id)).lines for e in history]
+    assert [[line.sku_id for line in lines] for lines in ordered] == [
+        [first],
+        [lifecycle_sku(first, RENEW)],
+        [lifecycle_sku(first, ADD_SEATS)],
+        [lifecycle_sku(first, REMOVE_SEATS)],
+        [lifecycle_sku(then, SWITCH)],
+        [lifecycle_sku(then, CANCEL)],
+    ]
 
 
 async def test_a_one_off_checkout_is_fulfilled_once_paid(

@@ -14,7 +14,6 @@ import json
 from collections.abc import Awaitable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import grpc
@@ -27,17 +26,17 @@ from keyturn.fulfillment.v1 import catalog_pb2_grpc, fulfillment_pb2_grpc
 from keyturn.fulfillment.v1 import fulfillment_pb2 as ful
 from keyturn.licensing.v1 import licensing_pb2 as lic
 from keyturn.licensing.v1 import licensing_pb2_grpc
-from keyturn.server.api.catalog_convert import product_out, sku_out
+from keyturn.server.api.catalog_convert import sku_out
 from keyturn.server.app.context import AppContext
-from keyturn.server.catalog_file import CatalogFile, read_catalog_file
+from keyturn.server.catalog_file import CatalogFile
 from keyturn.server.clock import SystemClock
 from keyturn.server.domain.durations import parse_iso_duration
 
 from conftest import Tokens
+from support.catalog import put_shipped_catalog
 from support.rows import changed_tables, row_counts, table_digests
 from support.rpc import RpcFailure, failure_of
 
-CATALOG_FILE = Path(__file__).resolve().parents[2] / "examples" / "catalog.yaml"
 PRODUCT = "acme-cad"
 SOURCE = "shop"
 CUSTOMER = ful.Customer(customer_id="cust-42", name="Initech", email="it@initech.example")
@@ -290,14 +289,8 @@ class Vendor:
 @pytest.fixture
 async def shipped(catalog_stub: catalog_pb2_grpc.CatalogServiceStub, tokens: Tokens) -> Shipped:
     """The shipped catalog, put through CatalogService product by product, SKU by SKU."""
-    catalog = read_catalog_file(CATALOG_FILE)
     auth = tokens("catalog")
-    for product in catalog.products:
-        await catalog_stub.PutProduct(
-            cat.PutProductRequest(product=product_out(product)), metadata=auth
-        )
-    for sku in catalog.skus:
-        await catalog_stub.PutSku(cat.PutSkuRequest(sku=sku_out(sku)), metadata=auth)
+    catalog = await put_shipped_catalog(catalog_stub, auth)
     listed = await catalog_stub.ListSkus(
         cat.ListSkusRequest(product_id=PRODUCT, page_size=500), metadata=auth
     )

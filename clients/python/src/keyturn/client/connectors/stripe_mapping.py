@@ -13,6 +13,12 @@ what happened to the subscription:
 | `checkout.session.completed`, mode `payment`, paid | metadata `keyturn_sku` x `keyturn_quantity` |
 | `checkout.session.async_payment_succeeded`, mode `payment` | the same |
 
+The derived SKUs (`LOOKUP_KEY:renew` and the rest) are ordinary catalog SKUs:
+the catalog, not this module, says what each event does to the entitlement
+(examples/catalog.yaml carries them for its Stripe lookup keys). A lookup key
+without them gets its later events refused (HTTP 422, retried by Stripe) until
+the catalog has them; nothing is guessed from the base SKU.
+
 Every other event (and `checkout.session.completed` of a subscription,
 whose first invoice does the work, or of a payment still pending, which
 `checkout.session.async_payment_succeeded` fulfils once it succeeds) is
@@ -31,6 +37,19 @@ from typing import Any
 from keyturn.fulfillment.v1 import fulfillment_pb2 as ful
 
 SOURCE = "stripe"
+
+# The suffixes of the SKUs that a subscription's later events order (`LOOKUP_KEY:SUFFIX`).
+RENEW = "renew"
+ADD_SEATS = "add-seats"
+REMOVE_SEATS = "remove-seats"
+SWITCH = "switch"
+CANCEL = "cancel"
+LIFECYCLE_SUFFIXES = (RENEW, ADD_SEATS, REMOVE_SEATS, SWITCH, CANCEL)
+
+
+def lifecycle_sku(lookup_key: str, suffix: str) -> str:
+    """The SKU an event of the subscription orders: the catalog says what it does."""
+    return f"{lookup_key}:{suffix}"
 
 
 @dataclass(frozen=True)
@@ -151,7 +170,7 @@ def _invoice_paid(invoice: Json, prices: PriceLookup | None) -> Mapped:
         lines = (
             [
                 ful.OrderLine(
-                    sku_id=f"{keys[0]}:renew",
+                    sku_id=lifecycle_sku(keys[0], RENEW),
                     quantity=1,
                     external_reference=reference(subscription),
                 )
@@ -203,17 +222,25 @@ def _subscription_updated(
             and old_price.get("id")
             and old_price.get("id") != _id(item.get("price"))
         ):
-            lines.append(ful.OrderLine(sku_id=f"{key}:switch", quantity=1, external_reference=ref))
+            lines.append(
+                ful.OrderLine(sku_id=lifecycle_sku(key, SWITCH), quantity=1, external_reference=ref)
+            )
         delta = int(item.get("quantity") or 0) - int(
             old.get("quantity") or item.get("quantity") or 0
         )
         if delta > 0:
             lines.append(
-                ful.OrderLine(sku_id=f"{key}:add-seats", quantity=delta, external_reference=ref)
+                ful.OrderLine(
+                    sku_id=lifecycle_sku(key, ADD_SEATS), quantity=delta, external_reference=ref
+                )
             )
         elif delta < 0:
             lines.append(
-                ful.OrderLine(sku_id=f"{key}:remove-seats", quantity=-delta, external_reference=ref)
+                ful.OrderLine(
+                    sku_id=lifecycle_sku(key, REMOVE_SEATS),
+                    quantity=-delta,
+                    external_reference=ref,
+                )
             )
     return _order(event_id, _customer(subscription), lines)
 
@@ -224,7 +251,9 @@ def _subscription_deleted(event_id: str, subscription: Json, prices: PriceLookup
         raise UnusableEvent("the deleted subscription has no items")
     key = _lookup_key(items[0].get("price"), "subscription item 0", prices)
     line = ful.OrderLine(
-        sku_id=f"{key}:cancel", quantity=1, external_reference=reference(str(subscription["id"]))
+        sku_id=lifecycle_sku(key, CANCEL),
+        quantity=1,
+        external_reference=reference(str(subscription["id"])),
     )
     return _order(event_id, _customer(subscription), [line])
 
