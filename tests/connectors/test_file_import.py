@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import csv
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -109,14 +110,23 @@ BAD_ROWS = {
     13: row("SO-1008", HOOLI, STANDARD, "²"),
 }
 REASONS = {
-    6: "rows 6: order_id is empty",
-    7: "row 7: quantity 'abc' is not a whole number",
-    8: "rows 8, 9: customer_email differs",
-    9: "rows 8, 9: customer_email differs",
-    10: "SKU_NOT_FOUND: line 0: no SKU 'acme-cad-enterprise'",
-    12: "row 12: quantity '99999999999' is out of range",
-    13: "row 13: quantity '²' is not a whole number",
+    6: "MALFORMED: order_id is empty",
+    7: "MALFORMED: quantity 'abc' is not a whole number",
+    8: "MALFORMED: customer_email differs between line 8 and 9",
+    9: "MALFORMED: customer_email differs between line 8 and 9",
+    10: "SKU_NOT_FOUND: no SKU 'acme-cad-enterprise'",
+    12: "MALFORMED: quantity '99999999999' is out of range",
+    13: "MALFORMED: quantity '²' is not a whole number",
 }
+# What the summary prints for each rejected order: its 1-based lines in the file.
+REJECTED_LINES = [
+    "  rejected line 6: MALFORMED: order_id is empty",
+    "  rejected line 7 (order SO-1003): MALFORMED: quantity 'abc' is not a whole number",
+    "  rejected lines 8, 9 (order SO-1004): MALFORMED: customer_email differs between line 8 and 9",
+    "  rejected line 10 (order SO-1005): SKU_NOT_FOUND: no SKU 'acme-cad-enterprise'",
+    "  rejected line 12 (order SO-1007): MALFORMED: quantity '99999999999' is out of range",
+    "  rejected line 13 (order SO-1008): MALFORMED: quantity '²' is not a whole number",
+]
 
 
 def write_csv(path: Path, rows: dict[int, dict[str, str]]) -> Path:
@@ -147,14 +157,33 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
     return [json.loads(text) for text in path.read_text(encoding="utf-8").splitlines()]
 
 
+Counts = tuple[int, int, int, int, dict[str, int]]
+
+
 def summary(
     fulfilled: int = 0,
     replayed: int = 0,
     duplicate_rows: int = 0,
     reasons: dict[str, int] | None = None,
-) -> Summary:
+) -> Counts:
+    """The counts a Summary should hold: fulfilled, replayed, rejected, duplicates, reasons."""
     reasons = reasons or {}
-    return Summary(fulfilled, replayed, sum(reasons.values()), duplicate_rows, reasons)
+    return (fulfilled, replayed, sum(reasons.values()), duplicate_rows, reasons)
+
+
+def counts(result: Summary) -> Counts:
+    return (
+        result.fulfilled,
+        result.replayed,
+        result.rejected,
+        result.duplicate_rows,
+        result.reasons,
+    )
+
+
+def key_lines(result: Summary) -> list[str]:
+    """The created keys as the summary lists them."""
+    return [f"  {k.order_id} {k.entitlement_id} {k.license_key}" for k in result.created]
 
 
 async def entitlement_named(read: FulfillmentClient, reference: str) -> ful.Entitlement:
@@ -186,12 +215,17 @@ async def test_csv_orders_rejects_and_a_second_run(
     )
 
     expected = summary(3, 0, 1, {"MALFORMED": 5, "SKU_NOT_FOUND": 1})
-    assert first == expected
-    assert first.describe() == (
-        "fulfilled 3, replayed 0, rejected 6, duplicate rows skipped 1\n"
-        "  rejected 5 x MALFORMED\n"
-        "  rejected 1 x SKU_NOT_FOUND"
-    )
+    assert counts(first) == expected
+    # The keys of the three new entitlements (SO-1002's second line changes the first).
+    assert [k.order_id for k in first.created] == ["SO-1001", "SO-1002", "SO-1006"]
+    assert first.describe().splitlines() == [
+        "fulfilled 3, replayed 0, rejected 6, duplicate rows skipped 1",
+        *REJECTED_LINES,
+        "  rejected 5 x MALFORMED",
+        "  rejected 1 x SKU_NOT_FOUND",
+        "license keys created (order, entitlement, key): 3",
+        *key_lines(first),
+    ]
     # The rejects file: exactly the rejected rows, in file order, with their reason.
     assert read_csv(rejects) == [
         {**BAD_ROWS[n], "reject_reason": REASONS[n]} for n in sorted(BAD_ROWS)
@@ -199,6 +233,8 @@ async def test_csv_orders_rejects_and_a_second_run(
 
     # A multi-line order with named users; the duplicate row did not double the seats.
     initech = await entitlement_named(read_client, "crm:SO-1001")
+    assert first.created[0].entitlement_id == initech.entitlement_id
+    assert all(k.license_key for k in first.created)
     assert (initech.seats, initech.edition_id, initech.customer.name) == (3, "standard", "Initech")
     assert sorted(u.email for u in initech.named_users) == [
         "ann@initech.example",
@@ -223,7 +259,8 @@ async def test_csv_orders_rejects_and_a_second_run(
     second = await run(
         import_orders, export, fulfil_client.fulfill_order, source="crm", rejects=rejects
     )
-    assert second == summary(0, 3, 1, {"MALFORMED": 5, "SKU_NOT_FOUND": 1})
+    assert counts(second) == summary(0, 3, 1, {"MALFORMED": 5, "SKU_NOT_FOUND": 1})
+    assert second.created == []  # a replay creates nothing
     assert await database_state(app.store) == state
 
     # The rejects file imported again once the catalog has the SKU: that order goes through.
@@ -235,7 +272,7 @@ async def test_csv_orders_rejects_and_a_second_run(
     third = await run(
         import_orders, rejects, fulfil_client.fulfill_order, source="crm", rejects=still
     )
-    assert third == summary(1, 0, 0, {"MALFORMED": 5})
+    assert counts(third) == summary(1, 0, 0, {"MALFORMED": 5})
     assert (await entitlement_named(read_client, "crm:SO-1005")).seats == 10
     assert [r["order_id"] for r in read_csv(still)] == [
         r["order_id"] for n, r in sorted(BAD_ROWS.items()) if n != 10
@@ -288,7 +325,8 @@ async def test_jsonl_orders_with_malformed_lines(
         progress=True,
     )
 
-    assert first == summary(3, 0, 0, {"MALFORMED": 3, "INVALID_REQUEST": 1})
+    assert counts(first) == summary(3, 0, 0, {"MALFORMED": 3, "INVALID_REQUEST": 1})
+    assert [r.lines for r in first.rejections] == [[3], [4], [5], [6]]  # 1-based file lines
     assert (await entitlement_named(read_client, "erp:J-1")).seats == 2
     assert list((await run(read_client.get_order, "shop", "J-5")).lines) == [
         ful.OrderLine(sku_id=PRO, quantity=1)
@@ -306,9 +344,9 @@ async def test_jsonl_orders_with_malformed_lines(
         "J-4",
     ]
     assert [r["reject_reason"].split(":")[0] for r in rejected] == [
-        "line 3",
-        "line 4",
-        "line 5",
+        "MALFORMED",
+        "MALFORMED",
+        "MALFORMED",
         "INVALID_REQUEST",
     ]
     assert "qty" in rejected[2]["reject_reason"]
@@ -319,7 +357,7 @@ async def test_jsonl_orders_with_malformed_lines(
     second = await run(
         import_orders, export, fulfil_client.fulfill_order, source="erp", progress=False
     )
-    assert second == summary(0, 3, 0, {"MALFORMED": 3, "INVALID_REQUEST": 1})
+    assert counts(second) == summary(0, 3, 0, {"MALFORMED": 3, "INVALID_REQUEST": 1})
     assert await database_state(app.store) == state
 
     # J-4 fixed in the rejects file (its reject_reason left in place) and imported again.
@@ -328,8 +366,49 @@ async def test_jsonl_orders_with_malformed_lines(
     third = await run(
         import_orders, again, fulfil_client.fulfill_order, source="erp", progress=False
     )
-    assert third == summary(1, 0, 0, {"MALFORMED": 3})
+    assert counts(third) == summary(1, 0, 0, {"MALFORMED": 3})
     assert (await run(read_client.get_order, "erp", "J-4")).customer.customer_id == "C-9"
+
+
+async def test_csv_rows_of_the_wrong_width_and_refused_lines_name_their_file_lines(
+    fulfil_client: FulfillmentClient,
+    read_client: FulfillmentClient,
+    stripe_catalog: object,
+    tmp_path: Path,
+) -> None:
+    export = tmp_path / "orders.csv"
+    with export.open("w", newline="", encoding="utf-8") as out:
+        writer = csv.writer(out)
+        writer.writerow(COLUMNS)  # line 1
+        writer.writerow(row("M-1", INITECH, STANDARD, "2").values())  # line 2
+        writer.writerow(row("M-1", INITECH, "acme-cad-enterprise", "1").values())  # line 3
+        out.write("M-2,C-2,Globex\r\n")  # line 4: too few fields
+        notes = "two\nlines"  # a quoted field over lines 5 and 6
+        writer.writerow(row("M-3", HOOLI, STANDARD, "x", notes=notes).values())
+        writer.writerow(row("M-4", SOYLENT, PRO, "1", "crm:M-4").values())  # line 7
+        writer.writerow([*row("M-5", HOOLI, PRO, "1").values(), "extra"])  # line 8: too many
+
+    result = await run(import_orders, export, fulfil_client.fulfill_order, source="crm")
+
+    assert counts(result) == summary(1, 0, 0, {"MALFORMED": 3, "SKU_NOT_FOUND": 1})
+    assert [(r.lines, r.order_id, r.code) for r in result.rejections] == [
+        ([2, 3], "M-1", "SKU_NOT_FOUND"),
+        ([4], "M-2", "MALFORMED"),
+        ([5], "M-3", "MALFORMED"),
+        ([8], "M-5", "MALFORMED"),
+    ]
+    assert [r.detail for r in result.rejections] == [
+        "line 3: no SKU 'acme-cad-enterprise'",  # the server's order line 0-based index 1
+        f"3 fields, the header has {len(COLUMNS)}",
+        "quantity 'x' is not a whole number",
+        f"{len(COLUMNS) + 1} fields, the header has {len(COLUMNS)}",
+    ]
+    [created] = result.created
+    assert (
+        created.entitlement_id == (await entitlement_named(read_client, "crm:M-4")).entitlement_id
+    )
+    for order_id in ("M-1", "M-2", "M-3", "M-5"):
+        await assert_no_order(read_client, "crm", order_id)
 
 
 CLEAN = {
@@ -355,13 +434,28 @@ async def test_the_orders_import_command(
     rejects.write_text("order_id,reject_reason\nOLD-1,from an earlier run\n", encoding="utf-8")
     args = ["orders", "import", str(clean), "--source", "crm", "--rejects", str(rejects), *target]
 
-    result = await run_keyturn_async([*args, "--no-progress"], tmp_path, token)
-    assert (result.returncode, result.stdout) == (0, "fulfilled 2, replayed 0, rejected 0\n"), (
-        result
+    # No --target: KEYTURN_LISTEN names the server, as for `keyturn serve`.
+    keys = tmp_path / "keys.csv"
+    listen = {**token, "KEYTURN_LISTEN": server.address}
+    first = ["orders", "import", str(clean), "--source", "crm", "--rejects", str(rejects)]
+    result = await run_keyturn_async(
+        [*first, "--keys-out", str(keys), "--no-progress"], tmp_path, listen
     )
+    assert (result.returncode, result.stdout) == (
+        0,
+        f"fulfilled 2, replayed 0, rejected 0\nlicense keys created: 2, written to {keys}\n",
+    ), result
     assert read_csv(rejects) == []  # no stale rejects left behind
-    assert (await entitlement_named(read_client, "crm:Q-1")).seats == 2
-    assert (await entitlement_named(read_client, "crm:Q-2")).edition_id == "pro"
+    q1 = await entitlement_named(read_client, "crm:Q-1")
+    q2 = await entitlement_named(read_client, "crm:Q-2")
+    assert (q1.seats, q2.edition_id) == (2, "pro")
+    written = read_csv(keys)
+    assert [(k["order_id"], k["entitlement_id"], k["customer_id"]) for k in written] == [
+        ("Q-1", q1.entitlement_id, "C-1"),
+        ("Q-2", q2.entitlement_id, "C-2"),
+    ]
+    assert all(k["license_key"] for k in written)
+    assert keys.stat().st_mode & 0o777 == 0o600  # license keys are credentials
 
     state = await database_state(app.store)
     result = await run_keyturn_async(args, tmp_path, token)  # with the progress bar
@@ -388,12 +482,18 @@ async def test_the_orders_import_command(
     result = await run_keyturn_async(
         ["orders", "import", str(mixed), *options, "--no-progress", *target], tmp_path, token
     )
+    q3 = (await run(read_client.get_order, "shop", "Q-3")).results[0].entitlement_id
+    key = re.fullmatch(rf"  Q-3 {q3} (\S+)", result.stdout.splitlines()[-1])
+    assert key is not None, result
     assert (result.returncode, result.stdout) == (
         1,
-        "fulfilled 1, replayed 0, rejected 1\n  rejected 1 x SKU_NOT_FOUND\n",
+        "fulfilled 1, replayed 0, rejected 1\n"
+        "  rejected line 2 (order Q-4): SKU_NOT_FOUND: order line 1: no SKU 'nope'\n"
+        "  rejected 1 x SKU_NOT_FOUND\n"
+        "license keys created (order, entitlement, key): 1\n"
+        f"  Q-3 {q3} {key[1]}\n",
     ), result
     assert [r["order_id"] for r in read_jsonl(jsonl_rejects)] == ["Q-4"]
-    await run(read_client.get_order, "shop", "Q-3")
 
     after = await database_state(app.store)
     assert after != state

@@ -255,7 +255,7 @@ def _connect_stripe(args: argparse.Namespace) -> int:
     api_base = os.environ.get("KEYTURN_STRIPE_API_BASE") or None
     prices = StripePriceLookup(api_key, api_base) if api_key else None
     host, _, port = args.listen.rpartition(":")
-    with FulfillmentClient(args.target, token) as client:
+    with FulfillmentClient(_local_target(args.target), token) as client:
         server = StripeWebhookServer(
             (host, int(port)), secret, client.fulfill_order, args.path, prices
         )
@@ -286,7 +286,7 @@ def _orders_import(args: argparse.Namespace) -> int:
             "keyturn: set KEYTURN_FULFILL_TOKEN (a token with the fulfill scope)", file=sys.stderr
         )
         return 2
-    with FulfillmentClient(args.target, token) as client:
+    with FulfillmentClient(_local_target(args.target), token) as client:
         try:
             summary = import_orders(
                 Path(args.file),
@@ -294,6 +294,7 @@ def _orders_import(args: argparse.Namespace) -> int:
                 source=args.source,
                 file_format=args.format,
                 rejects=Path(args.rejects) if args.rejects else None,
+                keys_out=Path(args.keys_out) if args.keys_out else None,
                 progress=not args.no_progress,
             )
         except UnicodeDecodeError as exc:
@@ -306,15 +307,20 @@ def _orders_import(args: argparse.Namespace) -> int:
     return 0 if not summary.rejected else 1
 
 
+def _local_target(address: str | None) -> str:
+    """HOST:PORT to reach the server on this machine: `address`, or KEYTURN_LISTEN (a
+    wildcard host there means this machine's loopback)."""
+    host, _, port = (address or Settings().listen).rpartition(":")
+    if host in ("0.0.0.0", "::", "[::]"):
+        host = "127.0.0.1"
+    return f"{host}:{port}"
+
+
 def _health(args: argparse.Namespace) -> int:
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-    address = args.address or Settings().listen
-    host, _, port = address.rpartition(":")
-    if host in ("0.0.0.0", "::", "[::]"):
-        host = "127.0.0.1"
-    with grpc.insecure_channel(f"{host}:{port}") as channel:
+    with grpc.insecure_channel(_local_target(args.address)) as channel:
         try:
             response = health_pb2_grpc.HealthStub(channel).Check(
                 health_pb2.HealthCheckRequest(service=args.service), timeout=args.timeout
@@ -413,7 +419,7 @@ def _parser() -> argparse.ArgumentParser:
     stripe.add_argument("--listen", default="127.0.0.1:8080", help="HOST:PORT for HTTP")
     stripe.add_argument("--path", default="/stripe/webhook", help="the webhook URL path")
     stripe.add_argument(
-        "--target", default="127.0.0.1:50051", help="the Keyturn gRPC server HOST:PORT"
+        "--target", help="the Keyturn gRPC server HOST:PORT (default: KEYTURN_LISTEN)"
     )
     stripe.set_defaults(run=_connect_stripe, sync=True)
 
@@ -429,7 +435,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     importer.add_argument("--rejects", help="write refused lines here, with reasons")
     importer.add_argument(
-        "--target", default="127.0.0.1:50051", help="the Keyturn gRPC server HOST:PORT"
+        "--keys-out", help="write the created license keys here (CSV), not on stdout"
+    )
+    importer.add_argument(
+        "--target", help="the Keyturn gRPC server HOST:PORT (default: KEYTURN_LISTEN)"
     )
     importer.add_argument("--no-progress", action="store_true", help="no progress bar")
     importer.set_defaults(run=_orders_import, sync=True)
