@@ -11,12 +11,14 @@ import signal
 import sys
 from pathlib import Path
 
+import pytest
 from client_harness import WAIT
 
 from keyturn.fulfillment.v1 import catalog_pb2_grpc
 from keyturn.licensing.v1 import licensing_pb2 as lic
 from keyturn.licensing.v1 import licensing_pb2_grpc
 from keyturn.server.api.server import KeyturnServer
+from keyturn.server.catalog_file import CatalogFile
 
 from conftest import Tokens
 from support.catalog import put_shipped_catalog
@@ -57,6 +59,13 @@ async def read_line(process: asyncio.subprocess.Process) -> str:
     return (await asyncio.wait_for(process.stdout.readline(), WAIT)).decode().strip()
 
 
+@pytest.fixture
+async def shipped_catalog(
+    catalog_stub: catalog_pb2_grpc.CatalogServiceStub, tokens: Tokens
+) -> CatalogFile:
+    return await put_shipped_catalog(catalog_stub, tokens("catalog"))
+
+
 async def fulfil_shipped_orders(
     target: str, token: str, *extra: str
 ) -> tuple[int | None, list[dict[str, object]]]:
@@ -70,11 +79,9 @@ async def fulfil_shipped_orders(
 
 async def test_fulfill_order_example_fulfils_the_shipped_orders_and_replays_them(
     server: KeyturnServer,
-    catalog_stub: catalog_pb2_grpc.CatalogServiceStub,
-    tokens: Tokens,
+    shipped_catalog: CatalogFile,
     bearer: dict[str, str],
 ) -> None:
-    await put_shipped_catalog(catalog_stub, tokens("catalog"))
     code, results = await fulfil_shipped_orders(server.address, bearer["fulfill"])
     assert code == 0, results
     shipped = [
@@ -95,12 +102,10 @@ async def test_fulfill_order_example_fulfils_the_shipped_orders_and_replays_them
 
 async def test_activate_example_holds_a_seat_of_a_shipped_order_until_interrupted(
     server: KeyturnServer,
-    catalog_stub: catalog_pb2_grpc.CatalogServiceStub,
-    tokens: Tokens,
+    shipped_catalog: CatalogFile,
     bearer: dict[str, str],
     licensing_stub: licensing_pb2_grpc.LicensingServiceStub,
 ) -> None:
-    await put_shipped_catalog(catalog_stub, tokens("catalog"))
     _, results = await fulfil_shipped_orders(server.address, bearer["fulfill"])
     [standard] = results[0]["entitlements"]  # type: ignore[misc]
     args = filled_in(
@@ -134,11 +139,9 @@ async def test_activate_example_explains_a_bad_key(server: KeyturnServer) -> Non
 
 async def test_fulfill_order_example_names_a_wrapped_order_and_an_unknown_sku(
     server: KeyturnServer,
-    catalog_stub: catalog_pb2_grpc.CatalogServiceStub,
-    tokens: Tokens,
+    shipped_catalog: CatalogFile,
     bearer: dict[str, str],
 ) -> None:
-    await put_shipped_catalog(catalog_stub, tokens("catalog"))
     order = {
         "orderId": "1003",
         "customer": {"customerId": "c-9"},
