@@ -416,9 +416,10 @@ async def test_keyturn_connect_stripe_as_a_child_process(
     settings = {
         "KEYTURN_STRIPE_WEBHOOK_SECRET": SECRET,
         "KEYTURN_FULFILL_TOKEN": connector_secrets["fulfill"],
+        "KEYTURN_LISTEN": server.address,  # no --target: the server's own setting names it
     }
     args = ["connect", "stripe", "--listen", "127.0.0.1:0", "--path", "/hooks/stripe"]
-    with child([*args, "--target", server.address], tmp_path, settings) as connector:
+    with child(args, tmp_path, settings) as connector:
         line = await run(connector.await_line, WEBHOOK_LINE)
         url = line["url"]
         assert url == f"http://127.0.0.1:{line['port']}/hooks/stripe"
