@@ -19,9 +19,9 @@ from pathlib import Path
 
 import pytest
 
+from support.repository import copy_clone
 from support.subprocess_server import START_TIMEOUT_S, ServerProcess, child_env
 
-ROOT = Path(__file__).resolve().parents[2]
 INSTALL_TIMEOUT_S = 600.0
 DEV_TOOLS = (
     "ruff",
@@ -34,24 +34,11 @@ DEV_TOOLS = (
 )
 
 
-def clone_files() -> list[str]:
-    listed = subprocess.run(
-        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-        cwd=ROOT,
-        check=True,
-        capture_output=True,
-    ).stdout.decode()
-    return [name for name in listed.split("\0") if name and (ROOT / name).is_file()]
-
-
 @pytest.fixture(scope="module")
 def copy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """The repository's files in a folder of their own, with an npm that must not run."""
     base = tmp_path_factory.mktemp("quick-start")
-    repo = base / "repo"
-    for name in clone_files():
-        (repo / name).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(ROOT / name, repo / name)
+    repo = copy_clone(base / "repo")
     fake_bin = base / "bin"
     fake_bin.mkdir()
     npm = fake_bin / "npm"

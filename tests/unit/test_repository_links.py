@@ -13,14 +13,15 @@ import subprocess
 from collections import Counter
 from dataclasses import dataclass
 from itertools import pairwise
-from pathlib import Path, PurePosixPath
+from pathlib import PurePosixPath
 from urllib.parse import unquote, urlsplit
 
 import pytest
 from markdown_it import MarkdownIt
 from markdown_it.token import Token
 
-ROOT = Path(__file__).resolve().parents[2]
+from support.repository import ROOT, clone_files
+
 # A machine's own folders, which no clone has (spelled in two parts so that this
 # file does not name one itself).
 MACHINE_PATHS = ("/" + "work/",)
@@ -35,18 +36,8 @@ class Link:
     target: str  # as written
 
 
-def tracked(pattern: str) -> list[str]:
-    listed = subprocess.run(
-        ["git", "ls-files", "-z", "--", pattern],
-        cwd=ROOT,
-        check=True,
-        capture_output=True,
-    ).stdout.decode()
-    return sorted(name for name in listed.split("\0") if name)
-
-
-MARKDOWN_FILES = tracked("*.md")
-TRACKED = set(tracked("*"))
+MARKDOWN_FILES = clone_files("*.md")
+TRACKED = set(clone_files())
 TRACKED_FOLDERS = {str(folder) for name in TRACKED for folder in PurePosixPath(name).parents}
 
 
