@@ -85,6 +85,18 @@ def probe(python: Path, workspace: Path) -> list[str]:
     return result.stdout.split()
 
 
+def assert_installs(client_venv: Path, requirement: str, workspace: Path) -> None:
+    """`pip install requirement` puts this version of the client, without the
+    server, into the venv, where it imports from the venv itself."""
+    python = without_the_client(client_venv)
+    installed = run([python, "-m", "pip", "install", "-q", requirement], workspace)
+    assert installed.returncode == 0, installed.stderr
+    location, version, server = probe(python, workspace)
+    assert Path(location).is_relative_to(client_venv)
+    assert version == version_in_pyproject()
+    assert server == "absent"
+
+
 def version_in_pyproject() -> str:
     text = (ROOT / "clients" / "python" / "pyproject.toml").read_text()
     return next(line.split('"')[1] for line in text.splitlines() if line.startswith("version ="))
@@ -106,13 +118,7 @@ def test_a_wheel_of_clients_python_installs_and_imports_without_the_server(
         assert [archive.read(name) for name in licenses] == [(ROOT / "LICENSE").read_bytes()]
     assert {"keyturn/client/py.typed", "keyturn/licensing/v1/licensing_pb2.pyi"} <= set(names)
 
-    python = without_the_client(client_venv)
-    installed = run([python, "-m", "pip", "install", "-q", wheel], workspace)
-    assert installed.returncode == 0, installed.stderr
-    location, version, server = probe(python, workspace)
-    assert Path(location).is_relative_to(client_venv)
-    assert version == version_in_pyproject()
-    assert server == "absent"
+    assert_installs(client_venv, str(wheel), workspace)
 
 
 def test_the_client_installs_from_a_git_url_with_its_subdirectory(
@@ -127,11 +133,4 @@ def test_the_client_installs_from_a_git_url_with_its_subdirectory(
         result = run([*git, *step], repo)
         assert result.returncode == 0, result.stderr
 
-    python = without_the_client(client_venv)
-    url = f"git+{repo.as_uri()}#subdirectory=clients/python"
-    installed = run([python, "-m", "pip", "install", "-q", url], workspace)
-    assert installed.returncode == 0, installed.stderr
-    location, version, server = probe(python, workspace)
-    assert Path(location).is_relative_to(client_venv)
-    assert version == version_in_pyproject()
-    assert server == "absent"
+    assert_installs(client_venv, f"git+{repo.as_uri()}#subdirectory=clients/python", workspace)

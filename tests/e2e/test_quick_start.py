@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from support.repository import copy_clone
-from support.subprocess_server import START_TIMEOUT_S, ServerProcess, child_env
+from support.subprocess_server import START_TIMEOUT_S, ServerProcess, child_env, spawn_piped
 
 INSTALL_TIMEOUT_S = 600.0
 DEV_TOOLS = (
@@ -91,15 +91,8 @@ def test_serve_sh_installs_the_runtime_alone_then_serves(copy: Path) -> None:
     assert "runtime: up to date" in again.stdout
     assert "installing" not in again.stdout
 
-    process = subprocess.Popen(
-        ["bash", "scripts/serve.sh", "--listen", "127.0.0.1:0"],
-        cwd=copy,
-        env=script_env(copy),
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        bufsize=1,
+    process = spawn_piped(
+        ["bash", "scripts/serve.sh", "--listen", "127.0.0.1:0"], copy, script_env(copy)
     )
     server = ServerProcess(process)
     try:
