@@ -13,7 +13,7 @@ ENV PATH=/opt/venv/bin:$PATH
 
 WORKDIR /src
 COPY clients/python ./clients/python
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md LICENSE ./
 COPY service ./service
 RUN pip install --no-cache-dir ./clients/python .
 

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Sets up the development environment at the repo root: the Python venv
+# Sets up the development environment at the repo root (the server alone, without
+# these tools, is scripts/serve.sh's): the Python venv
 # (.venv, with keyturn-client and keyturn[dev] installed editable) and the buf
 # CLI from package-lock.json (./node_modules/.bin/buf). Idempotent; run from
 # anywhere. PYTHON picks the interpreter that creates the venv (default python3).
@@ -12,26 +13,11 @@ for_tests=false
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 
-say() { printf '==> %s\n' "$*"; }
-die() { printf 'setup.sh: error: %s\n' "$*" >&2; exit 1; }
+# shellcheck source=scripts/lib/venv.sh
+source "$root/scripts/lib/venv.sh"
 
-python="${PYTHON:-python3}"
 venv="$root/.venv"
-min_version_check='import sys; sys.exit(0 if sys.version_info >= (3, 11) else 1)'
-
-command -v "$python" >/dev/null 2>&1 \
-  || die "'$python' not found; install Python 3.11 or newer (Debian: apt-get install python3 python3-venv)"
-if ! "$python" -c "$min_version_check"; then
-  die "Python 3.11 or newer is required, but '$python' is $("$python" -c 'import platform; print(platform.python_version())'); set PYTHON=/path/to/python3.11"
-fi
-
-if [ -x "$venv/bin/python" ] && "$venv/bin/python" -c "$min_version_check" 2>/dev/null; then
-  say "venv: reusing $venv ($("$venv/bin/python" --version 2>&1))"
-else
-  say "venv: creating $venv with $("$python" --version 2>&1)"
-  "$python" -m venv --clear "$venv" \
-    || die "could not create the venv (Debian: apt-get install python3-venv)"
-fi
+ensure_venv "${PYTHON:-python3}" "$venv"
 
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 say "pip: upgrading pip"

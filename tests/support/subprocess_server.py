@@ -236,10 +236,15 @@ class ServerProcess:
 
 
 def _spawn(args: Sequence[str], cwd: Path, settings: Mapping[str, str]) -> subprocess.Popen[str]:
+    return spawn_piped([*keyturn_command(), *args], cwd, child_env(settings))
+
+
+def spawn_piped(argv: Sequence[str], cwd: Path, env: Mapping[str, str]) -> subprocess.Popen[str]:
+    """`argv` with stdout and stderr as line-buffered text pipes (for `ServerProcess`)."""
     return subprocess.Popen(
-        [*keyturn_command(), *args],
+        argv,
         cwd=cwd,
-        env=child_env(settings),
+        env=env,
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
