@@ -349,10 +349,15 @@ def sqlite_settings(database: Path, **extra: str) -> dict[str, str]:
 
 
 async def create_token(
-    cwd: Path, settings: Mapping[str, str], scopes: Sequence[str] = ("catalog", "fulfill", "read")
+    cwd: Path,
+    settings: Mapping[str, str],
+    scopes: Sequence[str] = ("catalog", "fulfill", "read"),
+    *,
+    create: bool = False,
 ) -> str:
-    """`keyturn tokens create`: the bearer secret it prints (once) on stdout."""
-    args = ["tokens", "create"]
+    """`keyturn tokens create`: the bearer secret it prints (once) on stdout; `create`: on a
+    SQLite database that may not exist yet (--create)."""
+    args = ["tokens", "create", *(["--create"] if create else [])]
     for scope in scopes:
         args += ["--scope", scope]
     result = await run_cli_async(args, cwd, settings)
