@@ -209,6 +209,7 @@ def test_version_is_the_package_version() -> None:
         (["health"], "(default: 3.0)"),
         (["connect", "stripe"], "(default: /stripe/webhook)"),
         (["orders", "import"], "(default: import)"),
+        (["tokens", "create"], "what the token is for"),  # and no "(default: )"
     ],
 )
 def test_help_shows_the_defaults(command: list[str], shown: str) -> None:
@@ -216,3 +217,4 @@ def test_help_shows_the_defaults(command: list[str], shown: str) -> None:
     assert result.returncode == 0
     assert shown in " ".join(result.stdout.split())
     assert "(default: None)" not in result.stdout
+    assert "(default: )" not in result.stdout

@@ -85,11 +85,15 @@ async def _dispatch(args: argparse.Namespace) -> int:
 
 async def _migrate(args: argparse.Namespace) -> int:
     """Creates the database (and, for SQLite, its secret) when there is none: the one
-    admin command that does without --create, as it exists to prepare a database."""
-    from .bootstrap import describe_database, resolve_secret
+    admin command that does without --create, as it exists to prepare a database. It
+    needs no secret itself: one already sealing data is neither asked for nor made."""
+    from .bootstrap import describe_database, holds_sealed_data, resolve_secret
+    from .store.database import sqlite_file
 
     settings = _settings(args)
-    resolve_secret(settings)
+    database = sqlite_file(settings.database_url)
+    if settings.secret_key is None and database is not None and not holds_sealed_data(database):
+        resolve_secret(settings)
     migration = await migrate(settings)
     print(f"{migration.describe()} ({describe_database(settings)})")
     return 0
@@ -371,7 +375,9 @@ class _DefaultsShown(argparse.HelpFormatter):
         default = action.default
         if (
             action.option_strings
-            and default not in (None, False, argparse.SUPPRESS)
+            and default is not None
+            and default is not False  # a flag: off unless given
+            and default not in ("", argparse.SUPPRESS)
             and "default" not in help_text
         ):
             help_text += " (default: %(default)s)"

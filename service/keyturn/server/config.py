@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
@@ -29,9 +29,13 @@ DRIVER_OF = {
     "postgres": "postgresql+asyncpg",
     "postgresql+asyncpg": "postgresql+asyncpg",
 }
-# KEYTURN_* variables read outside Settings (the order connectors' options).
+# Settings whose empty value means "none": checked only when set.
+OPTIONAL_ADDRESSES = frozenset({"read_database_url", "metrics_listen"})
+# KEYTURN_* variables read outside Settings: the order connectors' options, and the
+# token of the client's examples (clients/python/examples).
 OTHER_VARIABLES = frozenset(
     {
+        "KEYTURN_TOKEN",
         "KEYTURN_FULFILL_TOKEN",
         "KEYTURN_STRIPE_WEBHOOK_SECRET",
         "KEYTURN_STRIPE_API_KEY",
@@ -365,25 +369,19 @@ class Settings(BaseSettings):
         50, ge=1, description="Attempts before a message is marked failed"
     )
 
-    @field_validator("database_url")
+    @field_validator("database_url", "read_database_url")
     @classmethod
-    def _check_database_url(cls, value: str) -> str:
+    def _check_database_urls(cls, value: str, info: ValidationInfo) -> str:
+        if not value and info.field_name in OPTIONAL_ADDRESSES:
+            return value
         return database_url_of(value)
 
-    @field_validator("read_database_url")
+    @field_validator("listen", "metrics_listen")
     @classmethod
-    def _check_read_database_url(cls, value: str) -> str:
-        return database_url_of(value) if value else value
-
-    @field_validator("listen")
-    @classmethod
-    def _check_listen(cls, value: str) -> str:
+    def _check_listen_addresses(cls, value: str, info: ValidationInfo) -> str:
+        if not value and info.field_name in OPTIONAL_ADDRESSES:
+            return value
         return _check_host_port(value)
-
-    @field_validator("metrics_listen")
-    @classmethod
-    def _check_metrics_listen(cls, value: str) -> str:
-        return _check_host_port(value) if value else value
 
     @property
     def database_limits(self) -> DatabaseLimits:
