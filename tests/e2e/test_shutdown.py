@@ -160,7 +160,7 @@ async def test_sigterm_lets_calls_in_flight_finish_and_exits_0(
         database, KEYTURN_LOG_LEVEL="DEBUG", KEYTURN_SHUTDOWN_GRACE_SECONDS=str(GRACE_S)
     )
     # Set-up by the CLI before the server starts (it creates and migrates the database).
-    token = await create_token(tmp_path, settings, ("fulfill",), create=True)
+    token = await create_token(tmp_path, settings, ("fulfill",))
     (tmp_path / "catalog.yaml").write_text(CATALOG_YAML)
     await run_cli_async(["catalog", "apply", "catalog.yaml"], tmp_path, settings)
 

@@ -349,15 +349,11 @@ def sqlite_settings(database: Path, **extra: str) -> dict[str, str]:
 
 
 async def create_token(
-    cwd: Path,
-    settings: Mapping[str, str],
-    scopes: Sequence[str] = ("catalog", "fulfill", "read"),
-    *,
-    create: bool = False,
+    cwd: Path, settings: Mapping[str, str], scopes: Sequence[str] = ("catalog", "fulfill", "read")
 ) -> str:
-    """`keyturn tokens create`: the bearer secret it prints (once) on stdout; `create`: on a
-    SQLite database that may not exist yet (--create)."""
-    args = ["tokens", "create", *(["--create"] if create else [])]
+    """`keyturn tokens create --create`: the bearer secret it prints (once) on stdout. With
+    --create, as tests make their databases on purpose, often before any server starts."""
+    args = ["tokens", "create", "--create"]
     for scope in scopes:
         args += ["--scope", scope]
     result = await run_cli_async(args, cwd, settings)
