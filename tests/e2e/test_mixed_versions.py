@@ -294,7 +294,8 @@ async def upgrade_beside(old_commit: str, database_url: str, tmp_path: Path) -> 
     await asyncio.to_thread(upgrade, database_url, old_revision)
     base = server_settings(database_url)
     old_env = {**base, "PYTHONPATH": old_path}
-    token = await create_token(tmp_path, old_env)  # made by the old version
+    # Made by the old version, which has no --create.
+    token = await create_token(tmp_path, old_env, create=False)
     auth = (("authorization", f"Bearer {token}"),)
     async with replica("old", tmp_path, old_env) as old:
         old_seat = await new_license(

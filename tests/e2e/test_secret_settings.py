@@ -87,7 +87,7 @@ async def test_serve_refuses_a_weak_or_missing_secret_in_one_line(
         secret, why = WEAK_SECRETS[case]
         settings["KEYTURN_SECRET_KEY"] = secret
     code, stdout, stderr = await serve_until_exit(tmp_path, settings)
-    assert code == 1
+    assert code == 2
     assert stdout == ""
     [line] = stderr.splitlines()
     if case == "missing":
@@ -138,7 +138,7 @@ def test_a_weak_secrets_file_is_refused_in_one_line(tmp_path: Path) -> None:
     secrets = Path(f"{database}.secrets")
     secrets.write_text("change-me " * 4 + "\n")
     result = run_to_the_end(SERVE, tmp_path, sqlite_settings(database))
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert result.stderr.splitlines() == [
         f"keyturn: the secret in {secrets} is too weak (a shorter part repeated); "
         f"set it to a random value of 32+ characters, for example the output of: {HOW_TO}"

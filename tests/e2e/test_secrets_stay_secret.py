@@ -171,7 +171,7 @@ async def new_token(
     trail: Trail, label: str, scopes: list[str], cwd: Path, env: dict[str, str]
 ) -> Metadata:
     """`keyturn tokens create`: bearer metadata with the token it printed."""
-    args = ["tokens", "create", *(f"--scope={scope}" for scope in scopes)]
+    args = ["tokens", "create", "--create", *(f"--scope={scope}" for scope in scopes)]
     printed = trail.secret(label, (await cli(trail, args, cwd, env)).strip())
     return (("authorization", f"Bearer {printed}"),)
 

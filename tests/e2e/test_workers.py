@@ -193,7 +193,7 @@ async def test_a_wrong_secret_stops_the_supervisor_before_any_worker_starts(
     await run_cli_async(["keys", "list"], tmp_path, sqlite_settings(database))  # the first key
     wrong = sqlite_settings(database, KEYTURN_SECRET_KEY="another-secret-" + "x" * 32)
     result = await asyncio.to_thread(serve_to_the_end, tmp_path, wrong, "--workers", "2")
-    assert result.returncode == 1, result.stderr
+    assert result.returncode == 2, result.stderr
     assert "stored data cannot be decrypted with this secret key" in result.stderr
     assert _started_pids(result.stderr) == []
     assert "Traceback" not in result.stderr
@@ -215,7 +215,7 @@ async def test_a_port_in_use_is_refused_clearly(tmp_path: Path, workers: int) ->
             "--workers",
             str(workers),
         )
-    assert result.returncode == 1, result.stderr
+    assert result.returncode == 2, result.stderr
     assert f"keyturn: cannot listen on 127.0.0.1:{port}" in result.stderr
     assert "Traceback" not in result.stderr
     assert _started_pids(result.stderr) == []

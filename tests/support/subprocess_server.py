@@ -354,10 +354,16 @@ def sqlite_settings(database: Path, **extra: str) -> dict[str, str]:
 
 
 async def create_token(
-    cwd: Path, settings: Mapping[str, str], scopes: Sequence[str] = ("catalog", "fulfill", "read")
+    cwd: Path,
+    settings: Mapping[str, str],
+    scopes: Sequence[str] = ("catalog", "fulfill", "read"),
+    *,
+    create: bool = True,
 ) -> str:
-    """`keyturn tokens create`: the bearer secret it prints (once) on stdout."""
-    args = ["tokens", "create"]
+    """`keyturn tokens create`: the bearer secret it prints (once) on stdout. With --create
+    unless told otherwise (a Keyturn older than the flag), as tests make their databases
+    on purpose, often before any server starts."""
+    args = ["tokens", "create", *(["--create"] if create else [])]
     for scope in scopes:
         args += ["--scope", scope]
     result = await run_cli_async(args, cwd, settings)

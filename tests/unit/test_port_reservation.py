@@ -6,6 +6,7 @@ import socket
 
 import pytest
 
+from keyturn.server.config import SettingsError
 from keyturn.server.port_reservation import reserve_port
 
 
@@ -19,7 +20,7 @@ def test_port_0_is_chosen_and_held_for_workers_only() -> None:
             worker.bind(("127.0.0.1", reserved.port))
         # ...but nobody else can, with or without it being asked first.
         with (
-            pytest.raises(OSError, match=f"cannot listen on 127.0.0.1:{reserved.port}"),
+            pytest.raises(SettingsError, match=f"cannot listen on 127.0.0.1:{reserved.port}"),
             reserve_port(reserved.address),
         ):
             pass
@@ -36,7 +37,7 @@ def test_a_port_some_other_program_listens_on_is_refused() -> None:
         taken.listen()
         port = taken.getsockname()[1]
         with (
-            pytest.raises(OSError, match=f"cannot listen on 127.0.0.1:{port}: "),
+            pytest.raises(SettingsError, match=f"cannot listen on 127.0.0.1:{port}: "),
             reserve_port(f"127.0.0.1:{port}"),
         ):
             pass

@@ -11,9 +11,10 @@ from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from pydantic import ValidationError
 
 from keyturn.server.bootstrap import build_context
-from keyturn.server.config import Settings, SettingsError
+from keyturn.server.config import Settings, SettingsError, describe_invalid
 from keyturn.server.leases.keyring import RETIRE_MARGIN, Keyring, SigningKey, may_still_sign
 
 from conftest import TEST_SECRET
@@ -36,8 +37,6 @@ def settings(database_url: str, read_database_url: str) -> Settings:
     [
         ("sqlite+aiosqlite:///{tmp}/k.db", PG_STANDBY, "KEYTURN_DATABASE_URL is sqlite"),
         (PG, "sqlite+aiosqlite:///{tmp}/k.db", "KEYTURN_READ_DATABASE_URL is sqlite"),
-        (PG, "mysql+aiomysql://root@127.0.0.1/keyturn", "KEYTURN_READ_DATABASE_URL is mysql"),
-        (PG, "not a url", "KEYTURN_READ_DATABASE_URL is not a database URL"),
     ],
 )
 async def test_a_read_database_needs_postgresql_on_both_sides(
@@ -48,6 +47,23 @@ async def test_a_read_database_needs_postgresql_on_both_sides(
     with pytest.raises(SettingsError, match=message):
         await build_context(wrong)
     assert not (tmp_path / "k.db").exists()
+
+
+@pytest.mark.parametrize(
+    ("read_database_url", "message"),
+    [
+        ("mysql+aiomysql://root@127.0.0.1/keyturn", "mysql+aiomysql:// is not a database"),
+        ("not a url", "not a database URL"),
+    ],
+)
+def test_a_read_database_url_of_no_known_form_is_refused_in_the_settings(
+    read_database_url: str, message: str
+) -> None:
+    with pytest.raises(ValidationError) as refused:
+        settings(PG, read_database_url)
+    assert describe_invalid(refused.value).startswith(f"KEYTURN_READ_DATABASE_URL: {message}"), (
+        describe_invalid(refused.value)
+    )
 
 
 def test_no_read_database_by_default() -> None:

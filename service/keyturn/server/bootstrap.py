@@ -5,12 +5,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
+import sqlite3
 import stat
+from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError
+import asyncpg
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
 from .app.context import AppContext
 from .app.delivery import Dispatcher, DispatchSettings
@@ -21,8 +26,8 @@ from .dispatch.rendering import MailRenderer
 from .dispatch.smtp import SmtpSender, SmtpSettings
 from .leases.keyring import SigningKeys, load_keyring
 from .sealing import HOW_TO_SET, Sealer, SecretError, checked_secret, load_or_create_secret_file
-from .store.database import create_sqlite_file, sqlite_file, sqlite_side_files
-from .store.migrate import upgrade
+from .store.database import create_engine, create_sqlite_file, sqlite_file, sqlite_side_files
+from .store.migrate import current_revision, head_revision, upgrade
 from .store.pg_seats import PgSeats
 from .store.seats import SeatCheck, SeatStore
 from .store.sql_seats import SqlSeats
@@ -49,9 +54,58 @@ def resolve_secret(settings: Settings) -> str:
             f"one): {HOW_TO_SET}"
         )
     path = secrets_file_for(settings)
+    database = sqlite_file(settings.database_url)
+    if not path.exists() and database is not None and holds_sealed_data(database):
+        raise SecretError(
+            f"{path.resolve()} is missing: it holds the secret of {database.resolve()}, whose "
+            "keys cannot be "
+            "opened without it; copy it beside the database (it is made with the database "
+            "and kept with it by keyturn backup), or set KEYTURN_SECRET_KEY to that secret"
+        )
     secret = load_or_create_secret_file(path)
     warn_if_others_may_read(path)
     return secret
+
+
+def holds_sealed_data(database: Path) -> bool:
+    """Whether the SQLite file has signing keys: sealed with its secret (every database
+    that served or was written by a command has one), so a new secret cannot do."""
+    if not database.exists():
+        return False
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{database}?mode=ro", uri=True)) as db:
+            return db.execute("SELECT 1 FROM signing_keys LIMIT 1").fetchone() is not None
+    except sqlite3.Error:  # not a database yet, or no schema: nothing sealed in it
+        return False
+
+
+def describe_database(settings: Settings) -> str:
+    """The database settings point at, as a person would look for it (no password)."""
+    database = sqlite_file(settings.database_url)
+    if database is not None:
+        return str(database.resolve())
+    return make_url(settings.database_url).render_as_string(hide_password=True)
+
+
+def admin_database(settings: Settings, *, create: bool) -> str:
+    """`describe_database`, once sure an admin command will not make a database or secret
+    unless `create`: SettingsError naming what is missing and how to point at the right one."""
+    shown = describe_database(settings)
+    database = sqlite_file(settings.database_url)
+    if create or database is None:
+        return shown
+    if not database.exists():
+        raise SettingsError(
+            f"no database at {shown}: run this where the server's database is, or set "
+            "KEYTURN_DATABASE_URL to it; --create makes a new one"
+        )
+    secrets = secrets_file_for(settings)
+    if settings.secret_key is None and not secrets.exists() and not holds_sealed_data(database):
+        raise SettingsError(
+            f"{secrets.resolve()} (the secret of {shown}) does not exist: set KEYTURN_SECRET_KEY or "
+            "KEYTURN_SECRETS_FILE to the server's; --create makes a new one"
+        )
+    return shown
 
 
 def warn_if_others_may_read(*paths: Path) -> None:
@@ -77,9 +131,87 @@ def prepare_sqlite_folder(settings: Settings) -> None:
         create_sqlite_file(settings.database_url)
 
 
-async def migrate(settings: Settings) -> None:
+def _causes(error: BaseException) -> Iterator[BaseException]:
+    seen: BaseException | None = error
+    while seen is not None:
+        yield seen
+        seen = seen.__cause__ or seen.__context__
+
+
+def database_problem(error: BaseException, database_url: str) -> str | None:
+    """Why PostgreSQL at `database_url` cannot be used, in one line naming the fix; None
+    for an error that is not one of the usual first-hour mistakes."""
+    url = make_url(database_url)
+    if url.get_backend_name() != "postgresql":
+        return None
+    where = f"{url.host or 'localhost'}:{url.port or 5432}"
+    for cause in _causes(error):
+        if isinstance(cause, asyncpg.InvalidCatalogNameError):
+            return (
+                f"database {url.database!r} does not exist on the PostgreSQL server at {where}: "
+                f"create it ({_createdb(url)}) or fix KEYTURN_DATABASE_URL"
+            )
+        if isinstance(
+            cause, asyncpg.InvalidAuthorizationSpecificationError | asyncpg.InvalidPasswordError
+        ):
+            return (
+                f"the PostgreSQL server at {where} refused the login: {cause}; fix the user "
+                "or password in KEYTURN_DATABASE_URL"
+            )
+        if isinstance(cause, ConnectionRefusedError | socket.gaierror | TimeoutError):
+            reason = (
+                cause.strerror if isinstance(cause, OSError) and cause.strerror else "timed out"
+            )
+            return (
+                f"cannot connect to PostgreSQL at {where} ({reason}): is it running there? "
+                "Fix the host or port in KEYTURN_DATABASE_URL"
+            )
+    return None
+
+
+def _createdb(url: URL) -> str:
+    options = [f"-h {url.host}" if url.host else "", f"-p {url.port}" if url.port else ""]
+    options.append(f"-U {url.username}" if url.username else "")
+    return " ".join(["createdb", *filter(None, options), str(url.database)])
+
+
+@contextlib.contextmanager
+def explained_database_errors(settings: Settings) -> Iterator[None]:
+    """A database that cannot be reached, or does not exist, as one SettingsError line."""
+    try:
+        yield
+    except (SQLAlchemyError, OSError, asyncpg.PostgresError) as error:
+        problem = database_problem(error, settings.database_url)
+        if problem is None:
+            raise
+        raise SettingsError(problem) from None
+
+
+@dataclass(frozen=True)
+class Migration:
+    """What a migration did: from which schema revision (None: no schema) to which."""
+
+    before: str | None
+    after: str | None
+
+    def describe(self) -> str:
+        if self.before is None:
+            return f"created the schema at {self.after}"
+        if self.before == self.after:
+            return f"schema is up to date at {self.after}"
+        return f"migrated from {self.before} to {self.after}"
+
+
+async def migrate(settings: Settings) -> Migration:
     prepare_sqlite_folder(settings)
-    await asyncio.to_thread(upgrade, settings.database_url)
+    engine = create_engine(settings.database_url, pool_size=1, limits=settings.database_limits)
+    try:
+        with explained_database_errors(settings):
+            before = await current_revision(engine)
+            await asyncio.to_thread(upgrade, settings.database_url)
+    finally:
+        await engine.dispose()
+    return Migration(before, head_revision() if before != head_revision() else before)
 
 
 def seat_store(store: Store, clock: Clock, lapse_grace: timedelta) -> SeatStore:
@@ -147,7 +279,8 @@ async def build_context(settings: Settings, clock: Clock | None = None) -> AppCo
     if database_file is not None:
         warn_if_others_may_read(database_file, *sqlite_side_files(database_file))
     try:
-        keyring = await load_keyring(store, sealer, clock.now())
+        with explained_database_errors(settings):
+            keyring = await load_keyring(store, sealer, clock.now())
     except BaseException:
         await store.close()
         raise

@@ -10,16 +10,19 @@ import sys
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 from pydantic import ValidationError
 
 from .app.context import AppContext
 from .bootstrap import build_context, build_dispatcher, migrate
-from .config import Settings, SettingsError
+from .config import Settings, SettingsError, describe_invalid, unknown_variables
 from .domain.errors import DomainError
 from .logs import configure_logging
 from .sealing import SecretError
 from .signals import stop_on_signal
+
+FLAGS = {"listen": "--listen", "workers": "--workers"}  # settings a flag of serve can set
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -32,8 +35,15 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 @contextlib.asynccontextmanager
-async def _opened(settings: Settings) -> AsyncIterator[AppContext]:
-    """The application context of one command; its database is closed at the end."""
+async def _opened(settings: Settings, args: argparse.Namespace) -> AsyncIterator[AppContext]:
+    """The application context of one admin command; its database is closed at the end.
+
+    Says on stderr which database it acts on and, unless --create, refuses to make a new
+    SQLite database or secret: run in the wrong folder, it would otherwise act on a fresh
+    database the server never reads."""
+    from .bootstrap import admin_database
+
+    print(f"keyturn: database {admin_database(settings, create=args.create)}", file=sys.stderr)
     ctx = await build_context(settings)
     try:
         yield ctx
@@ -60,7 +70,7 @@ async def _dispatch(args: argparse.Namespace) -> int:
     if not settings.smtp_host:
         print("keyturn: KEYTURN_SMTP_HOST is not set: nothing to dispatch to", file=sys.stderr)
         return 2
-    async with _opened(settings) as ctx:
+    async with _opened(settings, args) as ctx:
         dispatcher = build_dispatcher(ctx, settings)
         assert dispatcher is not None
         stop = stop_on_signal()
@@ -74,16 +84,25 @@ async def _dispatch(args: argparse.Namespace) -> int:
 
 
 async def _migrate(args: argparse.Namespace) -> int:
+    """Creates the database (and, for SQLite, its secret) when there is none: the one
+    admin command that does without --create, as it exists to prepare a database. It
+    needs no secret itself: one already sealing data is neither asked for nor made."""
+    from .bootstrap import describe_database, holds_sealed_data, resolve_secret
+    from .store.database import sqlite_file
+
     settings = _settings(args)
-    await migrate(settings)
-    print("database schema is up to date")
+    database = sqlite_file(settings.database_url)
+    if settings.secret_key is None and database is not None and not holds_sealed_data(database):
+        resolve_secret(settings)
+    migration = await migrate(settings)
+    print(f"{migration.describe()} ({describe_database(settings)})")
     return 0
 
 
 async def _catalog_apply(args: argparse.Namespace) -> int:
     from .catalog_file import apply_catalog_file
 
-    async with _opened(_settings(args)) as ctx:
+    async with _opened(_settings(args), args) as ctx:
         applied = await apply_catalog_file(ctx, Path(args.file))
     print(f"applied {len(applied.products)} products and {len(applied.skus)} SKUs")
     return 0
@@ -92,7 +111,7 @@ async def _catalog_apply(args: argparse.Namespace) -> int:
 async def _tokens_create(args: argparse.Namespace) -> int:
     from .app.tokens import create_token
 
-    async with _opened(_settings(args)) as ctx:
+    async with _opened(_settings(args), args) as ctx:
         token, secret = await create_token(ctx, set(args.scope), args.description)
     print(secret)
     print(f"token {token.token_id} scopes={','.join(sorted(token.scopes))}", file=sys.stderr)
@@ -102,16 +121,37 @@ async def _tokens_create(args: argparse.Namespace) -> int:
 async def _tokens_revoke(args: argparse.Namespace) -> int:
     from .app.tokens import revoke_token
 
-    async with _opened(_settings(args)) as ctx:
-        revoked = await revoke_token(ctx, args.token_id)
-    print("revoked" if revoked else "no such active token")
-    return 0 if revoked else 1
+    async with _opened(_settings(args), args) as ctx:
+        revoked = await revoke_token(ctx, args.token)
+    if revoked is None:
+        print("keyturn: no such active token", file=sys.stderr)
+        return 1
+    print(f"revoked {revoked}")
+    return 0
+
+
+async def _tokens_list(args: argparse.Namespace) -> int:
+    from .app.tokens import list_tokens
+
+    async with _opened(_settings(args), args) as ctx:
+        tokens = await list_tokens(ctx, include_revoked=args.all)
+    for token in tokens:
+        state = (
+            "active"
+            if token.revoke_time is None
+            else f"revoked {token.revoke_time:%Y-%m-%dT%H:%M:%SZ}"
+        )
+        print(
+            f"{token.token_id}  scopes={','.join(sorted(token.scopes))}  "
+            f"created {token.create_time:%Y-%m-%dT%H:%M:%SZ}  {state}  {token.description}".rstrip()
+        )
+    return 0
 
 
 async def _keys_rotate(args: argparse.Namespace) -> int:
     from .leases.keyring import rotate_signing_key
 
-    async with _opened(_settings(args)) as ctx:
+    async with _opened(_settings(args), args) as ctx:
         rotation = await rotate_signing_key(ctx.store, ctx.sealer, ctx.clock.now())
     print(f"new signing key {rotation.new_kid}")
     for kid in rotation.retired:
@@ -120,7 +160,7 @@ async def _keys_rotate(args: argparse.Namespace) -> int:
 
 
 async def _keys_list(args: argparse.Namespace) -> int:
-    async with _opened(_settings(args)) as ctx, ctx.store.read() as tx:
+    async with _opened(_settings(args), args) as ctx, ctx.store.read() as tx:
         keys = await tx.signing_keys.list_all()
         signing = await tx.signing_keys.signing_kid()
     now = ctx.clock.now()
@@ -333,16 +373,62 @@ def _health(args: argparse.Namespace) -> int:
     return 0 if response.status == health_pb2.HealthCheckResponse.SERVING else 1
 
 
+class _DefaultsShown(argparse.HelpFormatter):
+    """Help that shows each option's default, where it has one worth showing."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        help_text = action.help or ""
+        default = action.default
+        if (
+            action.option_strings
+            and default is not None
+            and default is not False  # a flag: off unless given
+            and default not in ("", argparse.SUPPRESS)
+            and "default" not in help_text
+        ):
+            help_text += " (default: %(default)s)"
+        return help_text
+
+
+class _Parser(argparse.ArgumentParser):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", _DefaultsShown)
+        super().__init__(*args, **kwargs)
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("keyturn")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown (not installed)"
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="keyturn",
         description="Keyturn licensing service. Settings come from KEYTURN_* environment "
-        "variables (see README).",
+        "variables (see README 'Configuration').",
     )
+    parser.add_argument("--version", action="version", version=f"keyturn {_version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    # The commands that act on a database someone else serves: --create, and nothing new
+    # made without it.
+    admin = _Parser(add_help=False)
+    admin.add_argument(
+        "--create",
+        action="store_true",
+        help="make the SQLite database or its secret if missing (without: an error, so "
+        "that a command run in the wrong folder does not act on a new database)",
+    )
+    defaults = Settings.model_fields
 
     serve = commands.add_parser("serve", help="run the gRPC server")
-    serve.add_argument("--listen", help="HOST:PORT to bind (default 127.0.0.1:50051)")
+    serve.add_argument(
+        "--listen",
+        help=f"HOST:PORT to bind (default: KEYTURN_LISTEN, else {defaults['listen'].default})",
+    )
     serve.add_argument(
         "--workers",
         type=_positive,
@@ -354,20 +440,27 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--worker-link", type=int, help=argparse.SUPPRESS)
     serve.set_defaults(run=_serve)
 
-    commands.add_parser("migrate", help="upgrade the database schema").set_defaults(run=_migrate)
     commands.add_parser(
-        "dispatch", help="send queued credential emails (without serving gRPC)"
+        "migrate",
+        help="create or upgrade the database schema (and a new SQLite database's secret)",
+    ).set_defaults(run=_migrate)
+    commands.add_parser(
+        "dispatch", parents=[admin], help="send queued credential emails (without serving gRPC)"
     ).set_defaults(run=_dispatch)
 
     catalog = commands.add_parser("catalog", help="manage the catalog")
     catalog_commands = catalog.add_subparsers(dest="catalog_command", required=True)
-    apply = catalog_commands.add_parser("apply", help="load products and SKUs from a YAML file")
+    apply = catalog_commands.add_parser(
+        "apply", parents=[admin], help="load products and SKUs from a YAML file"
+    )
     apply.add_argument("file", help="catalog file, see examples/catalog.yaml")
     apply.set_defaults(run=_catalog_apply)
 
     tokens = commands.add_parser("tokens", help="manage API tokens of order connectors")
     token_commands = tokens.add_subparsers(dest="tokens_command", required=True)
-    create = token_commands.add_parser("create", help="create a token and print it once")
+    create = token_commands.add_parser(
+        "create", parents=[admin], help="create a token and print it once"
+    )
     create.add_argument(
         "--scope",
         action="append",
@@ -377,20 +470,26 @@ def _parser() -> argparse.ArgumentParser:
     )
     create.add_argument("--description", default="", help="what the token is for")
     create.set_defaults(run=_tokens_create)
-    revoke = token_commands.add_parser("revoke", help="revoke a token by its id")
-    revoke.add_argument("token_id")
+    listing = token_commands.add_parser(
+        "list", parents=[admin], help="show the tokens: id, scopes, created, description"
+    )
+    listing.add_argument("--all", action="store_true", help="revoked tokens too")
+    listing.set_defaults(run=_tokens_list)
+    revoke = token_commands.add_parser("revoke", parents=[admin], help="revoke a token")
+    revoke.add_argument("token", help="its id (tok_...) or the token itself (kt_...)")
     revoke.set_defaults(run=_tokens_revoke)
 
     keys = commands.add_parser("keys", help="manage the keys that sign leases")
     key_commands = keys.add_subparsers(dest="keys_command", required=True)
     key_commands.add_parser(
         "rotate",
+        parents=[admin],
         help="add a signing key that signs from now on; older keys stay published until "
         "every lease they signed has expired",
     ).set_defaults(run=_keys_rotate)
-    key_commands.add_parser("list", help="show every signing key and its state").set_defaults(
-        run=_keys_list
-    )
+    key_commands.add_parser(
+        "list", parents=[admin], help="show every signing key and its state"
+    ).set_defaults(run=_keys_list)
 
     backup = commands.add_parser(
         "backup",
@@ -446,7 +545,7 @@ def _parser() -> argparse.ArgumentParser:
     health = commands.add_parser("health", help="ask a running server whether it is SERVING")
     health.add_argument("--address", help="HOST:PORT (default: KEYTURN_LISTEN)")
     health.add_argument("--service", default="", help="service name (default: the whole server)")
-    health.add_argument("--timeout", type=float, default=3.0)
+    health.add_argument("--timeout", type=float, default=3.0, help="seconds to wait for the answer")
     health.set_defaults(run=_health, sync=True)
     return parser
 
@@ -476,13 +575,18 @@ def _positive(text: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    import os
+
     args = _parser().parse_args(argv)
     try:
         settings = _settings(args)
     except ValidationError as exc:
-        print(f"keyturn: bad settings: {exc}", file=sys.stderr)
+        print(f"keyturn: {describe_invalid(exc, FLAGS)}", file=sys.stderr)
         return 2
     worker = args.worker_index if getattr(args, "worker_link", None) is not None else None
+    if worker is None:  # a worker's environment is its supervisor's, already reported
+        for warning in unknown_variables(os.environ):
+            print(f"keyturn: warning: {warning}", file=sys.stderr)
     configure_logging(settings.log_level, settings.log_format, worker)
     run: Callable[[argparse.Namespace], Awaitable[int] | int] = args.run
     try:
@@ -490,7 +594,10 @@ def main(argv: list[str] | None = None) -> int:
             return run(args)  # type: ignore[return-value]
         with asyncio.Runner(loop_factory=_loop_factory(settings, args)) as runner:
             return runner.run(run(args))  # type: ignore[arg-type]
-    except (SecretError, SettingsError, DomainError, OSError) as exc:
+    except (SecretError, SettingsError) as exc:  # a mistake in the settings: fix and retry
+        print(f"keyturn: {exc}", file=sys.stderr)
+        return 2
+    except (DomainError, OSError) as exc:
         print(f"keyturn: {exc}", file=sys.stderr)
         return 1
     except Exception as exc:

@@ -2,20 +2,106 @@
 
 from __future__ import annotations
 
+import difflib
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
 from keyturn.server.store.database import DatabaseLimits
 
 DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./keyturn.db"
+ENV_PREFIX = "KEYTURN_"
+ACCEPTED_DATABASE_URLS = (
+    "sqlite+aiosqlite:///PATH or postgresql+asyncpg://USER:PASSWORD@HOST:PORT/DATABASE"
+)
+# The one async driver Keyturn ships for each backend: a URL naming the backend alone
+# (as libpq, psql and hosting providers write it) can only mean that driver.
+DRIVER_OF = {
+    "sqlite": "sqlite+aiosqlite",
+    "sqlite+aiosqlite": "sqlite+aiosqlite",
+    "postgresql": "postgresql+asyncpg",
+    "postgres": "postgresql+asyncpg",
+    "postgresql+asyncpg": "postgresql+asyncpg",
+}
+# Settings whose empty value means "none": checked only when set.
+OPTIONAL_ADDRESSES = frozenset({"read_database_url", "metrics_listen"})
+# KEYTURN_* variables read outside Settings: the order connectors' options, and the
+# token of the client's examples (clients/python/examples).
+OTHER_VARIABLES = frozenset(
+    {
+        "KEYTURN_TOKEN",
+        "KEYTURN_FULFILL_TOKEN",
+        "KEYTURN_STRIPE_WEBHOOK_SECRET",
+        "KEYTURN_STRIPE_API_KEY",
+        "KEYTURN_STRIPE_API_BASE",
+    }
+)
 
 
 class SettingsError(Exception):
-    """Settings that are each valid but do not work together."""
+    """Settings that are each valid but do not work together, or that the machine refuses
+    (a port in use, a database that does not exist): a mistake to fix, one line naming it."""
+
+
+def database_url_of(value: str) -> str:
+    """`value` with its driver named: `postgresql://` and `postgres://` mean asyncpg,
+    `sqlite://` aiosqlite; ValueError naming the accepted forms for anything else."""
+    try:
+        url = make_url(value)
+    except ArgumentError:
+        # Not echoed: it may hold a password.
+        raise ValueError(f"not a database URL; use {ACCEPTED_DATABASE_URLS}") from None
+    driver = DRIVER_OF.get(url.drivername)
+    if driver is None:
+        raise ValueError(
+            f"{url.drivername}:// is not a database Keyturn can use; use {ACCEPTED_DATABASE_URLS}"
+        )
+    if driver.startswith("postgresql") and not url.database:
+        raise ValueError(f"names no database; use {ACCEPTED_DATABASE_URLS}")
+    if driver == url.drivername:
+        return value
+    return url.set(drivername=driver).render_as_string(hide_password=False)
+
+
+def known_variables() -> frozenset[str]:
+    return frozenset(ENV_PREFIX + name.upper() for name in Settings.model_fields) | OTHER_VARIABLES
+
+
+def unknown_variables(environ: Mapping[str, str]) -> list[str]:
+    """A warning for each KEYTURN_* variable no setting reads, naming the closest one
+    (a misspelled setting would otherwise be ignored without a word)."""
+    known = known_variables()
+    warnings = []
+    for name in sorted(environ):
+        if not name.startswith(ENV_PREFIX) or name in known:
+            continue
+        # Compared without the prefix, which every name shares.
+        close = difflib.get_close_matches(
+            name.removeprefix(ENV_PREFIX), [k.removeprefix(ENV_PREFIX) for k in known], n=1
+        )
+        hint = (
+            f"; did you mean {ENV_PREFIX}{close[0]}?" if close else "; see README 'Configuration'"
+        )
+        warnings.append(f"{name} is not a Keyturn setting and is ignored{hint}")
+    return warnings
+
+
+def describe_invalid(error: ValidationError, flags: Mapping[str, str] | None = None) -> str:
+    """A pydantic error about settings as one line: each bad variable (or the command-line
+    flag in `flags`, field: flag, that set it) and why."""
+    parts = []
+    for problem in error.errors():
+        field = ".".join(str(part) for part in problem["loc"])
+        name = (flags or {}).get(field) or f"{ENV_PREFIX}{field.upper()}"
+        message = problem["msg"].removeprefix("Value error, ")
+        parts.append(f"{name}: {message}")
+    return "; ".join(parts)
 
 
 def available_cpus() -> int:
@@ -29,14 +115,14 @@ def available_cpus() -> int:
 def _check_host_port(value: str) -> str:
     host, sep, port = value.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ValueError("must be HOST:PORT, for example 127.0.0.1:50051")
+        raise ValueError(f"{value!r} is not HOST:PORT (PORT 0-65535), for example 127.0.0.1:50051")
     return value
 
 
 class Settings(BaseSettings):
     """Every knob of the server; see README 'Configuration'."""
 
-    model_config = SettingsConfigDict(env_prefix="KEYTURN_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore")
 
     database_url: str = Field(
         DEFAULT_DATABASE_URL,
@@ -283,15 +369,19 @@ class Settings(BaseSettings):
         50, ge=1, description="Attempts before a message is marked failed"
     )
 
-    @field_validator("listen")
+    @field_validator("database_url", "read_database_url")
     @classmethod
-    def _check_listen(cls, value: str) -> str:
-        return _check_host_port(value)
+    def _check_database_urls(cls, value: str, info: ValidationInfo) -> str:
+        if not value and info.field_name in OPTIONAL_ADDRESSES:
+            return value
+        return database_url_of(value)
 
-    @field_validator("metrics_listen")
+    @field_validator("listen", "metrics_listen")
     @classmethod
-    def _check_metrics_listen(cls, value: str) -> str:
-        return _check_host_port(value) if value else value
+    def _check_listen_addresses(cls, value: str, info: ValidationInfo) -> str:
+        if not value and info.field_name in OPTIONAL_ADDRESSES:
+            return value
+        return _check_host_port(value)
 
     @property
     def database_limits(self) -> DatabaseLimits:

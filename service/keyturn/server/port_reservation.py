@@ -14,6 +14,8 @@ import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from .config import SettingsError
+
 
 @dataclass(frozen=True)
 class ReservedPort:
@@ -34,22 +36,45 @@ def _socket_address(host: str, port: int) -> tuple[socket.AddressFamily, tuple[s
     return family, (str(address[0]), int(address[1]))
 
 
-@contextlib.contextmanager
-def reserve_port(listen: str) -> Iterator[ReservedPort]:
-    """Hold `listen` (HOST:PORT, PORT may be 0) with SO_REUSEPORT until the block ends.
+def _cannot_listen(listen: str, error: OSError) -> SettingsError:
+    return SettingsError(
+        f"cannot listen on {listen}: {error.strerror or error}; choose another HOST:PORT "
+        "with --listen or KEYTURN_LISTEN (port 0: any free port)"
+    )
 
-    OSError `cannot listen on ...` when the port is taken, by anyone."""
+
+def _free_port(listen: str) -> tuple[socket.AddressFamily, tuple[str, int], int]:
+    """`listen`'s family, address and port (the chosen one for 0), once a plain bind (no
+    SO_REUSEPORT: it fails if anything holds the port) shows it free; SettingsError if not."""
     host, _, port_text = listen.rpartition(":")
     try:
         family, address = _socket_address(host, int(port_text))
         with socket.socket(family, socket.SOCK_STREAM) as probe:
-            probe.bind(address)  # no SO_REUSEPORT: fails if anything holds the port
-            port = int(probe.getsockname()[1])
+            probe.bind(address)
+            return family, address, int(probe.getsockname()[1])
+    except OSError as exc:
+        raise _cannot_listen(listen, exc) from None
+
+
+def check_port_free(listen: str) -> None:
+    """SettingsError naming the fix when `listen` is in use or not an address here (before
+    gRPC tries, which would log its own lines first)."""
+    _free_port(listen)
+
+
+@contextlib.contextmanager
+def reserve_port(listen: str) -> Iterator[ReservedPort]:
+    """Hold `listen` (HOST:PORT, PORT may be 0) with SO_REUSEPORT until the block ends.
+
+    SettingsError `cannot listen on ...` when the port is taken, by anyone."""
+    host = listen.rpartition(":")[0]
+    family, address, port = _free_port(listen)
+    try:
         held = socket.socket(family, socket.SOCK_STREAM)
         held.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         held.bind((address[0], port))
     except OSError as exc:
-        raise OSError(f"cannot listen on {listen}: {exc.strerror or exc}") from exc
+        raise _cannot_listen(listen, exc) from None
     try:
         yield ReservedPort(host, port)
     finally:

@@ -19,8 +19,10 @@ from dataclasses import dataclass
 from prometheus_client import CollectorRegistry
 
 from .bootstrap import build_context, build_dispatcher
-from .config import Settings
+from .config import Settings, SettingsError
 from .metrics_exporter import MetricsExporter
+from .port_reservation import check_port_free
+from .sealing import SecretError
 from .signals import stop_on_signal
 from .worker_link import WorkerEnd
 
@@ -54,6 +56,8 @@ async def serve(settings: Settings, role: WorkerRole | None = None) -> int:
     stop = stop_on_signal()
     exporter: MetricsExporter | None = None
     try:
+        if role is None:
+            check_port_free(settings.listen)
         ctx = await build_context(settings)
         dispatcher = build_dispatcher(ctx, settings) if settings.dispatch_in_server else None
         server = KeyturnServer(
@@ -71,7 +75,8 @@ async def serve(settings: Settings, role: WorkerRole | None = None) -> int:
         await server.start()
     except BaseException as exc:
         if role is not None:
-            role.link.failed(f"{type(exc).__name__}: {exc}")
+            mistake = isinstance(exc, SettingsError | SecretError)
+            role.link.failed(str(exc) if mistake else f"{type(exc).__name__}: {exc}")
         if exporter is not None:
             exporter.close()
         raise

@@ -42,7 +42,7 @@ from .app.context import AppContext
 from .bootstrap import build_context
 from .config import Settings
 from .metrics_exporter import MetricsExporter, add_multiprocess_collector
-from .port_reservation import ReservedPort, reserve_port
+from .port_reservation import ReservedPort, check_port_free, reserve_port
 from .signals import stop_on_signal
 from .worker_link import SupervisorEnd
 
@@ -116,6 +116,7 @@ class Supervisor:
     async def run(self) -> int:
         """Serve with N workers until SIGTERM/SIGINT; the exit code."""
         stop = stop_on_signal()
+        check_port_free(self._settings.listen)  # before the database is touched
         # Migrations and the first signing key: here, once, before any worker starts.
         ctx = await build_context(self._settings)
         try:

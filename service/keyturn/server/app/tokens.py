@@ -54,9 +54,24 @@ async def create_token(
     return token, secret
 
 
-async def revoke_token(ctx: AppContext, token_id: str) -> bool:
+async def revoke_token(ctx: AppContext, token: str) -> str | None:
+    """Revoke `token`, given by its id (tok_...) or as the secret itself (kt_...): the id of
+    the token revoked, or None when no active token is either."""
     async with ctx.store.write() as tx:
-        return await tx.tokens.revoke(token_id, ctx.clock.now())
+        token_id = token
+        if token.startswith(TOKEN_PREFIX):
+            found = await tx.tokens.find_by_hash(hash_token(token))
+            if found is None:
+                return None
+            token_id = found.token_id
+        return token_id if await tx.tokens.revoke(token_id, ctx.clock.now()) else None
+
+
+async def list_tokens(ctx: AppContext, *, include_revoked: bool) -> list[ApiToken]:
+    """Every token (active ones unless `include_revoked`), oldest first; never a secret."""
+    async with ctx.store.read() as tx:
+        tokens = await tx.tokens.list_all()
+    return [t for t in tokens if include_revoked or t.revoke_time is None]
 
 
 @dataclass

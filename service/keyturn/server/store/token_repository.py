@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import RowMapping, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from .tables import api_tokens
@@ -38,15 +38,11 @@ class TokenRepository:
     async def find_by_hash(self, token_hash: str) -> ApiToken | None:
         query = select(api_tokens).where(api_tokens.c.token_hash == token_hash)
         row = (await self._db.execute(query)).mappings().first()
-        if row is None:
-            return None
-        return ApiToken(
-            token_id=row["token_id"],
-            scopes=frozenset(row["scopes"].split()),
-            description=row["description"],
-            create_time=row["create_time"],
-            revoke_time=row["revoke_time"],
-        )
+        return None if row is None else _token_of(row)
+
+    async def list_all(self) -> list[ApiToken]:
+        query = select(api_tokens).order_by(api_tokens.c.create_time, api_tokens.c.token_id)
+        return [_token_of(row) for row in (await self._db.execute(query)).mappings()]
 
     async def revoke(self, token_id: str, now: datetime) -> bool:
         result = await self._db.execute(
@@ -55,3 +51,13 @@ class TokenRepository:
             .values(revoke_time=now)
         )
         return bool(result.rowcount)
+
+
+def _token_of(row: RowMapping) -> ApiToken:
+    return ApiToken(
+        token_id=row["token_id"],
+        scopes=frozenset(row["scopes"].split()),
+        description=row["description"],
+        create_time=row["create_time"],
+        revoke_time=row["revoke_time"],
+    )
