@@ -610,5 +610,5 @@ async def test_serve_refuses_a_read_database_unless_both_are_postgresql(tmp_path
     }
     with pytest.raises(RuntimeError) as refused:
         await run_cli_async(["serve", "--listen", "127.0.0.1:0"], tmp_path, env)
-    assert "exited with 1" in str(refused.value)
+    assert "exited with 2" in str(refused.value)
     assert "KEYTURN_READ_DATABASE_URL (a streaming standby) needs PostgreSQL" in str(refused.value)
