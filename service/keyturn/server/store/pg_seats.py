@@ -331,7 +331,7 @@ class PgSeats:
                 raise database_busy("pool_timeout") from error
             try:
                 yield db
-            except asyncpg.InternalClientError:
+            except BROKEN_CONNECTION:
                 db.terminate()  # its protocol state is lost (see BROKEN_CONNECTION)
                 raise
             finally:
