@@ -1,6 +1,7 @@
-"""The client installs without the server and without any package index of its own:
-as a wheel built from `clients/python`, and from a git URL with
-`#subdirectory=clients/python`, as clients/python/README.md says.
+"""The client installs without the server and without any package index of its own,
+by each command clients/python/README.md gives (from a path, with the connectors'
+extra, from a git URL with `#subdirectory=clients/python`, pinned to a commit, and
+as a wheel), run as typed.
 
 Each install goes into a fresh venv outside the repository, and the import runs
 from a folder outside it too, so only what was installed can answer. The
@@ -10,9 +11,10 @@ for any user (cached by pip after the first run).
 
 from __future__ import annotations
 
+import os
+import re
 import shutil
 import subprocess
-import sys
 import venv
 import zipfile
 from collections.abc import Iterator
@@ -20,6 +22,7 @@ from pathlib import Path
 
 import pytest
 
+from support.doc_blocks import block, commands_of
 from support.repository import ROOT, copy_clone
 
 TIMEOUT_S = 600.0
@@ -102,16 +105,74 @@ def version_in_pyproject() -> str:
     return next(line.split('"')[1] for line in text.splitlines() if line.startswith("version ="))
 
 
-def test_a_wheel_of_clients_python_installs_and_imports_without_the_server(
-    workspace: Path, client_venv: Path
-) -> None:
-    source = copy_clone(workspace / "clone", under="clients/python")
-    built = run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", workspace / "dist", "."],
-        source,
+README = "clients/python/README.md"
+INSTALLS = commands_of(block(README, "Install").text)
+
+
+@pytest.fixture(scope="module")
+def clone(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, str]]:
+    """A git repository holding this checkout's client files as one commit (what a
+    user clones), and that commit's id."""
+    repo = tmp_path_factory.mktemp("clone")
+    copy_clone(repo, under="clients/python")
+    git = ["git", "-c", "user.name=test", "-c", "user.email=test@example.invalid"]
+    for step in (["init", "-q"], ["add", "-A"], ["commit", "-q", "-m", "clone"]):
+        result = run([*git, *step], repo)
+        assert result.returncode == 0, result.stderr
+    commit = run(["git", "rev-parse", "HEAD"], repo).stdout.strip()
+    yield repo, commit
+    shutil.rmtree(repo, ignore_errors=True)
+
+
+def in_venv(command: str, client_venv: Path, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """`command` in bash as typed in a shell where the venv is active."""
+    env = {**os.environ, "PATH": f"{client_venv / 'bin'}{os.pathsep}{os.environ['PATH']}"}
+    env.pop("PYTHONPATH", None)
+    return subprocess.run(
+        ["bash", "-c", command],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT_S,
+        check=False,
+        stdin=subprocess.DEVNULL,
     )
+
+
+def test_the_readme_gives_every_way_to_install() -> None:
+    assert [command.split()[:2] for command in INSTALLS] == [["pip", "install"]] * 4
+    assert any("[connectors]" in command for command in INSTALLS)
+    assert any("<tag-or-commit>" in command for command in INSTALLS)
+
+
+@pytest.mark.parametrize("command", INSTALLS)
+def test_each_install_command_of_the_client_readme_installs_the_client(
+    command: str, clone: tuple[Path, str], client_venv: Path, workspace: Path
+) -> None:
+    """Run from the clone's root with the venv active, `<repo-url>` that clone's
+    `file://` URL and `<tag-or-commit>` its commit."""
+    repo, commit = clone
+    python = without_the_client(client_venv)
+    typed = command.replace("<repo-url>", repo.as_uri()).replace("<tag-or-commit>", commit)
+    installed = in_venv(typed, client_venv, repo)
+    assert installed.returncode == 0, installed.stderr
+    location, version, server = probe(python, workspace)
+    assert Path(location).is_relative_to(client_venv)
+    assert version == version_in_pyproject()
+    assert server == "absent"
+    if "[connectors]" in command:
+        assert run([python, "-I", "-c", "import stripe"], workspace).returncode == 0
+
+
+def test_the_documented_wheel_builds_and_installs_without_the_server(
+    clone: tuple[Path, str], client_venv: Path, workspace: Path
+) -> None:
+    [command] = re.findall(r"`(pip wheel [^`]*)`", (ROOT / README).read_text())
+    repo, _ = clone
+    built = in_venv(command, client_venv, repo)
     assert built.returncode == 0, built.stderr
-    [wheel] = (workspace / "dist").glob("keyturn_client-*.whl")
+    [wheel] = (repo / "dist").glob("keyturn_client-*.whl")
     with zipfile.ZipFile(wheel) as archive:
         names = archive.namelist()
         licenses = [name for name in names if name.endswith("/licenses/LICENSE")]
@@ -119,18 +180,3 @@ def test_a_wheel_of_clients_python_installs_and_imports_without_the_server(
     assert {"keyturn/client/py.typed", "keyturn/licensing/v1/licensing_pb2.pyi"} <= set(names)
 
     assert_installs(client_venv, str(wheel), workspace)
-
-
-def test_the_client_installs_from_a_git_url_with_its_subdirectory(
-    workspace: Path, client_venv: Path
-) -> None:
-    """`pip install "git+URL#subdirectory=clients/python"`, the URL a local clone's
-    (`file://`), holding this checkout's client files as one commit."""
-    repo = workspace / "repo"
-    copy_clone(repo, under="clients/python")
-    git = ["git", "-c", "user.name=test", "-c", "user.email=test@example.invalid"]
-    for step in (["init", "-q"], ["add", "-A"], ["commit", "-q", "-m", "clone"]):
-        result = run([*git, *step], repo)
-        assert result.returncode == 0, result.stderr
-
-    assert_installs(client_venv, f"git+{repo.as_uri()}#subdirectory=clients/python", workspace)
