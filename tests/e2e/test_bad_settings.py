@@ -98,6 +98,18 @@ CASES: dict[str, Callable[[int, str], Case]] = {
         "keyturn: --listen: 'localhost' is not HOST:PORT (PORT 0-65535), for example "
         "127.0.0.1:50051",
     ),
+    "a logging level that is none": lambda port, admin: (
+        {"KEYTURN_LOG_LEVEL": "verbose"},
+        [],
+        "keyturn: KEYTURN_LOG_LEVEL: 'verbose' is not a logging level: use one of DEBUG, "
+        "INFO, WARNING, ERROR, CRITICAL",
+    ),
+    "a mail template folder that is not there": lambda port, admin: (
+        {"KEYTURN_MAIL_TEMPLATES": "/nonexistent/keyturn-templates"},
+        [],
+        "keyturn: KEYTURN_MAIL_TEMPLATES: no folder /nonexistent/keyturn-templates: give the "
+        "folder that holds the templates",
+    ),
     "a port past 65535 in KEYTURN_METRICS_LISTEN": lambda port, admin: (
         {"KEYTURN_METRICS_LISTEN": "127.0.0.1:70000"},
         [],

@@ -29,6 +29,8 @@ DRIVER_OF = {
     "postgres": "postgresql+asyncpg",
     "postgresql+asyncpg": "postgresql+asyncpg",
 }
+# The logging levels KEYTURN_LOG_LEVEL accepts, most verbose first.
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 # Settings whose empty value means "none": checked only when set.
 OPTIONAL_ADDRESSES = frozenset({"read_database_url", "metrics_listen"})
 # KEYTURN_* variables read outside Settings: the order connectors' options, and the
@@ -382,6 +384,21 @@ class Settings(BaseSettings):
         if not value and info.field_name in OPTIONAL_ADDRESSES:
             return value
         return _check_host_port(value)
+
+    @field_validator("log_level")
+    @classmethod
+    def _check_log_level(cls, value: str) -> str:
+        level = value.strip().upper()
+        if level not in LOG_LEVELS:
+            raise ValueError(f"{value!r} is not a logging level: use one of {', '.join(LOG_LEVELS)}")
+        return level
+
+    @field_validator("mail_templates")
+    @classmethod
+    def _check_mail_templates(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_dir():
+            raise ValueError(f"no folder {value}: give the folder that holds the templates")
+        return value
 
     @property
     def database_limits(self) -> DatabaseLimits:
