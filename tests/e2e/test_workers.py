@@ -159,18 +159,20 @@ def serve_to_the_end(
 
 
 async def test_a_worker_that_cannot_start_stops_everything_with_its_error(tmp_path: Path) -> None:
-    # The supervisor prepares the database; only a worker builds the email dispatcher.
+    # The supervisor prepares the database; only a worker builds the email dispatcher,
+    # which compiles the replaced templates: one does not parse.
+    templates = tmp_path / "templates"
+    templates.mkdir()
+    (templates / "license_key.subject.j2").write_text("Your key {{ license_key ")
     settings = sqlite_settings(
         tmp_path / "keyturn.db",
         KEYTURN_SMTP_HOST="127.0.0.1",
-        KEYTURN_MAIL_TEMPLATES=str(tmp_path / "no-such-folder"),
+        KEYTURN_MAIL_TEMPLATES=str(templates),
     )
     result = await asyncio.to_thread(serve_to_the_end, tmp_path, settings, "--workers", "2")
     assert result.returncode == 1, result.stderr
     assert "listening" not in result.stdout
-    assert "could not start: FileNotFoundError: KEYTURN_MAIL_TEMPLATES: no folder" in (
-        result.stderr
-    )
+    assert "could not start: TemplateSyntaxError" in result.stderr
     assert "restarting" not in result.stderr
     started = [int(p) for p in _started_pids(result.stderr)]
     assert len(started) == 2

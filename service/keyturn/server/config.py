@@ -390,7 +390,9 @@ class Settings(BaseSettings):
     def _check_log_level(cls, value: str) -> str:
         level = value.strip().upper()
         if level not in LOG_LEVELS:
-            raise ValueError(f"{value!r} is not a logging level: use one of {', '.join(LOG_LEVELS)}")
+            raise ValueError(
+                f"{value!r} is not a logging level: use one of {', '.join(LOG_LEVELS)}"
+            )
         return level
 
     @field_validator("mail_templates")

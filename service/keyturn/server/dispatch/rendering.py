@@ -44,6 +44,11 @@ class MailRenderer:
             undefined=StrictUndefined,  # a template naming a missing value fails loudly
             keep_trailing_newline=True,
         )
+        if template_folder is not None:
+            # Compiled now, so that a template that does not parse stops the start,
+            # not the first email that needs it.
+            for template in sorted(template_folder.glob("*.j2")):
+                self._env.get_template(template.name)
 
     def render(self, kind: MessageKind, values: dict[str, Any]) -> RenderedMail:
         name = kind.value
