@@ -12,18 +12,26 @@ from __future__ import annotations
 
 import re
 import shutil
+from datetime import UTC, datetime
 from importlib.metadata import version
 from pathlib import Path
 
 import pytest
 
 from conftest import TEST_SECRET, server_settings
-from support.subprocess_server import run_cli, run_to_the_end, serving, sqlite_settings
+from support.subprocess_server import (
+    create_token,
+    run_cli,
+    run_to_the_end,
+    serving,
+    sqlite_settings,
+)
 
 TOKEN_LINE = re.compile(
     r"^(?P<id>tok_\w+)  scopes=(?P<scopes>\S+)  created (?P<created>\S+Z)  "
-    r"(?P<state>active|revoked \S+Z)(  (?P<description>.+))?$"
+    r"last used (?P<used>never|\S+Z)  (?P<state>active|revoked \S+Z)(  (?P<description>.+))?$"
 )
+SHOWN = "%Y-%m-%dT%H:%M:%SZ"  # how the admin commands show a time
 ADMIN_COMMANDS = [
     ["tokens", "create", "--scope", "read"],
     ["tokens", "list"],
@@ -126,9 +134,11 @@ def test_tokens_list_shows_each_token_and_revoke_takes_the_id_or_the_token(
         secrets[token_id] = made.stdout.strip()
     by_id, by_secret = secrets
     listed = tokens_list(tmp_path, settings)
-    assert [(t["id"], t["scopes"], t["state"], t.get("description")) for t in listed] == [
-        (by_id, "fulfill", "active", "shop"),
-        (by_secret, "catalog,read", "active", None),
+    assert [
+        (t["id"], t["scopes"], t["used"], t["state"], t.get("description")) for t in listed
+    ] == [
+        (by_id, "fulfill", "never", "active", "shop"),
+        (by_secret, "catalog,read", "never", "active", None),
     ]
     assert not any(secret in str(listed) for secret in secrets.values())
 
@@ -164,6 +174,36 @@ async def test_a_revoked_token_is_refused_by_the_server(tmp_path: Path) -> None:
                     timeout=30,
                 )
     assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+async def test_tokens_list_shows_when_the_server_last_saw_each_token(
+    tmp_path: Path, database_url: str
+) -> None:
+    import grpc
+
+    from keyturn.fulfillment.v1 import catalog_pb2, catalog_pb2_grpc
+
+    settings = server_settings(database_url)
+    used = await create_token(tmp_path, settings, ["catalog"])
+    await create_token(tmp_path, settings, ["read"])
+    listed = tokens_list(tmp_path, settings)
+    assert [t["used"] for t in listed] == ["never", "never"]
+    async with (
+        serving(tmp_path, settings) as server,
+        grpc.aio.insecure_channel(server.address) as channel,
+    ):
+        before = datetime.now(UTC).replace(microsecond=0)
+        await catalog_pb2_grpc.CatalogServiceStub(channel).ListProducts(
+            catalog_pb2.ListProductsRequest(),
+            metadata=(("authorization", f"Bearer {used}"),),
+            timeout=30,
+        )
+        after = datetime.now(UTC)
+    # The server writes the uses it noted before it exits.
+    by_scope = {t["scopes"]: t for t in tokens_list(tmp_path, settings)}
+    assert by_scope["read"]["used"] == "never"
+    shown = datetime.strptime(by_scope["catalog"]["used"], SHOWN).replace(tzinfo=UTC)
+    assert before <= shown <= after
 
 
 def test_migrate_says_what_it_did(tmp_path: Path) -> None:

@@ -97,7 +97,7 @@ from keyturn.server.store.unit_of_work import Store
 async def main() -> None:
     store = Store.from_url(sys.argv[1])
     try:
-        print(await store.is_ready())
+        print(await store.is_ready(5.0))  # within_seconds: required since issue 11
     finally:
         await store.close()
 

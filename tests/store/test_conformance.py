@@ -40,6 +40,7 @@ from keyturn.server.domain.errors import DomainError, Reason
 from keyturn.server.domain.license_key import generate_license_key
 from keyturn.server.domain.orders import LineResult, OrderLine, OrderRequest
 from keyturn.server.domain.seats import Activation, SeatOutcome
+from keyturn.server.domain.token_use import recorded_before, use_is_due
 from keyturn.server.store.entitlement_repository import StoredKey
 from keyturn.server.store.event_repository import NewEvent
 from keyturn.server.store.order_repository import StoredOrder
@@ -890,6 +891,36 @@ async def test_tokens_add_find_revoke(store: Store) -> None:
     assert revoked == replace(token, revoke_time=NOW + timedelta(days=1))
     assert other is not None
     assert other.revoke_time is None
+
+
+async def test_recording_a_token_use_follows_the_domain_rule(store: Store) -> None:
+    """`record_use` writes exactly when `use_is_due` says so, to the microsecond: the one
+    rule, written in Python and in SQL, run on the same cases."""
+    now = NOW + timedelta(days=3)
+    cutoff = recorded_before(now)
+    stored_before = [
+        None,
+        cutoff - timedelta(days=1),
+        cutoff,
+        cutoff + timedelta(microseconds=1),
+        now,
+        now + timedelta(seconds=5),  # written by a replica whose clock runs ahead
+    ]
+    for number, stored in enumerate(stored_before):
+        token_id = f"tok_{number}"
+        async with store.write() as tx:
+            await tx.tokens.add(ApiToken(token_id, frozenset({"read"}), "", NOW), f"{number:064}")
+            if stored is not None:
+                assert await tx.tokens.record_use(token_id, stored, stored)
+        async with store.write() as tx:
+            written = await tx.tokens.record_use(token_id, now, cutoff)
+        assert written is use_is_due(stored, now), stored
+        async with store.read() as tx:
+            found = await tx.tokens.find_by_hash(f"{number:064}")
+        assert found is not None
+        assert found.last_used_time == (now if written else stored)
+    async with store.write() as tx:
+        assert not await tx.tokens.record_use("tok_unknown", now, cutoff)
 
 
 async def test_a_token_hash_is_unique(store: Store) -> None:

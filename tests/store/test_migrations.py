@@ -43,6 +43,7 @@ from keyturn.server.store.event_repository import NewEvent
 from keyturn.server.store.migrate import MIGRATIONS, current_revision, head_revision, upgrade
 from keyturn.server.store.tables import (
     activations,
+    api_tokens,
     entitlements,
     events,
     external_references,
@@ -519,6 +520,7 @@ def written_by(revision: str, now: datetime) -> Written:
                 "customer_email": "it@initech.example",
                 "ship_to_email": "it@initech.example",
                 "seats": 3,
+                "seats_held": 2,  # 0006 on: the two live activations, as its server keeps it
                 "features": features,
                 "start_time": created,
                 "end_time": end,
@@ -682,7 +684,11 @@ async def test_upgrade_from_every_revision_keeps_the_data_and_serves_it(
     assert entitlement["seats_held"] == 2, "the live activations hold their seats"
     for activation in await _rows(store, activations, activations.c.activation_id):
         assert activation["seat_time"] == activation["create_time"]  # filled by 0002 if need be
+    [token] = await _rows(store, api_tokens, api_tokens.c.token_id)
+    assert token["last_used_time"] is None, "never used, as far as 0007 knows"
     await _serve_migrated(empty_database_url, written)
+    [token] = await _rows(store, api_tokens, api_tokens.c.token_id)
+    assert token["last_used_time"] is not None, "its calls of today were recorded"
 
 
 async def _serve_migrated(database_url: str, written: Written) -> None:
@@ -733,6 +739,7 @@ async def _serve_migrated(database_url: str, written: Written) -> None:
                 (r["sequence"], r["activation_id"]) for r in written.rows["entitlement_events"]
             ]
             assert listed.events[1].entitlement.seats == 3
+        await server.authenticator.uses.settle()
     finally:
         await server.stop(grace=1.0)
         await ctx.close()

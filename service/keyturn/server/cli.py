@@ -23,6 +23,7 @@ from .sealing import SecretError
 from .signals import stop_on_signal
 
 FLAGS = {"listen": "--listen", "workers": "--workers"}  # settings a flag of serve can set
+UTC_TIME = "%Y-%m-%dT%H:%M:%SZ"  # how the admin commands show a stored (UTC) time
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -136,14 +137,12 @@ async def _tokens_list(args: argparse.Namespace) -> int:
     async with _opened(_settings(args), args) as ctx:
         tokens = await list_tokens(ctx, include_revoked=args.all)
     for token in tokens:
-        state = (
-            "active"
-            if token.revoke_time is None
-            else f"revoked {token.revoke_time:%Y-%m-%dT%H:%M:%SZ}"
-        )
+        state = "active" if token.revoke_time is None else f"revoked {token.revoke_time:{UTC_TIME}}"
+        used = "never" if token.last_used_time is None else f"{token.last_used_time:{UTC_TIME}}"
         print(
             f"{token.token_id}  scopes={','.join(sorted(token.scopes))}  "
-            f"created {token.create_time:%Y-%m-%dT%H:%M:%SZ}  {state}  {token.description}".rstrip()
+            f"created {token.create_time:{UTC_TIME}}  last used {used}  {state}  "
+            f"{token.description}".rstrip()
         )
     return 0
 
@@ -471,7 +470,9 @@ def _parser() -> argparse.ArgumentParser:
     create.add_argument("--description", default="", help="what the token is for")
     create.set_defaults(run=_tokens_create)
     listing = token_commands.add_parser(
-        "list", parents=[admin], help="show the tokens: id, scopes, created, description"
+        "list",
+        parents=[admin],
+        help="show the tokens: id, scopes, created, last used (within a minute), description",
     )
     listing.add_argument("--all", action="store_true", help="revoked tokens too")
     listing.set_defaults(run=_tokens_list)

@@ -50,6 +50,7 @@ PUBLIC_FILES = (
     error_details_pb2.DESCRIPTOR,
 )
 READINESS_INTERVAL_SECONDS = 1.0  # health follows the database within about this
+TOKEN_USE_DRAIN_SECONDS = 2.0  # at shutdown, for the last uses of tokens to be written
 
 
 def _pool_of(files: Iterable[FileDescriptor]) -> descriptor_pool.DescriptorPool:
@@ -119,9 +120,8 @@ class KeyturnServer:
         self.limits = limits if limits is not None else TransportLimits.defaults()
         instrument_pool(ctx.store.engine, self.registry)
         trailer = (("keyturn-worker", worker_id),) if worker_id else ()
-        interceptor = ServiceInterceptor(
-            TokenAuthenticator(ctx.store), RpcMetrics(self.registry), trailer
-        )
+        self.authenticator = TokenAuthenticator(ctx.store, ctx.clock)
+        interceptor = ServiceInterceptor(self.authenticator, RpcMetrics(self.registry), trailer)
         self._server = grpc.aio.server(
             interceptors=[interceptor],
             options=[
@@ -205,6 +205,7 @@ class KeyturnServer:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await self._server.stop(grace)
+        await self.authenticator.uses.close(TOKEN_USE_DRAIN_SECONDS)
         await self.ctx.close()
 
     async def wait_for_termination(self) -> None:

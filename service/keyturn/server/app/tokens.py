@@ -7,6 +7,7 @@ import secrets
 import time
 from dataclasses import dataclass
 
+from keyturn.server.clock import Clock
 from keyturn.server.domain.errors import (
     FieldViolation,
     insufficient_scope,
@@ -18,6 +19,7 @@ from keyturn.server.store.token_repository import ApiToken
 from keyturn.server.store.unit_of_work import Store
 
 from .context import AppContext
+from .token_use import TokenUseRecorder
 
 SCOPES = frozenset({"catalog", "fulfill", "read"})
 TOKEN_PREFIX = "kt_"
@@ -81,12 +83,14 @@ class _Cached:
 
 
 class TokenAuthenticator:
-    """Checks bearer tokens, remembering answers briefly (a revocation lands within `ttl`)."""
+    """Checks bearer tokens, remembering answers briefly (a revocation lands within `ttl`),
+    and notes each accepted token's use (`uses` writes it down, off the call's path)."""
 
-    def __init__(self, store: Store, ttl_seconds: float = 5.0) -> None:
+    def __init__(self, store: Store, clock: Clock, ttl_seconds: float = 5.0) -> None:
         self._store = store
         self._ttl = ttl_seconds
         self._cache: dict[str, _Cached] = {}
+        self.uses = TokenUseRecorder(store, clock)
 
     async def authenticate(self, secret: str) -> ApiToken:
         digest = hash_token(secret)
@@ -100,6 +104,7 @@ class TokenAuthenticator:
             self._cache[digest] = cached
         if cached.token is None or cached.token.revoke_time is not None:
             raise invalid_token()
+        self.uses.note(cached.token)
         return cached.token
 
     @staticmethod

@@ -218,6 +218,7 @@ api_tokens = Table(
     Column("description", Text, nullable=False),
     Column("create_time", UtcDateTime, nullable=False),
     Column("revoke_time", UtcDateTime, nullable=True),
+    Column("last_used_time", UtcDateTime, nullable=True),  # None: never used
 )
 
 outbox = Table(

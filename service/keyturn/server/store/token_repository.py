@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import RowMapping, insert, select, update
+from sqlalchemy import RowMapping, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from .tables import api_tokens
@@ -18,6 +18,7 @@ class ApiToken:
     description: str
     create_time: datetime
     revoke_time: datetime | None = None
+    last_used_time: datetime | None = None  # None: never used (recorded once a minute)
 
 
 class TokenRepository:
@@ -52,6 +53,21 @@ class TokenRepository:
         )
         return bool(result.rowcount)
 
+    async def record_use(self, token_id: str, used: datetime, recorded_before: datetime) -> bool:
+        """Set the token's last use to `used` unless a use after `recorded_before` is stored
+        already (domain.token_use.use_is_due, in SQL): replicas that each saw the token in
+        use write it once between them. True when it was written."""
+        column = api_tokens.c.last_used_time
+        result = await self._db.execute(
+            update(api_tokens)
+            .where(
+                api_tokens.c.token_id == token_id,
+                or_(column.is_(None), column <= recorded_before),
+            )
+            .values(last_used_time=used)
+        )
+        return bool(result.rowcount)
+
 
 def _token_of(row: RowMapping) -> ApiToken:
     return ApiToken(
@@ -60,4 +76,5 @@ def _token_of(row: RowMapping) -> ApiToken:
         description=row["description"],
         create_time=row["create_time"],
         revoke_time=row["revoke_time"],
+        last_used_time=row["last_used_time"],
     )
