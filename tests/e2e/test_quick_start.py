@@ -142,27 +142,6 @@ def test_serve_sh_installs_the_runtime_alone_then_serves(copy: Path) -> None:
     assert "applied 1 products" in "\n".join(server.stdout_lines)
 
 
-def test_serve_sh_installs_again_when_a_pyproject_changes(copy: Path) -> None:
-    """A changed pyproject.toml is seen; the install is tried (made to fail at once
-    here, without an index) and a failed install is not taken as done."""
-    if not (copy / ".venv-serve" / ".keyturn-runtime").is_file():
-        assert serve_sh(copy, "--install-only").returncode == 0
-    pyproject = copy / "clients" / "python" / "pyproject.toml"
-    pyproject.write_text(pyproject.read_text() + "\n# changed\n")
-    for _ in range(2):
-        result = subprocess.run(
-            ["bash", "scripts/serve.sh", "--install-only"],
-            cwd=copy,
-            env={**script_env(copy), "PIP_NO_INDEX": "1", "PIP_FIND_LINKS": ""},
-            capture_output=True,
-            text=True,
-            timeout=INSTALL_TIMEOUT_S,
-            stdin=subprocess.DEVNULL,
-        )
-        assert "installing the runtime" in result.stdout
-        assert result.returncode != 0
-
-
 WALK_THROUGH = "Walk-through with grpcurl"
 SINK, SERVER, CALLS = (block("README.md", WALK_THROUGH, index) for index in range(3))
 DOCUMENTED_SMTP = "8025"
@@ -293,3 +272,24 @@ def test_the_walk_through_runs_as_written_from_token_to_release_and_email(copy: 
         received.join(5)
     # Both terminals stop cleanly at Ctrl-C: the server drains, the sink exits.
     assert server.process.returncode == 0, server.stderr_tail()
+
+
+def test_serve_sh_installs_again_when_a_pyproject_changes(copy: Path) -> None:
+    """A changed pyproject.toml is seen; the install is tried (made to fail at once
+    here, without an index) and a failed install is not taken as done."""
+    if not (copy / ".venv-serve" / ".keyturn-runtime").is_file():
+        assert serve_sh(copy, "--install-only").returncode == 0
+    pyproject = copy / "clients" / "python" / "pyproject.toml"
+    pyproject.write_text(pyproject.read_text() + "\n# changed\n")
+    for _ in range(2):
+        result = subprocess.run(
+            ["bash", "scripts/serve.sh", "--install-only"],
+            cwd=copy,
+            env={**script_env(copy), "PIP_NO_INDEX": "1", "PIP_FIND_LINKS": ""},
+            capture_output=True,
+            text=True,
+            timeout=INSTALL_TIMEOUT_S,
+            stdin=subprocess.DEVNULL,
+        )
+        assert "installing the runtime" in result.stdout
+        assert result.returncode != 0
