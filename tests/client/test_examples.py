@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 import signal
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
@@ -42,11 +44,13 @@ def filled_in(args: list[str], target: str, **values: str) -> list[str]:
     return [target if a == DOCUMENTED_TARGET else values.get(a, a) for a in args]
 
 
-async def start(*args: str) -> asyncio.subprocess.Process:
+async def start(*args: str, env: Mapping[str, str] | None = None) -> asyncio.subprocess.Process:
+    """examples/ARGS[0] with the other arguments, this environment plus `env`."""
     return await asyncio.create_subprocess_exec(
         sys.executable,
         str(CLIENT / "examples" / args[0]),
         *args[1:],
+        env={**os.environ, **(env or {})},
         cwd=CLIENT,  # the README's commands name files from the client's folder
         stdin=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE,
@@ -69,9 +73,11 @@ async def shipped_catalog(
 async def fulfil_shipped_orders(
     target: str, token: str, *extra: str
 ) -> tuple[int | None, list[dict[str, object]]]:
-    """examples/fulfill_order.py run as documented; its exit code and result lines."""
-    args = filled_in(documented_command("fulfill_order.py"), target, **{"$TOKEN": token})
-    connector = await start("fulfill_order.py", *args, *extra)
+    """examples/fulfill_order.py run as documented, its token in KEYTURN_FULFILL_TOKEN (as
+    for Keyturn's own connectors); its exit code and result lines."""
+    args = filled_in(documented_command("fulfill_order.py"), target)
+    assert "--token" not in args  # the README relies on the variable
+    connector = await start("fulfill_order.py", *args, *extra, env={"KEYTURN_FULFILL_TOKEN": token})
     out, err = await asyncio.wait_for(connector.communicate(), WAIT)
     assert err == b""
     return connector.returncode, [json.loads(line) for line in out.decode().splitlines()]

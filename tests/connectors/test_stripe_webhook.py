@@ -435,10 +435,28 @@ async def test_keyturn_connect_stripe_as_a_child_process(
     assert (entitlement.entitlement_id, entitlement.seats) == (entitlement_id, 3)
 
 
-async def test_keyturn_connect_stripe_needs_its_secrets(tmp_path: Path) -> None:
-    for settings in ({"KEYTURN_STRIPE_WEBHOOK_SECRET": SECRET}, {"KEYTURN_FULFILL_TOKEN": "kt_x"}):
-        args = ["connect", "stripe", "--listen", "127.0.0.1:0"]
-        result = await run_keyturn_async(args, tmp_path, settings)
-        assert result.returncode == 2, result
-        assert "KEYTURN_STRIPE_WEBHOOK_SECRET" in result.stderr
-        assert "keyturn stripe webhook on" not in result.stdout
+WEBHOOK_SECRET = (
+    "KEYTURN_STRIPE_WEBHOOK_SECRET (the signing secret of the Stripe webhook endpoint, whsec_...)"
+)
+FULFILL_TOKEN = (
+    "KEYTURN_FULFILL_TOKEN (a token with the fulfill scope: keyturn tokens create --scope fulfill)"
+)
+
+
+@pytest.mark.parametrize(
+    ("settings", "line"),
+    [
+        ({"KEYTURN_STRIPE_WEBHOOK_SECRET": SECRET}, f"keyturn: set {FULFILL_TOKEN}"),
+        ({"KEYTURN_FULFILL_TOKEN": "kt_x"}, f"keyturn: set {WEBHOOK_SECRET}"),
+        (  # set but empty is unset
+            {"KEYTURN_FULFILL_TOKEN": "", "KEYTURN_STRIPE_WEBHOOK_SECRET": ""},
+            f"keyturn: set {WEBHOOK_SECRET} and {FULFILL_TOKEN}",
+        ),
+    ],
+)
+async def test_keyturn_connect_stripe_names_each_missing_secret(
+    tmp_path: Path, settings: dict[str, str], line: str
+) -> None:
+    args = ["connect", "stripe", "--listen", "127.0.0.1:0"]
+    result = await run_keyturn_async(args, tmp_path, settings)
+    assert (result.returncode, result.stderr.splitlines(), result.stdout) == (2, [line], "")

@@ -247,8 +247,11 @@ def test_version_is_the_package_version() -> None:
     [
         (["serve"], "(default: KEYTURN_LISTEN, else 127.0.0.1:50051)"),
         (["health"], "(default: 3.0)"),
-        (["connect", "stripe"], "(default: /stripe/webhook)"),
+        (["connect", "stripe"], "(default: KEYTURN_STRIPE_LISTEN, else 127.0.0.1:8080)"),
+        (["connect", "stripe"], "(default: KEYTURN_STRIPE_PATH, else /stripe/webhook)"),
+        (["connect", "stripe"], "(default: KEYTURN_LISTEN, else 127.0.0.1:50051)"),
         (["orders", "import"], "(default: import)"),
+        (["orders", "import"], "(default: KEYTURN_LISTEN, else 127.0.0.1:50051)"),
         (["tokens", "create"], "what the token is for"),  # and no "(default: )"
     ],
 )

@@ -116,6 +116,13 @@ CASES: dict[str, Callable[[int, str], Case]] = {
         "keyturn: KEYTURN_METRICS_LISTEN: '127.0.0.1:70000' is not HOST:PORT (PORT 0-65535), "
         "for example 127.0.0.1:50051",
     ),
+    # One Settings for every command: a connector's setting is checked by serve too.
+    "a KEYTURN_STRIPE_LISTEN that is no address": lambda port, admin: (
+        {"KEYTURN_STRIPE_LISTEN": "localhost:http"},
+        [],
+        "keyturn: KEYTURN_STRIPE_LISTEN: 'localhost:http' is not HOST:PORT (PORT 0-65535), "
+        "for example 127.0.0.1:8080",
+    ),
     "a number that is no number": lambda port, admin: (
         {"KEYTURN_LAPSE_GRACE_SECONDS": "thirty"},
         [],
@@ -135,6 +142,66 @@ def test_a_bad_setting_gets_one_line_and_exit_2(
     result = run_to_the_end(
         ["serve", "--listen", "127.0.0.1:0", *args], tmp_path, {**env, **settings}
     )
+    assert "Traceback" not in result.stderr
+    assert result.stderr.splitlines() == [line]
+    assert result.returncode == 2
+    assert result.stdout == ""
+
+
+STRIPE_SECRETS = {"KEYTURN_STRIPE_WEBHOOK_SECRET": "whsec_test", "KEYTURN_FULFILL_TOKEN": "kt_x"}
+FULFILL_TOKEN = (
+    "KEYTURN_FULFILL_TOKEN (a token with the fulfill scope: keyturn tokens create --scope fulfill)"
+)
+STRIPE_PORT = "(PORT 0-65535), for example 127.0.0.1:8080"
+FIX_STRIPE_PORT = (
+    "choose another HOST:PORT with --listen or KEYTURN_STRIPE_LISTEN (port 0: any free port)"
+)
+
+# name: (command, settings, the line), given the taken port. Each stops before the
+# connector listens or calls the server.
+CONNECTOR_CASES: dict[str, Callable[[int], tuple[list[str], dict[str, str], str]]] = {
+    "a KEYTURN_STRIPE_LISTEN without a port": lambda port: (
+        ["connect", "stripe"],
+        {**STRIPE_SECRETS, "KEYTURN_STRIPE_LISTEN": "127.0.0.1"},
+        f"keyturn: KEYTURN_STRIPE_LISTEN: '127.0.0.1' is not HOST:PORT {STRIPE_PORT}",
+    ),
+    "a --listen of connect stripe past 65535": lambda port: (
+        ["connect", "stripe", "--listen", "127.0.0.1:70000"],
+        STRIPE_SECRETS,
+        f"keyturn: --listen: '127.0.0.1:70000' is not HOST:PORT {STRIPE_PORT}",
+    ),
+    "a webhook port in use": lambda port: (
+        ["connect", "stripe"],
+        {**STRIPE_SECRETS, "KEYTURN_STRIPE_LISTEN": f"127.0.0.1:{port}"},
+        f"keyturn: cannot listen on 127.0.0.1:{port}: Address already in use; {FIX_STRIPE_PORT}",
+    ),
+    "a KEYTURN_STRIPE_PATH that is no path": lambda port: (
+        ["connect", "stripe", "--listen", "127.0.0.1:0"],
+        {**STRIPE_SECRETS, "KEYTURN_STRIPE_PATH": "stripe/webhook"},
+        "keyturn: KEYTURN_STRIPE_PATH: 'stripe/webhook' is not a URL path, for example "
+        "/stripe/webhook",
+    ),
+    "an import without its token": lambda port: (
+        ["orders", "import", "orders.csv"],
+        {},
+        f"keyturn: set {FULFILL_TOKEN}",
+    ),
+    "a connector's target from a KEYTURN_LISTEN that is no address": lambda port: (
+        ["orders", "import", "orders.csv"],  # no --target: KEYTURN_LISTEN names the server
+        {"KEYTURN_FULFILL_TOKEN": "kt_x", "KEYTURN_LISTEN": "localhost"},
+        "keyturn: KEYTURN_LISTEN: 'localhost' is not HOST:PORT (PORT 0-65535), for example "
+        "127.0.0.1:50051",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(CONNECTOR_CASES))
+def test_a_bad_connector_setting_gets_one_line_and_exit_2(
+    tmp_path: Path, taken_port: int, case: str
+) -> None:
+    command, settings, line = CONNECTOR_CASES[case](taken_port)
+    (tmp_path / "orders.csv").write_text("order_id,customer_id,sku_id\nQ-1,C-1,X\n")
+    result = run_to_the_end(command, tmp_path, settings)
     assert "Traceback" not in result.stderr
     assert result.stderr.splitlines() == [line]
     assert result.returncode == 2
@@ -176,13 +243,18 @@ async def test_a_misspelled_variable_is_reported_with_the_closest_setting(
     tmp_path: Path,
 ) -> None:
     settings = sqlite_settings(
-        tmp_path / "keyturn.db", KEYTURN_LAPSE_GRACE_SECOND="10", KEYTURN_ZZZZ="1"
+        tmp_path / "keyturn.db",
+        KEYTURN_LAPSE_GRACE_SECOND="10",
+        KEYTURN_ZZZZ="1",
+        KEYTURN_TOKEN="kt_x",  # the client example's former name
     )
     async with serving(tmp_path, settings, workers=2) as server:
         warnings = [line for line in server.stderr_lines if "is not a Keyturn setting" in line]
     assert warnings == [
         "keyturn: warning: KEYTURN_LAPSE_GRACE_SECOND is not a Keyturn setting and is "
         "ignored; did you mean KEYTURN_LAPSE_GRACE_SECONDS?",
+        "keyturn: warning: KEYTURN_TOKEN is not a Keyturn setting and is ignored; did you "
+        "mean KEYTURN_FULFILL_TOKEN?",
         "keyturn: warning: KEYTURN_ZZZZ is not a Keyturn setting and is ignored; see README "
         "'Configuration'",
     ]

@@ -1,7 +1,9 @@
 """An order connector: reads orders as JSON lines, fulfils each one, prints the result.
 
-    python examples/fulfill_order.py --target 127.0.0.1:50051 --token "$KEYTURN_TOKEN" \
-        examples/orders.jsonl
+    python examples/fulfill_order.py --target 127.0.0.1:50051 examples/orders.jsonl
+
+The token (`--token`, else KEYTURN_FULFILL_TOKEN: the variable Keyturn's own
+connectors read) needs the `fulfill` scope.
 
 Each input line is a FulfillOrderRequest in protobuf JSON form, one order per
 line (an order wrapped over several lines is refused, with its line number);
@@ -9,9 +11,8 @@ examples/orders.jsonl holds two orders for the SKUs of the repository's
 examples/catalog.yaml.
 
 Running the same file again is safe: an order already fulfilled is replayed,
-not applied twice (`source` + `order_id` is the idempotency key). The token
-needs the `fulfill` scope. Prints one JSON line per order; exits 1 if any
-order failed.
+not applied twice (`source` + `order_id` is the idempotency key). Prints one
+JSON line per order; exits 1 if any order failed.
 """
 
 from __future__ import annotations
@@ -33,7 +34,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--target", default="127.0.0.1:50051", help="server host:port")
     parser.add_argument(
-        "--token", default=os.environ.get("KEYTURN_TOKEN", ""), help="bearer token (fulfill scope)"
+        "--token",
+        default=os.environ.get("KEYTURN_FULFILL_TOKEN", ""),
+        help="bearer token, fulfill scope (default: KEYTURN_FULFILL_TOKEN)",
     )
     parser.add_argument("--source", default="", help="source for orders that name none")
     parser.add_argument("orders", nargs="?", default="-", help="JSON lines file, - for stdin")

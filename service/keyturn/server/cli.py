@@ -16,23 +16,41 @@ from pydantic import ValidationError
 
 from .app.context import AppContext
 from .bootstrap import build_context, build_dispatcher, migrate
-from .config import Settings, SettingsError, describe_invalid, unknown_variables
+from .config import ENV_PREFIX, Settings, SettingsError, describe_invalid, unknown_variables
 from .domain.errors import DomainError
 from .logs import configure_logging
 from .sealing import SecretError
 from .signals import stop_on_signal
 
-FLAGS = {"listen": "--listen", "workers": "--workers"}  # settings a flag of serve can set
 UTC_TIME = "%Y-%m-%dT%H:%M:%SZ"  # how the admin commands show a stored (UTC) time
 
 
+def _flags(args: argparse.Namespace) -> dict[str, str]:
+    """The settings the options of this command set (field: option), as _with_settings
+    declared them; a bad value is then reported under the option that gave it."""
+    flags: dict[str, str] = getattr(args, "setting_flags", {})
+    return {field: flag for field, flag in flags.items() if _given(args, flag) is not None}
+
+
+def _given(args: argparse.Namespace, flag: str) -> object:
+    return getattr(args, flag.removeprefix("--").replace("-", "_"), None)
+
+
 def _settings(args: argparse.Namespace) -> Settings:
-    overrides: dict[str, object] = {}
-    if getattr(args, "listen", None):
-        overrides["listen"] = args.listen
-    if getattr(args, "workers", None):
-        overrides["workers"] = args.workers
+    """Settings from the environment, with this command's options over them."""
+    overrides = {field: _given(args, flag) for field, flag in _flags(args).items()}
     return Settings(**overrides)  # type: ignore[arg-type]
+
+
+def _with_settings(parser: argparse.ArgumentParser, **flags: str) -> None:
+    """Declare which settings the options of `parser` set (field=option); each such option
+    defaults to None, so that the setting (and its default) applies unless it is given."""
+    parser.set_defaults(setting_flags=flags)
+
+
+def _from_setting(field: str, what: str) -> str:
+    """The help of an option that overrides a setting: its variable and default."""
+    return f"{what} (default: {ENV_PREFIX}{field.upper()}, else {Settings.model_fields[field].default})"
 
 
 @contextlib.asynccontextmanager
@@ -276,30 +294,30 @@ async def _restore(args: argparse.Namespace) -> int:
 
 
 def _connect_stripe(args: argparse.Namespace) -> int:
-    import os
-
     from keyturn.client import FulfillmentClient
     from keyturn.client.connectors.stripe_webhook import StripePriceLookup, StripeWebhookServer
 
-    secret = os.environ.get("KEYTURN_STRIPE_WEBHOOK_SECRET", "")
-    token = os.environ.get("KEYTURN_FULFILL_TOKEN", "")
-    if not secret or not token:
-        print(
-            "keyturn: set KEYTURN_STRIPE_WEBHOOK_SECRET (whsec_...) and KEYTURN_FULFILL_TOKEN "
-            "(a token with the fulfill scope)",
-            file=sys.stderr,
-        )
-        return 2
-    api_key = os.environ.get("KEYTURN_STRIPE_API_KEY", "")
-    api_base = os.environ.get("KEYTURN_STRIPE_API_BASE") or None
-    prices = StripePriceLookup(api_key, api_base) if api_key else None
-    host, _, port = args.listen.rpartition(":")
-    with FulfillmentClient(_local_target(args.target), token) as client:
-        server = StripeWebhookServer(
-            (host, int(port)), secret, client.fulfill_order, args.path, prices
-        )
+    from .port_reservation import cannot_listen
+
+    settings = _settings(args)
+    secret, token = settings.connector_secrets("stripe_webhook_secret", "fulfill_token")
+    api_key = settings.stripe_api_key
+    prices = (
+        StripePriceLookup(api_key.get_secret_value(), settings.stripe_api_base or None)
+        if api_key is not None and api_key.get_secret_value()
+        else None
+    )
+    host, _, port = settings.stripe_listen.rpartition(":")
+    path = settings.stripe_path
+    with FulfillmentClient(_local_target(args.target, settings), token) as client:
+        try:
+            server = StripeWebhookServer(
+                (host, int(port)), secret, client.fulfill_order, path, prices
+            )
+        except OSError as exc:
+            raise cannot_listen(settings.stripe_listen, exc, "KEYTURN_STRIPE_LISTEN") from None
         bound_host, bound_port = server.address
-        print(f"keyturn stripe webhook on http://{bound_host}:{bound_port}{args.path}", flush=True)
+        print(f"keyturn stripe webhook on http://{bound_host}:{bound_port}{path}", flush=True)
         stopping = threading.Event()
 
         def stop(signum: int, frame: object) -> None:
@@ -314,18 +332,12 @@ def _connect_stripe(args: argparse.Namespace) -> int:
 
 
 def _orders_import(args: argparse.Namespace) -> int:
-    import os
-
     from keyturn.client import FulfillmentClient
     from keyturn.client.connectors.file_import import import_orders
 
-    token = os.environ.get("KEYTURN_FULFILL_TOKEN", "")
-    if not token:
-        print(
-            "keyturn: set KEYTURN_FULFILL_TOKEN (a token with the fulfill scope)", file=sys.stderr
-        )
-        return 2
-    with FulfillmentClient(_local_target(args.target), token) as client:
+    settings = _settings(args)
+    [token] = settings.connector_secrets("fulfill_token")
+    with FulfillmentClient(_local_target(args.target, settings), token) as client:
         try:
             summary = import_orders(
                 Path(args.file),
@@ -346,10 +358,10 @@ def _orders_import(args: argparse.Namespace) -> int:
     return 0 if not summary.rejected else 1
 
 
-def _local_target(address: str | None) -> str:
+def _local_target(address: str | None, settings: Settings) -> str:
     """HOST:PORT to reach the server on this machine: `address`, or KEYTURN_LISTEN (a
     wildcard host there means this machine's loopback)."""
-    host, _, port = (address or Settings().listen).rpartition(":")
+    host, _, port = (address or settings.listen).rpartition(":")
     if host in ("0.0.0.0", "::", "[::]"):
         host = "127.0.0.1"
     return f"{host}:{port}"
@@ -359,7 +371,7 @@ def _health(args: argparse.Namespace) -> int:
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-    with grpc.insecure_channel(_local_target(args.address)) as channel:
+    with grpc.insecure_channel(_local_target(args.address, _settings(args))) as channel:
         try:
             response = health_pb2_grpc.HealthStub(channel).Check(
                 health_pb2.HealthCheckRequest(service=args.service), timeout=args.timeout
@@ -404,6 +416,11 @@ def _version() -> str:
         return "unknown (not installed)"
 
 
+# Connectors and health reach the server where `keyturn serve` listens, unless told.
+TARGET_DEFAULT = f"(default: KEYTURN_LISTEN, else {Settings.model_fields['listen'].default})"
+TARGET_HELP = f"the Keyturn gRPC server HOST:PORT {TARGET_DEFAULT}"
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="keyturn",
@@ -421,19 +438,15 @@ def _parser() -> argparse.ArgumentParser:
         help="make the SQLite database or its secret if missing (without: an error, so "
         "that a command run in the wrong folder does not act on a new database)",
     )
-    defaults = Settings.model_fields
-
     serve = commands.add_parser("serve", help="run the gRPC server")
-    serve.add_argument(
-        "--listen",
-        help=f"HOST:PORT to bind (default: KEYTURN_LISTEN, else {defaults['listen'].default})",
-    )
+    serve.add_argument("--listen", help=_from_setting("listen", "HOST:PORT to bind"))
     serve.add_argument(
         "--workers",
         type=_positive,
         help="server processes on the one port (default: KEYTURN_WORKERS, else the number "
         "of CPUs); 1: a single process",
     )
+    _with_settings(serve, listen="--listen", workers="--workers")
     # Set by the supervisor for the workers it starts; not for people.
     serve.add_argument("--worker-index", type=int, default=0, help=argparse.SUPPRESS)
     serve.add_argument("--worker-link", type=int, help=argparse.SUPPRESS)
@@ -514,13 +527,12 @@ def _parser() -> argparse.ArgumentParser:
     stripe = connectors.add_parser(
         "stripe",
         help="an HTTP endpoint for Stripe webhooks (KEYTURN_STRIPE_WEBHOOK_SECRET, "
-        "KEYTURN_FULFILL_TOKEN)",
+        "KEYTURN_FULFILL_TOKEN; KEYTURN_STRIPE_API_KEY for invoices that name only a price id)",
     )
-    stripe.add_argument("--listen", default="127.0.0.1:8080", help="HOST:PORT for HTTP")
-    stripe.add_argument("--path", default="/stripe/webhook", help="the webhook URL path")
-    stripe.add_argument(
-        "--target", help="the Keyturn gRPC server HOST:PORT (default: KEYTURN_LISTEN)"
-    )
+    stripe.add_argument("--listen", help=_from_setting("stripe_listen", "HOST:PORT for HTTP"))
+    stripe.add_argument("--path", help=_from_setting("stripe_path", "the webhook URL path"))
+    stripe.add_argument("--target", help=TARGET_HELP)
+    _with_settings(stripe, stripe_listen="--listen", stripe_path="--path")
     stripe.set_defaults(run=_connect_stripe, sync=True)
 
     orders = commands.add_parser("orders", help="work with orders")
@@ -537,14 +549,12 @@ def _parser() -> argparse.ArgumentParser:
     importer.add_argument(
         "--keys-out", help="write the created license keys here (CSV), not on stdout"
     )
-    importer.add_argument(
-        "--target", help="the Keyturn gRPC server HOST:PORT (default: KEYTURN_LISTEN)"
-    )
+    importer.add_argument("--target", help=TARGET_HELP)
     importer.add_argument("--no-progress", action="store_true", help="no progress bar")
     importer.set_defaults(run=_orders_import, sync=True)
 
     health = commands.add_parser("health", help="ask a running server whether it is SERVING")
-    health.add_argument("--address", help="HOST:PORT (default: KEYTURN_LISTEN)")
+    health.add_argument("--address", help=f"HOST:PORT {TARGET_DEFAULT}")
     health.add_argument("--service", default="", help="service name (default: the whole server)")
     health.add_argument("--timeout", type=float, default=3.0, help="seconds to wait for the answer")
     health.set_defaults(run=_health, sync=True)
@@ -582,7 +592,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = _settings(args)
     except ValidationError as exc:
-        print(f"keyturn: {describe_invalid(exc, FLAGS)}", file=sys.stderr)
+        print(f"keyturn: {describe_invalid(exc, _flags(args))}", file=sys.stderr)
         return 2
     worker = args.worker_index if getattr(args, "worker_link", None) is not None else None
     if worker is None:  # a worker's environment is its supervisor's, already reported

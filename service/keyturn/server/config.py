@@ -33,17 +33,15 @@ DRIVER_OF = {
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 # Settings whose empty value means "none": checked only when set.
 OPTIONAL_ADDRESSES = frozenset({"read_database_url", "metrics_listen"})
-# KEYTURN_* variables read outside Settings: the order connectors' options, and the
-# token of the client's examples (clients/python/examples).
-OTHER_VARIABLES = frozenset(
-    {
-        "KEYTURN_TOKEN",
-        "KEYTURN_FULFILL_TOKEN",
-        "KEYTURN_STRIPE_WEBHOOK_SECRET",
-        "KEYTURN_STRIPE_API_KEY",
-        "KEYTURN_STRIPE_API_BASE",
-    }
-)
+# Variables of earlier versions, each pointed at the setting that took its place (too far
+# from it for the closest-name hint: it would not be found).
+FORMER_NAMES = {"KEYTURN_TOKEN": "KEYTURN_FULFILL_TOKEN"}  # of the client's examples
+# What each secret an order connector needs is, for the line that asks for it.
+ConnectorSecret = Literal["stripe_webhook_secret", "fulfill_token"]
+CONNECTOR_SECRETS: dict[ConnectorSecret, str] = {
+    "stripe_webhook_secret": "the signing secret of the Stripe webhook endpoint, whsec_...",
+    "fulfill_token": "a token with the fulfill scope: keyturn tokens create --scope fulfill",
+}
 
 
 class SettingsError(Exception):
@@ -72,7 +70,7 @@ def database_url_of(value: str) -> str:
 
 
 def known_variables() -> frozenset[str]:
-    return frozenset(ENV_PREFIX + name.upper() for name in Settings.model_fields) | OTHER_VARIABLES
+    return frozenset(ENV_PREFIX + name.upper() for name in Settings.model_fields)
 
 
 def unknown_variables(environ: Mapping[str, str]) -> list[str]:
@@ -84,7 +82,8 @@ def unknown_variables(environ: Mapping[str, str]) -> list[str]:
         if not name.startswith(ENV_PREFIX) or name in known:
             continue
         # Compared without the prefix, which every name shares.
-        close = difflib.get_close_matches(
+        close = [FORMER_NAMES[name].removeprefix(ENV_PREFIX)] if name in FORMER_NAMES else []
+        close = close or difflib.get_close_matches(
             name.removeprefix(ENV_PREFIX), [k.removeprefix(ENV_PREFIX) for k in known], n=1
         )
         hint = (
@@ -114,15 +113,17 @@ def available_cpus() -> int:
     return os.cpu_count() or 1
 
 
-def _check_host_port(value: str) -> str:
+def _check_host_port(value: str, example: str = "127.0.0.1:50051") -> str:
     host, sep, port = value.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ValueError(f"{value!r} is not HOST:PORT (PORT 0-65535), for example 127.0.0.1:50051")
+        raise ValueError(f"{value!r} is not HOST:PORT (PORT 0-65535), for example {example}")
     return value
 
 
 class Settings(BaseSettings):
-    """Every knob of the server; see README 'Configuration'."""
+    """Every knob of the `keyturn` command, the server's and its order connectors'; see
+    README 'Configuration'. One class, so that every KEYTURN_* variable is checked, shown
+    with its default and never echoed when secret, in one place."""
 
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore")
 
@@ -371,6 +372,31 @@ class Settings(BaseSettings):
         50, ge=1, description="Attempts before a message is marked failed"
     )
 
+    # The order connectors (`keyturn connect stripe`, `keyturn orders import`); they reach
+    # the server at --target, else at KEYTURN_LISTEN.
+    fulfill_token: SecretStr | None = Field(
+        None,
+        description="API token with the fulfill scope that the order connectors send "
+        "(keyturn tokens create --scope fulfill); required by them",
+    )
+    stripe_webhook_secret: SecretStr | None = Field(
+        None,
+        description="Signing secret (whsec_...) of the Stripe webhook endpoint; required by "
+        "`keyturn connect stripe`",
+    )
+    stripe_api_key: SecretStr | None = Field(
+        None,
+        description="Stripe API key that may read prices, for invoices that name only a "
+        "price id (Stripe API versions after 2025-02-24); unset: those are refused with 422",
+    )
+    stripe_api_base: str = Field(
+        "", description="Base URL of Stripe's API (a test double's); empty: Stripe's own"
+    )
+    stripe_listen: str = Field(
+        "127.0.0.1:8080", description="HOST:PORT the Stripe webhook endpoint binds"
+    )
+    stripe_path: str = Field("/stripe/webhook", description="URL path of the Stripe webhook")
+
     @field_validator("database_url", "read_database_url")
     @classmethod
     def _check_database_urls(cls, value: str, info: ValidationInfo) -> str:
@@ -401,6 +427,32 @@ class Settings(BaseSettings):
         if value is not None and not value.is_dir():
             raise ValueError(f"no folder {value}: give the folder that holds the templates")
         return value
+
+    @field_validator("stripe_listen")
+    @classmethod
+    def _check_stripe_listen(cls, value: str) -> str:
+        return _check_host_port(value, example="127.0.0.1:8080")
+
+    @field_validator("stripe_path")
+    @classmethod
+    def _check_stripe_path(cls, value: str) -> str:
+        if not value.startswith("/") or "?" in value:
+            raise ValueError(f"{value!r} is not a URL path, for example /stripe/webhook")
+        return value
+
+    def connector_secrets(self, *fields: ConnectorSecret) -> list[str]:
+        """The values of the secrets `fields`; SettingsError naming each one unset (or
+        empty), so that a connector stops before it listens or calls."""
+        values, missing = [], []
+        for field in fields:
+            secret: SecretStr | None = getattr(self, field)
+            if secret is None or not secret.get_secret_value():
+                missing.append(f"{ENV_PREFIX}{field.upper()} ({CONNECTOR_SECRETS[field]})")
+            else:
+                values.append(secret.get_secret_value())
+        if missing:
+            raise SettingsError("set " + " and ".join(missing))
+        return values
 
     @property
     def database_limits(self) -> DatabaseLimits:

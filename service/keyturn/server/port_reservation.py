@@ -36,10 +36,11 @@ def _socket_address(host: str, port: int) -> tuple[socket.AddressFamily, tuple[s
     return family, (str(address[0]), int(address[1]))
 
 
-def _cannot_listen(listen: str, error: OSError) -> SettingsError:
+def cannot_listen(listen: str, error: OSError, variable: str = "KEYTURN_LISTEN") -> SettingsError:
+    """The one line for a port taken (or no address here), naming the setting to change."""
     return SettingsError(
         f"cannot listen on {listen}: {error.strerror or error}; choose another HOST:PORT "
-        "with --listen or KEYTURN_LISTEN (port 0: any free port)"
+        f"with --listen or {variable} (port 0: any free port)"
     )
 
 
@@ -53,7 +54,7 @@ def _free_port(listen: str) -> tuple[socket.AddressFamily, tuple[str, int], int]
             probe.bind(address)
             return family, address, int(probe.getsockname()[1])
     except OSError as exc:
-        raise _cannot_listen(listen, exc) from None
+        raise cannot_listen(listen, exc) from None
 
 
 def check_port_free(listen: str) -> None:
@@ -74,7 +75,7 @@ def reserve_port(listen: str) -> Iterator[ReservedPort]:
         held.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         held.bind((address[0], port))
     except OSError as exc:
-        raise _cannot_listen(listen, exc) from None
+        raise cannot_listen(listen, exc) from None
     try:
         yield ReservedPort(host, port)
     finally:
