@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Regenerates the Python code of proto/ into clients/python/src (messages,
-# gRPC stubs and their .pyi type stubs). Run from anywhere; needs the dev venv
-# (grpcio-tools and mypy-protobuf).
+# gRPC stubs and their .pyi type stubs), and the proto comments that the OpenAPI
+# document is described with (service/keyturn/server/api/proto_comments.json: the
+# compiled modules lack them). Run from anywhere; needs the dev venv (grpcio-tools,
+# mypy-protobuf and the server installed).
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 python="${PYTHON:-$root/.venv/bin/python}"
@@ -23,3 +25,10 @@ for proto in "${protos[@]}"; do
     dir="$(dirname "$dir")"
   done
 done
+# The comments, from protoc's source info (see api/proto_comments.py).
+descriptors="$(mktemp)"
+trap 'rm -f "$descriptors"' EXIT
+"$python" -m grpc_tools.protoc -I . --include_source_info \
+  --descriptor_set_out="$descriptors" "${protos[@]}"
+"$python" -m keyturn.server.api.proto_comments "$descriptors" \
+  "$root/service/keyturn/server/api/proto_comments.json"

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Sets up the development environment at the repo root (the server alone, without
 # these tools, is scripts/serve.sh's): the Python venv
-# (.venv, with keyturn-client and keyturn[dev] installed editable) and the buf
-# CLI from package-lock.json (./node_modules/.bin/buf). Idempotent; run from
-# anywhere. PYTHON picks the interpreter that creates the venv (default python3).
+# (.venv, with keyturn-client and keyturn[dev] installed editable), and the buf
+# and Redocly (OpenAPI lint) CLIs from package-lock.json (./node_modules/.bin).
+# Idempotent; run from anywhere. PYTHON picks the interpreter that creates the venv (default python3).
 # With --for-tests it also installs the Debian packages the tests run
 # (pgbouncer; faketime, which sets a server clock ahead in a test), with apt-get, when they are missing.
 set -euo pipefail
@@ -27,9 +27,11 @@ say "pip: installing clients/python and .[dev] (editable)"
 
 command -v npm >/dev/null 2>&1 \
   || die "npm not found; it installs the buf CLI (Debian: apt-get install nodejs npm)"
-say "npm: installing the buf CLI (npm ci)"
+say "npm: installing the buf and redocly CLIs (npm ci)"
 npm ci --no-audit --no-fund --loglevel=error
-[ -x "$root/node_modules/.bin/buf" ] || die "npm ci did not install node_modules/.bin/buf"
+for tool in buf redocly; do
+  [ -x "$root/node_modules/.bin/$tool" ] || die "npm ci did not install node_modules/.bin/$tool"
+done
 
 if $for_tests; then
   missing=()

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Every check that CI runs, in order, stopping at the first failure:
 # setup, buf lint, generated code up to date, ruff, ruff format, mypy,
-# hadolint, pytest. Extra arguments go to pytest, e.g.
+# hadolint, redocly lint of the OpenAPI document, pytest. Extra arguments go to pytest, e.g.
 #   bash scripts/test.sh -k leases -x
 # pytest runs in KEYTURN_TEST_PROCESSES processes (pytest-xdist, default 2: most
 # tests wait on servers and databases, so two share two cores well; 0: in this
@@ -23,11 +23,12 @@ step "buf lint"
 
 step "generated code is up to date (scripts/generate.sh)"
 bash scripts/generate.sh || fail "scripts/generate.sh"
-changes="$(git status --porcelain -- clients/python/src)"
+generated=(clients/python/src service/keyturn/server/api/proto_comments.json)
+changes="$(git status --porcelain -- "${generated[@]}")"
 if [ -n "$changes" ]; then
   printf '%s\n' "$changes"
-  git --no-pager diff -- clients/python/src
-  fail "generated code in clients/python/src differs from proto/: run scripts/generate.sh and commit the result"
+  git --no-pager diff -- "${generated[@]}"
+  fail "generated code (${generated[*]}) differs from proto/: run scripts/generate.sh and commit the result"
 fi
 echo "generated code is up to date"
 
@@ -42,6 +43,14 @@ step "mypy"
 
 step "hadolint Dockerfile"
 "$venv/bin/hadolint" Dockerfile || fail "hadolint Dockerfile"
+
+step "redocly lint of the OpenAPI document (keyturn openapi)"
+openapi="$(mktemp --suffix=.json)"
+"$venv/bin/keyturn" openapi --output "$openapi" || fail "keyturn openapi"
+REDOCLY_TELEMETRY=off REDOCLY_SUPPRESS_UPDATE_NOTICE=true \
+  ./node_modules/.bin/redocly lint --config redocly.yaml --format=summary "$openapi" \
+  || fail "redocly lint (rules: redocly.yaml)"
+rm -f "$openapi"
 
 step "pytest"
 rc=0

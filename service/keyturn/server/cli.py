@@ -1,4 +1,5 @@
-"""The `keyturn` command: serve, migrate, load a catalog, manage API tokens, check health."""
+"""The `keyturn` command: serve, migrate, load a catalog, manage API tokens, check health,
+print the OpenAPI document."""
 
 from __future__ import annotations
 
@@ -384,6 +385,30 @@ def _health(args: argparse.Namespace) -> int:
     return 0 if response.status == health_pb2.HealthCheckResponse.SERVING else 1
 
 
+def _openapi(args: argparse.Namespace) -> int:
+    """Writes the OpenAPI document: JSON, or YAML when asked or for a .yaml/.yml FILE."""
+    import json
+
+    import yaml
+
+    from .api.openapi import openapi_document
+
+    document = openapi_document()
+    output: str | None = args.output
+    as_yaml = args.format == "yaml" or (
+        args.format is None and output is not None and output.endswith((".yaml", ".yml"))
+    )
+    if as_yaml:
+        text = yaml.safe_dump(document, sort_keys=False, allow_unicode=True, width=100)
+    else:
+        text = json.dumps(document, indent=2, ensure_ascii=False) + "\n"
+    if output is None:
+        sys.stdout.write(text)
+    else:
+        Path(output).write_text(text, encoding="utf-8")
+    return 0
+
+
 class _DefaultsShown(argparse.HelpFormatter):
     """Help that shows each option's default, where it has one worth showing."""
 
@@ -558,6 +583,17 @@ def _parser() -> argparse.ArgumentParser:
     health.add_argument("--service", default="", help="service name (default: the whole server)")
     health.add_argument("--timeout", type=float, default=3.0, help="seconds to wait for the answer")
     health.set_defaults(run=_health, sync=True)
+
+    openapi = commands.add_parser(
+        "openapi", help="print the OpenAPI 3.1 document of the HTTP/JSON API (from the protos)"
+    )
+    openapi.add_argument("--output", metavar="FILE", help="write it to FILE, not stdout")
+    openapi.add_argument(
+        "--format",
+        choices=["json", "yaml"],
+        help="default: yaml for a FILE ending .yaml or .yml, else json",
+    )
+    openapi.set_defaults(run=_openapi, sync=True)
     return parser
 
 
