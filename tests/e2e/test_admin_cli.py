@@ -242,6 +242,12 @@ def test_version_is_the_package_version() -> None:
     assert result.returncode == 0
 
 
+# The connectors call the admin port (mutual TLS) when the server has one.
+ADMIN_TARGET_DEFAULT = (
+    "(default: KEYTURN_ADMIN_LISTEN when set, else KEYTURN_LISTEN, else 127.0.0.1:50051)"
+)
+
+
 @pytest.mark.parametrize(
     ("command", "shown"),
     [
@@ -249,9 +255,11 @@ def test_version_is_the_package_version() -> None:
         (["health"], "(default: 3.0)"),
         (["connect", "stripe"], "(default: KEYTURN_STRIPE_LISTEN, else 127.0.0.1:8080)"),
         (["connect", "stripe"], "(default: KEYTURN_STRIPE_PATH, else /stripe/webhook)"),
-        (["connect", "stripe"], "(default: KEYTURN_LISTEN, else 127.0.0.1:50051)"),
+        (["connect", "stripe"], ADMIN_TARGET_DEFAULT),
+        (["connect", "stripe"], "(default: KEYTURN_TARGET_TLS, else auto)"),
         (["orders", "import"], "(default: import)"),
-        (["orders", "import"], "(default: KEYTURN_LISTEN, else 127.0.0.1:50051)"),
+        (["orders", "import"], ADMIN_TARGET_DEFAULT),
+        (["health"], "(default: KEYTURN_TARGET_CA_FILE, else the server's own"),
         (["tokens", "create"], "what the token is for"),  # and no "(default: )"
     ],
 )

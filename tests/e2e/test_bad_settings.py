@@ -16,6 +16,7 @@ import pytest
 from sqlalchemy.engine import make_url
 
 from conftest import TEST_SECRET
+from support.certificates import Authority
 from support.subprocess_server import run_to_the_end, serving, sqlite_settings
 
 ACCEPTED = "use sqlite+aiosqlite:///PATH or postgresql+asyncpg://USER:PASSWORD@HOST:PORT/DATABASE"
@@ -123,6 +124,23 @@ CASES: dict[str, Callable[[int, str], Case]] = {
         "keyturn: KEYTURN_STRIPE_LISTEN: 'localhost:http' is not HOST:PORT (PORT 0-65535), "
         "for example 127.0.0.1:8080",
     ),
+    "a TLS certificate without its key": lambda port, admin: (
+        {"KEYTURN_TLS_CERT_FILE": "/etc/keyturn/server.pem"},
+        [],
+        "keyturn: KEYTURN_TLS_CERT_FILE is set without KEYTURN_TLS_KEY_FILE: set both (a "
+        "certificate and its key) or neither",
+    ),
+    "a client CA without the admin port": lambda port, admin: (
+        {
+            "KEYTURN_TLS_CERT_FILE": "/etc/keyturn/server.pem",
+            "KEYTURN_TLS_KEY_FILE": "/etc/keyturn/server.key",
+            "KEYTURN_TLS_CLIENT_CA_FILE": "/etc/keyturn/clients.pem",
+        },
+        [],
+        "keyturn: KEYTURN_TLS_CLIENT_CA_FILE is set without KEYTURN_ADMIN_LISTEN: the admin "
+        "port serves Fulfillment and Catalog to clients with a certificate from the client "
+        "CA; set both or neither",
+    ),
     "a number that is no number": lambda port, admin: (
         {"KEYTURN_LAPSE_GRACE_SECONDS": "thirty"},
         [],
@@ -142,6 +160,44 @@ def test_a_bad_setting_gets_one_line_and_exit_2(
     result = run_to_the_end(
         ["serve", "--listen", "127.0.0.1:0", *args], tmp_path, {**env, **settings}
     )
+    assert "Traceback" not in result.stderr
+    assert result.stderr.splitlines() == [line]
+    assert result.returncode == 2
+    assert result.stdout == ""
+
+
+def _tls_case(folder: Path, case: str) -> tuple[dict[str, str], str]:
+    """Settings naming TLS files that exist as settings but cannot be served, and the line."""
+    authority = Authority("test CA")
+    cert, key = folder / "server.pem", folder / "server.key"
+    authority.server().write(cert, key)
+    if case == "unreadable certificate":
+        cert = folder / "missing.pem"
+        line = f"keyturn: KEYTURN_TLS_CERT_FILE: cannot read {cert}: No such file or directory"
+    elif case == "the key of another certificate":
+        authority.server().write(folder / "other.pem", folder / "other.key")
+        key = folder / "other.key"
+        line = (
+            f"keyturn: KEYTURN_TLS_KEY_FILE: {key} is not the key of the certificate in "
+            f"{cert} (KEYTURN_TLS_CERT_FILE)"
+        )
+    else:  # a certificate file that holds a key
+        cert = key
+        line = f"keyturn: KEYTURN_TLS_CERT_FILE: {cert} holds no PEM certificate"
+    settings = {"KEYTURN_TLS_CERT_FILE": str(cert), "KEYTURN_TLS_KEY_FILE": str(key)}
+    return settings, line
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+@pytest.mark.parametrize(
+    "case", ["unreadable certificate", "the key of another certificate", "no certificate"]
+)
+def test_tls_files_that_cannot_be_served_get_one_line_and_exit_2(
+    tmp_path: Path, case: str, workers: int
+) -> None:
+    settings, line = _tls_case(tmp_path, case)
+    env = {**sqlite_settings(tmp_path / "keyturn.db"), "KEYTURN_WORKERS": str(workers)}
+    result = run_to_the_end(["serve", "--listen", "127.0.0.1:0"], tmp_path, {**env, **settings})
     assert "Traceback" not in result.stderr
     assert result.stderr.splitlines() == [line]
     assert result.returncode == 2

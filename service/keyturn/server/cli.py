@@ -9,9 +9,9 @@ import contextlib
 import signal
 import sys
 import threading
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
@@ -22,6 +22,9 @@ from .domain.errors import DomainError
 from .logs import configure_logging
 from .sealing import SecretError
 from .signals import stop_on_signal
+
+if TYPE_CHECKING:
+    from keyturn.client import FulfillmentClient
 
 UTC_TIME = "%Y-%m-%dT%H:%M:%SZ"  # how the admin commands show a stored (UTC) time
 
@@ -295,7 +298,6 @@ async def _restore(args: argparse.Namespace) -> int:
 
 
 def _connect_stripe(args: argparse.Namespace) -> int:
-    from keyturn.client import FulfillmentClient
     from keyturn.client.connectors.stripe_webhook import StripePriceLookup, StripeWebhookServer
 
     from .port_reservation import cannot_listen
@@ -310,7 +312,7 @@ def _connect_stripe(args: argparse.Namespace) -> int:
     )
     host, _, port = settings.stripe_listen.rpartition(":")
     path = settings.stripe_path
-    with FulfillmentClient(_local_target(args.target, settings), token) as client:
+    with _fulfillment_client(args, settings, token) as client:
         try:
             server = StripeWebhookServer(
                 (host, int(port)), secret, client.fulfill_order, path, prices
@@ -333,12 +335,11 @@ def _connect_stripe(args: argparse.Namespace) -> int:
 
 
 def _orders_import(args: argparse.Namespace) -> int:
-    from keyturn.client import FulfillmentClient
     from keyturn.client.connectors.file_import import import_orders
 
     settings = _settings(args)
     [token] = settings.connector_secrets("fulfill_token")
-    with FulfillmentClient(_local_target(args.target, settings), token) as client:
+    with _fulfillment_client(args, settings, token) as client:
         try:
             summary = import_orders(
                 Path(args.file),
@@ -359,6 +360,24 @@ def _orders_import(args: argparse.Namespace) -> int:
     return 0 if not summary.rejected else 1
 
 
+@contextlib.contextmanager
+def _fulfillment_client(
+    args: argparse.Namespace, settings: Settings, token: str
+) -> Iterator[FulfillmentClient]:
+    """The connectors' client: to --target, else the admin port when there is one (mutual
+    TLS), else KEYTURN_LISTEN; over TLS as the KEYTURN_TARGET_* settings say."""
+    from keyturn.client import FulfillmentClient
+
+    from .target import open_target
+
+    target = _local_target(args.target or settings.admin_listen or None, settings)
+    with (
+        open_target(target, settings) as channel,
+        FulfillmentClient(target, token, channel=channel) as client,
+    ):
+        yield client
+
+
 def _local_target(address: str | None, settings: Settings) -> str:
     """HOST:PORT to reach the server on this machine: `address`, or KEYTURN_LISTEN (a
     wildcard host there means this machine's loopback)."""
@@ -372,7 +391,10 @@ def _health(args: argparse.Namespace) -> int:
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-    with grpc.insecure_channel(_local_target(args.address, _settings(args))) as channel:
+    from .target import open_target
+
+    settings = _settings(args)
+    with open_target(_local_target(args.address, settings), settings) as channel:
         try:
             response = health_pb2_grpc.HealthStub(channel).Check(
                 health_pb2.HealthCheckRequest(service=args.service), timeout=args.timeout
@@ -443,7 +465,47 @@ def _version() -> str:
 
 # Connectors and health reach the server where `keyturn serve` listens, unless told.
 TARGET_DEFAULT = f"(default: KEYTURN_LISTEN, else {Settings.model_fields['listen'].default})"
-TARGET_HELP = f"the Keyturn gRPC server HOST:PORT {TARGET_DEFAULT}"
+TARGET_HELP = (
+    "the Keyturn gRPC server HOST:PORT (default: KEYTURN_ADMIN_LISTEN when set, else "
+    f"KEYTURN_LISTEN, else {Settings.model_fields['listen'].default})"
+)
+# The options of every command that calls the server: how it speaks TLS to it.
+TARGET_TLS_FLAGS = {
+    "target_tls": "--tls",
+    "target_ca_file": "--ca-file",
+    "target_server_name": "--server-name",
+    "target_cert_file": "--cert-file",
+    "target_key_file": "--key-file",
+}
+
+
+def _target_tls_options() -> _Parser:
+    options = _Parser(add_help=False)
+    group = options.add_argument_group("TLS to the server")
+    group.add_argument(
+        "--tls",
+        choices=["auto", "on", "off"],
+        help="on: TLS; off: plaintext; auto: TLS when a CA file, a client certificate or "
+        "the server's KEYTURN_TLS_CERT_FILE is set (default: KEYTURN_TARGET_TLS, else auto)",
+    )
+    group.add_argument(
+        "--ca-file",
+        help="PEM CA certificates to trust for the server (default: KEYTURN_TARGET_CA_FILE, "
+        "else the server's own KEYTURN_TLS_CERT_FILE when set, else gRPC's default roots)",
+    )
+    group.add_argument(
+        "--server-name",
+        help="name to check on the server's certificate (default: KEYTURN_TARGET_SERVER_NAME, "
+        "else the first name of KEYTURN_TLS_CERT_FILE when that is trusted, else the host)",
+    )
+    group.add_argument(
+        "--cert-file",
+        help="PEM client certificate for mutual TLS (default: KEYTURN_TARGET_CERT_FILE)",
+    )
+    group.add_argument(
+        "--key-file", help="PEM key of --cert-file (default: KEYTURN_TARGET_KEY_FILE)"
+    )
+    return options
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -547,23 +609,27 @@ def _parser() -> argparse.ArgumentParser:
     restore.add_argument("--force", action="store_true", help="replace a database that holds data")
     restore.set_defaults(run=_restore)
 
+    target_tls = _target_tls_options()
     connect = commands.add_parser("connect", help="run an order connector")
     connectors = connect.add_subparsers(dest="connector", required=True)
     stripe = connectors.add_parser(
         "stripe",
+        parents=[target_tls],
         help="an HTTP endpoint for Stripe webhooks (KEYTURN_STRIPE_WEBHOOK_SECRET, "
         "KEYTURN_FULFILL_TOKEN; KEYTURN_STRIPE_API_KEY for invoices that name only a price id)",
     )
     stripe.add_argument("--listen", help=_from_setting("stripe_listen", "HOST:PORT for HTTP"))
     stripe.add_argument("--path", help=_from_setting("stripe_path", "the webhook URL path"))
     stripe.add_argument("--target", help=TARGET_HELP)
-    _with_settings(stripe, stripe_listen="--listen", stripe_path="--path")
+    _with_settings(stripe, stripe_listen="--listen", stripe_path="--path", **TARGET_TLS_FLAGS)
     stripe.set_defaults(run=_connect_stripe, sync=True)
 
     orders = commands.add_parser("orders", help="work with orders")
     order_commands = orders.add_subparsers(dest="orders_command", required=True)
     importer = order_commands.add_parser(
-        "import", help="fulfil the orders of a CSV or JSONL export (KEYTURN_FULFILL_TOKEN)"
+        "import",
+        parents=[target_tls],
+        help="fulfil the orders of a CSV or JSONL export (KEYTURN_FULFILL_TOKEN)",
     )
     importer.add_argument("file", help="the export; see README 'File import' for its columns")
     importer.add_argument("--source", default="import", help="order source (salesforce...)")
@@ -576,12 +642,16 @@ def _parser() -> argparse.ArgumentParser:
     )
     importer.add_argument("--target", help=TARGET_HELP)
     importer.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _with_settings(importer, **TARGET_TLS_FLAGS)
     importer.set_defaults(run=_orders_import, sync=True)
 
-    health = commands.add_parser("health", help="ask a running server whether it is SERVING")
+    health = commands.add_parser(
+        "health", parents=[target_tls], help="ask a running server whether it is SERVING"
+    )
     health.add_argument("--address", help=f"HOST:PORT {TARGET_DEFAULT}")
     health.add_argument("--service", default="", help="service name (default: the whole server)")
     health.add_argument("--timeout", type=float, default=3.0, help="seconds to wait for the answer")
+    _with_settings(health, **TARGET_TLS_FLAGS)
     health.set_defaults(run=_health, sync=True)
 
     openapi = commands.add_parser(

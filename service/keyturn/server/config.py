@@ -8,7 +8,14 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
+from pydantic import (
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
@@ -32,7 +39,16 @@ DRIVER_OF = {
 # The logging levels KEYTURN_LOG_LEVEL accepts, most verbose first.
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 # Settings whose empty value means "none": checked only when set.
-OPTIONAL_ADDRESSES = frozenset({"read_database_url", "metrics_listen"})
+OPTIONAL_ADDRESSES = frozenset({"read_database_url", "metrics_listen", "admin_listen"})
+# PEM files of the server's TLS and of the commands that call it; empty means unset.
+TLS_FILES = (
+    "tls_cert_file",
+    "tls_key_file",
+    "tls_client_ca_file",
+    "target_ca_file",
+    "target_cert_file",
+    "target_key_file",
+)
 # Variables of earlier versions, each pointed at the setting that took its place (too far
 # from it for the closest-name hint: it would not be found).
 FORMER_NAMES = {"KEYTURN_TOKEN": "KEYTURN_FULFILL_TOKEN"}  # of the client's examples
@@ -99,8 +115,11 @@ def describe_invalid(error: ValidationError, flags: Mapping[str, str] | None = N
     parts = []
     for problem in error.errors():
         field = ".".join(str(part) for part in problem["loc"])
-        name = (flags or {}).get(field) or f"{ENV_PREFIX}{field.upper()}"
         message = problem["msg"].removeprefix("Value error, ")
+        if not field:  # settings that do not go together: the message names them
+            parts.append(message)
+            continue
+        name = (flags or {}).get(field) or f"{ENV_PREFIX}{field.upper()}"
         parts.append(f"{name}: {message}")
     return "; ".join(parts)
 
@@ -185,6 +204,27 @@ class Settings(BaseSettings):
         "answer its check (run every second), and SERVING again once it answers",
     )
     listen: str = Field("127.0.0.1:50051", description="HOST:PORT the gRPC server binds")
+    tls_cert_file: Path | None = Field(
+        None,
+        description="PEM certificate chain of the server (its own certificate first); with "
+        "KEYTURN_TLS_KEY_FILE the server speaks TLS (1.2 or 1.3) only. A new pair written "
+        "over the files is served from the next connection on, without a restart",
+    )
+    tls_key_file: Path | None = Field(
+        None, description="PEM private key (unencrypted) of KEYTURN_TLS_CERT_FILE"
+    )
+    tls_client_ca_file: Path | None = Field(
+        None,
+        description="PEM CA certificates of the clients that may call Fulfillment and "
+        "Catalog (mutual TLS): those then answer only on KEYTURN_ADMIN_LISTEN, to clients "
+        "with a certificate from this CA, while KEYTURN_LISTEN keeps serving the licensing "
+        "API to apps without one",
+    )
+    admin_listen: str = Field(
+        "",
+        description="HOST:PORT of the admin port, which requires a client certificate from "
+        "KEYTURN_TLS_CLIENT_CA_FILE (set both or neither); empty: no admin port",
+    )
     reflect_admin_services: bool = Field(
         True,
         description="Server reflection also describes FulfillmentService and CatalogService "
@@ -397,6 +437,33 @@ class Settings(BaseSettings):
     )
     stripe_path: str = Field("/stripe/webhook", description="URL path of the Stripe webhook")
 
+    # How the commands that call the server (the connectors, `keyturn health`) reach it.
+    target_tls: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="How the connectors and `keyturn health` talk to the server. on: TLS; "
+        "off: plaintext; auto: TLS when KEYTURN_TARGET_CA_FILE or KEYTURN_TLS_CERT_FILE "
+        "is set",
+    )
+    target_ca_file: Path | None = Field(
+        None,
+        description="PEM CA certificates the connectors and `keyturn health` trust for the "
+        "server's certificate; unset: the server's own KEYTURN_TLS_CERT_FILE when set (the "
+        "same host, as in a container's health check), else the system's roots",
+    )
+    target_server_name: str = Field(
+        "",
+        description="The name checked on the server's certificate; empty: the target's host, "
+        "or the first name of KEYTURN_TLS_CERT_FILE when that file is what is trusted",
+    )
+    target_cert_file: Path | None = Field(
+        None,
+        description="PEM client certificate the connectors present, for mutual TLS to "
+        "KEYTURN_ADMIN_LISTEN (with KEYTURN_TARGET_KEY_FILE)",
+    )
+    target_key_file: Path | None = Field(
+        None, description="PEM private key (unencrypted) of KEYTURN_TARGET_CERT_FILE"
+    )
+
     @field_validator("database_url", "read_database_url")
     @classmethod
     def _check_database_urls(cls, value: str, info: ValidationInfo) -> str:
@@ -404,7 +471,12 @@ class Settings(BaseSettings):
             return value
         return database_url_of(value)
 
-    @field_validator("listen", "metrics_listen")
+    @field_validator(*TLS_FILES, mode="before")
+    @classmethod
+    def _empty_file_is_none(cls, value: object) -> object:
+        return None if value == "" else value
+
+    @field_validator("listen", "metrics_listen", "admin_listen")
     @classmethod
     def _check_listen_addresses(cls, value: str, info: ValidationInfo) -> str:
         if not value and info.field_name in OPTIONAL_ADDRESSES:
@@ -439,6 +511,36 @@ class Settings(BaseSettings):
         if not value.startswith("/") or "?" in value:
             raise ValueError(f"{value!r} is not a URL path, for example /stripe/webhook")
         return value
+
+    @model_validator(mode="after")
+    def _check_tls_together(self) -> Settings:
+        """TLS settings that only work together: one line naming what is missing."""
+        name = {field: f"{ENV_PREFIX}{field.upper()}" for field in (*TLS_FILES, "admin_listen")}
+        pairs = (("tls_cert_file", "tls_key_file"), ("target_cert_file", "target_key_file"))
+        for first, second in pairs:
+            if (getattr(self, first) is None) != (getattr(self, second) is None):
+                given, missing = (first, second) if getattr(self, first) else (second, first)
+                raise ValueError(
+                    f"{name[given]} is set without {name[missing]}: set both (a certificate "
+                    "and its key) or neither"
+                )
+        if self.tls_client_ca_file is not None and self.tls_cert_file is None:
+            raise ValueError(
+                f"{name['tls_client_ca_file']} needs {name['tls_cert_file']} and "
+                f"{name['tls_key_file']}: mutual TLS is TLS first"
+            )
+        if (self.tls_client_ca_file is None) != (not self.admin_listen):
+            given, missing = (
+                ("tls_client_ca_file", "admin_listen")
+                if self.tls_client_ca_file is not None
+                else ("admin_listen", "tls_client_ca_file")
+            )
+            raise ValueError(
+                f"{name[given]} is set without {name[missing]}: the admin port serves "
+                "Fulfillment and Catalog to clients with a certificate from the client CA; "
+                "set both or neither"
+            )
+        return self
 
     def connector_secrets(self, *fields: ConnectorSecret) -> list[str]:
         """The values of the secrets `fields`; SettingsError naming each one unset (or

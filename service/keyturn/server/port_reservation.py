@@ -44,7 +44,9 @@ def cannot_listen(listen: str, error: OSError, variable: str = "KEYTURN_LISTEN")
     )
 
 
-def _free_port(listen: str) -> tuple[socket.AddressFamily, tuple[str, int], int]:
+def _free_port(
+    listen: str, variable: str = "KEYTURN_LISTEN"
+) -> tuple[socket.AddressFamily, tuple[str, int], int]:
     """`listen`'s family, address and port (the chosen one for 0), once a plain bind (no
     SO_REUSEPORT: it fails if anything holds the port) shows it free; SettingsError if not."""
     host, _, port_text = listen.rpartition(":")
@@ -54,28 +56,28 @@ def _free_port(listen: str) -> tuple[socket.AddressFamily, tuple[str, int], int]
             probe.bind(address)
             return family, address, int(probe.getsockname()[1])
     except OSError as exc:
-        raise cannot_listen(listen, exc) from None
+        raise cannot_listen(listen, exc, variable) from None
 
 
-def check_port_free(listen: str) -> None:
+def check_port_free(listen: str, variable: str = "KEYTURN_LISTEN") -> None:
     """SettingsError naming the fix when `listen` is in use or not an address here (before
     gRPC tries, which would log its own lines first)."""
-    _free_port(listen)
+    _free_port(listen, variable)
 
 
 @contextlib.contextmanager
-def reserve_port(listen: str) -> Iterator[ReservedPort]:
+def reserve_port(listen: str, variable: str = "KEYTURN_LISTEN") -> Iterator[ReservedPort]:
     """Hold `listen` (HOST:PORT, PORT may be 0) with SO_REUSEPORT until the block ends.
 
     SettingsError `cannot listen on ...` when the port is taken, by anyone."""
     host = listen.rpartition(":")[0]
-    family, address, port = _free_port(listen)
+    family, address, port = _free_port(listen, variable)
     try:
         held = socket.socket(family, socket.SOCK_STREAM)
         held.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         held.bind((address[0], port))
     except OSError as exc:
-        raise cannot_listen(listen, exc) from None
+        raise cannot_listen(listen, exc, variable) from None
     try:
         yield ReservedPort(host, port)
     finally:

@@ -24,6 +24,7 @@ from .metrics_exporter import MetricsExporter
 from .port_reservation import check_port_free
 from .sealing import SecretError
 from .signals import stop_on_signal
+from .tls import CertificateFiles, TlsFileError, TlsFiles
 from .worker_link import WorkerEnd
 
 log = logging.getLogger("keyturn")
@@ -46,6 +47,18 @@ class WorkerRole:
         return self.index == 0
 
 
+def certificates_of(settings: Settings) -> CertificateFiles | None:
+    """The server's TLS files, read and checked (SettingsError naming the file that cannot
+    be served); None without TLS."""
+    if settings.tls_cert_file is None or settings.tls_key_file is None:
+        return None
+    files = TlsFiles(settings.tls_cert_file, settings.tls_key_file, settings.tls_client_ca_file)
+    try:
+        return CertificateFiles(files)
+    except TlsFileError as exc:
+        raise SettingsError(str(exc)) from None
+
+
 async def serve(settings: Settings, role: WorkerRole | None = None) -> int:
     """Serve until SIGTERM/SIGINT (or, for a worker, until the supervisor is gone)."""
     from .api.server import KeyturnServer
@@ -56,8 +69,11 @@ async def serve(settings: Settings, role: WorkerRole | None = None) -> int:
     stop = stop_on_signal()
     exporter: MetricsExporter | None = None
     try:
+        certificates = certificates_of(settings)
         if role is None:
             check_port_free(settings.listen)
+            if settings.admin_listen:
+                check_port_free(settings.admin_listen, "KEYTURN_ADMIN_LISTEN")
         ctx = await build_context(settings)
         dispatcher = build_dispatcher(ctx, settings) if settings.dispatch_in_server else None
         server = KeyturnServer(
@@ -69,6 +85,8 @@ async def serve(settings: Settings, role: WorkerRole | None = None) -> int:
             worker_id=str(os.getpid()) if role is not None else "",
             reflect_admin_services=settings.reflect_admin_services,
             limits=TransportLimits.from_settings(settings),
+            certificates=certificates,
+            admin_listen=settings.admin_listen,
         )
         if role is None and settings.metrics_listen:
             exporter = MetricsExporter(settings.metrics_listen, server.registry, ctx)
@@ -89,6 +107,8 @@ async def serve(settings: Settings, role: WorkerRole | None = None) -> int:
     if role is None:
         if exporter is not None:
             print(f"keyturn metrics on {exporter.address}", flush=True)
+        if server.admin_address:
+            print(f"keyturn admin port (mutual TLS) on {server.admin_address}", flush=True)
         # One parseable line, so that scripts and tests can learn a port chosen with :0.
         print(f"keyturn listening on {server.address}", flush=True)
     else:

@@ -43,6 +43,7 @@ from .bootstrap import build_context
 from .config import Settings
 from .metrics_exporter import MetricsExporter, add_multiprocess_collector
 from .port_reservation import ReservedPort, check_port_free, reserve_port
+from .serving import certificates_of
 from .signals import stop_on_signal
 from .worker_link import SupervisorEnd
 
@@ -112,15 +113,26 @@ class Supervisor:
         )
         self._stopping = asyncio.Event()  # no new worker from now on
         self._spawning = asyncio.Lock()  # a worker is started, or all are told to stop
+        self._admin: ReservedPort | None = None  # the mutual-TLS port, when there is one
 
     async def run(self) -> int:
         """Serve with N workers until SIGTERM/SIGINT; the exit code."""
         stop = stop_on_signal()
+        certificates_of(self._settings)  # files that cannot be served: one line, no worker
         check_port_free(self._settings.listen)  # before the database is touched
+        admin_listen = self._settings.admin_listen
+        if admin_listen:
+            check_port_free(admin_listen, "KEYTURN_ADMIN_LISTEN")
         # Migrations and the first signing key: here, once, before any worker starts.
         ctx = await build_context(self._settings)
         try:
-            with reserve_port(self._settings.listen) as reserved, self._metrics(ctx):
+            with contextlib.ExitStack() as held:
+                reserved = held.enter_context(reserve_port(self._settings.listen))
+                if admin_listen:
+                    self._admin = held.enter_context(
+                        reserve_port(admin_listen, "KEYTURN_ADMIN_LISTEN")
+                    )
+                held.enter_context(self._metrics(ctx))
                 return await self._serve(reserved, stop)
         finally:
             await ctx.store.close()
@@ -163,6 +175,8 @@ class Supervisor:
             return failure.exit_code
         if not started:
             return await self._stop_all([])
+        if self._admin is not None:
+            print(f"keyturn admin port (mutual TLS) on {self._admin.address}", flush=True)
         print(f"keyturn listening on {reserved.address}", flush=True)
         keepers = [asyncio.create_task(self._keep(index, reserved)) for index in range(count)]
         await stop.wait()
@@ -173,6 +187,8 @@ class Supervisor:
         env["KEYTURN_AUTO_MIGRATE"] = "false"  # done above, once
         env["KEYTURN_METRICS_LISTEN"] = ""  # the supervisor answers scrapes
         env["KEYTURN_WORKERS"] = "1"
+        if self._admin is not None:  # the port chosen for :0, the same for every worker
+            env["KEYTURN_ADMIN_LISTEN"] = self._admin.address
         env["KEYTURN_DATABASE_POOL_SIZE"] = str(
             pool_share(self._settings.database_pool_size, self._settings.workers)
         )

@@ -46,6 +46,7 @@ STATUS_OF: dict[Reason, StatusCode] = {
     Reason.TRANSACTION_CONFLICT: StatusCode.ABORTED,
     Reason.DATABASE_BUSY: StatusCode.UNAVAILABLE,
     Reason.SIGNING_KEY_UNAVAILABLE: StatusCode.UNAVAILABLE,
+    Reason.CLIENT_CERTIFICATE_REQUIRED: StatusCode.UNAUTHENTICATED,
 }
 
 

@@ -19,11 +19,18 @@ import grpc
 
 from keyturn.server.app.conflicts import retry_conflicts
 from keyturn.server.app.tokens import TokenAuthenticator
-from keyturn.server.domain.errors import DomainError, Reason, internal_error, missing_credentials
+from keyturn.server.domain.errors import (
+    DomainError,
+    Reason,
+    client_certificate_required,
+    internal_error,
+    missing_credentials,
+)
 
 from .errors import STATUS_OF, grpc_status_of
 from .metrics import RpcMetrics
 from .request_checks import check_request, tolerant
+from .transport_security import has_verified_client_cert
 
 log = logging.getLogger("keyturn.rpc")
 
@@ -54,15 +61,20 @@ Trailer = tuple[tuple[str, str], ...]
 
 
 class ServiceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
-    """`trailer`: trailing metadata added to every answer (a worker's `keyturn-worker`)."""
+    """`trailer`: trailing metadata added to every answer (a worker's `keyturn-worker`).
+    `require_client_cert`: the calls that need a token also need a connection with a
+    verified client certificate (mutual TLS for the admin services)."""
 
     def __init__(
         self,
         authenticator: TokenAuthenticator,
         metrics: RpcMetrics | None = None,
         trailer: Trailer = (),
+        *,
+        require_client_cert: bool = False,
     ) -> None:
         self._auth = authenticator
+        self._require_client_cert = require_client_cert
         self._metrics = metrics
         self._trailer = trailer
         # Wrapped once per method, not per call: the servers' handlers never change.
@@ -105,6 +117,8 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         return handler
 
     async def _authorize(self, context: grpc.aio.ServicerContext[Any, Any], scope: str) -> None:
+        if self._require_client_cert and not has_verified_client_cert(context):
+            raise client_certificate_required()
         token = await self._auth.authenticate(_bearer(context))
         self._auth.require(token, scope)
 

@@ -27,11 +27,13 @@ from keyturn.server.app.delivery import Dispatcher
 from keyturn.server.app.lapses import run_lapse_sweeps
 from keyturn.server.app.tokens import TokenAuthenticator
 from keyturn.server.store.pool_metrics import instrument_pool
+from keyturn.server.tls import CertificateFiles
 
 from .interceptor import ServiceInterceptor
 from .metrics import RpcMetrics, WatchMetrics
 from .servicers import CatalogServicer, FulfillmentServicer, LicensingServicer
 from .transport_limits import TransportLimits, fit_open_files
+from .transport_security import server_credentials
 
 log = logging.getLogger("keyturn.server")
 
@@ -99,6 +101,11 @@ class KeyturnServer:
     describes every service, or (`reflect_admin_services` false) the licensing one
     only; the admin services answer either way. `limits` bound what callers can make
     it hold (default: those of Settings' defaults).
+
+    With `certificates` it speaks TLS only. With `admin_listen` too (mutual TLS), it also
+    binds that port, where a handshake needs a client certificate from the certificates'
+    client CA, and the admin services answer only calls that came that way: the public
+    port keeps serving the licensing API to apps without a certificate.
     """
 
     def __init__(
@@ -112,16 +119,27 @@ class KeyturnServer:
         worker_id: str = "",
         reflect_admin_services: bool = True,
         limits: TransportLimits | None = None,
+        certificates: CertificateFiles | None = None,
+        admin_listen: str = "",
     ) -> None:
+        if admin_listen and (certificates is None or certificates.files.client_ca is None):
+            raise ValueError("an admin port needs certificates with a client CA")
         self.ctx = ctx
         self.dispatcher = dispatcher
         self.registry = registry if registry is not None else CollectorRegistry()
         self._listen = listen
+        self._admin_listen = admin_listen
+        self._certificates = certificates
         self.limits = limits if limits is not None else TransportLimits.defaults()
         instrument_pool(ctx.store.engine, self.registry)
         trailer = (("keyturn-worker", worker_id),) if worker_id else ()
         self.authenticator = TokenAuthenticator(ctx.store, ctx.clock)
-        interceptor = ServiceInterceptor(self.authenticator, RpcMetrics(self.registry), trailer)
+        interceptor = ServiceInterceptor(
+            self.authenticator,
+            RpcMetrics(self.registry),
+            trailer,
+            require_client_cert=bool(admin_listen),
+        )
         self._server = grpc.aio.server(
             interceptors=[interceptor],
             options=[
@@ -150,16 +168,14 @@ class KeyturnServer:
                 pool=_pool_of(PUBLIC_FILES),
             )
         self.port = 0
+        self.admin_port = 0
         self._background: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
         fit_open_files(self.limits.open_files_needed)
-        try:
-            self.port = self._server.add_insecure_port(self._listen)
-        except RuntimeError:  # grpc's "Failed to bind": taken, or not an address of this host
-            self.port = 0
-        if self.port == 0:
-            raise OSError(f"cannot listen on {self._listen}: in use, or not an address here")
+        self.port = self._bind(self._listen, require_client_cert=False)
+        if self._admin_listen:
+            self.admin_port = self._bind(self._admin_listen, require_client_cert=True)
         self.ctx.feed.start()
         # Numbering rounds from the start, not from this process's first write: events a
         # process that died between commit and numbering left behind get numbered.
@@ -173,10 +189,33 @@ class KeyturnServer:
         if self.dispatcher is not None:
             self._background.append(asyncio.create_task(self.dispatcher.run()))
 
+    def _bind(self, listen: str, *, require_client_cert: bool) -> int:
+        try:
+            if self._certificates is None:
+                port = self._server.add_insecure_port(listen)
+            else:
+                credentials = server_credentials(
+                    self._certificates, require_client_cert=require_client_cert
+                )
+                port = self._server.add_secure_port(listen, credentials)
+        except RuntimeError:  # grpc's "Failed to bind": taken, or not an address of this host
+            port = 0
+        if port == 0:
+            raise OSError(f"cannot listen on {listen}: in use, or not an address here")
+        return port
+
     @property
     def address(self) -> str:
         host = self._listen.rpartition(":")[0]
         return f"{host}:{self.port}"
+
+    @property
+    def admin_address(self) -> str:
+        """HOST:PORT of the mutual-TLS port; empty without one."""
+        if not self._admin_listen:
+            return ""
+        host = self._admin_listen.rpartition(":")[0]
+        return f"{host}:{self.admin_port}"
 
     async def _set_health(self, serving: bool) -> None:
         status = (

@@ -54,6 +54,7 @@ class Reason(StrEnum):
     TRANSACTION_CONFLICT = "TRANSACTION_CONFLICT"
     DATABASE_BUSY = "DATABASE_BUSY"
     SIGNING_KEY_UNAVAILABLE = "SIGNING_KEY_UNAVAILABLE"
+    CLIENT_CERTIFICATE_REQUIRED = "CLIENT_CERTIFICATE_REQUIRED"
 
 
 @dataclass(frozen=True)
@@ -386,4 +387,13 @@ def signing_key_unavailable() -> DomainError:
     """No key to sign with could be loaded."""
     return DomainError(
         Reason.SIGNING_KEY_UNAVAILABLE, "no signing key could be loaded; retry later"
+    )
+
+
+def client_certificate_required() -> DomainError:
+    """An admin call over a connection without a verified client certificate, where
+    mutual TLS is configured for the admin services."""
+    return DomainError(
+        Reason.CLIENT_CERTIFICATE_REQUIRED,
+        "this service needs mutual TLS: call the admin port with a client certificate",
     )

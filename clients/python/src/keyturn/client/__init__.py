@@ -36,6 +36,7 @@ from .heartbeat import AsyncHeartbeat, Heartbeat
 from .lease import AsyncLease, Lease, LeaseBase
 from .licensing import LicensingClient
 from .retry import RetryPolicy
+from .tls import tls_credentials
 from .verification import LeaseVerifier
 
 __all__ = [
@@ -72,4 +73,5 @@ __all__ = [
     "UnavailableError",
     "default_fingerprint",
     "from_rpc_error",
+    "tls_credentials",
 ]

@@ -48,7 +48,9 @@ class InvalidRequestError(KeyturnError):
 
 
 class AuthenticationError(KeyturnError):
-    """MISSING_CREDENTIALS or INVALID_TOKEN: the connector's bearer token is absent or wrong."""
+    """MISSING_CREDENTIALS or INVALID_TOKEN: the connector's bearer token is absent or wrong;
+    CLIENT_CERTIFICATE_REQUIRED: the server wants mutual TLS for this call (its admin port,
+    with a client certificate)."""
 
 
 class PermissionDeniedError(KeyturnError):
@@ -135,6 +137,7 @@ ERRORS_BY_REASON: dict[str, type[KeyturnError]] = {
     "INVALID_REQUEST": InvalidRequestError,
     "MISSING_CREDENTIALS": AuthenticationError,
     "INVALID_TOKEN": AuthenticationError,
+    "CLIENT_CERTIFICATE_REQUIRED": AuthenticationError,
     "INSUFFICIENT_SCOPE": PermissionDeniedError,
     "ORDER_NOT_FOUND": NotFoundError,
     "SKU_NOT_FOUND": NotFoundError,

@@ -196,6 +196,13 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """UNAVAILABLE. No key to sign leases and identity tokens could be loaded
     (the database holds none yet, as during a restore). Retry with backoff.
     """
+    CLIENT_CERTIFICATE_REQUIRED: _ErrorReason.ValueType  # 35
+    """UNAUTHENTICATED. This server requires mutual TLS for the Fulfillment and
+    Catalog services (`KEYTURN_TLS_CLIENT_CA_FILE` is set) and the call came
+    over a connection without a verified client certificate: the public port,
+    which serves the licensing API to apps. Call the admin port
+    (`KEYTURN_ADMIN_LISTEN`) with a certificate issued by the client CA.
+    """
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """ErrorReason lists every `google.rpc.ErrorInfo.reason` that Keyturn returns.
@@ -385,5 +392,12 @@ backoff. Metadata: `limit` (`pool_timeout`, `statement_timeout` or
 SIGNING_KEY_UNAVAILABLE: ErrorReason.ValueType  # 34
 """UNAVAILABLE. No key to sign leases and identity tokens could be loaded
 (the database holds none yet, as during a restore). Retry with backoff.
+"""
+CLIENT_CERTIFICATE_REQUIRED: ErrorReason.ValueType  # 35
+"""UNAUTHENTICATED. This server requires mutual TLS for the Fulfillment and
+Catalog services (`KEYTURN_TLS_CLIENT_CA_FILE` is set) and the call came
+over a connection without a verified client certificate: the public port,
+which serves the licensing API to apps. Call the admin port
+(`KEYTURN_ADMIN_LISTEN`) with a certificate issued by the client CA.
 """
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015
