@@ -46,6 +46,8 @@ STATUS_OF: dict[Reason, StatusCode] = {
     Reason.TRANSACTION_CONFLICT: StatusCode.ABORTED,
     Reason.DATABASE_BUSY: StatusCode.UNAVAILABLE,
     Reason.SIGNING_KEY_UNAVAILABLE: StatusCode.UNAVAILABLE,
+    Reason.TOKEN_EXPIRED: StatusCode.UNAUTHENTICATED,
+    Reason.IDENTITY_TOKEN_EXPIRED: StatusCode.UNAUTHENTICATED,
 }
 
 

@@ -196,6 +196,21 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """UNAVAILABLE. No key to sign leases and identity tokens could be loaded
     (the database holds none yet, as during a restore). Retry with backoff.
     """
+    TOKEN_EXPIRED: _ErrorReason.ValueType  # 35
+    """UNAUTHENTICATED. The bearer token is ours and not revoked, but its expiry
+    (set when it was created: `keyturn tokens create --expires-in`, else
+    `KEYTURN_API_TOKEN_LIFETIME_DAYS`) has passed. Create a new token and
+    give it to the connector. Unknown and revoked tokens stay INVALID_TOKEN.
+    Metadata: `token_id`, `expire_time` (RFC 3339).
+    """
+    IDENTITY_TOKEN_EXPIRED: _ErrorReason.ValueType  # 36
+    """UNAUTHENTICATED. The identity token is the user's current one, but it was
+    not used for `KEYTURN_IDENTITY_TOKEN_IDLE_DAYS` (each ActivateSeat,
+    CheckLicense or RenewLease of the user counts as a use). The user needs a
+    new invitation: ResendCredentials sends one to each named user whose
+    identity token expired. Unknown and replaced identity tokens stay
+    INVALID_LICENSE_KEY. Metadata: `user_id`, `expire_time` (RFC 3339).
+    """
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """ErrorReason lists every `google.rpc.ErrorInfo.reason` that Keyturn returns.
@@ -385,5 +400,20 @@ backoff. Metadata: `limit` (`pool_timeout`, `statement_timeout` or
 SIGNING_KEY_UNAVAILABLE: ErrorReason.ValueType  # 34
 """UNAVAILABLE. No key to sign leases and identity tokens could be loaded
 (the database holds none yet, as during a restore). Retry with backoff.
+"""
+TOKEN_EXPIRED: ErrorReason.ValueType  # 35
+"""UNAUTHENTICATED. The bearer token is ours and not revoked, but its expiry
+(set when it was created: `keyturn tokens create --expires-in`, else
+`KEYTURN_API_TOKEN_LIFETIME_DAYS`) has passed. Create a new token and
+give it to the connector. Unknown and revoked tokens stay INVALID_TOKEN.
+Metadata: `token_id`, `expire_time` (RFC 3339).
+"""
+IDENTITY_TOKEN_EXPIRED: ErrorReason.ValueType  # 36
+"""UNAUTHENTICATED. The identity token is the user's current one, but it was
+not used for `KEYTURN_IDENTITY_TOKEN_IDLE_DAYS` (each ActivateSeat,
+CheckLicense or RenewLease of the user counts as a use). The user needs a
+new invitation: ResendCredentials sends one to each named user whose
+identity token expired. Unknown and replaced identity tokens stay
+INVALID_LICENSE_KEY. Metadata: `user_id`, `expire_time` (RFC 3339).
 """
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015
