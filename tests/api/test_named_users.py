@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+from datetime import datetime, timedelta
 
 import grpc
 import jwt
@@ -19,12 +20,13 @@ from keyturn.licensing.v1 import licensing_pb2 as lic
 from keyturn.licensing.v1 import licensing_pb2_grpc
 from keyturn.server.api.server import KeyturnServer
 from keyturn.server.app.context import AppContext
+from keyturn.server.clock import SystemClock
 from keyturn.server.domain.license_key import generate_invitation_code
 
 from conftest import Tokens
 from support.catalog import put_catalog
 from support.rows import table_digests
-from support.rpc import PRODUCT_ID, create_sku, failure_of
+from support.rpc import PRODUCT_ID, RpcFailure, create_sku, failure_of
 
 Fulfillment = fulfillment_pb2_grpc.FulfillmentServiceStub
 Licensing = licensing_pb2_grpc.LicensingServiceStub
@@ -732,3 +734,166 @@ async def test_identity_token_follows_its_entitlement_into_cancellation(
         grpc.StatusCode.FAILED_PRECONDITION,
         "ENTITLEMENT_CANCELLED",
     )
+
+
+# --- identity tokens that end (KEYTURN_IDENTITY_TOKEN_IDLE_DAYS) ----------------------------
+
+INVITE_3 = "INVITE-3"
+IDLE = timedelta(days=10)
+SECOND = timedelta(seconds=1)
+
+
+@pytest.fixture
+async def idle_limit(app: AppContext) -> timedelta:
+    """Identity tokens end after IDLE unused (the setting's 180 days would outlast the
+    test's API tokens, which end after 365)."""
+    app.identity_idle_limit = IDLE
+    return IDLE
+
+
+@pytest.fixture
+async def invite_sku(catalog_stub: catalog_pb2_grpc.CatalogServiceStub, tokens: Tokens) -> None:
+    sku = create_sku(INVITE_3, seats=3)
+    sku.operations[0].create.dispatch = cat.DISPATCH_INVITATION
+    await put_catalog(catalog_stub, tokens("catalog"), sku)
+
+
+def move_clock(app: AppContext, by: timedelta) -> None:
+    assert isinstance(app.clock, SystemClock)
+    app.clock.offset += by
+
+
+async def identity_used(app: AppContext, user_id: str) -> datetime | None:
+    """The stored last use of the user's identity token, once the noted uses are written."""
+    await app.identity_uses.settle()
+    async with app.store.read() as tx:
+        user = await tx.named_users.get(user_id)
+    assert user is not None
+    return user.identity_used_time
+
+
+async def expiry_of(stub: Licensing, token: str) -> RpcFailure:
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await stub.ActivateSeat(activate_as(token, "device-0001"))
+    return failure_of(refused.value)
+
+
+@pytest.mark.usefixtures("invite_sku", "idle_limit")
+async def test_every_use_of_an_identity_token_moves_its_end(
+    fulfillment_stub: Fulfillment, licensing_stub: Licensing, tokens: Tokens, app: AppContext
+) -> None:
+    entitlement = (
+        await fulfil(fulfillment_stub, tokens, order_of("o-1", line(INVITE_3, ["ann@x.example"])))
+    ).entitlements[0]
+    user = entitlement.named_users[0]
+    token = await redeem(licensing_stub, user.invitation_code)
+    redeemed = await identity_used(app, user.user_id)
+    assert redeemed is not None, "the idle period starts at the redemption"
+
+    # Each of ActivateSeat, CheckLicense and RenewLease, a moment before the end, is a use.
+    move_clock(app, IDLE - SECOND)
+    granted = await licensing_stub.ActivateSeat(activate_as(token, "device-0001"))
+    activated = await identity_used(app, user.user_id)
+    assert activated is not None
+    assert activated - redeemed >= IDLE - SECOND
+
+    move_clock(app, IDLE - SECOND)
+    check = lic.CheckLicenseRequest(identity_token=token, product_id=PRODUCT_ID)
+    await licensing_stub.CheckLicense(check)
+    checked = await identity_used(app, user.user_id)
+    assert checked is not None
+    assert checked - activated >= IDLE - SECOND
+
+    move_clock(app, IDLE - SECOND)
+    await licensing_stub.RenewLease(lic.RenewLeaseRequest(lease_token=granted.lease.token))
+    renewed = await identity_used(app, user.user_id)
+    assert renewed is not None
+    assert renewed - checked >= IDLE - SECOND
+
+    move_clock(app, IDLE - SECOND)
+    assert (await licensing_stub.CheckLicense(check)).entitlement.entitlement_id
+
+
+@pytest.mark.usefixtures("invite_sku", "idle_limit")
+async def test_an_unused_identity_token_expires_and_a_resend_invites_its_user_again(
+    fulfillment_stub: Fulfillment, licensing_stub: Licensing, tokens: Tokens, app: AppContext
+) -> None:
+    emails = ["ann@x.example", "bob@x.example", "cy@x.example"]
+    entitlement = (
+        await fulfil(fulfillment_stub, tokens, order_of("o-1", line(INVITE_3, emails)))
+    ).entitlements[0]
+    users = by_email(entitlement)
+    ann = await redeem(licensing_stub, users["ann@x.example"].invitation_code)
+    move_clock(app, IDLE / 2)
+    bob = await redeem(licensing_stub, users["bob@x.example"].invitation_code)
+    redeemed = await identity_used(app, users["ann@x.example"].user_id)
+    assert redeemed is not None
+
+    move_clock(app, IDLE / 2)  # ann's end, to the second; bob's is IDLE / 2 away
+    failure = await expiry_of(licensing_stub, ann)
+    assert (failure.code, failure.reason) == (
+        grpc.StatusCode.UNAUTHENTICATED,
+        "IDENTITY_TOKEN_EXPIRED",
+    )
+    assert failure.metadata == {
+        "user_id": users["ann@x.example"].user_id,
+        "expire_time": (redeemed + IDLE).isoformat(),
+    }
+    assert "new invitation" in failure.message
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await licensing_stub.CheckLicense(
+            lic.CheckLicenseRequest(identity_token=ann, product_id=PRODUCT_ID)
+        )
+    assert failure_of(refused.value).reason == "IDENTITY_TOKEN_EXPIRED"
+    assert await identity_used(app, users["ann@x.example"].user_id) == redeemed, (
+        "a refused token's use is not recorded: it stays expired"
+    )
+    await licensing_stub.ActivateSeat(activate_as(bob, "device-0002"))  # bob's still works
+
+    # The way back: ResendCredentials gives ann a new code (cy keeps his unredeemed one).
+    resent = await fulfillment_stub.ResendCredentials(
+        ful.ResendCredentialsRequest(entitlement_id=entitlement.entitlement_id),
+        metadata=tokens("fulfill"),
+    )
+    assert sorted(m.to for m in resent.messages) == ["ann@x.example", "cy@x.example"]
+    assert {m.kind for m in resent.messages} == {ful.MESSAGE_KIND_INVITATION}
+    async with app.store.read() as tx:
+        sealed = await tx.named_users.sealed_invitation(users["ann@x.example"].user_id)
+        cy_sealed = await tx.named_users.sealed_invitation(users["cy@x.example"].user_id)
+    assert sealed is not None
+    assert cy_sealed is not None
+    new_code = app.sealer.unseal(sealed).decode()
+    assert new_code != users["ann@x.example"].invitation_code
+    assert app.sealer.unseal(cy_sealed).decode() == users["cy@x.example"].invitation_code
+    shown = by_email(await get_entitlement(fulfillment_stub, tokens, entitlement.entitlement_id))
+    assert not shown["ann@x.example"].HasField("redeem_time"), "invited again"
+
+    # The old code and the expired token are done; the new code gives a working token.
+    with pytest.raises(grpc.aio.AioRpcError) as old_code:
+        await redeem(licensing_stub, users["ann@x.example"].invitation_code)
+    assert failure_of(old_code.value).reason == "INVALID_INVITATION"
+    assert (await expiry_of(licensing_stub, ann)).reason == "INVALID_LICENSE_KEY"
+    fresh = await redeem(licensing_stub, new_code)
+    granted = await licensing_stub.ActivateSeat(activate_as(fresh, "device-0001"))
+    assert granted.entitlement.entitlement_id == entitlement.entitlement_id
+    assert jwt.decode(granted.lease.token, options={"verify_signature": False})["email"] == (
+        "ann@x.example"
+    )
+
+
+@pytest.mark.usefixtures("invite_sku")
+async def test_without_an_idle_limit_identity_tokens_never_end(
+    fulfillment_stub: Fulfillment, licensing_stub: Licensing, tokens: Tokens, app: AppContext
+) -> None:
+    app.identity_idle_limit = None  # KEYTURN_IDENTITY_TOKEN_IDLE_DAYS=0
+    entitlement = (
+        await fulfil(fulfillment_stub, tokens, order_of("o-1", line(INVITE_3, ["ann@x.example"])))
+    ).entitlements[0]
+    token = await redeem(licensing_stub, entitlement.named_users[0].invitation_code)
+    move_clock(app, timedelta(days=300))
+    await licensing_stub.ActivateSeat(activate_as(token, "device-0001"))
+    resent = await fulfillment_stub.ResendCredentials(
+        ful.ResendCredentialsRequest(entitlement_id=entitlement.entitlement_id),
+        metadata=tokens("fulfill"),
+    )
+    assert resent.queued_messages == 0, "a redeemed user with a live token is not invited again"
