@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+from datetime import datetime, timedelta
 
 import grpc
 import jwt
@@ -17,13 +18,15 @@ from keyturn.fulfillment.v1 import catalog_pb2_grpc, fulfillment_pb2_grpc
 from keyturn.fulfillment.v1 import fulfillment_pb2 as ful
 from keyturn.licensing.v1 import licensing_pb2 as lic
 from keyturn.licensing.v1 import licensing_pb2_grpc
+from keyturn.server.api.server import KeyturnServer
 from keyturn.server.app.context import AppContext
+from keyturn.server.clock import SystemClock
 from keyturn.server.domain.license_key import generate_invitation_code
 
 from conftest import Tokens
 from support.catalog import put_catalog
 from support.rows import table_digests
-from support.rpc import PRODUCT_ID, create_sku, failure_of
+from support.rpc import PRODUCT_ID, RpcFailure, create_sku, failure_of
 
 Fulfillment = fulfillment_pb2_grpc.FulfillmentServiceStub
 Licensing = licensing_pb2_grpc.LicensingServiceStub
@@ -106,9 +109,15 @@ async def named_user_rows(app: AppContext) -> dict[str, dict[str, object]]:
         return {row["user_id"]: dict(row) for row in result.mappings()}
 
 
-async def database_state(app: AppContext) -> dict[str, object]:
-    """A digest of every table, named users included."""
+async def database_state(server: KeyturnServer) -> dict[str, object]:
+    """A digest of every table, named users included, once the uses of identity tokens
+    noted so far are written (in the background: app/token_use.py). API tokens are left
+    out: every call a connector makes, refused or not, may write its token's last use,
+    which is not what these calls change."""
+    await server.ctx.identity_uses.settle()
+    app = server.ctx
     state: dict[str, object] = dict(await table_digests(app.store))
+    del state["api_tokens"]
     rows = await named_user_rows(app)
     state["named_users"] = sorted(repr(sorted(row.items())) for row in rows.values())
     return state
@@ -196,12 +205,16 @@ async def test_order_assigns_each_email_once_with_a_code_shown_only_by_fulfillme
 
 @pytest.mark.usefixtures("skus")
 async def test_replayed_order_returns_the_same_users_and_codes(
-    fulfillment_stub: Fulfillment, licensing_stub: Licensing, tokens: Tokens, app: AppContext
+    fulfillment_stub: Fulfillment,
+    licensing_stub: Licensing,
+    tokens: Tokens,
+    app: AppContext,
+    server: KeyturnServer,
 ) -> None:
     request = order_of("o-1", line(SEATS_3, ["a@example.com", "b@example.com"]))
     first = (await fulfil(fulfillment_stub, tokens, request)).entitlements[0]
     await redeem(licensing_stub, by_email(first)["a@example.com"].invitation_code)
-    before = await database_state(app)
+    before = await database_state(server)
 
     again = await fulfil(fulfillment_stub, tokens, request)
 
@@ -212,7 +225,7 @@ async def test_replayed_order_returns_the_same_users_and_codes(
     }
     assert replayed["a@example.com"].HasField("redeem_time")
     assert not replayed["b@example.com"].HasField("redeem_time")
-    assert await database_state(app) == before
+    assert await database_state(server) == before
 
 
 @pytest.mark.usefixtures("skus")
@@ -253,10 +266,13 @@ async def test_one_email_on_two_entitlements_is_two_users(
 
 @pytest.mark.usefixtures("skus")
 async def test_more_named_users_than_seats_rolls_the_whole_order_back(
-    fulfillment_stub: Fulfillment, tokens: Tokens, app: AppContext
+    fulfillment_stub: Fulfillment,
+    tokens: Tokens,
+    app: AppContext,
+    server: KeyturnServer,
 ) -> None:
     too_many = [f"user{n}@example.com" for n in range(4)]
-    before = await database_state(app)
+    before = await database_state(server)
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await fulfil(
             fulfillment_stub,
@@ -272,7 +288,7 @@ async def test_more_named_users_than_seats_rolls_the_whole_order_back(
     assert failure.metadata["named_users"] == "4"
     assert failure.metadata["line"] == "1"
     assert failure.metadata["entitlement_id"].startswith("ent_")
-    assert await database_state(app) == before
+    assert await database_state(server) == before
     # Nothing kept the order id: the same id with other content is a new order, not a conflict.
     fixed = await fulfil(
         fulfillment_stub,
@@ -286,7 +302,10 @@ async def test_more_named_users_than_seats_rolls_the_whole_order_back(
 
 @pytest.mark.usefixtures("skus")
 async def test_later_order_adds_users_and_keeps_those_assigned(
-    fulfillment_stub: Fulfillment, tokens: Tokens, app: AppContext
+    fulfillment_stub: Fulfillment,
+    tokens: Tokens,
+    app: AppContext,
+    server: KeyturnServer,
 ) -> None:
     created = (
         await fulfil(
@@ -340,7 +359,7 @@ async def test_later_order_adds_users_and_keeps_those_assigned(
     }
 
     # One seat more cannot take three more users (4 + 3 > 5); nothing changes.
-    before = await database_state(app)
+    before = await database_state(server)
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await fulfil(
             fulfillment_stub,
@@ -360,13 +379,16 @@ async def test_later_order_adds_users_and_keeps_those_assigned(
         "NAMED_USERS_EXCEED_SEATS",
         {"entitlement_id": entitlement_id, "seats": "5", "named_users": "7", "line": "0"},
     )
-    assert await database_state(app) == before
+    assert await database_state(server) == before
     assert (await get_entitlement(fulfillment_stub, tokens, entitlement_id)).seats == 4
 
 
 @pytest.mark.usefixtures("skus")
 async def test_removing_seats_below_the_named_users_is_refused(
-    fulfillment_stub: Fulfillment, tokens: Tokens, app: AppContext
+    fulfillment_stub: Fulfillment,
+    tokens: Tokens,
+    app: AppContext,
+    server: KeyturnServer,
 ) -> None:
     created = (
         await fulfil(
@@ -376,7 +398,7 @@ async def test_removing_seats_below_the_named_users_is_refused(
         )
     ).entitlements[0]
     entitlement_id = created.entitlement_id
-    before = await database_state(app)
+    before = await database_state(server)
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await fulfil(
             fulfillment_stub,
@@ -389,7 +411,7 @@ async def test_removing_seats_below_the_named_users_is_refused(
         "NAMED_USERS_EXCEED_SEATS",
         {"entitlement_id": entitlement_id, "seats": "1", "named_users": "2", "line": "0"},
     )
-    assert await database_state(app) == before
+    assert await database_state(server) == before
     # Down to as many seats as named users is fine.
     shrunk = await fulfil(
         fulfillment_stub,
@@ -483,14 +505,18 @@ async def test_concurrent_redemptions_of_one_code_have_one_winner(
 
 @pytest.mark.usefixtures("skus")
 async def test_unknown_malformed_and_foreign_codes_get_the_same_answer(
-    fulfillment_stub: Fulfillment, licensing_stub: Licensing, tokens: Tokens, app: AppContext
+    fulfillment_stub: Fulfillment,
+    licensing_stub: Licensing,
+    tokens: Tokens,
+    app: AppContext,
+    server: KeyturnServer,
 ) -> None:
     entitlement = (
         await fulfil(fulfillment_stub, tokens, order_of("o-1", line(SEATS_3, ["ann@example.com"])))
     ).entitlements[0]
     real = entitlement.named_users[0].invitation_code
     typo = real[:-1] + ("0" if real[-1] != "0" else "1")
-    before = await database_state(app)
+    before = await database_state(server)
     answers = set()
     for code in (
         typo,  # fails its checksum
@@ -515,7 +541,7 @@ async def test_unknown_malformed_and_foreign_codes_get_the_same_answer(
         "INVALID_REQUEST",
         ["invitation_code"],
     )
-    assert await database_state(app) == before
+    assert await database_state(server) == before
     # None of that used the real code up.
     assert await redeem(licensing_stub, real)
 
@@ -621,7 +647,11 @@ async def test_identity_token_for_another_product_is_refused(
 
 @pytest.mark.usefixtures("skus")
 async def test_anything_but_an_identity_token_is_an_invalid_credential(
-    fulfillment_stub: Fulfillment, licensing_stub: Licensing, tokens: Tokens, app: AppContext
+    fulfillment_stub: Fulfillment,
+    licensing_stub: Licensing,
+    tokens: Tokens,
+    app: AppContext,
+    server: KeyturnServer,
 ) -> None:
     entitlement = (
         await fulfil(fulfillment_stub, tokens, order_of("o-1", line(SEATS_3, ["ann@example.com"])))
@@ -654,7 +684,7 @@ async def test_anything_but_an_identity_token_is_an_invalid_credential(
         "invitation code": code,
         "license key": entitlement.license_key,
     }
-    before = await database_state(app)
+    before = await database_state(server)
     for name, credential in not_identities.items():
         for call in (
             licensing_stub.ActivateSeat(activate_as(credential, "device-0002")),
@@ -677,7 +707,7 @@ async def test_anything_but_an_identity_token_is_an_invalid_credential(
         licensing_stub.ReleaseSeat(lic.ReleaseSeatRequest(lease_token=identity)),
     ):
         assert await refused(call) == (grpc.StatusCode.UNAUTHENTICATED, "INVALID_LEASE")
-    assert await database_state(app) == before
+    assert await database_state(server) == before
     # The genuine token still works after all that.
     granted = await licensing_stub.ActivateSeat(activate_as(identity, "device-0002"))
     assert granted.entitlement.seats_in_use == 2
@@ -704,3 +734,166 @@ async def test_identity_token_follows_its_entitlement_into_cancellation(
         grpc.StatusCode.FAILED_PRECONDITION,
         "ENTITLEMENT_CANCELLED",
     )
+
+
+# --- identity tokens that end (KEYTURN_IDENTITY_TOKEN_IDLE_DAYS) ----------------------------
+
+INVITE_3 = "INVITE-3"
+IDLE = timedelta(days=10)
+SECOND = timedelta(seconds=1)
+
+
+@pytest.fixture
+async def idle_limit(app: AppContext) -> timedelta:
+    """Identity tokens end after IDLE unused (the setting's 180 days would outlast the
+    test's API tokens, which end after 365)."""
+    app.identity_idle_limit = IDLE
+    return IDLE
+
+
+@pytest.fixture
+async def invite_sku(catalog_stub: catalog_pb2_grpc.CatalogServiceStub, tokens: Tokens) -> None:
+    sku = create_sku(INVITE_3, seats=3)
+    sku.operations[0].create.dispatch = cat.DISPATCH_INVITATION
+    await put_catalog(catalog_stub, tokens("catalog"), sku)
+
+
+def move_clock(app: AppContext, by: timedelta) -> None:
+    assert isinstance(app.clock, SystemClock)
+    app.clock.offset += by
+
+
+async def identity_used(app: AppContext, user_id: str) -> datetime | None:
+    """The stored last use of the user's identity token, once the noted uses are written."""
+    await app.identity_uses.settle()
+    async with app.store.read() as tx:
+        user = await tx.named_users.get(user_id)
+    assert user is not None
+    return user.identity_used_time
+
+
+async def expiry_of(stub: Licensing, token: str) -> RpcFailure:
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await stub.ActivateSeat(activate_as(token, "device-0001"))
+    return failure_of(refused.value)
+
+
+@pytest.mark.usefixtures("invite_sku", "idle_limit")
+async def test_every_use_of_an_identity_token_moves_its_end(
+    fulfillment_stub: Fulfillment, licensing_stub: Licensing, tokens: Tokens, app: AppContext
+) -> None:
+    entitlement = (
+        await fulfil(fulfillment_stub, tokens, order_of("o-1", line(INVITE_3, ["ann@x.example"])))
+    ).entitlements[0]
+    user = entitlement.named_users[0]
+    token = await redeem(licensing_stub, user.invitation_code)
+    redeemed = await identity_used(app, user.user_id)
+    assert redeemed is not None, "the idle period starts at the redemption"
+
+    # Each of ActivateSeat, CheckLicense and RenewLease, a moment before the end, is a use.
+    move_clock(app, IDLE - SECOND)
+    granted = await licensing_stub.ActivateSeat(activate_as(token, "device-0001"))
+    activated = await identity_used(app, user.user_id)
+    assert activated is not None
+    assert activated - redeemed >= IDLE - SECOND
+
+    move_clock(app, IDLE - SECOND)
+    check = lic.CheckLicenseRequest(identity_token=token, product_id=PRODUCT_ID)
+    await licensing_stub.CheckLicense(check)
+    checked = await identity_used(app, user.user_id)
+    assert checked is not None
+    assert checked - activated >= IDLE - SECOND
+
+    move_clock(app, IDLE - SECOND)
+    await licensing_stub.RenewLease(lic.RenewLeaseRequest(lease_token=granted.lease.token))
+    renewed = await identity_used(app, user.user_id)
+    assert renewed is not None
+    assert renewed - checked >= IDLE - SECOND
+
+    move_clock(app, IDLE - SECOND)
+    assert (await licensing_stub.CheckLicense(check)).entitlement.entitlement_id
+
+
+@pytest.mark.usefixtures("invite_sku", "idle_limit")
+async def test_an_unused_identity_token_expires_and_a_resend_invites_its_user_again(
+    fulfillment_stub: Fulfillment, licensing_stub: Licensing, tokens: Tokens, app: AppContext
+) -> None:
+    emails = ["ann@x.example", "bob@x.example", "cy@x.example"]
+    entitlement = (
+        await fulfil(fulfillment_stub, tokens, order_of("o-1", line(INVITE_3, emails)))
+    ).entitlements[0]
+    users = by_email(entitlement)
+    ann = await redeem(licensing_stub, users["ann@x.example"].invitation_code)
+    move_clock(app, IDLE / 2)
+    bob = await redeem(licensing_stub, users["bob@x.example"].invitation_code)
+    redeemed = await identity_used(app, users["ann@x.example"].user_id)
+    assert redeemed is not None
+
+    move_clock(app, IDLE / 2)  # ann's end, to the second; bob's is IDLE / 2 away
+    failure = await expiry_of(licensing_stub, ann)
+    assert (failure.code, failure.reason) == (
+        grpc.StatusCode.UNAUTHENTICATED,
+        "IDENTITY_TOKEN_EXPIRED",
+    )
+    assert failure.metadata == {
+        "user_id": users["ann@x.example"].user_id,
+        "expire_time": (redeemed + IDLE).isoformat(),
+    }
+    assert "new invitation" in failure.message
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await licensing_stub.CheckLicense(
+            lic.CheckLicenseRequest(identity_token=ann, product_id=PRODUCT_ID)
+        )
+    assert failure_of(refused.value).reason == "IDENTITY_TOKEN_EXPIRED"
+    assert await identity_used(app, users["ann@x.example"].user_id) == redeemed, (
+        "a refused token's use is not recorded: it stays expired"
+    )
+    await licensing_stub.ActivateSeat(activate_as(bob, "device-0002"))  # bob's still works
+
+    # The way back: ResendCredentials gives ann a new code (cy keeps his unredeemed one).
+    resent = await fulfillment_stub.ResendCredentials(
+        ful.ResendCredentialsRequest(entitlement_id=entitlement.entitlement_id),
+        metadata=tokens("fulfill"),
+    )
+    assert sorted(m.to for m in resent.messages) == ["ann@x.example", "cy@x.example"]
+    assert {m.kind for m in resent.messages} == {ful.MESSAGE_KIND_INVITATION}
+    async with app.store.read() as tx:
+        sealed = await tx.named_users.sealed_invitation(users["ann@x.example"].user_id)
+        cy_sealed = await tx.named_users.sealed_invitation(users["cy@x.example"].user_id)
+    assert sealed is not None
+    assert cy_sealed is not None
+    new_code = app.sealer.unseal(sealed).decode()
+    assert new_code != users["ann@x.example"].invitation_code
+    assert app.sealer.unseal(cy_sealed).decode() == users["cy@x.example"].invitation_code
+    shown = by_email(await get_entitlement(fulfillment_stub, tokens, entitlement.entitlement_id))
+    assert not shown["ann@x.example"].HasField("redeem_time"), "invited again"
+
+    # The old code and the expired token are done; the new code gives a working token.
+    with pytest.raises(grpc.aio.AioRpcError) as old_code:
+        await redeem(licensing_stub, users["ann@x.example"].invitation_code)
+    assert failure_of(old_code.value).reason == "INVALID_INVITATION"
+    assert (await expiry_of(licensing_stub, ann)).reason == "INVALID_LICENSE_KEY"
+    fresh = await redeem(licensing_stub, new_code)
+    granted = await licensing_stub.ActivateSeat(activate_as(fresh, "device-0001"))
+    assert granted.entitlement.entitlement_id == entitlement.entitlement_id
+    assert jwt.decode(granted.lease.token, options={"verify_signature": False})["email"] == (
+        "ann@x.example"
+    )
+
+
+@pytest.mark.usefixtures("invite_sku")
+async def test_without_an_idle_limit_identity_tokens_never_end(
+    fulfillment_stub: Fulfillment, licensing_stub: Licensing, tokens: Tokens, app: AppContext
+) -> None:
+    app.identity_idle_limit = None  # KEYTURN_IDENTITY_TOKEN_IDLE_DAYS=0
+    entitlement = (
+        await fulfil(fulfillment_stub, tokens, order_of("o-1", line(INVITE_3, ["ann@x.example"])))
+    ).entitlements[0]
+    token = await redeem(licensing_stub, entitlement.named_users[0].invitation_code)
+    move_clock(app, timedelta(days=300))
+    await licensing_stub.ActivateSeat(activate_as(token, "device-0001"))
+    resent = await fulfillment_stub.ResendCredentials(
+        ful.ResendCredentialsRequest(entitlement_id=entitlement.entitlement_id),
+        metadata=tokens("fulfill"),
+    )
+    assert resent.queued_messages == 0, "a redeemed user with a live token is not invited again"

@@ -19,9 +19,11 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from google.protobuf import duration_pb2
 
 from keyturn.client import (
+    AuthenticationError,
     CatalogClient,
     EntitlementExpiredError,
     FulfillmentClient,
+    IdentityTokenExpiredError,
     InvalidInvitationError,
     InvalidLeaseError,
     InvalidLicenseKeyError,
@@ -29,6 +31,7 @@ from keyturn.client import (
     InvitationRedeemedError,
     ProductMismatchError,
     SeatsExhaustedError,
+    TokenExpiredError,
 )
 from keyturn.fulfillment.v1 import catalog_pb2 as cat
 from keyturn.fulfillment.v1 import fulfillment_pb2 as ful
@@ -36,6 +39,7 @@ from keyturn.licensing.v1 import licensing_pb2 as lic
 from keyturn.licensing.v1 import licensing_pb2_grpc
 from keyturn.server.api.server import KeyturnServer
 from keyturn.server.app.context import AppContext
+from keyturn.server.app.tokens import create_token
 from keyturn.server.clock import SystemClock
 from keyturn.server.domain.license_key import generate_invitation_code, generate_license_key
 
@@ -354,3 +358,32 @@ async def test_named_users_share_the_entitlements_seats(
     again = await licensing.activate(identity_token=ada, fingerprint="device-ada-2")
     assert again.claims["user_id"] == users[ADA].user_id
     assert again.activation_id != ada_lease.activation_id
+
+
+async def test_ended_tokens_raise_their_own_typed_errors(
+    licensing: Licensing, invited: ful.Entitlement, app: AppContext, server: KeyturnServer
+) -> None:
+    """An identity token unused for the idle limit, and an API token past its end, each
+    raise an error of its own, a subclass of the one an unknown credential raises."""
+    app.identity_idle_limit = timedelta(days=10)
+    ada = users_of(invited)[ADA]
+    token = await licensing.redeem_invitation(ada.invitation_code)
+    _, secret = await create_token(app, {"read"}, "a week", lifetime=timedelta(days=7))
+    move_server_clock(app, datetime.now(UTC) + timedelta(days=11))
+    with pytest.raises(IdentityTokenExpiredError) as unused:
+        await licensing.activate(identity_token=token, fingerprint="device-ada-1")
+    assert isinstance(unused.value, InvalidLicenseKeyError)
+    assert (unused.value.code, unused.value.reason) == (
+        grpc.StatusCode.UNAUTHENTICATED,
+        "IDENTITY_TOKEN_EXPIRED",
+    )
+    assert unused.value.metadata["user_id"] == ada.user_id
+    assert datetime.fromisoformat(unused.value.metadata["expire_time"]) < app.clock.now()
+    with (
+        FulfillmentClient(server.address, secret) as read,
+        pytest.raises(TokenExpiredError) as ended,
+    ):
+        await asyncio.to_thread(read.get_entitlement, invited.entitlement_id)
+    assert isinstance(ended.value, AuthenticationError)
+    assert ended.value.reason == "TOKEN_EXPIRED"
+    assert set(ended.value.metadata) == {"token_id", "expire_time"}

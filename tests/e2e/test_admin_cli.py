@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import re
 import shutil
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from importlib.metadata import version
 from pathlib import Path
 
 import pytest
 
 from conftest import TEST_SECRET, server_settings
+from support.rpc import failure_of
 from support.subprocess_server import (
     create_token,
     run_cli,
@@ -29,7 +30,8 @@ from support.subprocess_server import (
 
 TOKEN_LINE = re.compile(
     r"^(?P<id>tok_\w+)  scopes=(?P<scopes>\S+)  created (?P<created>\S+Z)  "
-    r"last used (?P<used>never|\S+Z)  (?P<state>active|revoked \S+Z)(  (?P<description>.+))?$"
+    r"expires (?P<expires>never|\S+Z)  last used (?P<used>never|\S+Z)  "
+    r"(?P<state>active|expired|revoked \S+Z)(  (?P<description>.+))?$"
 )
 SHOWN = "%Y-%m-%dT%H:%M:%SZ"  # how the admin commands show a time
 ADMIN_COMMANDS = [
@@ -204,6 +206,104 @@ async def test_tokens_list_shows_when_the_server_last_saw_each_token(
     assert by_scope["read"]["used"] == "never"
     shown = datetime.strptime(by_scope["catalog"]["used"], SHOWN).replace(tzinfo=UTC)
     assert before <= shown <= after
+
+
+def shown_time(text: str) -> datetime:
+    return datetime.strptime(text, SHOWN).replace(tzinfo=UTC)
+
+
+async def test_tokens_create_sets_each_tokens_end_and_list_shows_it(
+    tmp_path: Path, database_url: str
+) -> None:
+    import grpc
+
+    from keyturn.fulfillment.v1 import catalog_pb2, catalog_pb2_grpc
+
+    settings = server_settings(database_url)
+    before = datetime.now(UTC).replace(microsecond=0)
+    made = {}
+    for name, options in {
+        "default": [],
+        "two-days": ["--expires-in", "2"],
+        "forever": ["--no-expiry"],
+    }.items():
+        args = ["tokens", "create", "--scope", "catalog", "--description", name, *options]
+        result = run_cli(args, tmp_path, settings)
+        made[name] = result.stdout.strip()
+        assert re.fullmatch(
+            r"token tok_\w+ scopes=catalog expires (never|\S+Z)", result.stderr.splitlines()[-1]
+        )
+    zero = server_settings(database_url, KEYTURN_API_TOKEN_LIFETIME_DAYS="0")
+    args = ["tokens", "create", "--scope", "read", "--description", "setting-0"]
+    assert run_cli(args, tmp_path, zero).stderr.splitlines()[-1].endswith(" expires never")
+    after = datetime.now(UTC)
+
+    listed = {t["description"]: t for t in tokens_list(tmp_path, settings)}
+    assert {name: t["state"] for name, t in listed.items()} == dict.fromkeys(
+        ["default", "two-days", "forever", "setting-0"], "active"
+    )
+    for name, days in (("default", 365), ("two-days", 2)):
+        end = shown_time(listed[name]["expires"])
+        assert before + timedelta(days=days) <= end <= after + timedelta(days=days), name
+    assert (listed["forever"]["expires"], listed["setting-0"]["expires"]) == ("never", "never")
+
+    # Three days on, the two-day token is expired, in the list and at the server.
+    later = {**settings, "KEYTURN_CLOCK_OFFSET_SECONDS": str(3 * 24 * 3600)}
+    states = {t["description"]: t["state"] for t in tokens_list(tmp_path, later)}
+    assert states["two-days"] == "expired"
+    assert {states[n] for n in ("default", "forever", "setting-0")} == {"active"}
+    async with (
+        serving(tmp_path, later) as server,
+        grpc.aio.insecure_channel(server.address) as channel,
+    ):
+        stub = catalog_pb2_grpc.CatalogServiceStub(channel)
+
+        async def list_with(secret: str) -> None:
+            await stub.ListProducts(
+                catalog_pb2.ListProductsRequest(),
+                metadata=(("authorization", f"Bearer {secret}"),),
+                timeout=30,
+            )
+
+        await list_with(made["default"])
+        await list_with(made["forever"])
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await list_with(made["two-days"])
+    failure = failure_of(refused.value)
+    assert (failure.code, failure.reason) == (grpc.StatusCode.UNAUTHENTICATED, "TOKEN_EXPIRED")
+    assert shown_time(listed["two-days"]["expires"]) == datetime.fromisoformat(
+        failure.metadata["expire_time"]
+    ).replace(microsecond=0)
+    assert failure.metadata["token_id"] == listed["two-days"]["id"]
+
+
+@pytest.mark.parametrize(
+    ("options", "why"),
+    [
+        (["--expires-in", "0"], "argument --expires-in: must be 1 to 36500 days"),
+        (["--expires-in", "36501"], "argument --expires-in: must be 1 to 36500 days"),
+        (
+            ["--expires-in", "a week"],
+            "argument --expires-in: 'a week' is not a whole number of days",
+        ),
+        (
+            ["--expires-in", "3", "--no-expiry"],
+            "argument --no-expiry: not allowed with argument --expires-in",
+        ),
+    ],
+    ids=["zero", "too-long", "not-a-number", "both"],
+)
+def test_a_wrong_expiry_is_one_line_and_exit_2(
+    tmp_path: Path, options: list[str], why: str
+) -> None:
+    command = ["tokens", "create", "--create", "--scope", "read", *options]
+    result = run_to_the_end(command, tmp_path, {})
+    assert result.stderr.splitlines() == [
+        f"keyturn tokens create: {why}; see keyturn tokens create --help"
+    ]
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert not (tmp_path / "keyturn.db").exists(), "refused before anything is made"
 
 
 def test_migrate_says_what_it_did(tmp_path: Path) -> None:

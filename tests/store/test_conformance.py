@@ -13,7 +13,7 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.exc import StatementError
 
 from keyturn.server.app.context import AppContext
@@ -38,6 +38,7 @@ from keyturn.server.domain.catalog import (
 from keyturn.server.domain.entitlement import Customer, Entitlement
 from keyturn.server.domain.errors import DomainError, Reason
 from keyturn.server.domain.license_key import generate_license_key
+from keyturn.server.domain.named_users import NamedUser
 from keyturn.server.domain.orders import LineResult, OrderLine, OrderRequest
 from keyturn.server.domain.seats import Activation, SeatOutcome
 from keyturn.server.domain.token_use import recorded_before, use_is_due
@@ -53,7 +54,7 @@ from keyturn.server.store.seats import (
     SeatStore,
 )
 from keyturn.server.store.signing_key_repository import StoredSigningKey
-from keyturn.server.store.tables import activations, events
+from keyturn.server.store.tables import activations, events, named_users
 from keyturn.server.store.token_repository import ApiToken
 from keyturn.server.store.unit_of_work import DuplicateKeyError, Store
 
@@ -921,6 +922,57 @@ async def test_recording_a_token_use_follows_the_domain_rule(store: Store) -> No
         assert found.last_used_time == (now if written else stored)
     async with store.write() as tx:
         assert not await tx.tokens.record_use("tok_unknown", now, cutoff)
+
+
+async def test_recording_an_identity_use_follows_the_domain_rule(store: Store) -> None:
+    """`record_identity_use` writes exactly when `use_is_due` says so, to the microsecond,
+    as `record_use` does for API tokens; and never for a user without an identity token
+    (not redeemed, or invited again), whose idle period has not begun."""
+    now = NOW + timedelta(days=3)
+    cutoff = recorded_before(now)
+    stored_before = [
+        None,  # redeemed by a server before 0008
+        cutoff - timedelta(days=1),
+        cutoff,
+        cutoff + US,
+        now,
+        now + timedelta(seconds=5),
+    ]
+    await add_entitlements(store, entitlement())
+    async with store.write() as tx:
+        for number in range(len(stored_before) + 1):
+            user = NamedUser(f"usr_{number}", "ent_1", f"u{number}@x.example", NOW)
+            await tx.named_users.add(user, f"{number:064}", b"sealed", "stripe", "in_1")
+        for number in range(len(stored_before)):
+            assert await tx.named_users.redeem(
+                NamedUser(f"usr_{number}", "ent_1", "", NOW), f"idt_{number}", NOW
+            )
+        not_redeemed = f"usr_{len(stored_before)}"
+    for number, stored in enumerate(stored_before):
+        user_id = f"usr_{number}"
+        async with store.write() as tx:
+            await tx.connection.execute(
+                update(named_users)
+                .where(named_users.c.user_id == user_id)
+                .values(identity_used_time=stored)
+            )
+        async with store.write() as tx:
+            written = await tx.named_users.record_identity_use(user_id, now, cutoff)
+        assert written is use_is_due(stored, now), stored
+        async with store.read() as tx:
+            found = await tx.named_users.get(user_id)
+        assert found is not None
+        assert found.identity_used_time == (now if written else stored)
+    async with store.write() as tx:
+        assert not await tx.named_users.record_identity_use(not_redeemed, now, cutoff)
+        assert not await tx.named_users.record_identity_use("usr_unknown", now, cutoff)
+        await tx.named_users.reinvite("usr_0", "f" * 64, b"sealed again")
+        assert not await tx.named_users.record_identity_use("usr_0", now + 2 * LEASE, now + LEASE)
+    async with store.read() as tx:
+        invited_again = await tx.named_users.get("usr_0")
+    assert invited_again is not None
+    assert (invited_again.redeem_time, invited_again.identity_jti) == (None, None)
+    assert invited_again.identity_used_time is None
 
 
 async def test_a_token_hash_is_unique(store: Store) -> None:

@@ -48,6 +48,7 @@ from keyturn.server.store.tables import (
     events,
     external_references,
     metadata,
+    named_users,
     orders,
 )
 from keyturn.server.store.unit_of_work import Store
@@ -586,7 +587,19 @@ def written_by(revision: str, now: datetime) -> Written:
                 "identity_jti": None,
                 "order_source": "test",
                 "order_id": "order-1",
-            }
+            },
+            {  # redeemed: 0008 counts its identity token as used at the upgrade
+                "user_id": new_id("usr", created + timedelta(seconds=1)),
+                "entitlement_id": ent,
+                "email": "bob@initech.example",
+                "invitation_hash": sealer.hash_secret("invitation-2"),
+                "invitation_sealed": sealer.seal(b"invitation-2"),
+                "create_time": created,
+                "redeem_time": created + timedelta(days=1),
+                "identity_jti": new_id("idt", created + timedelta(days=1)),
+                "order_source": "test",
+                "order_id": "order-1",
+            },
         ],
         "outbox": [
             {
@@ -668,6 +681,7 @@ async def test_upgrade_from_every_revision_keeps_the_data_and_serves_it(
     inserted = await _write_as_of(store, written)
     assert "entitlements" in inserted
 
+    migrated = datetime.now(UTC).replace(microsecond=0)
     await migrate(empty_database_url)
     assert await current_revision(store.engine) == head_revision()
     assert await schema_differences(store) == []
@@ -686,6 +700,12 @@ async def test_upgrade_from_every_revision_keeps_the_data_and_serves_it(
         assert activation["seat_time"] == activation["create_time"]  # filled by 0002 if need be
     [token] = await _rows(store, api_tokens, api_tokens.c.token_id)
     assert token["last_used_time"] is None, "never used, as far as 0007 knows"
+    assert token["expire_time"] is None, "a token made before 0008 never expires"
+    if "named_users" in inserted:
+        unredeemed, redeemed = await _rows(store, named_users, named_users.c.email)
+        assert unredeemed["identity_used_time"] is None, "no token, nothing used"
+        assert redeemed["identity_used_time"] is not None
+        assert redeemed["identity_used_time"] >= migrated, "its idle period starts at 0008"
     await _serve_migrated(empty_database_url, written)
     [token] = await _rows(store, api_tokens, api_tokens.c.token_id)
     assert token["last_used_time"] is not None, "its calls of today were recorded"

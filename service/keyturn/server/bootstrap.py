@@ -20,6 +20,7 @@ from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from .app.context import AppContext
 from .app.delivery import Dispatcher, DispatchSettings
 from .app.event_feed import EventFeed
+from .app.token_use import UseRecorder, write_identity_use
 from .clock import Clock, SystemClock
 from .config import Settings, SettingsError
 from .dispatch.rendering import MailRenderer
@@ -256,6 +257,11 @@ def read_side(
     return standby, PgSeats(standby, clock, lapse_grace)
 
 
+def _days(days: int) -> timedelta | None:
+    """A lifetime setting in days; 0 means none."""
+    return timedelta(days=days) if days else None
+
+
 async def build_context(settings: Settings, clock: Clock | None = None) -> AppContext:
     """Open the database (migrating it when allowed), unseal the signing keys."""
     clock = clock or SystemClock(timedelta(seconds=settings.clock_offset_seconds))
@@ -309,7 +315,10 @@ async def build_context(settings: Settings, clock: Clock | None = None) -> AppCo
         ),
         read_store=read_store,
         read_seats=read_seats,
+        identity_uses=UseRecorder(store, clock, write_identity_use, what="identity token"),
         issuer=settings.issuer,
+        api_token_lifetime=_days(settings.api_token_lifetime_days),
+        identity_idle_limit=_days(settings.identity_token_idle_days),
         lapse_grace=lapse_grace,
         lapse_sweep_seconds=settings.lapse_sweep_seconds,
         readiness_timeout=settings.health_check_timeout_seconds,

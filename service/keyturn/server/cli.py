@@ -10,8 +10,9 @@ import signal
 import sys
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from datetime import datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from pydantic import ValidationError
 
@@ -131,13 +132,28 @@ async def _catalog_apply(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _tokens_create(args: argparse.Namespace) -> int:
-    from .app.tokens import create_token
+def _expiry(end: datetime | None) -> str:
+    return "never" if end is None else f"{end:{UTC_TIME}}"
 
+
+async def _tokens_create(args: argparse.Namespace) -> int:
+    from .app.tokens import Lifetime, create_token
+
+    lifetime: timedelta | Lifetime | None = Lifetime.DEFAULT
+    if args.no_expiry:
+        lifetime = None
+    elif args.expires_in is not None:
+        lifetime = timedelta(days=args.expires_in)
     async with _opened(_settings(args), args) as ctx:
-        token, secret = await create_token(ctx, set(args.scope), args.description)
+        token, secret = await create_token(
+            ctx, set(args.scope), args.description, lifetime=lifetime
+        )
     print(secret)
-    print(f"token {token.token_id} scopes={','.join(sorted(token.scopes))}", file=sys.stderr)
+    print(
+        f"token {token.token_id} scopes={','.join(sorted(token.scopes))} "
+        f"expires {_expiry(token.expire_time)}",
+        file=sys.stderr,
+    )
     return 0
 
 
@@ -155,16 +171,21 @@ async def _tokens_revoke(args: argparse.Namespace) -> int:
 
 async def _tokens_list(args: argparse.Namespace) -> int:
     from .app.tokens import list_tokens
+    from .domain.credential_expiry import has_expired
 
     async with _opened(_settings(args), args) as ctx:
         tokens = await list_tokens(ctx, include_revoked=args.all)
+        now = ctx.clock.now()
     for token in tokens:
-        state = "active" if token.revoke_time is None else f"revoked {token.revoke_time:{UTC_TIME}}"
+        if token.revoke_time is not None:
+            state = f"revoked {token.revoke_time:{UTC_TIME}}"
+        else:
+            state = "expired" if has_expired(token.expire_time, now) else "active"
         used = "never" if token.last_used_time is None else f"{token.last_used_time:{UTC_TIME}}"
         print(
             f"{token.token_id}  scopes={','.join(sorted(token.scopes))}  "
-            f"created {token.create_time:{UTC_TIME}}  last used {used}  {state}  "
-            f"{token.description}".rstrip()
+            f"created {token.create_time:{UTC_TIME}}  expires {_expiry(token.expire_time)}  "
+            f"last used {used}  {state}  {token.description}".rstrip()
         )
     return 0
 
@@ -453,6 +474,11 @@ class _Parser(argparse.ArgumentParser):
         kwargs.setdefault("formatter_class", _DefaultsShown)
         super().__init__(*args, **kwargs)
 
+    def error(self, message: str) -> NoReturn:
+        """A mistake on the command line: one line that names it and where help is, exit 2
+        (argparse's own also prints the usage, several lines before the one that matters)."""
+        self.exit(2, f"{self.prog}: {message}; see {self.prog} --help\n")
+
 
 def _version() -> str:
     from importlib.metadata import PackageNotFoundError, version
@@ -568,13 +594,25 @@ def _parser() -> argparse.ArgumentParser:
         help="a scope the token grants; repeat for several",
     )
     create.add_argument("--description", default="", help="what the token is for")
+    lifetime = create.add_mutually_exclusive_group()
+    lifetime.add_argument(
+        "--expires-in",
+        type=_days,
+        metavar="DAYS",
+        help=_from_setting("api_token_lifetime_days", "the token ends DAYS days from now")
+        + "; 0 there: never",
+    )
+    lifetime.add_argument(
+        "--no-expiry", action="store_true", help="the token never ends (revoke it to end it)"
+    )
     create.set_defaults(run=_tokens_create)
     listing = token_commands.add_parser(
         "list",
         parents=[admin],
-        help="show the tokens: id, scopes, created, last used (within a minute), description",
+        help="show the tokens: id, scopes, created, expires, last used (within a minute), "
+        "active/expired/revoked, description",
     )
-    listing.add_argument("--all", action="store_true", help="revoked tokens too")
+    listing.add_argument("--all", action="store_true", help="revoked tokens too (expired always)")
     listing.set_defaults(run=_tokens_list)
     revoke = token_commands.add_parser("revoke", parents=[admin], help="revoke a token")
     revoke.add_argument("token", help="its id (tok_...) or the token itself (kt_...)")
@@ -688,6 +726,19 @@ def _positive(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError("must be 1 or more")
+    return value
+
+
+def _days(text: str) -> int:
+    """A token lifetime in whole days, 1 to MAX_LIFETIME's (an end a date can hold)."""
+    from .app.tokens import MAX_LIFETIME
+
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of days") from None
+    if not 1 <= value <= MAX_LIFETIME.days:
+        raise argparse.ArgumentTypeError(f"must be 1 to {MAX_LIFETIME.days} days")
     return value
 
 

@@ -261,6 +261,22 @@ class Settings(BaseSettings):
     lapse_grace_seconds: int = Field(
         30, ge=0, le=3600, description="How long a lapsed floating lease still holds its seat"
     )
+    api_token_lifetime_days: int = Field(
+        365,
+        ge=0,
+        le=36_500,
+        description="How long a new API token lasts, unless `keyturn tokens create` says "
+        "otherwise (--expires-in, --no-expiry); 0: new tokens never expire. Tokens made "
+        "before schema revision 0008 never expire",
+    )
+    identity_token_idle_days: int = Field(
+        180,
+        ge=0,
+        le=36_500,
+        description="An identity token unused this long (no ActivateSeat, CheckLicense or "
+        "RenewLease of its user) expires; ResendCredentials then sends a new invitation. "
+        "0: identity tokens never expire",
+    )
     auto_migrate: bool = Field(True, description="Upgrade the database schema on start")
     shutdown_grace_seconds: float = Field(
         15.0, gt=0, description="How long in-flight calls may run on shutdown"

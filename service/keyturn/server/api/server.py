@@ -52,7 +52,7 @@ PUBLIC_FILES = (
     error_details_pb2.DESCRIPTOR,
 )
 READINESS_INTERVAL_SECONDS = 1.0  # health follows the database within about this
-TOKEN_USE_DRAIN_SECONDS = 2.0  # at shutdown, for the last uses of tokens to be written
+TOKEN_USE_DRAIN_SECONDS = 2.0  # at shutdown, for the last uses of each kind of token
 
 
 def _pool_of(files: Iterable[FileDescriptor]) -> descriptor_pool.DescriptorPool:
@@ -245,6 +245,7 @@ class KeyturnServer:
                 await task
         await self._server.stop(grace)
         await self.authenticator.uses.close(TOKEN_USE_DRAIN_SECONDS)
+        await self.ctx.identity_uses.close(TOKEN_USE_DRAIN_SECONDS)
         await self.ctx.close()
 
     async def wait_for_termination(self) -> None:

@@ -13,6 +13,7 @@ from keyturn.server.store.seats import SeatCheck, SeatStore
 from keyturn.server.store.unit_of_work import ReadStore, Store
 
 from .event_feed import EventFeed
+from .token_use import UseRecorder
 
 
 @dataclass
@@ -27,7 +28,10 @@ class AppContext:
     # KEYTURN_READ_DATABASE_URL is set, else the very objects above.
     read_store: ReadStore
     read_seats: SeatCheck
+    identity_uses: UseRecorder  # when each identity token was last used; closed by the server
     issuer: str = "keyturn"
+    api_token_lifetime: timedelta | None = timedelta(days=365)  # of new tokens; None: no end
+    identity_idle_limit: timedelta | None = timedelta(days=180)  # unused this long: ends
     lapse_grace: timedelta = timedelta(seconds=30)
     lapse_sweep_seconds: float = 60.0  # 0: no sweep
     readiness_timeout: float = 2.0  # a database slower than this to answer is not ready

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 
 from keyturn.server.domain.catalog import MAX_SEATS, Create, Dispatch, Product, RemoveSeats, Sku
+from keyturn.server.domain.credential_expiry import has_expired
 from keyturn.server.domain.entitlement import Entitlement, create_entitlement
 from keyturn.server.domain.errors import (
     DomainError,
@@ -24,7 +25,12 @@ from keyturn.server.domain.events import EventType
 from keyturn.server.domain.ids import new_id
 from keyturn.server.domain.license_key import generate_invitation_code, generate_license_key
 from keyturn.server.domain.messages import MessageKind, OutboundMessage
-from keyturn.server.domain.named_users import NamedUser, check_fits_seats, new_emails
+from keyturn.server.domain.named_users import (
+    NamedUser,
+    check_fits_seats,
+    identity_expire_time,
+    new_emails,
+)
 from keyturn.server.domain.operations import EVENT_OF, LineContext, apply_operation
 from keyturn.server.domain.orders import (
     LineResult,
@@ -415,9 +421,16 @@ async def get_order(ctx: AppContext, source: str, order_id: str) -> OrderView:
     return view
 
 
+def _identity_expired(ctx: AppContext, user: NamedUser, now: datetime) -> bool:
+    ends = identity_expire_time(user, ctx.identity_idle_limit)
+    return user.identity_jti is not None and has_expired(ends, now)
+
+
 async def resend_credentials(ctx: AppContext, entitlement_id: str) -> list[OutboundMessage]:
     """Queue the credential emails of an entitlement again: its license key, or the
-    invitations its named users have not redeemed yet (with their same codes)."""
+    invitations its named users have not redeemed yet (with their same codes) and new
+    invitations for those whose identity token expired (a new code: the way back for a
+    user told IDENTITY_TOKEN_EXPIRED)."""
     check_entitlement_id(entitlement_id)
     now = ctx.clock.now()
     async with ctx.store.write() as tx:
@@ -429,18 +442,24 @@ async def resend_credentials(ctx: AppContext, entitlement_id: str) -> list[Outbo
         if entitlement.dispatch is Dispatch.INVITATION:
             users = (await tx.named_users.list_for([entitlement_id]))[entitlement_id]
             for user in users:
-                if user.redeem_time is None:
-                    queued.append(
-                        await queue_message(
-                            tx,
-                            MessageKind.INVITATION,
-                            entitlement_id,
-                            user.email,
-                            origin,
-                            now,
-                            user.user_id,
-                        )
+                if _identity_expired(ctx, user, now):
+                    code = generate_invitation_code()
+                    await tx.named_users.reinvite(
+                        user.user_id, ctx.sealer.hash_secret(code), ctx.sealer.seal(code.encode())
                     )
+                elif user.redeem_time is not None:
+                    continue
+                queued.append(
+                    await queue_message(
+                        tx,
+                        MessageKind.INVITATION,
+                        entitlement_id,
+                        user.email,
+                        origin,
+                        now,
+                        user.user_id,
+                    )
+                )
         elif entitlement.ship_to_email:
             queued.append(
                 await queue_message(

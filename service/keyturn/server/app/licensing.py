@@ -7,9 +7,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from keyturn.server.domain.credential_expiry import has_expired
 from keyturn.server.domain.entitlement import Entitlement, Status
 from keyturn.server.domain.errors import (
     FieldViolation,
+    identity_token_expired,
     invalid_invitation,
     invalid_license_key,
     invitation_redeemed,
@@ -18,7 +20,7 @@ from keyturn.server.domain.errors import (
 from keyturn.server.domain.events import EventType
 from keyturn.server.domain.ids import new_id, same_secret_id
 from keyturn.server.domain.license_key import normalize_invitation_code, normalize_license_key
-from keyturn.server.domain.named_users import NamedUser
+from keyturn.server.domain.named_users import NamedUser, identity_expire_time
 from keyturn.server.domain.seats import (
     Activation,
     check_product,
@@ -133,7 +135,22 @@ async def _credential_target(
         or user.entitlement_id != identity.entitlement_id
     ):
         raise invalid_license_key()  # replaced by a newer token, or never ours
+    ends = identity_expire_time(user, ctx.identity_idle_limit)
+    if ends is not None and has_expired(ends, ctx.clock.now()):
+        raise identity_token_expired(user.user_id, ends)
+    ctx.identity_uses.note(user.user_id, user.identity_used_time)
     return "", user.entitlement_id, user
+
+
+def _note_renewal(ctx: AppContext, user: NamedUser | None) -> None:
+    """A renewed lease of a named user is a use of their identity token (an app that
+    runs for months without a restart is in use), unless that token has ended already:
+    a renewal keeps an identity alive, it does not bring an ended one back."""
+    if user is None or user.identity_jti is None:
+        return
+    ends = identity_expire_time(user, ctx.identity_idle_limit)
+    if ends is None or not has_expired(ends, ctx.clock.now()):
+        ctx.identity_uses.note(user.user_id, user.identity_used_time)
 
 
 def _claim_events(result: SeatResult) -> list[NewEvent]:
@@ -229,6 +246,7 @@ async def renew_lease(ctx: AppContext, lease_token: str) -> LeaseGrant:
         new_jti=new_id("lease", ctx.clock.now()),
     )
     result = await ctx.seats.renew(claim, _claim_events)
+    _note_renewal(ctx, result.user)
     return await _grant(ctx, result, result.user)
 
 

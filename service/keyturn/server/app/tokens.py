@@ -6,23 +6,36 @@ import hashlib
 import secrets
 import time
 from dataclasses import dataclass
+from datetime import timedelta
+from enum import Enum
+from typing import Literal
 
 from keyturn.server.clock import Clock
+from keyturn.server.domain.credential_expiry import expire_time, has_expired
 from keyturn.server.domain.errors import (
     FieldViolation,
     insufficient_scope,
     invalid_token,
     raise_if_invalid,
+    token_expired,
 )
 from keyturn.server.domain.ids import new_id
 from keyturn.server.store.token_repository import ApiToken
 from keyturn.server.store.unit_of_work import Store
 
 from .context import AppContext
-from .token_use import TokenUseRecorder
+from .token_use import UseRecorder
 
 SCOPES = frozenset({"catalog", "fulfill", "read"})
 TOKEN_PREFIX = "kt_"
+MAX_LIFETIME = timedelta(days=36_500)  # a hundred years: an end a date can still hold
+
+
+class Lifetime(Enum):
+    """How long a new token lasts when the caller does not say: AppContext.api_token_lifetime
+    (KEYTURN_API_TOKEN_LIFETIME_DAYS)."""
+
+    DEFAULT = "default"
 
 
 def hash_token(secret: str) -> str:
@@ -36,9 +49,14 @@ def hash_token(secret: str) -> str:
 
 
 async def create_token(
-    ctx: AppContext, scopes: set[str], description: str = ""
+    ctx: AppContext,
+    scopes: set[str],
+    description: str = "",
+    *,
+    lifetime: timedelta | Literal[Lifetime.DEFAULT] | None = Lifetime.DEFAULT,
 ) -> tuple[ApiToken, str]:
-    """A new token; its secret is returned once and never stored."""
+    """A new token that ends `lifetime` from now (None: never; by default the setting's);
+    its secret is returned once and never stored."""
     unknown = sorted(scopes - SCOPES)
     violations = []
     if not scopes:
@@ -47,9 +65,21 @@ async def create_token(
         violations.append(
             FieldViolation("scopes", f"unknown {unknown}; choose from {sorted(SCOPES)}")
         )
+    if lifetime is Lifetime.DEFAULT:
+        lifetime = ctx.api_token_lifetime
+    if lifetime is not None and not timedelta(0) < lifetime <= MAX_LIFETIME:
+        violations.append(
+            FieldViolation("lifetime", f"must be more than 0 and at most {MAX_LIFETIME.days} days")
+        )
     raise_if_invalid(violations)
     now = ctx.clock.now()
-    token = ApiToken(new_id("tok", now), frozenset(scopes), description, now)
+    token = ApiToken(
+        new_id("tok", now),
+        frozenset(scopes),
+        description,
+        now,
+        expire_time=expire_time(now, lifetime),
+    )
     secret = TOKEN_PREFIX + secrets.token_urlsafe(32)
     async with ctx.store.write() as tx:
         await tx.tokens.add(token, hash_token(secret))
@@ -83,14 +113,16 @@ class _Cached:
 
 
 class TokenAuthenticator:
-    """Checks bearer tokens, remembering answers briefly (a revocation lands within `ttl`),
-    and notes each accepted token's use (`uses` writes it down, off the call's path)."""
+    """Checks bearer tokens, remembering answers briefly (a revocation lands within `ttl`;
+    an expiry, which is part of the answer, at its instant), and notes each accepted
+    token's use (`uses` writes it down, off the call's path)."""
 
     def __init__(self, store: Store, clock: Clock, ttl_seconds: float = 5.0) -> None:
         self._store = store
+        self._clock = clock
         self._ttl = ttl_seconds
         self._cache: dict[str, _Cached] = {}
-        self.uses = TokenUseRecorder(store, clock)
+        self.uses = UseRecorder(store, clock, what="API token")
 
     async def authenticate(self, secret: str) -> ApiToken:
         digest = hash_token(secret)
@@ -102,10 +134,13 @@ class TokenAuthenticator:
                 self._cache.clear()
             cached = _Cached(found, time.monotonic() + self._ttl)
             self._cache[digest] = cached
-        if cached.token is None or cached.token.revoke_time is not None:
+        token = cached.token
+        if token is None or token.revoke_time is not None:
             raise invalid_token()
-        self.uses.note(cached.token)
-        return cached.token
+        if token.expire_time is not None and has_expired(token.expire_time, self._clock.now()):
+            raise token_expired(token.token_id, token.expire_time)
+        self.uses.note(token.token_id, token.last_used_time)
+        return token
 
     @staticmethod
     def require(token: ApiToken, scope: str) -> None:

@@ -55,6 +55,8 @@ class Reason(StrEnum):
     DATABASE_BUSY = "DATABASE_BUSY"
     SIGNING_KEY_UNAVAILABLE = "SIGNING_KEY_UNAVAILABLE"
     CLIENT_CERTIFICATE_REQUIRED = "CLIENT_CERTIFICATE_REQUIRED"
+    TOKEN_EXPIRED = "TOKEN_EXPIRED"
+    IDENTITY_TOKEN_EXPIRED = "IDENTITY_TOKEN_EXPIRED"
 
 
 @dataclass(frozen=True)
@@ -387,6 +389,28 @@ def signing_key_unavailable() -> DomainError:
     """No key to sign with could be loaded."""
     return DomainError(
         Reason.SIGNING_KEY_UNAVAILABLE, "no signing key could be loaded; retry later"
+    )
+
+
+def token_expired(token_id: str, expire_time: datetime) -> DomainError:
+    """A bearer token that is ours and not revoked, but past its end: told apart from an
+    unknown one (only its holder can get this answer) so that its connector says what to
+    do, create a new token, rather than that its token is wrong."""
+    return DomainError(
+        Reason.TOKEN_EXPIRED,
+        f"the bearer token {token_id} expired at {expire_time.isoformat()}; "
+        "create a new one (keyturn tokens create)",
+        {"token_id": token_id, "expire_time": expire_time.isoformat()},
+    )
+
+
+def identity_token_expired(user_id: str, expire_time: datetime) -> DomainError:
+    """An identity token that is the user's current one but went unused too long: the app
+    can tell its user to ask for a new invitation (only the token's holder gets this)."""
+    return DomainError(
+        Reason.IDENTITY_TOKEN_EXPIRED,
+        "this identity token expired unused; ask for a new invitation",
+        {"user_id": user_id, "expire_time": expire_time.isoformat()},
     )
 
 

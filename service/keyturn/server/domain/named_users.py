@@ -8,8 +8,9 @@ license key. Assignments never outnumber the entitlement's seats.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
+from .credential_expiry import expire_time
 from .entitlement import Entitlement
 from .errors import named_users_exceed_seats
 
@@ -22,6 +23,17 @@ class NamedUser:
     create_time: datetime
     redeem_time: datetime | None = None
     identity_jti: str | None = None  # the one identity token that is valid
+    # Its last use (at most RECORD_INTERVAL old); None: not since the upgrade that
+    # started recording, so its idle period starts at its next use.
+    identity_used_time: datetime | None = None
+
+
+def identity_expire_time(user: NamedUser, idle_limit: timedelta | None) -> datetime | None:
+    """When the user's identity token ends unless used before (None: it does not): a
+    sliding expiry, `idle_limit` after its last use (domain.credential_expiry)."""
+    if user.identity_used_time is None:
+        return None
+    return expire_time(user.identity_used_time, idle_limit)
 
 
 def canonical_email(email: str) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from keyturn.server.domain.named_users import NamedUser
@@ -21,6 +21,7 @@ def named_user_of(row: Row) -> NamedUser:
         create_time=row["create_time"],
         redeem_time=row["redeem_time"],
         identity_jti=row["identity_jti"],
+        identity_used_time=row["identity_used_time"],
     )
 
 
@@ -85,10 +86,44 @@ class NamedUserRepository:
         return None if row is None else named_user_of(row)
 
     async def redeem(self, user: NamedUser, identity_jti: str, now: datetime) -> bool:
-        """Mark the invitation used, once: False when another redemption won the race."""
+        """Mark the invitation used, once: False when another redemption won the race.
+        The identity token's idle period starts now."""
         result = await self._db.execute(
             update(named_users)
             .where(named_users.c.user_id == user.user_id, named_users.c.redeem_time.is_(None))
-            .values(redeem_time=now, identity_jti=identity_jti)
+            .values(redeem_time=now, identity_jti=identity_jti, identity_used_time=now)
         )
         return result.rowcount == 1
+
+    async def reinvite(self, user_id: str, invitation_hash: str, invitation_sealed: bytes) -> None:
+        """A new invitation code for a user who redeemed one: the identity token it gave
+        stops working (none is valid until the new code is redeemed)."""
+        await self._db.execute(
+            update(named_users)
+            .where(named_users.c.user_id == user_id)
+            .values(
+                invitation_hash=invitation_hash,
+                invitation_sealed=invitation_sealed,
+                redeem_time=None,
+                identity_jti=None,
+                identity_used_time=None,
+            )
+        )
+
+    async def record_identity_use(
+        self, user_id: str, used: datetime, recorded_before: datetime
+    ) -> bool:
+        """Set the last use of the user's identity token to `used` unless a use after
+        `recorded_before` is stored already (domain.token_use.use_is_due, in SQL), and only
+        while the user holds a redeemed token. True when it was written."""
+        column = named_users.c.identity_used_time
+        result = await self._db.execute(
+            update(named_users)
+            .where(
+                named_users.c.user_id == user_id,
+                named_users.c.identity_jti.is_not(None),
+                or_(column.is_(None), column <= recorded_before),
+            )
+            .values(identity_used_time=used)
+        )
+        return bool(result.rowcount)

@@ -94,7 +94,8 @@ lapsed AS (
 )
 SELECT t.now, ARRAY(SELECT activation_id FROM lapsed ORDER BY activation_id) AS lapsed,
        a.*, u.email AS user_email, u.create_time AS user_create_time,
-       u.redeem_time AS user_redeem_time, u.identity_jti AS user_identity_jti
+       u.redeem_time AS user_redeem_time, u.identity_jti AS user_identity_jti,
+       u.identity_used_time AS user_identity_used_time
 FROM t LEFT JOIN activations AS a ON {{device}}
 LEFT JOIN named_users AS u ON u.user_id = a.user_id
 """
@@ -172,7 +173,8 @@ _DEVICE_COLUMNS = """
        a.released_time AS a_released_time, a.seat_time AS a_seat_time,
        a.user_id AS a_user_id, a.lapse_recorded_time AS a_lapse_recorded_time,
        u.email AS user_email, u.create_time AS user_create_time,
-       u.redeem_time AS user_redeem_time, u.identity_jti AS user_identity_jti"""
+       u.redeem_time AS user_redeem_time, u.identity_jti AS user_identity_jti,
+       u.identity_used_time AS user_identity_used_time"""
 
 # The unlocked renewal: read, then extend only what is unchanged.
 READ_FOR_RENEWAL = f"""
@@ -246,6 +248,7 @@ def _user(row: Row, user_id: str | None, entitlement_id: str) -> NamedUser | Non
         create_time=row["user_create_time"],
         redeem_time=row["user_redeem_time"],
         identity_jti=row["user_identity_jti"],
+        identity_used_time=row["user_identity_used_time"],
     )
 
 

@@ -176,6 +176,8 @@ named_users = Table(
     Column("redeem_time", UtcDateTime, nullable=True),
     # The jti of the one identity token that is valid (None: not redeemed).
     Column("identity_jti", String(64), nullable=True),
+    # When the identity token was last used (None: not since 0008, or not redeemed).
+    Column("identity_used_time", UtcDateTime, nullable=True),
     Column("order_source", String(64), nullable=False),  # the order that assigned the seat
     Column("order_id", String(128), nullable=False),
     UniqueConstraint("entitlement_id", "email"),
@@ -219,6 +221,7 @@ api_tokens = Table(
     Column("create_time", UtcDateTime, nullable=False),
     Column("revoke_time", UtcDateTime, nullable=True),
     Column("last_used_time", UtcDateTime, nullable=True),  # None: never used
+    Column("expire_time", UtcDateTime, nullable=True),  # None: never expires
 )
 
 outbox = Table(

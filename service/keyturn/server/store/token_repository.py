@@ -19,6 +19,7 @@ class ApiToken:
     create_time: datetime
     revoke_time: datetime | None = None
     last_used_time: datetime | None = None  # None: never used (recorded once a minute)
+    expire_time: datetime | None = None  # None: never expires
 
 
 class TokenRepository:
@@ -33,6 +34,7 @@ class TokenRepository:
                 scopes=" ".join(sorted(token.scopes)),
                 description=token.description,
                 create_time=token.create_time,
+                expire_time=token.expire_time,
             )
         )
 
@@ -77,4 +79,5 @@ def _token_of(row: RowMapping) -> ApiToken:
         create_time=row["create_time"],
         revoke_time=row["revoke_time"],
         last_used_time=row["last_used_time"],
+        expire_time=row["expire_time"],
     )

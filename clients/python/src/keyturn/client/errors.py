@@ -53,6 +53,12 @@ class AuthenticationError(KeyturnError):
     with a client certificate)."""
 
 
+class TokenExpiredError(AuthenticationError):
+    """TOKEN_EXPIRED: the bearer token is genuine but past its end; create a new one.
+    `.metadata['token_id']` names it, `.metadata['expire_time']` (RFC 3339) says when.
+    A subclass of AuthenticationError, so one `except` covers every refused token."""
+
+
 class PermissionDeniedError(KeyturnError):
     """INSUFFICIENT_SCOPE: the bearer token lacks the scope the call needs."""
 
@@ -71,6 +77,13 @@ class EtagMismatchError(KeyturnError):
 
 class InvalidLicenseKeyError(KeyturnError):
     """INVALID_LICENSE_KEY: unknown, mistyped or malformed key or identity token."""
+
+
+class IdentityTokenExpiredError(InvalidLicenseKeyError):
+    """IDENTITY_TOKEN_EXPIRED: the identity token went unused too long; the user needs a
+    new invitation from the vendor. `.metadata['user_id']`, `.metadata['expire_time']`
+    (RFC 3339). A subclass of InvalidLicenseKeyError: code that asks for a new
+    credential on that error keeps doing the right thing."""
 
 
 class ProductMismatchError(KeyturnError):
@@ -138,6 +151,7 @@ ERRORS_BY_REASON: dict[str, type[KeyturnError]] = {
     "MISSING_CREDENTIALS": AuthenticationError,
     "INVALID_TOKEN": AuthenticationError,
     "CLIENT_CERTIFICATE_REQUIRED": AuthenticationError,
+    "TOKEN_EXPIRED": TokenExpiredError,
     "INSUFFICIENT_SCOPE": PermissionDeniedError,
     "ORDER_NOT_FOUND": NotFoundError,
     "SKU_NOT_FOUND": NotFoundError,
@@ -146,6 +160,7 @@ ERRORS_BY_REASON: dict[str, type[KeyturnError]] = {
     "ORDER_CONFLICT": OrderConflictError,
     "ETAG_MISMATCH": EtagMismatchError,
     "INVALID_LICENSE_KEY": InvalidLicenseKeyError,
+    "IDENTITY_TOKEN_EXPIRED": IdentityTokenExpiredError,
     "PRODUCT_MISMATCH": ProductMismatchError,
     "ENTITLEMENT_EXPIRED": EntitlementExpiredError,
     "ENTITLEMENT_CANCELLED": EntitlementCancelledError,

@@ -203,6 +203,21 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     which serves the licensing API to apps. Call the admin port
     (`KEYTURN_ADMIN_LISTEN`) with a certificate issued by the client CA.
     """
+    TOKEN_EXPIRED: _ErrorReason.ValueType  # 36
+    """UNAUTHENTICATED. The bearer token is ours and not revoked, but its expiry
+    (set when it was created: `keyturn tokens create --expires-in`, else
+    `KEYTURN_API_TOKEN_LIFETIME_DAYS`) has passed. Create a new token and
+    give it to the connector. Unknown and revoked tokens stay INVALID_TOKEN.
+    Metadata: `token_id`, `expire_time` (RFC 3339).
+    """
+    IDENTITY_TOKEN_EXPIRED: _ErrorReason.ValueType  # 37
+    """UNAUTHENTICATED. The identity token is the user's current one, but it was
+    not used for `KEYTURN_IDENTITY_TOKEN_IDLE_DAYS` (each ActivateSeat,
+    CheckLicense or RenewLease of the user counts as a use). The user needs a
+    new invitation: ResendCredentials sends one to each named user whose
+    identity token expired. Unknown and replaced identity tokens stay
+    INVALID_LICENSE_KEY. Metadata: `user_id`, `expire_time` (RFC 3339).
+    """
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """ErrorReason lists every `google.rpc.ErrorInfo.reason` that Keyturn returns.
@@ -399,5 +414,20 @@ Catalog services (`KEYTURN_TLS_CLIENT_CA_FILE` is set) and the call came
 over a connection without a verified client certificate: the public port,
 which serves the licensing API to apps. Call the admin port
 (`KEYTURN_ADMIN_LISTEN`) with a certificate issued by the client CA.
+"""
+TOKEN_EXPIRED: ErrorReason.ValueType  # 36
+"""UNAUTHENTICATED. The bearer token is ours and not revoked, but its expiry
+(set when it was created: `keyturn tokens create --expires-in`, else
+`KEYTURN_API_TOKEN_LIFETIME_DAYS`) has passed. Create a new token and
+give it to the connector. Unknown and revoked tokens stay INVALID_TOKEN.
+Metadata: `token_id`, `expire_time` (RFC 3339).
+"""
+IDENTITY_TOKEN_EXPIRED: ErrorReason.ValueType  # 37
+"""UNAUTHENTICATED. The identity token is the user's current one, but it was
+not used for `KEYTURN_IDENTITY_TOKEN_IDLE_DAYS` (each ActivateSeat,
+CheckLicense or RenewLease of the user counts as a use). The user needs a
+new invitation: ResendCredentials sends one to each named user whose
+identity token expired. Unknown and replaced identity tokens stay
+INVALID_LICENSE_KEY. Metadata: `user_id`, `expire_time` (RFC 3339).
 """
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015

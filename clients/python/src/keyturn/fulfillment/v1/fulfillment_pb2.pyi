@@ -1008,8 +1008,10 @@ class ResendCredentialsResponse(_message.Message):
     def messages(self) -> _containers.RepeatedCompositeFieldContainer[Global___OutboundMessage]:
         """The messages queued: the license key email (when the entitlement's
         dispatch is not DISPATCH_INVITATION) or one invitation per named user
-        who has not redeemed theirs. They also show in GetOrder of the order
-        that created the entitlement.
+        who has not redeemed theirs (the same code) or whose identity token
+        expired (IDENTITY_TOKEN_EXPIRED: a new code, which replaces the old one
+        and ends that token). They also show in GetOrder of the order that
+        created the entitlement.
         """
 
     def __init__(

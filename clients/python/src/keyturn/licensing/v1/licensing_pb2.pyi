@@ -529,7 +529,9 @@ class RedeemInvitationResponse(_message.Message):
     IDENTITY_TOKEN_FIELD_NUMBER: _builtins.int
     identity_token: _builtins.str
     """A JWT bound to the invited user and the entitlement; use it as the
-    credential of ActivateSeat.
+    credential of ActivateSeat. It ends after KEYTURN_IDENTITY_TOKEN_IDLE_DAYS
+    without a use (IDENTITY_TOKEN_EXPIRED); every ActivateSeat and
+    CheckLicense with it, and RenewLease of its seats, is a use.
     """
     def __init__(
         self,
