@@ -32,7 +32,7 @@ DRIVER_OF = {
 # The logging levels KEYTURN_LOG_LEVEL accepts, most verbose first.
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 # Settings whose empty value means "none": checked only when set.
-OPTIONAL_ADDRESSES = frozenset({"read_database_url", "metrics_listen"})
+OPTIONAL_ADDRESSES = frozenset({"read_database_url", "metrics_listen", "http_listen"})
 # Variables of earlier versions, each pointed at the setting that took its place (too far
 # from it for the closest-name hint: it would not be found).
 FORMER_NAMES = {"KEYTURN_TOKEN": "KEYTURN_FULFILL_TOKEN"}  # of the client's examples
@@ -185,6 +185,12 @@ class Settings(BaseSettings):
         "answer its check (run every second), and SERVING again once it answers",
     )
     listen: str = Field("127.0.0.1:50051", description="HOST:PORT the gRPC server binds")
+    http_listen: str = Field(
+        "127.0.0.1:50052",
+        description="HOST:PORT of the same API over HTTP/JSON (the Connect protocol: POST "
+        "/keyturn.licensing.v1.LicensingService/ActivateSeat...) and GET /healthz; empty: "
+        "off. With several workers they share it as they share KEYTURN_LISTEN",
+    )
     reflect_admin_services: bool = Field(
         True,
         description="Server reflection also describes FulfillmentService and CatalogService "
@@ -404,7 +410,7 @@ class Settings(BaseSettings):
             return value
         return database_url_of(value)
 
-    @field_validator("listen", "metrics_listen")
+    @field_validator("listen", "metrics_listen", "http_listen")
     @classmethod
     def _check_listen_addresses(cls, value: str, info: ValidationInfo) -> str:
         if not value and info.field_name in OPTIONAL_ADDRESSES:

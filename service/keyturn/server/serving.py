@@ -21,7 +21,7 @@ from prometheus_client import CollectorRegistry
 from .bootstrap import build_context, build_dispatcher
 from .config import Settings, SettingsError
 from .metrics_exporter import MetricsExporter
-from .port_reservation import check_port_free
+from .port_reservation import HTTP_PORT, check_port_free
 from .sealing import SecretError
 from .signals import stop_on_signal
 from .worker_link import WorkerEnd
@@ -58,6 +58,8 @@ async def serve(settings: Settings, role: WorkerRole | None = None) -> int:
     try:
         if role is None:
             check_port_free(settings.listen)
+            if settings.http_listen:
+                check_port_free(settings.http_listen, HTTP_PORT)
         ctx = await build_context(settings)
         dispatcher = build_dispatcher(ctx, settings) if settings.dispatch_in_server else None
         server = KeyturnServer(
@@ -69,6 +71,8 @@ async def serve(settings: Settings, role: WorkerRole | None = None) -> int:
             worker_id=str(os.getpid()) if role is not None else "",
             reflect_admin_services=settings.reflect_admin_services,
             limits=TransportLimits.from_settings(settings),
+            http_listen=settings.http_listen,
+            shutdown_grace_seconds=settings.shutdown_grace_seconds,
         )
         if role is None and settings.metrics_listen:
             exporter = MetricsExporter(settings.metrics_listen, server.registry, ctx)
@@ -89,6 +93,8 @@ async def serve(settings: Settings, role: WorkerRole | None = None) -> int:
     if role is None:
         if exporter is not None:
             print(f"keyturn metrics on {exporter.address}", flush=True)
+        if server.http is not None:
+            print(f"keyturn http on {server.http_address}", flush=True)
         # One parseable line, so that scripts and tests can learn a port chosen with :0.
         print(f"keyturn listening on {server.address}", flush=True)
     else:

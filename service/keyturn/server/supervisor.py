@@ -1,7 +1,7 @@
 """`keyturn serve --workers N` (N > 1): one supervisor, N worker processes, one port.
 
-As in grpc's multiprocessing example, the supervisor reserves the port with
-SO_REUSEPORT and starts N copies of itself (`keyturn serve --worker-index I`,
+As in grpc's multiprocessing example, the supervisor reserves the port (and the
+HTTP port, KEYTURN_HTTP_LISTEN, the same way) with SO_REUSEPORT and starts N copies of itself (`keyturn serve --worker-index I`,
 a fresh interpreter each: grpc does not survive fork), each serving on that
 port with `grpc.so_reuseport`; the kernel spreads connections over them.
 
@@ -42,7 +42,7 @@ from .app.context import AppContext
 from .bootstrap import build_context
 from .config import Settings
 from .metrics_exporter import MetricsExporter, add_multiprocess_collector
-from .port_reservation import ReservedPort, check_port_free, reserve_port
+from .port_reservation import HTTP_PORT, ReservedPort, check_port_free, reserve_port
 from .signals import stop_on_signal
 from .worker_link import SupervisorEnd
 
@@ -75,6 +75,11 @@ class Worker:
         return self.process.pid
 
 
+@contextlib.contextmanager
+def _none() -> Iterator[None]:
+    yield None
+
+
 def worker_command() -> list[str]:
     """This interpreter running the CLI module: the same code, wherever it is installed."""
     return [sys.executable, "-m", "keyturn.server.cli"]
@@ -104,6 +109,7 @@ class Supervisor:
         self._command = list(command or worker_command())
         self._workers: dict[int, Worker] = {}
         self._metrics_dir: Path | None = None
+        self._http: ReservedPort | None = None  # the HTTP port, when it is on
         self._registry = CollectorRegistry()
         self._restarts = Counter(
             "keyturn_worker_restarts",
@@ -116,11 +122,19 @@ class Supervisor:
     async def run(self) -> int:
         """Serve with N workers until SIGTERM/SIGINT; the exit code."""
         stop = stop_on_signal()
+        http_listen = self._settings.http_listen
         check_port_free(self._settings.listen)  # before the database is touched
+        if http_listen:
+            check_port_free(http_listen, HTTP_PORT)
         # Migrations and the first signing key: here, once, before any worker starts.
         ctx = await build_context(self._settings)
         try:
-            with reserve_port(self._settings.listen) as reserved, self._metrics(ctx):
+            with (
+                reserve_port(self._settings.listen) as reserved,
+                reserve_port(http_listen, HTTP_PORT) if http_listen else _none() as http,
+                self._metrics(ctx),
+            ):
+                self._http = http
                 return await self._serve(reserved, stop)
         finally:
             await ctx.store.close()
@@ -163,6 +177,8 @@ class Supervisor:
             return failure.exit_code
         if not started:
             return await self._stop_all([])
+        if self._http is not None:
+            print(f"keyturn http on {self._http.address}", flush=True)
         print(f"keyturn listening on {reserved.address}", flush=True)
         keepers = [asyncio.create_task(self._keep(index, reserved)) for index in range(count)]
         await stop.wait()
@@ -188,6 +204,8 @@ class Supervisor:
                 "serve",
                 "--listen",
                 reserved.address,
+                "--http-listen",
+                self._http.address if self._http is not None else "",
                 "--worker-index",
                 str(index),
                 "--worker-link",
