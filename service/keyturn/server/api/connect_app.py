@@ -16,11 +16,13 @@ saying so.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import AsyncIterator, Mapping
 from http import HTTPStatus
-from typing import Any, NoReturn
+from typing import Any, NoReturn, cast
 
 from connectrpc._protocol import ConnectWireError  # the library's own error body
+from connectrpc._server_shared import EndpointServerStream, EndpointUnary
 from connectrpc.errors import ConnectError
 from connectrpc.method import IdempotencyLevel, MethodInfo
 from connectrpc.request import RequestContext
@@ -102,11 +104,13 @@ def endpoints_of(guard: CallGuard, servicers: Mapping[ServiceDescriptor, object]
 
 
 class TolerantCodec:
-    """A codec whose decode yields `Undecodable` (with the parser's complaint) instead of
-    raising, so that the guard answers it."""
+    """A codec (one per request) whose decode yields `Undecodable` (with the parser's
+    complaint) instead of raising, so that the guard answers it; kept in `undecodable`
+    too, as streams take the message they passed in rather than what decode returns."""
 
     def __init__(self, codec: Any) -> None:
         self._codec = codec
+        self.undecodable: Undecodable | None = None
 
     def name(self) -> str:
         name: str = self._codec.name()
@@ -120,7 +124,8 @@ class TolerantCodec:
         try:
             return self._codec.decode(data, message)
         except Exception as error:
-            return Undecodable(str(error) or type(error).__name__)
+            self.undecodable = Undecodable(str(error) or type(error).__name__)
+            return self.undecodable
 
 
 def _http_refusal(status: int, allow: str) -> DomainError:
@@ -153,7 +158,15 @@ class ConnectApp(ConnectASGIApplication[None]):
     async def _handle_stream(
         self, receive: Any, send: Any, protocol: Any, endpoint: Any, codec: Any, *rest: Any
     ) -> None:
-        await super()._handle_stream(receive, send, protocol, endpoint, TolerantCodec(codec), *rest)
+        tolerant = TolerantCodec(codec)
+        function = endpoint.function
+
+        def given(request: Any, ctx: Any) -> Any:
+            return function(tolerant.undecodable or request, ctx)
+
+        if isinstance(endpoint, EndpointUnary | EndpointServerStream):
+            endpoint = dataclasses.replace(cast(Any, endpoint), function=given)
+        await super()._handle_stream(receive, send, protocol, endpoint, tolerant, *rest)
 
     async def _handle_error(self, exc: Exception, ctx: Any, send: Any) -> None:
         """Connect's refusals of a content type or an HTTP method, with a JSON body
