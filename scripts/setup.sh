@@ -5,7 +5,8 @@
 # and Redocly (OpenAPI lint) CLIs from package-lock.json (./node_modules/.bin).
 # Idempotent; run from anywhere. PYTHON picks the interpreter that creates the venv (default python3).
 # With --for-tests it also installs the Debian packages the tests run
-# (pgbouncer; faketime, which sets a server clock ahead in a test), with apt-get, when they are missing.
+# (pgbouncer; faketime, which sets a server clock ahead in a test; curl, which runs the
+# README's HTTP walk-through), with apt-get, when they are missing.
 set -euo pipefail
 for_tests=false
 [ "${1:-}" = "--for-tests" ] && for_tests=true
@@ -35,7 +36,7 @@ done
 
 if $for_tests; then
   missing=()
-  for package in pgbouncer faketime; do
+  for package in pgbouncer faketime curl; do
     dpkg -s "$package" >/dev/null 2>&1 || missing+=("$package")
   done
   if [ "${#missing[@]}" -gt 0 ]; then

@@ -93,6 +93,18 @@ CASES: dict[str, Callable[[int, str], Case]] = {
         ["--listen", f"127.0.0.1:{port}"],
         f"keyturn: cannot listen on 127.0.0.1:{port}: Address already in use; {FIX_PORT}",
     ),
+    "an HTTP port in use": lambda port, admin: (
+        {"KEYTURN_HTTP_LISTEN": f"127.0.0.1:{port}"},
+        [],
+        f"keyturn: cannot listen on 127.0.0.1:{port}: Address already in use; choose another "
+        "HOST:PORT with --http-listen or KEYTURN_HTTP_LISTEN (port 0: any free port)",
+    ),
+    "a KEYTURN_HTTP_LISTEN that is no address": lambda port, admin: (
+        {"KEYTURN_HTTP_LISTEN": "localhost"},
+        [],
+        "keyturn: KEYTURN_HTTP_LISTEN: 'localhost' is not HOST:PORT (PORT 0-65535), for "
+        "example 127.0.0.1:50051",
+    ),
     "a --listen that is no address": lambda port, admin: (
         {},
         ["--listen", "localhost"],

@@ -56,6 +56,8 @@ def child_env(settings: Mapping[str, str]) -> dict[str, str]:
     """This process's environment without its KEYTURN_* variables, plus `settings`."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("KEYTURN_")}
     env["PYTHONUNBUFFERED"] = "1"
+    # The HTTP port is on by default, at a fixed port: tests run side by side.
+    env["KEYTURN_HTTP_LISTEN"] = "127.0.0.1:0"
     env.update(settings)
     return env
 

@@ -33,6 +33,7 @@ RUN_BY: dict[Key, str] = {
     ("README.md", "Walk-through with grpcurl", 0): "tests/e2e/test_quick_start.py",
     ("README.md", "Walk-through with grpcurl", 1): "tests/e2e/test_quick_start.py",
     ("README.md", "Walk-through with grpcurl", 2): "tests/e2e/test_quick_start.py",
+    ("README.md", "Walk-through with curl", 0): "tests/e2e/test_http_json.py",
     ("README.md", "Benchmark", 0): "tests/unit/test_documented_blocks.py",
     ("clients/python/README.md", "Install", 0): "tests/e2e/test_client_install.py",
     ("clients/python/README.md", "Activate in three lines", 0): (

@@ -559,7 +559,11 @@ def _parser() -> argparse.ArgumentParser:
         help="server processes on the one port (default: KEYTURN_WORKERS, else the number "
         "of CPUs); 1: a single process",
     )
-    _with_settings(serve, listen="--listen", workers="--workers")
+    serve.add_argument(
+        "--http-listen",
+        help=_from_setting("http_listen", "HOST:PORT of the HTTP/JSON API; empty: off"),
+    )
+    _with_settings(serve, listen="--listen", workers="--workers", http_listen="--http-listen")
     # Set by the supervisor for the workers it starts; not for people.
     serve.add_argument("--worker-index", type=int, default=0, help=argparse.SUPPRESS)
     serve.add_argument("--worker-link", type=int, help=argparse.SUPPRESS)

@@ -39,7 +39,9 @@ DRIVER_OF = {
 # The logging levels KEYTURN_LOG_LEVEL accepts, most verbose first.
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 # Settings whose empty value means "none": checked only when set.
-OPTIONAL_ADDRESSES = frozenset({"read_database_url", "metrics_listen", "admin_listen"})
+OPTIONAL_ADDRESSES = frozenset(
+    {"read_database_url", "metrics_listen", "admin_listen", "http_listen"}
+)
 # PEM files of the server's TLS and of the commands that call it; empty means unset.
 TLS_FILES = (
     "tls_cert_file",
@@ -224,6 +226,12 @@ class Settings(BaseSettings):
         "",
         description="HOST:PORT of the admin port, which requires a client certificate from "
         "KEYTURN_TLS_CLIENT_CA_FILE (set both or neither); empty: no admin port",
+    )
+    http_listen: str = Field(
+        "127.0.0.1:50052",
+        description="HOST:PORT of the same API over HTTP/JSON (the Connect protocol: POST "
+        "/keyturn.licensing.v1.LicensingService/ActivateSeat...) and GET /healthz; empty: "
+        "off. With several workers they share it as they share KEYTURN_LISTEN",
     )
     reflect_admin_services: bool = Field(
         True,
@@ -492,7 +500,7 @@ class Settings(BaseSettings):
     def _empty_file_is_none(cls, value: object) -> object:
         return None if value == "" else value
 
-    @field_validator("listen", "metrics_listen", "admin_listen")
+    @field_validator("listen", "metrics_listen", "admin_listen", "http_listen")
     @classmethod
     def _check_listen_addresses(cls, value: str, info: ValidationInfo) -> str:
         if not value and info.field_name in OPTIONAL_ADDRESSES:

@@ -27,7 +27,7 @@ class ReservedPort:
         return f"{self.host}:{self.port}"
 
 
-def _socket_address(host: str, port: int) -> tuple[socket.AddressFamily, tuple[str, int]]:
+def socket_address(host: str, port: int) -> tuple[socket.AddressFamily, tuple[str, int]]:
     """The first address `host` resolves to, for binding."""
     infos = socket.getaddrinfo(
         host.strip("[]"), port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
@@ -36,48 +36,63 @@ def _socket_address(host: str, port: int) -> tuple[socket.AddressFamily, tuple[s
     return family, (str(address[0]), int(address[1]))
 
 
-def cannot_listen(listen: str, error: OSError, variable: str = "KEYTURN_LISTEN") -> SettingsError:
+def cannot_listen(
+    listen: str, error: OSError, variable: str = "KEYTURN_LISTEN", flag: str = "--listen"
+) -> SettingsError:
     """The one line for a port taken (or no address here), naming the setting to change."""
     return SettingsError(
         f"cannot listen on {listen}: {error.strerror or error}; choose another HOST:PORT "
-        f"with --listen or {variable} (port 0: any free port)"
+        f"with {f'{flag} or ' if flag else ''}{variable} (port 0: any free port)"
     )
 
 
+@dataclass(frozen=True)
+class PortSetting:
+    """Which setting (and `serve` option) names a port, for the line when it is taken."""
+
+    variable: str = "KEYTURN_LISTEN"
+    flag: str = "--listen"
+
+
+GRPC_PORT = PortSetting()
+HTTP_PORT = PortSetting("KEYTURN_HTTP_LISTEN", "--http-listen")
+ADMIN_PORT = PortSetting("KEYTURN_ADMIN_LISTEN", "")  # no option of its own
+
+
 def _free_port(
-    listen: str, variable: str = "KEYTURN_LISTEN"
+    listen: str, setting: PortSetting
 ) -> tuple[socket.AddressFamily, tuple[str, int], int]:
     """`listen`'s family, address and port (the chosen one for 0), once a plain bind (no
     SO_REUSEPORT: it fails if anything holds the port) shows it free; SettingsError if not."""
     host, _, port_text = listen.rpartition(":")
     try:
-        family, address = _socket_address(host, int(port_text))
+        family, address = socket_address(host, int(port_text))
         with socket.socket(family, socket.SOCK_STREAM) as probe:
             probe.bind(address)
             return family, address, int(probe.getsockname()[1])
     except OSError as exc:
-        raise cannot_listen(listen, exc, variable) from None
+        raise cannot_listen(listen, exc, setting.variable, setting.flag) from None
 
 
-def check_port_free(listen: str, variable: str = "KEYTURN_LISTEN") -> None:
+def check_port_free(listen: str, setting: PortSetting = GRPC_PORT) -> None:
     """SettingsError naming the fix when `listen` is in use or not an address here (before
     gRPC tries, which would log its own lines first)."""
-    _free_port(listen, variable)
+    _free_port(listen, setting)
 
 
 @contextlib.contextmanager
-def reserve_port(listen: str, variable: str = "KEYTURN_LISTEN") -> Iterator[ReservedPort]:
+def reserve_port(listen: str, setting: PortSetting = GRPC_PORT) -> Iterator[ReservedPort]:
     """Hold `listen` (HOST:PORT, PORT may be 0) with SO_REUSEPORT until the block ends.
 
     SettingsError `cannot listen on ...` when the port is taken, by anyone."""
     host = listen.rpartition(":")[0]
-    family, address, port = _free_port(listen, variable)
+    family, address, port = _free_port(listen, setting)
     try:
         held = socket.socket(family, socket.SOCK_STREAM)
         held.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         held.bind((address[0], port))
     except OSError as exc:
-        raise cannot_listen(listen, exc, variable) from None
+        raise cannot_listen(listen, exc, setting.variable, setting.flag) from None
     try:
         yield ReservedPort(host, port)
     finally:

@@ -21,7 +21,7 @@ from prometheus_client import CollectorRegistry
 from .bootstrap import build_context, build_dispatcher
 from .config import Settings, SettingsError
 from .metrics_exporter import MetricsExporter
-from .port_reservation import check_port_free
+from .port_reservation import ADMIN_PORT, HTTP_PORT, check_port_free
 from .sealing import SecretError
 from .signals import stop_on_signal
 from .tls import CertificateFiles, TlsFileError, TlsFiles
@@ -73,7 +73,9 @@ async def serve(settings: Settings, role: WorkerRole | None = None) -> int:
         if role is None:
             check_port_free(settings.listen)
             if settings.admin_listen:
-                check_port_free(settings.admin_listen, "KEYTURN_ADMIN_LISTEN")
+                check_port_free(settings.admin_listen, ADMIN_PORT)
+            if settings.http_listen:
+                check_port_free(settings.http_listen, HTTP_PORT)
         ctx = await build_context(settings)
         dispatcher = build_dispatcher(ctx, settings) if settings.dispatch_in_server else None
         server = KeyturnServer(
@@ -87,6 +89,8 @@ async def serve(settings: Settings, role: WorkerRole | None = None) -> int:
             limits=TransportLimits.from_settings(settings),
             certificates=certificates,
             admin_listen=settings.admin_listen,
+            http_listen=settings.http_listen,
+            shutdown_grace_seconds=settings.shutdown_grace_seconds,
         )
         if role is None and settings.metrics_listen:
             exporter = MetricsExporter(settings.metrics_listen, server.registry, ctx)
@@ -109,6 +113,8 @@ async def serve(settings: Settings, role: WorkerRole | None = None) -> int:
             print(f"keyturn metrics on {exporter.address}", flush=True)
         if server.admin_address:
             print(f"keyturn admin port (mutual TLS) on {server.admin_address}", flush=True)
+        if server.http is not None:
+            print(f"keyturn http on {server.http_address}", flush=True)
         # One parseable line, so that scripts and tests can learn a port chosen with :0.
         print(f"keyturn listening on {server.address}", flush=True)
     else:

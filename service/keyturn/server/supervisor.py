@@ -1,7 +1,7 @@
 """`keyturn serve --workers N` (N > 1): one supervisor, N worker processes, one port.
 
-As in grpc's multiprocessing example, the supervisor reserves the port with
-SO_REUSEPORT and starts N copies of itself (`keyturn serve --worker-index I`,
+As in grpc's multiprocessing example, the supervisor reserves the port (and the
+HTTP port, KEYTURN_HTTP_LISTEN, the same way) with SO_REUSEPORT and starts N copies of itself (`keyturn serve --worker-index I`,
 a fresh interpreter each: grpc does not survive fork), each serving on that
 port with `grpc.so_reuseport`; the kernel spreads connections over them.
 
@@ -42,7 +42,7 @@ from .app.context import AppContext
 from .bootstrap import build_context
 from .config import Settings
 from .metrics_exporter import MetricsExporter, add_multiprocess_collector
-from .port_reservation import ReservedPort, check_port_free, reserve_port
+from .port_reservation import ADMIN_PORT, HTTP_PORT, ReservedPort, check_port_free, reserve_port
 from .serving import certificates_of
 from .signals import stop_on_signal
 from .worker_link import SupervisorEnd
@@ -105,6 +105,7 @@ class Supervisor:
         self._command = list(command or worker_command())
         self._workers: dict[int, Worker] = {}
         self._metrics_dir: Path | None = None
+        self._http: ReservedPort | None = None  # the HTTP port, when it is on
         self._registry = CollectorRegistry()
         self._restarts = Counter(
             "keyturn_worker_restarts",
@@ -122,16 +123,19 @@ class Supervisor:
         check_port_free(self._settings.listen)  # before the database is touched
         admin_listen = self._settings.admin_listen
         if admin_listen:
-            check_port_free(admin_listen, "KEYTURN_ADMIN_LISTEN")
+            check_port_free(admin_listen, ADMIN_PORT)
+        http_listen = self._settings.http_listen
+        if http_listen:
+            check_port_free(http_listen, HTTP_PORT)
         # Migrations and the first signing key: here, once, before any worker starts.
         ctx = await build_context(self._settings)
         try:
             with contextlib.ExitStack() as held:
                 reserved = held.enter_context(reserve_port(self._settings.listen))
                 if admin_listen:
-                    self._admin = held.enter_context(
-                        reserve_port(admin_listen, "KEYTURN_ADMIN_LISTEN")
-                    )
+                    self._admin = held.enter_context(reserve_port(admin_listen, ADMIN_PORT))
+                if http_listen:
+                    self._http = held.enter_context(reserve_port(http_listen, HTTP_PORT))
                 held.enter_context(self._metrics(ctx))
                 return await self._serve(reserved, stop)
         finally:
@@ -177,6 +181,8 @@ class Supervisor:
             return await self._stop_all([])
         if self._admin is not None:
             print(f"keyturn admin port (mutual TLS) on {self._admin.address}", flush=True)
+        if self._http is not None:
+            print(f"keyturn http on {self._http.address}", flush=True)
         print(f"keyturn listening on {reserved.address}", flush=True)
         keepers = [asyncio.create_task(self._keep(index, reserved)) for index in range(count)]
         await stop.wait()
@@ -204,6 +210,8 @@ class Supervisor:
                 "serve",
                 "--listen",
                 reserved.address,
+                "--http-listen",
+                self._http.address if self._http is not None else "",
                 "--worker-index",
                 str(index),
                 "--worker-link",

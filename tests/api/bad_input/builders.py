@@ -213,6 +213,7 @@ def built(request: Request, w: World) -> Message:
 SHAPE = World(
     app=None,  # type: ignore[arg-type]
     channel=None,  # type: ignore[arg-type]
+    http=None,  # type: ignore[arg-type]
     tokens=None,  # type: ignore[arg-type]
     entitlement_id="ent_shape",
     license_key="SHAPE-KEY",

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import grpc
+import httpx
 
 from keyturn.fulfillment.v1 import catalog_pb2 as cat
 from keyturn.fulfillment.v1 import catalog_pb2_grpc, fulfillment_pb2_grpc
@@ -103,6 +104,7 @@ CHANGE_SKUS = [
 class World:
     app: AppContext
     channel: grpc.aio.Channel
+    http: httpx.AsyncClient  # to the same server's HTTP/JSON port
     tokens: Tokens
     entitlement_id: str  # one seat, taken by the lease below
     license_key: str
@@ -123,19 +125,24 @@ class World:
 async def world_on(database_url: str) -> AsyncIterator[World]:
     """A server on a migrated, empty database, and the world written through it."""
     app = await build_context(settings_for(database_url))
-    server = KeyturnServer(app, "127.0.0.1:0")
+    server = KeyturnServer(app, "127.0.0.1:0", http_listen="127.0.0.1:0")
     await server.start()
     try:
         secrets = {s: (await create_token(app, {s}, f"bad input {s}"))[1] for s in OTHER_SCOPE}
         tokens = Tokens(secrets)
-        async with grpc.aio.insecure_channel(server.address) as channel:
-            yield await _write_world(app, channel, tokens)
+        async with (
+            grpc.aio.insecure_channel(server.address) as channel,
+            httpx.AsyncClient(base_url=f"http://{server.http_address}", timeout=30) as http,
+        ):
+            yield await _write_world(app, channel, http, tokens)
     finally:
         await server.stop(grace=1.0)
         await app.store.close()
 
 
-async def _write_world(app: AppContext, channel: grpc.aio.Channel, tokens: Tokens) -> World:
+async def _write_world(
+    app: AppContext, channel: grpc.aio.Channel, http: httpx.AsyncClient, tokens: Tokens
+) -> World:
     catalog = catalog_pb2_grpc.CatalogServiceStub(channel)
     fulfillment = fulfillment_pb2_grpc.FulfillmentServiceStub(channel)
     licensing = licensing_pb2_grpc.LicensingServiceStub(channel)
@@ -184,6 +191,7 @@ async def _write_world(app: AppContext, channel: grpc.aio.Channel, tokens: Token
     return World(
         app=app,
         channel=channel,
+        http=http,
         tokens=tokens,
         entitlement_id=entitlement.entitlement_id,
         license_key=entitlement.license_key,

@@ -24,8 +24,8 @@ from keyturn.licensing.v1 import licensing_pb2
 from keyturn.server.domain.errors import Reason
 
 from . import proto_comments
+from .call_guard import required_scope
 from .errors import ERROR_DOMAIN, STATUS_OF
-from .interceptor import required_scope
 from .openapi_schemas import REF, Schema, SchemaSet
 
 SERVICES: tuple[ServiceDescriptor, ...] = (

@@ -20,7 +20,11 @@ CREDENTIAL_FIELDS = frozenset({"license_key", "identity_token", "lease_token", "
 
 
 class Undecodable:
-    """Stands in for a request whose bytes are not a message of the method's type."""
+    """Stands in for a request whose bytes are not a message of the method's type;
+    `problem` says what is wrong with them, where the decoder said (JSON's parser does)."""
+
+    def __init__(self, problem: str = "") -> None:
+        self.problem = problem
 
 
 def tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
@@ -57,9 +61,10 @@ def _nul_fields(message: Message, prefix: str) -> list[FieldViolation]:
 def check_request(request: Any) -> None:
     """Raise INVALID_REQUEST for an undecodable request or a string with NUL in it."""
     if isinstance(request, Undecodable):
-        raise invalid_request(
-            [FieldViolation("request", "is not a valid protobuf message for this method")]
-        )
+        problem = "is not a valid protobuf message for this method"
+        if request.problem:
+            problem = f"is not a valid message for this method: {request.problem}"
+        raise invalid_request([FieldViolation("request", problem)])
     if isinstance(request, Message):
         found = _nul_fields(request, "")
         if found:

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections.abc import Iterable
+from typing import Any
 
 import grpc
 from google.protobuf import descriptor_pb2, descriptor_pool
-from google.protobuf.descriptor import FileDescriptor
+from google.protobuf.descriptor import FileDescriptor, ServiceDescriptor
 from google.rpc import error_details_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2
@@ -29,19 +31,30 @@ from keyturn.server.app.tokens import TokenAuthenticator
 from keyturn.server.store.pool_metrics import instrument_pool
 from keyturn.server.tls import CertificateFiles
 
+from .call_guard import CallGuard
+from .connect_app import ConnectApp, endpoints_of
+from .http_port import OPENAPI_PATH, HttpPort
+from .http_server import HttpServer
 from .interceptor import ServiceInterceptor
 from .metrics import RpcMetrics, WatchMetrics
+from .openapi import openapi_document
 from .servicers import CatalogServicer, FulfillmentServicer, LicensingServicer
 from .transport_limits import TransportLimits, fit_open_files
 from .transport_security import server_credentials
 
 log = logging.getLogger("keyturn.server")
 
-LICENSING_SERVICE = licensing_pb2.DESCRIPTOR.services_by_name["LicensingService"].full_name
-ADMIN_SERVICES = (  # for back offices and connectors, with an API token
-    fulfillment_pb2.DESCRIPTOR.services_by_name["FulfillmentService"].full_name,
-    catalog_pb2.DESCRIPTOR.services_by_name["CatalogService"].full_name,
-)
+# Keyturn's services by full name; both transports serve every method of each.
+SERVICES: dict[str, ServiceDescriptor] = {
+    service.full_name: service
+    for service in (
+        licensing_pb2.DESCRIPTOR.services_by_name["LicensingService"],
+        fulfillment_pb2.DESCRIPTOR.services_by_name["FulfillmentService"],
+        catalog_pb2.DESCRIPTOR.services_by_name["CatalogService"],
+    )
+}
+LICENSING_SERVICE, FULFILLMENT_SERVICE, CATALOG_SERVICE = SERVICES
+ADMIN_SERVICES = (FULFILLMENT_SERVICE, CATALOG_SERVICE)  # for back offices, with an API token
 SERVICE_NAMES = (LICENSING_SERVICE, *ADMIN_SERVICES)
 # What reflection describes when the admin services are left out: the licensing API,
 # health, reflection, and the error details its statuses carry.
@@ -92,7 +105,8 @@ def _pending_call_limits(max_streams: int) -> list[tuple[str, int]]:
 
 
 class KeyturnServer:
-    """A running Keyturn gRPC server; health follows the database's readiness.
+    """A running Keyturn gRPC server, and (`http_listen`) the same services over HTTP/JSON on
+    the same event loop; health follows the database's readiness.
 
     Alone, it owns its port (SO_REUSEPORT off: a port in use is an error). As one
     worker of a supervisor (`reuse_port`), it binds the port the supervisor reserved,
@@ -121,6 +135,8 @@ class KeyturnServer:
         limits: TransportLimits | None = None,
         certificates: CertificateFiles | None = None,
         admin_listen: str = "",
+        http_listen: str = "",
+        shutdown_grace_seconds: float = 15.0,
     ) -> None:
         if admin_listen and (certificates is None or certificates.files.client_ca is None):
             raise ValueError("an admin port needs certificates with a client CA")
@@ -130,16 +146,18 @@ class KeyturnServer:
         self._listen = listen
         self._admin_listen = admin_listen
         self._certificates = certificates
+        self._http_listen = http_listen
         self.limits = limits if limits is not None else TransportLimits.defaults()
         instrument_pool(ctx.store.engine, self.registry)
         trailer = (("keyturn-worker", worker_id),) if worker_id else ()
         self.authenticator = TokenAuthenticator(ctx.store, ctx.clock)
-        interceptor = ServiceInterceptor(
+        self.guard = CallGuard(
             self.authenticator,
             RpcMetrics(self.registry),
-            trailer,
+            passthrough=(grpc.aio.AbortError,),
             require_client_cert=bool(admin_listen),
         )
+        interceptor = ServiceInterceptor(self.guard, trailer)
         self._server = grpc.aio.server(
             interceptors=[interceptor],
             options=[
@@ -148,13 +166,38 @@ class KeyturnServer:
                 *self.limits.grpc_options(),
             ],
         )
-        licensing_pb2_grpc.add_LicensingServiceServicer_to_server(
-            LicensingServicer(ctx), self._server
-        )
-        fulfillment_pb2_grpc.add_FulfillmentServiceServicer_to_server(
-            FulfillmentServicer(ctx, WatchMetrics(self.registry, ctx.clock)), self._server
-        )
-        catalog_pb2_grpc.add_CatalogServiceServicer_to_server(CatalogServicer(ctx), self._server)
+        licensing = LicensingServicer(ctx)
+        fulfillment = FulfillmentServicer(ctx, WatchMetrics(self.registry, ctx.clock))
+        catalog = CatalogServicer(ctx)
+        licensing_pb2_grpc.add_LicensingServiceServicer_to_server(licensing, self._server)
+        fulfillment_pb2_grpc.add_FulfillmentServiceServicer_to_server(fulfillment, self._server)
+        catalog_pb2_grpc.add_CatalogServiceServicer_to_server(catalog, self._server)
+        servicers: dict[ServiceDescriptor, object] = {
+            SERVICES[LICENSING_SERVICE]: licensing,
+            SERVICES[FULFILLMENT_SERVICE]: fulfillment,
+            SERVICES[CATALOG_SERVICE]: catalog,
+        }
+        self._serving = False
+        self.http: HttpServer | None = None
+        if http_listen:
+            connect = ConnectApp(
+                endpoints_of(self.guard, servicers), read_max_bytes=self.limits.max_request_bytes
+            )
+            port = HttpPort(
+                connect,
+                lambda: self._serving,
+                max_body_bytes=self.limits.max_request_bytes,
+                worker_id=worker_id,
+            )
+            port.mount(OPENAPI_PATH, _openapi_once)
+            self.http = HttpServer(
+                port,
+                http_listen,
+                reuse_port=reuse_port,
+                grace_seconds=shutdown_grace_seconds,
+                max_connections=self.limits.max_connections,
+                idle_seconds=self.limits.max_connection_idle_seconds,
+            )
         self._health = health.aio.HealthServicer()  # type: ignore[attr-defined]
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
         if reflect_admin_services:
@@ -181,6 +224,12 @@ class KeyturnServer:
         # process that died between commit and numbering left behind get numbered.
         self.ctx.store.start()
         await self._server.start()
+        if self.http is not None:
+            try:
+                self.http.start()
+            except OSError as exc:
+                await self._server.stop(None)
+                raise OSError(f"cannot listen on {self._http_listen}: {exc.strerror}") from exc
         await self._refresh_health()
         self._background.append(asyncio.create_task(self._watch_readiness()))
         if self.ctx.lapse_sweep_seconds > 0:
@@ -217,7 +266,13 @@ class KeyturnServer:
         host = self._admin_listen.rpartition(":")[0]
         return f"{host}:{self.admin_port}"
 
+    @property
+    def http_address(self) -> str:
+        """HOST:PORT of the HTTP port; empty when it is off."""
+        return self.http.address if self.http is not None else ""
+
     async def _set_health(self, serving: bool) -> None:
+        self._serving = serving
         status = (
             health_pb2.HealthCheckResponse.SERVING
             if serving
@@ -237,16 +292,24 @@ class KeyturnServer:
     async def stop(self, grace: float) -> None:
         """NOT_SERVING first, then let in-flight calls finish (up to `grace`), then close."""
         await self._health.enter_graceful_shutdown()
+        self._serving = False
         self.ctx.stopping.set()  # change streams end now rather than hold the drain
         await self.ctx.feed.stop()  # wakes them to see it
         for task in self._background:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        await self._server.stop(grace)
+        http_stopped = self.http.stop() if self.http is not None else asyncio.sleep(0)
+        await asyncio.gather(self._server.stop(grace), http_stopped)
         await self.authenticator.uses.close(TOKEN_USE_DRAIN_SECONDS)
         await self.ctx.identity_uses.close(TOKEN_USE_DRAIN_SECONDS)
         await self.ctx.close()
 
     async def wait_for_termination(self) -> None:
         await self._server.wait_for_termination()
+
+
+@functools.cache
+def _openapi_once() -> dict[str, Any]:
+    """The OpenAPI document: the same for the process's life, so built at the first GET."""
+    return openapi_document()

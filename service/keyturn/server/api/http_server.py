@@ -1,0 +1,97 @@
+"""uvicorn serving the HTTP port on the gRPC server's own event loop and process.
+
+The socket is bound and listening here, before uvicorn takes it: the port is known
+(and taken) at once, and connections made before uvicorn's first accept wait in the
+backlog. As a worker of a supervisor it is bound with SO_REUSEPORT beside the
+other workers', on the port the supervisor reserved (port_reservation.py), as the
+gRPC port is. Signals stay Keyturn's (signals.py): this server never installs its
+own handlers, it stops when told.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+from collections.abc import Iterator
+from typing import Any
+
+import uvicorn
+
+from keyturn.server.port_reservation import socket_address
+
+# uvicorn's own lines ("Started server process"...) say nothing Keyturn's do not.
+logging.getLogger("uvicorn.error").setLevel(logging.WARNING)
+BACKLOG = 2048
+
+
+def bind(listen: str, *, reuse_port: bool) -> socket.socket:
+    """A listening socket on `listen` (HOST:PORT, PORT may be 0); OSError if it cannot."""
+    host, _, port = listen.rpartition(":")
+    family, address = socket_address(host, int(port))
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind(address)
+        sock.listen(BACKLOG)
+    except BaseException:
+        sock.close()
+        raise
+    sock.setblocking(False)
+    return sock
+
+
+class _Server(uvicorn.Server):
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield  # Keyturn's handlers stop both transports; uvicorn's would stop this one only
+
+
+class HttpServer:
+    """`app` served on `listen` until `stop`; `max_connections` as the gRPC port's."""
+
+    def __init__(
+        self,
+        app: Any,
+        listen: str,
+        *,
+        reuse_port: bool,
+        grace_seconds: float,
+        max_connections: int,
+        idle_seconds: float,
+    ) -> None:
+        self._listen = listen
+        self._reuse_port = reuse_port
+        self._config = uvicorn.Config(
+            app,
+            http="h11",
+            ws="none",
+            lifespan="off",
+            log_config=None,
+            access_log=False,  # the call guard logs one line per call
+            server_header=False,
+            timeout_graceful_shutdown=int(max(1, round(grace_seconds))),
+            limit_concurrency=max_connections,
+            timeout_keep_alive=int(max(1, min(idle_seconds or 5, 75))),
+        )
+        self._server = _Server(self._config)
+        self._task: asyncio.Task[None] | None = None
+        self.port = 0
+
+    def start(self) -> None:
+        sock = bind(self._listen, reuse_port=self._reuse_port)
+        self.port = int(sock.getsockname()[1])
+        self._task = asyncio.create_task(self._server.serve(sockets=[sock]))
+
+    @property
+    def address(self) -> str:
+        return f"{self._listen.rpartition(':')[0]}:{self.port}"
+
+    async def stop(self) -> None:
+        """Stop accepting, let answers in progress finish (up to the grace), then close."""
+        if self._task is None:
+            return
+        self._server.should_exit = True
+        await self._task

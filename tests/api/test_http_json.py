@@ -1,0 +1,312 @@
+"""The same API over HTTP/JSON (Connect protocol) on a real server's HTTP port.
+
+Every RPC of the three service descriptors is called with JSON and succeeds: the
+table of requests below must name each method, so a new RPC fails here until it is
+called over HTTP too. The bad-input suite (tests/api/bad_input) runs every refusal
+case over both transports; here: the layout of the port, streaming and its end at
+shutdown, the request limit and the refusals connect-python makes itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import httpx
+import pytest
+from google.protobuf import json_format
+
+from keyturn.fulfillment.v1 import catalog_pb2 as cat
+from keyturn.server.api.server import SERVICES, KeyturnServer
+from keyturn.server.api.transport_limits import TransportLimits
+from keyturn.server.app.context import AppContext
+
+from conftest import Tokens
+from support.http_json import HttpCallError, bearer, post_json, stream_json
+from support.rpc import PRODUCT_ID, create_sku, order, product
+
+WAIT_S = 30.0
+LIMITS = TransportLimits.defaults()
+
+
+@pytest.fixture
+async def http_server(app: AppContext) -> AsyncIterator[KeyturnServer]:
+    running = KeyturnServer(app, "127.0.0.1:0", http_listen="127.0.0.1:0", worker_id="w-test")
+    await running.start()
+    yield running
+    await running.stop(grace=1.0)
+
+
+@pytest.fixture
+async def http(http_server: KeyturnServer) -> AsyncIterator[httpx.AsyncClient]:
+    base = f"http://{http_server.http_address}"
+    async with httpx.AsyncClient(base_url=base, timeout=WAIT_S) as client:
+        yield client
+
+
+def secret(tokens: Tokens, scope: str) -> str:
+    return tokens(scope)[0][1].removeprefix("Bearer ")
+
+
+async def call(http: httpx.AsyncClient, service: str, method: str, body: Any, **kw: Any) -> Any:
+    return await post_json(http, f"/{service}/{method}", body, **kw)
+
+
+LICENSING, FULFILLMENT, CATALOG = (
+    "keyturn.licensing.v1.LicensingService",
+    "keyturn.fulfillment.v1.FulfillmentService",
+    "keyturn.fulfillment.v1.CatalogService",
+)
+
+
+async def test_every_rpc_of_the_three_services_answers_over_http_json(
+    http: httpx.AsyncClient, tokens: Tokens
+) -> None:
+    auth = {s: bearer(secret(tokens, s)) for s in ("catalog", "fulfill", "read")}
+    put = json_format.MessageToDict(cat.PutSkuRequest(sku=create_sku("STD", seats=2)))
+    await call(
+        http,
+        CATALOG,
+        "PutProduct",
+        cat.PutProductRequest(product=product()),
+        headers=auth["catalog"],
+    )
+    await call(http, CATALOG, "PutSku", put, headers=auth["catalog"])
+    spare = cat.PutSkuRequest(sku=create_sku("SPARE"))
+    await call(http, CATALOG, "PutSku", spare, headers=auth["catalog"])
+    fulfilled = await call(
+        http, FULFILLMENT, "FulfillOrder", order("o-1", "STD"), headers=auth["fulfill"]
+    )
+    entitlement = fulfilled["entitlements"][0]
+    key, entitlement_id = entitlement["licenseKey"], entitlement["entitlementId"]
+    activation = {"licenseKey": key, "productId": PRODUCT_ID, "fingerprint": "device-0001"}
+    state: dict[str, Any] = {}
+
+    async def activate() -> Any:
+        answer = await call(http, LICENSING, "ActivateSeat", activation)
+        state["lease"] = answer["lease"]["token"]
+        return answer
+
+    async def renew() -> Any:
+        answer = await call(http, LICENSING, "RenewLease", {"leaseToken": state["lease"]})
+        state["lease"] = answer["lease"]["token"]
+        return answer
+
+    async def watch() -> Any:
+        path = f"/{FULFILLMENT}/WatchEntitlementEvents"
+        async for event in stream_json(http, path, {"afterSequence": "0"}, auth["read"]):
+            return event
+        raise AssertionError("the stream ended without an event")
+
+    async def redeem() -> Any:
+        # An unknown code: the endpoint is there and judged the code (no invitation here).
+        with pytest.raises(HttpCallError) as refused:
+            await call(http, LICENSING, "RedeemInvitation", {"invitationCode": "KT-NOPE"})
+        assert refused.value.failure.reason == "INVALID_INVITATION"
+        return {}
+
+    # method name -> the call; every method of every service must be here.
+    calls: dict[str, Callable[[], Any]] = {
+        "PutProduct": lambda: call(
+            http,
+            CATALOG,
+            "PutProduct",
+            cat.PutProductRequest(product=product("second")),
+            headers=auth["catalog"],
+        ),
+        "ListProducts": lambda: call(http, CATALOG, "ListProducts", {}, headers=auth["catalog"]),
+        "PutSku": lambda: call(http, CATALOG, "PutSku", put, headers=auth["catalog"]),
+        "GetSku": lambda: call(http, CATALOG, "GetSku", {"skuId": "STD"}, headers=auth["catalog"]),
+        "ListSkus": lambda: call(http, CATALOG, "ListSkus", {}, headers=auth["catalog"]),
+        "DeleteSku": lambda: call(
+            http, CATALOG, "DeleteSku", {"skuId": "SPARE"}, headers=auth["catalog"]
+        ),
+        "FulfillOrder": lambda: call(
+            http, FULFILLMENT, "FulfillOrder", order("o-2", "STD"), headers=auth["fulfill"]
+        ),
+        "GetOrder": lambda: call(
+            http,
+            FULFILLMENT,
+            "GetOrder",
+            {"source": "test", "orderId": "o-1"},
+            headers=auth["read"],
+        ),
+        "GetEntitlement": lambda: call(
+            http,
+            FULFILLMENT,
+            "GetEntitlement",
+            {"entitlementId": entitlement_id},
+            headers=auth["read"],
+        ),
+        "ListEntitlements": lambda: call(
+            http, FULFILLMENT, "ListEntitlements", {}, headers=auth["read"]
+        ),
+        "ListEntitlementEvents": lambda: call(
+            http,
+            FULFILLMENT,
+            "ListEntitlementEvents",
+            {"entitlementId": entitlement_id},
+            headers=auth["read"],
+        ),
+        "ResendCredentials": lambda: call(
+            http,
+            FULFILLMENT,
+            "ResendCredentials",
+            {"entitlementId": entitlement_id},
+            headers=auth["fulfill"],
+        ),
+        "WatchEntitlementEvents": watch,
+        "ActivateSeat": activate,
+        "RenewLease": renew,
+        "CheckLicense": lambda: call(
+            http, LICENSING, "CheckLicense", {"licenseKey": key, "productId": PRODUCT_ID}
+        ),
+        "GetSigningKeys": lambda: call(http, LICENSING, "GetSigningKeys", {}),
+        "ReleaseSeat": lambda: call(http, LICENSING, "ReleaseSeat", {"leaseToken": state["lease"]}),
+        "RedeemInvitation": redeem,
+    }
+    declared = [method.name for service in SERVICES.values() for method in service.methods]
+    assert sorted(calls) == sorted(declared)
+    answers = {}
+    for name in calls:  # in the table's order: activate before renew before release
+        answers[name] = await calls[name]()
+    assert answers["GetSku"]["sku"]["skuId"] == "STD"
+    assert answers["ActivateSeat"]["entitlement"]["seatsInUse"] == 1
+    assert answers["RenewLease"]["lease"]["token"] != answers["ActivateSeat"]["lease"]["token"]
+    assert answers["CheckLicense"]["entitlement"]["entitlementId"] == entitlement_id
+    assert answers["GetSigningKeys"]["keys"][0]["alg"] == "EdDSA"
+    assert answers["WatchEntitlementEvents"]["event"]["entitlementId"] == entitlement_id
+    assert answers["ReleaseSeat"] == {}
+    assert len(answers["ListEntitlements"]["entitlements"]) == 2
+
+
+async def test_the_same_token_rules_as_grpc(http: httpx.AsyncClient, tokens: Tokens) -> None:
+    cases = [
+        ({}, 401, "MISSING_CREDENTIALS"),
+        ({"authorization": "Basic a2V5OnR1cm4="}, 401, "MISSING_CREDENTIALS"),
+        (bearer("kt_garbage"), 401, "INVALID_TOKEN"),
+        (bearer(secret(tokens, "read")), 403, "INSUFFICIENT_SCOPE"),
+    ]
+    for headers, status, reason in cases:
+        with pytest.raises(HttpCallError) as refused:
+            await call(http, FULFILLMENT, "FulfillOrder", order("o-1", "STD"), headers=headers)
+        assert (refused.value.failure.status, refused.value.failure.reason) == (status, reason)
+    answer = await call(
+        http, CATALOG, "ListProducts", {}, headers=bearer(secret(tokens, "catalog"))
+    )
+    assert answer == {}  # no products yet: proto3 JSON leaves out empty fields
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type", "status", "field", "problem"),
+    [
+        (b"{not json", "application/json", 400, "request", "Failed to load JSON"),
+        (b'{"licenseKey": 5}', "application/json", 400, "request", "licenseKey"),
+        (b'{"nope": 1}', "application/json", 400, "request", 'no field named "nope"'),
+        (b"", "application/json", 400, "request", "Failed to load JSON"),
+        (b"{}", "text/plain", 415, "content-type", "must be application/json"),
+        (b"licenseKey=x", "application/x-www-form-urlencoded", 415, "content-type", "must be"),
+    ],
+)
+async def test_a_body_that_is_no_request_gets_invalid_request_never_internal(
+    http: httpx.AsyncClient, body: bytes, content_type: str, status: int, field: str, problem: str
+) -> None:
+    with pytest.raises(HttpCallError) as refused:
+        await call(http, LICENSING, "ActivateSeat", body, content_type=content_type)
+    failure = refused.value.failure
+    assert (failure.status, failure.code.name, failure.reason) == (
+        status,
+        "INVALID_ARGUMENT",
+        "INVALID_REQUEST",
+    )
+    assert failure.fields == [field]
+    assert problem in failure.message
+
+
+async def test_a_get_of_an_rpc_is_405_with_a_json_body(http: httpx.AsyncClient) -> None:
+    response = await http.get(f"/{LICENSING}/GetSigningKeys")
+    assert response.status_code == 405
+    assert response.headers["allow"] == "POST"
+    assert response.json()["details"][0]["debug"]["reason"] == "INVALID_REQUEST"
+
+
+async def test_a_body_past_the_request_limit_is_resource_exhausted(
+    http: httpx.AsyncClient,
+) -> None:
+    body = b'{"licenseKey": "' + b"k" * LIMITS.max_request_bytes + b'"}'
+    with pytest.raises(HttpCallError) as refused:
+        await call(http, LICENSING, "ActivateSeat", body)
+    assert (refused.value.failure.status, refused.value.failure.code.name) == (
+        429,
+        "RESOURCE_EXHAUSTED",
+    )
+    assert "KEYTURN_MAX_REQUEST_BYTES" in refused.value.failure.message
+
+
+async def test_the_port_layout_health_reserved_routes_and_the_worker_header(
+    http: httpx.AsyncClient,
+) -> None:
+    health = await http.get("/healthz")
+    assert (health.status_code, health.json()) == (200, {"status": "SERVING"})
+    assert health.headers["keyturn-worker"] == "w-test"
+    document = await http.get("/openapi.json")
+    assert document.status_code == 200
+    assert document.json() == openapi_document()  # the generated one, served as is
+    assert f"/{LICENSING}/ActivateSeat" in document.json()["paths"]
+    for path in ("/stripe/webhook", "/console/", "/metrics", "/nowhere"):
+        response = await http.get(path)
+        assert response.status_code == 404, path
+        assert response.json()["code"] == "not_found"
+    assert "reserved" in (await http.get("/console/")).json()["message"]
+    missing = await http.post(f"/{LICENSING}/NoSuchMethod", content=b"{}")
+    assert missing.status_code == 404
+
+
+async def test_the_change_stream_ends_with_server_stopping_at_shutdown(
+    app: AppContext, tokens: Tokens
+) -> None:
+    server = KeyturnServer(app, "127.0.0.1:0", http_listen="127.0.0.1:0")
+    await server.start()
+    stopped = False
+    try:
+        async with httpx.AsyncClient(
+            base_url=f"http://{server.http_address}", timeout=WAIT_S
+        ) as http:
+            path = f"/{FULFILLMENT}/WatchEntitlementEvents"
+            stream = stream_json(http, path, {}, bearer(secret(tokens, "read")))
+            first = asyncio.ensure_future(anext(stream))  # type: ignore[arg-type]
+            await call(
+                http,
+                CATALOG,
+                "PutProduct",
+                cat.PutProductRequest(product=product()),
+                headers=bearer(secret(tokens, "catalog")),
+            )
+            await call(
+                http,
+                CATALOG,
+                "PutSku",
+                cat.PutSkuRequest(sku=create_sku("STD")),
+                headers=bearer(secret(tokens, "catalog")),
+            )
+            await call(
+                http,
+                FULFILLMENT,
+                "FulfillOrder",
+                order("o-1", "STD"),
+                headers=bearer(secret(tokens, "fulfill")),
+            )
+            event = await asyncio.wait_for(first, WAIT_S)
+            assert event["event"]["type"] == "ENTITLEMENT_EVENT_TYPE_CREATED"
+            stopping = asyncio.create_task(server.stop(grace=5.0))
+            stopped = True
+            with pytest.raises(HttpCallError) as ended:
+                await asyncio.wait_for(anext(stream), WAIT_S)  # type: ignore[arg-type]
+            await stopping
+    finally:
+        if not stopped:
+            await server.stop(grace=1.0)
+    failure = ended.value.failure
+    assert (failure.code.name, failure.reason) == ("UNAVAILABLE", "SERVER_STOPPING")
+    assert failure.metadata["last_sequence"] == str(event["event"]["sequence"])
