@@ -36,16 +36,35 @@ def _socket_address(host: str, port: int) -> tuple[socket.AddressFamily, tuple[s
     return family, (str(address[0]), int(address[1]))
 
 
-def cannot_listen(listen: str, error: OSError, variable: str = "KEYTURN_LISTEN") -> SettingsError:
+@dataclass(frozen=True)
+class ListenSetting:
+    """Where a listen address is set, for the hint when it cannot be bound: its
+    variable, and the command-line option that overrides it when there is one."""
+
+    variable: str
+    flag: str | None = None
+
+    def __str__(self) -> str:
+        return f"{self.flag} or {self.variable}" if self.flag else self.variable
+
+
+SERVE_LISTEN = ListenSetting("KEYTURN_LISTEN", "--listen")
+ADMIN_LISTEN = ListenSetting("KEYTURN_ADMIN_LISTEN")  # no option: only the variable sets it
+STRIPE_LISTEN = ListenSetting("KEYTURN_STRIPE_LISTEN", "--listen")  # keyturn connect stripe
+
+
+def cannot_listen(
+    listen: str, error: OSError, setting: ListenSetting = SERVE_LISTEN
+) -> SettingsError:
     """The one line for a port taken (or no address here), naming the setting to change."""
     return SettingsError(
         f"cannot listen on {listen}: {error.strerror or error}; choose another HOST:PORT "
-        f"with --listen or {variable} (port 0: any free port)"
+        f"with {setting} (port 0: any free port)"
     )
 
 
 def _free_port(
-    listen: str, variable: str = "KEYTURN_LISTEN"
+    listen: str, setting: ListenSetting
 ) -> tuple[socket.AddressFamily, tuple[str, int], int]:
     """`listen`'s family, address and port (the chosen one for 0), once a plain bind (no
     SO_REUSEPORT: it fails if anything holds the port) shows it free; SettingsError if not."""
@@ -56,28 +75,28 @@ def _free_port(
             probe.bind(address)
             return family, address, int(probe.getsockname()[1])
     except OSError as exc:
-        raise cannot_listen(listen, exc, variable) from None
+        raise cannot_listen(listen, exc, setting) from None
 
 
-def check_port_free(listen: str, variable: str = "KEYTURN_LISTEN") -> None:
+def check_port_free(listen: str, setting: ListenSetting = SERVE_LISTEN) -> None:
     """SettingsError naming the fix when `listen` is in use or not an address here (before
     gRPC tries, which would log its own lines first)."""
-    _free_port(listen, variable)
+    _free_port(listen, setting)
 
 
 @contextlib.contextmanager
-def reserve_port(listen: str, variable: str = "KEYTURN_LISTEN") -> Iterator[ReservedPort]:
+def reserve_port(listen: str, setting: ListenSetting = SERVE_LISTEN) -> Iterator[ReservedPort]:
     """Hold `listen` (HOST:PORT, PORT may be 0) with SO_REUSEPORT until the block ends.
 
     SettingsError `cannot listen on ...` when the port is taken, by anyone."""
     host = listen.rpartition(":")[0]
-    family, address, port = _free_port(listen, variable)
+    family, address, port = _free_port(listen, setting)
     try:
         held = socket.socket(family, socket.SOCK_STREAM)
         held.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         held.bind((address[0], port))
     except OSError as exc:
-        raise cannot_listen(listen, exc, variable) from None
+        raise cannot_listen(listen, exc, setting) from None
     try:
         yield ReservedPort(host, port)
     finally:
