@@ -28,7 +28,7 @@ from keyturn.server.app.tokens import create_token
 
 from conftest import Tokens
 from support.catalog import put_shipped_catalog
-from support.doc_blocks import Block, block, substituted
+from support.doc_blocks import Block, block, executed
 from support.smtp import free_port
 
 pytest_plugins = ["client_fixtures"]
@@ -45,9 +45,7 @@ class Enough(Exception):
 def run(snippet: Block, names: dict[str, Any], target: str | None = None) -> dict[str, Any]:
     """Execute `snippet` with `names` defined (its documented address replaced by
     `target` when given); the names it defined afterwards."""
-    text = substituted(snippet.text, {DOCUMENTED_TARGET: target}) if target else snippet.text
-    exec(compile(text, snippet.where, "exec"), names)
-    return names
+    return executed(snippet, names, {DOCUMENTED_TARGET: target} if target else None)
 
 
 async def run_async(snippet: Block, names: dict[str, Any]) -> dict[str, Any]:

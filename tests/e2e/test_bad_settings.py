@@ -178,6 +178,30 @@ def test_a_bad_setting_gets_one_line_and_exit_2(
     assert result.stdout == ""
 
 
+@pytest.mark.parametrize("workers", [1, 2])
+def test_an_admin_port_in_use_names_the_one_setting_that_moves_it(
+    tmp_path: Path, taken_port: int, workers: int
+) -> None:
+    """The admin port has no --listen of its own: the hint names KEYTURN_ADMIN_LISTEN alone."""
+    server_ca, client_ca = Authority("server CA"), Authority("client CA")
+    cert, key = tmp_path / "server.pem", tmp_path / "server.key"
+    server_ca.server().write(cert, key)
+    settings = {
+        **sqlite_settings(tmp_path / "keyturn.db"),
+        "KEYTURN_WORKERS": str(workers),
+        "KEYTURN_TLS_CERT_FILE": str(cert),
+        "KEYTURN_TLS_KEY_FILE": str(key),
+        "KEYTURN_TLS_CLIENT_CA_FILE": str(client_ca.write(tmp_path / "clients.pem")),
+        "KEYTURN_ADMIN_LISTEN": f"127.0.0.1:{taken_port}",
+    }
+    result = run_to_the_end(["serve", "--listen", "127.0.0.1:0"], tmp_path, settings)
+    assert result.stderr.splitlines() == [
+        f"keyturn: cannot listen on 127.0.0.1:{taken_port}: Address already in use; choose "
+        "another HOST:PORT with KEYTURN_ADMIN_LISTEN (port 0: any free port)"
+    ]
+    assert (result.returncode, result.stdout) == (2, "")
+
+
 def _tls_case(folder: Path, case: str) -> tuple[dict[str, str], str]:
     """Settings naming TLS files that exist as settings but cannot be served, and the line."""
     authority = Authority("test CA")

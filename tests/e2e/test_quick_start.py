@@ -18,7 +18,6 @@ import contextlib
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -39,6 +38,7 @@ from support.subprocess_server import (
     child_env,
     spawn_piped,
 )
+from support.terminals import hang_up, in_a_terminal
 
 INSTALL_TIMEOUT_S = 600.0
 DEV_TOOLS = (
@@ -165,32 +165,6 @@ def terminal_env(repo: Path) -> dict[str, str]:
     return env
 
 
-def in_a_terminal(text: str, repo: Path) -> subprocess.Popen[str]:
-    """A block as a long-running terminal runs it, in its own process group."""
-    return subprocess.Popen(
-        ["bash", "-euo", "pipefail", "-c", text],
-        cwd=repo,
-        env=terminal_env(repo),
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        bufsize=1,
-        start_new_session=True,
-    )
-
-
-def hang_up(process: subprocess.Popen[str]) -> None:
-    """Ctrl-C for the terminal's whole process group, then its end."""
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGINT)
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-
-
 def await_port(port: int, process: subprocess.Popen[str], timeout: float) -> None:
     """Until something accepts connections on the loopback `port` (the sink's own
     pip install may come first)."""
@@ -219,7 +193,9 @@ def test_the_walk_through_runs_as_written_from_token_to_release_and_email(copy: 
         assert serve_sh(copy, "--install-only").returncode == 0
     smtp_port = free_port()
     sink = in_a_terminal(
-        substituted(SINK.text, {f"127.0.0.1:{DOCUMENTED_SMTP}": f"127.0.0.1:{smtp_port}"}), copy
+        substituted(SINK.text, {f"127.0.0.1:{DOCUMENTED_SMTP}": f"127.0.0.1:{smtp_port}"}),
+        copy,
+        terminal_env(copy),
     )
     assert sink.stdout is not None
     received = LineCollector(sink.stdout, "mail-sink")
@@ -229,7 +205,9 @@ def test_the_walk_through_runs_as_written_from_token_to_release_and_email(copy: 
         serve = substituted(
             SERVER.text, {f"KEYTURN_SMTP_PORT={DOCUMENTED_SMTP}": f"KEYTURN_SMTP_PORT={smtp_port}"}
         )
-        server = ServerProcess(in_a_terminal(f"{serve.strip()} --listen 127.0.0.1:0", copy))
+        server = ServerProcess(
+            in_a_terminal(f"{serve.strip()} --listen 127.0.0.1:0", copy, terminal_env(copy))
+        )
         server.await_listening(START_TIMEOUT_S)
         calls = subprocess.run(
             ["bash", "-euo", "pipefail", "-c",

@@ -5,20 +5,18 @@ mutual TLS to the admin port, against a real `keyturn serve` with certificates m
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import pytest
 
 from support.certificates import SERVER_NAME, Authority
 from support.subprocess_server import (
+    ADMIN_RE,
     create_token,
     run_to_the_end,
     serving,
     sqlite_settings,
 )
-
-ADMIN_RE = re.compile(r"keyturn admin port \(mutual TLS\) on (?P<address>\S+)$")
 
 
 def _tls_settings(folder: Path, server_ca: Authority) -> dict[str, str]:

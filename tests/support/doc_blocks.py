@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from functools import cache
+from typing import Any
 
 from markdown_it import MarkdownIt
 
@@ -66,6 +67,16 @@ def substituted(text: str, replacements: dict[str, str]) -> str:
         assert documented in text, f"the documented {documented!r} is gone from the block"
         text = text.replace(documented, actual)
     return text
+
+
+def executed(
+    found: Block, names: dict[str, Any], replacements: dict[str, str] | None = None
+) -> dict[str, Any]:
+    """Run a Python block with `names` defined (those it leaves to the reader), its
+    documented values replaced (see `substituted`); the names it defined afterwards."""
+    text = substituted(found.text, replacements) if replacements else found.text
+    exec(compile(text, found.where, "exec"), names)
+    return names
 
 
 def commands_of(text: str) -> list[str]:

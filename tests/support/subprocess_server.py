@@ -36,6 +36,7 @@ from typing import IO, Any
 
 LISTENING_RE = re.compile(r"^keyturn listening on (?P<address>\S+:(?P<port>\d+))$")
 METRICS_RE = re.compile(r"^keyturn metrics on (?P<address>\S+:\d+)$")
+ADMIN_RE = re.compile(r"^keyturn admin port \(mutual TLS\) on (?P<address>\S+)$")
 START_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 30.0
 CLI_TIMEOUT_S = 60.0

@@ -23,7 +23,14 @@ from keyturn.server.catalog_file import read_catalog_file
 from keyturn.server.cli import _parser
 from keyturn.server.config import known_variables
 
-from support.doc_blocks import Block, block, blocks_of, commands_of, runnable_blocks
+from support.doc_blocks import (
+    RUNNABLE,
+    Block,
+    block,
+    blocks_of,
+    commands_of,
+    runnable_blocks,
+)
 from support.repository import ROOT, clone_files
 
 Key = tuple[str, str, int]  # document, section heading, index in the section
@@ -35,6 +42,11 @@ RUN_BY: dict[Key, str] = {
     ("README.md", "Walk-through with grpcurl", 2): "tests/e2e/test_quick_start.py",
     ("README.md", "Walk-through with curl", 0): "tests/e2e/test_http_json.py",
     ("README.md", "Benchmark", 0): "tests/unit/test_documented_blocks.py",
+    ("README.md", "Running with a certificate", 0): "tests/e2e/test_readme_tls.py",
+    ("README.md", "Running with a certificate", 1): "tests/e2e/test_readme_tls.py",
+    ("README.md", "Running with a certificate", 2): "tests/e2e/test_readme_tls.py",
+    ("README.md", "Mutual TLS for the admin services", 0): "tests/e2e/test_readme_tls.py",
+    ("README.md", "Mutual TLS for the admin services", 1): "tests/e2e/test_readme_tls.py",
     ("clients/python/README.md", "Install", 0): "tests/e2e/test_client_install.py",
     ("clients/python/README.md", "Activate in three lines", 0): (
         "tests/client/test_readme_snippets.py"
@@ -45,6 +57,9 @@ RUN_BY: dict[Key, str] = {
     ("clients/python/README.md", "Offline verification", 0): (
         "tests/client/test_readme_snippets.py"
     ),
+    ("clients/python/README.md", "TLS", 0): "tests/e2e/test_readme_tls.py",
+    ("clients/python/README.md", "TLS", 1): "tests/e2e/test_readme_tls.py",
+    ("clients/python/README.md", "TLS", 2): "tests/e2e/test_readme_tls.py",
     ("clients/python/README.md", "asyncio", 0): "tests/client/test_readme_snippets.py",
     ("clients/python/README.md", "Order connectors and catalog tools", 0): (
         "tests/client/test_readme_snippets.py"
@@ -85,6 +100,14 @@ def test_the_tests_named_look_their_blocks_up() -> None:
         assert heading in (ROOT / module).read_text(), f"{module} never names {heading!r}"
     for document, heading, index in NOT_RUN:
         block(document, heading, index)
+
+
+def test_the_proxy_configurations_are_configuration_not_commands() -> None:
+    """Envoy's and nginx's blocks are files for those proxies: marked as such, run by none."""
+    proxy = "Behind a TLS-terminating proxy"
+    assert [block("README.md", proxy, index).language for index in (0, 1)] == ["yaml", "nginx"]
+    assert [b.where for b in runnable_blocks("README.md") if b.heading == proxy] == []
+    assert {"yaml", "nginx", "text"}.isdisjoint(RUNNABLE)
 
 
 def test_every_keyturn_variable_a_block_names_is_a_setting() -> None:

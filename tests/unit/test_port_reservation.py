@@ -7,7 +7,7 @@ import socket
 import pytest
 
 from keyturn.server.config import SettingsError
-from keyturn.server.port_reservation import reserve_port
+from keyturn.server.port_reservation import ADMIN_LISTEN, SERVE_LISTEN, reserve_port
 
 
 def test_port_0_is_chosen_and_held_for_workers_only() -> None:
@@ -48,3 +48,14 @@ def test_the_port_is_free_again_after_the_reservation() -> None:
         port = reserved.port
     with socket.socket() as after:
         after.bind(("127.0.0.1", port))
+
+
+def test_the_hint_names_only_the_ways_the_address_is_set() -> None:
+    """`serve --listen` overrides KEYTURN_LISTEN; nothing but the variable sets the admin port."""
+    hints = {SERVE_LISTEN: "--listen or KEYTURN_LISTEN", ADMIN_LISTEN: "KEYTURN_ADMIN_LISTEN"}
+    with reserve_port("127.0.0.1:0") as reserved:
+        for setting, ways in hints.items():
+            with pytest.raises(SettingsError) as refused, reserve_port(reserved.address, setting):
+                pass
+            hint = f"; choose another HOST:PORT with {ways} (port 0: any free port)"
+            assert str(refused.value).endswith(hint)

@@ -321,7 +321,7 @@ async def _restore(args: argparse.Namespace) -> int:
 def _connect_stripe(args: argparse.Namespace) -> int:
     from keyturn.client.connectors.stripe_webhook import StripePriceLookup, StripeWebhookServer
 
-    from .port_reservation import cannot_listen
+    from .port_reservation import STRIPE_LISTEN, cannot_listen
 
     settings = _settings(args)
     secret, token = settings.connector_secrets("stripe_webhook_secret", "fulfill_token")
@@ -339,7 +339,7 @@ def _connect_stripe(args: argparse.Namespace) -> int:
                 (host, int(port)), secret, client.fulfill_order, path, prices
             )
         except OSError as exc:
-            raise cannot_listen(settings.stripe_listen, exc, "KEYTURN_STRIPE_LISTEN") from None
+            raise cannot_listen(settings.stripe_listen, exc, STRIPE_LISTEN) from None
         bound_host, bound_port = server.address
         print(f"keyturn stripe webhook on http://{bound_host}:{bound_port}{path}", flush=True)
         stopping = threading.Event()

@@ -36,31 +36,36 @@ def socket_address(host: str, port: int) -> tuple[socket.AddressFamily, tuple[st
     return family, (str(address[0]), int(address[1]))
 
 
+@dataclass(frozen=True)
+class ListenSetting:
+    """Where a listen address is set, for the hint when it cannot be bound: its
+    variable, and the command-line option that overrides it when there is one."""
+
+    variable: str
+    flag: str | None = None
+
+    def __str__(self) -> str:
+        return f"{self.flag} or {self.variable}" if self.flag else self.variable
+
+
+SERVE_LISTEN = ListenSetting("KEYTURN_LISTEN", "--listen")
+ADMIN_LISTEN = ListenSetting("KEYTURN_ADMIN_LISTEN")  # no option: only the variable sets it
+STRIPE_LISTEN = ListenSetting("KEYTURN_STRIPE_LISTEN", "--listen")  # keyturn connect stripe
+HTTP_LISTEN = ListenSetting("KEYTURN_HTTP_LISTEN", "--http-listen")
+
+
 def cannot_listen(
-    listen: str, error: OSError, variable: str = "KEYTURN_LISTEN", flag: str = "--listen"
+    listen: str, error: OSError, setting: ListenSetting = SERVE_LISTEN
 ) -> SettingsError:
     """The one line for a port taken (or no address here), naming the setting to change."""
     return SettingsError(
         f"cannot listen on {listen}: {error.strerror or error}; choose another HOST:PORT "
-        f"with {f'{flag} or ' if flag else ''}{variable} (port 0: any free port)"
+        f"with {setting} (port 0: any free port)"
     )
 
 
-@dataclass(frozen=True)
-class PortSetting:
-    """Which setting (and `serve` option) names a port, for the line when it is taken."""
-
-    variable: str = "KEYTURN_LISTEN"
-    flag: str = "--listen"
-
-
-GRPC_PORT = PortSetting()
-HTTP_PORT = PortSetting("KEYTURN_HTTP_LISTEN", "--http-listen")
-ADMIN_PORT = PortSetting("KEYTURN_ADMIN_LISTEN", "")  # no option of its own
-
-
 def _free_port(
-    listen: str, setting: PortSetting
+    listen: str, setting: ListenSetting
 ) -> tuple[socket.AddressFamily, tuple[str, int], int]:
     """`listen`'s family, address and port (the chosen one for 0), once a plain bind (no
     SO_REUSEPORT: it fails if anything holds the port) shows it free; SettingsError if not."""
@@ -71,17 +76,17 @@ def _free_port(
             probe.bind(address)
             return family, address, int(probe.getsockname()[1])
     except OSError as exc:
-        raise cannot_listen(listen, exc, setting.variable, setting.flag) from None
+        raise cannot_listen(listen, exc, setting) from None
 
 
-def check_port_free(listen: str, setting: PortSetting = GRPC_PORT) -> None:
+def check_port_free(listen: str, setting: ListenSetting = SERVE_LISTEN) -> None:
     """SettingsError naming the fix when `listen` is in use or not an address here (before
     gRPC tries, which would log its own lines first)."""
     _free_port(listen, setting)
 
 
 @contextlib.contextmanager
-def reserve_port(listen: str, setting: PortSetting = GRPC_PORT) -> Iterator[ReservedPort]:
+def reserve_port(listen: str, setting: ListenSetting = SERVE_LISTEN) -> Iterator[ReservedPort]:
     """Hold `listen` (HOST:PORT, PORT may be 0) with SO_REUSEPORT until the block ends.
 
     SettingsError `cannot listen on ...` when the port is taken, by anyone."""
@@ -92,7 +97,7 @@ def reserve_port(listen: str, setting: PortSetting = GRPC_PORT) -> Iterator[Rese
         held.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         held.bind((address[0], port))
     except OSError as exc:
-        raise cannot_listen(listen, exc, setting.variable, setting.flag) from None
+        raise cannot_listen(listen, exc, setting) from None
     try:
         yield ReservedPort(host, port)
     finally:

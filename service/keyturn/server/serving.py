@@ -21,7 +21,7 @@ from prometheus_client import CollectorRegistry
 from .bootstrap import build_context, build_dispatcher
 from .config import Settings, SettingsError
 from .metrics_exporter import MetricsExporter
-from .port_reservation import ADMIN_PORT, HTTP_PORT, check_port_free
+from .port_reservation import ADMIN_LISTEN, HTTP_LISTEN, check_port_free
 from .sealing import SecretError
 from .signals import stop_on_signal
 from .tls import CertificateFiles, TlsFileError, TlsFiles
@@ -73,9 +73,9 @@ async def serve(settings: Settings, role: WorkerRole | None = None) -> int:
         if role is None:
             check_port_free(settings.listen)
             if settings.admin_listen:
-                check_port_free(settings.admin_listen, ADMIN_PORT)
+                check_port_free(settings.admin_listen, ADMIN_LISTEN)
             if settings.http_listen:
-                check_port_free(settings.http_listen, HTTP_PORT)
+                check_port_free(settings.http_listen, HTTP_LISTEN)
         ctx = await build_context(settings)
         dispatcher = build_dispatcher(ctx, settings) if settings.dispatch_in_server else None
         server = KeyturnServer(

@@ -42,7 +42,7 @@ from .app.context import AppContext
 from .bootstrap import build_context
 from .config import Settings
 from .metrics_exporter import MetricsExporter, add_multiprocess_collector
-from .port_reservation import ADMIN_PORT, HTTP_PORT, ReservedPort, check_port_free, reserve_port
+from .port_reservation import ADMIN_LISTEN, HTTP_LISTEN, ReservedPort, check_port_free, reserve_port
 from .serving import certificates_of
 from .signals import stop_on_signal
 from .worker_link import SupervisorEnd
@@ -123,19 +123,19 @@ class Supervisor:
         check_port_free(self._settings.listen)  # before the database is touched
         admin_listen = self._settings.admin_listen
         if admin_listen:
-            check_port_free(admin_listen, ADMIN_PORT)
+            check_port_free(admin_listen, ADMIN_LISTEN)
         http_listen = self._settings.http_listen
         if http_listen:
-            check_port_free(http_listen, HTTP_PORT)
+            check_port_free(http_listen, HTTP_LISTEN)
         # Migrations and the first signing key: here, once, before any worker starts.
         ctx = await build_context(self._settings)
         try:
             with contextlib.ExitStack() as held:
                 reserved = held.enter_context(reserve_port(self._settings.listen))
                 if admin_listen:
-                    self._admin = held.enter_context(reserve_port(admin_listen, ADMIN_PORT))
+                    self._admin = held.enter_context(reserve_port(admin_listen, ADMIN_LISTEN))
                 if http_listen:
-                    self._http = held.enter_context(reserve_port(http_listen, HTTP_PORT))
+                    self._http = held.enter_context(reserve_port(http_listen, HTTP_LISTEN))
                 held.enter_context(self._metrics(ctx))
                 return await self._serve(reserved, stop)
         finally:
