@@ -40,7 +40,7 @@ from keyturn.fulfillment.v1 import catalog_pb2 as cat
 from keyturn.fulfillment.v1 import fulfillment_pb2 as ful
 from keyturn.licensing.v1 import licensing_pb2 as lic
 from keyturn.server.api import proto_comments
-from keyturn.server.api.interceptor import required_scope
+from keyturn.server.api.call_guard import required_scope
 from keyturn.server.api.openapi import CONNECT_HTTP_STATUS, SERVICES, openapi_document
 from keyturn.server.api.openapi_schemas import SchemaSet
 
