@@ -89,7 +89,7 @@ class CallGuard:
         require_client_cert: bool = False,
     ) -> None:
         self._auth = authenticator
-        self._require_client_cert = require_client_cert
+        self.require_client_cert = require_client_cert
         self._metrics = metrics
         self._passthrough = passthrough
 
@@ -103,7 +103,7 @@ class CallGuard:
         try:
             scope = required_scope(call.method)
             if scope:
-                if self._require_client_cert and not call.client_verified:
+                if self.require_client_cert and not call.client_verified:
                     raise client_certificate_required()
                 token = await self._auth.authenticate(bearer_token(call.authorization))
                 self._auth.require(token, scope)

@@ -82,7 +82,8 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
             "grpc",
             context.peer(),
             _authorization(context),
-            client_verified=has_verified_client_cert(context),
+            # Asked of grpc only where mutual TLS is on: the guard reads it nowhere else.
+            client_verified=self._guard.require_client_cert and has_verified_client_cert(context),
         )
 
     def _refusal(self, context: Context) -> Callable[[DomainError], Awaitable[NoReturn]]:
