@@ -242,8 +242,11 @@ def _spawn(args: Sequence[str], cwd: Path, settings: Mapping[str, str]) -> subpr
     return spawn_piped([*keyturn_command(), *args], cwd, child_env(settings))
 
 
-def spawn_piped(argv: Sequence[str], cwd: Path, env: Mapping[str, str]) -> subprocess.Popen[str]:
-    """`argv` with stdout and stderr as line-buffered text pipes (for `ServerProcess`)."""
+def spawn_piped(
+    argv: Sequence[str], cwd: Path, env: Mapping[str, str], *, new_session: bool = False
+) -> subprocess.Popen[str]:
+    """`argv` with stdout and stderr as line-buffered text pipes (for `ServerProcess`);
+    `new_session`: in a process group of its own, as a terminal's commands are."""
     return subprocess.Popen(
         argv,
         cwd=cwd,
@@ -253,6 +256,7 @@ def spawn_piped(argv: Sequence[str], cwd: Path, env: Mapping[str, str]) -> subpr
         stderr=subprocess.PIPE,
         text=True,
         bufsize=1,
+        start_new_session=new_session,
     )
 
 

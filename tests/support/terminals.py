@@ -10,20 +10,12 @@ import subprocess
 from collections.abc import Mapping
 from pathlib import Path
 
+from support.subprocess_server import spawn_piped
+
 
 def in_a_terminal(text: str, cwd: Path, env: Mapping[str, str]) -> subprocess.Popen[str]:
     """`text` running as a long-running terminal, stdout and stderr as line-buffered pipes."""
-    return subprocess.Popen(
-        ["bash", "-euo", "pipefail", "-c", text],
-        cwd=cwd,
-        env=env,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        bufsize=1,
-        start_new_session=True,
-    )
+    return spawn_piped(["bash", "-euo", "pipefail", "-c", text], cwd, env, new_session=True)
 
 
 def hang_up(process: subprocess.Popen[str]) -> None:
