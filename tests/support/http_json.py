@@ -55,6 +55,7 @@ class HttpFailure(RpcFailure):
 def failure_of_json(error: Mapping[str, Any], status: int) -> HttpFailure:
     """The failure a Connect error body describes."""
     reason, domain, metadata, fields = "", "", {}, []
+    retry_delay: float | None = None
     for detail in error.get("details", []):
         debug = detail.get("debug", {})
         if detail.get("type") == "google.rpc.ErrorInfo":
@@ -62,10 +63,12 @@ def failure_of_json(error: Mapping[str, Any], status: int) -> HttpFailure:
             metadata = dict(debug.get("metadata", {}))
         elif detail.get("type") == "google.rpc.BadRequest":
             fields = [v.get("field", "") for v in debug.get("fieldViolations", [])]
+        elif detail.get("type") == "google.rpc.RetryInfo":
+            retry_delay = float(str(debug.get("retryDelay", "0s")).removesuffix("s"))
     code = error.get("code", "unknown")
     return HttpFailure(
-        grpc_code(code), reason, domain, metadata, fields, error.get("message", ""), status,
-        json.dumps(error),
+        grpc_code(code), reason, domain, metadata, fields, error.get("message", ""),
+        retry_delay, status, json.dumps(error),
     )  # fmt: skip
 
 

@@ -20,6 +20,7 @@ class RpcFailure:
     metadata: dict[str, str]
     fields: list[str]
     message: str
+    retry_delay_seconds: float | None = None  # a google.rpc.RetryInfo's delay
 
 
 def failure_of(error: grpc.aio.AioRpcError) -> RpcFailure:
@@ -30,6 +31,7 @@ def failure_of(error: grpc.aio.AioRpcError) -> RpcFailure:
             details = value if isinstance(value, bytes) else value.encode()
     status = status_pb2.Status.FromString(details)
     reason, domain, metadata, fields = "", "", {}, []
+    retry_delay: float | None = None
     for detail in status.details:
         if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
             info = error_details_pb2.ErrorInfo()
@@ -39,7 +41,13 @@ def failure_of(error: grpc.aio.AioRpcError) -> RpcFailure:
             bad = error_details_pb2.BadRequest()
             detail.Unpack(bad)
             fields = [v.field for v in bad.field_violations]
-    return RpcFailure(error.code(), reason, domain, metadata, fields, error.details() or "")
+        if detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
+            retry = error_details_pb2.RetryInfo()
+            detail.Unpack(retry)
+            retry_delay = retry.retry_delay.ToTimedelta().total_seconds()
+    return RpcFailure(
+        error.code(), reason, domain, metadata, fields, error.details() or "", retry_delay
+    )
 
 
 PRODUCT_ID = "acme-cad"

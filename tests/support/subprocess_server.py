@@ -53,12 +53,24 @@ def keyturn_command() -> list[str]:
     return [sys.executable, "-m", "keyturn.server.cli"]
 
 
+# Tests and benchmarks drive thousands of calls, some with wrong credentials, from one
+# loopback peer: the abuse limits' code runs in each of them, with limits no test
+# reaches, except where a test sets its own (tests/e2e/test_abuse_limits_workers.py).
+UNREACHED_LIMITS = {
+    "KEYTURN_RATE_LIMIT_PER_PEER": "1000000/second",
+    "KEYTURN_RATE_LIMIT_PER_CREDENTIAL": "1000000/second",
+    "KEYTURN_RATE_LIMIT_PER_TOKEN": "1000000/second",
+    "KEYTURN_FAILED_CREDENTIALS_LIMIT": "1000000/minute",
+}
+
+
 def child_env(settings: Mapping[str, str]) -> dict[str, str]:
     """This process's environment without its KEYTURN_* variables, plus `settings`."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("KEYTURN_")}
     env["PYTHONUNBUFFERED"] = "1"
     # The HTTP port is on by default, at a fixed port: tests run side by side.
     env["KEYTURN_HTTP_LISTEN"] = "127.0.0.1:0"
+    env.update(UNREACHED_LIMITS)
     env.update(settings)
     return env
 

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
 
+import limits
 from pydantic import (
     Field,
     SecretStr,
@@ -382,6 +384,34 @@ class Settings(BaseSettings):
         gt=0,
         description="A ping unanswered for this long closes the connection and its calls",
     )
+    rate_limit_per_peer: str = Field(
+        "100/second;3000/minute",
+        description="Calls of ActivateSeat, CheckLicense, RedeemInvitation and RenewLease one "
+        "peer may make, per server process (`N/second;M/minute`, the `limits` library's "
+        "notation); more are refused RATE_LIMITED. `off`: no limit",
+    )
+    rate_limit_per_credential: str = Field(
+        "50/second;1500/minute",
+        description="Calls of those methods with one license key, identity token, invitation "
+        "code or lease token, per server process. `off`: no limit",
+    )
+    rate_limit_per_token: str = Field(
+        "300/second",
+        description="Calls of the Fulfillment and Catalog services with one API token, per "
+        "server process. `off`: no limit",
+    )
+    failed_credentials_limit: str = Field(
+        "30/10 minutes",
+        description="Wrong license keys, identity tokens, invitation codes, leases and API "
+        "tokens one peer may present per window, counted in the database across every "
+        "worker and replica; then its calls with a credential are refused RATE_LIMITED "
+        "until the window ends. `off`: no limit",
+    )
+    rate_limit_peer_header: str = Field(
+        "",
+        description="Behind a proxy: the request header (gRPC metadata) whose last address "
+        "names the peer, e.g. `x-forwarded-for`; empty: the connection's address",
+    )
 
     signing_key_refresh_seconds: float = Field(
         10.0,
@@ -506,6 +536,35 @@ class Settings(BaseSettings):
         if not value and info.field_name in OPTIONAL_ADDRESSES:
             return value
         return _check_host_port(value)
+
+    @field_validator(
+        "rate_limit_per_peer",
+        "rate_limit_per_credential",
+        "rate_limit_per_token",
+        "failed_credentials_limit",
+    )
+    @classmethod
+    def _check_rate_limits(cls, value: str, info: ValidationInfo) -> str:
+        text = value.strip()
+        if text.lower() in ("", "off"):
+            return "off"
+        try:
+            rules = limits.parse_many(text)
+        except ValueError:
+            raise ValueError(
+                f"{value!r} is not a rate limit: write e.g. 100/second;3000/minute, or off"
+            ) from None
+        if info.field_name == "failed_credentials_limit" and len(rules) != 1:
+            raise ValueError(f"{value!r}: give one budget, e.g. 30/10 minutes, or off")
+        return text
+
+    @field_validator("rate_limit_peer_header")
+    @classmethod
+    def _check_peer_header(cls, value: str) -> str:
+        header = value.strip().lower()
+        if header and not re.fullmatch(r"[a-z0-9][a-z0-9-]*", header):
+            raise ValueError(f"{value!r} is not a header name (e.g. x-forwarded-for)")
+        return header
 
     @field_validator("log_level")
     @classmethod

@@ -61,6 +61,7 @@ def certificates_of(settings: Settings) -> CertificateFiles | None:
 
 async def serve(settings: Settings, role: WorkerRole | None = None) -> int:
     """Serve until SIGTERM/SIGINT (or, for a worker, until the supervisor is gone)."""
+    from .api.abuse_limits import abuse_limits_of
     from .api.server import KeyturnServer
     from .api.transport_limits import TransportLimits
 
@@ -87,6 +88,7 @@ async def serve(settings: Settings, role: WorkerRole | None = None) -> int:
             worker_id=str(os.getpid()) if role is not None else "",
             reflect_admin_services=settings.reflect_admin_services,
             limits=TransportLimits.from_settings(settings),
+            abuse=abuse_limits_of(settings, ctx),
             certificates=certificates,
             admin_listen=settings.admin_listen,
             http_listen=settings.http_listen,

@@ -1,5 +1,5 @@
-"""What every call gets, whichever transport carried it: bearer-token auth with the
-method's scope, the request checks, domain errors turned into the transport's refusal,
+"""What every call gets, whichever transport carried it: the abuse limits
+(abuse_limits.py), bearer-token auth with the method's scope, the request checks, domain errors turned into the transport's refusal,
 retries of transaction conflicts, one log line and the metrics.
 
 gRPC (`interceptor.py`) and HTTP/JSON (`connect_app.py`) each describe the call
@@ -31,6 +31,7 @@ from keyturn.server.domain.errors import (
     missing_credentials,
 )
 
+from .abuse_limits import AbuseLimits
 from .errors import STATUS_OF
 from .metrics import RpcMetrics
 from .request_checks import check_request
@@ -69,6 +70,7 @@ class Call:
     peer: str
     authorization: str | None  # the authorization metadata or header, as sent
     client_verified: bool = False  # came with a client certificate the TLS layer verified
+    forwarded: str | None = None  # the value of the abuse limits' peer header, if any
 
 
 Refuse = Callable[[DomainError], Awaitable[NoReturn]]
@@ -78,7 +80,8 @@ class CallGuard:
     """`passthrough`: exceptions a transport raises to end a call itself (grpc's abort),
     which are neither bugs nor the guard's to answer. `require_client_cert`: mutual TLS
     is configured, so the admin services answer only calls whose transport verified a
-    client certificate (the admin port's; never HTTP's, which has none)."""
+    client certificate (the admin port's; never HTTP's, which has none). `abuse`: the
+    rate limits (none: nothing is limited); the transports read its `peer_header`."""
 
     def __init__(
         self,
@@ -87,9 +90,11 @@ class CallGuard:
         passthrough: tuple[type[BaseException], ...] = (),
         *,
         require_client_cert: bool = False,
+        abuse: AbuseLimits | None = None,
     ) -> None:
         self._auth = authenticator
         self.require_client_cert = require_client_cert
+        self.abuse = abuse
         self._metrics = metrics
         self._passthrough = passthrough
 
@@ -100,19 +105,26 @@ class CallGuard:
         started = time.perf_counter()
         code, reason = "OK", ""
         log.debug("rpc started method=%s", call.method)
+        abuse, peer = self.abuse, ""
         try:
+            if abuse is not None:
+                peer = abuse.peer_of(call.peer, call.forwarded)
+                abuse.admit(call.method, peer, request)
             scope = required_scope(call.method)
             if scope:
                 if self.require_client_cert and not call.client_verified:
                     raise client_certificate_required()
                 token = await self._auth.authenticate(bearer_token(call.authorization))
                 self._auth.require(token, scope)
+                if abuse is not None:
+                    abuse.admit_token(token.token_id)
             check_request(request)
             yield
         except (asyncio.CancelledError, GeneratorExit):  # the caller went away
             code = "CANCELLED"
             raise
-        except DomainError as error:
+        except DomainError as refused:
+            error = refused if abuse is None else await abuse.refused(peer, refused)
             code, reason = STATUS_OF[error.reason].name, error.reason.value
             await refuse(error)
         except Exception as error:

@@ -33,7 +33,7 @@ from google.protobuf.message import Message
 
 from keyturn.server.domain.errors import DomainError, FieldViolation, invalid_request
 
-from .call_guard import Call, CallGuard
+from .call_guard import Call, CallGuard, Refuse
 from .errors import connect_error_of
 from .request_checks import Undecodable
 
@@ -49,13 +49,27 @@ CONTENT_TYPES = (
 )
 
 
-async def _refuse(error: DomainError) -> NoReturn:
-    raise connect_error_of(error)
+def _refusal(ctx: RequestContext[Any, Any]) -> Refuse:
+    async def refuse(error: DomainError) -> NoReturn:
+        """The Connect error; a refusal that ends by itself also says when (Retry-After)."""
+        if error.retry_delay_seconds is not None:
+            ctx.response_headers()["retry-after"] = str(error.retry_delay_seconds)
+        raise connect_error_of(error)
+
+    return refuse
 
 
-def _call(method: str, ctx: RequestContext[Any, Any]) -> Call:
+def _call(guard: CallGuard, method: str, ctx: RequestContext[Any, Any]) -> Call:
+    headers = ctx.request_headers()
+    abuse = guard.abuse
     return Call(
-        method, "http", ctx.client_address() or "", ctx.request_headers().get("authorization")
+        method,
+        "http",
+        ctx.client_address() or "",
+        headers.get("authorization"),
+        forwarded=headers.get(abuse.peer_header)
+        if abuse is not None and abuse.peer_header
+        else None,
     )
 
 
@@ -78,13 +92,15 @@ def _endpoint(
     if method.server_streaming:
 
         def stream(request: Any, ctx: RequestContext[Any, Any]) -> AsyncIterator[Any]:
-            return guard.stream(_call(path, ctx), request, behavior(request, None), _refuse)
+            return guard.stream(
+                _call(guard, path, ctx), request, behavior(request, None), _refusal(ctx)
+            )
 
         return Endpoint.server_stream(method=info, function=stream)
 
     async def unary(request: Any, ctx: RequestContext[Any, Any]) -> Any:
         return await guard.unary(
-            _call(path, ctx), request, lambda: behavior(request, None), _refuse
+            _call(guard, path, ctx), request, lambda: behavior(request, None), _refusal(ctx)
         )
 
     return Endpoint.unary(method=info, function=unary)

@@ -53,10 +53,15 @@ STATUS_OF: dict[Reason, StatusCode] = {
     Reason.CLIENT_CERTIFICATE_REQUIRED: StatusCode.UNAUTHENTICATED,
     Reason.TOKEN_EXPIRED: StatusCode.UNAUTHENTICATED,
     Reason.IDENTITY_TOKEN_EXPIRED: StatusCode.UNAUTHENTICATED,
+    Reason.RATE_LIMITED: StatusCode.RESOURCE_EXHAUSTED,
 }
 
 
-def _pack(message: error_details_pb2.ErrorInfo | error_details_pb2.BadRequest) -> any_pb2.Any:
+def _pack(
+    message: error_details_pb2.ErrorInfo
+    | error_details_pb2.BadRequest
+    | error_details_pb2.RetryInfo,
+) -> any_pb2.Any:
     packed = any_pb2.Any()
     packed.Pack(message)
     return packed
@@ -92,6 +97,10 @@ def status_of(error: DomainError) -> status_pb2.Status:
                 )
             )
         )
+    if error.retry_delay_seconds is not None:
+        delay = error_details_pb2.RetryInfo()
+        delay.retry_delay.FromSeconds(error.retry_delay_seconds)
+        details.append(_pack(delay))
     numeric: int = code.value[0]
     assert code_pb2.Code.Name(numeric)  # every StatusCode is a google.rpc.Code
     return status_pb2.Status(code=numeric, message=_bounded(error.message), details=details)

@@ -22,9 +22,9 @@ Trailer = tuple[tuple[str, str], ...]
 Context = grpc.aio.ServicerContext[Any, Any]
 
 
-def _authorization(context: Context) -> str | None:
+def _metadata_value(context: Context, name: str) -> str | None:
     for key, value in context.invocation_metadata() or ():
-        if key == "authorization" and isinstance(value, str):
+        if key == name and isinstance(value, str):
             return value
     return None
 
@@ -76,14 +76,20 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
     def _call(self, method: str, context: Context) -> Call:
         if self._trailer:
             context.set_trailing_metadata(self._trailer)
+        abuse = self._guard.abuse
         # The peer now: once the call is cancelled, asking grpc may crash it.
         return Call(
             method,
             "grpc",
             context.peer(),
-            _authorization(context),
+            _metadata_value(context, "authorization"),
             # Asked of grpc only where mutual TLS is on: the guard reads it nowhere else.
             client_verified=self._guard.require_client_cert and has_verified_client_cert(context),
+            forwarded=(
+                _metadata_value(context, abuse.peer_header)
+                if abuse is not None and abuse.peer_header
+                else None
+            ),
         )
 
     def _refusal(self, context: Context) -> Callable[[DomainError], Awaitable[NoReturn]]:

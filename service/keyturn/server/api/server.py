@@ -31,6 +31,7 @@ from keyturn.server.app.tokens import TokenAuthenticator
 from keyturn.server.store.pool_metrics import instrument_pool
 from keyturn.server.tls import CertificateFiles
 
+from .abuse_limits import AbuseLimits
 from .call_guard import CallGuard
 from .connect_app import ConnectApp, endpoints_of
 from .http_port import OPENAPI_PATH, HttpPort
@@ -114,7 +115,8 @@ class KeyturnServer:
     (`worker_id`) so that a caller can tell which process answered. Reflection
     describes every service, or (`reflect_admin_services` false) the licensing one
     only; the admin services answer either way. `limits` bound what callers can make
-    it hold (default: those of Settings' defaults).
+    it hold (default: those of Settings' defaults); `abuse` limits how fast they may call
+    (default: no limit, for servers built in tests; `keyturn serve` has Settings').
 
     With `certificates` it speaks TLS only. With `admin_listen` too (mutual TLS), it also
     binds that port, where a handshake needs a client certificate from the certificates'
@@ -133,6 +135,7 @@ class KeyturnServer:
         worker_id: str = "",
         reflect_admin_services: bool = True,
         limits: TransportLimits | None = None,
+        abuse: AbuseLimits | None = None,
         certificates: CertificateFiles | None = None,
         admin_listen: str = "",
         http_listen: str = "",
@@ -156,6 +159,7 @@ class KeyturnServer:
             RpcMetrics(self.registry),
             passthrough=(grpc.aio.AbortError,),
             require_client_cert=bool(admin_listen),
+            abuse=abuse,
         )
         interceptor = ServiceInterceptor(self.guard, trailer)
         self._server = grpc.aio.server(

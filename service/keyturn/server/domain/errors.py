@@ -57,6 +57,7 @@ class Reason(StrEnum):
     CLIENT_CERTIFICATE_REQUIRED = "CLIENT_CERTIFICATE_REQUIRED"
     TOKEN_EXPIRED = "TOKEN_EXPIRED"
     IDENTITY_TOKEN_EXPIRED = "IDENTITY_TOKEN_EXPIRED"
+    RATE_LIMITED = "RATE_LIMITED"
 
 
 @dataclass(frozen=True)
@@ -78,12 +79,15 @@ class DomainError(Exception):
         message: str,
         metadata: Mapping[str, str] | None = None,
         violations: Sequence[FieldViolation] = (),
+        retry_delay_seconds: int | None = None,
     ) -> None:
         super().__init__(message)
         self.reason = reason
         self.message = message
         self.metadata: dict[str, str] = dict(metadata or {})
         self.violations: tuple[FieldViolation, ...] = tuple(violations)
+        # When to retry, for a refusal that ends by itself (google.rpc.RetryInfo).
+        self.retry_delay_seconds = retry_delay_seconds
 
 
 def invalid_request(violations: Sequence[FieldViolation]) -> DomainError:
@@ -420,4 +424,15 @@ def client_certificate_required() -> DomainError:
     return DomainError(
         Reason.CLIENT_CERTIFICATE_REQUIRED,
         "this service needs mutual TLS: call the admin port with a client certificate",
+    )
+
+
+def rate_limited(limit: str, retry_after_seconds: int) -> DomainError:
+    """A call refused before it did anything: the `limit` (peer, credential, token,
+    failed_credentials) of its caller is used up for the next `retry_after_seconds`."""
+    return DomainError(
+        Reason.RATE_LIMITED,
+        f"too many calls ({limit} limit); retry in {retry_after_seconds} s",
+        {"limit": limit, "retry_after_seconds": str(retry_after_seconds)},
+        retry_delay_seconds=retry_after_seconds,
     )

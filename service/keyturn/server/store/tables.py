@@ -256,3 +256,13 @@ signing_keys = Table(
     Column("create_time", UtcDateTime, nullable=False),
     Column("retire_time", UtcDateTime, nullable=True),
 )
+
+# Wrong credentials from each peer, per fixed window (domain.abuse_limits).
+credential_failures = Table(
+    "credential_failures",
+    metadata,
+    Column("peer", String(64), primary_key=True),
+    Column("window_start", UtcDateTime, primary_key=True),
+    Column("failures", Integer, nullable=False),
+    Index("ix_credential_failures_window_start", "window_start"),
+)

@@ -20,6 +20,7 @@ from keyturn.server.domain.errors import (
 
 from .activation_repository import ActivationRepository
 from .catalog_repository import CatalogRepository
+from .credential_failure_repository import CredentialFailureRepository
 from .database import DEFAULT_LIMITS, READ_ONLY, DatabaseLimits, create_engine, create_pool
 from .entitlement_repository import EntitlementRepository
 from .event_numbering import EventNumbering
@@ -84,6 +85,7 @@ class Transaction:
         self.signing_keys = SigningKeyRepository(connection)
         self.named_users = NamedUserRepository(connection)
         self.outbox = OutboxRepository(connection)
+        self.credential_failures = CredentialFailureRepository(connection)
 
 
 class CommitBell:

@@ -130,6 +130,16 @@ class TransactionConflictError(KeyturnError):
     server's own retries; nothing was written, and the call is retried like UNAVAILABLE."""
 
 
+class RateLimitedError(KeyturnError):
+    """RATE_LIMITED: too many calls from this peer or with this credential or token (or
+    too many wrong credentials from this peer); nothing was done. Retry after
+    `.retry_after_seconds` (the server's RetryInfo); `.metadata['limit']` names the limit."""
+
+    @property
+    def retry_after_seconds(self) -> int:
+        return int(self.metadata.get("retry_after_seconds", "1"))
+
+
 class LeaseVerificationError(InvalidLeaseError):
     """A lease failed offline verification; `.metadata['check']` says which check.
 
@@ -170,6 +180,7 @@ ERRORS_BY_REASON: dict[str, type[KeyturnError]] = {
     "INVALID_INVITATION": InvalidInvitationError,
     "INVITATION_REDEEMED": InvitationRedeemedError,
     "TRANSACTION_CONFLICT": TransactionConflictError,
+    "RATE_LIMITED": RateLimitedError,
 }
 
 

@@ -218,6 +218,16 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     identity token expired. Unknown and replaced identity tokens stay
     INVALID_LICENSE_KEY. Metadata: `user_id`, `expire_time` (RFC 3339).
     """
+    RATE_LIMITED: _ErrorReason.ValueType  # 38
+    """RESOURCE_EXHAUSTED. Too many calls: from this peer (`KEYTURN_RATE_LIMIT_PER_PEER`),
+    with this license key, identity token, invitation code or lease
+    (`KEYTURN_RATE_LIMIT_PER_CREDENTIAL`), with this API token
+    (`KEYTURN_RATE_LIMIT_PER_TOKEN`), or too many wrong credentials from this
+    peer (`KEYTURN_FAILED_CREDENTIALS_LIMIT`). Nothing was done. Retry after the
+    delay of the `google.rpc.RetryInfo` detail (over HTTP: the `Retry-After`
+    header). Metadata: `limit` (`peer`, `credential`, `token` or
+    `failed_credentials`), `retry_after_seconds`.
+    """
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """ErrorReason lists every `google.rpc.ErrorInfo.reason` that Keyturn returns.
@@ -429,5 +439,15 @@ CheckLicense or RenewLease of the user counts as a use). The user needs a
 new invitation: ResendCredentials sends one to each named user whose
 identity token expired. Unknown and replaced identity tokens stay
 INVALID_LICENSE_KEY. Metadata: `user_id`, `expire_time` (RFC 3339).
+"""
+RATE_LIMITED: ErrorReason.ValueType  # 38
+"""RESOURCE_EXHAUSTED. Too many calls: from this peer (`KEYTURN_RATE_LIMIT_PER_PEER`),
+with this license key, identity token, invitation code or lease
+(`KEYTURN_RATE_LIMIT_PER_CREDENTIAL`), with this API token
+(`KEYTURN_RATE_LIMIT_PER_TOKEN`), or too many wrong credentials from this
+peer (`KEYTURN_FAILED_CREDENTIALS_LIMIT`). Nothing was done. Retry after the
+delay of the `google.rpc.RetryInfo` detail (over HTTP: the `Retry-After`
+header). Metadata: `limit` (`peer`, `credential`, `token` or
+`failed_credentials`), `retry_after_seconds`.
 """
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015
