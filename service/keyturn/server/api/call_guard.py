@@ -78,7 +78,7 @@ class CallGuard:
     """`passthrough`: exceptions a transport raises to end a call itself (grpc's abort),
     which are neither bugs nor the guard's to answer. `require_client_cert`: mutual TLS
     is configured, so the admin services answer only calls whose transport verified a
-    client certificate (the admin port's; never HTTP's, which has none)."""
+    client certificate (the gRPC admin port's, or an HTTP connection's that presented one)."""
 
     def __init__(
         self,
