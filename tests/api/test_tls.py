@@ -1,9 +1,10 @@
-"""TLS, mutual TLS for the admin services and certificate rotation, on a real server.
+"""TLS, mutual TLS for the admin services and certificate rotation, on a real server,
+over gRPC and over the HTTP/JSON port (the same certificate files for both).
 
 The certificates are made here (support/certificates.py) for a name that is not the
 address dialled, so every client checks the name it was told to. Clients are real
-grpc channels; the handshakes that grpc cannot show (which certificate was served,
-which protocol version was offered) are made with Python's ssl module.
+grpc channels and httpx; the handshakes that they cannot show (which certificate was
+served, which protocol version was offered) are made with Python's ssl module.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
+import httpx
 import pytest
 from cryptography import x509
 
@@ -31,10 +33,13 @@ from keyturn.server.tls import CertificateFiles, TlsFiles
 
 from conftest import Tokens
 from support.certificates import SERVER_NAME, Authority, serial_of
+from support.http_json import HttpCallError, bearer, post_json
 from support.rpc import failure_of
 
 NAME = (("grpc.ssl_target_name_override", SERVER_NAME),)
 HANDSHAKE_TIMEOUT = 5.0  # seconds a refused connection takes to show as UNAVAILABLE
+SIGNING_KEYS = "/keyturn.licensing.v1.LicensingService/GetSigningKeys"
+LIST_ENTITLEMENTS = "/keyturn.fulfillment.v1.FulfillmentService/ListEntitlements"
 
 
 @dataclass
@@ -71,6 +76,26 @@ class Deployment:
         address = self.server.admin_address if admin else self.server.address
         return grpc.aio.secure_channel(address, credentials, options=NAME)
 
+    def https(self, trusted: Authority, *, client: Authority | None = None) -> httpx.AsyncClient:
+        """An HTTPS client of the HTTP port trusting `trusted`, presenting a certificate
+        from `client` when given."""
+        context = ssl.create_default_context(cafile=self.trust(trusted))
+        if client is not None:
+            cert_file, key_file = self.folder / "http-client.pem", self.folder / "http-client.key"
+            client.client().write(cert_file, key_file)
+            context.load_cert_chain(cert_file, key_file)
+        return httpx.AsyncClient(
+            base_url=f"https://{self.server.http_address}",
+            verify=context,
+            timeout=HANDSHAKE_TIMEOUT,
+            event_hooks={"request": [_as_server_name]},
+        )
+
+
+async def _as_server_name(request: httpx.Request) -> None:
+    """Check the certificate against SERVER_NAME (and send it as SNI) dialling 127.0.0.1."""
+    request.extensions["sni_hostname"] = SERVER_NAME
+
 
 async def _deploy(app: AppContext, folder: Path, *, mutual: bool) -> Deployment:
     server_ca, client_ca = Authority("server CA"), Authority("client CA")
@@ -83,6 +108,7 @@ async def _deploy(app: AppContext, folder: Path, *, mutual: bool) -> Deployment:
         "127.0.0.1:0",
         certificates=certificates,
         admin_listen="127.0.0.1:0" if mutual else "",
+        http_listen="127.0.0.1:0",
     )
     await server.start()
     return Deployment(server, folder, server_ca, client_ca)
@@ -114,13 +140,26 @@ async def _list_entitlements(channel: grpc.aio.Channel, tokens: Tokens) -> objec
     )
 
 
-def _handshake(port: int, version: ssl.TLSVersion | None = None) -> bytes:
-    """The certificate (DER) the server presents to a new TLS connection offering h2, as
-    grpc clients do; with `version`, offering that protocol version only."""
+async def _http_signing_keys(client: httpx.AsyncClient) -> dict[str, object]:
+    return await post_json(client, SIGNING_KEYS, {})
+
+
+async def _http_list_entitlements(client: httpx.AsyncClient, tokens: Tokens) -> dict[str, object]:
+    token = tokens("read")[0][1].removeprefix("Bearer ")
+    return await post_json(client, LIST_ENTITLEMENTS, {}, headers=bearer(token))
+
+
+def _http_port(deployment: Deployment) -> int:
+    return int(deployment.server.http_address.rpartition(":")[2])
+
+
+def _handshake(port: int, version: ssl.TLSVersion | None = None, *, alpn: str = "h2") -> bytes:
+    """The certificate (DER) the server presents to a new TLS connection offering `alpn`
+    (h2, as grpc clients do); with `version`, offering that protocol version only."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     context.check_hostname = False
     context.verify_mode = ssl.CERT_NONE
-    context.set_alpn_protocols(["h2"])
+    context.set_alpn_protocols([alpn])
     if version is not None:
         with warnings.catch_warnings():  # TLS 1.1 is deprecated: that is the point
             warnings.simplefilter("ignore", DeprecationWarning)
@@ -199,6 +238,10 @@ async def test_a_certificate_without_its_key_keeps_the_last_good_pair(tls: Deplo
     assert _serial(served) == first
     async with tls.channel(tls.server_ca) as channel:
         assert (await _signing_keys(channel)).jwks_json
+    served = await asyncio.to_thread(_handshake, _http_port(tls), alpn="http/1.1")
+    assert _serial(served) == first
+    async with tls.https(tls.server_ca) as client:
+        assert (await _http_signing_keys(client))["jwksJson"]
 
 
 async def test_with_mutual_tls_licensing_needs_no_client_certificate(mtls: Deployment) -> None:
@@ -242,3 +285,110 @@ async def test_the_admin_port_refuses_a_client_without_a_certificate_of_the_ca(
         with pytest.raises(grpc.aio.AioRpcError) as refused:
             await _list_entitlements(channel, tokens)
     assert refused.value.code() == grpc.StatusCode.UNAVAILABLE  # refused at the handshake
+
+
+# The HTTP/JSON port: the same files, the same rules.
+
+
+async def test_an_https_client_trusting_the_ca_calls_licensing(tls: Deployment) -> None:
+    async with tls.https(tls.server_ca) as client:
+        assert (await _http_signing_keys(client))["jwksJson"]
+
+
+async def test_plaintext_http_to_the_tls_port_gets_no_answer(tls: Deployment) -> None:
+    base = f"http://{tls.server.http_address}"
+    async with httpx.AsyncClient(base_url=base, timeout=HANDSHAKE_TIMEOUT) as client:
+        with pytest.raises(httpx.RemoteProtocolError) as refused:
+            await client.post(SIGNING_KEYS, json={})
+    assert "without sending a response" in str(refused.value)  # the handshake failed: hung up
+
+
+async def test_an_https_client_trusting_another_ca_is_refused(tls: Deployment) -> None:
+    async with tls.https(Authority("someone else")) as client:
+        with pytest.raises(httpx.ConnectError) as refused:
+            await _http_signing_keys(client)
+    assert "CERTIFICATE_VERIFY_FAILED" in str(refused.value)
+
+
+async def test_the_http_port_refuses_tls_1_1_and_accepts_1_2(tls: Deployment) -> None:
+    port = _http_port(tls)
+    accepted = await asyncio.to_thread(_handshake, port, ssl.TLSVersion.TLSv1_2, alpn="http/1.1")
+    assert _serial(accepted) == serial_of(tls.cert_file.read_bytes())
+    with pytest.raises(ssl.SSLError) as refused:
+        await asyncio.to_thread(_handshake, port, ssl.TLSVersion.TLSv1_1, alpn="http/1.1")
+    assert isinstance(refused.value, ssl.SSLEOFError), refused.value  # as on the gRPC port
+
+
+async def test_rotated_files_reach_new_connections_of_both_ports_without_a_restart(
+    tls: Deployment,
+) -> None:
+    """HTTP asks the files first, then gRPC: neither takes the change from the other."""
+    first = serial_of(tls.cert_file.read_bytes())
+    async with tls.https(tls.server_ca) as opened_before:
+        await _http_signing_keys(opened_before)
+        renewed_ca = Authority("renewed server CA")
+        renewed = renewed_ca.server()
+        renewed.write(tls.cert_file, tls.key_file)
+
+        http_served = await asyncio.to_thread(_handshake, _http_port(tls), alpn="http/1.1")
+        grpc_served = await asyncio.to_thread(_handshake, tls.server.port)
+        assert _serial(http_served) == _serial(grpc_served) == serial_of(renewed.cert) != first
+        async with tls.https(renewed_ca) as fresh:
+            assert (await _http_signing_keys(fresh))["jwksJson"]
+        async with tls.https(tls.server_ca) as stale:
+            with pytest.raises(httpx.ConnectError) as refused:
+                await _http_signing_keys(stale)
+        assert "CERTIFICATE_VERIFY_FAILED" in str(refused.value)
+        # The connection opened before keeps its certificate (a new one would fail, as stale).
+        assert (await _http_signing_keys(opened_before))["jwksJson"]
+
+
+async def test_with_mutual_tls_https_licensing_needs_no_client_certificate(
+    mtls: Deployment,
+) -> None:
+    async with mtls.https(mtls.server_ca) as client:
+        assert (await _http_signing_keys(client))["jwksJson"]
+
+
+async def test_with_mutual_tls_https_fulfillment_without_a_client_certificate_is_refused(
+    mtls: Deployment, tokens: Tokens
+) -> None:
+    async with mtls.https(mtls.server_ca) as client:
+        with pytest.raises(HttpCallError) as refused:
+            await _http_list_entitlements(client, tokens)
+    failure = refused.value.failure
+    assert (failure.status, failure.code) == (401, grpc.StatusCode.UNAUTHENTICATED)
+    assert failure.reason == "CLIENT_CERTIFICATE_REQUIRED"
+
+
+async def test_with_mutual_tls_https_serves_fulfillment_to_a_client_certificate_of_the_ca(
+    mtls: Deployment, tokens: Tokens
+) -> None:
+    async with mtls.https(mtls.server_ca, client=mtls.client_ca) as client:
+        assert await _http_list_entitlements(client, tokens) == {}
+
+
+async def test_with_mutual_tls_an_https_client_certificate_of_another_ca_is_refused(
+    mtls: Deployment, tokens: Tokens
+) -> None:
+    """The handshake fails, as on the admin port: the connection is cut, never answered
+    (under TLS 1.3 the client learns it at its first read)."""
+    async with mtls.https(mtls.server_ca, client=Authority("stranger")) as client:
+        with pytest.raises(httpx.NetworkError):
+            await _http_list_entitlements(client, tokens)
+
+
+async def test_with_mutual_tls_client_certificates_are_still_checked_after_a_rotation(
+    mtls: Deployment, tokens: Tokens
+) -> None:
+    renewed_ca = Authority("renewed server CA")
+    renewed_ca.server().write(mtls.cert_file, mtls.key_file)
+    async with mtls.https(renewed_ca, client=mtls.client_ca) as client:
+        assert await _http_list_entitlements(client, tokens) == {}
+    async with mtls.https(renewed_ca) as client:
+        with pytest.raises(HttpCallError) as refused:
+            await _http_list_entitlements(client, tokens)
+    assert refused.value.failure.reason == "CLIENT_CERTIFICATE_REQUIRED"
+    async with mtls.https(renewed_ca, client=Authority("stranger")) as client:
+        with pytest.raises(httpx.NetworkError):
+            await _http_list_entitlements(client, tokens)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -48,6 +49,9 @@ RUNNING = "Running with a certificate"
 MUTUAL = "Mutual TLS for the admin services"
 DOCUMENTED_FOLDER = "/etc/keyturn/tls/"
 DOCUMENTED_LISTEN = "KEYTURN_LISTEN=0.0.0.0:50051"
+DOCUMENTED_HTTP_LISTEN = "KEYTURN_HTTP_LISTEN=0.0.0.0:8443"
+DOCUMENTED_HTTP_TARGET = "licensing.example.com:8443"
+HTTP_RE = re.compile(r"^keyturn http on 127\.0\.0\.1:(?P<port>\d+)$")
 DOCUMENTED_ADMIN_LISTEN = "10.0.0.5:50052"
 DOCUMENTED_TARGET = "licensing.example.com:50051"
 DOCUMENTED_ADMIN_TARGET = "licensing.example.com:50052"
@@ -65,6 +69,7 @@ class Site:
     token: str  # catalog, fulfill and read
     target: str  # localhost:PORT of the public port
     admin_target: str  # localhost:PORT of the admin port, "" without mutual TLS
+    http_target: str  # localhost:PORT of the HTTP/JSON port (HTTPS)
 
     @property
     def ca_file(self) -> Path:
@@ -110,7 +115,11 @@ def start_site(folder: Path, *, mutual: bool) -> Iterator[Site]:
     token = asyncio.run(create_token(folder, database))
 
     admin_port = free_port() if mutual else 0
-    replacements = {DOCUMENTED_FOLDER: f"{tls}/", DOCUMENTED_LISTEN: "KEYTURN_LISTEN=127.0.0.1:0"}
+    replacements = {
+        DOCUMENTED_FOLDER: f"{tls}/",
+        DOCUMENTED_LISTEN: "KEYTURN_LISTEN=127.0.0.1:0",
+        DOCUMENTED_HTTP_LISTEN: "KEYTURN_HTTP_LISTEN=127.0.0.1:0",
+    }
     text = block(README, RUNNING, 0).text
     if mutual:
         text = block(README, MUTUAL, 0).text + text
@@ -124,6 +133,7 @@ def start_site(folder: Path, *, mutual: bool) -> Iterator[Site]:
         if mutual:
             admin = [m["address"] for line in server.stdout_lines if (m := ADMIN_RE.match(line))]
             assert admin == [f"127.0.0.1:{admin_port}"], server.stdout_lines
+        [http_port] = [m["port"] for line in server.stdout_lines if (m := HTTP_RE.match(line))]
         exports = [line for line in commands_of(terminal) if line.startswith("export ")]
         yield Site(
             folder=reader,
@@ -132,6 +142,7 @@ def start_site(folder: Path, *, mutual: bool) -> Iterator[Site]:
             token=token,
             target=f"{HOST}:{server.port}",
             admin_target=f"{HOST}:{admin_port}" if mutual else "",
+            http_target=f"{HOST}:{http_port}",
         )
     finally:
         hang_up(server.process)
@@ -172,13 +183,15 @@ def in_the_folder(site: Site, monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_the_server_block_serves_tls_and_the_client_commands_reach_it(tls: Site) -> None:
-    calls = run_shell(
-        substituted(block(README, RUNNING, 1).text, {DOCUMENTED_TARGET: tls.target}), tls
-    )
+    targets = {DOCUMENTED_TARGET: tls.target, DOCUMENTED_HTTP_TARGET: tls.http_target}
+    calls = run_shell(substituted(block(README, RUNNING, 1).text, targets), tls)
     assert calls.returncode == 0, f"{calls.stdout}\n{calls.stderr}"
     lines = calls.stdout.splitlines()
     assert lines[0] == "SERVING"  # keyturn health
-    assert "keyturn.licensing.v1.LicensingService" in lines[1:]  # grpcurl list
+    assert "keyturn.licensing.v1.LicensingService" in lines[1:-1]  # grpcurl list
+    assert lines[-1] == '{"status": "SERVING"}'  # curl over HTTPS, the same certificate
+    plaintext = run_shell(f"curl --silent --show-error http://{tls.http_target}/healthz", tls)
+    assert plaintext.returncode == 52, plaintext.stderr  # "Empty reply": HTTPS only
     # Without the CA the same commands fail: the server's certificate is no public CA's.
     untrusted = run_shell(f"keyturn health --address {tls.target} --tls on", tls)
     assert untrusted.returncode == 1, untrusted.stderr

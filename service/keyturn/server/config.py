@@ -211,7 +211,8 @@ class Settings(BaseSettings):
     tls_cert_file: Path | None = Field(
         None,
         description="PEM certificate chain of the server (its own certificate first); with "
-        "KEYTURN_TLS_KEY_FILE the server speaks TLS (1.2 or 1.3) only. A new pair written "
+        "KEYTURN_TLS_KEY_FILE the server speaks TLS (1.2 or 1.3) only, on the HTTP/JSON port "
+        "too. A new pair written "
         "over the files is served from the next connection on, without a restart",
     )
     tls_key_file: Path | None = Field(
@@ -220,9 +221,10 @@ class Settings(BaseSettings):
     tls_client_ca_file: Path | None = Field(
         None,
         description="PEM CA certificates of the clients that may call Fulfillment and "
-        "Catalog (mutual TLS): those then answer only on KEYTURN_ADMIN_LISTEN, to clients "
-        "with a certificate from this CA, while KEYTURN_LISTEN keeps serving the licensing "
-        "API to apps without one",
+        "Catalog (mutual TLS): those then answer only to clients with a certificate from "
+        "this CA, on KEYTURN_ADMIN_LISTEN or over HTTP/JSON (which asks for one without "
+        "requiring it), while KEYTURN_LISTEN keeps serving the licensing API to apps "
+        "without one",
     )
     admin_listen: str = Field(
         "",

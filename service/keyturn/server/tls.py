@@ -1,11 +1,12 @@
 """The server's certificate and key (and the CA of client certificates) from PEM files,
 read again when the files change, so that a rotated certificate is served without a restart.
 
-Transport-neutral on purpose: the gRPC server asks `CertificateFiles.changed()` on each
-new handshake (api/transport_security.py), and an HTTP server would ask the same object
-before it builds its `ssl.SSLContext`. A pair that does not fit together (a key written
-before its certificate, half a file) is never served: until the files agree again the
-last good pair stays, with one warning per change seen.
+Transport-neutral on purpose: the gRPC port (api/transport_security.py) and the HTTP
+port (api/http_tls.py) both ask `CertificateFiles.latest()` on each new handshake and
+compare it with what they serve, so that neither takes a change away from the other.
+A pair that does not fit together (a key written before its certificate, half a file)
+is never served: until the files agree again the last good pair stays, with one
+warning per change seen.
 """
 
 from __future__ import annotations
@@ -140,13 +141,14 @@ class CertificateFiles:
         self._seen = _stamp(self._paths)
         self.current = load(files)
 
-    def changed(self) -> TlsMaterial | None:
-        """New material when the files changed since the last look and agree with each other;
-        None when they did not change, or do not yet make a good pair (the last one stays)."""
+    def latest(self) -> TlsMaterial:
+        """The material to serve now: read again when a file changed since the last look and
+        the files agree with each other; the last good one otherwise. The same object until
+        it changes, so callers compare with `is`."""
         with self._lock:
             stamp = _stamp(self._paths)
             if stamp == self._seen:
-                return None
+                return self.current
             self._seen = stamp
             try:
                 material = load(self.files)
@@ -154,9 +156,8 @@ class CertificateFiles:
                 log.warning(
                     "TLS files changed but cannot be served yet (%s): keeping the last", exc
                 )
-                return None
-            if material == self.current:
-                return None
-            self.current = material
-            log.info("TLS certificate reloaded from %s", self.files.cert)
-            return material
+                return self.current
+            if material != self.current:
+                self.current = material
+                log.info("TLS certificate reloaded from %s", self.files.cert)
+            return self.current

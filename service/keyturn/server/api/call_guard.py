@@ -80,8 +80,9 @@ class CallGuard:
     """`passthrough`: exceptions a transport raises to end a call itself (grpc's abort),
     which are neither bugs nor the guard's to answer. `require_client_cert`: mutual TLS
     is configured, so the admin services answer only calls whose transport verified a
-    client certificate (the admin port's; never HTTP's, which has none). `abuse`: the
-    rate limits (none: nothing is limited); the transports read its `peer_header`."""
+    client certificate (the gRPC admin port's, or an HTTP connection's that presented one).
+    `abuse`: the rate limits (none: nothing is limited); the transports read its
+    `peer_header`."""
 
     def __init__(
         self,

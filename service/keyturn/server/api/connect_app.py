@@ -12,12 +12,17 @@ HTTP 500. Here the codec is wrapped so that such a body reaches the guard as
 `Undecodable`, which answers INVALID_ARGUMENT / INVALID_REQUEST after the token is
 judged, as over gRPC; and a wrong content type or HTTP method gets a JSON body
 saying so.
+
+Connect's request context knows nothing of TLS: the client certificate the connection
+verified (the ASGI TLS extension, api/http_server.py) reaches `Call.client_verified`
+through a context variable set around each request.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import AsyncIterator, Mapping
+from contextvars import ContextVar
 from http import HTTPStatus
 from typing import Any, NoReturn, cast
 
@@ -49,6 +54,16 @@ CONTENT_TYPES = (
 )
 
 
+# Whether the request being served came over a connection with a verified client certificate.
+_client_verified: ContextVar[bool] = ContextVar("client_verified", default=False)
+
+
+def has_verified_client_cert(scope: Mapping[str, Any]) -> bool:
+    """Whether the ASGI TLS extension of `scope` carries a client certificate."""
+    tls = scope.get("extensions", {}).get("tls") or {}
+    return bool(tls.get("client_cert_chain"))
+
+
 def _refusal(ctx: RequestContext[Any, Any]) -> Refuse:
     async def refuse(error: DomainError) -> NoReturn:
         """The Connect error; a refusal that ends by itself also says when (Retry-After)."""
@@ -67,6 +82,7 @@ def _call(guard: CallGuard, method: str, ctx: RequestContext[Any, Any]) -> Call:
         "http",
         ctx.client_address() or "",
         headers.get("authorization"),
+        client_verified=_client_verified.get(),
         forwarded=headers.get(abuse.peer_header)
         if abuse is not None and abuse.peer_header
         else None,
@@ -165,6 +181,13 @@ class ConnectApp(ConnectASGIApplication[None]):
     @property
     def path(self) -> str:
         return "/"
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        verified = _client_verified.set(has_verified_client_cert(scope))
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            _client_verified.reset(verified)
 
     async def _handle_unary_connect(
         self, http_method: Any, headers: Any, codec: Any, *rest: Any

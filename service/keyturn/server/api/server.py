@@ -36,6 +36,7 @@ from .call_guard import CallGuard
 from .connect_app import ConnectApp, endpoints_of
 from .http_port import OPENAPI_PATH, HttpPort
 from .http_server import HttpServer
+from .http_tls import server_context
 from .interceptor import ServiceInterceptor
 from .metrics import RpcMetrics, WatchMetrics
 from .openapi import openapi_document
@@ -118,10 +119,12 @@ class KeyturnServer:
     it hold (default: those of Settings' defaults); `abuse` limits how fast they may call
     (default: no limit, for servers built in tests; `keyturn serve` has Settings').
 
-    With `certificates` it speaks TLS only. With `admin_listen` too (mutual TLS), it also
-    binds that port, where a handshake needs a client certificate from the certificates'
-    client CA, and the admin services answer only calls that came that way: the public
-    port keeps serving the licensing API to apps without a certificate.
+    With `certificates` it speaks TLS only, on every port. With `admin_listen` too (mutual
+    TLS), it also binds that port, where a handshake needs a client certificate from the
+    certificates' client CA, and the admin services answer only calls that came with
+    one: over the admin port, or over HTTP with one (the HTTP port asks for it without
+    requiring it). The public gRPC port keeps serving the licensing API to apps without
+    a certificate, as HTTP does.
     """
 
     def __init__(
@@ -201,6 +204,7 @@ class KeyturnServer:
                 grace_seconds=shutdown_grace_seconds,
                 max_connections=self.limits.max_connections,
                 idle_seconds=self.limits.max_connection_idle_seconds,
+                tls=None if certificates is None else server_context(certificates),
             )
         self._health = health.aio.HealthServicer()  # type: ignore[attr-defined]
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)

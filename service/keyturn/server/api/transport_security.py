@@ -35,9 +35,15 @@ def server_credentials(
     """TLS with the files' certificate, re-read when they change; with
     `require_client_cert`, a handshake without a certificate from the client CA fails."""
 
+    served = certificates.current
+
     def fetch() -> grpc.ServerCertificateConfiguration | None:
-        material = certificates.changed()
-        return None if material is None else _configuration(material)
+        nonlocal served
+        material = certificates.latest()
+        if material is served:
+            return None
+        served = material
+        return _configuration(material)
 
     return grpc.dynamic_ssl_server_credentials(
         _configuration(certificates.current),
