@@ -20,14 +20,16 @@ through a context variable set around each request.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Mapping
 from contextvars import ContextVar
 from http import HTTPStatus
 from typing import Any, NoReturn, cast
 
 from connectrpc._protocol import ConnectWireError  # the library's own error body
 from connectrpc._server_shared import EndpointServerStream, EndpointUnary
+from connectrpc.code import Code as ConnectCode
 from connectrpc.errors import ConnectError
 from connectrpc.method import IdempotencyLevel, MethodInfo
 from connectrpc.request import RequestContext
@@ -89,6 +91,20 @@ def _call(guard: CallGuard, method: str, ctx: RequestContext[Any, Any]) -> Call:
     )
 
 
+async def _within_deadline(call: Awaitable[Any], timeout_ms: float | None) -> Any:
+    """The call, cancelled at the caller's deadline (`connect-timeout-ms`), as grpc
+    cancels a gRPC call at its deadline: its transaction is rolled back and its
+    statements cancelled, and the caller gets DEADLINE_EXCEEDED (HTTP 504). connect-python
+    reads the header but leaves enforcing it to the server."""
+    if timeout_ms is None:
+        return await call
+    try:
+        async with asyncio.timeout(max(0.0, timeout_ms) / 1000):
+            return await call
+    except TimeoutError:
+        raise ConnectError(ConnectCode.DEADLINE_EXCEEDED, "deadline exceeded") from None
+
+
 def _method_info(service: ServiceDescriptor, method: MethodDescriptor) -> MethodInfo[Any, Any]:
     return MethodInfo(
         name=method.name,
@@ -115,9 +131,10 @@ def _endpoint(
         return Endpoint.server_stream(method=info, function=stream)
 
     async def unary(request: Any, ctx: RequestContext[Any, Any]) -> Any:
-        return await guard.unary(
+        call = guard.unary(
             _call(guard, path, ctx), request, lambda: behavior(request, None), _refusal(ctx)
         )
+        return await _within_deadline(call, ctx.timeout_ms())
 
     return Endpoint.unary(method=info, function=unary)
 
