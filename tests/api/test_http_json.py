@@ -19,8 +19,8 @@ import pytest
 from google.protobuf import json_format
 
 from keyturn.fulfillment.v1 import catalog_pb2 as cat
-from keyturn.server.api.openapi import openapi_document
 from keyturn.server.api.http_server import bind
+from keyturn.server.api.openapi import openapi_document
 from keyturn.server.api.server import SERVICES, KeyturnServer
 from keyturn.server.api.transport_limits import TransportLimits
 from keyturn.server.app.context import AppContext
