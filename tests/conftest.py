@@ -12,13 +12,20 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import httpx
 import pytest
 
 from keyturn.fulfillment.v1 import catalog_pb2 as cat
 from keyturn.fulfillment.v1 import catalog_pb2_grpc, fulfillment_pb2_grpc
 from keyturn.fulfillment.v1 import fulfillment_pb2 as ful
 from keyturn.licensing.v1 import licensing_pb2_grpc
-from keyturn.server.api.server import KeyturnServer
+from keyturn.server.api.server import (
+    CATALOG_SERVICE,
+    FULFILLMENT_SERVICE,
+    LICENSING_SERVICE,
+    SERVICES,
+    KeyturnServer,
+)
 from keyturn.server.app.context import AppContext
 from keyturn.server.app.tokens import create_token
 from keyturn.server.bootstrap import build_context
@@ -27,6 +34,7 @@ from keyturn.server.store.migrate import upgrade
 
 from support.catalog import new_license
 from support.faults import REPORT_ENV, read_report
+from support.http_stub import HttpStub
 from support.pgbouncer import Bouncer, pgbouncer_in_front
 from support.postgres import create_database, drop_database, postgres_admin_url
 from support.smtp import SmtpServer
@@ -34,6 +42,7 @@ from support.threads import run_in_own_loop
 
 BACKENDS = [b for b in os.environ.get("KEYTURN_TEST_BACKENDS", "sqlite,postgresql").split(",") if b]
 TEST_SECRET = "test-secret-key-0123456789-abcdefghijklmnop"
+GRPC, HTTP = "grpc", "http"  # the transports of the stub fixtures (fixture `transport`)
 
 
 def sqlite_url(path: Path) -> str:
@@ -201,8 +210,17 @@ async def app(database_url: str) -> AsyncIterator[AppContext]:
 
 
 @pytest.fixture
-async def server(app: AppContext) -> AsyncIterator[KeyturnServer]:
-    running = KeyturnServer(app, "127.0.0.1:0")
+def transport() -> str:
+    """What the stub fixtures call over: "grpc", or "http" (Keyturn's HTTP/JSON port) in a
+    module that overrides this fixture to run its tests over HTTP/JSON."""
+    return GRPC
+
+
+@pytest.fixture
+async def server(app: AppContext, transport: str) -> AsyncIterator[KeyturnServer]:
+    running = KeyturnServer(
+        app, "127.0.0.1:0", http_listen="127.0.0.1:0" if transport == HTTP else ""
+    )
     await running.start()
     yield running
     await running.stop(grace=1.0)
@@ -236,18 +254,48 @@ async def tokens(app: AppContext) -> Tokens:
 
 
 @pytest.fixture
-def catalog_stub(channel: grpc.aio.Channel) -> catalog_pb2_grpc.CatalogServiceStub:
-    return catalog_pb2_grpc.CatalogServiceStub(channel)
+async def http_client(server: KeyturnServer) -> AsyncIterator[httpx.AsyncClient]:
+    """A client of the server's HTTP/JSON port (on only when `transport` is "http")."""
+    assert server.http_address, "the server has no HTTP/JSON port: set `transport` to http"
+    async with httpx.AsyncClient(base_url=f"http://{server.http_address}", timeout=30) as client:
+        yield client
+
+
+def _stub(request: pytest.FixtureRequest, transport: str, service: str, grpc_stub: Any) -> Any:
+    """The generated gRPC stub on `channel`, or one of the same shape over HTTP/JSON."""
+    if transport == HTTP:
+        return HttpStub(request.getfixturevalue("http_client"), SERVICES[service])
+    return grpc_stub(request.getfixturevalue("channel"))
 
 
 @pytest.fixture
-def fulfillment_stub(channel: grpc.aio.Channel) -> fulfillment_pb2_grpc.FulfillmentServiceStub:
-    return fulfillment_pb2_grpc.FulfillmentServiceStub(channel)
+def catalog_stub(
+    request: pytest.FixtureRequest, transport: str
+) -> catalog_pb2_grpc.CatalogServiceStub:
+    stub: catalog_pb2_grpc.CatalogServiceStub = _stub(
+        request, transport, CATALOG_SERVICE, catalog_pb2_grpc.CatalogServiceStub
+    )
+    return stub
 
 
 @pytest.fixture
-def licensing_stub(channel: grpc.aio.Channel) -> licensing_pb2_grpc.LicensingServiceStub:
-    return licensing_pb2_grpc.LicensingServiceStub(channel)
+def fulfillment_stub(
+    request: pytest.FixtureRequest, transport: str
+) -> fulfillment_pb2_grpc.FulfillmentServiceStub:
+    stub: fulfillment_pb2_grpc.FulfillmentServiceStub = _stub(
+        request, transport, FULFILLMENT_SERVICE, fulfillment_pb2_grpc.FulfillmentServiceStub
+    )
+    return stub
+
+
+@pytest.fixture
+def licensing_stub(
+    request: pytest.FixtureRequest, transport: str
+) -> licensing_pb2_grpc.LicensingServiceStub:
+    stub: licensing_pb2_grpc.LicensingServiceStub = _stub(
+        request, transport, LICENSING_SERVICE, licensing_pb2_grpc.LicensingServiceStub
+    )
+    return stub
 
 
 @pytest.fixture

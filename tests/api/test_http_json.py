@@ -10,6 +10,7 @@ shutdown, the request limit and the refusals connect-python makes itself.
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -18,6 +19,7 @@ import pytest
 from google.protobuf import json_format
 
 from keyturn.fulfillment.v1 import catalog_pb2 as cat
+from keyturn.server.api.http_server import bind
 from keyturn.server.api.openapi import openapi_document
 from keyturn.server.api.server import SERVICES, KeyturnServer
 from keyturn.server.api.transport_limits import TransportLimits
@@ -311,3 +313,18 @@ async def test_the_change_stream_ends_with_server_stopping_at_shutdown(
     failure = ended.value.failure
     assert (failure.code.name, failure.reason) == ("UNAVAILABLE", "SERVER_STOPPING")
     assert failure.metadata["last_sequence"] == str(event["event"]["sequence"])
+
+
+async def test_the_port_sends_each_answer_at_once_without_nagle() -> None:
+    """asyncio sets TCP_NODELAY only on connections of a socket made as TCP; without it
+    an answer's body waited for the client's delayed ACK of its headers (~40 ms a call)."""
+    sock = bind("127.0.0.1:0", reuse_port=False)
+    accepted: asyncio.Future[asyncio.StreamWriter] = asyncio.get_running_loop().create_future()
+    server = await asyncio.start_server(lambda _, w: accepted.set_result(w), sock=sock)
+    async with server:
+        _, client = await asyncio.open_connection(*sock.getsockname()[:2])
+        served = await asyncio.wait_for(accepted, WAIT_S)
+        nodelay = served.get_extra_info("socket").getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+        client.close()
+        served.close()
+    assert nodelay

@@ -39,7 +39,9 @@ def bind(listen: str, *, reuse_port: bool) -> socket.socket:
     """A listening socket on `listen` (HOST:PORT, PORT may be 0); OSError if it cannot."""
     host, _, port = listen.rpartition(":")
     family, address = socket_address(host, int(port))
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # IPPROTO_TCP named: asyncio turns Nagle off only on sockets that say they are TCP, and
+    # with it on each answer (headers, then body) waited ~40 ms for the client's delayed ACK.
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     try:
         if reuse_port:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
