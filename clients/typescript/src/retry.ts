@@ -95,7 +95,8 @@ export async function withRetry<T>(policy: RetryPolicy, call: () => Promise<T>, 
       if (!isRetryable(error) || failures >= policy.attempts || signal?.aborted) {
         throw error;
       }
-      await delay(backoffMs(policy, failures - 1), signal);
+      // Closed while waiting: the last failure stands.
+      await delay(backoffMs(policy, failures - 1), signal).catch(() => Promise.reject(error));
     }
   }
 }
