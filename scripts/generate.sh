@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # Regenerates the Python code of proto/ into clients/python/src (messages,
-# gRPC stubs and their .pyi type stubs), and the proto comments that the OpenAPI
-# document is described with (service/keyturn/server/api/proto_comments.json: the
-# compiled modules lack them). Run from anywhere; needs the dev venv (grpcio-tools,
-# mypy-protobuf and the server installed).
+# gRPC stubs and their .pyi type stubs), the TypeScript messages and service
+# descriptors of the SDK into clients/typescript/src/gen (buf with the local
+# protoc-gen-es: clients/typescript/buf.gen.yaml), and the proto comments that the
+# OpenAPI document is described with (service/keyturn/server/api/proto_comments.json:
+# the compiled modules lack them). Run from anywhere; needs what scripts/setup.sh
+# installs (the dev venv with grpcio-tools, mypy-protobuf and the server; buf and
+# protoc-gen-es in node_modules).
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 python="${PYTHON:-$root/.venv/bin/python}"
@@ -32,3 +35,9 @@ trap 'rm -f "$descriptors"' EXIT
   --descriptor_set_out="$descriptors" "${protos[@]}"
 "$python" -m keyturn.server.api.proto_comments "$descriptors" \
   "$root/service/keyturn/server/api/proto_comments.json"
+# The TypeScript SDK's code, by the protoc-gen-es of its own node_modules (its
+# package-lock pins it); the template's `clean` removes what the last run made.
+cd "$root"
+plugin="$root/clients/typescript/node_modules/.bin/protoc-gen-es"
+[ -x "$plugin" ] || { echo "generate.sh: $plugin missing: run scripts/setup.sh" >&2; exit 1; }
+"$root/node_modules/.bin/buf" generate --template clients/typescript/buf.gen.yaml

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Sets up the development environment at the repo root (the server alone, without
 # these tools, is scripts/serve.sh's): the Python venv
-# (.venv, with keyturn-client and keyturn[dev] installed editable), and the buf
-# and Redocly (OpenAPI lint) CLIs from package-lock.json (./node_modules/.bin).
+# (.venv, with keyturn-client and keyturn[dev] installed editable), the buf
+# and Redocly (OpenAPI lint) CLIs from package-lock.json (./node_modules/.bin), and
+# the TypeScript SDK's packages from its own lock (clients/typescript: npm ci, whose
+# `prepare` compiles it with tsc into clients/typescript/dist).
 # Idempotent; run from anywhere. PYTHON picks the interpreter that creates the venv (default python3).
 # With --for-tests it also installs the Debian packages the tests run
 # (pgbouncer; faketime, which sets a server clock ahead in a test; curl, which runs the
@@ -33,6 +35,10 @@ npm ci --no-audit --no-fund --loglevel=error
 for tool in buf redocly; do
   [ -x "$root/node_modules/.bin/$tool" ] || die "npm ci did not install node_modules/.bin/$tool"
 done
+say "npm: installing and compiling the TypeScript SDK (clients/typescript: npm ci)"
+(cd "$root/clients/typescript" && npm ci --no-audit --no-fund --loglevel=error)
+[ -f "$root/clients/typescript/dist/src/index.js" ] \
+  || die "npm ci in clients/typescript did not compile dist/src/index.js"
 
 if $for_tests; then
   missing=()

@@ -23,7 +23,7 @@ step "buf lint"
 
 step "generated code is up to date (scripts/generate.sh)"
 bash scripts/generate.sh || fail "scripts/generate.sh"
-generated=(clients/python/src service/keyturn/server/api/proto_comments.json)
+generated=(clients/python/src clients/typescript/src/gen service/keyturn/server/api/proto_comments.json)
 changes="$(git status --porcelain -- "${generated[@]}")"
 if [ -n "$changes" ]; then
   printf '%s\n' "$changes"
