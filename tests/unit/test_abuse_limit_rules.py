@@ -8,7 +8,7 @@ import pytest
 from pydantic import ValidationError
 
 from keyturn.licensing.v1 import licensing_pb2 as lic
-from keyturn.server.api.abuse_limits import rules_of
+from keyturn.server.api.abuse_limits import SWEEP_SECONDS, SweptMemoryStorage, rules_of
 from keyturn.server.config import Settings
 from keyturn.server.domain.abuse_limits import (
     CREDENTIAL_FIELDS,
@@ -102,3 +102,16 @@ def test_the_defaults_parse_and_bad_limits_are_refused() -> None:
     assert Settings(rate_limit_peer_header="X-Forwarded-For").rate_limit_peer_header == (
         "x-forwarded-for"
     )
+
+
+def test_the_counters_are_swept_every_few_seconds_not_every_10_ms() -> None:
+    """The override of the library's private scheduling method is in effect (were it
+    renamed, the library's 10 ms sweep would be back: this fails), and an expired
+    counter still reads as zero without a sweep."""
+    storage = SweptMemoryStorage()
+    storage.incr("key", expiry=0)
+    assert storage.timer.interval == SWEEP_SECONDS
+    assert storage.get("key") == 0, "expired on read"
+    storage.incr("kept", expiry=60)
+    assert storage.get("kept") == 1
+    storage.timer.cancel()
