@@ -24,6 +24,7 @@ from sqlalchemy.exc import ArgumentError
 
 from keyturn.server.store.database import DatabaseLimits
 
+LIMIT_OFF = ("", "off")  # how a rate limit setting says "no limit"
 DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./keyturn.db"
 ENV_PREFIX = "KEYTURN_"
 ACCEPTED_DATABASE_URLS = (
@@ -548,7 +549,7 @@ class Settings(BaseSettings):
     @classmethod
     def _check_rate_limits(cls, value: str, info: ValidationInfo) -> str:
         text = value.strip()
-        if text.lower() in ("", "off"):
+        if text.lower() in LIMIT_OFF:
             return "off"
         try:
             rules = limits.parse_many(text)

@@ -6,8 +6,8 @@ process with the `limits` library (sliding window counters in memory), so N work
 on R replicas let a caller through up to N x R times a limit at most, and less when
 its connections land on fewer processes (a gRPC channel stays on one). The budget of
 wrong credentials per peer is counted in the database instead (app.failed_credentials):
-it holds across every process, exactly. A refusal is RATE_LIMITED with the delay after which
-the limit lets the caller through again.
+it holds across every process, exactly. A refusal is RATE_LIMITED with the delay after
+which the limit lets the caller through again.
 
 A peer is its address, or, behind a proxy (`peer_header`), the last address of that
 header, which the proxy appends: without the setting every caller behind a proxy
@@ -30,7 +30,7 @@ from limits.strategies import SlidingWindowCounterRateLimiter
 
 from keyturn.server.app.context import AppContext
 from keyturn.server.app.failed_credentials import FailedCredentials
-from keyturn.server.config import Settings
+from keyturn.server.config import LIMIT_OFF, Settings
 from keyturn.server.domain.abuse_limits import (
     FAILED_CREDENTIAL_REASONS,
     carries_credential,
@@ -41,7 +41,6 @@ from keyturn.server.domain.abuse_limits import (
 )
 from keyturn.server.domain.errors import DomainError, rate_limited
 
-OFF = ("", "off")
 SWEEP_SECONDS = 5.0  # how often counters of past windows are dropped from memory
 
 
@@ -67,7 +66,7 @@ class SweptMemoryStorage(MemoryStorage):
 
 def rules_of(text: str) -> tuple[RateLimitItem, ...]:
     """`100/second;3000/minute` as limits items; "" or "off": none."""
-    return () if text.strip().lower() in OFF else tuple(parse_many(text))
+    return () if text.strip().lower() in LIMIT_OFF else tuple(parse_many(text))
 
 
 def _digest(credential: str) -> str:
@@ -91,7 +90,7 @@ class AbuseLimits:
         self._per_credential = tuple(per_credential)
         self._per_token = tuple(per_token)
         self._failed = failed
-        self.peer_header = peer_header.lower()  # the transports read this header
+        self.peer_header = peer_header.lower()
         self._limiter = SlidingWindowCounterRateLimiter(SweptMemoryStorage())
 
     def peer_of(self, peer: str, forwarded: str | None) -> str:

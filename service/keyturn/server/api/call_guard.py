@@ -1,6 +1,7 @@
 """What every call gets, whichever transport carried it: the abuse limits
-(abuse_limits.py), bearer-token auth with the method's scope, the request checks, domain errors turned into the transport's refusal,
-retries of transaction conflicts, one log line and the metrics.
+(abuse_limits.py), bearer-token auth with the method's scope, the request checks,
+domain errors turned into the transport's refusal, retries of transaction conflicts,
+one log line and the metrics.
 
 gRPC (`interceptor.py`) and HTTP/JSON (`connect_app.py`) each describe the call
 (`Call`) and say how to refuse it (`Refuse`); nothing else about a call differs
@@ -81,8 +82,7 @@ class CallGuard:
     which are neither bugs nor the guard's to answer. `require_client_cert`: mutual TLS
     is configured, so the admin services answer only calls whose transport verified a
     client certificate (the gRPC admin port's, or an HTTP connection's that presented one).
-    `abuse`: the rate limits (none: nothing is limited); the transports read its
-    `peer_header`."""
+    `abuse`: the rate limits (none: nothing is limited)."""
 
     def __init__(
         self,
@@ -98,6 +98,11 @@ class CallGuard:
         self.abuse = abuse
         self._metrics = metrics
         self._passthrough = passthrough
+
+    @property
+    def peer_header(self) -> str:
+        """The header (gRPC metadata) a transport puts into `Call.forwarded`; "" for none."""
+        return "" if self.abuse is None else self.abuse.peer_header
 
     @contextlib.asynccontextmanager
     async def around(self, call: Call, request: Any, refuse: Refuse) -> AsyncIterator[None]:

@@ -78,16 +78,13 @@ def _refusal(ctx: RequestContext[Any, Any]) -> Refuse:
 
 def _call(guard: CallGuard, method: str, ctx: RequestContext[Any, Any]) -> Call:
     headers = ctx.request_headers()
-    abuse = guard.abuse
     return Call(
         method,
         "http",
         ctx.client_address() or "",
         headers.get("authorization"),
         client_verified=_client_verified.get(),
-        forwarded=headers.get(abuse.peer_header)
-        if abuse is not None and abuse.peer_header
-        else None,
+        forwarded=headers.get(guard.peer_header) if guard.peer_header else None,
     )
 
 

@@ -76,7 +76,7 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
     def _call(self, method: str, context: Context) -> Call:
         if self._trailer:
             context.set_trailing_metadata(self._trailer)
-        abuse = self._guard.abuse
+        peer_header = self._guard.peer_header
         # The peer now: once the call is cancelled, asking grpc may crash it.
         return Call(
             method,
@@ -85,11 +85,7 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
             _metadata_value(context, "authorization"),
             # Asked of grpc only where mutual TLS is on: the guard reads it nowhere else.
             client_verified=self._guard.require_client_cert and has_verified_client_cert(context),
-            forwarded=(
-                _metadata_value(context, abuse.peer_header)
-                if abuse is not None and abuse.peer_header
-                else None
-            ),
+            forwarded=_metadata_value(context, peer_header) if peer_header else None,
         )
 
     def _refusal(self, context: Context) -> Callable[[DomainError], Awaitable[NoReturn]]:

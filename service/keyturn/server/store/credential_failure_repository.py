@@ -5,10 +5,10 @@ from __future__ import annotations
 from datetime import datetime
 
 from sqlalchemy import delete
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from .tables import credential_failures
+from .upsert import insert_of
 
 
 class CredentialFailureRepository:
@@ -18,10 +18,9 @@ class CredentialFailureRepository:
     async def count(self, peer: str, window_start: datetime) -> int:
         """One more failure of `peer` in the window; how many it has there now. One
         statement, so that concurrent counts of one peer add up on both backends."""
-        dialect = postgresql if self._db.dialect.name == "postgresql" else sqlite
         table = credential_failures
         statement = (
-            dialect.insert(table)
+            insert_of(self._db, table)
             .values(peer=peer, window_start=window_start, failures=1)
             .on_conflict_do_update(
                 index_elements=["peer", "window_start"],

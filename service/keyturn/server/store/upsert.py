@@ -9,11 +9,16 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 
+def insert_of(connection: AsyncConnection, table: Table) -> Any:
+    """The INSERT of `connection`'s backend, the one that offers `on_conflict_do_update`."""
+    dialect = postgresql if connection.dialect.name == "postgresql" else sqlite
+    return dialect.insert(table)
+
+
 async def upsert(
     connection: AsyncConnection, table: Table, values: dict[str, Any], key: list[str]
 ) -> None:
     """Insert `values`, or update the row whose `key` columns match."""
-    dialect = postgresql if connection.dialect.name == "postgresql" else sqlite
-    statement = dialect.insert(table).values(**values)
+    statement = insert_of(connection, table).values(**values)
     changed = {name: statement.excluded[name] for name in values if name not in key}
     await connection.execute(statement.on_conflict_do_update(index_elements=key, set_=changed))
