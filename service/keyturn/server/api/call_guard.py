@@ -22,6 +22,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
+from keyturn.server.app.audit import acting_as, token_actor
 from keyturn.server.app.conflicts import retry_conflicts
 from keyturn.server.app.tokens import TokenAuthenticator
 from keyturn.server.domain.errors import (
@@ -105,13 +106,15 @@ class CallGuard:
         return "" if self.abuse is None else self.abuse.peer_header
 
     @contextlib.asynccontextmanager
-    async def around(self, call: Call, request: Any, refuse: Refuse) -> AsyncIterator[None]:
+    async def around(self, call: Call, request: Any, refuse: Refuse) -> AsyncIterator[str]:
         """Authorize and check the request, turn failures into `refuse`, log and count the
-        outcome; the block runs the call."""
+        outcome; the block runs the call, given the actor of what it changes (the API
+        token's, or "" for calls that carry their own credential)."""
         started = time.perf_counter()
         code, reason = "OK", ""
         log.debug("rpc started method=%s", call.method)
         abuse, peer = self.abuse, ""
+        actor = ""
         try:
             if abuse is not None:
                 peer = abuse.peer_of(call.peer, call.forwarded)
@@ -122,10 +125,11 @@ class CallGuard:
                     raise client_certificate_required()
                 token = await self._auth.authenticate(bearer_token(call.authorization))
                 self._auth.require(token, scope)
+                actor = token_actor(token.token_id)
                 if abuse is not None:
                     abuse.admit_token(token.token_id)
             check_request(request)
-            yield
+            yield actor
         except (asyncio.CancelledError, GeneratorExit):  # the caller went away
             code = "CANCELLED"
             raise
@@ -148,8 +152,9 @@ class CallGuard:
         self, call: Call, request: Any, behavior: Callable[[], Awaitable[Any]], refuse: Refuse
     ) -> Any:
         """One answer; transaction conflicts retried."""
-        async with self.around(call, request, refuse):
-            return await retry_conflicts(behavior)
+        async with self.around(call, request, refuse) as actor:
+            with acting_as(actor) if actor else contextlib.nullcontext():
+                return await retry_conflicts(behavior)
 
     async def stream(
         self, call: Call, request: Any, responses: AsyncIterator[Any], refuse: Refuse

@@ -58,6 +58,11 @@ class Reason(StrEnum):
     TOKEN_EXPIRED = "TOKEN_EXPIRED"
     IDENTITY_TOKEN_EXPIRED = "IDENTITY_TOKEN_EXPIRED"
     RATE_LIMITED = "RATE_LIMITED"
+    ENTITLEMENT_SUSPENDED = "ENTITLEMENT_SUSPENDED"
+    SEAT_DEACTIVATED = "SEAT_DEACTIVATED"
+    DEACTIVATION_LIMIT_REACHED = "DEACTIVATION_LIMIT_REACHED"
+    ACTIVATION_NOT_FOUND = "ACTIVATION_NOT_FOUND"
+    NAMED_USER_NOT_FOUND = "NAMED_USER_NOT_FOUND"
 
 
 @dataclass(frozen=True)
@@ -435,4 +440,50 @@ def rate_limited(limit: str, retry_after_seconds: int) -> DomainError:
         f"too many calls ({limit} limit); retry in {retry_after_seconds} s",
         {"limit": limit, "retry_after_seconds": str(retry_after_seconds)},
         retry_delay_seconds=retry_after_seconds,
+    )
+
+
+def entitlement_suspended(entitlement_id: str, suspend_time: datetime) -> DomainError:
+    """A suspended entitlement: reversible, unlike a cancel, so the app can say so."""
+    return DomainError(
+        Reason.ENTITLEMENT_SUSPENDED,
+        "this license is suspended",
+        {"entitlement_id": entitlement_id, "suspend_time": suspend_time.isoformat()},
+    )
+
+
+def seat_deactivated(activation_id: str) -> DomainError:
+    """A renewal of a seat an administrator took back: told apart from a superseded
+    lease so that the app can tell its user why."""
+    return DomainError(
+        Reason.SEAT_DEACTIVATED,
+        "an administrator deactivated this device's seat",
+        {"activation_id": activation_id},
+    )
+
+
+def deactivation_limit_reached(limit: int, period: str, retry_time: datetime) -> DomainError:
+    """`limit` deactivations within `period` (ISO 8601) already; the next is possible
+    at `retry_time`."""
+    return DomainError(
+        Reason.DEACTIVATION_LIMIT_REACHED,
+        f"at most {limit} deactivations per {period}; the next is possible at "
+        f"{retry_time.isoformat()}",
+        {"limit": str(limit), "period": period, "retry_time": retry_time.isoformat()},
+    )
+
+
+def activation_not_found(activation_id: str) -> DomainError:
+    return DomainError(
+        Reason.ACTIVATION_NOT_FOUND,
+        f"no activation {activation_id!r} on this entitlement",
+        {"activation_id": activation_id},
+    )
+
+
+def named_user_not_found(user_id: str) -> DomainError:
+    return DomainError(
+        Reason.NAMED_USER_NOT_FOUND,
+        f"no named user {user_id!r} on this entitlement",
+        {"user_id": user_id},
     )

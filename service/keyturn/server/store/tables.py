@@ -20,6 +20,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    false,
     text,
 )
 from sqlalchemy.engine import Dialect
@@ -121,6 +122,12 @@ entitlements = Table(
     Column("order_id", String(128), nullable=False),
     Column("create_time", UtcDateTime, nullable=False),
     Column("update_time", UtcDateTime, nullable=False),
+    Column("suspend_time", UtcDateTime, nullable=True),  # None: not suspended
+    # The SKU's limit on deactivations per period (None: none), from its create operation.
+    Column("deactivation_limit", Integer, nullable=True),
+    Column("deactivation_period_seconds", Integer, nullable=True),
+    # Devices' own releases count against that limit too.
+    Column("deactivation_counts_releases", Boolean, nullable=False, server_default=false()),
 )
 
 external_references = Table(
@@ -152,6 +159,10 @@ activations = Table(
     # When its lapse was written to the event log (None: live, or lapse not yet noticed).
     Column("lapse_recorded_time", UtcDateTime, nullable=True),
     Column("user_id", String(64), nullable=True),  # the named user who activated, if any
+    Column("released_by", String(128), nullable=True),  # the actor that released it
+    Column("release_reason", String(500), nullable=True),  # an administrator's reason
+    # An administrator took the seat back: its renewal is refused with SEAT_DEACTIVATED.
+    Column("deactivated", Boolean, nullable=False, server_default=false()),
     UniqueConstraint("entitlement_id", "fingerprint"),
     # What counting seats reads: the activations that may hold one, by lease expiry.
     Index(
@@ -202,7 +213,17 @@ events = Table(
     Column("order_id", String(128), nullable=False),
     Column("activation_id", String(64), nullable=False),
     Column("snapshot", JSON, nullable=False),
+    Column("actor", String(128), nullable=True),  # who made the change (None: before 0010)
+    # When the change took effect, where that is before create_time (a lapse is recorded
+    # after its lease ran out); None: at create_time.
+    Column("effective_time", UtcDateTime, nullable=True),
     Index("ix_entitlement_events_entitlement_id_sequence", "entitlement_id", "sequence"),
+    Index(
+        "ix_entitlement_events_entitlement_id_type_create_time",
+        "entitlement_id",
+        "type",
+        "create_time",
+    ),
     Index(
         "ix_entitlement_events_pending",
         "event_id",
@@ -265,4 +286,25 @@ credential_failures = Table(
     Column("window_start", UtcDateTime, primary_key=True),
     Column("failures", Integer, nullable=False),
     Index("ix_credential_failures_window_start", "window_start"),
+)
+
+# Every change of every kind, with the actor that made it (app/audit.py).
+audit_events = Table(
+    "audit_events",
+    metadata,
+    Column(
+        "audit_id",
+        BigInteger().with_variant(Integer, "sqlite"),
+        primary_key=True,
+        autoincrement=True,
+    ),
+    Column("create_time", UtcDateTime, nullable=False),
+    Column("actor", String(128), nullable=False),  # token:ID, device:ID, system:JOB, cli:USER
+    Column("action", String(64), nullable=False),  # e.g. order.fulfil, sku.put, token.revoke
+    Column("resource", String(300), nullable=False),  # what it changed: skus/ID, orders/SRC/ID
+    Column("entitlement_id", String(64), nullable=True),  # the entitlement it changed, if one
+    Column("details", JSON, nullable=False),
+    Index("ix_audit_events_create_time", "create_time"),
+    Index("ix_audit_events_entitlement_id_audit_id", "entitlement_id", "audit_id"),
+    Index("ix_audit_events_actor_audit_id", "actor", "audit_id"),
 )

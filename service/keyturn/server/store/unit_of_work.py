@@ -19,6 +19,7 @@ from keyturn.server.domain.errors import (
 )
 
 from .activation_repository import ActivationRepository
+from .audit_repository import AuditRepository
 from .catalog_repository import CatalogRepository
 from .credential_failure_repository import CredentialFailureRepository
 from .database import DEFAULT_LIMITS, READ_ONLY, DatabaseLimits, create_engine, create_pool
@@ -86,6 +87,7 @@ class Transaction:
         self.named_users = NamedUserRepository(connection)
         self.outbox = OutboxRepository(connection)
         self.credential_failures = CredentialFailureRepository(connection)
+        self.audit = AuditRepository(connection)
 
 
 class CommitBell:

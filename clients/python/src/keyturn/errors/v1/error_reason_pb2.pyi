@@ -228,6 +228,33 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     header). Metadata: `limit` (`peer`, `credential`, `token` or
     `failed_credentials`), `retry_after_seconds`.
     """
+    ENTITLEMENT_SUSPENDED: _ErrorReason.ValueType  # 39
+    """FAILED_PRECONDITION. The entitlement is suspended (SuspendEntitlement, or a
+    `suspend` SKU operation, e.g. on a failed payment): no seat can be taken and
+    no lease renewed until it is reinstated; its seats, devices and named users
+    are kept and continue where they were. Metadata: `entitlement_id`,
+    `suspend_time` (RFC 3339).
+    """
+    SEAT_DEACTIVATED: _ErrorReason.ValueType  # 40
+    """FAILED_PRECONDITION. An administrator deactivated this device's seat
+    (DeactivateSeat): its lease cannot be renewed. The app should tell its user
+    and may activate again with its license key. Metadata: `activation_id`.
+    """
+    DEACTIVATION_LIMIT_REACHED: _ErrorReason.ValueType  # 41
+    """RESOURCE_EXHAUSTED. The entitlement's SKU limits deactivations (and, when
+    it says so, devices' own releases) per period, and that many happened
+    within the period already. Nothing was done. Metadata: `limit` (the number
+    per period), `period` (ISO 8601 duration), `retry_time` (RFC 3339: when the
+    oldest one counted leaves the period).
+    """
+    ACTIVATION_NOT_FOUND: _ErrorReason.ValueType  # 42
+    """NOT_FOUND. No activation with this id on this entitlement.
+    Metadata: `activation_id`.
+    """
+    NAMED_USER_NOT_FOUND: _ErrorReason.ValueType  # 43
+    """NOT_FOUND. No named user with this id on this entitlement.
+    Metadata: `user_id`.
+    """
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """ErrorReason lists every `google.rpc.ErrorInfo.reason` that Keyturn returns.
@@ -449,5 +476,32 @@ peer (`KEYTURN_FAILED_CREDENTIALS_LIMIT`). Nothing was done. Retry after the
 delay of the `google.rpc.RetryInfo` detail (over HTTP: the `Retry-After`
 header). Metadata: `limit` (`peer`, `credential`, `token` or
 `failed_credentials`), `retry_after_seconds`.
+"""
+ENTITLEMENT_SUSPENDED: ErrorReason.ValueType  # 39
+"""FAILED_PRECONDITION. The entitlement is suspended (SuspendEntitlement, or a
+`suspend` SKU operation, e.g. on a failed payment): no seat can be taken and
+no lease renewed until it is reinstated; its seats, devices and named users
+are kept and continue where they were. Metadata: `entitlement_id`,
+`suspend_time` (RFC 3339).
+"""
+SEAT_DEACTIVATED: ErrorReason.ValueType  # 40
+"""FAILED_PRECONDITION. An administrator deactivated this device's seat
+(DeactivateSeat): its lease cannot be renewed. The app should tell its user
+and may activate again with its license key. Metadata: `activation_id`.
+"""
+DEACTIVATION_LIMIT_REACHED: ErrorReason.ValueType  # 41
+"""RESOURCE_EXHAUSTED. The entitlement's SKU limits deactivations (and, when
+it says so, devices' own releases) per period, and that many happened
+within the period already. Nothing was done. Metadata: `limit` (the number
+per period), `period` (ISO 8601 duration), `retry_time` (RFC 3339: when the
+oldest one counted leaves the period).
+"""
+ACTIVATION_NOT_FOUND: ErrorReason.ValueType  # 42
+"""NOT_FOUND. No activation with this id on this entitlement.
+Metadata: `activation_id`.
+"""
+NAMED_USER_NOT_FOUND: ErrorReason.ValueType  # 43
+"""NOT_FOUND. No named user with this id on this entitlement.
+Metadata: `user_id`.
 """
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015
