@@ -30,6 +30,7 @@ class NewEvent:
     order_source: str = ""
     order_id: str = ""
     activation_id: str = ""
+    effective_time: datetime | None = None  # before create_time: a lapse recorded late
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,7 @@ STORED_COLUMNS = (
     events.c.order_id,
     events.c.activation_id,
     events.c.snapshot,
+    events.c.effective_time,
 )
 
 
@@ -58,6 +60,7 @@ def event_row(event: NewEvent) -> dict[str, Any]:
         "order_id": event.order_id,
         "activation_id": event.activation_id,
         "snapshot": event.snapshot,
+        "effective_time": event.effective_time,
     }
 
 
