@@ -140,21 +140,7 @@ class ActivationRepository:
         once per lapse: the next time the entitlement is used, or at the next sweep.
         The caller holds the entitlement's lock.
         """
-        if entitlement.license_model is not LicenseModel.FLOATING:
-            return ()
-        unnoticed = and_(
-            activations.c.entitlement_id == entitlement.entitlement_id,
-            pending_lapse(now, lapse_grace),
-        )
-        query = (
-            select(activations.c.activation_id, activations.c.lease_expire_time)
-            .where(unnoticed)
-            .order_by(activations.c.activation_id)
-        )
-        lapses = tuple(
-            Lapse(activation_id, seat_freed_time(expiry, lapse_grace))
-            for activation_id, expiry in await self._db.execute(query)
-        )
+        lapses = await self.pending_lapses(entitlement, now, lapse_grace)
         ids = [lapse.activation_id for lapse in lapses]
         if ids:
             await self._db.execute(
@@ -164,6 +150,25 @@ class ActivationRepository:
             )
             await self._add_held(entitlement.entitlement_id, -len(ids))
         return lapses
+
+    async def pending_lapses(
+        self, entitlement: Entitlement, now: datetime, lapse_grace: timedelta
+    ) -> tuple[Lapse, ...]:
+        """The lapses `note_lapses` would record now, without recording them (a read)."""
+        if entitlement.license_model is not LicenseModel.FLOATING:
+            return ()
+        query = (
+            select(activations.c.activation_id, activations.c.lease_expire_time)
+            .where(
+                activations.c.entitlement_id == entitlement.entitlement_id,
+                pending_lapse(now, lapse_grace),
+            )
+            .order_by(activations.c.activation_id)
+        )
+        return tuple(
+            Lapse(activation_id, seat_freed_time(expiry, lapse_grace))
+            for activation_id, expiry in await self._db.execute(query)
+        )
 
     async def with_unnoticed_lapses(
         self, now: datetime, lapse_grace: timedelta, limit: int

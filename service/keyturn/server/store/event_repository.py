@@ -98,3 +98,16 @@ class EventRepository:
             query = query.where(events.c.entitlement_id == entitlement_id)
         rows = (await self._db.execute(query.order_by(events.c.sequence).limit(limit))).mappings()
         return [StoredEvent(**row) for row in rows]
+
+    async def effective_before(self, entitlement_id: str, before: datetime) -> list[StoredEvent]:
+        """Every committed event of one entitlement that took effect before `before` (a
+        lapse recorded later included), numbered yet or not, in insertion order: the
+        history a usage report replays."""
+        effective = func.coalesce(events.c.effective_time, events.c.create_time)
+        query = (
+            select(*STORED_COLUMNS)
+            .where(events.c.entitlement_id == entitlement_id, effective < before)
+            .order_by(events.c.event_id)
+        )
+        rows = (await self._db.execute(query)).mappings()
+        return [StoredEvent(**{**row, "sequence": row["sequence"] or 0}) for row in rows]
