@@ -12,8 +12,9 @@ from datetime import UTC, datetime, timedelta
 import grpc
 import pytest
 
+from keyturn.fulfillment.v1 import catalog_pb2 as cat
+from keyturn.fulfillment.v1 import catalog_pb2_grpc, fulfillment_pb2_grpc
 from keyturn.fulfillment.v1 import fulfillment_pb2 as ful
-from keyturn.fulfillment.v1 import fulfillment_pb2_grpc
 from keyturn.licensing.v1 import licensing_pb2 as lic
 from keyturn.licensing.v1 import licensing_pb2_grpc
 from keyturn.server.app.context import AppContext
@@ -21,7 +22,8 @@ from keyturn.server.app.lapses import sweep_lapses
 from keyturn.server.bootstrap import build_context
 
 from conftest import Tokens, settings_for
-from support.rpc import PRODUCT_ID
+from support.catalog import put_catalog
+from support.rpc import PRODUCT_ID, order
 
 Licensing = licensing_pb2_grpc.LicensingServiceStub
 Fulfillment = fulfillment_pb2_grpc.FulfillmentServiceStub
@@ -81,9 +83,12 @@ SCRIPT: list[tuple[float, str, str]] = [
     (210, "regain", "A"),  # its lapsed lease renewed while a seat is free
     (235, "release", "D"),
     (240, "activate", "B"),  # a released device again
+    (265, "seats", "+1"),  # an order adds a seat: the limit is 4 from here
+    (270, "activate", "F"),
     (300, "stop", "E"),
     (330, "activate", "C"),  # a lapsed device activating again (takes its seat back)
-    (360, "stop", "B"),  # never recorded on PostgreSQL: only unlocked renewals follow
+    (360, "stop", "B"),  # never recorded on PostgreSQL by a claim: only renewals follow
+    (400, "seats", "-1"),  # an order removes one: 3 again, as many as are in use
     (HOURS * 60, "end", ""),
 ]
 
@@ -101,8 +106,13 @@ class Run:
     app: AppContext
     clock: ScriptClock
     licensing: Licensing
+    fulfillment: Fulfillment
+    tokens: Tokens
+    entitlement_id: str
     key: str
     devices: dict[str, Device] = field(default_factory=dict)
+    limits: list[tuple[datetime, int]] = field(default_factory=list)  # from then on
+    orders: int = 0
 
     def device(self, name: str) -> Device:
         return self.devices.setdefault(name, Device())
@@ -158,6 +168,13 @@ class Run:
                     lic.RenewLeaseRequest(lease_token=device.token)
                 )
                 self.take(device, renewed)
+            case "seats":
+                self.orders += 1
+                sku = "MORE-SEAT" if name == "+1" else "LESS-SEAT"
+                change = order(f"seats-{self.orders}", sku)
+                change.lines[0].entitlement_id = self.entitlement_id
+                await self.fulfillment.FulfillOrder(change, metadata=self.tokens("fulfill"))
+                self.limits.append((self.clock.at, self.limits[-1][1] + int(name)))
             case "sweep":
                 # C's lapse, unless a renewal recorded it (SQLite's renewals take the lock).
                 await sweep_lapses(self.app)
@@ -170,6 +187,12 @@ class Run:
     async def seats_in_use(self) -> int:
         check = lic.CheckLicenseRequest(license_key=self.key, product_id=PRODUCT_ID)
         return (await self.licensing.CheckLicense(check)).entitlement.seats_in_use
+
+
+def expected_limit(run: Run, start: datetime, end: datetime) -> int:
+    """The highest limit in force at any instant of [start, end) (0 before any)."""
+    in_force = [limit for at, limit in run.limits if at <= start][-1:] or [0]
+    return max(in_force + [limit for at, limit in run.limits if start < at < end])
 
 
 def expected_bucket(run: Run, start: datetime, end: datetime) -> tuple[int, float]:
@@ -201,11 +224,35 @@ async def test_the_usage_report_of_a_scripted_day_gives_the_exact_peaks(
     license_of,  # type: ignore[no-untyped-def]
     licensing_stub: Licensing,
     fulfillment_stub: Fulfillment,
+    catalog_stub: catalog_pb2_grpc.CatalogServiceStub,
     tokens: Tokens,
 ) -> None:
+    await put_catalog(
+        catalog_stub,
+        tokens("catalog"),
+        cat.Sku(
+            sku_id="MORE-SEAT",
+            product_id=PRODUCT_ID,
+            operations=[cat.Operation(add_seats=cat.AddSeatsOperation(seats_per_unit=1))],
+        ),
+        cat.Sku(
+            sku_id="LESS-SEAT",
+            product_id=PRODUCT_ID,
+            operations=[cat.Operation(remove_seats=cat.RemoveSeatsOperation(seats_per_unit=1))],
+        ),
+    )
     entitlement = await license_of(SEATS)
     assert entitlement.lease_duration.ToTimedelta() == LEASE
-    run = Run(app, clock, licensing_stub, entitlement.license_key)
+    run = Run(
+        app,
+        clock,
+        licensing_stub,
+        fulfillment_stub,
+        tokens,
+        entitlement.entitlement_id,
+        entitlement.license_key,
+        limits=[(clock.at, SEATS)],
+    )
     beats = {T0 + minutes(-30) + HEARTBEAT * i for i in range(HOURS * 6 + 4)}
     moments = sorted(beats | {T0 + minutes(m) for m, _, _ in SCRIPT})
     for at in moments:
@@ -234,9 +281,11 @@ async def test_the_usage_report_of_a_scripted_day_gives_the_exact_peaks(
     for hour, bucket in enumerate(hourly):
         start = T0 + timedelta(hours=hour)
         peak, average = expected_bucket(run, start, start + timedelta(hours=1))
-        assert (bucket.peak_seats_in_use, bucket.seat_limit) == (peak, SEATS), hour
+        limit = expected_limit(run, start, start + timedelta(hours=1))
+        assert (bucket.peak_seats_in_use, bucket.seat_limit) == (peak, limit), hour
         assert bucket.average_seats_in_use == pytest.approx(average, abs=1e-9), hour
-    assert max(b.peak_seats_in_use for b in hourly) == SEATS
+    assert max(b.peak_seats_in_use for b in hourly) == SEATS + 1
+    assert {b.seat_limit for b in hourly} == {SEATS, SEATS + 1}
     assert len({b.average_seats_in_use for b in hourly}) > 3  # the script is not flat
 
     # By the day: one bucket, under way, averaged over its elapsed part (until now).
@@ -249,7 +298,7 @@ async def test_the_usage_report_of_a_scripted_day_gives_the_exact_peaks(
         ful.USAGE_GRANULARITY_DAY,
     )
     peak, average = expected_bucket(run, T0, clock.at)
-    assert (daily.peak_seats_in_use, daily.seat_limit) == (peak, SEATS)
+    assert (daily.peak_seats_in_use, daily.seat_limit) == (peak, SEATS + 1)
     assert daily.average_seats_in_use == pytest.approx(average, abs=1e-9)
 
     # Before the entitlement existed: nothing in use, no limit.
