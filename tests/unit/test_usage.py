@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from keyturn.server.app.usage import seat_changes
 from keyturn.server.domain.usage import (
     MAX_BUCKETS,
     Granularity,
@@ -17,6 +18,7 @@ from keyturn.server.domain.usage import (
     seat_steps,
     usage_buckets,
 )
+from keyturn.server.store.event_repository import StoredEvent
 
 DAY = datetime(2026, 3, 1, tzinfo=UTC)
 H = timedelta(hours=1)
@@ -216,3 +218,38 @@ def test_a_range_must_be_whole_buckets_and_bounded() -> None:
     too_many = report_violations(DAY, last + timedelta(days=1), day)
     assert [v.field for v in too_many] == ["end_time"]
     assert str(MAX_BUCKETS) in too_many[0].description
+
+
+def test_the_event_log_maps_to_seat_changes_at_effective_times() -> None:
+    def event(
+        kind: str, minute: int, activation: str = "a", late: int | None = None
+    ) -> StoredEvent:
+        return StoredEvent(
+            entitlement_id="ent_1",
+            type=kind,
+            create_time=DAY + minute * M,
+            snapshot={},
+            activation_id=activation,
+            effective_time=None if late is None else DAY + late * M,
+        )
+
+    changes = seat_changes(
+        [
+            event("created", 0, activation=""),
+            event("seat_activated", 1),
+            event("seat_activated", 2, activation="b"),
+            event("seats_changed", 3, activation=""),
+            event("lease_lapsed", 40, late=17),  # recorded at 40, the seat free from 17
+            event("seat_deactivated", 50, activation="b"),  # SEAT_DEACTIVATED ends a seat
+        ]
+    )
+    assert changes == [
+        take(DAY + M, "a"),
+        take(DAY + 2 * M, "b"),
+        end(DAY + 17 * M, "a"),
+        end(DAY + 50 * M, "b"),
+    ]
+    (bucket,) = hours(changes, count=1)
+    assert bucket.peak_seats_in_use == 2
+    # a from 1 to 17 minutes, b from 2 to 50: 64 seat-minutes in the hour.
+    assert bucket.average_seats_in_use == pytest.approx(64 / 60, abs=1e-12)

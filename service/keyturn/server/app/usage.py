@@ -39,7 +39,9 @@ class UsageReport:
     buckets: tuple[UsageBucket, ...]
 
 
-def _seat_changes(history: list[StoredEvent]) -> list[SeatChange]:
+def seat_changes(history: list[StoredEvent]) -> list[SeatChange]:
+    """The seat events of a history, each at its effective time (a late lapse's), in log
+    order; order events and the like change no seat."""
     changes = []
     for event in history:
         taken, ended = event.type in SEAT_TAKEN, event.type in SEAT_ENDED
@@ -74,7 +76,7 @@ async def usage_report(
             until = min(end, now)
             history = await tx.events.effective_before(entitlement_id, until)
             pending = await tx.activations.pending_lapses(entitlement, now, ctx.lapse_grace)
-        changes = _seat_changes(history)
+        changes = seat_changes(history)
         changes += [SeatChange(lapse.freed_time, lapse.activation_id, False) for lapse in pending]
         limits = [
             LimitChange(
