@@ -63,6 +63,21 @@ class FulfillmentServiceStub:
     replicas within the server's poll period. A server keeps a bounded number
     of streams open; one more is RESOURCE_EXHAUSTED / WATCH_STREAMS_EXHAUSTED.
     """
+    SuspendEntitlement: _grpc.UnaryUnaryMultiCallable[_fulfillment_pb2.SuspendEntitlementRequest, _fulfillment_pb2.SuspendEntitlementResponse]
+    """--- suspend ---
+    Suspends an entitlement (a billing connector, on a failed payment): new
+    activations and lease renewals are refused with FAILED_PRECONDITION /
+    ENTITLEMENT_SUSPENDED, while its seats, devices and named users stay.
+    Suspending a suspended entitlement changes nothing. A cancelled one is
+    FAILED_PRECONDITION / ENTITLEMENT_CANCELLED. Needs the `fulfill` scope.
+    """
+    ReinstateEntitlement: _grpc.UnaryUnaryMultiCallable[_fulfillment_pb2.ReinstateEntitlementRequest, _fulfillment_pb2.ReinstateEntitlementResponse]
+    """Lifts a suspension: the entitlement goes on where it was, with the same
+    devices (a device whose lease lapsed meanwhile regains its seat on its
+    next renewal while one is free). Reinstating one that is not suspended
+    changes nothing. A cancelled one is FAILED_PRECONDITION /
+    ENTITLEMENT_CANCELLED. Needs the `fulfill` scope.
+    """
 
 @_typing.type_check_only
 class FulfillmentServiceAsyncStub(FulfillmentServiceStub):
@@ -96,6 +111,21 @@ class FulfillmentServiceAsyncStub(FulfillmentServiceStub):
     Changes committed through the same server arrive at once, those of other
     replicas within the server's poll period. A server keeps a bounded number
     of streams open; one more is RESOURCE_EXHAUSTED / WATCH_STREAMS_EXHAUSTED.
+    """
+    SuspendEntitlement: _aio.UnaryUnaryMultiCallable[_fulfillment_pb2.SuspendEntitlementRequest, _fulfillment_pb2.SuspendEntitlementResponse]  # type: ignore[assignment]
+    """--- suspend ---
+    Suspends an entitlement (a billing connector, on a failed payment): new
+    activations and lease renewals are refused with FAILED_PRECONDITION /
+    ENTITLEMENT_SUSPENDED, while its seats, devices and named users stay.
+    Suspending a suspended entitlement changes nothing. A cancelled one is
+    FAILED_PRECONDITION / ENTITLEMENT_CANCELLED. Needs the `fulfill` scope.
+    """
+    ReinstateEntitlement: _aio.UnaryUnaryMultiCallable[_fulfillment_pb2.ReinstateEntitlementRequest, _fulfillment_pb2.ReinstateEntitlementResponse]  # type: ignore[assignment]
+    """Lifts a suspension: the entitlement goes on where it was, with the same
+    devices (a device whose lease lapsed meanwhile regains its seat on its
+    next renewal while one is free). Reinstating one that is not suspended
+    changes nothing. A cancelled one is FAILED_PRECONDITION /
+    ENTITLEMENT_CANCELLED. Needs the `fulfill` scope.
     """
 
 class FulfillmentServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -169,6 +199,33 @@ class FulfillmentServiceServicer(metaclass=_abc_1.ABCMeta):
         Changes committed through the same server arrive at once, those of other
         replicas within the server's poll period. A server keeps a bounded number
         of streams open; one more is RESOURCE_EXHAUSTED / WATCH_STREAMS_EXHAUSTED.
+        """
+
+    @_abc_1.abstractmethod
+    def SuspendEntitlement(
+        self,
+        request: _fulfillment_pb2.SuspendEntitlementRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_fulfillment_pb2.SuspendEntitlementResponse, _abc.Awaitable[_fulfillment_pb2.SuspendEntitlementResponse]]:
+        """--- suspend ---
+        Suspends an entitlement (a billing connector, on a failed payment): new
+        activations and lease renewals are refused with FAILED_PRECONDITION /
+        ENTITLEMENT_SUSPENDED, while its seats, devices and named users stay.
+        Suspending a suspended entitlement changes nothing. A cancelled one is
+        FAILED_PRECONDITION / ENTITLEMENT_CANCELLED. Needs the `fulfill` scope.
+        """
+
+    @_abc_1.abstractmethod
+    def ReinstateEntitlement(
+        self,
+        request: _fulfillment_pb2.ReinstateEntitlementRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_fulfillment_pb2.ReinstateEntitlementResponse, _abc.Awaitable[_fulfillment_pb2.ReinstateEntitlementResponse]]:
+        """Lifts a suspension: the entitlement goes on where it was, with the same
+        devices (a device whose lease lapsed meanwhile regains its seat on its
+        next renewal while one is free). Reinstating one that is not suspended
+        changes nothing. A cancelled one is FAILED_PRECONDITION /
+        ENTITLEMENT_CANCELLED. Needs the `fulfill` scope.
         """
 
 def add_FulfillmentServiceServicer_to_server(servicer: FulfillmentServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
