@@ -168,6 +168,20 @@ async def test_every_rpc_of_the_three_services_answers_over_http_json(
         "GetSigningKeys": lambda: call(http, LICENSING, "GetSigningKeys", {}),
         "ReleaseSeat": lambda: call(http, LICENSING, "ReleaseSeat", {"leaseToken": state["lease"]}),
         "RedeemInvitation": redeem,
+        "SuspendEntitlement": lambda: call(
+            http,
+            FULFILLMENT,
+            "SuspendEntitlement",
+            {"entitlementId": entitlement_id, "reason": "payment failed"},
+            headers=auth["fulfill"],
+        ),
+        "ReinstateEntitlement": lambda: call(
+            http,
+            FULFILLMENT,
+            "ReinstateEntitlement",
+            {"entitlementId": entitlement_id},
+            headers=auth["fulfill"],
+        ),
     }
     declared = [method.name for service in SERVICES.values() for method in service.methods]
     assert sorted(calls) == sorted(declared)
@@ -182,6 +196,10 @@ async def test_every_rpc_of_the_three_services_answers_over_http_json(
     assert answers["WatchEntitlementEvents"]["event"]["entitlementId"] == entitlement_id
     assert answers["ReleaseSeat"] == {}
     assert len(answers["ListEntitlements"]["entitlements"]) == 2
+    suspended = answers["SuspendEntitlement"]["entitlement"]["status"]
+    assert suspended == "ENTITLEMENT_STATUS_SUSPENDED"
+    reinstated = answers["ReinstateEntitlement"]["entitlement"]["status"]
+    assert reinstated == "ENTITLEMENT_STATUS_ACTIVE"
 
 
 async def test_the_same_token_rules_as_grpc(http: httpx.AsyncClient, tokens: Tokens) -> None:

@@ -198,6 +198,12 @@ WELL_FORMED: dict[str, Request] = {
     "ReleaseSeat": lambda w: lic.ReleaseSeatRequest(lease_token=w.lease_token),
     "RedeemInvitation": lic.RedeemInvitationRequest(invitation_code=generate_invitation_code()),
     "GetSigningKeys": lic.GetSigningKeysRequest(),
+    "SuspendEntitlement": lambda w: ful.SuspendEntitlementRequest(
+        entitlement_id=w.entitlement_id, reason="payment_failed"
+    ),
+    "ReinstateEntitlement": lambda w: ful.ReinstateEntitlementRequest(
+        entitlement_id=w.entitlement_id
+    ),
 }
 
 

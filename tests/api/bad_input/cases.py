@@ -40,6 +40,8 @@ RPCS: dict[str, tuple[str, str | None]] = {
     "ResendCredentials": (FULFILLMENT, "fulfill"),
     "CheckLicense": (LICENSING, None),
     "RedeemInvitation": (LICENSING, None),
+    "SuspendEntitlement": (FULFILLMENT, "fulfill"),
+    "ReinstateEntitlement": (FULFILLMENT, "fulfill"),
 }
 # Server-streaming RPCs: a case reads the first message, where the error shows.
 STREAMING = {"WatchEntitlementEvents"}

@@ -77,6 +77,8 @@ REQUIRED: dict[str, dict[str, str]] = {
     "RenewLease": _same("lease_token"),
     "ReleaseSeat": _same("lease_token"),
     "RedeemInvitation": _same("invitation_code"),
+    "SuspendEntitlement": _same("entitlement_id"),
+    "ReinstateEntitlement": _same("entitlement_id"),
 }
 
 INT32_MIN = -(2**31)

@@ -13,6 +13,7 @@ from . import (
     test_licensing,
     test_order_changes,
     test_orders,
+    test_suspension,
     test_transport,
 )
 from .builders import SHAPE, WELL_FORMED, built
@@ -25,6 +26,7 @@ MODULES = (
     test_order_changes,
     test_entitlement_reads,
     test_licensing,
+    test_suspension,
     test_transport,
 )
 CASES: list[Case] = [case for module in MODULES for case in module.CASES]

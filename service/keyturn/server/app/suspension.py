@@ -20,7 +20,6 @@ from keyturn.server.domain.errors import (
     raise_if_invalid,
 )
 from keyturn.server.domain.operations import EVENT_OF, hold, leaves_unchanged
-from keyturn.server.domain.orders import check_text
 
 from . import audit
 from .context import AppContext
@@ -31,7 +30,11 @@ MAX_REASON = 500
 
 
 def _check_reason(reason: str) -> list[FieldViolation]:
-    return check_text("reason", reason, MAX_REASON, "reason") if reason else []
+    """Free text for people (spaces and any script allowed), but no control characters."""
+    if len(reason) > MAX_REASON or not reason.isprintable():
+        text = f"must be at most {MAX_REASON} printable characters"
+        return [FieldViolation("reason", text)]
+    return []
 
 
 async def suspend_entitlement(
