@@ -89,6 +89,11 @@ class Entitlement:
         """The last instant leases may run to: end date plus grace (None: never ends)."""
         return None if self.end_time is None else self.end_time + self.grace
 
+    def ended(self, now: datetime) -> bool:
+        """The term (plus grace) is over, whatever else holds (cancelled, suspended)."""
+        until = self.usable_until()
+        return until is not None and now >= until
+
     def status(self, now: datetime) -> Status:
         """Cancelled (final) before suspended before expired: a suspension is an explicit
         hold that only a reinstatement lifts, so it shows (and ListEntitlements finds it
@@ -98,8 +103,7 @@ class Entitlement:
             return Status.CANCELLED
         if self.suspend_time is not None:
             return Status.SUSPENDED
-        until = self.usable_until()
-        if until is not None and now >= until:
+        if self.ended(now):
             return Status.EXPIRED
         return Status.TRIAL if self.trial else Status.ACTIVE
 

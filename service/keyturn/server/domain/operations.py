@@ -87,7 +87,7 @@ def renew(ent: Entitlement, op: Renew, line: LineContext) -> Entitlement:
     """Extend the end date; it never moves backwards."""
     if ent.end_time is None:
         raise entitlement_perpetual(ent.entitlement_id, line.line_index)
-    expired = ent.status(line.now) is Status.EXPIRED
+    expired = ent.ended(line.now)  # by the dates: a suspended one may have ended too
     from_now = op.anchor is RenewalAnchor.FROM_NOW or (
         op.anchor is RenewalAnchor.FROM_NOW_IF_EXPIRED and expired
     )
