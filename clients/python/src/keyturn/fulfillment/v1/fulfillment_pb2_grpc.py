@@ -28,8 +28,9 @@ if _version_not_supported:
 class FulfillmentServiceStub:
     """FulfillmentService is called by order connectors (Stripe, CRM and ERP
     exports) and by systems that sync entitlements. Every call needs
-    `authorization: Bearer <token>`: FulfillOrder and ResendCredentials need
-    the `fulfill` scope, every other call the `read` scope.
+    `authorization: Bearer <token>`: FulfillOrder, ResendCredentials,
+    SuspendEntitlement and ReinstateEntitlement need the `fulfill` scope, every
+    other call the `read` scope.
     """
 
     def __init__(self, channel):
@@ -88,8 +89,9 @@ class FulfillmentServiceStub:
 class FulfillmentServiceServicer:
     """FulfillmentService is called by order connectors (Stripe, CRM and ERP
     exports) and by systems that sync entitlements. Every call needs
-    `authorization: Bearer <token>`: FulfillOrder and ResendCredentials need
-    the `fulfill` scope, every other call the `read` scope.
+    `authorization: Bearer <token>`: FulfillOrder, ResendCredentials,
+    SuspendEntitlement and ReinstateEntitlement need the `fulfill` scope, every
+    other call the `read` scope.
     """
 
     def FulfillOrder(self, request, context):
@@ -231,8 +233,9 @@ def add_FulfillmentServiceServicer_to_server(servicer, server):
 class FulfillmentService:
     """FulfillmentService is called by order connectors (Stripe, CRM and ERP
     exports) and by systems that sync entitlements. Every call needs
-    `authorization: Bearer <token>`: FulfillOrder and ResendCredentials need
-    the `fulfill` scope, every other call the `read` scope.
+    `authorization: Bearer <token>`: FulfillOrder, ResendCredentials,
+    SuspendEntitlement and ReinstateEntitlement need the `fulfill` scope, every
+    other call the `read` scope.
     """
 
     @staticmethod

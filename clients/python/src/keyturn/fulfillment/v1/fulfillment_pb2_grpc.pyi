@@ -31,8 +31,9 @@ GRPC_VERSION: str
 class FulfillmentServiceStub:
     """FulfillmentService is called by order connectors (Stripe, CRM and ERP
     exports) and by systems that sync entitlements. Every call needs
-    `authorization: Bearer <token>`: FulfillOrder and ResendCredentials need
-    the `fulfill` scope, every other call the `read` scope.
+    `authorization: Bearer <token>`: FulfillOrder, ResendCredentials,
+    SuspendEntitlement and ReinstateEntitlement need the `fulfill` scope, every
+    other call the `read` scope.
     """
 
     @_typing.overload
@@ -83,8 +84,9 @@ class FulfillmentServiceStub:
 class FulfillmentServiceAsyncStub(FulfillmentServiceStub):
     """FulfillmentService is called by order connectors (Stripe, CRM and ERP
     exports) and by systems that sync entitlements. Every call needs
-    `authorization: Bearer <token>`: FulfillOrder and ResendCredentials need
-    the `fulfill` scope, every other call the `read` scope.
+    `authorization: Bearer <token>`: FulfillOrder, ResendCredentials,
+    SuspendEntitlement and ReinstateEntitlement need the `fulfill` scope, every
+    other call the `read` scope.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -131,8 +133,9 @@ class FulfillmentServiceAsyncStub(FulfillmentServiceStub):
 class FulfillmentServiceServicer(metaclass=_abc_1.ABCMeta):
     """FulfillmentService is called by order connectors (Stripe, CRM and ERP
     exports) and by systems that sync entitlements. Every call needs
-    `authorization: Bearer <token>`: FulfillOrder and ResendCredentials need
-    the `fulfill` scope, every other call the `read` scope.
+    `authorization: Bearer <token>`: FulfillOrder, ResendCredentials,
+    SuspendEntitlement and ReinstateEntitlement need the `fulfill` scope, every
+    other call the `read` scope.
     """
 
     @_abc_1.abstractmethod

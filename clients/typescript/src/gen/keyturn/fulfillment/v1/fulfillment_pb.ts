@@ -1389,8 +1389,9 @@ export const EntitlementEventTypeSchema: GenEnum<EntitlementEventType> = /*@__PU
 /**
  * FulfillmentService is called by order connectors (Stripe, CRM and ERP
  * exports) and by systems that sync entitlements. Every call needs
- * `authorization: Bearer <token>`: FulfillOrder and ResendCredentials need
- * the `fulfill` scope, every other call the `read` scope.
+ * `authorization: Bearer <token>`: FulfillOrder, ResendCredentials,
+ * SuspendEntitlement and ReinstateEntitlement need the `fulfill` scope, every
+ * other call the `read` scope.
  *
  * @generated from service keyturn.fulfillment.v1.FulfillmentService
  */
