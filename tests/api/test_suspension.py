@@ -298,3 +298,24 @@ async def test_list_entitlements_finds_suspended_ones_under_suspended_only(
         ended.entitlement_id,
         held_and_ended.entitlement_id,
     }
+
+
+@pytest.mark.usefixtures("skus")
+async def test_an_invitation_redeems_while_suspended_and_its_seat_waits_for_reinstatement(
+    fulfillment_stub: Fulfillment, licensing_stub: Licensing, tokens: Tokens
+) -> None:
+    request = order("named-1", "SUB-3", reference="stripe:sub_named")
+    request.lines[0].named_user_emails.append("ada@example.com")
+    ent = (await fulfillment_stub.FulfillOrder(request, metadata=tokens("fulfill"))).entitlements[0]
+    (user,) = ent.named_users
+    await _suspend(fulfillment_stub, tokens, ent.entitlement_id)
+    redeemed = await licensing_stub.RedeemInvitation(
+        lic.RedeemInvitationRequest(invitation_code=user.invitation_code)
+    )
+    seat = lic.ActivateSeatRequest(
+        identity_token=redeemed.identity_token, product_id=PRODUCT_ID, fingerprint="device-0001"
+    )
+    await _refused(licensing_stub.ActivateSeat(seat), "ENTITLEMENT_SUSPENDED")
+    await _reinstate(fulfillment_stub, tokens, ent.entitlement_id)
+    taken = await licensing_stub.ActivateSeat(seat)
+    assert taken.entitlement.seats_in_use == 1
