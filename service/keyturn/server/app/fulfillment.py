@@ -40,11 +40,7 @@ from keyturn.server.domain.named_users import (
     identity_expire_time,
     new_emails,
 )
-from keyturn.server.domain.operations import (
-    EVENT_OF,
-    LineContext,
-    apply_operation,
-)
+from keyturn.server.domain.operations import EVENT_OF, LineContext, apply_operation
 from keyturn.server.domain.orders import (
     LineResult,
     OrderLine,
