@@ -182,6 +182,20 @@ async def test_every_rpc_of_the_three_services_answers_over_http_json(
             },
             headers=auth["read"],
         ),
+        "SuspendEntitlement": lambda: call(
+            http,
+            FULFILLMENT,
+            "SuspendEntitlement",
+            {"entitlementId": entitlement_id, "reason": "payment failed"},
+            headers=auth["fulfill"],
+        ),
+        "ReinstateEntitlement": lambda: call(
+            http,
+            FULFILLMENT,
+            "ReinstateEntitlement",
+            {"entitlementId": entitlement_id},
+            headers=auth["fulfill"],
+        ),
     }
     declared = [method.name for service in SERVICES.values() for method in service.methods]
     assert sorted(calls) == sorted(declared)
@@ -202,6 +216,10 @@ async def test_every_rpc_of_the_three_services_answers_over_http_json(
     assert max(b.get("peakSeatsInUse", 0) for b in usage) == 1
     assert len(usage) == 2
     assert usage[-1]["seatLimit"] == 2
+    suspended = answers["SuspendEntitlement"]["entitlement"]["status"]
+    assert suspended == "ENTITLEMENT_STATUS_SUSPENDED"
+    reinstated = answers["ReinstateEntitlement"]["entitlement"]["status"]
+    assert reinstated == "ENTITLEMENT_STATUS_ACTIVE"
 
 
 async def test_the_same_token_rules_as_grpc(http: httpx.AsyncClient, tokens: Tokens) -> None:

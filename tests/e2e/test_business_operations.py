@@ -57,6 +57,8 @@ ADDON_SYNC_REMOVE = "CAD-ADDON-SYNC-REMOVE"
 UPGRADE_PRO = "CAD-UPGRADE-PRO"
 DOWNGRADE_STD = "CAD-DOWNGRADE-STD"
 CANCEL = "CAD-CANCEL"
+SUSPEND = "CAD-SUSPEND"
+REINSTATE = "CAD-REINSTATE"
 USED_SKUS = {
     NEW_SUBSCRIPTION,
     PERPETUAL,
@@ -72,6 +74,8 @@ USED_SKUS = {
     UPGRADE_PRO,
     DOWNGRADE_STD,
     CANCEL,
+    SUSPEND,
+    REINSTATE,
 }
 
 CREATED = ful.ENTITLEMENT_EVENT_TYPE_CREATED
@@ -799,6 +803,41 @@ async def test_cancel(vendor: Vendor) -> None:
         (CREATED, "o-new"),
         (SEAT_ACTIVATED, seat.activation_id),
         (CANCELLED, "o-cancel"),
+    ]
+
+
+# --- 10b. suspend on a failed payment, reinstate once paid --------------------------
+
+
+async def test_suspend_and_reinstate_keep_the_devices(vendor: Vendor) -> None:
+    sub = await vendor.create("o-new", NEW_SUBSCRIPTION, quantity=2, reference="stripe:sub_9")
+    seat = await vendor.licensing.ActivateSeat(activation(sub.license_key, "device-0001"))
+    by_reference = ful.OrderLine(sku_id=SUSPEND, quantity=1, external_reference="stripe:sub_9")
+    response = await vendor.fulfil("o-failed", by_reference)
+    (suspended,) = response.entitlements
+    assert suspended.status == ful.ENTITLEMENT_STATUS_SUSPENDED
+    assert (suspended.seats_in_use, suspended.end_time) == (1, sub.end_time)
+    licensing = vendor.licensing
+    refusals = [
+        await vendor.refused(licensing.ActivateSeat(activation(sub.license_key, "device-0002"))),
+        await vendor.refused(
+            licensing.RenewLease(lic.RenewLeaseRequest(lease_token=seat.lease.token))
+        ),
+    ]
+    assert {(f.code, f.reason) for f in refusals} == {
+        (grpc.StatusCode.FAILED_PRECONDITION, "ENTITLEMENT_SUSPENDED")
+    }
+    paid = ful.OrderLine(sku_id=REINSTATE, quantity=1, external_reference="stripe:sub_9")
+    (reinstated,) = (await vendor.fulfil("o-paid", paid)).entitlements
+    assert reinstated.status == ful.ENTITLEMENT_STATUS_ACTIVE
+    renewed = await licensing.RenewLease(lic.RenewLeaseRequest(lease_token=seat.lease.token))
+    assert verify_lease(renewed.lease.token, await vendor.jwks())["sub"] == seat.activation_id
+    assert renewed.entitlement.seats_in_use == 1
+    assert await vendor.history(sub.entitlement_id) == [
+        (CREATED, "o-new"),
+        (SEAT_ACTIVATED, seat.activation_id),
+        (ful.ENTITLEMENT_EVENT_TYPE_SUSPENDED, "o-failed"),
+        (ful.ENTITLEMENT_EVENT_TYPE_REINSTATED, "o-paid"),
     ]
 
 

@@ -41,6 +41,8 @@ RPCS: dict[str, tuple[str, str | None]] = {
     "CheckLicense": (LICENSING, None),
     "RedeemInvitation": (LICENSING, None),
     "GetUsageReport": (FULFILLMENT, "read"),
+    "SuspendEntitlement": (FULFILLMENT, "fulfill"),
+    "ReinstateEntitlement": (FULFILLMENT, "fulfill"),
 }
 # Server-streaming RPCs: a case reads the first message, where the error shows.
 STREAMING = {"WatchEntitlementEvents"}

@@ -13,6 +13,7 @@ from . import (
     test_licensing,
     test_order_changes,
     test_orders,
+    test_suspension,
     test_transport,
     test_usage_report,
 )
@@ -26,6 +27,7 @@ MODULES = (
     test_order_changes,
     test_entitlement_reads,
     test_licensing,
+    test_suspension,
     test_transport,
     test_usage_report,
 )

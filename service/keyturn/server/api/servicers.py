@@ -17,7 +17,7 @@ from keyturn.fulfillment.v1 import fulfillment_pb2 as ful
 from keyturn.fulfillment.v1 import fulfillment_pb2_grpc as ful_grpc
 from keyturn.licensing.v1 import licensing_pb2 as lic
 from keyturn.licensing.v1 import licensing_pb2_grpc as lic_grpc
-from keyturn.server.app import catalog, entitlements, fulfillment, licensing, usage
+from keyturn.server.app import catalog, entitlements, fulfillment, licensing, suspension, usage
 from keyturn.server.app.context import AppContext
 from keyturn.server.app.event_views import EventView
 from keyturn.server.domain.errors import FieldViolation, invalid_request
@@ -155,6 +155,22 @@ class FulfillmentServicer(ful_grpc.FulfillmentServiceServicer):
         return ful.ResendCredentialsResponse(
             queued_messages=len(queued), messages=[message_out(m) for m in queued]
         )
+
+    async def SuspendEntitlement(
+        self, request: ful.SuspendEntitlementRequest, context: Context
+    ) -> ful.SuspendEntitlementResponse:
+        view = await suspension.suspend_entitlement(
+            self._ctx, entitlement_id=request.entitlement_id, reason=request.reason
+        )
+        return ful.SuspendEntitlementResponse(entitlement=entitlement_out(view))
+
+    async def ReinstateEntitlement(
+        self, request: ful.ReinstateEntitlementRequest, context: Context
+    ) -> ful.ReinstateEntitlementResponse:
+        view = await suspension.reinstate_entitlement(
+            self._ctx, entitlement_id=request.entitlement_id
+        )
+        return ful.ReinstateEntitlementResponse(entitlement=entitlement_out(view))
 
     async def WatchEntitlementEvents(
         self, request: ful.WatchEntitlementEventsRequest, context: Context

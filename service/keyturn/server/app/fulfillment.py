@@ -5,7 +5,16 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 
-from keyturn.server.domain.catalog import MAX_SEATS, Create, Dispatch, Product, RemoveSeats, Sku
+from keyturn.server.domain.catalog import (
+    MAX_SEATS,
+    Create,
+    Dispatch,
+    Product,
+    Reinstate,
+    RemoveSeats,
+    Sku,
+    Suspend,
+)
 from keyturn.server.domain.credential_expiry import has_expired
 from keyturn.server.domain.entitlement import Entitlement, create_entitlement
 from keyturn.server.domain.errors import (
@@ -43,6 +52,7 @@ from keyturn.server.store.entitlement_repository import StoredKey
 from keyturn.server.store.order_repository import StoredOrder
 from keyturn.server.store.unit_of_work import DuplicateKeyError, ReadStore, Transaction
 
+from . import audit
 from .context import AppContext
 from .standby_reads import found_on_standby_or_primary
 from .views import EntitlementView, new_event
@@ -160,9 +170,15 @@ async def _apply_line(
         entitlement = await _target(tx, index, line, sku)
         in_use = await tx.activations.count_live(entitlement, now, ctx.lapse_grace)
     context = LineContext(index, line.quantity, product, now)
+    held: list[Suspend | Reinstate] = []
     for op in operations:
-        entitlement = apply_operation(entitlement, op, context)
+        changed = apply_operation(entitlement, op, context)
+        if changed is entitlement:
+            continue  # it leaves the entitlement unchanged (a second suspend): no event
+        entitlement = changed
         changes.append((EVENT_OF[type(op)], entitlement))
+        if isinstance(op, Suspend | Reinstate):
+            held.append(op)
     for kind, state in changes:
         event = new_event(
             kind, state, now, in_use, order_source=order.source, order_id=order.order_id
@@ -170,6 +186,15 @@ async def _apply_line(
         await tx.events.append(event)
     if operations:
         await tx.entitlements.save(entitlement)
+    for op in held:
+        await audit.record(
+            tx,
+            now,
+            f"entitlement.{op.name}",
+            f"entitlements/{entitlement.entitlement_id}",
+            entitlement_id=entitlement.entitlement_id,
+            details={"order": f"{order.source}/{order.order_id}", "line": str(index)},
+        )
     return entitlement
 
 

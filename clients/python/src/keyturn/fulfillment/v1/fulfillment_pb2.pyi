@@ -40,6 +40,13 @@ class _EntitlementStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Ent
     """The end date (plus grace) has passed."""
     ENTITLEMENT_STATUS_CANCELLED: _EntitlementStatus.ValueType  # 4
     """Cancelled by an order."""
+    ENTITLEMENT_STATUS_SUSPENDED: _EntitlementStatus.ValueType  # 5
+    """--- suspend ---
+    Suspended (SuspendEntitlement or a `suspend` operation) and not
+    reinstated: activations and renewals are refused (ENTITLEMENT_SUSPENDED)
+    while devices keep their activations. Shown before EXPIRED: a suspended
+    entitlement whose term also ended is SUSPENDED until reinstated.
+    """
 
 class EntitlementStatus(_EntitlementStatus, metaclass=_EntitlementStatusEnumTypeWrapper):
     """The status of an entitlement, computed from its dates when read."""
@@ -54,6 +61,13 @@ ENTITLEMENT_STATUS_EXPIRED: EntitlementStatus.ValueType  # 3
 """The end date (plus grace) has passed."""
 ENTITLEMENT_STATUS_CANCELLED: EntitlementStatus.ValueType  # 4
 """Cancelled by an order."""
+ENTITLEMENT_STATUS_SUSPENDED: EntitlementStatus.ValueType  # 5
+"""--- suspend ---
+Suspended (SuspendEntitlement or a `suspend` operation) and not
+reinstated: activations and renewals are refused (ENTITLEMENT_SUSPENDED)
+while devices keep their activations. Shown before EXPIRED: a suspended
+entitlement whose term also ended is SUSPENDED until reinstated.
+"""
 Global___EntitlementStatus: _TypeAlias = EntitlementStatus  # noqa: Y015
 
 class _MessageKind:
@@ -139,6 +153,15 @@ class _EntitlementEventTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_
     once; the event is written, once per lapse, the next time a device
     activates or renews a lease on the entitlement.
     """
+    ENTITLEMENT_EVENT_TYPE_SUSPENDED: _EntitlementEventType.ValueType  # 11
+    """--- suspend ---
+    The entitlement was suspended (SuspendEntitlement or an order's
+    `suspend` operation).
+    """
+    ENTITLEMENT_EVENT_TYPE_REINSTATED: _EntitlementEventType.ValueType  # 12
+    """The suspension was lifted (ReinstateEntitlement or an order's
+    `reinstate` operation).
+    """
 
 class EntitlementEventType(_EntitlementEventType, metaclass=_EntitlementEventTypeEnumTypeWrapper):
     """What an entitlement event records."""
@@ -167,6 +190,15 @@ ENTITLEMENT_EVENT_TYPE_LEASE_LAPSED: EntitlementEventType.ValueType  # 10
 """A floating lease ran out without renewal. Lapses free their seats at
 once; the event is written, once per lapse, the next time a device
 activates or renews a lease on the entitlement.
+"""
+ENTITLEMENT_EVENT_TYPE_SUSPENDED: EntitlementEventType.ValueType  # 11
+"""--- suspend ---
+The entitlement was suspended (SuspendEntitlement or an order's
+`suspend` operation).
+"""
+ENTITLEMENT_EVENT_TYPE_REINSTATED: EntitlementEventType.ValueType  # 12
+"""The suspension was lifted (ReinstateEntitlement or an order's
+`reinstate` operation).
 """
 Global___EntitlementEventType: _TypeAlias = EntitlementEventType  # noqa: Y015
 
@@ -1209,3 +1241,104 @@ class GetUsageReportResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetUsageReportResponse: _TypeAlias = GetUsageReportResponse  # noqa: Y015
+
+@_typing.final
+class SuspendEntitlementRequest(_message.Message):
+    """--- suspend ---
+
+    Request of SuspendEntitlement.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENTITLEMENT_ID_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    entitlement_id: _builtins.str
+    """Id of the entitlement."""
+    reason: _builtins.str
+    """Why, for the audit trail (`payment_failed`...): up to 500 characters,
+    may be empty.
+    """
+    def __init__(
+        self,
+        *,
+        entitlement_id: _builtins.str = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["entitlement_id", b"entitlement_id", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SuspendEntitlementRequest: _TypeAlias = SuspendEntitlementRequest  # noqa: Y015
+
+@_typing.final
+class SuspendEntitlementResponse(_message.Message):
+    """Response of SuspendEntitlement."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENTITLEMENT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def entitlement(self) -> Global___Entitlement:
+        """The entitlement as it stands after the call (status SUSPENDED)."""
+
+    def __init__(
+        self,
+        *,
+        entitlement: Global___Entitlement | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["entitlement", b"entitlement"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["entitlement", b"entitlement"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SuspendEntitlementResponse: _TypeAlias = SuspendEntitlementResponse  # noqa: Y015
+
+@_typing.final
+class ReinstateEntitlementRequest(_message.Message):
+    """Request of ReinstateEntitlement."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENTITLEMENT_ID_FIELD_NUMBER: _builtins.int
+    entitlement_id: _builtins.str
+    """Id of the entitlement."""
+    def __init__(
+        self,
+        *,
+        entitlement_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["entitlement_id", b"entitlement_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReinstateEntitlementRequest: _TypeAlias = ReinstateEntitlementRequest  # noqa: Y015
+
+@_typing.final
+class ReinstateEntitlementResponse(_message.Message):
+    """Response of ReinstateEntitlement."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENTITLEMENT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def entitlement(self) -> Global___Entitlement:
+        """The entitlement as it stands after the call."""
+
+    def __init__(
+        self,
+        *,
+        entitlement: Global___Entitlement | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["entitlement", b"entitlement"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["entitlement", b"entitlement"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReinstateEntitlementResponse: _TypeAlias = ReinstateEntitlementResponse  # noqa: Y015
