@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 from pydantic import ValidationError
 
+from .app.audit import acting_as, cli_actor
 from .app.context import AppContext
 from .bootstrap import build_context, build_dispatcher, migrate
 from .config import ENV_PREFIX, Settings, SettingsError, describe_invalid, unknown_variables
@@ -70,7 +71,8 @@ async def _opened(settings: Settings, args: argparse.Namespace) -> AsyncIterator
     print(f"keyturn: database {admin_database(settings, create=args.create)}", file=sys.stderr)
     ctx = await build_context(settings)
     try:
-        yield ctx
+        with acting_as(cli_actor()):  # what the command changes is recorded as the user's
+            yield ctx
     finally:
         await ctx.close()
 
@@ -191,10 +193,10 @@ async def _tokens_list(args: argparse.Namespace) -> int:
 
 
 async def _keys_rotate(args: argparse.Namespace) -> int:
-    from .leases.keyring import rotate_signing_key
+    from .app.signing_keys import rotate_signing_keys
 
     async with _opened(_settings(args), args) as ctx:
-        rotation = await rotate_signing_key(ctx.store, ctx.sealer, ctx.clock.now())
+        rotation = await rotate_signing_keys(ctx)
     print(f"new signing key {rotation.new_kid}")
     for kid in rotation.retired:
         print(f"key {kid} stops signing now and retires at {rotation.retire_time.isoformat()}")

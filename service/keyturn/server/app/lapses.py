@@ -15,20 +15,35 @@ from keyturn.server.domain.entitlement import Entitlement
 from keyturn.server.domain.events import EventType
 from keyturn.server.store.event_repository import NewEvent
 
+from .audit import system_actor
 from .context import AppContext
 from .views import new_event
 
 log = logging.getLogger("keyturn.lapses")
 SWEEP_BATCH = 100
+# A lapse is nobody's act (a lease ran out): its events are the system's, named after what
+# noticed it, the sweep or a seat call of another device on the same entitlement.
+SWEEP = system_actor("lapse-sweep")
+NOTICED_BY_SEAT_CALL = system_actor("lease-expiry")
 
 
 def lapse_events(
-    entitlement: Entitlement, lapsed: tuple[str, ...], now: datetime, seats_in_use: int
+    entitlement: Entitlement,
+    lapsed: tuple[str, ...],
+    now: datetime,
+    seats_in_use: int,
+    *,
+    actor: str = NOTICED_BY_SEAT_CALL,
 ) -> list[NewEvent]:
     """A LEASE_LAPSED event for each activation whose lapse was just noticed."""
     return [
         new_event(
-            EventType.LEASE_LAPSED, entitlement, now, seats_in_use, activation_id=activation_id
+            EventType.LEASE_LAPSED,
+            entitlement,
+            now,
+            seats_in_use,
+            actor=actor,
+            activation_id=activation_id,
         )
         for activation_id in lapsed
     ]
@@ -51,7 +66,7 @@ async def sweep_lapses(ctx: AppContext) -> int:
                     continue
                 lapsed = await tx.activations.note_lapses(entitlement, now, ctx.lapse_grace)
                 in_use = await tx.activations.seats_held(entitlement_id)
-                for event in lapse_events(entitlement, lapsed, now, in_use):
+                for event in lapse_events(entitlement, lapsed, now, in_use, actor=SWEEP):
                     await tx.events.append(event)
             recorded += len(lapsed)
 

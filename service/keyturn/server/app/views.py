@@ -63,11 +63,13 @@ def new_event(
     now: datetime,
     seats_in_use: int,
     *,
+    actor: str,
     order_source: str = "",
     order_id: str = "",
     activation_id: str = "",
 ) -> NewEvent:
-    """The event of one change, caused by an order or by an activation."""
+    """The event of one change, caused by an order or by an activation, made by `actor`
+    (app/audit.py names them)."""
     return NewEvent(
         entitlement_id=entitlement.entitlement_id,
         type=kind.value,
@@ -76,6 +78,7 @@ def new_event(
         order_source=order_source,
         order_id=order_id,
         activation_id=activation_id,
+        actor=actor,
     )
 
 

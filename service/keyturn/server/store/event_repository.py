@@ -30,6 +30,7 @@ class NewEvent:
     order_source: str = ""
     order_id: str = ""
     activation_id: str = ""
+    actor: str = ""  # who made the change (token:ID, device:ID, system:JOB); "": before 0010
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,7 @@ STORED_COLUMNS = (
     events.c.order_id,
     events.c.activation_id,
     events.c.snapshot,
+    func.coalesce(events.c.actor, "").label("actor"),
 )
 
 
@@ -58,6 +60,7 @@ def event_row(event: NewEvent) -> dict[str, Any]:
         "order_id": event.order_id,
         "activation_id": event.activation_id,
         "snapshot": event.snapshot,
+        "actor": event.actor,
     }
 
 

@@ -110,12 +110,15 @@ def _insert_events(first: int, only_after: str = "") -> str:
     `only_after` (a CTE), written only if that CTE returned a row."""
     arrays = ", ".join(
         f"${first + i}::{kind}[]"
-        for i, kind in enumerate(("text", "text", "timestamptz", "text", "text", "text", "json"))
+        for i, kind in enumerate(
+            ("text", "text", "timestamptz", "text", "text", "text", "json", "text")
+        )
     )
     source = f"{only_after}, " if only_after else ""
     return f"""
     INSERT INTO entitlement_events
-        (entitlement_id, type, create_time, order_source, order_id, activation_id, snapshot)
+        (entitlement_id, type, create_time, order_source, order_id, activation_id, snapshot,
+         actor)
     SELECT event.* FROM {source}unnest({arrays}) AS event"""
 
 
@@ -268,6 +271,7 @@ def _event_arrays(recorded: list[NewEvent]) -> list[list[Any]]:
         [e.order_id for e in recorded],
         [e.activation_id for e in recorded],
         [e.snapshot for e in recorded],
+        [e.actor for e in recorded],
     ]
 
 
