@@ -168,6 +168,13 @@ async def test_every_rpc_of_the_three_services_answers_over_http_json(
         "GetSigningKeys": lambda: call(http, LICENSING, "GetSigningKeys", {}),
         "ReleaseSeat": lambda: call(http, LICENSING, "ReleaseSeat", {"leaseToken": state["lease"]}),
         "RedeemInvitation": redeem,
+        "ListAuditEvents": lambda: call(
+            http,
+            FULFILLMENT,
+            "ListAuditEvents",
+            {"action": "order.fulfil", "resource": "orders/test/", "pageSize": 1},
+            headers=auth["read"],
+        ),
     }
     declared = [method.name for service in SERVICES.values() for method in service.methods]
     assert sorted(calls) == sorted(declared)
@@ -182,6 +189,10 @@ async def test_every_rpc_of_the_three_services_answers_over_http_json(
     assert answers["WatchEntitlementEvents"]["event"]["entitlementId"] == entitlement_id
     assert answers["ReleaseSeat"] == {}
     assert len(answers["ListEntitlements"]["entitlements"]) == 2
+    (audited,) = answers["ListAuditEvents"]["auditEvents"]  # the newest order: o-2
+    assert (audited["action"], audited["resource"]) == ("order.fulfil", "orders/test/o-2")
+    assert audited["details"] == {"lines": [0], "skus": ["STD"], "operations": ["create"]}
+    assert answers["ListAuditEvents"]["nextPageToken"]
 
 
 async def test_the_same_token_rules_as_grpc(http: httpx.AsyncClient, tokens: Tokens) -> None:

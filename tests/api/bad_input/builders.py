@@ -198,6 +198,9 @@ WELL_FORMED: dict[str, Request] = {
     "ReleaseSeat": lambda w: lic.ReleaseSeatRequest(lease_token=w.lease_token),
     "RedeemInvitation": lic.RedeemInvitationRequest(invitation_code=generate_invitation_code()),
     "GetSigningKeys": lic.GetSigningKeysRequest(),
+    "ListAuditEvents": ful.ListAuditEventsRequest(
+        actor="cli:tester", action="sku.put", entitlement_id="ent_x", resource="skus/"
+    ),
 }
 
 
