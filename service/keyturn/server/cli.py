@@ -220,6 +220,53 @@ async def _keys_list(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _audit_list(args: argparse.Namespace) -> int:
+    """The audit trail on the database, as `tokens list` reads the tokens: newest first,
+    one aligned row per record (the server's ListAuditEvents gives the same over the API)."""
+    from .app.audit_trail import list_audit_events
+    from .store.audit_repository import AuditEvent, AuditFilter
+
+    where = AuditFilter(
+        actor=args.actor,
+        action=args.action,
+        entitlement_id=args.entitlement,
+        resource=args.resource,
+        start_time=args.since,
+        end_time=args.until,
+    )
+    found: list[AuditEvent] = []
+    token = ""
+    async with _opened(_settings(args), args) as ctx:
+        while len(found) < args.limit:
+            page, token = await list_audit_events(
+                ctx, where=where, page_size=min(500, args.limit - len(found)), page_token=token
+            )
+            found += page
+            if not token:
+                break
+    table = [("TIME", "ACTOR", "ACTION", "RESOURCE", "ENTITLEMENT")] + [
+        (f"{e.create_time:{UTC_TIME}}", e.actor, e.action, e.resource, e.entitlement_id or "-")
+        for e in found
+    ]
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+    for row in table:
+        print(
+            "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        )
+    return 0
+
+
+def _utc_time(text: str) -> datetime:
+    """An ISO 8601 time; one without an offset is UTC, as the commands show times."""
+    from datetime import UTC
+
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an ISO 8601 time") from None
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value
+
+
 def _sqlite_path(settings: Settings) -> Path:
     from sqlalchemy.engine import make_url
 
@@ -635,6 +682,30 @@ def _parser() -> argparse.ArgumentParser:
     key_commands.add_parser(
         "list", parents=[admin], help="show every signing key and its state"
     ).set_defaults(run=_keys_list)
+
+    audit = commands.add_parser("audit", help="read the audit trail: who changed what")
+    audit_commands = audit.add_subparsers(dest="audit_command", required=True)
+    audit_list = audit_commands.add_parser(
+        "list",
+        parents=[admin],
+        help="the newest changes first: time, actor, action, resource, entitlement",
+    )
+    audit_list.add_argument("--actor", default="", help="only this actor (token:tok_..., cli:USER)")
+    audit_list.add_argument("--action", default="", help="only this action (order.fulfil, ...)")
+    audit_list.add_argument("--entitlement", default="", help="only changes of this entitlement")
+    audit_list.add_argument(
+        "--resource", default="", help="only this resource; ending in /, every one below it"
+    )
+    audit_list.add_argument(
+        "--since", type=_utc_time, metavar="TIME", help="only changes at or after TIME (UTC)"
+    )
+    audit_list.add_argument(
+        "--until", type=_utc_time, metavar="TIME", help="only changes before TIME (UTC)"
+    )
+    audit_list.add_argument(
+        "--limit", type=_positive, default=50, metavar="N", help="at most N records"
+    )
+    audit_list.set_defaults(run=_audit_list)
 
     backup = commands.add_parser(
         "backup",
