@@ -196,6 +196,13 @@ async def test_every_rpc_of_the_three_services_answers_over_http_json(
             {"entitlementId": entitlement_id},
             headers=auth["fulfill"],
         ),
+        "ListAuditEvents": lambda: call(
+            http,
+            FULFILLMENT,
+            "ListAuditEvents",
+            {"action": "order.fulfil", "resource": "orders/test/", "pageSize": 1},
+            headers=auth["read"],
+        ),
     }
     declared = [method.name for service in SERVICES.values() for method in service.methods]
     assert sorted(calls) == sorted(declared)
@@ -220,6 +227,10 @@ async def test_every_rpc_of_the_three_services_answers_over_http_json(
     assert suspended == "ENTITLEMENT_STATUS_SUSPENDED"
     reinstated = answers["ReinstateEntitlement"]["entitlement"]["status"]
     assert reinstated == "ENTITLEMENT_STATUS_ACTIVE"
+    (audited,) = answers["ListAuditEvents"]["auditEvents"]  # the newest order: o-2
+    assert (audited["action"], audited["resource"]) == ("order.fulfil", "orders/test/o-2")
+    assert audited["details"] == {"lines": [0], "skus": ["STD"], "operations": ["create"]}
+    assert answers["ListAuditEvents"]["nextPageToken"]
 
 
 async def test_the_same_token_rules_as_grpc(http: httpx.AsyncClient, tokens: Tokens) -> None:

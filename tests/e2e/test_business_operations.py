@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Awaitable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -33,6 +33,7 @@ from keyturn.server.clock import SystemClock
 from keyturn.server.domain.durations import parse_iso_duration
 
 from conftest import Tokens
+from support.audited_calls import CallLog, Recording, audit_matches
 from support.catalog import put_shipped_catalog
 from support.rows import changed_tables, row_counts, table_digests
 from support.rpc import RpcFailure, failure_of
@@ -288,6 +289,42 @@ class Vendor:
         keys = await self.licensing.GetSigningKeys(lic.GetSigningKeysRequest())
         jwks_json: str = keys.jwks_json
         return jwks_json
+
+
+@pytest.fixture
+def call_log() -> CallLog:
+    return CallLog()
+
+
+@pytest.fixture
+def catalog_stub(
+    catalog_stub: catalog_pb2_grpc.CatalogServiceStub, call_log: CallLog, tokens: Tokens
+) -> catalog_pb2_grpc.CatalogServiceStub:
+    """The stub of conftest, its write calls noted for `changes_are_audited`."""
+    recording: catalog_pb2_grpc.CatalogServiceStub = Recording(  # type: ignore[assignment]
+        catalog_stub, call_log, tokens.actor_of
+    )
+    return recording
+
+
+@pytest.fixture
+def fulfillment_stub(
+    fulfillment_stub: fulfillment_pb2_grpc.FulfillmentServiceStub,
+    call_log: CallLog,
+    tokens: Tokens,
+) -> fulfillment_pb2_grpc.FulfillmentServiceStub:
+    recording: fulfillment_pb2_grpc.FulfillmentServiceStub = Recording(  # type: ignore[assignment]
+        fulfillment_stub, call_log, tokens.actor_of
+    )
+    return recording
+
+
+@pytest.fixture(autouse=True)
+async def changes_are_audited(app: AppContext, call_log: CallLog) -> AsyncIterator[None]:
+    """After each test: every change it made (each order fulfilled, each catalog change)
+    left its audit record naming the token that made it, and nothing else did."""
+    yield
+    await audit_matches(app.store, call_log)
 
 
 @pytest.fixture

@@ -220,6 +220,9 @@ WELL_FORMED: dict[str, Request] = {
     "ReinstateEntitlement": lambda w: ful.ReinstateEntitlementRequest(
         entitlement_id=w.entitlement_id
     ),
+    "ListAuditEvents": ful.ListAuditEventsRequest(
+        actor="cli:tester", action="sku.put", entitlement_id="ent_x", resource="skus/"
+    ),
 }
 
 

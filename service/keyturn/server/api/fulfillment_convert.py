@@ -205,6 +205,7 @@ def event_out(view: EventView) -> pb.EntitlementEvent:
         order_id=event.order_id,
         activation_id=event.activation_id,
         entitlement=entitlement_out(view.entitlement),
+        actor=event.actor,
     )
 
 

@@ -127,8 +127,32 @@ async def _apply(
     ]
     stored = StoredOrder(order, fingerprint, tuple(results), now)
     await tx.orders.set_results(order.source, order.order_id, stored.results)
+    await _record_order(tx, order, results, now)
     messages = await tx.outbox.for_order(order.source, order.order_id)
     return FulfilledOrder(stored, views, replayed=False, messages=messages)
+
+
+async def _record_order(
+    tx: Transaction, order: OrderRequest, results: list[LineResult], now: datetime
+) -> None:
+    """One audit row per entitlement the order created or changed, so the trail of an
+    entitlement holds every order that touched it; a replay writes none."""
+    lines: dict[str, list[LineResult]] = {}
+    for result in results:
+        lines.setdefault(result.entitlement_id, []).append(result)
+    for entitlement_id, touched in lines.items():
+        await audit.record(
+            tx,
+            now,
+            "order.fulfil",
+            f"orders/{order.source}/{order.order_id}",
+            entitlement_id=entitlement_id,
+            details={
+                "lines": [r.line_index for r in touched],
+                "skus": [r.sku_id for r in touched],
+                "operations": sorted({name for r in touched for name in r.operations}),
+            },
+        )
 
 
 async def _lock_targets(tx: Transaction, order: OrderRequest) -> None:
@@ -181,7 +205,13 @@ async def _apply_line(
             held.append(op)
     for kind, state in changes:
         event = new_event(
-            kind, state, now, in_use, order_source=order.source, order_id=order.order_id
+            kind,
+            state,
+            now,
+            in_use,
+            actor=audit.current_actor(),
+            order_source=order.source,
+            order_id=order.order_id,
         )
         await tx.events.append(event)
     if operations:
@@ -496,4 +526,12 @@ async def resend_credentials(ctx: AppContext, entitlement_id: str) -> list[Outbo
                     now,
                 )
             )
+        await audit.record(
+            tx,
+            now,
+            "credentials.resend",
+            f"entitlements/{entitlement_id}",
+            entitlement_id=entitlement_id,
+            details={"messages": [m.message_id for m in queued]},
+        )
     return queued

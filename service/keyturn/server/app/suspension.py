@@ -67,7 +67,9 @@ async def _hold(
             changed = replace(hold(entitlement, op, now), update_time=now)
             await tx.entitlements.save(changed)
             in_use = await tx.activations.count_live(changed, now, ctx.lapse_grace)
-            await tx.events.append(new_event(EVENT_OF[type(op)], changed, now, in_use))
+            await tx.events.append(
+                new_event(EVENT_OF[type(op)], changed, now, in_use, actor=audit.current_actor())
+            )
             await audit.record(
                 tx,
                 now,

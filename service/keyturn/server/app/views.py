@@ -64,13 +64,15 @@ def new_event(
     now: datetime,
     seats_in_use: int,
     *,
+    actor: str,
     order_source: str = "",
     order_id: str = "",
     activation_id: str = "",
     effective_time: datetime | None = None,
 ) -> NewEvent:
-    """The event of one change, caused by an order or by an activation; `effective_time`
-    when it took effect before now (a lapse recorded late)."""
+    """The event of one change, caused by an order or by an activation, made by `actor`
+    (app/audit.py names them); `effective_time` when it took effect before now (a lapse
+    recorded late)."""
     return NewEvent(
         entitlement_id=entitlement.entitlement_id,
         type=kind.value,
@@ -80,6 +82,7 @@ def new_event(
         order_id=order_id,
         activation_id=activation_id,
         effective_time=effective_time,
+        actor=actor,
     )
 
 

@@ -9,6 +9,7 @@ from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import message as _message
+from google.protobuf import struct_pb2 as _struct_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
@@ -931,6 +932,7 @@ class EntitlementEvent(_message.Message):
     ORDER_ID_FIELD_NUMBER: _builtins.int
     ACTIVATION_ID_FIELD_NUMBER: _builtins.int
     ENTITLEMENT_FIELD_NUMBER: _builtins.int
+    ACTOR_FIELD_NUMBER: _builtins.int
     sequence: _builtins.int
     """Position in the global event sequence: strictly increasing, no reuse."""
     entitlement_id: _builtins.str
@@ -943,6 +945,12 @@ class EntitlementEvent(_message.Message):
     """Id of the order that caused it, if an order did."""
     activation_id: _builtins.str
     """The activation that caused it, if a device did."""
+    actor: _builtins.str
+    """Who made the change: `token:ID` (an API token: orders), `device:ID` (the
+    activation that took or gave back its seat), `system:JOB` (a lease lapse:
+    `system:lapse-sweep` or `system:lease-expiry`), `cli:USER` (the `keyturn`
+    command); empty for events written before Keyturn recorded actors.
+    """
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp:
         """When it happened."""
@@ -962,10 +970,11 @@ class EntitlementEvent(_message.Message):
         order_id: _builtins.str = ...,
         activation_id: _builtins.str = ...,
         entitlement: Global___Entitlement | None = ...,
+        actor: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "entitlement", b"entitlement"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["activation_id", b"activation_id", "create_time", b"create_time", "entitlement", b"entitlement", "entitlement_id", b"entitlement_id", "order_id", b"order_id", "order_source", b"order_source", "sequence", b"sequence", "type", b"type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["activation_id", b"activation_id", "actor", b"actor", "create_time", b"create_time", "entitlement", b"entitlement", "entitlement_id", b"entitlement_id", "order_id", b"order_id", "order_source", b"order_source", "sequence", b"sequence", "type", b"type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1342,3 +1351,158 @@ class ReinstateEntitlementResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ReinstateEntitlementResponse: _TypeAlias = ReinstateEntitlementResponse  # noqa: Y015
+
+@_typing.final
+class AuditEvent(_message.Message):
+    """--- audit ---
+
+    One change in the audit trail.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AUDIT_ID_FIELD_NUMBER: _builtins.int
+    CREATE_TIME_FIELD_NUMBER: _builtins.int
+    ACTOR_FIELD_NUMBER: _builtins.int
+    ACTION_FIELD_NUMBER: _builtins.int
+    RESOURCE_FIELD_NUMBER: _builtins.int
+    ENTITLEMENT_ID_FIELD_NUMBER: _builtins.int
+    DETAILS_FIELD_NUMBER: _builtins.int
+    audit_id: _builtins.int
+    """Id of the record: increasing in the order the changes were written."""
+    actor: _builtins.str
+    """Who made it: `token:ID` (an API token), `cli:USER` (the `keyturn` command
+    run by that operating-system user), `system:JOB` (the server itself).
+    """
+    action: _builtins.str
+    """What was done, as `noun.verb`: `order.fulfil`, `credentials.resend`,
+    `product.put`, `sku.put`, `sku.delete`, `token.create`, `token.revoke`,
+    `signing_key.rotate`.
+    """
+    resource: _builtins.str
+    """What it changed, as a path: `orders/SOURCE/ORDER_ID`,
+    `entitlements/ID`, `products/ID`, `skus/ID`, `tokens/ID`,
+    `signing-keys/KID`.
+    """
+    entitlement_id: _builtins.str
+    """The entitlement it changed, if it changed one (an order leaves one record
+    per entitlement it created or changed).
+    """
+    @_builtins.property
+    def create_time(self) -> _timestamp_pb2.Timestamp:
+        """When the change was made."""
+
+    @_builtins.property
+    def details(self) -> _struct_pb2.Struct:
+        """What else the action records (the order's lines, a SKU's new etag, a
+        token's scopes); never a secret.
+        """
+
+    def __init__(
+        self,
+        *,
+        audit_id: _builtins.int = ...,
+        create_time: _timestamp_pb2.Timestamp | None = ...,
+        actor: _builtins.str = ...,
+        action: _builtins.str = ...,
+        resource: _builtins.str = ...,
+        entitlement_id: _builtins.str = ...,
+        details: _struct_pb2.Struct | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "details", b"details"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "actor", b"actor", "audit_id", b"audit_id", "create_time", b"create_time", "details", b"details", "entitlement_id", b"entitlement_id", "resource", b"resource"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AuditEvent: _TypeAlias = AuditEvent  # noqa: Y015
+
+@_typing.final
+class ListAuditEventsRequest(_message.Message):
+    """Request of ListAuditEvents. Filters left empty match everything; given
+    ones must all match.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    ACTOR_FIELD_NUMBER: _builtins.int
+    ACTION_FIELD_NUMBER: _builtins.int
+    ENTITLEMENT_ID_FIELD_NUMBER: _builtins.int
+    RESOURCE_FIELD_NUMBER: _builtins.int
+    START_TIME_FIELD_NUMBER: _builtins.int
+    END_TIME_FIELD_NUMBER: _builtins.int
+    page_size: _builtins.int
+    """Maximum number to return: 0 means 50, the cap is 500, negative is
+    INVALID_ARGUMENT.
+    """
+    page_token: _builtins.str
+    """Token from a previous response's `next_page_token` of the same filters;
+    empty for the first page.
+    """
+    actor: _builtins.str
+    """Only changes by this actor (`token:tok_...`, `cli:alice`), exactly."""
+    action: _builtins.str
+    """Only changes of this action (`order.fulfil`), exactly."""
+    entitlement_id: _builtins.str
+    """Only changes of this entitlement."""
+    resource: _builtins.str
+    """Only changes of this resource (`skus/pro-annual`), exactly; ending in
+    `/`, of every resource below it (`orders/stripe/`).
+    """
+    @_builtins.property
+    def start_time(self) -> _timestamp_pb2.Timestamp:
+        """Only changes made at or after this time."""
+
+    @_builtins.property
+    def end_time(self) -> _timestamp_pb2.Timestamp:
+        """Only changes made before this time."""
+
+    def __init__(
+        self,
+        *,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+        actor: _builtins.str = ...,
+        action: _builtins.str = ...,
+        entitlement_id: _builtins.str = ...,
+        resource: _builtins.str = ...,
+        start_time: _timestamp_pb2.Timestamp | None = ...,
+        end_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "start_time", b"start_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "actor", b"actor", "end_time", b"end_time", "entitlement_id", b"entitlement_id", "page_size", b"page_size", "page_token", b"page_token", "resource", b"resource", "start_time", b"start_time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListAuditEventsRequest: _TypeAlias = ListAuditEventsRequest  # noqa: Y015
+
+@_typing.final
+class ListAuditEventsResponse(_message.Message):
+    """Response of ListAuditEvents."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AUDIT_EVENTS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Token of the next page; empty on the last page."""
+    @_builtins.property
+    def audit_events(self) -> _containers.RepeatedCompositeFieldContainer[Global___AuditEvent]:
+        """Audit records, newest first."""
+
+    def __init__(
+        self,
+        *,
+        audit_events: _abc.Iterable[Global___AuditEvent] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["audit_events", b"audit_events", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListAuditEventsResponse: _TypeAlias = ListAuditEventsResponse  # noqa: Y015

@@ -89,6 +89,11 @@ class FulfillmentServiceStub:
                 request_serializer=keyturn_dot_fulfillment_dot_v1_dot_fulfillment__pb2.ReinstateEntitlementRequest.SerializeToString,
                 response_deserializer=keyturn_dot_fulfillment_dot_v1_dot_fulfillment__pb2.ReinstateEntitlementResponse.FromString,
                 _registered_method=True)
+        self.ListAuditEvents = channel.unary_unary(
+                '/keyturn.fulfillment.v1.FulfillmentService/ListAuditEvents',
+                request_serializer=keyturn_dot_fulfillment_dot_v1_dot_fulfillment__pb2.ListAuditEventsRequest.SerializeToString,
+                response_deserializer=keyturn_dot_fulfillment_dot_v1_dot_fulfillment__pb2.ListAuditEventsResponse.FromString,
+                _registered_method=True)
 
 
 class FulfillmentServiceServicer:
@@ -191,6 +196,18 @@ class FulfillmentServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListAuditEvents(self, request, context):
+        """--- audit ---
+        Lists the audit trail, newest first (AIP-158 paging): every change made
+        through the admin services or the `keyturn` command (orders, resends,
+        catalog, API tokens, signing keys), each with the actor that made it.
+        Seat activations and releases are not in it: their trail is the
+        entitlement's events, which name the device.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_FulfillmentServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -243,6 +260,11 @@ def add_FulfillmentServiceServicer_to_server(servicer, server):
                     servicer.ReinstateEntitlement,
                     request_deserializer=keyturn_dot_fulfillment_dot_v1_dot_fulfillment__pb2.ReinstateEntitlementRequest.FromString,
                     response_serializer=keyturn_dot_fulfillment_dot_v1_dot_fulfillment__pb2.ReinstateEntitlementResponse.SerializeToString,
+            ),
+            'ListAuditEvents': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAuditEvents,
+                    request_deserializer=keyturn_dot_fulfillment_dot_v1_dot_fulfillment__pb2.ListAuditEventsRequest.FromString,
+                    response_serializer=keyturn_dot_fulfillment_dot_v1_dot_fulfillment__pb2.ListAuditEventsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -520,6 +542,33 @@ class FulfillmentService:
             '/keyturn.fulfillment.v1.FulfillmentService/ReinstateEntitlement',
             keyturn_dot_fulfillment_dot_v1_dot_fulfillment__pb2.ReinstateEntitlementRequest.SerializeToString,
             keyturn_dot_fulfillment_dot_v1_dot_fulfillment__pb2.ReinstateEntitlementResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAuditEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/keyturn.fulfillment.v1.FulfillmentService/ListAuditEvents',
+            keyturn_dot_fulfillment_dot_v1_dot_fulfillment__pb2.ListAuditEventsRequest.SerializeToString,
+            keyturn_dot_fulfillment_dot_v1_dot_fulfillment__pb2.ListAuditEventsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -87,6 +87,14 @@ class FulfillmentServiceStub:
     changes nothing. A cancelled one is FAILED_PRECONDITION /
     ENTITLEMENT_CANCELLED. Needs the `fulfill` scope.
     """
+    ListAuditEvents: _grpc.UnaryUnaryMultiCallable[_fulfillment_pb2.ListAuditEventsRequest, _fulfillment_pb2.ListAuditEventsResponse]
+    """--- audit ---
+    Lists the audit trail, newest first (AIP-158 paging): every change made
+    through the admin services or the `keyturn` command (orders, resends,
+    catalog, API tokens, signing keys), each with the actor that made it.
+    Seat activations and releases are not in it: their trail is the
+    entitlement's events, which name the device.
+    """
 
 @_typing.type_check_only
 class FulfillmentServiceAsyncStub(FulfillmentServiceStub):
@@ -144,6 +152,14 @@ class FulfillmentServiceAsyncStub(FulfillmentServiceStub):
     next renewal while one is free). Reinstating one that is not suspended
     changes nothing. A cancelled one is FAILED_PRECONDITION /
     ENTITLEMENT_CANCELLED. Needs the `fulfill` scope.
+    """
+    ListAuditEvents: _aio.UnaryUnaryMultiCallable[_fulfillment_pb2.ListAuditEventsRequest, _fulfillment_pb2.ListAuditEventsResponse]  # type: ignore[assignment]
+    """--- audit ---
+    Lists the audit trail, newest first (AIP-158 paging): every change made
+    through the admin services or the `keyturn` command (orders, resends,
+    catalog, API tokens, signing keys), each with the actor that made it.
+    Seat activations and releases are not in it: their trail is the
+    entitlement's events, which name the device.
     """
 
 class FulfillmentServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -259,6 +275,20 @@ class FulfillmentServiceServicer(metaclass=_abc_1.ABCMeta):
         next renewal while one is free). Reinstating one that is not suspended
         changes nothing. A cancelled one is FAILED_PRECONDITION /
         ENTITLEMENT_CANCELLED. Needs the `fulfill` scope.
+        """
+
+    @_abc_1.abstractmethod
+    def ListAuditEvents(
+        self,
+        request: _fulfillment_pb2.ListAuditEventsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_fulfillment_pb2.ListAuditEventsResponse, _abc.Awaitable[_fulfillment_pb2.ListAuditEventsResponse]]:
+        """--- audit ---
+        Lists the audit trail, newest first (AIP-158 paging): every change made
+        through the admin services or the `keyturn` command (orders, resends,
+        catalog, API tokens, signing keys), each with the actor that made it.
+        Seat activations and releases are not in it: their trail is the
+        entitlement's events, which name the device.
         """
 
 def add_FulfillmentServiceServicer_to_server(servicer: FulfillmentServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
