@@ -215,7 +215,9 @@ async def claim(
 async def release(
     store: Store, held: tuple[str, str], now: datetime, entitlement_id: str = "ent_1"
 ) -> Release:
-    return await seats_at(store, now).release(LeaseRef(entitlement_id, *held), no_events)
+    return await seats_at(store, now).release(
+        LeaseRef(entitlement_id, *held), no_events, "device:test"
+    )
 
 
 def held_by(activation: Activation) -> tuple[str, str]:

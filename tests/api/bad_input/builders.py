@@ -198,6 +198,10 @@ WELL_FORMED: dict[str, Request] = {
     "ReleaseSeat": lambda w: lic.ReleaseSeatRequest(lease_token=w.lease_token),
     "RedeemInvitation": lic.RedeemInvitationRequest(invitation_code=generate_invitation_code()),
     "GetSigningKeys": lic.GetSigningKeysRequest(),
+    "ListActivations": lambda w: ful.ListActivationsRequest(entitlement_id=w.entitlement_id),
+    "DeactivateSeat": lambda w: ful.DeactivateSeatRequest(
+        entitlement_id=w.entitlement_id, activation_id=w.activation_id, reason="laptop stolen"
+    ),
 }
 
 
@@ -218,6 +222,7 @@ SHAPE = World(
     entitlement_id="ent_shape",
     license_key="SHAPE-KEY",
     lease_token="shape.lease.token",
+    activation_id="act_shape",
     perpetual_id="ent_shape_perpetual",
     cancelled_id="ent_shape_cancelled",
     other_product_id="ent_shape_other",

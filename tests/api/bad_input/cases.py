@@ -40,6 +40,8 @@ RPCS: dict[str, tuple[str, str | None]] = {
     "ResendCredentials": (FULFILLMENT, "fulfill"),
     "CheckLicense": (LICENSING, None),
     "RedeemInvitation": (LICENSING, None),
+    "ListActivations": (FULFILLMENT, "read"),
+    "DeactivateSeat": (FULFILLMENT, "fulfill"),
 }
 # Server-streaming RPCs: a case reads the first message, where the error shows.
 STREAMING = {"WatchEntitlementEvents"}

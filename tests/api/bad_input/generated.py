@@ -77,6 +77,8 @@ REQUIRED: dict[str, dict[str, str]] = {
     "RenewLease": _same("lease_token"),
     "ReleaseSeat": _same("lease_token"),
     "RedeemInvitation": _same("invitation_code"),
+    "ListActivations": _same("entitlement_id"),
+    "DeactivateSeat": _same("entitlement_id", "activation_id", "reason"),
 }
 
 INT32_MIN = -(2**31)

@@ -9,6 +9,7 @@ from keyturn.licensing.v1 import licensing_pb2 as lic
 
 from . import (
     test_catalog,
+    test_devices,
     test_entitlement_reads,
     test_licensing,
     test_order_changes,
@@ -26,6 +27,7 @@ MODULES = (
     test_entitlement_reads,
     test_licensing,
     test_transport,
+    test_devices,
 )
 CASES: list[Case] = [case for module in MODULES for case in module.CASES]
 

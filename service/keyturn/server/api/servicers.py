@@ -17,12 +17,13 @@ from keyturn.fulfillment.v1 import fulfillment_pb2 as ful
 from keyturn.fulfillment.v1 import fulfillment_pb2_grpc as ful_grpc
 from keyturn.licensing.v1 import licensing_pb2 as lic
 from keyturn.licensing.v1 import licensing_pb2_grpc as lic_grpc
-from keyturn.server.app import catalog, entitlements, fulfillment, licensing
+from keyturn.server.app import catalog, devices, entitlements, fulfillment, licensing
 from keyturn.server.app.context import AppContext
 from keyturn.server.app.event_views import EventView
 from keyturn.server.domain.errors import FieldViolation, invalid_request
 
 from .catalog_convert import product_in, product_out, sku_in, sku_out
+from .devices_convert import activation_out, states_in
 from .fulfillment_convert import (
     entitlement_filter_in,
     entitlement_out,
@@ -167,6 +168,34 @@ class FulfillmentServicer(ful_grpc.FulfillmentServiceServicer):
         ):
             async for view in tracked:
                 yield self._watch_responses.of(view)
+
+    async def ListActivations(
+        self, request: ful.ListActivationsRequest, context: Context
+    ) -> ful.ListActivationsResponse:
+        views, token = await devices.list_activations(
+            self._ctx,
+            entitlement_id=request.entitlement_id,
+            customer_id=request.customer_id,
+            states=states_in(request.states),
+            user_id=request.user_id,
+            node_locked=request.node_locked if request.HasField("node_locked") else None,
+            page_size=request.page_size,
+            page_token=request.page_token,
+        )
+        return ful.ListActivationsResponse(
+            activations=[activation_out(v) for v in views], next_page_token=token
+        )
+
+    async def DeactivateSeat(
+        self, request: ful.DeactivateSeatRequest, context: Context
+    ) -> ful.DeactivateSeatResponse:
+        view = await devices.deactivate_seat(
+            self._ctx,
+            entitlement_id=request.entitlement_id,
+            activation_id=request.activation_id,
+            reason=request.reason,
+        )
+        return ful.DeactivateSeatResponse(activation=activation_out(view))
 
 
 class LicensingServicer(lic_grpc.LicensingServiceServicer):

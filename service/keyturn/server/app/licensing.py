@@ -47,6 +47,7 @@ from keyturn.server.store.seats import (
     SeatResult,
 )
 
+from .audit import device_actor
 from .context import AppContext
 from .lapses import lapse_events
 from .views import new_event
@@ -254,7 +255,9 @@ async def release_seat(ctx: AppContext, lease_token: str) -> None:
     """Give the seat back. Releasing again with the same token succeeds quietly."""
     lease = await _presented_lease(ctx, lease_token)
     await ctx.seats.release(
-        LeaseRef(lease.entitlement_id, lease.activation_id, lease.jti), _release_events
+        LeaseRef(lease.entitlement_id, lease.activation_id, lease.jti),
+        _release_events,
+        device_actor(lease.activation_id),
     )
 
 

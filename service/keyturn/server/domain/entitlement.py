@@ -17,6 +17,7 @@ from .catalog import (
     merge_features,
     without_features,
 )
+from .deactivation_limits import DeactivationLimit
 from .durations import parse_iso_duration
 from .errors import entitlement_cancelled, entitlement_expired, invalid_state
 
@@ -60,6 +61,7 @@ class Entitlement:
     addons: tuple[Feature, ...] = ()  # added by orders on top of the edition's features
     removed_features: tuple[str, ...] = ()  # taken away by orders; stays away on edition change
     overage: Overage = Overage.NONE
+    deactivation_limit: DeactivationLimit | None = None  # copied from the SKU's create
 
     @property
     def seat_limit(self) -> int:
@@ -140,4 +142,5 @@ def create_entitlement(
         external_references=(external_reference,) if external_reference else (),
         addons=op.features,
         overage=op.overage,
+        deactivation_limit=op.deactivation_limit,
     )

@@ -16,3 +16,4 @@ class EventType(StrEnum):
     SEAT_ACTIVATED = "seat_activated"
     SEAT_RELEASED = "seat_released"
     LEASE_LAPSED = "lease_lapsed"
+    SEAT_DEACTIVATED = "seat_deactivated"  # an administrator took the seat back

@@ -11,6 +11,7 @@ from dataclasses import replace
 from datetime import datetime, timedelta
 
 from keyturn.server.clock import Clock
+from keyturn.server.domain.deactivation_limits import ensure_allowed, releases_limited
 from keyturn.server.domain.entitlement import Entitlement
 from keyturn.server.domain.errors import invalid_license_key, lease_superseded, seats_exhausted
 from keyturn.server.domain.seats import (
@@ -128,7 +129,7 @@ class SqlSeats:
         seats_in_use = in_use + 1 if took else in_use
         return SeatResult(outcome, activation, entitlement, seats_in_use, now, lapsed=lapsed)
 
-    async def release(self, lease: LeaseRef, events: ReleaseEvents) -> Release:
+    async def release(self, lease: LeaseRef, events: ReleaseEvents, released_by: str) -> Release:
         now = self._clock.now()
         async with self._store.write() as tx:
             entitlement = await tx.entitlements.get(lease.entitlement_id, lock=True)
@@ -140,7 +141,9 @@ class SqlSeats:
             assert current is not None
             released_now = current.released_time is None
             if released_now:
-                await tx.activations.release(current, now)
+                if releases_limited(entitlement.deactivation_limit):
+                    await ensure_release_allowed(tx, entitlement, now)
+                await tx.activations.release(current, now, released_by)
             in_use = await tx.activations.seats_held(entitlement.entitlement_id)
             result = Release(entitlement, in_use, now, released_now, lapsed)
             for event in events(result, lease.activation_id):
@@ -169,3 +172,18 @@ async def _claimed(tx: Transaction, key_hash: str, entitlement_id: str) -> Entit
     if entitlement is None:
         raise invalid_license_key()
     return entitlement
+
+
+async def ensure_release_allowed(tx: Transaction, entitlement: Entitlement, now: datetime) -> None:
+    """Refuse a release or deactivation past the entitlement's deactivation limit; the
+    caller holds the entitlement's lock, so concurrent ones count each other."""
+    limit = entitlement.deactivation_limit
+    if limit is None:
+        return
+    newest = await tx.events.newest_times(
+        entitlement.entitlement_id,
+        [t.value for t in limit.counted_types],
+        limit.window_start(now),
+        limit.count,
+    )
+    ensure_allowed(limit, newest, now)

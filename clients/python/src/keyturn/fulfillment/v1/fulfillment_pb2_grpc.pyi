@@ -31,8 +31,8 @@ GRPC_VERSION: str
 class FulfillmentServiceStub:
     """FulfillmentService is called by order connectors (Stripe, CRM and ERP
     exports) and by systems that sync entitlements. Every call needs
-    `authorization: Bearer <token>`: FulfillOrder and ResendCredentials need
-    the `fulfill` scope, every other call the `read` scope.
+    `authorization: Bearer <token>`: FulfillOrder, ResendCredentials and
+    DeactivateSeat need the `fulfill` scope, every other call the `read` scope.
     """
 
     @_typing.overload
@@ -63,13 +63,29 @@ class FulfillmentServiceStub:
     replicas within the server's poll period. A server keeps a bounded number
     of streams open; one more is RESOURCE_EXHAUSTED / WATCH_STREAMS_EXHAUSTED.
     """
+    ListActivations: _grpc.UnaryUnaryMultiCallable[_fulfillment_pb2.ListActivationsRequest, _fulfillment_pb2.ListActivationsResponse]
+    """--- devices ---
+    Lists the activations (devices) of one entitlement or of every
+    entitlement of a customer, oldest first (AIP-158 paging), with their state
+    now. Needs the `read` scope.
+    """
+    DeactivateSeat: _grpc.UnaryUnaryMultiCallable[_fulfillment_pb2.DeactivateSeatRequest, _fulfillment_pb2.DeactivateSeatResponse]
+    """Takes a device's seat back at once (a lost or retired machine): the seat
+    is free for another device, the device's next RenewLease is refused with
+    FAILED_PRECONDITION / SEAT_DEACTIVATED, and it may activate again with its
+    license key (a new claim). Writes a SEAT_DEACTIVATED event and an audit
+    row. Deactivating an activation released or deactivated already answers
+    it as it is and changes nothing. When the SKU limits deactivations, one
+    past the limit is RESOURCE_EXHAUSTED / DEACTIVATION_LIMIT_REACHED. Needs
+    the `fulfill` scope.
+    """
 
 @_typing.type_check_only
 class FulfillmentServiceAsyncStub(FulfillmentServiceStub):
     """FulfillmentService is called by order connectors (Stripe, CRM and ERP
     exports) and by systems that sync entitlements. Every call needs
-    `authorization: Bearer <token>`: FulfillOrder and ResendCredentials need
-    the `fulfill` scope, every other call the `read` scope.
+    `authorization: Bearer <token>`: FulfillOrder, ResendCredentials and
+    DeactivateSeat need the `fulfill` scope, every other call the `read` scope.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -97,12 +113,28 @@ class FulfillmentServiceAsyncStub(FulfillmentServiceStub):
     replicas within the server's poll period. A server keeps a bounded number
     of streams open; one more is RESOURCE_EXHAUSTED / WATCH_STREAMS_EXHAUSTED.
     """
+    ListActivations: _aio.UnaryUnaryMultiCallable[_fulfillment_pb2.ListActivationsRequest, _fulfillment_pb2.ListActivationsResponse]  # type: ignore[assignment]
+    """--- devices ---
+    Lists the activations (devices) of one entitlement or of every
+    entitlement of a customer, oldest first (AIP-158 paging), with their state
+    now. Needs the `read` scope.
+    """
+    DeactivateSeat: _aio.UnaryUnaryMultiCallable[_fulfillment_pb2.DeactivateSeatRequest, _fulfillment_pb2.DeactivateSeatResponse]  # type: ignore[assignment]
+    """Takes a device's seat back at once (a lost or retired machine): the seat
+    is free for another device, the device's next RenewLease is refused with
+    FAILED_PRECONDITION / SEAT_DEACTIVATED, and it may activate again with its
+    license key (a new claim). Writes a SEAT_DEACTIVATED event and an audit
+    row. Deactivating an activation released or deactivated already answers
+    it as it is and changes nothing. When the SKU limits deactivations, one
+    past the limit is RESOURCE_EXHAUSTED / DEACTIVATION_LIMIT_REACHED. Needs
+    the `fulfill` scope.
+    """
 
 class FulfillmentServiceServicer(metaclass=_abc_1.ABCMeta):
     """FulfillmentService is called by order connectors (Stripe, CRM and ERP
     exports) and by systems that sync entitlements. Every call needs
-    `authorization: Bearer <token>`: FulfillOrder and ResendCredentials need
-    the `fulfill` scope, every other call the `read` scope.
+    `authorization: Bearer <token>`: FulfillOrder, ResendCredentials and
+    DeactivateSeat need the `fulfill` scope, every other call the `read` scope.
     """
 
     @_abc_1.abstractmethod
@@ -169,6 +201,34 @@ class FulfillmentServiceServicer(metaclass=_abc_1.ABCMeta):
         Changes committed through the same server arrive at once, those of other
         replicas within the server's poll period. A server keeps a bounded number
         of streams open; one more is RESOURCE_EXHAUSTED / WATCH_STREAMS_EXHAUSTED.
+        """
+
+    @_abc_1.abstractmethod
+    def ListActivations(
+        self,
+        request: _fulfillment_pb2.ListActivationsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_fulfillment_pb2.ListActivationsResponse, _abc.Awaitable[_fulfillment_pb2.ListActivationsResponse]]:
+        """--- devices ---
+        Lists the activations (devices) of one entitlement or of every
+        entitlement of a customer, oldest first (AIP-158 paging), with their state
+        now. Needs the `read` scope.
+        """
+
+    @_abc_1.abstractmethod
+    def DeactivateSeat(
+        self,
+        request: _fulfillment_pb2.DeactivateSeatRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_fulfillment_pb2.DeactivateSeatResponse, _abc.Awaitable[_fulfillment_pb2.DeactivateSeatResponse]]:
+        """Takes a device's seat back at once (a lost or retired machine): the seat
+        is free for another device, the device's next RenewLease is refused with
+        FAILED_PRECONDITION / SEAT_DEACTIVATED, and it may activate again with its
+        license key (a new claim). Writes a SEAT_DEACTIVATED event and an audit
+        row. Deactivating an activation released or deactivated already answers
+        it as it is and changes nothing. When the SKU limits deactivations, one
+        past the limit is RESOURCE_EXHAUSTED / DEACTIVATION_LIMIT_REACHED. Needs
+        the `fulfill` scope.
         """
 
 def add_FulfillmentServiceServicer_to_server(servicer: FulfillmentServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
