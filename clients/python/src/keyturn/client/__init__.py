@@ -10,6 +10,7 @@ from .catalog import CatalogClient
 from .conversion import EntitlementInfo
 from .errors import (
     AuthenticationError,
+    DeactivationLimitReachedError,
     EntitlementCancelledError,
     EntitlementExpiredError,
     EtagMismatchError,
@@ -27,6 +28,7 @@ from .errors import (
     PermissionDeniedError,
     ProductMismatchError,
     RateLimitedError,
+    SeatDeactivatedError,
     SeatsExhaustedError,
     TokenExpiredError,
     TransactionConflictError,
@@ -48,6 +50,7 @@ __all__ = [
     "AsyncLicensingClient",
     "AuthenticationError",
     "CatalogClient",
+    "DeactivationLimitReachedError",
     "EntitlementCancelledError",
     "EntitlementExpiredError",
     "EntitlementInfo",
@@ -73,6 +76,7 @@ __all__ = [
     "ProductMismatchError",
     "RateLimitedError",
     "RetryPolicy",
+    "SeatDeactivatedError",
     "SeatsExhaustedError",
     "TokenExpiredError",
     "TransactionConflictError",
