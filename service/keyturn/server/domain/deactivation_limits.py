@@ -19,6 +19,7 @@ from .events import EventType
 MAX_COUNT = 10_000
 MIN_PERIOD = timedelta(hours=1)
 MAX_PERIOD = timedelta(days=3660)
+MAX_PERIOD_TEXT = 32
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,8 @@ def check_deactivation_limit(path: str, limit: DeactivationLimit) -> list[FieldV
         violations.append(
             FieldViolation(f"{path}.count", f"must be between 1 and {MAX_COUNT}, got {limit.count}")
         )
+    if len(limit.period) > MAX_PERIOD_TEXT:  # not echoed back
+        return [*violations, FieldViolation(f"{path}.period", "must be a duration such as P30D")]
     try:
         length = limit.length
     except ValueError as exc:
