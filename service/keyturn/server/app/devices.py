@@ -23,12 +23,14 @@ from keyturn.server.domain.events import EventType
 from keyturn.server.domain.orders import check_text
 from keyturn.server.domain.seats import Activation, ActivationState, activation_state
 from keyturn.server.store.activation_repository import ActivationFilter
-from keyturn.server.store.sql_seats import ensure_release_allowed
+from keyturn.server.store.deactivation_counts import ensure_within_limit
+from keyturn.server.store.unit_of_work import ReadStore
 
 from . import audit
 from .context import AppContext
 from .lapses import lapse_events
 from .paging import next_page_token, page_of, page_request
+from .standby_reads import found_on_standby_or_primary
 from .views import new_event
 
 MAX_ID = 64
@@ -100,12 +102,18 @@ async def list_activations(
     scope = _list_scope(where)
     page = page_request(page_size, page_token, scope)
     now = ctx.clock.now()
-    async with ctx.read_store.read() as tx:
-        if entitlement_id and await tx.entitlements.get(entitlement_id) is None:
-            raise entitlement_not_found(entitlement_id)
-        found = await tx.activations.matching(
-            where, now=now, lapse_grace=ctx.lapse_grace, after=page.after, limit=page.size + 1
-        )
+
+    async def read(store: ReadStore) -> list[tuple[Activation, LicenseModel]] | None:
+        async with store.read() as tx:
+            if entitlement_id and await tx.entitlements.get(entitlement_id) is None:
+                return None
+            return await tx.activations.matching(
+                where, now=now, lapse_grace=ctx.lapse_grace, after=page.after, limit=page.size + 1
+            )
+
+    found = await found_on_standby_or_primary(ctx, read)
+    if found is None:
+        raise entitlement_not_found(entitlement_id)
     items, more = page_of(found, page.size)
     views = [
         ActivationView(
@@ -141,7 +149,7 @@ async def deactivate_seat(
         if current.released_time is not None:
             state = activation_state(current, model, now, ctx.lapse_grace)
             return ActivationView(current, state, model is LicenseModel.NODE_LOCKED)
-        await ensure_release_allowed(tx, entitlement, now)
+        await ensure_within_limit(tx, entitlement, now)
         lapsed = await tx.activations.note_lapses(entitlement, now, ctx.lapse_grace)
         if current.activation_id in lapsed:
             current = replace(current, lapse_recorded_time=now)

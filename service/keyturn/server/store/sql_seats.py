@@ -11,7 +11,7 @@ from dataclasses import replace
 from datetime import datetime, timedelta
 
 from keyturn.server.clock import Clock
-from keyturn.server.domain.deactivation_limits import ensure_allowed, releases_limited
+from keyturn.server.domain.deactivation_limits import releases_limited
 from keyturn.server.domain.entitlement import Entitlement
 from keyturn.server.domain.errors import invalid_license_key, lease_superseded, seats_exhausted
 from keyturn.server.domain.seats import (
@@ -25,6 +25,7 @@ from keyturn.server.domain.seats import (
     takes_seat,
 )
 
+from .deactivation_counts import ensure_within_limit
 from .seats import (
     ActivationClaim,
     ClaimEvents,
@@ -142,7 +143,7 @@ class SqlSeats:
             released_now = current.released_time is None
             if released_now:
                 if releases_limited(entitlement.deactivation_limit):
-                    await ensure_release_allowed(tx, entitlement, now)
+                    await ensure_within_limit(tx, entitlement, now)
                 await tx.activations.release(current, now, released_by)
             in_use = await tx.activations.seats_held(entitlement.entitlement_id)
             result = Release(entitlement, in_use, now, released_now, lapsed)
@@ -172,18 +173,3 @@ async def _claimed(tx: Transaction, key_hash: str, entitlement_id: str) -> Entit
     if entitlement is None:
         raise invalid_license_key()
     return entitlement
-
-
-async def ensure_release_allowed(tx: Transaction, entitlement: Entitlement, now: datetime) -> None:
-    """Refuse a release or deactivation past the entitlement's deactivation limit; the
-    caller holds the entitlement's lock, so concurrent ones count each other."""
-    limit = entitlement.deactivation_limit
-    if limit is None:
-        return
-    newest = await tx.events.newest_times(
-        entitlement.entitlement_id,
-        [t.value for t in limit.counted_types],
-        limit.window_start(now),
-        limit.count,
-    )
-    ensure_allowed(limit, newest, now)
