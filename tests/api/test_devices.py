@@ -424,3 +424,28 @@ async def test_concurrent_deactivations_never_pass_the_limit(
     types = await event_types(fulfillment_stub, tokens, entitlement.entitlement_id)
     assert types.count(ful.ENTITLEMENT_EVENT_TYPE_SEAT_DEACTIVATED) == 3
     assert len(await audit_rows(app, "seat.deactivate")) == 3
+
+
+@pytest.mark.usefixtures("skus")
+async def test_concurrent_counted_releases_never_pass_the_limit(
+    fulfillment_stub: Fulfillment, licensing_stub: Licensing, tokens: Tokens, app: AppContext
+) -> None:
+    """The devices' own releases, on the seat path (asyncpg on PostgreSQL), count each
+    other under the entitlement's lock as deactivations do."""
+    entitlement = await buy(fulfillment_stub, tokens, RELEASES_LIMITED)
+    devices = [
+        await activate(licensing_stub, entitlement.license_key, f"device-{i:04}") for i in range(5)
+    ]
+    answers = await asyncio.gather(
+        *(
+            licensing_stub.ReleaseSeat(lic.ReleaseSeatRequest(lease_token=d.lease.token))
+            for d in devices
+        ),
+        return_exceptions=True,
+    )
+    refused = [failure_of(a) for a in answers if isinstance(a, grpc.aio.AioRpcError)]
+    assert len(refused) == 3, answers
+    assert {f.reason for f in refused} == {"DEACTIVATION_LIMIT_REACHED"}
+    assert await kept_count_is_exact(app, entitlement.entitlement_id) == 3
+    types = await event_types(fulfillment_stub, tokens, entitlement.entitlement_id)
+    assert types.count(ful.ENTITLEMENT_EVENT_TYPE_SEAT_RELEASED) == 2
