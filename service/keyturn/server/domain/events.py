@@ -16,3 +16,5 @@ class EventType(StrEnum):
     SEAT_ACTIVATED = "seat_activated"
     SEAT_RELEASED = "seat_released"
     LEASE_LAPSED = "lease_lapsed"
+    NAMED_USER_REMOVED = "named_user_removed"
+    NAMED_USER_CHANGED = "named_user_changed"

@@ -17,7 +17,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file keyturn/fulfillment/v1/fulfillment.proto.
  */
 export const file_keyturn_fulfillment_v1_fulfillment: GenFile = /*@__PURE__*/
-  fileDesc("CihrZXl0dXJuL2Z1bGZpbGxtZW50L3YxL2Z1bGZpbGxtZW50LnByb3RvEhZrZXl0dXJuLmZ1bGZpbGxtZW50LnYxIjwKCEN1c3RvbWVyEhMKC2N1c3RvbWVyX2lkGAEgASgJEgwKBG5hbWUYAiABKAkSDQoFZW1haWwYAyABKAkifAoJT3JkZXJMaW5lEg4KBnNrdV9pZBgBIAEoCRIQCghxdWFudGl0eRgCIAEoBRIWCg5lbnRpdGxlbWVudF9pZBgDIAEoCRIaChJleHRlcm5hbF9yZWZlcmVuY2UYBCABKAkSGQoRbmFtZWRfdXNlcl9lbWFpbHMYBSADKAkidQoJTmFtZWRVc2VyEg8KB3VzZXJfaWQYASABKAkSDQoFZW1haWwYAiABKAkSFwoPaW52aXRhdGlvbl9jb2RlGAMgASgJEi8KC3JlZGVlbV90aW1lGAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCKsBwoLRW50aXRsZW1lbnQSFgoOZW50aXRsZW1lbnRfaWQYASABKAkSEgoKcHJvZHVjdF9pZBgCIAEoCRISCgplZGl0aW9uX2lkGAMgASgJEjIKCGN1c3RvbWVyGAQgASgLMiAua2V5dHVybi5mdWxmaWxsbWVudC52MS5DdXN0b21lchIVCg1zaGlwX3RvX2VtYWlsGAUgASgJEjkKBnN0YXR1cxgGIAEoDjIpLmtleXR1cm4uZnVsZmlsbG1lbnQudjEuRW50aXRsZW1lbnRTdGF0dXMSDQoFc2VhdHMYByABKAUSFAoMc2VhdHNfaW5fdXNlGAggASgFEjEKCGZlYXR1cmVzGAkgAygLMh8ua2V5dHVybi5mdWxmaWxsbWVudC52MS5GZWF0dXJlEi4KCnN0YXJ0X3RpbWUYCiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEiwKCGVuZF90aW1lGAsgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIRCglwZXJwZXR1YWwYDCABKAgSDQoFdHJpYWwYDSABKAgSOwoNbGljZW5zZV9tb2RlbBgOIAEoDjIkLmtleXR1cm4uZnVsZmlsbG1lbnQudjEuTGljZW5zZU1vZGVsEjEKDmxlYXNlX2R1cmF0aW9uGA8gASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEjIKCGRpc3BhdGNoGBAgASgOMiAua2V5dHVybi5mdWxmaWxsbWVudC52MS5EaXNwYXRjaBIbChNleHRlcm5hbF9yZWZlcmVuY2VzGBEgAygJEhMKC2xpY2Vuc2Vfa2V5GBIgASgJEi8KC2NyZWF0ZV90aW1lGBMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgt1cGRhdGVfdGltZRgUIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEgoKc2VhdHNfb3ZlchgVIAEoBRIvCgxncmFjZV9wZXJpb2QYFiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SNgoHb3ZlcmFnZRgXIAEoDjIlLmtleXR1cm4uZnVsZmlsbG1lbnQudjEuT3ZlcmFnZVBvbGljeRISCgpzZWF0X2xpbWl0GBggASgFEjYKC25hbWVkX3VzZXJzGBkgAygLMiEua2V5dHVybi5mdWxmaWxsbWVudC52MS5OYW1lZFVzZXIiYQoPT3JkZXJMaW5lUmVzdWx0EhIKCmxpbmVfaW5kZXgYASABKAUSDgoGc2t1X2lkGAIgASgJEhYKDmVudGl0bGVtZW50X2lkGAMgASgJEhIKCm9wZXJhdGlvbnMYBCADKAkizAIKBU9yZGVyEg4KBnNvdXJjZRgBIAEoCRIQCghvcmRlcl9pZBgCIAEoCRIyCghjdXN0b21lchgDIAEoCzIgLmtleXR1cm4uZnVsZmlsbG1lbnQudjEuQ3VzdG9tZXISFQoNc2hpcF90b19lbWFpbBgEIAEoCRIwCgVsaW5lcxgFIAMoCzIhLmtleXR1cm4uZnVsZmlsbG1lbnQudjEuT3JkZXJMaW5lEjgKB3Jlc3VsdHMYBiADKAsyJy5rZXl0dXJuLmZ1bGZpbGxtZW50LnYxLk9yZGVyTGluZVJlc3VsdBIvCgtjcmVhdGVfdGltZRgHIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASOQoIbWVzc2FnZXMYCCADKAsyJy5rZXl0dXJuLmZ1bGZpbGxtZW50LnYxLk91dGJvdW5kTWVzc2FnZSLuAgoPT3V0Ym91bmRNZXNzYWdlEhIKCm1lc3NhZ2VfaWQYASABKAkSMQoEa2luZBgCIAEoDjIjLmtleXR1cm4uZnVsZmlsbG1lbnQudjEuTWVzc2FnZUtpbmQSFgoOZW50aXRsZW1lbnRfaWQYAyABKAkSCgoCdG8YBCABKAkSMwoFc3RhdGUYBSABKA4yJC5rZXl0dXJuLmZ1bGZpbGxtZW50LnYxLk1lc3NhZ2VTdGF0ZRIQCghhdHRlbXB0cxgGIAEoBRISCgpsYXN0X2Vycm9yGAcgASgJEi8KC2NyZWF0ZV90aW1lGAggASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBItCglzZW50X3RpbWUYCSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjUKEW5leHRfYXR0ZW1wdF90aW1lGAogASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCK0AQoTRnVsZmlsbE9yZGVyUmVxdWVzdBIOCgZzb3VyY2UYASABKAkSEAoIb3JkZXJfaWQYAiABKAkSMgoIY3VzdG9tZXIYAyABKAsyIC5rZXl0dXJuLmZ1bGZpbGxtZW50LnYxLkN1c3RvbWVyEhUKDXNoaXBfdG9fZW1haWwYBCABKAkSMAoFbGluZXMYBSADKAsyIS5rZXl0dXJuLmZ1bGZpbGxtZW50LnYxLk9yZGVyTGluZSKRAQoURnVsZmlsbE9yZGVyUmVzcG9uc2USLAoFb3JkZXIYASABKAsyHS5rZXl0dXJuLmZ1bGZpbGxtZW50LnYxLk9yZGVyEjkKDGVudGl0bGVtZW50cxgCIAMoCzIjLmtleXR1cm4uZnVsZmlsbG1lbnQudjEuRW50aXRsZW1lbnQSEAoIcmVwbGF5ZWQYAyABKAgiMwoPR2V0T3JkZXJSZXF1ZXN0Eg4KBnNvdXJjZRgBIAEoCRIQCghvcmRlcl9pZBgCIAEoCSJAChBHZXRPcmRlclJlc3BvbnNlEiwKBW9yZGVyGAEgASgLMh0ua2V5dHVybi5mdWxmaWxsbWVudC52MS5PcmRlciIvChVHZXRFbnRpdGxlbWVudFJlcXVlc3QSFgoOZW50aXRsZW1lbnRfaWQYASABKAkiUgoWR2V0RW50aXRsZW1lbnRSZXNwb25zZRI4CgtlbnRpdGxlbWVudBgBIAEoCzIjLmtleXR1cm4uZnVsZmlsbG1lbnQudjEuRW50aXRsZW1lbnQizwEKF0xpc3RFbnRpdGxlbWVudHNSZXF1ZXN0EhEKCXBhZ2Vfc2l6ZRgBIAEoBRISCgpwYWdlX3Rva2VuGAIgASgJEhMKC2N1c3RvbWVyX2lkGAMgASgJEg0KBWVtYWlsGAQgASgJEhIKCnByb2R1Y3RfaWQYBSABKAkSOQoGc3RhdHVzGAYgASgOMikua2V5dHVybi5mdWxmaWxsbWVudC52MS5FbnRpdGxlbWVudFN0YXR1cxIaChJleHRlcm5hbF9yZWZlcmVuY2UYByABKAkibgoYTGlzdEVudGl0bGVtZW50c1Jlc3BvbnNlEjkKDGVudGl0bGVtZW50cxgBIAMoCzIjLmtleXR1cm4uZnVsZmlsbG1lbnQudjEuRW50aXRsZW1lbnQSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIqICChBFbnRpdGxlbWVudEV2ZW50EhAKCHNlcXVlbmNlGAEgASgDEhYKDmVudGl0bGVtZW50X2lkGAIgASgJEjoKBHR5cGUYAyABKA4yLC5rZXl0dXJuLmZ1bGZpbGxtZW50LnYxLkVudGl0bGVtZW50RXZlbnRUeXBlEi8KC2NyZWF0ZV90aW1lGAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIUCgxvcmRlcl9zb3VyY2UYBSABKAkSEAoIb3JkZXJfaWQYBiABKAkSFQoNYWN0aXZhdGlvbl9pZBgHIAEoCRI4CgtlbnRpdGxlbWVudBgIIAEoCzIjLmtleXR1cm4uZnVsZmlsbG1lbnQudjEuRW50aXRsZW1lbnQiXQocTGlzdEVudGl0bGVtZW50RXZlbnRzUmVxdWVzdBIWCg5lbnRpdGxlbWVudF9pZBgBIAEoCRIRCglwYWdlX3NpemUYAiABKAUSEgoKcGFnZV90b2tlbhgDIAEoCSJyCh1MaXN0RW50aXRsZW1lbnRFdmVudHNSZXNwb25zZRI4CgZldmVudHMYASADKAsyKC5rZXl0dXJuLmZ1bGZpbGxtZW50LnYxLkVudGl0bGVtZW50RXZlbnQSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIjIKGFJlc2VuZENyZWRlbnRpYWxzUmVxdWVzdBIWCg5lbnRpdGxlbWVudF9pZBgBIAEoCSJvChlSZXNlbmRDcmVkZW50aWFsc1Jlc3BvbnNlEhcKD3F1ZXVlZF9tZXNzYWdlcxgBIAEoBRI5CghtZXNzYWdlcxgCIAMoCzInLmtleXR1cm4uZnVsZmlsbG1lbnQudjEuT3V0Ym91bmRNZXNzYWdlIjcKHVdhdGNoRW50aXRsZW1lbnRFdmVudHNSZXF1ZXN0EhYKDmFmdGVyX3NlcXVlbmNlGAEgASgDIlkKHldhdGNoRW50aXRsZW1lbnRFdmVudHNSZXNwb25zZRI3CgVldmVudBgBIAEoCzIoLmtleXR1cm4uZnVsZmlsbG1lbnQudjEuRW50aXRsZW1lbnRFdmVudCq2AQoRRW50aXRsZW1lbnRTdGF0dXMSIgoeRU5USVRMRU1FTlRfU1RBVFVTX1VOU1BFQ0lGSUVEEAASHAoYRU5USVRMRU1FTlRfU1RBVFVTX1RSSUFMEAESHQoZRU5USVRMRU1FTlRfU1RBVFVTX0FDVElWRRACEh4KGkVOVElUTEVNRU5UX1NUQVRVU19FWFBJUkVEEAMSIAocRU5USVRMRU1FTlRfU1RBVFVTX0NBTkNFTExFRBAEKmYKC01lc3NhZ2VLaW5kEhwKGE1FU1NBR0VfS0lORF9VTlNQRUNJRklFRBAAEhwKGE1FU1NBR0VfS0lORF9MSUNFTlNFX0tFWRABEhsKF01FU1NBR0VfS0lORF9JTlZJVEFUSU9OEAIqeQoMTWVzc2FnZVN0YXRlEh0KGU1FU1NBR0VfU1RBVEVfVU5TUEVDSUZJRUQQABIYChRNRVNTQUdFX1NUQVRFX1FVRVVFRBABEhYKEk1FU1NBR0VfU1RBVEVfU0VOVBACEhgKFE1FU1NBR0VfU1RBVEVfRkFJTEVEEAMq2QMKFEVudGl0bGVtZW50RXZlbnRUeXBlEiYKIkVOVElUTEVNRU5UX0VWRU5UX1RZUEVfVU5TUEVDSUZJRUQQABIiCh5FTlRJVExFTUVOVF9FVkVOVF9UWVBFX0NSRUFURUQQARIiCh5FTlRJVExFTUVOVF9FVkVOVF9UWVBFX1JFTkVXRUQQAhIoCiRFTlRJVExFTUVOVF9FVkVOVF9UWVBFX1NFQVRTX0NIQU5HRUQQAxIqCiZFTlRJVExFTUVOVF9FVkVOVF9UWVBFX0VESVRJT05fQ0hBTkdFRBAEEisKJ0VOVElUTEVNRU5UX0VWRU5UX1RZUEVfRkVBVFVSRVNfQ0hBTkdFRBAFEioKJkVOVElUTEVNRU5UX0VWRU5UX1RZUEVfVFJJQUxfQ09OVkVSVEVEEAYSJAogRU5USVRMRU1FTlRfRVZFTlRfVFlQRV9DQU5DRUxMRUQQBxIpCiVFTlRJVExFTUVOVF9FVkVOVF9UWVBFX1NFQVRfQUNUSVZBVEVEEAgSKAokRU5USVRMRU1FTlRfRVZFTlRfVFlQRV9TRUFUX1JFTEVBU0VEEAkSJwojRU5USVRMRU1FTlRfRVZFTlRfVFlQRV9MRUFTRV9MQVBTRUQQCjLTBgoSRnVsZmlsbG1lbnRTZXJ2aWNlEmkKDEZ1bGZpbGxPcmRlchIrLmtleXR1cm4uZnVsZmlsbG1lbnQudjEuRnVsZmlsbE9yZGVyUmVxdWVzdBosLmtleXR1cm4uZnVsZmlsbG1lbnQudjEuRnVsZmlsbE9yZGVyUmVzcG9uc2USXQoIR2V0T3JkZXISJy5rZXl0dXJuLmZ1bGZpbGxtZW50LnYxLkdldE9yZGVyUmVxdWVzdBooLmtleXR1cm4uZnVsZmlsbG1lbnQudjEuR2V0T3JkZXJSZXNwb25zZRJvCg5HZXRFbnRpdGxlbWVudBItLmtleXR1cm4uZnVsZmlsbG1lbnQudjEuR2V0RW50aXRsZW1lbnRSZXF1ZXN0Gi4ua2V5dHVybi5mdWxmaWxsbWVudC52MS5HZXRFbnRpdGxlbWVudFJlc3BvbnNlEnUKEExpc3RFbnRpdGxlbWVudHMSLy5rZXl0dXJuLmZ1bGZpbGxtZW50LnYxLkxpc3RFbnRpdGxlbWVudHNSZXF1ZXN0GjAua2V5dHVybi5mdWxmaWxsbWVudC52MS5MaXN0RW50aXRsZW1lbnRzUmVzcG9uc2UShAEKFUxpc3RFbnRpdGxlbWVudEV2ZW50cxI0LmtleXR1cm4uZnVsZmlsbG1lbnQudjEuTGlzdEVudGl0bGVtZW50RXZlbnRzUmVxdWVzdBo1LmtleXR1cm4uZnVsZmlsbG1lbnQudjEuTGlzdEVudGl0bGVtZW50RXZlbnRzUmVzcG9uc2USeAoRUmVzZW5kQ3JlZGVudGlhbHMSMC5rZXl0dXJuLmZ1bGZpbGxtZW50LnYxLlJlc2VuZENyZWRlbnRpYWxzUmVxdWVzdBoxLmtleXR1cm4uZnVsZmlsbG1lbnQudjEuUmVzZW5kQ3JlZGVudGlhbHNSZXNwb25zZRKJAQoWV2F0Y2hFbnRpdGxlbWVudEV2ZW50cxI1LmtleXR1cm4uZnVsZmlsbG1lbnQudjEuV2F0Y2hFbnRpdGxlbWVudEV2ZW50c1JlcXVlc3QaNi5rZXl0dXJuLmZ1bGZpbGxtZW50LnYxLldhdGNoRW50aXRsZW1lbnRFdmVudHNSZXNwb25zZTABYgZwcm90bzM", [file_google_protobuf_duration, file_google_protobuf_timestamp, file_keyturn_fulfillment_v1_catalog]);
+  fileDesc("CihrZXl0dXJuL2Z1bGZpbGxtZW50L3YxL2Z1bGZpbGxtZW50LnByb3RvEhZrZXl0dXJuLmZ1bGZpbGxtZW50LnYxIjwKCEN1c3RvbWVyEhMKC2N1c3RvbWVyX2lkGAEgASgJEgwKBG5hbWUYAiABKAkSDQoFZW1haWwYAyABKAkifAoJT3JkZXJMaW5lEg4KBnNrdV9pZBgBIAEoCRIQCghxdWFudGl0eRgCIAEoBRIWCg5lbnRpdGxlbWVudF9pZBgDIAEoCRIaChJleHRlcm5hbF9yZWZlcmVuY2UYBCABKAkSGQoRbmFtZWRfdXNlcl9lbWFpbHMYBSADKAkidQoJTmFtZWRVc2VyEg8KB3VzZXJfaWQYASABKAkSDQoFZW1haWwYAiABKAkSFwoPaW52aXRhdGlvbl9jb2RlGAMgASgJEi8KC3JlZGVlbV90aW1lGAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCKsBwoLRW50aXRsZW1lbnQSFgoOZW50aXRsZW1lbnRfaWQYASABKAkSEgoKcHJvZHVjdF9pZBgCIAEoCRISCgplZGl0aW9uX2lkGAMgASgJEjIKCGN1c3RvbWVyGAQgASgLMiAua2V5dHVybi5mdWxmaWxsbWVudC52MS5DdXN0b21lchIVCg1zaGlwX3RvX2VtYWlsGAUgASgJEjkKBnN0YXR1cxgGIAEoDjIpLmtleXR1cm4uZnVsZmlsbG1lbnQudjEuRW50aXRsZW1lbnRTdGF0dXMSDQoFc2VhdHMYByABKAUSFAoMc2VhdHNfaW5fdXNlGAggASgFEjEKCGZlYXR1cmVzGAkgAygLMh8ua2V5dHVybi5mdWxmaWxsbWVudC52MS5GZWF0dXJlEi4KCnN0YXJ0X3RpbWUYCiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEiwKCGVuZF90aW1lGAsgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIRCglwZXJwZXR1YWwYDCABKAgSDQoFdHJpYWwYDSABKAgSOwoNbGljZW5zZV9tb2RlbBgOIAEoDjIkLmtleXR1cm4uZnVsZmlsbG1lbnQudjEuTGljZW5zZU1vZGVsEjEKDmxlYXNlX2R1cmF0aW9uGA8gASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEjIKCGRpc3BhdGNoGBAgASgOMiAua2V5dHVybi5mdWxmaWxsbWVudC52MS5EaXNwYXRjaBIbChNleHRlcm5hbF9yZWZlcmVuY2VzGBEgAygJEhMKC2xpY2Vuc2Vfa2V5GBIgASgJEi8KC2NyZWF0ZV90aW1lGBMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgt1cGRhdGVfdGltZRgUIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEgoKc2VhdHNfb3ZlchgVIAEoBRIvCgxncmFjZV9wZXJpb2QYFiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SNgoHb3ZlcmFnZRgXIAEoDjIlLmtleXR1cm4uZnVsZmlsbG1lbnQudjEuT3ZlcmFnZVBvbGljeRISCgpzZWF0X2xpbWl0GBggASgFEjYKC25hbWVkX3VzZXJzGBkgAygLMiEua2V5dHVybi5mdWxmaWxsbWVudC52MS5OYW1lZFVzZXIiYQoPT3JkZXJMaW5lUmVzdWx0EhIKCmxpbmVfaW5kZXgYASABKAUSDgoGc2t1X2lkGAIgASgJEhYKDmVudGl0bGVtZW50X2lkGAMgASgJEhIKCm9wZXJhdGlvbnMYBCADKAkizAIKBU9yZGVyEg4KBnNvdXJjZRgBIAEoCRIQCghvcmRlcl9pZBgCIAEoCRIyCghjdXN0b21lchgDIAEoCzIgLmtleXR1cm4uZnVsZmlsbG1lbnQudjEuQ3VzdG9tZXISFQoNc2hpcF90b19lbWFpbBgEIAEoCRIwCgVsaW5lcxgFIAMoCzIhLmtleXR1cm4uZnVsZmlsbG1lbnQudjEuT3JkZXJMaW5lEjgKB3Jlc3VsdHMYBiADKAsyJy5rZXl0dXJuLmZ1bGZpbGxtZW50LnYxLk9yZGVyTGluZVJlc3VsdBIvCgtjcmVhdGVfdGltZRgHIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASOQoIbWVzc2FnZXMYCCADKAsyJy5rZXl0dXJuLmZ1bGZpbGxtZW50LnYxLk91dGJvdW5kTWVzc2FnZSLuAgoPT3V0Ym91bmRNZXNzYWdlEhIKCm1lc3NhZ2VfaWQYASABKAkSMQoEa2luZBgCIAEoDjIjLmtleXR1cm4uZnVsZmlsbG1lbnQudjEuTWVzc2FnZUtpbmQSFgoOZW50aXRsZW1lbnRfaWQYAyABKAkSCgoCdG8YBCABKAkSMwoFc3RhdGUYBSABKA4yJC5rZXl0dXJuLmZ1bGZpbGxtZW50LnYxLk1lc3NhZ2VTdGF0ZRIQCghhdHRlbXB0cxgGIAEoBRISCgpsYXN0X2Vycm9yGAcgASgJEi8KC2NyZWF0ZV90aW1lGAggASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBItCglzZW50X3RpbWUYCSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjUKEW5leHRfYXR0ZW1wdF90aW1lGAogASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCK0AQoTRnVsZmlsbE9yZGVyUmVxdWVzdBIOCgZzb3VyY2UYASABKAkSEAoIb3JkZXJfaWQYAiABKAkSMgoIY3VzdG9tZXIYAyABKAsyIC5rZXl0dXJuLmZ1bGZpbGxtZW50LnYxLkN1c3RvbWVyEhUKDXNoaXBfdG9fZW1haWwYBCABKAkSMAoFbGluZXMYBSADKAsyIS5rZXl0dXJuLmZ1bGZpbGxtZW50LnYxLk9yZGVyTGluZSKRAQoURnVsZmlsbE9yZGVyUmVzcG9uc2USLAoFb3JkZXIYASABKAsyHS5rZXl0dXJuLmZ1bGZpbGxtZW50LnYxLk9yZGVyEjkKDGVudGl0bGVtZW50cxgCIAMoCzIjLmtleXR1cm4uZnVsZmlsbG1lbnQudjEuRW50aXRsZW1lbnQSEAoIcmVwbGF5ZWQYAyABKAgiMwoPR2V0T3JkZXJSZXF1ZXN0Eg4KBnNvdXJjZRgBIAEoCRIQCghvcmRlcl9pZBgCIAEoCSJAChBHZXRPcmRlclJlc3BvbnNlEiwKBW9yZGVyGAEgASgLMh0ua2V5dHVybi5mdWxmaWxsbWVudC52MS5PcmRlciIvChVHZXRFbnRpdGxlbWVudFJlcXVlc3QSFgoOZW50aXRsZW1lbnRfaWQYASABKAkiUgoWR2V0RW50aXRsZW1lbnRSZXNwb25zZRI4CgtlbnRpdGxlbWVudBgBIAEoCzIjLmtleXR1cm4uZnVsZmlsbG1lbnQudjEuRW50aXRsZW1lbnQizwEKF0xpc3RFbnRpdGxlbWVudHNSZXF1ZXN0EhEKCXBhZ2Vfc2l6ZRgBIAEoBRISCgpwYWdlX3Rva2VuGAIgASgJEhMKC2N1c3RvbWVyX2lkGAMgASgJEg0KBWVtYWlsGAQgASgJEhIKCnByb2R1Y3RfaWQYBSABKAkSOQoGc3RhdHVzGAYgASgOMikua2V5dHVybi5mdWxmaWxsbWVudC52MS5FbnRpdGxlbWVudFN0YXR1cxIaChJleHRlcm5hbF9yZWZlcmVuY2UYByABKAkibgoYTGlzdEVudGl0bGVtZW50c1Jlc3BvbnNlEjkKDGVudGl0bGVtZW50cxgBIAMoCzIjLmtleXR1cm4uZnVsZmlsbG1lbnQudjEuRW50aXRsZW1lbnQSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIqICChBFbnRpdGxlbWVudEV2ZW50EhAKCHNlcXVlbmNlGAEgASgDEhYKDmVudGl0bGVtZW50X2lkGAIgASgJEjoKBHR5cGUYAyABKA4yLC5rZXl0dXJuLmZ1bGZpbGxtZW50LnYxLkVudGl0bGVtZW50RXZlbnRUeXBlEi8KC2NyZWF0ZV90aW1lGAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIUCgxvcmRlcl9zb3VyY2UYBSABKAkSEAoIb3JkZXJfaWQYBiABKAkSFQoNYWN0aXZhdGlvbl9pZBgHIAEoCRI4CgtlbnRpdGxlbWVudBgIIAEoCzIjLmtleXR1cm4uZnVsZmlsbG1lbnQudjEuRW50aXRsZW1lbnQiXQocTGlzdEVudGl0bGVtZW50RXZlbnRzUmVxdWVzdBIWCg5lbnRpdGxlbWVudF9pZBgBIAEoCRIRCglwYWdlX3NpemUYAiABKAUSEgoKcGFnZV90b2tlbhgDIAEoCSJyCh1MaXN0RW50aXRsZW1lbnRFdmVudHNSZXNwb25zZRI4CgZldmVudHMYASADKAsyKC5rZXl0dXJuLmZ1bGZpbGxtZW50LnYxLkVudGl0bGVtZW50RXZlbnQSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIkMKGFJlc2VuZENyZWRlbnRpYWxzUmVxdWVzdBIWCg5lbnRpdGxlbWVudF9pZBgBIAEoCRIPCgd1c2VyX2lkGAIgASgJIm8KGVJlc2VuZENyZWRlbnRpYWxzUmVzcG9uc2USFwoPcXVldWVkX21lc3NhZ2VzGAEgASgFEjkKCG1lc3NhZ2VzGAIgAygLMicua2V5dHVybi5mdWxmaWxsbWVudC52MS5PdXRib3VuZE1lc3NhZ2UiNwodV2F0Y2hFbnRpdGxlbWVudEV2ZW50c1JlcXVlc3QSFgoOYWZ0ZXJfc2VxdWVuY2UYASABKAMiWQoeV2F0Y2hFbnRpdGxlbWVudEV2ZW50c1Jlc3BvbnNlEjcKBWV2ZW50GAEgASgLMigua2V5dHVybi5mdWxmaWxsbWVudC52MS5FbnRpdGxlbWVudEV2ZW50IkEKFlJlbW92ZU5hbWVkVXNlclJlcXVlc3QSFgoOZW50aXRsZW1lbnRfaWQYASABKAkSDwoHdXNlcl9pZBgCIAEoCSJrChdSZW1vdmVOYW1lZFVzZXJSZXNwb25zZRI4CgtlbnRpdGxlbWVudBgBIAEoCzIjLmtleXR1cm4uZnVsZmlsbG1lbnQudjEuRW50aXRsZW1lbnQSFgoOcmVsZWFzZWRfc2VhdHMYAiABKAUiVQobQ2hhbmdlTmFtZWRVc2VyRW1haWxSZXF1ZXN0EhYKDmVudGl0bGVtZW50X2lkGAEgASgJEg8KB3VzZXJfaWQYAiABKAkSDQoFZW1haWwYAyABKAkikAEKHENoYW5nZU5hbWVkVXNlckVtYWlsUmVzcG9uc2USNQoKbmFtZWRfdXNlchgBIAEoCzIhLmtleXR1cm4uZnVsZmlsbG1lbnQudjEuTmFtZWRVc2VyEjkKCG1lc3NhZ2VzGAIgAygLMicua2V5dHVybi5mdWxmaWxsbWVudC52MS5PdXRib3VuZE1lc3NhZ2UiYgoVTG9va3VwQ3VzdG9tZXJSZXF1ZXN0EhMKC2N1c3RvbWVyX2lkGAEgASgJEg0KBWVtYWlsGAIgASgJEhEKCXBhZ2Vfc2l6ZRgDIAEoBRISCgpwYWdlX3Rva2VuGAQgASgJImwKFkxvb2t1cEN1c3RvbWVyUmVzcG9uc2USOQoMZW50aXRsZW1lbnRzGAEgAygLMiMua2V5dHVybi5mdWxmaWxsbWVudC52MS5FbnRpdGxlbWVudBIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkqtgEKEUVudGl0bGVtZW50U3RhdHVzEiIKHkVOVElUTEVNRU5UX1NUQVRVU19VTlNQRUNJRklFRBAAEhwKGEVOVElUTEVNRU5UX1NUQVRVU19UUklBTBABEh0KGUVOVElUTEVNRU5UX1NUQVRVU19BQ1RJVkUQAhIeChpFTlRJVExFTUVOVF9TVEFUVVNfRVhQSVJFRBADEiAKHEVOVElUTEVNRU5UX1NUQVRVU19DQU5DRUxMRUQQBCpmCgtNZXNzYWdlS2luZBIcChhNRVNTQUdFX0tJTkRfVU5TUEVDSUZJRUQQABIcChhNRVNTQUdFX0tJTkRfTElDRU5TRV9LRVkQARIbChdNRVNTQUdFX0tJTkRfSU5WSVRBVElPThACKnkKDE1lc3NhZ2VTdGF0ZRIdChlNRVNTQUdFX1NUQVRFX1VOU1BFQ0lGSUVEEAASGAoUTUVTU0FHRV9TVEFURV9RVUVVRUQQARIWChJNRVNTQUdFX1NUQVRFX1NFTlQQAhIYChRNRVNTQUdFX1NUQVRFX0ZBSUxFRBADKrcEChRFbnRpdGxlbWVudEV2ZW50VHlwZRImCiJFTlRJVExFTUVOVF9FVkVOVF9UWVBFX1VOU1BFQ0lGSUVEEAASIgoeRU5USVRMRU1FTlRfRVZFTlRfVFlQRV9DUkVBVEVEEAESIgoeRU5USVRMRU1FTlRfRVZFTlRfVFlQRV9SRU5FV0VEEAISKAokRU5USVRMRU1FTlRfRVZFTlRfVFlQRV9TRUFUU19DSEFOR0VEEAMSKgomRU5USVRMRU1FTlRfRVZFTlRfVFlQRV9FRElUSU9OX0NIQU5HRUQQBBIrCidFTlRJVExFTUVOVF9FVkVOVF9UWVBFX0ZFQVRVUkVTX0NIQU5HRUQQBRIqCiZFTlRJVExFTUVOVF9FVkVOVF9UWVBFX1RSSUFMX0NPTlZFUlRFRBAGEiQKIEVOVElUTEVNRU5UX0VWRU5UX1RZUEVfQ0FOQ0VMTEVEEAcSKQolRU5USVRMRU1FTlRfRVZFTlRfVFlQRV9TRUFUX0FDVElWQVRFRBAIEigKJEVOVElUTEVNRU5UX0VWRU5UX1RZUEVfU0VBVF9SRUxFQVNFRBAJEicKI0VOVElUTEVNRU5UX0VWRU5UX1RZUEVfTEVBU0VfTEFQU0VEEAoSLQopRU5USVRMRU1FTlRfRVZFTlRfVFlQRV9OQU1FRF9VU0VSX1JFTU9WRUQQDhItCilFTlRJVExFTUVOVF9FVkVOVF9UWVBFX05BTUVEX1VTRVJfQ0hBTkdFRBAPMrwJChJGdWxmaWxsbWVudFNlcnZpY2USaQoMRnVsZmlsbE9yZGVyEisua2V5dHVybi5mdWxmaWxsbWVudC52MS5GdWxmaWxsT3JkZXJSZXF1ZXN0Giwua2V5dHVybi5mdWxmaWxsbWVudC52MS5GdWxmaWxsT3JkZXJSZXNwb25zZRJdCghHZXRPcmRlchInLmtleXR1cm4uZnVsZmlsbG1lbnQudjEuR2V0T3JkZXJSZXF1ZXN0Gigua2V5dHVybi5mdWxmaWxsbWVudC52MS5HZXRPcmRlclJlc3BvbnNlEm8KDkdldEVudGl0bGVtZW50Ei0ua2V5dHVybi5mdWxmaWxsbWVudC52MS5HZXRFbnRpdGxlbWVudFJlcXVlc3QaLi5rZXl0dXJuLmZ1bGZpbGxtZW50LnYxLkdldEVudGl0bGVtZW50UmVzcG9uc2USdQoQTGlzdEVudGl0bGVtZW50cxIvLmtleXR1cm4uZnVsZmlsbG1lbnQudjEuTGlzdEVudGl0bGVtZW50c1JlcXVlc3QaMC5rZXl0dXJuLmZ1bGZpbGxtZW50LnYxLkxpc3RFbnRpdGxlbWVudHNSZXNwb25zZRKEAQoVTGlzdEVudGl0bGVtZW50RXZlbnRzEjQua2V5dHVybi5mdWxmaWxsbWVudC52MS5MaXN0RW50aXRsZW1lbnRFdmVudHNSZXF1ZXN0GjUua2V5dHVybi5mdWxmaWxsbWVudC52MS5MaXN0RW50aXRsZW1lbnRFdmVudHNSZXNwb25zZRJ4ChFSZXNlbmRDcmVkZW50aWFscxIwLmtleXR1cm4uZnVsZmlsbG1lbnQudjEuUmVzZW5kQ3JlZGVudGlhbHNSZXF1ZXN0GjEua2V5dHVybi5mdWxmaWxsbWVudC52MS5SZXNlbmRDcmVkZW50aWFsc1Jlc3BvbnNlEokBChZXYXRjaEVudGl0bGVtZW50RXZlbnRzEjUua2V5dHVybi5mdWxmaWxsbWVudC52MS5XYXRjaEVudGl0bGVtZW50RXZlbnRzUmVxdWVzdBo2LmtleXR1cm4uZnVsZmlsbG1lbnQudjEuV2F0Y2hFbnRpdGxlbWVudEV2ZW50c1Jlc3BvbnNlMAEScgoPUmVtb3ZlTmFtZWRVc2VyEi4ua2V5dHVybi5mdWxmaWxsbWVudC52MS5SZW1vdmVOYW1lZFVzZXJSZXF1ZXN0Gi8ua2V5dHVybi5mdWxmaWxsbWVudC52MS5SZW1vdmVOYW1lZFVzZXJSZXNwb25zZRKBAQoUQ2hhbmdlTmFtZWRVc2VyRW1haWwSMy5rZXl0dXJuLmZ1bGZpbGxtZW50LnYxLkNoYW5nZU5hbWVkVXNlckVtYWlsUmVxdWVzdBo0LmtleXR1cm4uZnVsZmlsbG1lbnQudjEuQ2hhbmdlTmFtZWRVc2VyRW1haWxSZXNwb25zZRJvCg5Mb29rdXBDdXN0b21lchItLmtleXR1cm4uZnVsZmlsbG1lbnQudjEuTG9va3VwQ3VzdG9tZXJSZXF1ZXN0Gi4ua2V5dHVybi5mdWxmaWxsbWVudC52MS5Mb29rdXBDdXN0b21lclJlc3BvbnNlYgZwcm90bzM", [file_google_protobuf_duration, file_google_protobuf_timestamp, file_keyturn_fulfillment_v1_catalog]);
 
 /**
  * The buyer of an order.
@@ -139,7 +139,8 @@ export type NamedUser = Message<"keyturn.fulfillment.v1.NamedUser"> & {
 
   /**
    * The single-use invitation code. Set only in the FulfillOrder response for
-   * users that order assigned; never returned by reads.
+   * users that order assigned, and in the ChangeNamedUserEmail response when
+   * it gave the user a new code; never returned by reads.
    *
    * @generated from field: string invitation_code = 3;
    */
@@ -966,6 +967,18 @@ export type ResendCredentialsRequest = Message<"keyturn.fulfillment.v1.ResendCre
    * @generated from field: string entitlement_id = 1;
    */
   entitlementId: string;
+
+  /**
+   * --- users ---
+   * Resend only this named user's invitation (whatever the entitlement's
+   * dispatch): the same code while unredeemed, a new one when their identity
+   * token expired, nothing when they hold a valid identity token. Empty:
+   * every credential email of the entitlement. Unknown: NOT_FOUND /
+   * NAMED_USER_NOT_FOUND.
+   *
+   * @generated from field: string user_id = 2;
+   */
+  userId: string;
 };
 
 /**
@@ -1050,6 +1063,200 @@ export type WatchEntitlementEventsResponse = Message<"keyturn.fulfillment.v1.Wat
  */
 export const WatchEntitlementEventsResponseSchema: GenMessage<WatchEntitlementEventsResponse> = /*@__PURE__*/
   messageDesc(file_keyturn_fulfillment_v1_fulfillment, 21);
+
+/**
+ * Request of RemoveNamedUser.
+ *
+ * @generated from message keyturn.fulfillment.v1.RemoveNamedUserRequest
+ */
+export type RemoveNamedUserRequest = Message<"keyturn.fulfillment.v1.RemoveNamedUserRequest"> & {
+  /**
+   * Id of the entitlement.
+   *
+   * @generated from field: string entitlement_id = 1;
+   */
+  entitlementId: string;
+
+  /**
+   * Id of the named user (`usr_...`).
+   *
+   * @generated from field: string user_id = 2;
+   */
+  userId: string;
+};
+
+/**
+ * Describes the message keyturn.fulfillment.v1.RemoveNamedUserRequest.
+ * Use `create(RemoveNamedUserRequestSchema)` to create a new message.
+ */
+export const RemoveNamedUserRequestSchema: GenMessage<RemoveNamedUserRequest> = /*@__PURE__*/
+  messageDesc(file_keyturn_fulfillment_v1_fulfillment, 22);
+
+/**
+ * Response of RemoveNamedUser.
+ *
+ * @generated from message keyturn.fulfillment.v1.RemoveNamedUserResponse
+ */
+export type RemoveNamedUserResponse = Message<"keyturn.fulfillment.v1.RemoveNamedUserResponse"> & {
+  /**
+   * The entitlement after the removal, with the named users that remain.
+   *
+   * @generated from field: keyturn.fulfillment.v1.Entitlement entitlement = 1;
+   */
+  entitlement?: Entitlement | undefined;
+
+  /**
+   * Number of seats released: the removed user's devices that held one.
+   *
+   * @generated from field: int32 released_seats = 2;
+   */
+  releasedSeats: number;
+};
+
+/**
+ * Describes the message keyturn.fulfillment.v1.RemoveNamedUserResponse.
+ * Use `create(RemoveNamedUserResponseSchema)` to create a new message.
+ */
+export const RemoveNamedUserResponseSchema: GenMessage<RemoveNamedUserResponse> = /*@__PURE__*/
+  messageDesc(file_keyturn_fulfillment_v1_fulfillment, 23);
+
+/**
+ * Request of ChangeNamedUserEmail.
+ *
+ * @generated from message keyturn.fulfillment.v1.ChangeNamedUserEmailRequest
+ */
+export type ChangeNamedUserEmailRequest = Message<"keyturn.fulfillment.v1.ChangeNamedUserEmailRequest"> & {
+  /**
+   * Id of the entitlement.
+   *
+   * @generated from field: string entitlement_id = 1;
+   */
+  entitlementId: string;
+
+  /**
+   * Id of the named user (`usr_...`).
+   *
+   * @generated from field: string user_id = 2;
+   */
+  userId: string;
+
+  /**
+   * The new email, up to 254 characters; stored lower-cased.
+   *
+   * @generated from field: string email = 3;
+   */
+  email: string;
+};
+
+/**
+ * Describes the message keyturn.fulfillment.v1.ChangeNamedUserEmailRequest.
+ * Use `create(ChangeNamedUserEmailRequestSchema)` to create a new message.
+ */
+export const ChangeNamedUserEmailRequestSchema: GenMessage<ChangeNamedUserEmailRequest> = /*@__PURE__*/
+  messageDesc(file_keyturn_fulfillment_v1_fulfillment, 24);
+
+/**
+ * Response of ChangeNamedUserEmail.
+ *
+ * @generated from message keyturn.fulfillment.v1.ChangeNamedUserEmailResponse
+ */
+export type ChangeNamedUserEmailResponse = Message<"keyturn.fulfillment.v1.ChangeNamedUserEmailResponse"> & {
+  /**
+   * The named user with the new email; `invitation_code` is set when the
+   * change gave them a new code (their invitation was not redeemed yet).
+   *
+   * @generated from field: keyturn.fulfillment.v1.NamedUser named_user = 1;
+   */
+  namedUser?: NamedUser | undefined;
+
+  /**
+   * The invitation email queued to the new address, if one was (also shown
+   * in GetOrder of the order that created the entitlement).
+   *
+   * @generated from field: repeated keyturn.fulfillment.v1.OutboundMessage messages = 2;
+   */
+  messages: OutboundMessage[];
+};
+
+/**
+ * Describes the message keyturn.fulfillment.v1.ChangeNamedUserEmailResponse.
+ * Use `create(ChangeNamedUserEmailResponseSchema)` to create a new message.
+ */
+export const ChangeNamedUserEmailResponseSchema: GenMessage<ChangeNamedUserEmailResponse> = /*@__PURE__*/
+  messageDesc(file_keyturn_fulfillment_v1_fulfillment, 25);
+
+/**
+ * Request of LookupCustomer: `customer_id` or `email` (at least one; both:
+ * entitlements matching both).
+ *
+ * @generated from message keyturn.fulfillment.v1.LookupCustomerRequest
+ */
+export type LookupCustomerRequest = Message<"keyturn.fulfillment.v1.LookupCustomerRequest"> & {
+  /**
+   * The customer's id in the order source.
+   *
+   * @generated from field: string customer_id = 1;
+   */
+  customerId: string;
+
+  /**
+   * An email: the customer's, the ship-to, or a named user's (compared
+   * lower-cased for named users, as they are stored).
+   *
+   * @generated from field: string email = 2;
+   */
+  email: string;
+
+  /**
+   * Maximum number of entitlements to return: 0 means 50, the cap is 500,
+   * negative is INVALID_ARGUMENT.
+   *
+   * @generated from field: int32 page_size = 3;
+   */
+  pageSize: number;
+
+  /**
+   * Token from a previous response's `next_page_token`; empty for the first page.
+   *
+   * @generated from field: string page_token = 4;
+   */
+  pageToken: string;
+};
+
+/**
+ * Describes the message keyturn.fulfillment.v1.LookupCustomerRequest.
+ * Use `create(LookupCustomerRequestSchema)` to create a new message.
+ */
+export const LookupCustomerRequestSchema: GenMessage<LookupCustomerRequest> = /*@__PURE__*/
+  messageDesc(file_keyturn_fulfillment_v1_fulfillment, 26);
+
+/**
+ * Response of LookupCustomer.
+ *
+ * @generated from message keyturn.fulfillment.v1.LookupCustomerResponse
+ */
+export type LookupCustomerResponse = Message<"keyturn.fulfillment.v1.LookupCustomerResponse"> & {
+  /**
+   * The customer's entitlements, oldest first, each with its named users.
+   *
+   * @generated from field: repeated keyturn.fulfillment.v1.Entitlement entitlements = 1;
+   */
+  entitlements: Entitlement[];
+
+  /**
+   * Token of the next page; empty on the last page.
+   *
+   * @generated from field: string next_page_token = 2;
+   */
+  nextPageToken: string;
+};
+
+/**
+ * Describes the message keyturn.fulfillment.v1.LookupCustomerResponse.
+ * Use `create(LookupCustomerResponseSchema)` to create a new message.
+ */
+export const LookupCustomerResponseSchema: GenMessage<LookupCustomerResponse> = /*@__PURE__*/
+  messageDesc(file_keyturn_fulfillment_v1_fulfillment, 27);
 
 /**
  * The status of an entitlement, computed from its dates when read.
@@ -1258,6 +1465,24 @@ export enum EntitlementEventType {
    * @generated from enum value: ENTITLEMENT_EVENT_TYPE_LEASE_LAPSED = 10;
    */
   LEASE_LAPSED = 10,
+
+  /**
+   * --- users ---
+   * RemoveNamedUser removed a named user; the seats their devices held were
+   * released (one SEAT_RELEASED event each, before it). The event's
+   * entitlement lists the named users that remain.
+   *
+   * @generated from enum value: ENTITLEMENT_EVENT_TYPE_NAMED_USER_REMOVED = 14;
+   */
+  NAMED_USER_REMOVED = 14,
+
+  /**
+   * ChangeNamedUserEmail changed a named user's email. The event's
+   * entitlement lists the named users as they stand after it.
+   *
+   * @generated from enum value: ENTITLEMENT_EVENT_TYPE_NAMED_USER_CHANGED = 15;
+   */
+  NAMED_USER_CHANGED = 15,
 }
 
 /**
@@ -1352,6 +1577,49 @@ export const FulfillmentService: GenService<{
     methodKind: "server_streaming";
     input: typeof WatchEntitlementEventsRequestSchema;
     output: typeof WatchEntitlementEventsResponseSchema;
+  },
+  /**
+   * --- users ---
+   * Removes a named user from an entitlement, in one transaction: the seats
+   * their devices hold are released (their leases can no longer be renewed),
+   * their identity token stops working at once (INVALID_LICENSE_KEY), their
+   * invitation code is void and unsent invitations are withdrawn. The email
+   * may be assigned again later by an order. Unknown user: NOT_FOUND /
+   * NAMED_USER_NOT_FOUND.
+   *
+   * @generated from rpc keyturn.fulfillment.v1.FulfillmentService.RemoveNamedUser
+   */
+  removeNamedUser: {
+    methodKind: "unary";
+    input: typeof RemoveNamedUserRequestSchema;
+    output: typeof RemoveNamedUserResponseSchema;
+  },
+  /**
+   * Changes a named user's email. Before the invitation is redeemed, a new
+   * invitation code replaces the old one (void at once) and, when the
+   * entitlement's dispatch is DISPATCH_INVITATION, is emailed to the new
+   * address; after, the identity token stays valid and nothing is sent. An
+   * email another user of the entitlement has: ALREADY_EXISTS /
+   * NAMED_USER_EXISTS. The same email again changes nothing.
+   *
+   * @generated from rpc keyturn.fulfillment.v1.FulfillmentService.ChangeNamedUserEmail
+   */
+  changeNamedUserEmail: {
+    methodKind: "unary";
+    input: typeof ChangeNamedUserEmailRequestSchema;
+    output: typeof ChangeNamedUserEmailResponseSchema;
+  },
+  /**
+   * Everything one customer holds, found by customer id or by email (the
+   * customer's, the ship-to or a named user's): the entitlements, each with
+   * its named users (AIP-158 paging). Devices: ListActivations.
+   *
+   * @generated from rpc keyturn.fulfillment.v1.FulfillmentService.LookupCustomer
+   */
+  lookupCustomer: {
+    methodKind: "unary";
+    input: typeof LookupCustomerRequestSchema;
+    output: typeof LookupCustomerResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_keyturn_fulfillment_v1_fulfillment, 0);
