@@ -40,6 +40,9 @@ RPCS: dict[str, tuple[str, str | None]] = {
     "ResendCredentials": (FULFILLMENT, "fulfill"),
     "CheckLicense": (LICENSING, None),
     "RedeemInvitation": (LICENSING, None),
+    "RemoveNamedUser": (FULFILLMENT, "fulfill"),
+    "ChangeNamedUserEmail": (FULFILLMENT, "fulfill"),
+    "LookupCustomer": (FULFILLMENT, "read"),
 }
 # Server-streaming RPCs: a case reads the first message, where the error shows.
 STREAMING = {"WatchEntitlementEvents"}

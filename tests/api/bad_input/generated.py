@@ -77,6 +77,9 @@ REQUIRED: dict[str, dict[str, str]] = {
     "RenewLease": _same("lease_token"),
     "ReleaseSeat": _same("lease_token"),
     "RedeemInvitation": _same("invitation_code"),
+    "RemoveNamedUser": _same("entitlement_id", "user_id"),
+    "ChangeNamedUserEmail": _same("entitlement_id", "user_id", "email"),
+    "LookupCustomer": _same("customer_id"),
 }
 
 INT32_MIN = -(2**31)

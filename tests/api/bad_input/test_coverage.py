@@ -11,6 +11,7 @@ from . import (
     test_catalog,
     test_entitlement_reads,
     test_licensing,
+    test_named_user_admin,
     test_order_changes,
     test_orders,
     test_transport,
@@ -25,6 +26,7 @@ MODULES = (
     test_order_changes,
     test_entitlement_reads,
     test_licensing,
+    test_named_user_admin,
     test_transport,
 )
 CASES: list[Case] = [case for module in MODULES for case in module.CASES]

@@ -38,6 +38,7 @@ from keyturn.server.domain.orders import (
     OrderLine,
     OrderRequest,
     check_order_key,
+    check_text,
     validate_order,
 )
 from keyturn.server.store.entitlement_repository import StoredKey
@@ -437,8 +438,8 @@ async def resend_credentials(
     user told IDENTITY_TOKEN_EXPIRED). With `user_id`, only that user's invitation, whatever
     the entitlement's dispatch (the caller asked for that person)."""
     check_entitlement_id(entitlement_id)
-    if len(user_id) > 64:
-        raise_if_invalid([FieldViolation("user_id", "must be at most 64 characters")])
+    if user_id:
+        raise_if_invalid(check_text("user_id", user_id, 64, "user id"))
     now = ctx.clock.now()
     async with ctx.store.write() as tx:
         entitlement = await tx.entitlements.get(entitlement_id, lock=True)

@@ -27,7 +27,7 @@ from keyturn.server.domain.events import EventType
 from keyturn.server.domain.license_key import generate_invitation_code
 from keyturn.server.domain.messages import MessageKind, OutboundMessage
 from keyturn.server.domain.named_users import NamedUser, canonical_email
-from keyturn.server.domain.orders import check_email
+from keyturn.server.domain.orders import check_email, check_text
 from keyturn.server.store.unit_of_work import DuplicateKeyError, Transaction
 
 from . import audit
@@ -53,12 +53,10 @@ class ChangedUser:
 
 
 def user_violations(entitlement_id: str, user_id: str) -> list[FieldViolation]:
-    violations = []
+    violations: list[FieldViolation] = []
     if not entitlement_id or len(entitlement_id) > 64:
         violations.append(FieldViolation("entitlement_id", "must be 1 to 64 characters"))
-    if not user_id or len(user_id) > MAX_USER_ID:
-        violations.append(FieldViolation("user_id", f"must be 1 to {MAX_USER_ID} characters"))
-    return violations
+    return violations + check_text("user_id", user_id, MAX_USER_ID, "user id")
 
 
 async def locked_user(

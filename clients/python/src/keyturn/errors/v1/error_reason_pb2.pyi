@@ -257,6 +257,7 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """
     NAMED_USER_EXISTS: _ErrorReason.ValueType  # 44
     """--- users ---
+
     ALREADY_EXISTS. ChangeNamedUserEmail: another named user of the same
     entitlement already has this email. Nothing was changed.
     Metadata: `entitlement_id`, `email`.
@@ -512,6 +513,7 @@ Metadata: `user_id`.
 """
 NAMED_USER_EXISTS: ErrorReason.ValueType  # 44
 """--- users ---
+
 ALREADY_EXISTS. ChangeNamedUserEmail: another named user of the same
 entitlement already has this email. Nothing was changed.
 Metadata: `entitlement_id`, `email`.

@@ -442,7 +442,6 @@ export enum ErrorReason {
   NAMED_USER_NOT_FOUND = 43,
 
   /**
-   * --- users ---
    * ALREADY_EXISTS. ChangeNamedUserEmail: another named user of the same
    * entitlement already has this email. Nothing was changed.
    * Metadata: `entitlement_id`, `email`.
