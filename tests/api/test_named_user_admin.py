@@ -22,6 +22,8 @@ from keyturn.licensing.v1 import licensing_pb2 as lic
 from keyturn.licensing.v1 import licensing_pb2_grpc
 from keyturn.server.api.server import KeyturnServer
 from keyturn.server.app.context import AppContext
+from keyturn.server.domain.errors import DomainError, Reason
+from keyturn.server.store.seats import ActivationClaim
 
 from conftest import Tokens
 from support.catalog import put_catalog
@@ -458,3 +460,37 @@ async def test_resending_one_users_invitation_queues_only_theirs(
     assert [r["details"]["user_id"] for r in rows] == [users[BOB].user_id] * 2
     assert rows[0]["details"]["messages"] == [resent.messages[0].message_id]
     assert rows[0]["resource"] == f"entitlements/{entitlement_id}/named_users/{users[BOB].user_id}"
+
+
+@pytest.mark.usefixtures("skus")
+async def test_a_claim_that_read_a_user_before_their_removal_takes_no_seat_after(
+    fulfillment_stub: Fulfillment, licensing_stub: Licensing, tokens: Tokens, app: AppContext
+) -> None:
+    """The race of ActivateSeat with RemoveNamedUser: the claim reads the user, then the
+    removal commits, then the claim reaches the seat store. Played in that order by calling
+    the seat store with the claim the use case would have built, on its fast path (a new
+    device) and its locked path (a device it has seen)."""
+    entitlement = await team(fulfillment_stub, tokens, ALICE, BOB)
+    entitlement_id = entitlement.entitlement_id
+    alice = by_email(entitlement)[ALICE]
+    token = await redeem(licensing_stub, alice.invitation_code)
+    await licensing_stub.ActivateSeat(activate_as(token, "alice-known-1"))
+    await fulfillment_stub.RemoveNamedUser(
+        ful.RemoveNamedUserRequest(entitlement_id=entitlement_id, user_id=alice.user_id),
+        metadata=tokens("fulfill"),
+    )
+
+    for fingerprint in ("alice-new-device", "alice-known-1"):
+        claim = ActivationClaim(
+            product_id=PRODUCT_ID,
+            fingerprint=fingerprint,
+            label="",
+            new_activation_id=f"act_{fingerprint}",
+            new_jti=f"lease_{fingerprint}",
+            entitlement_id=entitlement_id,
+            user_id=alice.user_id,
+        )
+        with pytest.raises(DomainError) as refused:
+            await app.seats.activate(claim, lambda result: [])
+        assert refused.value.reason is Reason.INVALID_LICENSE_KEY
+    assert (await get(fulfillment_stub, tokens, entitlement_id)).seats_in_use == 0

@@ -119,6 +119,10 @@ async def remove_named_user(ctx: AppContext, *, entitlement_id: str, user_id: st
             )
         await tx.outbox.withdraw_invitations(user_id, "withdrawn: the named user was removed")
         await tx.named_users.remove(user_id)
+        # A claim with their identity token that read them before now must not take a
+        # seat after: it loses its conditional write on the entitlement (store/seats.py).
+        await tx.entitlements.touch(entitlement_id, now)
+        entitlement = replace(entitlement, update_time=now)
         await _user_event(tx, EventType.NAMED_USER_REMOVED, entitlement, now, in_use, user)
         await audit.record(
             tx,

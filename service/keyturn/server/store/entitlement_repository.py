@@ -125,6 +125,16 @@ class EntitlementRepository:
                 )
             )
 
+    async def touch(self, entitlement_id: str, now: datetime) -> None:
+        """Mark the entitlement changed at `now`, for a change of what it holds (a named
+        user removed) rather than of its own columns: a seat claim that read it before
+        then loses its conditional write and decides again under the lock (pg_seats)."""
+        await self._db.execute(
+            update(entitlements)
+            .where(entitlements.c.entitlement_id == entitlement_id)
+            .values(update_time=now)
+        )
+
     async def save(self, entitlement: Entitlement) -> None:
         """Write back the state an operation changed."""
         await self._db.execute(
