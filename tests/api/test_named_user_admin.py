@@ -15,6 +15,8 @@ import pytest
 from sqlalchemy import text
 from test_named_users import activate_as, by_email, database_state, named_user_rows, redeem
 
+from keyturn.client import NamedUserExistsError, NamedUserNotFoundError, NotFoundError
+from keyturn.client.errors import from_rpc_error
 from keyturn.fulfillment.v1 import catalog_pb2 as cat
 from keyturn.fulfillment.v1 import catalog_pb2_grpc, fulfillment_pb2_grpc
 from keyturn.fulfillment.v1 import fulfillment_pb2 as ful
@@ -494,3 +496,34 @@ async def test_a_claim_that_read_a_user_before_their_removal_takes_no_seat_after
             await app.seats.activate(claim, lambda result: [])
         assert refused.value.reason is Reason.INVALID_LICENSE_KEY
     assert (await get(fulfillment_stub, tokens, entitlement_id)).seats_in_use == 0
+
+
+@pytest.mark.usefixtures("skus")
+async def test_the_python_client_raises_typed_errors_for_both_reasons(
+    fulfillment_stub: Fulfillment, tokens: Tokens
+) -> None:
+    entitlement = await team(fulfillment_stub, tokens, ALICE, BOB)
+    alice = by_email(entitlement)[ALICE]
+    calls = [
+        fulfillment_stub.RemoveNamedUser(
+            ful.RemoveNamedUserRequest(
+                entitlement_id=entitlement.entitlement_id, user_id="usr_gone"
+            ),
+            metadata=tokens("fulfill"),
+        ),
+        fulfillment_stub.ChangeNamedUserEmail(
+            ful.ChangeNamedUserEmailRequest(
+                entitlement_id=entitlement.entitlement_id, user_id=alice.user_id, email=BOB
+            ),
+            metadata=tokens("fulfill"),
+        ),
+    ]
+    raised = []
+    for call in calls:
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await call
+        raised.append(from_rpc_error(caught.value))
+    assert [type(error) for error in raised] == [NamedUserNotFoundError, NamedUserExistsError]
+    assert isinstance(raised[0], NotFoundError)
+    assert raised[0].metadata == {"user_id": "usr_gone"}
+    assert raised[1].metadata == {"entitlement_id": entitlement.entitlement_id, "email": BOB}
