@@ -7,9 +7,11 @@ The emails these calls queue reach a real SMTP server in tests/e2e/test_named_us
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
+import asyncpg
 import grpc
 import pytest
 from sqlalchemy import text
@@ -23,11 +25,13 @@ from keyturn.fulfillment.v1 import fulfillment_pb2 as ful
 from keyturn.licensing.v1 import licensing_pb2 as lic
 from keyturn.licensing.v1 import licensing_pb2_grpc
 from keyturn.server.api.server import KeyturnServer
+from keyturn.server.app import named_user_admin
 from keyturn.server.app.context import AppContext
 from keyturn.server.domain.errors import DomainError, Reason
+from keyturn.server.store.named_user_repository import NamedUserRepository
 from keyturn.server.store.seats import ActivationClaim
 
-from conftest import Tokens
+from conftest import Tokens, direct_url
 from support.catalog import put_catalog
 from support.rpc import PRODUCT_ID, create_sku, failure_of
 
@@ -527,3 +531,65 @@ async def test_the_python_client_raises_typed_errors_for_both_reasons(
     assert isinstance(raised[0], NotFoundError)
     assert raised[0].metadata == {"user_id": "usr_gone"}
     assert raised[1].metadata == {"entitlement_id": entitlement.entitlement_id, "email": BOB}
+
+
+async def waiting_on_a_lock(database_url: str) -> None:
+    """Until another backend of the database waits on a lock (pg_stat_activity cannot
+    notify: it is looked at again every 10 ms, within a timeout)."""
+    sql = (
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+        " AND pid <> pg_backend_pid() AND wait_event_type = 'Lock'"
+    )
+    conn = await asyncpg.connect(database_url.replace("postgresql+asyncpg", "postgresql"))
+    try:
+        async with asyncio.timeout(10):
+            while not int(await conn.fetchval(sql)):  # noqa: ASYNC110
+                await asyncio.sleep(0.01)
+    finally:
+        await conn.close()
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+@pytest.mark.usefixtures("skus")
+async def test_a_new_device_claim_waiting_on_the_removal_is_decided_again_after_it(
+    fulfillment_stub: Fulfillment,
+    licensing_stub: Licensing,
+    tokens: Tokens,
+    app: AppContext,
+    database_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """PostgreSQL's fast path for a new device reads the entitlement, then writes only if
+    it is as read. A claim that reads while the removal holds the lock, and writes after
+    it committed, must not pass: the removal touched the entitlement (its conditional
+    write fails), and the locked path finds the user gone. SQLite has one writer at a
+    time: the claim cannot start inside the removal there."""
+    entitlement = await team(fulfillment_stub, tokens, ALICE, BOB)
+    alice = by_email(entitlement)[ALICE]
+    claim = ActivationClaim(
+        product_id=PRODUCT_ID,
+        fingerprint="alice-racing-device",
+        label="",
+        new_activation_id="act_racing",
+        new_jti="lease_racing",
+        entitlement_id=entitlement.entitlement_id,
+        user_id=alice.user_id,
+    )
+    claims: list[asyncio.Task[object]] = []
+    original = NamedUserRepository.remove
+
+    async def remove_while_a_claim_waits(self: NamedUserRepository, user_id: str) -> None:
+        await original(self, user_id)
+        claims.append(asyncio.create_task(app.seats.activate(claim, lambda result: [])))
+        await waiting_on_a_lock(direct_url(database_url))  # its write waits for our commit
+
+    monkeypatch.setattr(NamedUserRepository, "remove", remove_while_a_claim_waits)
+    await named_user_admin.remove_named_user(
+        app, entitlement_id=entitlement.entitlement_id, user_id=alice.user_id
+    )
+
+    (racing,) = claims
+    with pytest.raises(DomainError) as refused:
+        await racing
+    assert refused.value.reason is Reason.INVALID_LICENSE_KEY
+    assert (await get(fulfillment_stub, tokens, entitlement.entitlement_id)).seats_in_use == 0
