@@ -272,7 +272,6 @@ async def test_every_rpc_of_the_three_services_answers_over_http_json(
         "ACTIVATION_STATE_LIVE",
     )
     assert answers["DeactivateSeat"]["activation"]["state"] == "ACTIVATION_STATE_DEACTIVATED"
-    assert len(answers["ListEntitlements"]["entitlements"]) == 2
     # The activation of a moment ago, in the last hour or this one (the clock may have
     # turned an hour since), at the limit of the two seats.
     usage = answers["GetUsageReport"]["buckets"]
