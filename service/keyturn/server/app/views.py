@@ -130,7 +130,17 @@ def from_snapshot(current: Entitlement, recorded: dict[str, Any]) -> Entitlement
         update_time=_parse_time(recorded.get("update_time")) or current.update_time,
         external_references=tuple(recorded.get("external_references", current.external_references)),
     )
-    status = Status(recorded.get("status", Status.ACTIVE.value))
+    status = _recorded_status(as_then, recorded.get("status", Status.ACTIVE.value))
     # Only the events about named users record them (app/named_user_admin.py).
     users = _named_users_of(current, recorded.get("named_users", []))
     return EntitlementView(as_then, status, recorded.get("seats_in_use", 0), named_users=users)
+
+
+def _recorded_status(as_then: Entitlement, value: str) -> Status:
+    """The status a snapshot recorded; one this version does not know (written by a newer
+    replica during a rolling upgrade) is read as the entitlement's status at the time of
+    the snapshot, rather than failing every read of the event."""
+    try:
+        return Status(value)
+    except ValueError:
+        return as_then.status(as_then.update_time)

@@ -1,0 +1,43 @@
+"""An event's snapshot read back: a status this version does not know (a newer replica's,
+during a rolling upgrade) does not fail the read."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from keyturn.server.app.views import from_snapshot
+from keyturn.server.domain.catalog import Dispatch, LicenseModel
+from keyturn.server.domain.entitlement import Customer, Entitlement, Status
+
+ENTITLEMENT = Entitlement(
+    entitlement_id="ent_1",
+    product_id="acme-cad",
+    edition_id="pro",
+    customer=Customer("cus_1"),
+    ship_to_email="",
+    seats=3,
+    features=(),
+    start_time=datetime(2025, 1, 1, tzinfo=UTC),
+    end_time=datetime(2026, 1, 31, tzinfo=UTC),
+    trial=False,
+    license_model=LicenseModel.FLOATING,
+    lease_duration=timedelta(minutes=15),
+    dispatch=Dispatch.LICENSE_KEY,
+    create_time=datetime(2025, 1, 1, tzinfo=UTC),
+    update_time=datetime(2025, 1, 1, tzinfo=UTC),
+    grace=timedelta(days=7),
+)
+
+
+def test_a_known_status_is_read_as_recorded() -> None:
+    view = from_snapshot(ENTITLEMENT, {"status": "cancelled", "seats_in_use": 2})
+    assert view.status is Status.CANCELLED
+    assert view.seats_in_use == 2
+
+
+def test_an_unknown_status_is_the_entitlements_status_at_the_snapshot() -> None:
+    recorded = {"status": "frozen", "update_time": "2025-06-01T00:00:00+00:00"}
+    view = from_snapshot(ENTITLEMENT, recorded)
+    assert view.status is Status.ACTIVE  # before its end, not a trial
+    ended = from_snapshot(ENTITLEMENT, {**recorded, "update_time": "2026-03-01T00:00:00+00:00"})
+    assert ended.status is Status.EXPIRED  # past its end plus grace
