@@ -36,7 +36,11 @@ def test_a_known_status_is_read_as_recorded() -> None:
 
 
 def test_an_unknown_status_is_the_entitlements_status_at_the_snapshot() -> None:
-    recorded = {"status": "frozen", "update_time": "2025-06-01T00:00:00+00:00"}
+    recorded = {
+        "status": "frozen",
+        "end_time": "2026-01-31T00:00:00+00:00",
+        "update_time": "2025-06-01T00:00:00+00:00",
+    }
     view = from_snapshot(ENTITLEMENT, recorded)
     assert view.status is Status.ACTIVE  # before its end, not a trial
     ended = from_snapshot(ENTITLEMENT, {**recorded, "update_time": "2026-03-01T00:00:00+00:00"})
