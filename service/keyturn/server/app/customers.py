@@ -7,11 +7,15 @@ same cap): a reseller can hold thousands of entitlements.
 
 from __future__ import annotations
 
+from datetime import datetime
+
+from keyturn.server.domain.entitlement import Entitlement
 from keyturn.server.domain.errors import FieldViolation, raise_if_invalid
 from keyturn.server.domain.orders import check_email, check_text
+from keyturn.server.store.unit_of_work import Transaction
 
 from .context import AppContext
-from .paging import next_page_token, page_of, page_request
+from .entitlements import page_of_views
 from .views import EntitlementView
 
 
@@ -31,18 +35,9 @@ async def lookup_customer(
 ) -> tuple[list[EntitlementView], str]:
     """The customer's entitlements, oldest first, each with its named users."""
     raise_if_invalid(lookup_violations(customer_id, email))
+
+    async def find(tx: Transaction, now: datetime, after: str, limit: int) -> list[Entitlement]:
+        return await tx.entitlements.of_customer(customer_id, email, after, limit)
+
     scope = "customer:" + "\x1f".join((customer_id, email))
-    page = page_request(page_size, page_token, scope)
-    now = ctx.clock.now()
-    async with ctx.read_store.read() as tx:
-        found = await tx.entitlements.of_customer(customer_id, email, page.after, page.size + 1)
-        items, more = page_of(found, page.size)
-        in_use = await tx.activations.count_live_many(items, now, ctx.lapse_grace)
-        users = await tx.named_users.list_for([e.entitlement_id for e in items])
-    views = [
-        EntitlementView(
-            e, e.status(now), in_use[e.entitlement_id], named_users=tuple(users[e.entitlement_id])
-        )
-        for e in items
-    ]
-    return views, next_page_token(items[-1].entitlement_id if more else None, scope)
+    return await page_of_views(ctx, scope, page_size, page_token, find)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Awaitable, Callable
+from datetime import datetime
 
+from keyturn.server.domain.entitlement import Entitlement
 from keyturn.server.domain.errors import (
     FieldViolation,
     entitlement_not_found,
@@ -16,7 +18,7 @@ from keyturn.server.domain.errors import (
 from keyturn.server.domain.orders import check_email, check_reference, check_text
 from keyturn.server.domain.validation import check_slug
 from keyturn.server.store.entitlement_repository import EntitlementFilter
-from keyturn.server.store.unit_of_work import ReadStore
+from keyturn.server.store.unit_of_work import ReadStore, Transaction
 
 from .context import AppContext
 from .event_views import EventView, event_views
@@ -53,11 +55,25 @@ async def list_entitlements(
     ctx: AppContext, where: EntitlementFilter, page_size: int, page_token: str
 ) -> tuple[list[EntitlementView], str]:
     raise_if_invalid(filter_violations(where))
-    scope = _filter_scope(where)
+
+    async def find(tx: Transaction, now: datetime, after: str, limit: int) -> list[Entitlement]:
+        return await tx.entitlements.list(where, now, after, limit)
+
+    return await page_of_views(ctx, _filter_scope(where), page_size, page_token, find)
+
+
+Find = Callable[[Transaction, datetime, str, int], Awaitable[list[Entitlement]]]
+
+
+async def page_of_views(
+    ctx: AppContext, scope: str, page_size: int, page_token: str, find: Find
+) -> tuple[list[EntitlementView], str]:
+    """One AIP-158 page of the entitlements `find` returns (after an id, at most a limit),
+    each with its seats in use and named users, read in one transaction of the read store."""
     page = page_request(page_size, page_token, scope)
     now = ctx.clock.now()
     async with ctx.read_store.read() as tx:
-        found = await tx.entitlements.list(where, now, page.after, page.size + 1)
+        found = await find(tx, now, page.after, page.size + 1)
         items, more = page_of(found, page.size)
         in_use = await tx.activations.count_live_many(items, now, ctx.lapse_grace)
         users = await tx.named_users.list_for([e.entitlement_id for e in items])
