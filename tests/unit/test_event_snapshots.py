@@ -3,30 +3,10 @@ during a rolling upgrade) does not fail the read."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from test_entitlement import ENTITLEMENT
 
 from keyturn.server.app.views import from_snapshot
-from keyturn.server.domain.catalog import Dispatch, LicenseModel
-from keyturn.server.domain.entitlement import Customer, Entitlement, Status
-
-ENTITLEMENT = Entitlement(
-    entitlement_id="ent_1",
-    product_id="acme-cad",
-    edition_id="pro",
-    customer=Customer("cus_1"),
-    ship_to_email="",
-    seats=3,
-    features=(),
-    start_time=datetime(2025, 1, 1, tzinfo=UTC),
-    end_time=datetime(2026, 1, 31, tzinfo=UTC),
-    trial=False,
-    license_model=LicenseModel.FLOATING,
-    lease_duration=timedelta(minutes=15),
-    dispatch=Dispatch.LICENSE_KEY,
-    create_time=datetime(2025, 1, 1, tzinfo=UTC),
-    update_time=datetime(2025, 1, 1, tzinfo=UTC),
-    grace=timedelta(days=7),
-)
+from keyturn.server.domain.entitlement import Status
 
 
 def test_a_known_status_is_read_as_recorded() -> None:
