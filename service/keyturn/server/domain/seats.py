@@ -11,7 +11,7 @@ store/seat_counts.py), call `admit` and write what it decided.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
 
@@ -34,6 +34,8 @@ class Activation:
     seat_time: datetime | None = None  # when it last took its seat (None: at create_time)
     user_id: str | None = None  # the named user who activated, if any
     lapse_recorded_time: datetime | None = None  # when its lapse went into the event log
+    # Its last activation or renewal (None: not read); not part of what it is.
+    update_time: datetime | None = field(default=None, compare=False)
 
 
 class SeatOutcome(StrEnum):
