@@ -64,9 +64,14 @@ def browser(
     print(f"screenshots: {opened.folder}")
 
 
-async def step(action: Callable[..., T], *args: Any) -> T:
-    """A browser step, in a thread while this loop serves the server."""
-    return await asyncio.to_thread(action, *args)
+async def step(browser: Browser, action: Callable[..., T], *args: Any) -> T:
+    """A browser step, in a thread while this loop serves the server; when it fails, the
+    page it failed on is kept (screenshot and HTML) beside the test's screenshots."""
+    try:
+        return await asyncio.to_thread(action, *args)
+    except BaseException:
+        await asyncio.to_thread(browser.keep_failure)
+        raise
 
 
 class Sale:
@@ -112,11 +117,7 @@ def find_by_key_and_open(browser: Browser, sale: Sale) -> None:
     links = browser.all("#results a")
     assert [link.text for link in links] == [sale.entitlement_id]
     assert sale.license_key not in browser.driver.page_source, "the key is never shown"
-    old = browser.find("html")
-    links[0].click()
-    from support.browser import _wait_until_stale
-
-    _wait_until_stale(browser.driver, old)
+    browser.click(links[0])
     browser.shot("entitlement")
 
 
@@ -150,7 +151,7 @@ async def test_fulfill_staff_find_an_entitlement_by_key_and_see_devices_and_time
         assert "Queued 1 email again." in browser.text("#notice")
         browser.shot("resent")
 
-    await step(walk)
+    await step(browser, walk)
     assert await emails_of(app) == emails_before + 1
 
 
@@ -170,7 +171,7 @@ async def test_a_read_token_sees_no_actions_and_its_forged_post_is_refused(
         assert csrf
         return browser.cookie()[COOKIE], csrf
 
-    cookie, csrf = await step(look)
+    cookie, csrf = await step(browser, look)
     base = f"http://{server.http_address}"
     async with httpx.AsyncClient(base_url=base, cookies={COOKIE: cookie}) as client:
         # Everything a console form sends, CSRF token and origin right: the scope refuses it.
@@ -204,7 +205,7 @@ async def test_a_post_without_the_csrf_token_is_refused_and_changes_nothing(
         assert "CSRF token or origin is wrong" in browser.text("#error")
         return browser.cookie()[COOKIE]
 
-    cookie = await step(forge)
+    cookie = await step(browser, forge)
     assert await emails_of(app) == emails_before
     base = f"http://{server.http_address}"
     async with httpx.AsyncClient(base_url=base, cookies={COOKIE: cookie}) as client:
@@ -240,7 +241,7 @@ async def test_sign_out_and_revocation_end_the_session(
         browser.open(page)
         assert browser.text("#entitlement-id") == sale.entitlement_id
 
-    await step(sign_out)
+    await step(browser, sign_out)
     assert await revoke_token(app, token.token_id) == token.token_id
 
     def after_revocation() -> None:
@@ -252,19 +253,19 @@ async def test_sign_out_and_revocation_end_the_session(
         browser.submit("#sign-in")
         assert "not valid" in browser.text("#notice"), "a revoked token cannot sign in"
 
-    await step(after_revocation)
+    await step(browser, after_revocation)
 
 
 async def test_an_idle_session_ends(app: AppContext, browser: Browser, sale: Sale) -> None:
     _, secret = await create_token(app, {"read"}, "viewer", lifetime=None)
     page = f"/console/entitlements/{sale.entitlement_id}"
-    await step(browser.sign_in, secret)
-    await step(browser.open, page)
+    await step(browser, browser.sign_in, secret)
+    await step(browser, browser.open, page)
     assert isinstance(app.clock, SystemClock)
     app.clock.offset += timedelta(minutes=29)
-    await step(browser.open, page)
-    assert await step(browser.text, "#entitlement-id") == sale.entitlement_id
+    await step(browser, browser.open, page)
+    assert await step(browser, browser.text, "#entitlement-id") == sale.entitlement_id
     app.clock.offset += timedelta(minutes=30)  # 30 since the last request
-    await step(browser.open, page)
-    await step(browser.shot, "idle")
-    assert "30 minutes without use" in await step(browser.text, "#notice")
+    await step(browser, browser.open, page)
+    await step(browser, browser.shot, "idle")
+    assert "30 minutes without use" in await step(browser, browser.text, "#notice")

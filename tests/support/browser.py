@@ -18,6 +18,8 @@ from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.remote.webelement import WebElement
+from selenium.webdriver.support import expected_conditions
+from selenium.webdriver.support.wait import WebDriverWait
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
@@ -61,7 +63,7 @@ class Browser:
         self.base_url = base_url
         self.folder = artifacts_root() / re.sub(r"[^A-Za-z0-9_.-]+", "_", test_name)
         self.folder.mkdir(parents=True, exist_ok=True)
-        for old in self.folder.glob("*.png"):
+        for old in [*self.folder.glob("*.png"), *self.folder.glob("*.html")]:
             old.unlink()
         self._shots = 0
         driver.delete_all_cookies()
@@ -75,6 +77,11 @@ class Browser:
         assert self.driver.save_screenshot(str(path)), path
         return path
 
+    def keep_failure(self) -> None:
+        """The page as it stood when a step failed: a screenshot and its HTML."""
+        self.shot("failure")
+        (self.folder / "failure.html").write_text(self.driver.page_source, encoding="utf-8")
+
     def find(self, css: str) -> WebElement:
         return self.driver.find_element(By.CSS_SELECTOR, css)
 
@@ -86,9 +93,13 @@ class Browser:
 
     def submit(self, button_css: str) -> None:
         """Click a form's button and wait for the page it leads to."""
+        self.click(self.find(button_css))
+
+    def click(self, element: WebElement) -> None:
+        """Click a link or button and wait for the page it leads to."""
         old = self.find("html")
-        self.find(button_css).click()
-        _wait_until_stale(self.driver, old)
+        element.click()
+        WebDriverWait(self.driver, 30).until(expected_conditions.staleness_of(old))
 
     def sign_in(self, secret: str) -> None:
         self.open("/console/")
@@ -105,10 +116,3 @@ class Browser:
 
     def title(self) -> str:
         return self.driver.title
-
-
-def _wait_until_stale(driver: WebDriver, element: WebElement) -> None:
-    from selenium.webdriver.support import expected_conditions
-    from selenium.webdriver.support.wait import WebDriverWait
-
-    WebDriverWait(driver, 30).until(expected_conditions.staleness_of(element))
