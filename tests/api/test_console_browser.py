@@ -269,3 +269,43 @@ async def test_an_idle_session_ends(app: AppContext, browser: Browser, sale: Sal
     await step(browser, browser.open, page)
     await step(browser, browser.shot, "idle")
     assert "30 minutes without use" in await step(browser, browser.text, "#notice")
+
+
+async def test_the_catalog_and_the_api_tokens_are_shown_read_only(
+    app: AppContext, browser: Browser, sale: Sale
+) -> None:
+    _, catalog_secret = await create_token(app, {"catalog"}, "catalog team", lifetime=None)
+    staff, staff_secret = await create_token(app, {"fulfill"}, "support desk", lifetime=None)
+    gone, _ = await create_token(app, {"read"}, "old laptop", lifetime=None)
+    assert await revoke_token(app, gone.token_id) == gone.token_id
+
+    def catalog_staff() -> None:
+        browser.sign_in(catalog_secret)  # lands on the catalog: it may see nothing else
+        browser.shot("catalog")
+        assert browser.driver.current_url.endswith("/console/catalog")
+        assert "acme-cad" in browser.text("#products")
+        assert "SEATS-3" in browser.text("#skus")
+        assert "create(edition_id=standard, seats_per_unit=3" in browser.text("#skus")
+        assert [a.text for a in browser.all("header nav a")] == ["Catalog"]
+        assert browser.all("form[method=post]:not(.sign-out)") == [], "read-only"
+        browser.open("/console/tokens")
+        assert "may not view API tokens" in browser.text("#error")
+        browser.submit("#sign-out")
+
+    def fulfill_staff() -> None:
+        browser.sign_in(staff_secret)
+        browser.open("/console/tokens")
+        browser.shot("tokens")
+        rows = {
+            row.find_element("css selector", "td").text: row
+            for row in browser.all("#tokens tbody tr")
+        }
+        assert {staff.token_id, gone.token_id} <= rows.keys()
+        assert "support desk" in rows[staff.token_id].text
+        assert rows[gone.token_id].get_attribute("class") == "gone"
+        assert staff_secret not in browser.driver.page_source, "never a secret"
+        browser.open("/console/catalog")
+        assert "may not view the catalog" in browser.text("#error")
+
+    await step(browser, catalog_staff)
+    await step(browser, fulfill_staff)

@@ -142,13 +142,23 @@ class ConsoleApp:
         )
         response.headers.append((b"set-cookie", cookie))
         await response.send(send, extra)
+        duration_ms = round(1000 * (time.perf_counter() - started), 1)
+        actor = visit.actor if visit.token is not None else "-"
+        # One line per request, as the call guard's per call; never a token or a key.
         log.info(
             "console method=%s route=%s status=%d duration_ms=%.1f actor=%s",
             request.method,
             route,
             response.status,
-            1000 * (time.perf_counter() - started),
-            visit.actor if visit.token is not None else "-",
+            duration_ms,
+            actor,
+            extra={
+                "method": request.method,
+                "route": route,
+                "status": response.status,
+                "duration_ms": duration_ms,
+                "actor": actor,
+            },
         )
 
     async def _answer(self, visit: Visit) -> tuple[Response, str]:
@@ -215,6 +225,9 @@ class ConsoleApp:
     async def home(self, visit: Visit) -> Response:
         if visit.token is None:
             return self._pages.render(visit, "sign_in.html.j2")
+        if not allows(visit.token.scopes, Permission.VIEW_ENTITLEMENTS):  # catalog staff
+            visit.session = replace(visit.session, notice=visit.notice)
+            return redirect(PREFIX + "catalog")
         return self._search_page(visit, [], searched=False)
 
     async def sign_in(self, visit: Visit) -> Response:
