@@ -10,6 +10,7 @@ counting costs the same on a fresh entitlement and on one with a long past.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -37,7 +38,6 @@ def activation_of(row: Row) -> Activation:
         seat_time=row["seat_time"],
         user_id=row["user_id"],
         lapse_recorded_time=row["lapse_recorded_time"],
-        update_time=row["update_time"],
     )
 
 
@@ -101,7 +101,8 @@ class ActivationRepository:
             .order_by(activations.c.update_time.desc(), activations.c.activation_id)
             .limit(limit)
         )
-        return [activation_of(row) for row in (await self._db.execute(query)).mappings()]
+        rows = (await self._db.execute(query)).mappings()
+        return [replace(activation_of(row), update_time=row["update_time"]) for row in rows]
 
     async def _find(self, condition: ColumnElement[bool]) -> Activation | None:
         row = (await self._db.execute(select(activations).where(condition))).mappings().first()
