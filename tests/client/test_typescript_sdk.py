@@ -36,7 +36,7 @@ SDK = ROOT / "clients" / "typescript"
 HTTP_RE = re.compile(r"^keyturn http on (?P<address>\S+:\d+)$")
 FULFIL = "/keyturn.fulfillment.v1.FulfillmentService/FulfillOrder"
 PRODUCT = "acme-cad"
-EXPECTED_TESTS = 14  # the tests of clients/typescript/test/*.test.ts
+EXPECTED_TESTS = 17  # the tests of clients/typescript/test/*.test.ts
 BUILD_TIMEOUT_S = 300.0
 NODE_TIMEOUT_S = 300.0
 

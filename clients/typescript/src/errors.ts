@@ -53,6 +53,16 @@ export class KeyturnError extends Error {
     this.fieldViolations = Object.freeze([...(options.fieldViolations ?? [])]);
   }
 
+  /**
+   * How long to wait before trying again, in seconds, when the server said so: a
+   * RATE_LIMITED refusal's `retry_after_seconds` (the delay of its RetryInfo).
+   * Undefined for every other failure.
+   */
+  get retryAfterSeconds(): number | undefined {
+    const seconds = Number(this.metadata["retry_after_seconds"] ?? Number.NaN);
+    return Number.isFinite(seconds) && seconds >= 0 ? seconds : undefined;
+  }
+
   /** The code's name as Connect spells it (`Unavailable`, `ResourceExhausted`...). */
   get codeName(): string {
     return Code[this.code] ?? String(this.code);

@@ -34,7 +34,7 @@ export interface LicensingClientOptions {
   baseUrl: string;
   /** The product this app is (the leases' audience). */
   productId: string;
-  /** Retries on UNAVAILABLE (default: 5 tries, 100 ms doubling to 2 s, full jitter). */
+  /** Retries on UNAVAILABLE and TRANSACTION_CONFLICT (default: 5 tries, 100 ms doubling to 2 s, full jitter). */
   retry?: Partial<RetryPolicy>;
   /** Each call's deadline, in milliseconds (default 10 000). */
   timeoutMs?: number;
@@ -83,7 +83,7 @@ function credential(options: Credential): { case: "licenseKey" | "identityToken"
 
 /**
  * Activates seats, verifies leases offline and keeps them renewed. Every call
- * is retried on UNAVAILABLE only and rejects with a KeyturnError. `close()`
+ * is retried on UNAVAILABLE and TRANSACTION_CONFLICT only and rejects with a KeyturnError. `close()`
  * stops the heartbeats but gives no seat back: release leases for that.
  */
 export class LicensingClient {

@@ -1,9 +1,10 @@
 /**
  * When a call is tried again and how long to wait first.
  *
- * Only UNAVAILABLE is retried (no server reached, or its database down): every
- * other code is an answer (a seat refused, a wrong key) that asking again
- * cannot change. Every Licensing call is safe to repeat: ActivateSeat with the
+ * Only UNAVAILABLE (no server reached, or its database down) and ABORTED /
+ * TRANSACTION_CONFLICT (the server's own retries of a database conflict ran out)
+ * are retried: every other code is an answer (a seat refused, a wrong key) that
+ * asking again cannot change. Every Licensing call is safe to repeat: ActivateSeat with the
  * same fingerprint gets the same seat back. The heartbeat has its own, more
  * patient loop (heartbeat.ts).
  */
@@ -62,9 +63,9 @@ export function backoffMs(policy: RetryPolicy, retry: number, random: () => numb
   return random() * ceilingMs(policy, retry);
 }
 
-/** UNAVAILABLE: the server (or its database) could not answer; asking again may succeed. */
+/** UNAVAILABLE, or a transaction conflict: the server (or its database) could not answer this time; asking again may succeed. */
 export function isRetryable(error: KeyturnError): boolean {
-  return error.code === Code.Unavailable;
+  return error.code === Code.Unavailable || (error.code === Code.Aborted && error.reason === "TRANSACTION_CONFLICT");
 }
 
 export function delay(ms: number, signal?: AbortSignal): Promise<void> {
@@ -85,7 +86,7 @@ export function delay(ms: number, signal?: AbortSignal): Promise<void> {
   });
 }
 
-/** `call()` tried up to `policy.attempts` times while it fails UNAVAILABLE; failures as KeyturnError. */
+/** `call()` tried up to `policy.attempts` times while it fails retryably (isRetryable); failures as KeyturnError. */
 export async function withRetry<T>(policy: RetryPolicy, call: () => Promise<T>, signal?: AbortSignal): Promise<T> {
   for (let failures = 1; ; failures++) {
     try {

@@ -1,4 +1,4 @@
-/** Typed errors by ErrorInfo reason, and retries on UNAVAILABLE only. */
+/** Typed errors by ErrorInfo reason, and retries on UNAVAILABLE and TRANSACTION_CONFLICT only. */
 import assert from "node:assert/strict";
 import { test } from "node:test";
 import type { Interceptor } from "@connectrpc/connect";
@@ -81,4 +81,36 @@ test("a refusal is not retried", async () => {
   assert.equal(counter.attempts(), 1);
   assert.equal((await client.check({ licenseKey })).productId, productId);
   assert.equal(counter.attempts(), 2);
+});
+
+test("a transaction conflict is retried, and the call then succeeds", async () => {
+  let attempts = 0;
+  const conflictOnce: Interceptor = (next) => (request) => {
+    attempts += 1;
+    if (attempts === 1) {
+      throw new KeyturnError("conflict", { code: Code.Aborted, reason: "TRANSACTION_CONFLICT", metadata: { attempts: "4" } });
+    }
+    return next(request);
+  };
+  const client = new LicensingClient({ baseUrl: url, productId, interceptors: [conflictOnce], retry: { attempts: 3, initialDelayMs: 1, maxDelayMs: 5 } });
+  assert.equal((await client.check({ licenseKey })).productId, productId);
+  assert.equal(attempts, 2);
+});
+
+test("an ABORTED answer with another reason is not retried", async () => {
+  let attempts = 0;
+  const abortedOther: Interceptor = () => () => {
+    attempts += 1;
+    throw new KeyturnError("etag", { code: Code.Aborted, reason: "ETAG_MISMATCH" });
+  };
+  const client = new LicensingClient({ baseUrl: url, productId, interceptors: [abortedOther], retry: { attempts: 3, initialDelayMs: 1, maxDelayMs: 5 } });
+  await assert.rejects(client.check({ licenseKey }), (error: KeyturnError) => error.reason === "ETAG_MISMATCH");
+  assert.equal(attempts, 1);
+});
+
+test("retryAfterSeconds reads a RATE_LIMITED refusal's delay, and is undefined elsewhere", () => {
+  const limited = new KeyturnError("slow down", { code: Code.ResourceExhausted, reason: "RATE_LIMITED", metadata: { limit: "peer", retry_after_seconds: "7" } });
+  assert.equal(limited.retryAfterSeconds, 7);
+  assert.equal(new KeyturnError("full", { code: Code.ResourceExhausted, reason: "SEATS_EXHAUSTED", metadata: { seats: "1" } }).retryAfterSeconds, undefined);
+  assert.equal(new KeyturnError("odd", { reason: "RATE_LIMITED", metadata: { retry_after_seconds: "soon" } }).retryAfterSeconds, undefined);
 });
