@@ -163,14 +163,14 @@ class ConsoleApp:
 
     async def _answer(self, visit: Visit) -> tuple[Response, str]:
         request = visit.request
+        opened = self._codec.open(request.cookies.get(COOKIE, ""))
+        visit.session = opened or anonymous()  # kept as it came whatever the answer
         found = _route_of(request.method, request.path)
         if found is None:
             return self._pages.error(visit, 404, "There is no such console page."), "-"
         route, params = found
         name = route.handler.__name__
         visit.params = params
-        opened = self._codec.open(request.cookies.get(COOKIE, ""))
-        visit.session = opened or anonymous()
         if request.method == "POST" and not self._csrf_passes(request, opened):
             return self._pages.error(
                 visit,
@@ -256,14 +256,23 @@ class ConsoleApp:
         if by not in SEARCH_BY or not text:
             visit.notice = "Choose what to search by and type what to find."
             return self._search_page(visit, [], searched=False, status=400)
-        if by == "license_key":
-            view = await find_by_license_key(self._ctx, text)
-            found = [] if view is None else [view]
-        else:
-            where = _filter(by, text)
-            found, _ = await entitlements.list_entitlements(self._ctx, where, SEARCH_PAGE_SIZE, "")
         # The key is never shown back, not even in the search box.
         shown = "" if by == "license_key" else text
+        try:
+            if by == "license_key":
+                view = await find_by_license_key(self._ctx, text)
+                found = [] if view is None else [view]
+            else:
+                where = _filter(by, text)
+                found, _ = await entitlements.list_entitlements(
+                    self._ctx, where, SEARCH_PAGE_SIZE, ""
+                )
+        except DomainError as error:
+            if error.reason is not Reason.INVALID_REQUEST:
+                raise
+            why = error.violations[0].description if error.violations else error.message
+            visit.notice = f"Not a {SEARCH_BY[by]} to search by: {why}."
+            return self._search_page(visit, [], searched=False, by=by, text=shown, status=400)
         return self._search_page(visit, found, searched=True, by=by, text=shown)
 
     def _search_page(
