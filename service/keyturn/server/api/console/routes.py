@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from keyturn.server.app import catalog, entitlements, fulfillment, tokens
 from keyturn.server.app.audit import acting_as, token_actor
@@ -30,7 +31,7 @@ from keyturn.server.store.token_repository import ApiToken
 
 from . import csrf
 from .pages import Pages, http_status_of
-from .roles import Permission, allows, permissions_of
+from .roles import GRANTED_BY, Permission, allows
 from .session import (
     COOKIE,
     Session,
@@ -180,25 +181,29 @@ class ConsoleApp:
             ), name
         visit.notice = visit.session.notice
         visit.session = replace(visit.session, notice="")
+        try:
+            return await self._serve(route, visit), name
+        except DomainError as error:  # a refusal, or a database down (the session stays)
+            return self._pages.error(visit, http_status_of(error), error.message), name
+
+    async def _serve(self, route: Route, visit: Visit) -> Response:
+        """The route's answer to a visit that passed the CSRF checks, if it may have one."""
         await self._authenticate(visit)
         if route.permission is not None:
             if visit.token is None:
-                if request.method == "GET":
+                if visit.request.method == "GET":
                     visit.session = replace(visit.session, notice=visit.notice or "Sign in.")
-                    return redirect(PREFIX), name
-                return self._pages.error(visit, 401, "Sign in first; nothing was changed."), name
+                    return redirect(PREFIX)
+                return self._pages.error(visit, 401, "Sign in first; nothing was changed.")
             if not allows(visit.token.scopes, route.permission):
-                needs = ", ".join(sorted(_scopes_for(route.permission)))
+                needs = " or ".join(sorted(GRANTED_BY[route.permission]))
                 return self._pages.error(
                     visit,
                     403,
                     f"Your API token may not {route.permission.value} (that needs the "
                     f"scope {needs}); nothing was changed.",
-                ), name
-        try:
-            return await route.handler(self, visit), name
-        except DomainError as error:
-            return self._pages.error(visit, http_status_of(error), error.message), name
+                )
+        return await route.handler(self, visit)
 
     def _csrf_passes(self, request: Request, session: Session | None) -> bool:
         if session is None or not csrf.same_origin(request.headers):
@@ -217,7 +222,7 @@ class ConsoleApp:
                 visit.token = await self._auth.authenticate(session.token)
                 return
             except DomainError as error:
-                why = _refusal_of(error)
+                why = _refusal_of(error)  # re-raises what says nothing of the token
         visit.session, visit.notice = anonymous(), why
 
     # The routes (each named by its function in the log line).
@@ -343,8 +348,6 @@ class ConsoleApp:
 
 
 def _entitlement_path(entitlement_id: str) -> str:
-    from urllib.parse import quote
-
     return f"{PREFIX}entitlements/{quote(entitlement_id, safe='')}"
 
 
@@ -358,20 +361,16 @@ def _filter(by: str, text: str) -> EntitlementFilter:
             return EntitlementFilter(external_reference=text)
 
 
-def _scopes_for(permission: Permission) -> frozenset[str]:
-    from .roles import GRANTED_BY
-
-    return GRANTED_BY[permission]
-
-
 def _refusal_of(error: DomainError) -> str:
+    """What to tell someone whose token was refused; any other error (the database is
+    down) is raised again: it ends no session."""
     match error.reason:
         case Reason.INVALID_TOKEN | Reason.MISSING_CREDENTIALS:
             return "That API token is not valid: unknown, mistyped or revoked."
         case Reason.TOKEN_EXPIRED:
             return f"That API token has expired: {error.message}."
         case _:
-            return error.message
+            raise error
 
 
 ENTITLEMENT = r"/console/entitlements/(?P<entitlement_id>[^/]{1,64})"
@@ -400,4 +399,4 @@ def _route_of(method: str, path: str) -> tuple[Route, dict[str, str]] | None:
     return None
 
 
-__all__ = ["ConsoleApp", "SessionLimits", "permissions_of"]
+__all__ = ["ConsoleApp", "SessionLimits"]
