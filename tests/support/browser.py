@@ -13,12 +13,12 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from selenium import webdriver
+from selenium.common.exceptions import StaleElementReferenceException, WebDriverException
 from selenium.webdriver.chrome.options import Options
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.remote.webelement import WebElement
-from selenium.webdriver.support import expected_conditions
 from selenium.webdriver.support.wait import WebDriverWait
 
 CHROMIUM = "/usr/bin/chromium"
@@ -96,10 +96,17 @@ class Browser:
         self.click(self.find(button_css))
 
     def click(self, element: WebElement) -> None:
-        """Click a link or button and wait for the page it leads to."""
+        """Click a link or button and wait until the page it leads to has loaded: the old
+        page's root is gone and the new document is complete. Errors of a page caught
+        between the two are asked again (chromedriver reports the old root's node as "not
+        in the document" rather than stale while the new page commits)."""
         old = self.find("html")
         element.click()
-        WebDriverWait(self.driver, 30).until(expected_conditions.staleness_of(old))
+
+        def loaded(driver: WebDriver) -> bool:
+            return _gone(old) and driver.execute_script("return document.readyState") == "complete"
+
+        WebDriverWait(self.driver, 30, ignored_exceptions=(WebDriverException,)).until(loaded)
 
     def sign_in(self, secret: str) -> None:
         self.open("/console/")
@@ -116,3 +123,16 @@ class Browser:
 
     def title(self) -> str:
         return self.driver.title
+
+
+def _gone(element: WebElement) -> bool:
+    """Whether `element`'s page has been replaced."""
+    try:
+        element.tag_name  # noqa: B018 (asks the browser)
+    except StaleElementReferenceException:
+        return True
+    except WebDriverException as error:
+        if "does not belong to the document" in str(error.msg):
+            return True
+        raise
+    return False
