@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import socket
 from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
@@ -109,6 +110,7 @@ async def test_every_rpc_of_the_three_services_answers_over_http_json(
         assert refused.value.failure.reason == "INVALID_INVITATION"
         return {}
 
+    this_hour = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
     # method name -> the call; every method of every service must be here.
     calls: dict[str, Callable[[], Any]] = {
         "PutProduct": lambda: call(
@@ -168,6 +170,18 @@ async def test_every_rpc_of_the_three_services_answers_over_http_json(
         "GetSigningKeys": lambda: call(http, LICENSING, "GetSigningKeys", {}),
         "ReleaseSeat": lambda: call(http, LICENSING, "ReleaseSeat", {"leaseToken": state["lease"]}),
         "RedeemInvitation": redeem,
+        "GetUsageReport": lambda: call(
+            http,
+            FULFILLMENT,
+            "GetUsageReport",
+            {
+                "entitlementId": entitlement_id,
+                "startTime": (this_hour - timedelta(hours=1)).isoformat().replace("+00:00", "Z"),
+                "endTime": (this_hour + timedelta(hours=1)).isoformat().replace("+00:00", "Z"),
+                "granularity": "USAGE_GRANULARITY_HOUR",
+            },
+            headers=auth["read"],
+        ),
     }
     declared = [method.name for service in SERVICES.values() for method in service.methods]
     assert sorted(calls) == sorted(declared)
@@ -182,6 +196,12 @@ async def test_every_rpc_of_the_three_services_answers_over_http_json(
     assert answers["WatchEntitlementEvents"]["event"]["entitlementId"] == entitlement_id
     assert answers["ReleaseSeat"] == {}
     assert len(answers["ListEntitlements"]["entitlements"]) == 2
+    # The activation of a moment ago, in the last hour or this one (the clock may have
+    # turned an hour since), at the limit of the two seats.
+    usage = answers["GetUsageReport"]["buckets"]
+    assert max(b.get("peakSeatsInUse", 0) for b in usage) == 1
+    assert len(usage) == 2
+    assert usage[-1]["seatLimit"] == 2
 
 
 async def test_the_same_token_rules_as_grpc(http: httpx.AsyncClient, tokens: Tokens) -> None:

@@ -3,7 +3,7 @@ node-locked ones do not, and the sweep only writes the events."""
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import UTC, timedelta
 
 import grpc
 import pytest
@@ -16,6 +16,8 @@ from keyturn.licensing.v1 import licensing_pb2_grpc
 from keyturn.server.app.context import AppContext
 from keyturn.server.app.lapses import sweep_lapses
 from keyturn.server.clock import SystemClock
+from keyturn.server.domain.events import EventType
+from keyturn.server.domain.seats import seat_freed_time
 
 from conftest import Tokens
 from support.rpc import PRODUCT_ID, failure_of
@@ -166,3 +168,48 @@ async def test_the_sweep_records_each_lapse_once_and_frees_nothing_itself(
         metadata=tokens("read"),
     )
     assert ful.ENTITLEMENT_EVENT_TYPE_LEASE_LAPSED not in [e.type for e in locked_events.events]
+
+
+async def test_every_recorded_lapse_is_effective_when_the_seat_rule_freed_its_seat(
+    app: AppContext,
+    license_of,  # type: ignore[no-untyped-def]
+    licensing_stub: Licensing,
+) -> None:
+    """A lapse is recorded late (by the sweep, or a claim, a release or a renewal on the
+    entitlement), but its event says when its seat was freed: expiry plus lapse grace."""
+    entitlement = await license_of(3)
+    key = entitlement.license_key
+    span = lapse_span(app, entitlement)
+    expected: list[tuple[str, object]] = []
+
+    async def lapse_once(fingerprint: str) -> lic.ActivateSeatResponse:
+        granted = await activate(licensing_stub, key, fingerprint)
+        expiry = granted.lease.expire_time.ToDatetime(UTC)
+        expected.append((granted.activation_id, seat_freed_time(expiry, app.lapse_grace)))
+        clock_of(app).offset += span * 2
+        return granted
+
+    await lapse_once("device-swept")
+    assert await sweep_lapses(app) == 1
+    await lapse_once("device-claimed")
+    other = await activate(licensing_stub, key, "device-claimer")  # notices the lapse
+    await lapse_once("device-released")
+    # The claimer's lease lapsed as well; a release notices both.
+    expected.insert(-1, (other.activation_id, None))
+    await licensing_stub.ReleaseSeat(lic.ReleaseSeatRequest(lease_token=other.lease.token))
+    renewed = await lapse_once("device-renewed")
+    back = await licensing_stub.RenewLease(lic.RenewLeaseRequest(lease_token=renewed.lease.token))
+    assert back.entitlement.seats_in_use == 1  # its own lapse recorded, then regained
+    async with app.store.read() as tx:
+        recorded = await tx.events.after(0, 1000, entitlement.entitlement_id)
+    lapses = [(e.activation_id, e.effective_time) for e in recorded if e.type == "lease_lapsed"]
+    other_expiry = other.lease.expire_time.ToDatetime(UTC)
+    expected = [
+        (a, seat_freed_time(other_expiry, app.lapse_grace) if t is None else t) for a, t in expected
+    ]
+    assert sorted(lapses, key=str) == sorted(expected, key=str)
+    late = [e for e in recorded if e.type == EventType.LEASE_LAPSED]
+    assert all(e.effective_time is not None and e.effective_time < e.create_time for e in late)
+    others = [e for e in recorded if e.type != EventType.LEASE_LAPSED]
+    assert others
+    assert all(e.effective_time is None for e in others)

@@ -10,7 +10,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from keyturn.server.domain.catalog import LicenseModel
-from keyturn.server.domain.seats import Activation, holds_seat, renew_time
+from keyturn.server.domain.seats import Activation, holds_seat, renew_time, seat_freed_time
+from keyturn.server.domain.usage import Granularity, SeatChange, usage_buckets
 
 EXPIRES = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
 GRACE = timedelta(seconds=30)
@@ -78,3 +79,32 @@ def test_renew_time_is_half_way_through_the_lease() -> None:
         minutes=7, seconds=30
     )
     assert renew_time(issued, issued) == issued
+
+
+@given(
+    offset=st.integers(min_value=-(10**8), max_value=10**8),
+    grace=st.integers(min_value=0, max_value=3600),
+)
+def test_a_lapse_is_effective_exactly_when_the_seat_rule_frees_the_seat(
+    offset: int, grace: int
+) -> None:
+    """The usage reports count a lapse from seat_freed_time: the floating seat is held
+    before that instant and free from it on, as holds_seat decides."""
+    lapse_grace = timedelta(seconds=grace)
+    now = EXPIRES + timedelta(microseconds=offset)
+    freed = seat_freed_time(EXPIRES, lapse_grace)
+    assert holds_seat(ACTIVATION, FLOATING, now, lapse_grace) == (now < freed)
+    usage = usage_buckets(
+        [SeatChange(ACTIVATION.create_time, "act_1", True), SeatChange(freed, "act_1", False)],
+        [],
+        start=datetime(2025, 6, 1, tzinfo=UTC),
+        end=datetime(2025, 6, 2, tzinfo=UTC),
+        granularity=Granularity.HOUR,
+        now=datetime(2025, 6, 2, tzinfo=UTC),
+    )
+    held_in = {b.start_time for b in usage if b.peak_seats_in_use}
+    assert held_in == {
+        b.start_time
+        for b in usage
+        if b.start_time < freed and b.start_time + timedelta(hours=1) > ACTIVATION.create_time
+    }

@@ -381,6 +381,38 @@ def _orders_import(args: argparse.Namespace) -> int:
     return 0 if not summary.rejected else 1
 
 
+def _report_usage(args: argparse.Namespace) -> int:
+    from .domain.usage import Granularity
+    from .usage_export import entitlements_to_report, fetch_usage, usage_chart, usage_csv
+
+    settings = _settings(args)
+    [token] = settings.connector_secrets("read_token")
+    if not args.entitlement and not args.customer:
+        print("keyturn: name an --entitlement or a --customer", file=sys.stderr)
+        return 2
+    from keyturn.client import KeyturnError
+
+    granularity = Granularity(args.by)
+    with _fulfillment_client(args, settings, token) as client:
+        try:
+            ids = entitlements_to_report(client, args.entitlement, args.customer)
+            reports = fetch_usage(
+                client, ids, start=args.start, end=args.end, granularity=granularity
+            )
+        except KeyturnError as error:
+            wrong = "".join(f"; {field}: {why}" for field, why in error.field_violations)
+            print(f"keyturn: {error}{wrong}", file=sys.stderr)
+            return 1
+    table = usage_csv(reports)
+    if args.output:
+        Path(args.output).write_text(table, encoding="utf-8")
+    else:
+        sys.stdout.write(table)
+    if args.chart:
+        Path(args.chart).write_text(usage_chart(reports, granularity), encoding="utf-8")
+    return 0
+
+
 @contextlib.contextmanager
 def _fulfillment_client(
     args: argparse.Namespace, settings: Settings, token: str
@@ -687,6 +719,36 @@ def _parser() -> argparse.ArgumentParser:
     _with_settings(importer, **TARGET_TLS_FLAGS)
     importer.set_defaults(run=_orders_import, sync=True)
 
+    report = commands.add_parser("report", help="reports from the server")
+    report_commands = report.add_subparsers(dest="report_command", required=True)
+    usage = report_commands.add_parser(
+        "usage",
+        parents=[target_tls],
+        help="seats in use per hour or day (peak, average, limit) as CSV (KEYTURN_READ_TOKEN)",
+    )
+    usage.add_argument(
+        "--entitlement", action="append", default=[], help="an entitlement id; repeatable"
+    )
+    usage.add_argument(
+        "--customer", action="append", default=[], help="every entitlement of a customer id"
+    )
+    usage.add_argument(
+        "--from",
+        dest="start",
+        required=True,
+        type=_utc_time,
+        help="start, inclusive: an ISO date or time on a whole hour or day (UTC unless given)",
+    )
+    usage.add_argument(
+        "--to", dest="end", required=True, type=_utc_time, help="end, exclusive, as --from"
+    )
+    usage.add_argument("--by", choices=["hour", "day"], default="day", help="bucket length")
+    usage.add_argument("--output", help="write the CSV here instead of stdout")
+    usage.add_argument("--chart", help="also draw the report as an SVG file")
+    usage.add_argument("--target", help=TARGET_HELP)
+    _with_settings(usage, **TARGET_TLS_FLAGS)
+    usage.set_defaults(run=_report_usage, sync=True)
+
     health = commands.add_parser(
         "health", parents=[target_tls], help="ask a running server whether it is SERVING"
     )
@@ -744,6 +806,15 @@ def _days(text: str) -> int:
     if not 1 <= value <= MAX_LIFETIME.days:
         raise argparse.ArgumentTypeError(f"must be 1 to {MAX_LIFETIME.days} days")
     return value
+
+
+def _utc_time(text: str) -> datetime:
+    from .usage_export import utc_time
+
+    try:
+        return utc_time(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an ISO 8601 date or time") from None
 
 
 def main(argv: list[str] | None = None) -> int:

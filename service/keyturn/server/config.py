@@ -58,10 +58,11 @@ TLS_FILES = (
 # from it for the closest-name hint: it would not be found).
 FORMER_NAMES = {"KEYTURN_TOKEN": "KEYTURN_FULFILL_TOKEN"}  # of the client's examples
 # What each secret an order connector needs is, for the line that asks for it.
-ConnectorSecret = Literal["stripe_webhook_secret", "fulfill_token"]
+ConnectorSecret = Literal["stripe_webhook_secret", "fulfill_token", "read_token"]
 CONNECTOR_SECRETS: dict[ConnectorSecret, str] = {
     "stripe_webhook_secret": "the signing secret of the Stripe webhook endpoint, whsec_...",
     "fulfill_token": "a token with the fulfill scope: keyturn tokens create --scope fulfill",
+    "read_token": "a token with the read scope: keyturn tokens create --scope read",
 }
 
 
@@ -488,6 +489,11 @@ class Settings(BaseSettings):
         None,
         description="API token with the fulfill scope that the order connectors send "
         "(keyturn tokens create --scope fulfill); required by them",
+    )
+    read_token: SecretStr | None = Field(
+        None,
+        description="API token with the read scope that `keyturn report usage` sends "
+        "(keyturn tokens create --scope read); required by it",
     )
     stripe_webhook_secret: SecretStr | None = Field(
         None,

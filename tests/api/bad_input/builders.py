@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from google.protobuf import duration_pb2
 from google.protobuf.message import Message
@@ -175,6 +175,21 @@ def check(
     return build
 
 
+REPORT_START = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def usage_report(
+    entitlement_id: str,
+    start: datetime = REPORT_START,
+    days: float = 7,
+    granularity: int = ful.USAGE_GRANULARITY_DAY,
+) -> ful.GetUsageReportRequest:
+    request = ful.GetUsageReportRequest(entitlement_id=entitlement_id, granularity=granularity)  # type: ignore[arg-type]
+    request.start_time.FromDatetime(start)
+    request.end_time.FromDatetime(start + timedelta(days=days))
+    return request
+
+
 # One request per RPC that the world answers with success (RedeemInvitation: the
 # world holds no invitation, so a well-formed, unknown code). The generated cases
 # spoil one field of it at a time; the auth cases send it with the wrong token.
@@ -198,6 +213,7 @@ WELL_FORMED: dict[str, Request] = {
     "ReleaseSeat": lambda w: lic.ReleaseSeatRequest(lease_token=w.lease_token),
     "RedeemInvitation": lic.RedeemInvitationRequest(invitation_code=generate_invitation_code()),
     "GetSigningKeys": lic.GetSigningKeysRequest(),
+    "GetUsageReport": lambda w: usage_report(w.entitlement_id),
 }
 
 

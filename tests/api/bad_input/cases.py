@@ -40,6 +40,7 @@ RPCS: dict[str, tuple[str, str | None]] = {
     "ResendCredentials": (FULFILLMENT, "fulfill"),
     "CheckLicense": (LICENSING, None),
     "RedeemInvitation": (LICENSING, None),
+    "GetUsageReport": (FULFILLMENT, "read"),
 }
 # Server-streaming RPCs: a case reads the first message, where the error shows.
 STREAMING = {"WatchEntitlementEvents"}

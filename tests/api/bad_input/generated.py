@@ -77,6 +77,7 @@ REQUIRED: dict[str, dict[str, str]] = {
     "RenewLease": _same("lease_token"),
     "ReleaseSeat": _same("lease_token"),
     "RedeemInvitation": _same("invitation_code"),
+    "GetUsageReport": _same("entitlement_id", "start_time", "end_time", "granularity"),
 }
 
 INT32_MIN = -(2**31)

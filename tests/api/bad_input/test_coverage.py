@@ -14,6 +14,7 @@ from . import (
     test_order_changes,
     test_orders,
     test_transport,
+    test_usage_report,
 )
 from .builders import SHAPE, WELL_FORMED, built
 from .cases import RPCS, STREAMING, Case
@@ -26,6 +27,7 @@ MODULES = (
     test_entitlement_reads,
     test_licensing,
     test_transport,
+    test_usage_report,
 )
 CASES: list[Case] = [case for module in MODULES for case in module.CASES]
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from keyturn.fulfillment.v1 import fulfillment_pb2 as ful
 
@@ -45,7 +45,7 @@ def change(
 def quantity_reaching(end: datetime, target: datetime, days_per_unit: int) -> int:
     """Units of a `days_per_unit` renewal that take `end` to `target` or less than one
     unit past it."""
-    return math.ceil((target - end).days / days_per_unit)
+    return math.ceil((target - end) / timedelta(days=days_per_unit))
 
 
 def renew_far_into(year: int) -> Callable[[World], ful.FulfillOrderRequest]:

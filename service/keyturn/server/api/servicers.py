@@ -17,7 +17,7 @@ from keyturn.fulfillment.v1 import fulfillment_pb2 as ful
 from keyturn.fulfillment.v1 import fulfillment_pb2_grpc as ful_grpc
 from keyturn.licensing.v1 import licensing_pb2 as lic
 from keyturn.licensing.v1 import licensing_pb2_grpc as lic_grpc
-from keyturn.server.app import catalog, entitlements, fulfillment, licensing
+from keyturn.server.app import catalog, entitlements, fulfillment, licensing, usage
 from keyturn.server.app.context import AppContext
 from keyturn.server.app.event_views import EventView
 from keyturn.server.domain.errors import FieldViolation, invalid_request
@@ -34,6 +34,7 @@ from .fulfillment_convert import (
 )
 from .licensing_convert import credential_in, lease_out, signing_keys_out, summary_out
 from .metrics import WatchMetrics
+from .usage_convert import usage_report_out, usage_request_in
 
 Context = grpc.aio.ServicerContext[object, object]
 
@@ -167,6 +168,19 @@ class FulfillmentServicer(ful_grpc.FulfillmentServiceServicer):
         ):
             async for view in tracked:
                 yield self._watch_responses.of(view)
+
+    async def GetUsageReport(
+        self, request: ful.GetUsageReportRequest, context: Context
+    ) -> ful.GetUsageReportResponse:
+        start, end, granularity = usage_request_in(request)
+        report = await usage.usage_report(
+            self._ctx,
+            entitlement_id=request.entitlement_id,
+            start=start,
+            end=end,
+            granularity=granularity,
+        )
+        return usage_report_out(report)
 
 
 class LicensingServicer(lic_grpc.LicensingServiceServicer):

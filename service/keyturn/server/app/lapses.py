@@ -13,6 +13,7 @@ from datetime import datetime
 
 from keyturn.server.domain.entitlement import Entitlement
 from keyturn.server.domain.events import EventType
+from keyturn.server.domain.seats import Lapse
 from keyturn.server.store.event_repository import NewEvent
 
 from .context import AppContext
@@ -23,14 +24,20 @@ SWEEP_BATCH = 100
 
 
 def lapse_events(
-    entitlement: Entitlement, lapsed: tuple[str, ...], now: datetime, seats_in_use: int
+    entitlement: Entitlement, lapsed: tuple[Lapse, ...], now: datetime, seats_in_use: int
 ) -> list[NewEvent]:
-    """A LEASE_LAPSED event for each activation whose lapse was just noticed."""
+    """A LEASE_LAPSED event for each lapse just noticed: recorded now, effective when the
+    seat rule freed its seat (what the usage reports count)."""
     return [
         new_event(
-            EventType.LEASE_LAPSED, entitlement, now, seats_in_use, activation_id=activation_id
+            EventType.LEASE_LAPSED,
+            entitlement,
+            now,
+            seats_in_use,
+            activation_id=lapse.activation_id,
+            effective_time=lapse.freed_time,
         )
-        for activation_id in lapsed
+        for lapse in lapsed
     ]
 
 

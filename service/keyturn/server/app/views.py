@@ -66,8 +66,10 @@ def new_event(
     order_source: str = "",
     order_id: str = "",
     activation_id: str = "",
+    effective_time: datetime | None = None,
 ) -> NewEvent:
-    """The event of one change, caused by an order or by an activation."""
+    """The event of one change, caused by an order or by an activation; `effective_time`
+    when it took effect before now (a lapse recorded late)."""
     return NewEvent(
         entitlement_id=entitlement.entitlement_id,
         type=kind.value,
@@ -76,6 +78,7 @@ def new_event(
         order_source=order_source,
         order_id=order_id,
         activation_id=activation_id,
+        effective_time=effective_time,
     )
 
 

@@ -38,6 +38,22 @@ class Activation:
     update_time: datetime | None = field(default=None, compare=False)
 
 
+@dataclass(frozen=True)
+class Lapse:
+    """A floating lease that ran out unrenewed: its seat was free from `freed_time` on,
+    however late the lapse is recorded (the next touch of the entitlement, or the sweep)."""
+
+    activation_id: str
+    freed_time: datetime
+
+
+def seat_freed_time(lease_expire_time: datetime, lapse_grace: timedelta) -> datetime:
+    """The instant a floating lease not renewed stops holding its seat: its expiry plus the
+    lapse grace. The one definition: `holds_seat`, the recorded lapses and the usage
+    reports all use it."""
+    return lease_expire_time + lapse_grace
+
+
 class SeatOutcome(StrEnum):
     GRANTED = "granted"  # a seat was taken by a new or released activation
     KEPT = "kept"  # the activation already held its seat; its lease is extended
@@ -59,7 +75,7 @@ def holds_seat(
         return True
     if activation.lapse_recorded_time is not None:
         return False
-    return activation.lease_expire_time + lapse_grace > now
+    return seat_freed_time(activation.lease_expire_time, lapse_grace) > now
 
 
 def rank_needed(holds: bool, in_use: int, seat_limit: int) -> bool:

@@ -19,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from keyturn.server.domain.catalog import LicenseModel
 from keyturn.server.domain.entitlement import Entitlement
-from keyturn.server.domain.seats import Activation
+from keyturn.server.domain.seats import Activation, Lapse, seat_freed_time
 
 from .rows import Row
 from .tables import activations, entitlements
@@ -144,22 +144,16 @@ class ActivationRepository:
 
     async def note_lapses(
         self, entitlement: Entitlement, now: datetime, lapse_grace: timedelta
-    ) -> tuple[str, ...]:
+    ) -> tuple[Lapse, ...]:
         """Floating activations whose lease lapsed since last looked at, marked as noticed
-        and no longer counted in seats_held.
+        and no longer counted in seats_held; each with the instant its seat was freed.
 
         Lapses need no sweep to free seats; this only lets the event log say so,
         once per lapse: the next time the entitlement is used, or at the next sweep.
         The caller holds the entitlement's lock.
         """
-        if entitlement.license_model is not LicenseModel.FLOATING:
-            return ()
-        unnoticed = and_(
-            activations.c.entitlement_id == entitlement.entitlement_id,
-            pending_lapse(now, lapse_grace),
-        )
-        query = select(activations.c.activation_id).where(unnoticed)
-        ids = tuple(sorted((await self._db.execute(query)).scalars()))
+        lapses = await self.pending_lapses(entitlement, now, lapse_grace)
+        ids = [lapse.activation_id for lapse in lapses]
         if ids:
             await self._db.execute(
                 update(activations)
@@ -167,7 +161,26 @@ class ActivationRepository:
                 .values(lapse_recorded_time=now)
             )
             await self._add_held(entitlement.entitlement_id, -len(ids))
-        return ids
+        return lapses
+
+    async def pending_lapses(
+        self, entitlement: Entitlement, now: datetime, lapse_grace: timedelta
+    ) -> tuple[Lapse, ...]:
+        """The lapses `note_lapses` would record now, without recording them (a read)."""
+        if entitlement.license_model is not LicenseModel.FLOATING:
+            return ()
+        query = (
+            select(activations.c.activation_id, activations.c.lease_expire_time)
+            .where(
+                activations.c.entitlement_id == entitlement.entitlement_id,
+                pending_lapse(now, lapse_grace),
+            )
+            .order_by(activations.c.activation_id)
+        )
+        return tuple(
+            Lapse(activation_id, seat_freed_time(expiry, lapse_grace))
+            for activation_id, expiry in await self._db.execute(query)
+        )
 
     async def with_unnoticed_lapses(
         self, now: datetime, lapse_grace: timedelta, limit: int

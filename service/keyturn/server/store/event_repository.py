@@ -30,6 +30,7 @@ class NewEvent:
     order_source: str = ""
     order_id: str = ""
     activation_id: str = ""
+    effective_time: datetime | None = None  # before create_time: a lapse recorded late
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,7 @@ STORED_COLUMNS = (
     events.c.order_id,
     events.c.activation_id,
     events.c.snapshot,
+    events.c.effective_time,
 )
 
 
@@ -58,6 +60,7 @@ def event_row(event: NewEvent) -> dict[str, Any]:
         "order_id": event.order_id,
         "activation_id": event.activation_id,
         "snapshot": event.snapshot,
+        "effective_time": event.effective_time,
     }
 
 
@@ -106,3 +109,16 @@ class EventRepository:
             .order_by(first)
         )
         return [(row[0], row[1]) for row in await self._db.execute(query)]
+
+    async def effective_before(self, entitlement_id: str, before: datetime) -> list[StoredEvent]:
+        """Every committed event of one entitlement that took effect before `before` (a
+        lapse recorded later included), numbered yet or not, in insertion order: the
+        history a usage report replays."""
+        effective = func.coalesce(events.c.effective_time, events.c.create_time)
+        query = (
+            select(*STORED_COLUMNS)
+            .where(events.c.entitlement_id == entitlement_id, effective < before)
+            .order_by(events.c.event_id)
+        )
+        rows = (await self._db.execute(query)).mappings()
+        return [StoredEvent(**{**row, "sequence": row["sequence"] or 0}) for row in rows]

@@ -41,12 +41,14 @@ from keyturn.server.domain.errors import (
 from keyturn.server.domain.named_users import NamedUser
 from keyturn.server.domain.seats import (
     Activation,
+    Lapse,
     SeatOutcome,
     admit,
     check_claimable,
     check_renewable,
     holds_seat,
     rank_needed,
+    seat_freed_time,
     takes_seat,
 )
 
@@ -90,9 +92,10 @@ lapsed AS (
     WHERE $5 AND a.entitlement_id = $3 AND a.released_time IS NULL
       AND a.lapse_recorded_time IS NULL
       AND a.lease_expire_time <= t.now - $4::float8 * interval '1 second'
-    RETURNING a.activation_id
+    RETURNING a.activation_id, a.lease_expire_time
 )
 SELECT t.now, ARRAY(SELECT activation_id FROM lapsed ORDER BY activation_id) AS lapsed,
+       ARRAY(SELECT lease_expire_time FROM lapsed ORDER BY activation_id) AS lapsed_expiry,
        a.*, u.email AS user_email, u.create_time AS user_create_time,
        u.redeem_time AS user_redeem_time, u.identity_jti AS user_identity_jti,
        u.identity_used_time AS user_identity_used_time
@@ -110,12 +113,15 @@ def _insert_events(first: int, only_after: str = "") -> str:
     `only_after` (a CTE), written only if that CTE returned a row."""
     arrays = ", ".join(
         f"${first + i}::{kind}[]"
-        for i, kind in enumerate(("text", "text", "timestamptz", "text", "text", "text", "json"))
+        for i, kind in enumerate(
+            ("text", "text", "timestamptz", "text", "text", "text", "json", "timestamptz")
+        )
     )
     source = f"{only_after}, " if only_after else ""
     return f"""
     INSERT INTO entitlement_events
-        (entitlement_id, type, create_time, order_source, order_id, activation_id, snapshot)
+        (entitlement_id, type, create_time, order_source, order_id, activation_id, snapshot,
+         effective_time)
     SELECT event.* FROM {source}unnest({arrays}) AS event"""
 
 
@@ -268,6 +274,7 @@ def _event_arrays(recorded: list[NewEvent]) -> list[list[Any]]:
         [e.order_id for e in recorded],
         [e.activation_id for e in recorded],
         [e.snapshot for e in recorded],
+        [e.effective_time for e in recorded],
     ]
 
 
@@ -525,6 +532,13 @@ class PgSeats:
         in_use = int(row["in_use"])
         return SeatResult(SeatOutcome.KEPT, activation, entitlement, in_use, now, user)
 
+    def _lapses(self, state: Row) -> tuple[Lapse, ...]:
+        """The lapses the locked statement just recorded, each freed when the seat rule says."""
+        return tuple(
+            Lapse(activation_id, seat_freed_time(expiry, self._grace))
+            for activation_id, expiry in zip(state["lapsed"], state["lapsed_expiry"], strict=True)
+        )
+
     def _current(self, state: Row) -> Activation | None:
         if state["activation_id"] is None:
             return None
@@ -544,7 +558,7 @@ class PgSeats:
         events: ClaimEvents,
     ) -> SeatResult:
         now: datetime = state["now"]
-        lapsed = tuple(state["lapsed"])
+        lapsed = self._lapses(state)
         current = self._current(state)
         model = entitlement.license_model
         holds = current is not None and holds_seat(current, model, now, self._grace)
@@ -599,7 +613,7 @@ class PgSeats:
         )
         return result
 
-    async def _committed(self, lapsed: tuple[str, ...], outcome: SeatOutcome) -> None:
+    async def _committed(self, lapsed: tuple[Lapse, ...], outcome: SeatOutcome) -> None:
         if lapsed or takes_seat(outcome):
             await self._store.events_committed()
 
@@ -618,7 +632,7 @@ class PgSeats:
                 raise lease_superseded(lease.activation_id)
             entitlement, row, state = locked
             now: datetime = state["now"]
-            lapsed = tuple(state["lapsed"])
+            lapsed = self._lapses(state)
             current = self._current(state)
             if not lease.is_current_for(current):
                 raise lease_superseded(lease.activation_id)

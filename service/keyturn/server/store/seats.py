@@ -15,7 +15,7 @@ from typing import Protocol, TypeGuard
 from keyturn.server.domain.entitlement import Entitlement
 from keyturn.server.domain.ids import same_secret_id
 from keyturn.server.domain.named_users import NamedUser
-from keyturn.server.domain.seats import Activation, SeatOutcome
+from keyturn.server.domain.seats import Activation, Lapse, SeatOutcome
 
 from .event_repository import NewEvent
 
@@ -67,7 +67,7 @@ class SeatResult:
     seats_in_use: int
     now: datetime  # the instant the decision was taken at (the lease's issue time)
     user: NamedUser | None = None  # the named user of a renewed activation
-    lapsed: tuple[str, ...] = ()  # activations whose lapse was noticed now (to record)
+    lapsed: tuple[Lapse, ...] = ()  # lapses noticed now (to record)
 
 
 @dataclass(frozen=True)
@@ -78,7 +78,7 @@ class Release:
     seats_in_use: int
     now: datetime
     released_now: bool  # False: it was already released (a repeated release)
-    lapsed: tuple[str, ...] = ()
+    lapsed: tuple[Lapse, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ from keyturn.server.domain.entitlement import Entitlement
 from keyturn.server.domain.errors import invalid_license_key, lease_superseded, seats_exhausted
 from keyturn.server.domain.seats import (
     Activation,
+    Lapse,
     SeatOutcome,
     admit,
     check_claimable,
@@ -98,7 +99,7 @@ class SqlSeats:
         current: Activation | None,
         wanted: Activation,
         now: datetime,
-        lapsed: tuple[str, ...],
+        lapsed: tuple[Lapse, ...],
         keep_user: bool,
     ) -> SeatResult:
         model = entitlement.license_model

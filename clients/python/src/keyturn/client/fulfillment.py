@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Generator, Iterator
+from datetime import UTC, datetime
 
 import grpc
 
@@ -75,6 +76,23 @@ class FulfillmentClient(BearerClient):
             return list(response.events), response.next_page_token
 
         return paged(fetch)
+
+    def get_usage_report(
+        self,
+        entitlement_id: str,
+        *,
+        start: datetime,
+        end: datetime,
+        granularity: fulfillment_pb2.UsageGranularity.ValueType,
+    ) -> list[fulfillment_pb2.UsageBucket]:
+        """Seats in use of one entitlement per hour or day of [start, end) (whole buckets,
+        UTC): peak, average and seat limit, up to now."""
+        request = fulfillment_pb2.GetUsageReportRequest(
+            entitlement_id=entitlement_id, granularity=granularity
+        )
+        request.start_time.FromDatetime(start.astimezone(UTC))
+        request.end_time.FromDatetime(end.astimezone(UTC))
+        return list(self._call(self._stub.GetUsageReport, request).buckets)
 
     def resend_credentials(self, entitlement_id: str) -> int:
         """Queue the credential email again; returns the number of messages queued."""

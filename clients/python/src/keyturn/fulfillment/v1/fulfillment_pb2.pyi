@@ -170,6 +170,33 @@ activates or renews a lease on the entitlement.
 """
 Global___EntitlementEventType: _TypeAlias = EntitlementEventType  # noqa: Y015
 
+class _UsageGranularity:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _UsageGranularityEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_UsageGranularity.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    USAGE_GRANULARITY_UNSPECIFIED: _UsageGranularity.ValueType  # 0
+    """Never used: INVALID_ARGUMENT."""
+    USAGE_GRANULARITY_HOUR: _UsageGranularity.ValueType  # 1
+    """One bucket per hour (UTC)."""
+    USAGE_GRANULARITY_DAY: _UsageGranularity.ValueType  # 2
+    """One bucket per day (UTC, from midnight)."""
+
+class UsageGranularity(_UsageGranularity, metaclass=_UsageGranularityEnumTypeWrapper):
+    """--- usage ---
+
+    How long each bucket of a usage report is.
+    """
+
+USAGE_GRANULARITY_UNSPECIFIED: UsageGranularity.ValueType  # 0
+"""Never used: INVALID_ARGUMENT."""
+USAGE_GRANULARITY_HOUR: UsageGranularity.ValueType  # 1
+"""One bucket per hour (UTC)."""
+USAGE_GRANULARITY_DAY: UsageGranularity.ValueType  # 2
+"""One bucket per day (UTC, from midnight)."""
+Global___UsageGranularity: _TypeAlias = UsageGranularity  # noqa: Y015
+
 @_typing.final
 class Customer(_message.Message):
     """The buyer of an order."""
@@ -1075,3 +1102,110 @@ class WatchEntitlementEventsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___WatchEntitlementEventsResponse: _TypeAlias = WatchEntitlementEventsResponse  # noqa: Y015
+
+@_typing.final
+class GetUsageReportRequest(_message.Message):
+    """Request of GetUsageReport."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENTITLEMENT_ID_FIELD_NUMBER: _builtins.int
+    START_TIME_FIELD_NUMBER: _builtins.int
+    END_TIME_FIELD_NUMBER: _builtins.int
+    GRANULARITY_FIELD_NUMBER: _builtins.int
+    entitlement_id: _builtins.str
+    """Id of the entitlement."""
+    granularity: Global___UsageGranularity.ValueType
+    """Length of each bucket."""
+    @_builtins.property
+    def start_time(self) -> _timestamp_pb2.Timestamp:
+        """Start of the first bucket, inclusive: a whole hour (HOUR) or a UTC
+        midnight (DAY).
+        """
+
+    @_builtins.property
+    def end_time(self) -> _timestamp_pb2.Timestamp:
+        """End of the last bucket, exclusive, after `start_time` and on a bucket
+        edge too; at most 1000 buckets after `start_time`.
+        """
+
+    def __init__(
+        self,
+        *,
+        entitlement_id: _builtins.str = ...,
+        start_time: _timestamp_pb2.Timestamp | None = ...,
+        end_time: _timestamp_pb2.Timestamp | None = ...,
+        granularity: Global___UsageGranularity.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "start_time", b"start_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "entitlement_id", b"entitlement_id", "granularity", b"granularity", "start_time", b"start_time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetUsageReportRequest: _TypeAlias = GetUsageReportRequest  # noqa: Y015
+
+@_typing.final
+class UsageBucket(_message.Message):
+    """Seats in use during one bucket of a usage report."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    START_TIME_FIELD_NUMBER: _builtins.int
+    PEAK_SEATS_IN_USE_FIELD_NUMBER: _builtins.int
+    AVERAGE_SEATS_IN_USE_FIELD_NUMBER: _builtins.int
+    SEAT_LIMIT_FIELD_NUMBER: _builtins.int
+    peak_seats_in_use: _builtins.int
+    """The most seats in use at any instant of the bucket."""
+    average_seats_in_use: _builtins.float
+    """Seats in use averaged over the bucket's time (over its elapsed part for
+    the bucket under way).
+    """
+    seat_limit: _builtins.int
+    """The highest seat limit (seats plus overage) in force during the bucket;
+    0 before the entitlement existed. A peak above it is seats really held
+    beyond the limit of their time (seats removed while devices held them).
+    """
+    @_builtins.property
+    def start_time(self) -> _timestamp_pb2.Timestamp:
+        """Start of the bucket (it lasts one hour or one day)."""
+
+    def __init__(
+        self,
+        *,
+        start_time: _timestamp_pb2.Timestamp | None = ...,
+        peak_seats_in_use: _builtins.int = ...,
+        average_seats_in_use: _builtins.float = ...,
+        seat_limit: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["start_time", b"start_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["average_seats_in_use", b"average_seats_in_use", "peak_seats_in_use", b"peak_seats_in_use", "seat_limit", b"seat_limit", "start_time", b"start_time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UsageBucket: _TypeAlias = UsageBucket  # noqa: Y015
+
+@_typing.final
+class GetUsageReportResponse(_message.Message):
+    """Response of GetUsageReport."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BUCKETS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def buckets(self) -> _containers.RepeatedCompositeFieldContainer[Global___UsageBucket]:
+        """The buckets, oldest first, up to now."""
+
+    def __init__(
+        self,
+        *,
+        buckets: _abc.Iterable[Global___UsageBucket] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["buckets", b"buckets"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetUsageReportResponse: _TypeAlias = GetUsageReportResponse  # noqa: Y015

@@ -73,6 +73,11 @@ class FulfillmentServiceStub:
                 request_serializer=keyturn_dot_fulfillment_dot_v1_dot_fulfillment__pb2.WatchEntitlementEventsRequest.SerializeToString,
                 response_deserializer=keyturn_dot_fulfillment_dot_v1_dot_fulfillment__pb2.WatchEntitlementEventsResponse.FromString,
                 _registered_method=True)
+        self.GetUsageReport = channel.unary_unary(
+                '/keyturn.fulfillment.v1.FulfillmentService/GetUsageReport',
+                request_serializer=keyturn_dot_fulfillment_dot_v1_dot_fulfillment__pb2.GetUsageReportRequest.SerializeToString,
+                response_deserializer=keyturn_dot_fulfillment_dot_v1_dot_fulfillment__pb2.GetUsageReportResponse.FromString,
+                _registered_method=True)
 
 
 class FulfillmentServiceServicer:
@@ -139,6 +144,18 @@ class FulfillmentServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetUsageReport(self, request, context):
+        """--- usage ---
+        Seats in use over time of one entitlement, by the hour or the day (UTC):
+        each bucket's peak, time-weighted average and seat limit, replayed from
+        the event log (a lapse counts from when its seat was freed, not from
+        when it was recorded). A bucket not over yet is reported for its elapsed
+        part; buckets after now are left out. At most 1000 buckets per call.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_FulfillmentServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -176,6 +193,11 @@ def add_FulfillmentServiceServicer_to_server(servicer, server):
                     servicer.WatchEntitlementEvents,
                     request_deserializer=keyturn_dot_fulfillment_dot_v1_dot_fulfillment__pb2.WatchEntitlementEventsRequest.FromString,
                     response_serializer=keyturn_dot_fulfillment_dot_v1_dot_fulfillment__pb2.WatchEntitlementEventsResponse.SerializeToString,
+            ),
+            'GetUsageReport': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetUsageReport,
+                    request_deserializer=keyturn_dot_fulfillment_dot_v1_dot_fulfillment__pb2.GetUsageReportRequest.FromString,
+                    response_serializer=keyturn_dot_fulfillment_dot_v1_dot_fulfillment__pb2.GetUsageReportResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -371,6 +393,33 @@ class FulfillmentService:
             '/keyturn.fulfillment.v1.FulfillmentService/WatchEntitlementEvents',
             keyturn_dot_fulfillment_dot_v1_dot_fulfillment__pb2.WatchEntitlementEventsRequest.SerializeToString,
             keyturn_dot_fulfillment_dot_v1_dot_fulfillment__pb2.WatchEntitlementEventsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetUsageReport(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/keyturn.fulfillment.v1.FulfillmentService/GetUsageReport',
+            keyturn_dot_fulfillment_dot_v1_dot_fulfillment__pb2.GetUsageReportRequest.SerializeToString,
+            keyturn_dot_fulfillment_dot_v1_dot_fulfillment__pb2.GetUsageReportResponse.FromString,
             options,
             channel_credentials,
             insecure,

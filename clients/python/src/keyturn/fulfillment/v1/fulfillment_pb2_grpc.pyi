@@ -63,6 +63,14 @@ class FulfillmentServiceStub:
     replicas within the server's poll period. A server keeps a bounded number
     of streams open; one more is RESOURCE_EXHAUSTED / WATCH_STREAMS_EXHAUSTED.
     """
+    GetUsageReport: _grpc.UnaryUnaryMultiCallable[_fulfillment_pb2.GetUsageReportRequest, _fulfillment_pb2.GetUsageReportResponse]
+    """--- usage ---
+    Seats in use over time of one entitlement, by the hour or the day (UTC):
+    each bucket's peak, time-weighted average and seat limit, replayed from
+    the event log (a lapse counts from when its seat was freed, not from
+    when it was recorded). A bucket not over yet is reported for its elapsed
+    part; buckets after now are left out. At most 1000 buckets per call.
+    """
 
 @_typing.type_check_only
 class FulfillmentServiceAsyncStub(FulfillmentServiceStub):
@@ -96,6 +104,14 @@ class FulfillmentServiceAsyncStub(FulfillmentServiceStub):
     Changes committed through the same server arrive at once, those of other
     replicas within the server's poll period. A server keeps a bounded number
     of streams open; one more is RESOURCE_EXHAUSTED / WATCH_STREAMS_EXHAUSTED.
+    """
+    GetUsageReport: _aio.UnaryUnaryMultiCallable[_fulfillment_pb2.GetUsageReportRequest, _fulfillment_pb2.GetUsageReportResponse]  # type: ignore[assignment]
+    """--- usage ---
+    Seats in use over time of one entitlement, by the hour or the day (UTC):
+    each bucket's peak, time-weighted average and seat limit, replayed from
+    the event log (a lapse counts from when its seat was freed, not from
+    when it was recorded). A bucket not over yet is reported for its elapsed
+    part; buckets after now are left out. At most 1000 buckets per call.
     """
 
 class FulfillmentServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -169,6 +185,20 @@ class FulfillmentServiceServicer(metaclass=_abc_1.ABCMeta):
         Changes committed through the same server arrive at once, those of other
         replicas within the server's poll period. A server keeps a bounded number
         of streams open; one more is RESOURCE_EXHAUSTED / WATCH_STREAMS_EXHAUSTED.
+        """
+
+    @_abc_1.abstractmethod
+    def GetUsageReport(
+        self,
+        request: _fulfillment_pb2.GetUsageReportRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_fulfillment_pb2.GetUsageReportResponse, _abc.Awaitable[_fulfillment_pb2.GetUsageReportResponse]]:
+        """--- usage ---
+        Seats in use over time of one entitlement, by the hour or the day (UTC):
+        each bucket's peak, time-weighted average and seat limit, replayed from
+        the event log (a lapse counts from when its seat was freed, not from
+        when it was recorded). A bucket not over yet is reported for its elapsed
+        part; buckets after now are left out. At most 1000 buckets per call.
         """
 
 def add_FulfillmentServiceServicer_to_server(servicer: FulfillmentServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
