@@ -147,6 +147,14 @@ async def test_fulfill_staff_find_an_entitlement_by_key_and_see_devices_and_time
         kinds = [li.get_attribute("data-type") for li in browser.all("#timeline li.event")]
         assert kinds == ["created", "seat_activated"]
         assert "it@initech.example" in browser.text("#orders")
+        chart = browser.find("#usage-chart svg")
+        assert "Seats in use by day" in chart.get_attribute("aria-label")
+        assert chart.size["height"] > 100, "drawn, not blocked by the page's policy"
+        browser.click(browser.find("#usage-by-hour"))
+        assert "Seats in use by hour" in browser.find("#usage-chart svg").get_attribute(
+            "aria-label"
+        )
+        browser.shot("usage-by-hour")
         browser.submit("#resend")
         assert "Queued 1 email again." in browser.text("#notice")
         browser.shot("resent")

@@ -43,6 +43,7 @@ from .session import (
     set_cookie,
     signed_in,
 )
+from .usage_panel import granularity_of, usage_chart
 from .web import FormTooLarge, Receive, Request, Response, Scope, Send, read_request, redirect
 
 log = logging.getLogger("keyturn.console")
@@ -308,8 +309,16 @@ class ConsoleApp:
         events, more = await entitlements.list_entitlement_events(
             self._ctx, entitlement_id, TIMELINE_PAGE_SIZE, visit.request.query.get("events", "")
         )
+        granularity = granularity_of(visit.request.query.get("usage", ""))
+        chart = await usage_chart(self._ctx, entitlement_id, granularity)
         return self._pages.render(
-            visit, "entitlement.html.j2", details=details, events=events, more_events=more
+            visit,
+            "entitlement.html.j2",
+            details=details,
+            events=events,
+            more_events=more,
+            usage_chart=chart,
+            usage_by=granularity.value,
         )
 
     async def resend(self, visit: Visit) -> Response:
