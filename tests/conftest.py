@@ -233,24 +233,31 @@ async def channel(server: KeyturnServer) -> AsyncIterator[grpc.aio.Channel]:
 
 
 class Tokens:
-    """Bearer metadata for each scope."""
+    """Bearer metadata for each scope, and the id of each scope's token (`ids`, by scope)."""
 
-    def __init__(self, secrets: dict[str, str]) -> None:
+    def __init__(self, secrets: dict[str, str], ids: dict[str, str] | None = None) -> None:
         self._secrets = secrets
+        self.ids = ids or {}
 
     def __call__(self, scope: str) -> tuple[tuple[str, str], ...]:
         return (("authorization", f"Bearer {self._secrets[scope]}"),)
 
+    def actor_of(self, metadata: Any) -> str:
+        """The audit actor of a call made with this metadata: `token:ID` of its token."""
+        by_header = {f"Bearer {secret}": scope for scope, secret in self._secrets.items()}
+        (scope,) = [by_header[v] for k, v in metadata or () if k == "authorization"]
+        return f"token:{self.ids[scope]}"
+
 
 @pytest.fixture
 async def tokens(app: AppContext) -> Tokens:
-    secrets = {}
+    secrets, ids = {}, {}
     for scope in ("catalog", "fulfill", "read"):
         # Never ending: tests that move the clock years ahead are not about token expiry
         # (tests/api/test_token_expiry.py is).
-        _, secret = await create_token(app, {scope}, f"test {scope}", lifetime=None)
-        secrets[scope] = secret
-    return Tokens(secrets)
+        token, secret = await create_token(app, {scope}, f"test {scope}", lifetime=None)
+        secrets[scope], ids[scope] = secret, token.token_id
+    return Tokens(secrets, ids)
 
 
 @pytest.fixture

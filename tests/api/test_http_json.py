@@ -182,6 +182,27 @@ async def test_every_rpc_of_the_three_services_answers_over_http_json(
             },
             headers=auth["read"],
         ),
+        "SuspendEntitlement": lambda: call(
+            http,
+            FULFILLMENT,
+            "SuspendEntitlement",
+            {"entitlementId": entitlement_id, "reason": "payment failed"},
+            headers=auth["fulfill"],
+        ),
+        "ReinstateEntitlement": lambda: call(
+            http,
+            FULFILLMENT,
+            "ReinstateEntitlement",
+            {"entitlementId": entitlement_id},
+            headers=auth["fulfill"],
+        ),
+        "ListAuditEvents": lambda: call(
+            http,
+            FULFILLMENT,
+            "ListAuditEvents",
+            {"action": "order.fulfil", "resource": "orders/test/", "pageSize": 1},
+            headers=auth["read"],
+        ),
     }
     declared = [method.name for service in SERVICES.values() for method in service.methods]
     assert sorted(calls) == sorted(declared)
@@ -202,6 +223,14 @@ async def test_every_rpc_of_the_three_services_answers_over_http_json(
     assert max(b.get("peakSeatsInUse", 0) for b in usage) == 1
     assert len(usage) == 2
     assert usage[-1]["seatLimit"] == 2
+    suspended = answers["SuspendEntitlement"]["entitlement"]["status"]
+    assert suspended == "ENTITLEMENT_STATUS_SUSPENDED"
+    reinstated = answers["ReinstateEntitlement"]["entitlement"]["status"]
+    assert reinstated == "ENTITLEMENT_STATUS_ACTIVE"
+    (audited,) = answers["ListAuditEvents"]["auditEvents"]  # the newest order: o-2
+    assert (audited["action"], audited["resource"]) == ("order.fulfil", "orders/test/o-2")
+    assert audited["details"] == {"lines": [0], "skus": ["STD"], "operations": ["create"]}
+    assert answers["ListAuditEvents"]["nextPageToken"]
 
 
 async def test_the_same_token_rules_as_grpc(http: httpx.AsyncClient, tokens: Tokens) -> None:

@@ -163,6 +163,17 @@ async def test_the_sweep_records_each_lapse_once_and_frees_nothing_itself(
         if e.type == ful.ENTITLEMENT_EVENT_TYPE_LEASE_LAPSED
     ]
     assert lapses == [(a.activation_id, 1), (b.activation_id, 0)]
+    # Each event names its actor: the order's token, each device its own seat, and the
+    # system the lapses, after what noticed them (the sweep, or device d's claim).
+    d = events.events[-1].activation_id
+    assert [(e.type, e.actor) for e in events.events] == [
+        (ful.ENTITLEMENT_EVENT_TYPE_CREATED, f"token:{tokens.ids['fulfill']}"),
+        (ful.ENTITLEMENT_EVENT_TYPE_SEAT_ACTIVATED, f"device:{a.activation_id}"),
+        (ful.ENTITLEMENT_EVENT_TYPE_SEAT_ACTIVATED, f"device:{b.activation_id}"),
+        (ful.ENTITLEMENT_EVENT_TYPE_LEASE_LAPSED, "system:lapse-sweep"),
+        (ful.ENTITLEMENT_EVENT_TYPE_LEASE_LAPSED, "system:lease-expiry"),
+        (ful.ENTITLEMENT_EVENT_TYPE_SEAT_ACTIVATED, f"device:{d}"),
+    ]
     locked_events = await fulfillment_stub.ListEntitlementEvents(
         ful.ListEntitlementEventsRequest(entitlement_id=locked.entitlement_id),
         metadata=tokens("read"),

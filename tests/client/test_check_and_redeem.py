@@ -22,6 +22,7 @@ from keyturn.client import (
     AuthenticationError,
     CatalogClient,
     EntitlementExpiredError,
+    EntitlementSuspendedError,
     FulfillmentClient,
     IdentityTokenExpiredError,
     InvalidInvitationError,
@@ -179,6 +180,32 @@ async def test_check_reports_an_expired_license_instead_of_raising(
         "ENTITLEMENT_EXPIRED",
     )
     assert caught.value.metadata["entitlement_id"] == entitlement.entitlement_id
+
+
+async def test_a_suspended_license_raises_entitlement_suspended_and_goes_on_reinstated(
+    licensing: Licensing, license_of: LicenseOf, server: KeyturnServer, bearer: dict[str, str]
+) -> None:
+    entitlement = await license_of(seats=1)
+    key, entitlement_id = entitlement.license_key, entitlement.entitlement_id
+    lease = await licensing.activate(key)
+    fulfillment = FulfillmentClient(server.address, bearer["fulfill"])
+    held = await asyncio.to_thread(fulfillment.suspend_entitlement, entitlement_id, "unpaid")
+    assert held.status == ful.ENTITLEMENT_STATUS_SUSPENDED
+    assert (await licensing.check(key)).status == "suspended"  # reported, not raised
+    with pytest.raises(EntitlementSuspendedError) as caught:
+        await licensing.renew(lease)
+    assert (caught.value.code, caught.value.reason) == (
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "ENTITLEMENT_SUSPENDED",
+    )
+    assert caught.value.metadata["entitlement_id"] == entitlement_id
+    assert "suspend_time" in caught.value.metadata
+    with pytest.raises(EntitlementSuspendedError):
+        await licensing.activate(key, fingerprint="device-0002")
+    await asyncio.to_thread(fulfillment.reinstate_entitlement, entitlement_id)
+    renewed = await licensing.renew(lease)
+    assert renewed.activation_id == lease.activation_id
+    assert (await licensing.check(key)).status == "active"
 
 
 async def test_check_counts_the_grace_period_as_live(

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Awaitable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -33,6 +33,7 @@ from keyturn.server.clock import SystemClock
 from keyturn.server.domain.durations import parse_iso_duration
 
 from conftest import Tokens
+from support.audited_calls import CallLog, Recording, audit_matches
 from support.catalog import put_shipped_catalog
 from support.rows import changed_tables, row_counts, table_digests
 from support.rpc import RpcFailure, failure_of
@@ -57,6 +58,8 @@ ADDON_SYNC_REMOVE = "CAD-ADDON-SYNC-REMOVE"
 UPGRADE_PRO = "CAD-UPGRADE-PRO"
 DOWNGRADE_STD = "CAD-DOWNGRADE-STD"
 CANCEL = "CAD-CANCEL"
+SUSPEND = "CAD-SUSPEND"
+REINSTATE = "CAD-REINSTATE"
 USED_SKUS = {
     NEW_SUBSCRIPTION,
     PERPETUAL,
@@ -72,6 +75,8 @@ USED_SKUS = {
     UPGRADE_PRO,
     DOWNGRADE_STD,
     CANCEL,
+    SUSPEND,
+    REINSTATE,
 }
 
 CREATED = ful.ENTITLEMENT_EVENT_TYPE_CREATED
@@ -284,6 +289,42 @@ class Vendor:
         keys = await self.licensing.GetSigningKeys(lic.GetSigningKeysRequest())
         jwks_json: str = keys.jwks_json
         return jwks_json
+
+
+@pytest.fixture
+def call_log() -> CallLog:
+    return CallLog()
+
+
+@pytest.fixture
+def catalog_stub(
+    catalog_stub: catalog_pb2_grpc.CatalogServiceStub, call_log: CallLog, tokens: Tokens
+) -> catalog_pb2_grpc.CatalogServiceStub:
+    """The stub of conftest, its write calls noted for `changes_are_audited`."""
+    recording: catalog_pb2_grpc.CatalogServiceStub = Recording(  # type: ignore[assignment]
+        catalog_stub, call_log, tokens.actor_of
+    )
+    return recording
+
+
+@pytest.fixture
+def fulfillment_stub(
+    fulfillment_stub: fulfillment_pb2_grpc.FulfillmentServiceStub,
+    call_log: CallLog,
+    tokens: Tokens,
+) -> fulfillment_pb2_grpc.FulfillmentServiceStub:
+    recording: fulfillment_pb2_grpc.FulfillmentServiceStub = Recording(  # type: ignore[assignment]
+        fulfillment_stub, call_log, tokens.actor_of
+    )
+    return recording
+
+
+@pytest.fixture(autouse=True)
+async def changes_are_audited(app: AppContext, call_log: CallLog) -> AsyncIterator[None]:
+    """After each test: every change it made (each order fulfilled, each catalog change)
+    left its audit record naming the token that made it, and nothing else did."""
+    yield
+    await audit_matches(app.store, call_log)
 
 
 @pytest.fixture
@@ -799,6 +840,41 @@ async def test_cancel(vendor: Vendor) -> None:
         (CREATED, "o-new"),
         (SEAT_ACTIVATED, seat.activation_id),
         (CANCELLED, "o-cancel"),
+    ]
+
+
+# --- 10b. suspend on a failed payment, reinstate once paid --------------------------
+
+
+async def test_suspend_and_reinstate_keep_the_devices(vendor: Vendor) -> None:
+    sub = await vendor.create("o-new", NEW_SUBSCRIPTION, quantity=2, reference="stripe:sub_9")
+    seat = await vendor.licensing.ActivateSeat(activation(sub.license_key, "device-0001"))
+    by_reference = ful.OrderLine(sku_id=SUSPEND, quantity=1, external_reference="stripe:sub_9")
+    response = await vendor.fulfil("o-failed", by_reference)
+    (suspended,) = response.entitlements
+    assert suspended.status == ful.ENTITLEMENT_STATUS_SUSPENDED
+    assert (suspended.seats_in_use, suspended.end_time) == (1, sub.end_time)
+    licensing = vendor.licensing
+    refusals = [
+        await vendor.refused(licensing.ActivateSeat(activation(sub.license_key, "device-0002"))),
+        await vendor.refused(
+            licensing.RenewLease(lic.RenewLeaseRequest(lease_token=seat.lease.token))
+        ),
+    ]
+    assert {(f.code, f.reason) for f in refusals} == {
+        (grpc.StatusCode.FAILED_PRECONDITION, "ENTITLEMENT_SUSPENDED")
+    }
+    paid = ful.OrderLine(sku_id=REINSTATE, quantity=1, external_reference="stripe:sub_9")
+    (reinstated,) = (await vendor.fulfil("o-paid", paid)).entitlements
+    assert reinstated.status == ful.ENTITLEMENT_STATUS_ACTIVE
+    renewed = await licensing.RenewLease(lic.RenewLeaseRequest(lease_token=seat.lease.token))
+    assert verify_lease(renewed.lease.token, await vendor.jwks())["sub"] == seat.activation_id
+    assert renewed.entitlement.seats_in_use == 1
+    assert await vendor.history(sub.entitlement_id) == [
+        (CREATED, "o-new"),
+        (SEAT_ACTIVATED, seat.activation_id),
+        (ful.ENTITLEMENT_EVENT_TYPE_SUSPENDED, "o-failed"),
+        (ful.ENTITLEMENT_EVENT_TYPE_REINSTATED, "o-paid"),
     ]
 
 

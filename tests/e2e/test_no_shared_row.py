@@ -74,7 +74,9 @@ async def test_a_held_transaction_on_one_entitlement_delays_no_other(
             entitlement = await tx.entitlements.get(held.entitlement_id, lock=True)
             assert entitlement is not None
             await tx.events.append(
-                new_event(EventType.SEAT_ACTIVATED, entitlement, writer.clock.now(), 0)
+                new_event(
+                    EventType.SEAT_ACTIVATED, entitlement, writer.clock.now(), 0, actor="system"
+                )
             )
             await tx.events.flush()
             flushed.set()

@@ -218,7 +218,9 @@ def test_restore_refuses_a_database_holding_data_unless_forced(
     before = digests(target_url)
     said(
         keyturn(env_of(target_url), "restore", str(backup_file)),
-        f"{where(target_url)} holds data (tables api_tokens, entitlement_events, signing_keys): "
+        # audit_events: the target's token and order were recorded (app/audit.py)
+        f"{where(target_url)} holds data "
+        "(tables api_tokens, audit_events, entitlement_events, signing_keys): "
         "restore into an empty database, or pass --force to replace everything in it",
     )
     assert digests(target_url) == before

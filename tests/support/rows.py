@@ -18,6 +18,7 @@ TABLES = (
     "entitlement_events",
     "api_tokens",
     "signing_keys",
+    "audit_events",
 )
 
 

@@ -24,10 +24,12 @@ from keyturn.server.domain.catalog import (
     Feature,
     Operation,
     Product,
+    Reinstate,
     RemoveFeatures,
     RemoveSeats,
     Renew,
     RenewalAnchor,
+    Suspend,
 )
 from keyturn.server.domain.entitlement import Customer, Entitlement, Status, create_entitlement
 from keyturn.server.domain.errors import DomainError, Reason
@@ -112,6 +114,7 @@ class Model:
     trial: bool
     grace: timedelta
     cancel_time: datetime | None = None
+    suspend_time: datetime | None = None
     update_time: datetime | None = None
     history: list[str] = field(default_factory=list)
 
@@ -130,6 +133,8 @@ class Model:
     def status(self, now: datetime) -> Status:
         if self.cancel_time is not None:
             return Status.CANCELLED
+        if self.suspend_time is not None:
+            return Status.SUSPENDED
         if self.expired(now):
             return Status.EXPIRED
         return Status.TRIAL if self.trial else Status.ACTIVE
@@ -161,6 +166,13 @@ def expect(model: Model, op: Operation, quantity: int, now: datetime) -> Model |
     """The model after `op`, or the reason it must be refused."""
     if model.cancel_time is not None:
         return Reason.ENTITLEMENT_CANCELLED
+    if isinstance(op, Suspend | Reinstate):
+        if (model.suspend_time is not None) is isinstance(op, Suspend):
+            return model  # already as asked: nothing changes, not even the update time
+        after = model.copy()
+        after.update_time = now
+        after.suspend_time = now if isinstance(op, Suspend) else None
+        return after
     after = model.copy()
     after.update_time = now
     if isinstance(op, Renew):
@@ -215,6 +227,7 @@ def assert_matches(ent: Entitlement, model: Model, now: datetime) -> None:
     assert ent.perpetual is (model.end is None)
     assert ent.trial is model.trial
     assert ent.cancel_time == model.cancel_time
+    assert ent.suspend_time == model.suspend_time
     assert ent.update_time == model.update_time
     assert ent.status(now) is model.status(now)
     assert 1 <= ent.seats <= MAX_SEATS
@@ -267,6 +280,8 @@ changes: st.SearchStrategy[Operation] = st.one_of(
         st.lists(st.sampled_from(FEATURE_NAMES), min_size=1, max_size=3, unique=True).map(tuple),
     ),
     st.builds(ConvertTrial, st.none() | term_texts),
+    st.just(Suspend()),
+    st.just(Reinstate()),
 )
 # Cancelling ends a sequence's interest, so it comes about once in twenty operations.
 operations: st.SearchStrategy[Operation] = st.integers(0, 19).flatmap(

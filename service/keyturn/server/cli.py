@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 from pydantic import ValidationError
 
+from .app.audit import acting_as, cli_actor
 from .app.context import AppContext
 from .bootstrap import build_context, build_dispatcher, migrate
 from .config import ENV_PREFIX, Settings, SettingsError, describe_invalid, unknown_variables
@@ -70,7 +71,8 @@ async def _opened(settings: Settings, args: argparse.Namespace) -> AsyncIterator
     print(f"keyturn: database {admin_database(settings, create=args.create)}", file=sys.stderr)
     ctx = await build_context(settings)
     try:
-        yield ctx
+        with acting_as(cli_actor()):  # what the command changes is recorded as the user's
+            yield ctx
     finally:
         await ctx.close()
 
@@ -191,10 +193,10 @@ async def _tokens_list(args: argparse.Namespace) -> int:
 
 
 async def _keys_rotate(args: argparse.Namespace) -> int:
-    from .leases.keyring import rotate_signing_key
+    from .app.signing_keys import rotate_signing_keys
 
     async with _opened(_settings(args), args) as ctx:
-        rotation = await rotate_signing_key(ctx.store, ctx.sealer, ctx.clock.now())
+        rotation = await rotate_signing_keys(ctx)
     print(f"new signing key {rotation.new_kid}")
     for kid in rotation.retired:
         print(f"key {kid} stops signing now and retires at {rotation.retire_time.isoformat()}")
@@ -215,6 +217,42 @@ async def _keys_list(args: argparse.Namespace) -> int:
             retire = "" if key.retire_time is None else key.retire_time.isoformat()
             state = f"published until {retire}"
         print(f"{key.kid}  created {key.create_time.isoformat()}  {state}")
+    return 0
+
+
+async def _audit_list(args: argparse.Namespace) -> int:
+    """The audit trail on the database, as `tokens list` reads the tokens: newest first,
+    one aligned row per record (the server's ListAuditEvents gives the same over the API)."""
+    from .app.audit_trail import list_audit_events
+    from .store.audit_repository import AuditEvent, AuditFilter
+
+    where = AuditFilter(
+        actor=args.actor,
+        action=args.action,
+        entitlement_id=args.entitlement,
+        resource=args.resource,
+        start_time=args.since,
+        end_time=args.until,
+    )
+    found: list[AuditEvent] = []
+    token = ""
+    async with _opened(_settings(args), args) as ctx:
+        while len(found) < args.limit:
+            page, token = await list_audit_events(
+                ctx, where=where, page_size=min(500, args.limit - len(found)), page_token=token
+            )
+            found += page
+            if not token:
+                break
+    table = [("TIME", "ACTOR", "ACTION", "RESOURCE", "ENTITLEMENT")] + [
+        (f"{e.create_time:{UTC_TIME}}", e.actor, e.action, e.resource, e.entitlement_id or "-")
+        for e in found
+    ]
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+    for row in table:
+        print(
+            "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        )
     return 0
 
 
@@ -666,6 +704,30 @@ def _parser() -> argparse.ArgumentParser:
         "list", parents=[admin], help="show every signing key and its state"
     ).set_defaults(run=_keys_list)
 
+    audit = commands.add_parser("audit", help="read the audit trail: who changed what")
+    audit_commands = audit.add_subparsers(dest="audit_command", required=True)
+    audit_list = audit_commands.add_parser(
+        "list",
+        parents=[admin],
+        help="the newest changes first: time, actor, action, resource, entitlement",
+    )
+    audit_list.add_argument("--actor", default="", help="only this actor (token:tok_..., cli:USER)")
+    audit_list.add_argument("--action", default="", help="only this action (order.fulfil, ...)")
+    audit_list.add_argument("--entitlement", default="", help="only changes of this entitlement")
+    audit_list.add_argument(
+        "--resource", default="", help="only this resource; ending in /, every one below it"
+    )
+    audit_list.add_argument(
+        "--since", type=_utc_time, metavar="TIME", help="only changes at or after TIME (UTC)"
+    )
+    audit_list.add_argument(
+        "--until", type=_utc_time, metavar="TIME", help="only changes before TIME (UTC)"
+    )
+    audit_list.add_argument(
+        "--limit", type=_positive, default=50, metavar="N", help="at most N records"
+    )
+    audit_list.set_defaults(run=_audit_list)
+
     backup = commands.add_parser(
         "backup",
         help="write a consistent copy of the database while servers run (SQLite: a database "
@@ -809,6 +871,7 @@ def _days(text: str) -> int:
 
 
 def _utc_time(text: str) -> datetime:
+    """An ISO 8601 date or time; one without an offset is UTC, as the commands show times."""
     from .usage_export import utc_time
 
     try:

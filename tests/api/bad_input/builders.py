@@ -214,6 +214,15 @@ WELL_FORMED: dict[str, Request] = {
     "RedeemInvitation": lic.RedeemInvitationRequest(invitation_code=generate_invitation_code()),
     "GetSigningKeys": lic.GetSigningKeysRequest(),
     "GetUsageReport": lambda w: usage_report(w.entitlement_id),
+    "SuspendEntitlement": lambda w: ful.SuspendEntitlementRequest(
+        entitlement_id=w.entitlement_id, reason="payment_failed"
+    ),
+    "ReinstateEntitlement": lambda w: ful.ReinstateEntitlementRequest(
+        entitlement_id=w.entitlement_id
+    ),
+    "ListAuditEvents": ful.ListAuditEventsRequest(
+        actor="cli:tester", action="sku.put", entitlement_id="ent_x", resource="skus/"
+    ),
 }
 
 

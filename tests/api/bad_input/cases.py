@@ -41,6 +41,9 @@ RPCS: dict[str, tuple[str, str | None]] = {
     "CheckLicense": (LICENSING, None),
     "RedeemInvitation": (LICENSING, None),
     "GetUsageReport": (FULFILLMENT, "read"),
+    "SuspendEntitlement": (FULFILLMENT, "fulfill"),
+    "ReinstateEntitlement": (FULFILLMENT, "fulfill"),
+    "ListAuditEvents": (FULFILLMENT, "read"),
 }
 # Server-streaming RPCs: a case reads the first message, where the error shows.
 STREAMING = {"WatchEntitlementEvents"}

@@ -78,6 +78,8 @@ REQUIRED: dict[str, dict[str, str]] = {
     "ReleaseSeat": _same("lease_token"),
     "RedeemInvitation": _same("invitation_code"),
     "GetUsageReport": _same("entitlement_id", "start_time", "end_time", "granularity"),
+    "SuspendEntitlement": _same("entitlement_id"),
+    "ReinstateEntitlement": _same("entitlement_id"),
 }
 
 INT32_MIN = -(2**31)

@@ -8,11 +8,13 @@ from keyturn.fulfillment.v1 import fulfillment_pb2 as ful
 from keyturn.licensing.v1 import licensing_pb2 as lic
 
 from . import (
+    test_audit_trail,
     test_catalog,
     test_entitlement_reads,
     test_licensing,
     test_order_changes,
     test_orders,
+    test_suspension,
     test_transport,
     test_usage_report,
 )
@@ -26,8 +28,10 @@ MODULES = (
     test_order_changes,
     test_entitlement_reads,
     test_licensing,
+    test_suspension,
     test_transport,
     test_usage_report,
+    test_audit_trail,
 )
 CASES: list[Case] = [case for module in MODULES for case in module.CASES]
 

@@ -360,6 +360,20 @@ FULFILL_CHANGES = [
     ),
     refused(
         "FulfillOrder",
+        "multi-line-suspends-then-cancels-a-cancelled",
+        lambda w: fulfil(
+            [
+                line("SUSPEND", entitlement_id=w.entitlement_id),
+                line("CANCEL", entitlement_id=w.cancelled_id),
+            ]
+        ),
+        Code.FAILED_PRECONDITION,
+        "ENTITLEMENT_CANCELLED",
+        entitlement_id=cancelled_id,
+        line="1",
+    ),
+    refused(
+        "FulfillOrder",
         "multi-line-last-removes-the-only-seat",
         failing_last_line(line("REMOVE-SEATS", external_reference=PERPETUAL_REFERENCE)),
         Code.FAILED_PRECONDITION,

@@ -86,6 +86,8 @@ WORLD_SKUS = (
     ),
     change_sku("CONVERT", cat.Operation(convert_trial=cat.ConvertTrialOperation(term="P1Y"))),
     change_sku("CANCEL", cat.Operation(cancel=cat.CancelOperation())),
+    change_sku("SUSPEND", cat.Operation(suspend=cat.SuspendOperation())),
+    change_sku("REINSTATE", cat.Operation(reinstate=cat.ReinstateOperation())),
 )
 # The SKUs that change an entitlement, one per operation.
 CHANGE_SKUS = [
@@ -97,6 +99,8 @@ CHANGE_SKUS = [
     "REMOVE-FEATURES",
     "CONVERT",
     "CANCEL",
+    "SUSPEND",
+    "REINSTATE",
 ]
 
 

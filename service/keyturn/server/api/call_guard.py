@@ -42,7 +42,12 @@ log = logging.getLogger("keyturn.rpc")
 
 CATALOG = "/keyturn.fulfillment.v1.CatalogService/"
 FULFILLMENT = "/keyturn.fulfillment.v1.FulfillmentService/"
-WRITE_METHODS = {FULFILLMENT + "FulfillOrder", FULFILLMENT + "ResendCredentials"}
+WRITE_METHODS = {
+    FULFILLMENT + "FulfillOrder",
+    FULFILLMENT + "ResendCredentials",
+    FULFILLMENT + "SuspendEntitlement",
+    FULFILLMENT + "ReinstateEntitlement",
+}
 
 
 def required_scope(method: str) -> str | None:

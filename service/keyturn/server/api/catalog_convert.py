@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from datetime import timedelta
+from typing import assert_never
 
 from google.protobuf import duration_pb2
 
@@ -25,11 +26,13 @@ from keyturn.server.domain.catalog import (
     Operation,
     Overage,
     Product,
+    Reinstate,
     RemoveFeatures,
     RemoveSeats,
     Renew,
     RenewalAnchor,
     Sku,
+    Suspend,
 )
 from keyturn.server.domain.errors import FieldViolation, raise_if_invalid
 
@@ -206,6 +209,10 @@ def operation_in(
         return ConvertTrial(_term(path, convert.term, convert.perpetual, violations))
     if kind == "cancel":
         return Cancel()
+    if kind == "suspend":
+        return Suspend()
+    if kind == "reinstate":
+        return Reinstate()
     violations.append(FieldViolation(path.removesuffix(".None"), "no operation is set"))
     return None
 
@@ -227,43 +234,55 @@ def sku_in(message: pb.Sku) -> Sku:
 
 
 def operation_out(op: Operation) -> pb.Operation:
-    if isinstance(op, Create):
-        return pb.Operation(
-            create=pb.CreateOperation(
-                edition_id=op.edition_id,
-                seats_per_unit=op.seats_per_unit,
-                term=op.term or "",
-                perpetual=op.term is None,
-                trial=op.trial,
-                features=features_out(op.features),
-                license_model=LICENSE_MODEL_OUT[op.license_model],
-                lease_duration=duration(op.lease_duration),
-                dispatch=DISPATCH_OUT[op.dispatch],
-                grace_period=duration(op.grace),
-                overage=OVERAGE_OUT[op.overage],
+    match op:
+        case Create():
+            return pb.Operation(
+                create=pb.CreateOperation(
+                    edition_id=op.edition_id,
+                    seats_per_unit=op.seats_per_unit,
+                    term=op.term or "",
+                    perpetual=op.term is None,
+                    trial=op.trial,
+                    features=features_out(op.features),
+                    license_model=LICENSE_MODEL_OUT[op.license_model],
+                    lease_duration=duration(op.lease_duration),
+                    dispatch=DISPATCH_OUT[op.dispatch],
+                    grace_period=duration(op.grace),
+                    overage=OVERAGE_OUT[op.overage],
+                )
             )
-        )
-    if isinstance(op, Renew):
-        return pb.Operation(renew=pb.RenewOperation(term=op.term, anchor=ANCHOR_OUT[op.anchor]))
-    if isinstance(op, AddSeats):
-        return pb.Operation(add_seats=pb.AddSeatsOperation(seats_per_unit=op.seats_per_unit))
-    if isinstance(op, RemoveSeats):
-        return pb.Operation(remove_seats=pb.RemoveSeatsOperation(seats_per_unit=op.seats_per_unit))
-    if isinstance(op, ChangeEdition):
-        return pb.Operation(change_edition=pb.ChangeEditionOperation(edition_id=op.edition_id))
-    if isinstance(op, AddFeatures):
-        return pb.Operation(
-            add_features=pb.AddFeaturesOperation(features=features_out(op.features))
-        )
-    if isinstance(op, RemoveFeatures):
-        return pb.Operation(
-            remove_features=pb.RemoveFeaturesOperation(feature_names=list(op.feature_names))
-        )
-    if isinstance(op, ConvertTrial):
-        return pb.Operation(
-            convert_trial=pb.ConvertTrialOperation(term=op.term or "", perpetual=op.term is None)
-        )
-    return pb.Operation(cancel=pb.CancelOperation())
+        case Renew():
+            return pb.Operation(renew=pb.RenewOperation(term=op.term, anchor=ANCHOR_OUT[op.anchor]))
+        case AddSeats():
+            return pb.Operation(add_seats=pb.AddSeatsOperation(seats_per_unit=op.seats_per_unit))
+        case RemoveSeats():
+            return pb.Operation(
+                remove_seats=pb.RemoveSeatsOperation(seats_per_unit=op.seats_per_unit)
+            )
+        case ChangeEdition():
+            return pb.Operation(change_edition=pb.ChangeEditionOperation(edition_id=op.edition_id))
+        case AddFeatures():
+            return pb.Operation(
+                add_features=pb.AddFeaturesOperation(features=features_out(op.features))
+            )
+        case RemoveFeatures():
+            return pb.Operation(
+                remove_features=pb.RemoveFeaturesOperation(feature_names=list(op.feature_names))
+            )
+        case ConvertTrial():
+            return pb.Operation(
+                convert_trial=pb.ConvertTrialOperation(
+                    term=op.term or "", perpetual=op.term is None
+                )
+            )
+        case Cancel():
+            return pb.Operation(cancel=pb.CancelOperation())
+        case Suspend():
+            return pb.Operation(suspend=pb.SuspendOperation())
+        case Reinstate():
+            return pb.Operation(reinstate=pb.ReinstateOperation())
+        case unreachable:
+            assert_never(unreachable)
 
 
 def sku_out(sku: Sku) -> pb.Sku:

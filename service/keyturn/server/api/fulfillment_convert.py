@@ -24,6 +24,7 @@ STATUS_IN = {
     pb.ENTITLEMENT_STATUS_ACTIVE: Status.ACTIVE,
     pb.ENTITLEMENT_STATUS_EXPIRED: Status.EXPIRED,
     pb.ENTITLEMENT_STATUS_CANCELLED: Status.CANCELLED,
+    pb.ENTITLEMENT_STATUS_SUSPENDED: Status.SUSPENDED,
 }
 EVENT_TYPE_OUT: dict[str, pb.EntitlementEventType.ValueType] = {
     EventType.CREATED: pb.ENTITLEMENT_EVENT_TYPE_CREATED,
@@ -36,12 +37,15 @@ EVENT_TYPE_OUT: dict[str, pb.EntitlementEventType.ValueType] = {
     EventType.SEAT_ACTIVATED: pb.ENTITLEMENT_EVENT_TYPE_SEAT_ACTIVATED,
     EventType.SEAT_RELEASED: pb.ENTITLEMENT_EVENT_TYPE_SEAT_RELEASED,
     EventType.LEASE_LAPSED: pb.ENTITLEMENT_EVENT_TYPE_LEASE_LAPSED,
+    EventType.SUSPENDED: pb.ENTITLEMENT_EVENT_TYPE_SUSPENDED,
+    EventType.REINSTATED: pb.ENTITLEMENT_EVENT_TYPE_REINSTATED,
 }
 STATUS_OUT = {
     Status.TRIAL: pb.ENTITLEMENT_STATUS_TRIAL,
     Status.ACTIVE: pb.ENTITLEMENT_STATUS_ACTIVE,
     Status.EXPIRED: pb.ENTITLEMENT_STATUS_EXPIRED,
     Status.CANCELLED: pb.ENTITLEMENT_STATUS_CANCELLED,
+    Status.SUSPENDED: pb.ENTITLEMENT_STATUS_SUSPENDED,
 }
 
 
@@ -201,6 +205,7 @@ def event_out(view: EventView) -> pb.EntitlementEvent:
         order_id=event.order_id,
         activation_id=event.activation_id,
         entitlement=entitlement_out(view.entitlement),
+        actor=event.actor,
     )
 
 

@@ -17,11 +17,20 @@ from keyturn.fulfillment.v1 import fulfillment_pb2 as ful
 from keyturn.fulfillment.v1 import fulfillment_pb2_grpc as ful_grpc
 from keyturn.licensing.v1 import licensing_pb2 as lic
 from keyturn.licensing.v1 import licensing_pb2_grpc as lic_grpc
-from keyturn.server.app import catalog, entitlements, fulfillment, licensing, usage
+from keyturn.server.app import (
+    audit_trail,
+    catalog,
+    entitlements,
+    fulfillment,
+    licensing,
+    suspension,
+    usage,
+)
 from keyturn.server.app.context import AppContext
 from keyturn.server.app.event_views import EventView
 from keyturn.server.domain.errors import FieldViolation, invalid_request
 
+from .audit_convert import audit_event_out, audit_filter_in
 from .catalog_convert import product_in, product_out, sku_in, sku_out
 from .fulfillment_convert import (
     entitlement_filter_in,
@@ -156,6 +165,22 @@ class FulfillmentServicer(ful_grpc.FulfillmentServiceServicer):
             queued_messages=len(queued), messages=[message_out(m) for m in queued]
         )
 
+    async def SuspendEntitlement(
+        self, request: ful.SuspendEntitlementRequest, context: Context
+    ) -> ful.SuspendEntitlementResponse:
+        view = await suspension.suspend_entitlement(
+            self._ctx, entitlement_id=request.entitlement_id, reason=request.reason
+        )
+        return ful.SuspendEntitlementResponse(entitlement=entitlement_out(view))
+
+    async def ReinstateEntitlement(
+        self, request: ful.ReinstateEntitlementRequest, context: Context
+    ) -> ful.ReinstateEntitlementResponse:
+        view = await suspension.reinstate_entitlement(
+            self._ctx, entitlement_id=request.entitlement_id
+        )
+        return ful.ReinstateEntitlementResponse(entitlement=entitlement_out(view))
+
     async def WatchEntitlementEvents(
         self, request: ful.WatchEntitlementEventsRequest, context: Context
     ) -> AsyncIterator[ful.WatchEntitlementEventsResponse]:
@@ -181,6 +206,19 @@ class FulfillmentServicer(ful_grpc.FulfillmentServiceServicer):
             granularity=granularity,
         )
         return usage_report_out(report)
+
+    async def ListAuditEvents(
+        self, request: ful.ListAuditEventsRequest, context: Context
+    ) -> ful.ListAuditEventsResponse:
+        found, token = await audit_trail.list_audit_events(
+            self._ctx,
+            where=audit_filter_in(request),
+            page_size=request.page_size,
+            page_token=request.page_token,
+        )
+        return ful.ListAuditEventsResponse(
+            audit_events=[audit_event_out(e) for e in found], next_page_token=token
+        )
 
 
 class LicensingServicer(lic_grpc.LicensingServiceServicer):

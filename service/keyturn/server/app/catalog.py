@@ -21,6 +21,7 @@ from keyturn.server.domain.validation import (
 )
 from keyturn.server.store.unit_of_work import DuplicateKeyError
 
+from . import audit
 from .context import AppContext
 from .paging import next_page_token, page_of, page_request
 
@@ -40,8 +41,16 @@ async def put_product(ctx: AppContext, product: Product) -> Product:
         async with ctx.store.write() as tx:
             stored = await tx.catalog.get_product(product.product_id, lock=True)
             _check_etag(product.etag, stored.etag if stored else None, product.product_id)
-            saved = replace(product, etag=_new_etag(), update_time=ctx.clock.now())
+            now = ctx.clock.now()
+            saved = replace(product, etag=_new_etag(), update_time=now)
             await tx.catalog.put_product(saved)
+            await audit.record(
+                tx,
+                now,
+                "product.put",
+                f"products/{saved.product_id}",
+                details={"etag": saved.etag, "created": stored is None},
+            )
             return saved
     except DuplicateKeyError as exc:  # created concurrently by another writer
         raise etag_mismatch(product.product_id) from exc
@@ -67,8 +76,20 @@ async def put_sku(ctx: AppContext, sku: Sku) -> Sku:
             raise_if_invalid(validate_sku_against_product(sku, product))
             stored = await tx.catalog.get_sku(sku.sku_id, lock=True)
             _check_etag(sku.etag, stored.etag if stored else None, sku.sku_id)
-            saved = replace(sku, etag=_new_etag(), update_time=ctx.clock.now())
+            now = ctx.clock.now()
+            saved = replace(sku, etag=_new_etag(), update_time=now)
             await tx.catalog.put_sku(saved)
+            await audit.record(
+                tx,
+                now,
+                "sku.put",
+                f"skus/{saved.sku_id}",
+                details={
+                    "product_id": saved.product_id,
+                    "etag": saved.etag,
+                    "created": stored is None,
+                },
+            )
             return saved
     except DuplicateKeyError as exc:
         raise etag_mismatch(sku.sku_id) from exc
@@ -104,3 +125,10 @@ async def delete_sku(ctx: AppContext, sku_id: str, etag: str) -> None:
             raise sku_not_found(sku_id)
         _check_etag(etag, stored.etag, sku_id)
         await tx.catalog.delete_sku(sku_id)
+        await audit.record(
+            tx,
+            ctx.clock.now(),
+            "sku.delete",
+            f"skus/{sku_id}",
+            details={"product_id": stored.product_id, "etag": stored.etag},
+        )

@@ -5,7 +5,16 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 
-from keyturn.server.domain.catalog import MAX_SEATS, Create, Dispatch, Product, RemoveSeats, Sku
+from keyturn.server.domain.catalog import (
+    MAX_SEATS,
+    Create,
+    Dispatch,
+    Product,
+    Reinstate,
+    RemoveSeats,
+    Sku,
+    Suspend,
+)
 from keyturn.server.domain.credential_expiry import has_expired
 from keyturn.server.domain.entitlement import Entitlement, create_entitlement
 from keyturn.server.domain.errors import (
@@ -43,6 +52,7 @@ from keyturn.server.store.entitlement_repository import StoredKey
 from keyturn.server.store.order_repository import StoredOrder
 from keyturn.server.store.unit_of_work import DuplicateKeyError, ReadStore, Transaction
 
+from . import audit
 from .context import AppContext
 from .standby_reads import found_on_standby_or_primary
 from .views import EntitlementView, new_event
@@ -117,8 +127,32 @@ async def _apply(
     ]
     stored = StoredOrder(order, fingerprint, tuple(results), now)
     await tx.orders.set_results(order.source, order.order_id, stored.results)
+    await _record_order(tx, order, results, now)
     messages = await tx.outbox.for_order(order.source, order.order_id)
     return FulfilledOrder(stored, views, replayed=False, messages=messages)
+
+
+async def _record_order(
+    tx: Transaction, order: OrderRequest, results: list[LineResult], now: datetime
+) -> None:
+    """One audit row per entitlement the order created or changed, so the trail of an
+    entitlement holds every order that touched it; a replay writes none."""
+    lines: dict[str, list[LineResult]] = {}
+    for result in results:
+        lines.setdefault(result.entitlement_id, []).append(result)
+    for entitlement_id, touched in lines.items():
+        await audit.record(
+            tx,
+            now,
+            "order.fulfil",
+            f"orders/{order.source}/{order.order_id}",
+            entitlement_id=entitlement_id,
+            details={
+                "lines": [r.line_index for r in touched],
+                "skus": [r.sku_id for r in touched],
+                "operations": sorted({name for r in touched for name in r.operations}),
+            },
+        )
 
 
 async def _lock_targets(tx: Transaction, order: OrderRequest) -> None:
@@ -160,16 +194,37 @@ async def _apply_line(
         entitlement = await _target(tx, index, line, sku)
         in_use = await tx.activations.count_live(entitlement, now, ctx.lapse_grace)
     context = LineContext(index, line.quantity, product, now)
+    held: list[Suspend | Reinstate] = []
     for op in operations:
-        entitlement = apply_operation(entitlement, op, context)
+        changed = apply_operation(entitlement, op, context)
+        if changed is entitlement:
+            continue  # it leaves the entitlement unchanged (a second suspend): no event
+        entitlement = changed
         changes.append((EVENT_OF[type(op)], entitlement))
+        if isinstance(op, Suspend | Reinstate):
+            held.append(op)
     for kind, state in changes:
         event = new_event(
-            kind, state, now, in_use, order_source=order.source, order_id=order.order_id
+            kind,
+            state,
+            now,
+            in_use,
+            actor=audit.current_actor(),
+            order_source=order.source,
+            order_id=order.order_id,
         )
         await tx.events.append(event)
     if operations:
         await tx.entitlements.save(entitlement)
+    for op in held:
+        await audit.record(
+            tx,
+            now,
+            f"entitlement.{op.name}",
+            f"entitlements/{entitlement.entitlement_id}",
+            entitlement_id=entitlement.entitlement_id,
+            details={"order": f"{order.source}/{order.order_id}", "line": str(index)},
+        )
     return entitlement
 
 
@@ -471,4 +526,12 @@ async def resend_credentials(ctx: AppContext, entitlement_id: str) -> list[Outbo
                     now,
                 )
             )
+        await audit.record(
+            tx,
+            now,
+            "credentials.resend",
+            f"entitlements/{entitlement_id}",
+            entitlement_id=entitlement_id,
+            details={"messages": [m.message_id for m in queued]},
+        )
     return queued

@@ -16,15 +16,25 @@ from keyturn.server.domain.events import EventType
 from keyturn.server.domain.seats import Lapse
 from keyturn.server.store.event_repository import NewEvent
 
+from .audit import system_actor
 from .context import AppContext
 from .views import new_event
 
 log = logging.getLogger("keyturn.lapses")
 SWEEP_BATCH = 100
+# A lapse is nobody's act (a lease ran out): its events are the system's, named after what
+# noticed it, the sweep or a seat call of another device on the same entitlement.
+SWEEP = system_actor("lapse-sweep")
+NOTICED_BY_SEAT_CALL = system_actor("lease-expiry")
 
 
 def lapse_events(
-    entitlement: Entitlement, lapsed: tuple[Lapse, ...], now: datetime, seats_in_use: int
+    entitlement: Entitlement,
+    lapsed: tuple[Lapse, ...],
+    now: datetime,
+    seats_in_use: int,
+    *,
+    actor: str = NOTICED_BY_SEAT_CALL,
 ) -> list[NewEvent]:
     """A LEASE_LAPSED event for each lapse just noticed: recorded now, effective when the
     seat rule freed its seat (what the usage reports count)."""
@@ -36,6 +46,7 @@ def lapse_events(
             seats_in_use,
             activation_id=lapse.activation_id,
             effective_time=lapse.freed_time,
+            actor=actor,
         )
         for lapse in lapsed
     ]
@@ -58,7 +69,7 @@ async def sweep_lapses(ctx: AppContext) -> int:
                     continue
                 lapsed = await tx.activations.note_lapses(entitlement, now, ctx.lapse_grace)
                 in_use = await tx.activations.seats_held(entitlement_id)
-                for event in lapse_events(entitlement, lapsed, now, in_use):
+                for event in lapse_events(entitlement, lapsed, now, in_use, actor=SWEEP):
                     await tx.events.append(event)
             recorded += len(lapsed)
 

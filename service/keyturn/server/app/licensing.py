@@ -47,6 +47,7 @@ from keyturn.server.store.seats import (
     SeatResult,
 )
 
+from .audit import device_actor
 from .context import AppContext
 from .lapses import lapse_events
 from .views import new_event
@@ -165,6 +166,7 @@ def _claim_events(result: SeatResult) -> list[NewEvent]:
                 result.entitlement,
                 result.now,
                 result.seats_in_use,
+                actor=device_actor(result.activation.activation_id),
                 activation_id=result.activation.activation_id,
             )
         )
@@ -184,6 +186,7 @@ def _release_events(release: Release, activation_id: str) -> list[NewEvent]:
                 entitlement,
                 release.now,
                 release.seats_in_use,
+                actor=device_actor(activation_id),
                 activation_id=activation_id,
             )
         )

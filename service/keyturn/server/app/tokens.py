@@ -23,6 +23,7 @@ from keyturn.server.domain.ids import new_id
 from keyturn.server.store.token_repository import ApiToken
 from keyturn.server.store.unit_of_work import Store
 
+from . import audit
 from .context import AppContext
 from .token_use import UseRecorder
 
@@ -83,6 +84,17 @@ async def create_token(
     secret = TOKEN_PREFIX + secrets.token_urlsafe(32)
     async with ctx.store.write() as tx:
         await tx.tokens.add(token, hash_token(secret))
+        await audit.record(
+            tx,
+            now,
+            "token.create",
+            f"tokens/{token.token_id}",
+            details={
+                "scopes": sorted(token.scopes),
+                "description": description,
+                "expire_time": None if token.expire_time is None else token.expire_time.isoformat(),
+            },
+        )
     return token, secret
 
 
@@ -96,7 +108,11 @@ async def revoke_token(ctx: AppContext, token: str) -> str | None:
             if found is None:
                 return None
             token_id = found.token_id
-        return token_id if await tx.tokens.revoke(token_id, ctx.clock.now()) else None
+        now = ctx.clock.now()
+        if not await tx.tokens.revoke(token_id, now):
+            return None
+        await audit.record(tx, now, "token.revoke", f"tokens/{token_id}")
+        return token_id
 
 
 async def list_tokens(ctx: AppContext, *, include_revoked: bool) -> list[ApiToken]:

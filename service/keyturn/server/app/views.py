@@ -50,6 +50,7 @@ def snapshot(entitlement: Entitlement, now: datetime, seats_in_use: int) -> dict
         "start_time": _time(entitlement.start_time),
         "end_time": _time(entitlement.end_time),
         "cancel_time": _time(entitlement.cancel_time),
+        "suspend_time": _time(entitlement.suspend_time),
         "trial": entitlement.trial,
         "status": entitlement.status(now).value,
         "external_references": list(entitlement.external_references),
@@ -63,13 +64,15 @@ def new_event(
     now: datetime,
     seats_in_use: int,
     *,
+    actor: str,
     order_source: str = "",
     order_id: str = "",
     activation_id: str = "",
     effective_time: datetime | None = None,
 ) -> NewEvent:
-    """The event of one change, caused by an order or by an activation; `effective_time`
-    when it took effect before now (a lapse recorded late)."""
+    """The event of one change, caused by an order or by an activation, made by `actor`
+    (app/audit.py names them); `effective_time` when it took effect before now (a lapse
+    recorded late)."""
     return NewEvent(
         entitlement_id=entitlement.entitlement_id,
         type=kind.value,
@@ -79,6 +82,7 @@ def new_event(
         order_id=order_id,
         activation_id=activation_id,
         effective_time=effective_time,
+        actor=actor,
     )
 
 
@@ -95,6 +99,7 @@ def from_snapshot(current: Entitlement, recorded: dict[str, Any]) -> Entitlement
         start_time=current.start_time if start is None else start,
         end_time=_parse_time(recorded.get("end_time")),
         cancel_time=_parse_time(recorded.get("cancel_time")),
+        suspend_time=_parse_time(recorded.get("suspend_time")),
         trial=recorded.get("trial", current.trial),
         update_time=_parse_time(recorded.get("update_time")) or current.update_time,
         external_references=tuple(recorded.get("external_references", current.external_references)),

@@ -157,6 +157,20 @@ class Cancel:
     name: ClassVar[str] = "cancel"
 
 
+@dataclass(frozen=True)
+class Suspend:
+    """Hold the entitlement (failed payment): seats and devices stay, none may be used."""
+
+    name: ClassVar[str] = "suspend"
+
+
+@dataclass(frozen=True)
+class Reinstate:
+    """Lift a suspension: the entitlement goes on where it was."""
+
+    name: ClassVar[str] = "reinstate"
+
+
 Operation = (
     Create
     | Renew
@@ -167,6 +181,8 @@ Operation = (
     | RemoveFeatures
     | ConvertTrial
     | Cancel
+    | Suspend
+    | Reinstate
 )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
+from typing import assert_never
 
 from .catalog import (
     Create,
@@ -18,14 +19,23 @@ from .catalog import (
     without_features,
 )
 from .durations import parse_iso_duration
-from .errors import entitlement_cancelled, entitlement_expired, invalid_state
+from .errors import (
+    entitlement_cancelled,
+    entitlement_expired,
+    entitlement_suspended,
+    invalid_state,
+)
 
 
 class Status(StrEnum):
+    """An entitlement's status, computed from its times. Precedence when several hold:
+    cancelled > suspended > expired > trial / active (see `Entitlement.status`)."""
+
     TRIAL = "trial"
     ACTIVE = "active"
     EXPIRED = "expired"
     CANCELLED = "cancelled"
+    SUSPENDED = "suspended"
 
 
 @dataclass(frozen=True)
@@ -60,6 +70,11 @@ class Entitlement:
     addons: tuple[Feature, ...] = ()  # added by orders on top of the edition's features
     removed_features: tuple[str, ...] = ()  # taken away by orders; stays away on edition change
     overage: Overage = Overage.NONE
+    suspend_time: datetime | None = None  # None: not suspended (reinstated, or never)
+
+    @property
+    def suspended(self) -> bool:
+        return self.suspend_time is not None
 
     @property
     def seat_limit(self) -> int:
@@ -74,22 +89,39 @@ class Entitlement:
         """The last instant leases may run to: end date plus grace (None: never ends)."""
         return None if self.end_time is None else self.end_time + self.grace
 
+    def ended(self, now: datetime) -> bool:
+        """The term (plus grace) is over, whatever else holds (cancelled, suspended)."""
+        until = self.usable_until()
+        return until is not None and now >= until
+
     def status(self, now: datetime) -> Status:
+        """Cancelled (final) before suspended before expired: a suspension is an explicit
+        hold that only a reinstatement lifts, so it shows (and ListEntitlements finds it
+        under SUSPENDED) whatever the dates say; a renewal alone does not make a suspended
+        entitlement usable. store/entitlement_repository.status_condition repeats this."""
         if self.cancel_time is not None:
             return Status.CANCELLED
-        until = self.usable_until()
-        if until is not None and now >= until:
+        if self.suspend_time is not None:
+            return Status.SUSPENDED
+        if self.ended(now):
             return Status.EXPIRED
         return Status.TRIAL if self.trial else Status.ACTIVE
 
     def ensure_usable(self, now: datetime) -> None:
         """Raise unless seats can be taken or leases renewed now."""
-        status = self.status(now)
-        if status is Status.CANCELLED:
-            raise entitlement_cancelled(self.entitlement_id)
-        if status is Status.EXPIRED:
-            assert self.end_time is not None
-            raise entitlement_expired(self.entitlement_id, self.end_time)
+        match self.status(now):
+            case Status.CANCELLED:
+                raise entitlement_cancelled(self.entitlement_id)
+            case Status.SUSPENDED:
+                assert self.suspend_time is not None
+                raise entitlement_suspended(self.entitlement_id, self.suspend_time)
+            case Status.EXPIRED:
+                assert self.end_time is not None
+                raise entitlement_expired(self.entitlement_id, self.end_time)
+            case Status.TRIAL | Status.ACTIVE:
+                return
+            case unreachable:
+                assert_never(unreachable)
 
     def lease_expiry(self, now: datetime) -> datetime:
         """A new lease's expiry: one lease duration, never past the usable end."""

@@ -16,3 +16,5 @@ class EventType(StrEnum):
     SEAT_ACTIVATED = "seat_activated"
     SEAT_RELEASED = "seat_released"
     LEASE_LAPSED = "lease_lapsed"
+    SUSPENDED = "suspended"
+    REINSTATED = "reinstated"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from datetime import datetime
+from typing import assert_never
 
 from .catalog import (
     MAX_SEATS,
@@ -19,10 +20,12 @@ from .catalog import (
     Create,
     Operation,
     Product,
+    Reinstate,
     RemoveFeatures,
     RemoveSeats,
     Renew,
     RenewalAnchor,
+    Suspend,
     merge_features,
     without_features,
 )
@@ -50,6 +53,8 @@ EVENT_OF: dict[type[Operation], EventType] = {
     RemoveFeatures: EventType.FEATURES_CHANGED,
     ConvertTrial: EventType.TRIAL_CONVERTED,
     Cancel: EventType.CANCELLED,
+    Suspend: EventType.SUSPENDED,
+    Reinstate: EventType.REINSTATED,
 }
 
 
@@ -82,7 +87,7 @@ def renew(ent: Entitlement, op: Renew, line: LineContext) -> Entitlement:
     """Extend the end date; it never moves backwards."""
     if ent.end_time is None:
         raise entitlement_perpetual(ent.entitlement_id, line.line_index)
-    expired = ent.status(line.now) is Status.EXPIRED
+    expired = ent.ended(line.now)  # by the dates: a suspended one may have ended too
     from_now = op.anchor is RenewalAnchor.FROM_NOW or (
         op.anchor is RenewalAnchor.FROM_NOW_IF_EXPIRED and expired
     )
@@ -146,27 +151,80 @@ def cancel(ent: Entitlement, op: Cancel, line: LineContext) -> Entitlement:
     return replace(ent, cancel_time=line.now)
 
 
+def suspend(ent: Entitlement, now: datetime) -> Entitlement:
+    """Suspended from `now`; an entitlement suspended already keeps its first instant."""
+    return ent if ent.suspended else replace(ent, suspend_time=now)
+
+
+def reinstate(ent: Entitlement) -> Entitlement:
+    return replace(ent, suspend_time=None) if ent.suspended else ent
+
+
+def hold(ent: Entitlement, op: Suspend | Reinstate, now: datetime) -> Entitlement:
+    """Put on or lift the hold, for an order line or for Suspend/ReinstateEntitlement."""
+    match op:
+        case Suspend():
+            return suspend(ent, now)
+        case Reinstate():
+            return reinstate(ent)
+        case unreachable:
+            assert_never(unreachable)
+
+
+def leaves_unchanged(ent: Entitlement, op: Operation) -> bool:
+    """True for an operation that would change nothing: suspending a suspended
+    entitlement, reinstating one that is not suspended. Such a step is a no-op that
+    records no event (a billing connector may send the same state twice)."""
+    match op:
+        case Suspend():
+            return ent.suspended
+        case Reinstate():
+            return not ent.suspended
+        case (
+            Create()
+            | Renew()
+            | AddSeats()
+            | RemoveSeats()
+            | ChangeEdition()
+            | AddFeatures()
+            | RemoveFeatures()
+            | ConvertTrial()
+            | Cancel()
+        ):
+            return False
+        case unreachable:
+            assert_never(unreachable)
+
+
 def apply_operation(ent: Entitlement, op: Operation, line: LineContext) -> Entitlement:
-    """The entitlement after one operation of an order line (never `create`)."""
+    """The entitlement after one operation of an order line (never `create`); itself,
+    unchanged, when the operation `leaves_unchanged` it."""
     if ent.status(line.now) is Status.CANCELLED:
         raise entitlement_cancelled(ent.entitlement_id, line.line_index)
+    if leaves_unchanged(ent, op):
+        return ent
     changed: Entitlement
-    if isinstance(op, Renew):
-        changed = renew(ent, op, line)
-    elif isinstance(op, AddSeats):
-        changed = add_seats(ent, op, line)
-    elif isinstance(op, RemoveSeats):
-        changed = remove_seats(ent, op, line)
-    elif isinstance(op, ChangeEdition):
-        changed = change_edition(ent, op, line)
-    elif isinstance(op, AddFeatures):
-        changed = add_features(ent, op, line)
-    elif isinstance(op, RemoveFeatures):
-        changed = remove_features(ent, op, line)
-    elif isinstance(op, ConvertTrial):
-        changed = convert_trial(ent, op, line)
-    elif isinstance(op, Cancel):
-        changed = cancel(ent, op, line)
-    else:
-        raise TypeError(f"{op.name} does not change an existing entitlement")
+    match op:
+        case Renew():
+            changed = renew(ent, op, line)
+        case AddSeats():
+            changed = add_seats(ent, op, line)
+        case RemoveSeats():
+            changed = remove_seats(ent, op, line)
+        case ChangeEdition():
+            changed = change_edition(ent, op, line)
+        case AddFeatures():
+            changed = add_features(ent, op, line)
+        case RemoveFeatures():
+            changed = remove_features(ent, op, line)
+        case ConvertTrial():
+            changed = convert_trial(ent, op, line)
+        case Cancel():
+            changed = cancel(ent, op, line)
+        case Suspend() | Reinstate():
+            changed = hold(ent, op, line.now)
+        case Create():
+            raise TypeError(f"{op.name} does not change an existing entitlement")
+        case unreachable:
+            assert_never(unreachable)
     return replace(changed, update_time=line.now)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from datetime import timedelta
+from typing import assert_never
 
 from .catalog import (
     MAX_GRACE,
@@ -17,15 +18,19 @@ from .catalog import (
     MIN_LEASE_DURATION,
     AddFeatures,
     AddSeats,
+    Cancel,
     ChangeEdition,
     ConvertTrial,
     Create,
     Feature,
+    Operation,
     Product,
+    Reinstate,
     RemoveFeatures,
     RemoveSeats,
     Renew,
     Sku,
+    Suspend,
 )
 from .durations import parse_iso_duration
 from .errors import FieldViolation
@@ -143,47 +148,51 @@ def validate_sku_shape(sku: Sku, path: str = "sku") -> list[FieldViolation]:
     return violations
 
 
-def _check_operation(path: str, op: object) -> list[FieldViolation]:
-    if isinstance(op, Create):
-        violations = check_slug(f"{path}.edition_id", op.edition_id, "edition id")
-        violations += check_count(
-            f"{path}.seats_per_unit", op.seats_per_unit, 1, MAX_SEATS_PER_UNIT
+def _check_create(path: str, op: Create) -> list[FieldViolation]:
+    violations = check_slug(f"{path}.edition_id", op.edition_id, "edition id")
+    violations += check_count(f"{path}.seats_per_unit", op.seats_per_unit, 1, MAX_SEATS_PER_UNIT)
+    if op.term is None and op.trial:
+        violations.append(FieldViolation(f"{path}.perpetual", "a trial cannot be perpetual"))
+    if op.term is not None:
+        violations += check_term(f"{path}.term", op.term)
+    violations += check_features(f"{path}.features", op.features)
+    if not MIN_LEASE_DURATION <= op.lease_duration <= MAX_LEASE_DURATION:
+        violations.append(
+            FieldViolation(f"{path}.lease_duration", "must be between 1 minute and 30 days")
         )
-        if op.term is None and op.trial:
-            violations.append(FieldViolation(f"{path}.perpetual", "a trial cannot be perpetual"))
-        if op.term is not None:
-            violations += check_term(f"{path}.term", op.term)
-        violations += check_features(f"{path}.features", op.features)
-        if not MIN_LEASE_DURATION <= op.lease_duration <= MAX_LEASE_DURATION:
-            violations.append(
-                FieldViolation(f"{path}.lease_duration", "must be between 1 minute and 30 days")
-            )
-        if not timedelta(0) <= op.grace <= MAX_GRACE:
-            violations.append(
-                FieldViolation(f"{path}.grace_period", "must be between 0 and 90 days")
-            )
-        return violations
-    if isinstance(op, Renew):
-        return check_term(f"{path}.term", op.term)
-    if isinstance(op, AddSeats | RemoveSeats):
-        return check_count(f"{path}.seats_per_unit", op.seats_per_unit, 1, MAX_SEATS_PER_UNIT)
-    if isinstance(op, ChangeEdition):
-        return check_slug(f"{path}.edition_id", op.edition_id, "edition id")
-    if isinstance(op, AddFeatures):
-        if not op.features:
-            return [FieldViolation(f"{path}.features", "at least one feature is required")]
-        return check_features(f"{path}.features", op.features)
-    if isinstance(op, RemoveFeatures):
-        if not op.feature_names:
-            return [FieldViolation(f"{path}.feature_names", "at least one name is required")]
-        return [
-            v
-            for i, name in enumerate(op.feature_names)
-            for v in check_slug(f"{path}.feature_names[{i}]", name, "feature name")
-        ]
-    if isinstance(op, ConvertTrial) and op.term is not None:
-        return check_term(f"{path}.term", op.term)
-    return []
+    if not timedelta(0) <= op.grace <= MAX_GRACE:
+        violations.append(FieldViolation(f"{path}.grace_period", "must be between 0 and 90 days"))
+    return violations
+
+
+def _check_operation(path: str, op: Operation) -> list[FieldViolation]:
+    match op:
+        case Create():
+            return _check_create(path, op)
+        case Renew():
+            return check_term(f"{path}.term", op.term)
+        case AddSeats() | RemoveSeats():
+            return check_count(f"{path}.seats_per_unit", op.seats_per_unit, 1, MAX_SEATS_PER_UNIT)
+        case ChangeEdition():
+            return check_slug(f"{path}.edition_id", op.edition_id, "edition id")
+        case AddFeatures():
+            if not op.features:
+                return [FieldViolation(f"{path}.features", "at least one feature is required")]
+            return check_features(f"{path}.features", op.features)
+        case RemoveFeatures():
+            if not op.feature_names:
+                return [FieldViolation(f"{path}.feature_names", "at least one name is required")]
+            return [
+                v
+                for i, name in enumerate(op.feature_names)
+                for v in check_slug(f"{path}.feature_names[{i}]", name, "feature name")
+            ]
+        case ConvertTrial():
+            return [] if op.term is None else check_term(f"{path}.term", op.term)
+        case Cancel() | Suspend() | Reinstate():
+            return []  # nothing to check: they carry no fields
+        case unreachable:
+            assert_never(unreachable)
 
 
 def validate_sku_against_product(

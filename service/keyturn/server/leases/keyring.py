@@ -26,7 +26,7 @@ from keyturn.server.domain.errors import DomainError, signing_key_unavailable
 from keyturn.server.domain.ids import is_id, new_id
 from keyturn.server.sealing import Sealer, SecretError
 from keyturn.server.store.signing_key_repository import StoredSigningKey
-from keyturn.server.store.unit_of_work import ReadStore, Store
+from keyturn.server.store.unit_of_work import ReadStore, Store, Transaction
 
 log = logging.getLogger("keyturn.keys")
 
@@ -154,12 +154,18 @@ class Rotation:
 async def rotate_signing_key(store: Store, sealer: Sealer, now: datetime) -> Rotation:
     """Add a key that signs from now on; the others retire once their leases have expired."""
     async with store.write() as tx:
-        await tx.signing_keys.lock_all()
-        longest = max(await tx.entitlements.longest_lease(), timedelta(0))
-        retire_time = now + longest + RETIRE_MARGIN
-        key = new_signing_key(sealer, now)
-        await tx.signing_keys.add(key)
-        retired = await tx.signing_keys.retire_all_but(key.kid, retire_time)
+        return await rotate_in(tx, sealer, now)
+
+
+async def rotate_in(tx: Transaction, sealer: Sealer, now: datetime) -> Rotation:
+    """The rotation, in a transaction of the caller's (app/signing_keys.py records it in
+    the audit trail in the same one)."""
+    await tx.signing_keys.lock_all()
+    longest = max(await tx.entitlements.longest_lease(), timedelta(0))
+    retire_time = now + longest + RETIRE_MARGIN
+    key = new_signing_key(sealer, now)
+    await tx.signing_keys.add(key)
+    retired = await tx.signing_keys.retire_all_but(key.kid, retire_time)
     return Rotation(key.kid, retired, retire_time)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict
 from datetime import timedelta
-from typing import Any
+from typing import Any, assert_never
 
 from keyturn.server.domain.catalog import (
     AddFeatures,
@@ -19,10 +19,12 @@ from keyturn.server.domain.catalog import (
     LicenseModel,
     Operation,
     Overage,
+    Reinstate,
     RemoveFeatures,
     RemoveSeats,
     Renew,
     RenewalAnchor,
+    Suspend,
 )
 from keyturn.server.domain.entitlement import Customer
 from keyturn.server.domain.orders import LineResult, OrderLine, OrderRequest
@@ -55,27 +57,38 @@ def editions_from_json(data: list[dict[str, Any]]) -> tuple[Edition, ...]:
 
 def operation_to_json(op: Operation) -> dict[str, Any]:
     body: dict[str, Any]
-    if isinstance(op, Create):
-        body = {
-            "edition_id": op.edition_id,
-            "seats_per_unit": op.seats_per_unit,
-            "term": op.term,
-            "trial": op.trial,
-            "features": features_to_json(op.features),
-            "license_model": op.license_model.value,
-            "lease_duration_seconds": int(op.lease_duration.total_seconds()),
-            "dispatch": op.dispatch.value,
-            "grace_seconds": int(op.grace.total_seconds()),
-            "overage": op.overage.value,
-        }
-    elif isinstance(op, Renew):
-        body = {"term": op.term, "anchor": op.anchor.value}
-    elif isinstance(op, AddFeatures):
-        body = {"features": features_to_json(op.features)}
-    elif isinstance(op, RemoveFeatures):
-        body = {"feature_names": list(op.feature_names)}
-    else:
-        body = asdict(op)
+    match op:
+        case Create():
+            body = {
+                "edition_id": op.edition_id,
+                "seats_per_unit": op.seats_per_unit,
+                "term": op.term,
+                "trial": op.trial,
+                "features": features_to_json(op.features),
+                "license_model": op.license_model.value,
+                "lease_duration_seconds": int(op.lease_duration.total_seconds()),
+                "dispatch": op.dispatch.value,
+                "grace_seconds": int(op.grace.total_seconds()),
+                "overage": op.overage.value,
+            }
+        case Renew():
+            body = {"term": op.term, "anchor": op.anchor.value}
+        case AddFeatures():
+            body = {"features": features_to_json(op.features)}
+        case RemoveFeatures():
+            body = {"feature_names": list(op.feature_names)}
+        case (
+            AddSeats()
+            | RemoveSeats()
+            | ChangeEdition()
+            | ConvertTrial()
+            | Cancel()
+            | Suspend()
+            | Reinstate()
+        ):
+            body = asdict(op)
+        case unreachable:
+            assert_never(unreachable)
     return {op.name: body}
 
 
@@ -102,8 +115,14 @@ def operation_from_json(data: dict[str, Any]) -> Operation:
         return AddFeatures(features_from_json(body["features"]))
     if name == RemoveFeatures.name:
         return RemoveFeatures(tuple(body["feature_names"]))
-    simple: dict[str, type[AddSeats | RemoveSeats | ChangeEdition | ConvertTrial | Cancel]]
-    simple = {cls.name: cls for cls in (AddSeats, RemoveSeats, ChangeEdition, ConvertTrial, Cancel)}
+    simple: dict[
+        str,
+        type[AddSeats | RemoveSeats | ChangeEdition | ConvertTrial | Cancel | Suspend | Reinstate],
+    ]
+    simple = {
+        cls.name: cls
+        for cls in (AddSeats, RemoveSeats, ChangeEdition, ConvertTrial, Cancel, Suspend, Reinstate)
+    }
     return simple[name](**body)
 
 

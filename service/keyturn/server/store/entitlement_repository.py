@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import assert_never
 
 from sqlalchemy import ColumnElement, Select, and_, func, insert, not_, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -47,6 +48,7 @@ def entitlement_of(row: Row, references: tuple[str, ...]) -> Entitlement:
         addons=features_from_json(row["addon_features"]),
         removed_features=tuple(row["removed_features"]),
         overage=Overage(row["overage"]),
+        suspend_time=row["suspend_time"],
     )
 
 
@@ -60,6 +62,7 @@ def _state(entitlement: Entitlement) -> dict[str, object]:
         "end_time": entitlement.end_time,
         "trial": entitlement.trial,
         "cancel_time": entitlement.cancel_time,
+        "suspend_time": entitlement.suspend_time,
         "grace_seconds": int(entitlement.grace.total_seconds()),
         "usable_until": entitlement.usable_until(),
         "addon_features": features_to_json(entitlement.addons),
@@ -79,15 +82,25 @@ class EntitlementFilter:
     external_reference: str = ""
 
 
-def _status_condition(status: Status, now: datetime) -> ColumnElement[bool]:
-    """Status as Entitlement.status computes it, in SQL (usable_until = end date + grace)."""
+def status_condition(status: Status, now: datetime) -> ColumnElement[bool]:
+    """Status as Entitlement.status computes it, in SQL (usable_until = end date + grace):
+    cancelled, then suspended, then expired. tests/store/test_entitlement_status.py runs
+    both on the same cases."""
     t = entitlements
     live = or_(t.c.usable_until.is_(None), t.c.usable_until > now)
-    if status is Status.CANCELLED:
-        return t.c.cancel_time.is_not(None)
-    if status is Status.EXPIRED:
-        return and_(t.c.cancel_time.is_(None), not_(live))
-    return and_(t.c.cancel_time.is_(None), live, t.c.trial == (status is Status.TRIAL))
+    held = and_(t.c.cancel_time.is_(None), t.c.suspend_time.is_not(None))
+    running = and_(t.c.cancel_time.is_(None), t.c.suspend_time.is_(None))
+    match status:
+        case Status.CANCELLED:
+            return t.c.cancel_time.is_not(None)
+        case Status.SUSPENDED:
+            return held
+        case Status.EXPIRED:
+            return and_(running, not_(live))
+        case Status.TRIAL | Status.ACTIVE:
+            return and_(running, live, t.c.trial == (status is Status.TRIAL))
+        case unreachable:
+            assert_never(unreachable)
 
 
 class EntitlementRepository:
@@ -199,7 +212,7 @@ class EntitlementRepository:
                 )
             )
         if where.status is not None:
-            query = query.where(_status_condition(where.status, now))
+            query = query.where(status_condition(where.status, now))
         return await self._many(query.order_by(t.c.entitlement_id).limit(limit))
 
     async def longest_lease(self) -> timedelta:

@@ -31,6 +31,7 @@ class NewEvent:
     order_id: str = ""
     activation_id: str = ""
     effective_time: datetime | None = None  # before create_time: a lapse recorded late
+    actor: str = ""  # who made the change (token:ID, device:ID, system:JOB); "": before 0010
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,7 @@ STORED_COLUMNS = (
     events.c.activation_id,
     events.c.snapshot,
     events.c.effective_time,
+    func.coalesce(events.c.actor, "").label("actor"),
 )
 
 
@@ -61,6 +63,7 @@ def event_row(event: NewEvent) -> dict[str, Any]:
         "activation_id": event.activation_id,
         "snapshot": event.snapshot,
         "effective_time": event.effective_time,
+        "actor": event.actor,
     }
 
 

@@ -114,14 +114,14 @@ def _insert_events(first: int, only_after: str = "") -> str:
     arrays = ", ".join(
         f"${first + i}::{kind}[]"
         for i, kind in enumerate(
-            ("text", "text", "timestamptz", "text", "text", "text", "json", "timestamptz")
+            ("text", "text", "timestamptz", "text", "text", "text", "json", "timestamptz", "text")
         )
     )
     source = f"{only_after}, " if only_after else ""
     return f"""
     INSERT INTO entitlement_events
         (entitlement_id, type, create_time, order_source, order_id, activation_id, snapshot,
-         effective_time)
+         effective_time, actor)
     SELECT event.* FROM {source}unnest({arrays}) AS event"""
 
 
@@ -275,6 +275,7 @@ def _event_arrays(recorded: list[NewEvent]) -> list[list[Any]]:
         [e.activation_id for e in recorded],
         [e.snapshot for e in recorded],
         [e.effective_time for e in recorded],
+        [e.actor for e in recorded],
     ]
 
 

@@ -42,7 +42,7 @@ class EntitlementInfo:
     entitlement_id: str
     product_id: str
     edition_id: str
-    status: str  # "trial", "active", "expired", "cancelled" ("unspecified"/"unknown" otherwise)
+    status: str  # "trial", "active", "expired", "cancelled", "suspended" (else "unknown")
     features: Mapping[str, int | None]
     seats: int
     seats_in_use: int

@@ -106,6 +106,12 @@ class EntitlementCancelledError(KeyturnError):
     """ENTITLEMENT_CANCELLED."""
 
 
+class EntitlementSuspendedError(KeyturnError):
+    """ENTITLEMENT_SUSPENDED: on hold (a failed payment, say) until the vendor reinstates
+    it; unlike a cancel it is temporary, and the device keeps its activation.
+    `.metadata['entitlement_id']`, `['suspend_time']`."""
+
+
 class SeatsExhaustedError(KeyturnError):
     """SEATS_EXHAUSTED: every seat is taken; `.metadata['seats']` is the paid seat count,
     `.metadata['seat_limit']` how many may be in use at once (more under an overage policy)."""
@@ -174,6 +180,7 @@ ERRORS_BY_REASON: dict[str, type[KeyturnError]] = {
     "PRODUCT_MISMATCH": ProductMismatchError,
     "ENTITLEMENT_EXPIRED": EntitlementExpiredError,
     "ENTITLEMENT_CANCELLED": EntitlementCancelledError,
+    "ENTITLEMENT_SUSPENDED": EntitlementSuspendedError,
     "SEATS_EXHAUSTED": SeatsExhaustedError,
     "INVALID_LEASE": InvalidLeaseError,
     "LEASE_SUPERSEDED": LeaseSupersededError,

@@ -99,6 +99,21 @@ class FulfillmentClient(BearerClient):
         request = fulfillment_pb2.ResendCredentialsRequest(entitlement_id=entitlement_id)
         return self._call(self._stub.ResendCredentials, request).queued_messages
 
+    def suspend_entitlement(
+        self, entitlement_id: str, reason: str = ""
+    ) -> fulfillment_pb2.Entitlement:
+        """Hold the entitlement (a failed payment): its apps get EntitlementSuspendedError
+        on activation and renewal until `reinstate_entitlement`. Safe to repeat."""
+        request = fulfillment_pb2.SuspendEntitlementRequest(
+            entitlement_id=entitlement_id, reason=reason
+        )
+        return self._call(self._stub.SuspendEntitlement, request).entitlement
+
+    def reinstate_entitlement(self, entitlement_id: str) -> fulfillment_pb2.Entitlement:
+        """Lift a suspension: the same devices go on. Safe to repeat."""
+        request = fulfillment_pb2.ReinstateEntitlementRequest(entitlement_id=entitlement_id)
+        return self._call(self._stub.ReinstateEntitlement, request).entitlement
+
     def watch_events(
         self, after_sequence: int = 0
     ) -> Generator[fulfillment_pb2.EntitlementEvent, None, None]:

@@ -26,21 +26,21 @@ from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$keyturn/fulfillment/v1/catalog.proto\x12\x16keyturn.fulfillment.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"5\n\x07\x46\x65\x61ture\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\x05limit\x18\x02 \x01(\x03H\x00\x88\x01\x01\x42\x08\n\x06_limit\"f\n\x07\x45\x64ition\x12\x12\n\nedition_id\x18\x01 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\x12\x31\n\x08\x66\x65\x61tures\x18\x03 \x03(\x0b\x32\x1f.keyturn.fulfillment.v1.Feature\"\xa5\x01\n\x07Product\x12\x12\n\nproduct_id\x18\x01 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\x12\x31\n\x08\x65\x64itions\x18\x03 \x03(\x0b\x32\x1f.keyturn.fulfillment.v1.Edition\x12\x0c\n\x04\x65tag\x18\x04 \x01(\t\x12/\n\x0bupdate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xad\x03\n\x0f\x43reateOperation\x12\x12\n\nedition_id\x18\x01 \x01(\t\x12\x16\n\x0eseats_per_unit\x18\x02 \x01(\x05\x12\x0c\n\x04term\x18\x03 \x01(\t\x12\x11\n\tperpetual\x18\x04 \x01(\x08\x12\r\n\x05trial\x18\x05 \x01(\x08\x12\x31\n\x08\x66\x65\x61tures\x18\x06 \x03(\x0b\x32\x1f.keyturn.fulfillment.v1.Feature\x12;\n\rlicense_model\x18\x07 \x01(\x0e\x32$.keyturn.fulfillment.v1.LicenseModel\x12\x31\n\x0elease_duration\x18\x08 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x32\n\x08\x64ispatch\x18\t \x01(\x0e\x32 .keyturn.fulfillment.v1.Dispatch\x12/\n\x0cgrace_period\x18\n \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x36\n\x07overage\x18\x0b \x01(\x0e\x32%.keyturn.fulfillment.v1.OveragePolicy\"U\n\x0eRenewOperation\x12\x0c\n\x04term\x18\x01 \x01(\t\x12\x35\n\x06\x61nchor\x18\x02 \x01(\x0e\x32%.keyturn.fulfillment.v1.RenewalAnchor\"+\n\x11\x41\x64\x64SeatsOperation\x12\x16\n\x0eseats_per_unit\x18\x01 \x01(\x05\".\n\x14RemoveSeatsOperation\x12\x16\n\x0eseats_per_unit\x18\x01 \x01(\x05\",\n\x16\x43hangeEditionOperation\x12\x12\n\nedition_id\x18\x01 \x01(\t\"I\n\x14\x41\x64\x64\x46\x65\x61turesOperation\x12\x31\n\x08\x66\x65\x61tures\x18\x01 \x03(\x0b\x32\x1f.keyturn.fulfillment.v1.Feature\"0\n\x17RemoveFeaturesOperation\x12\x15\n\rfeature_names\x18\x01 \x03(\t\"8\n\x15\x43onvertTrialOperation\x12\x0c\n\x04term\x18\x01 \x01(\t\x12\x11\n\tperpetual\x18\x02 \x01(\x08\"\x11\n\x0f\x43\x61ncelOperation\"\xec\x04\n\tOperation\x12\x39\n\x06\x63reate\x18\x01 \x01(\x0b\x32\'.keyturn.fulfillment.v1.CreateOperationH\x00\x12\x37\n\x05renew\x18\x02 \x01(\x0b\x32&.keyturn.fulfillment.v1.RenewOperationH\x00\x12>\n\tadd_seats\x18\x03 \x01(\x0b\x32).keyturn.fulfillment.v1.AddSeatsOperationH\x00\x12\x44\n\x0cremove_seats\x18\x04 \x01(\x0b\x32,.keyturn.fulfillment.v1.RemoveSeatsOperationH\x00\x12H\n\x0e\x63hange_edition\x18\x05 \x01(\x0b\x32..keyturn.fulfillment.v1.ChangeEditionOperationH\x00\x12\x44\n\x0c\x61\x64\x64_features\x18\x06 \x01(\x0b\x32,.keyturn.fulfillment.v1.AddFeaturesOperationH\x00\x12J\n\x0fremove_features\x18\x07 \x01(\x0b\x32/.keyturn.fulfillment.v1.RemoveFeaturesOperationH\x00\x12\x46\n\rconvert_trial\x18\x08 \x01(\x0b\x32-.keyturn.fulfillment.v1.ConvertTrialOperationH\x00\x12\x39\n\x06\x63\x61ncel\x18\t \x01(\x0b\x32\'.keyturn.fulfillment.v1.CancelOperationH\x00\x42\x06\n\x04kind\"\xb5\x01\n\x03Sku\x12\x0e\n\x06sku_id\x18\x01 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\x12\x12\n\nproduct_id\x18\x03 \x01(\t\x12\x35\n\noperations\x18\x04 \x03(\x0b\x32!.keyturn.fulfillment.v1.Operation\x12\x0c\n\x04\x65tag\x18\x05 \x01(\t\x12/\n\x0bupdate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"E\n\x11PutProductRequest\x12\x30\n\x07product\x18\x01 \x01(\x0b\x32\x1f.keyturn.fulfillment.v1.Product\"F\n\x12PutProductResponse\x12\x30\n\x07product\x18\x01 \x01(\x0b\x32\x1f.keyturn.fulfillment.v1.Product\"<\n\x13ListProductsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"b\n\x14ListProductsResponse\x12\x31\n\x08products\x18\x01 \x03(\x0b\x32\x1f.keyturn.fulfillment.v1.Product\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"9\n\rPutSkuRequest\x12(\n\x03sku\x18\x01 \x01(\x0b\x32\x1b.keyturn.fulfillment.v1.Sku\":\n\x0ePutSkuResponse\x12(\n\x03sku\x18\x01 \x01(\x0b\x32\x1b.keyturn.fulfillment.v1.Sku\"\x1f\n\rGetSkuRequest\x12\x0e\n\x06sku_id\x18\x01 \x01(\t\":\n\x0eGetSkuResponse\x12(\n\x03sku\x18\x01 \x01(\x0b\x32\x1b.keyturn.fulfillment.v1.Sku\"L\n\x0fListSkusRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x12\n\nproduct_id\x18\x03 \x01(\t\"V\n\x10ListSkusResponse\x12)\n\x04skus\x18\x01 \x03(\x0b\x32\x1b.keyturn.fulfillment.v1.Sku\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"0\n\x10\x44\x65leteSkuRequest\x12\x0e\n\x06sku_id\x18\x01 \x01(\t\x12\x0c\n\x04\x65tag\x18\x02 \x01(\t\"\x13\n\x11\x44\x65leteSkuResponse*h\n\x0cLicenseModel\x12\x1d\n\x19LICENSE_MODEL_UNSPECIFIED\x10\x00\x12\x1a\n\x16LICENSE_MODEL_FLOATING\x10\x01\x12\x1d\n\x19LICENSE_MODEL_NODE_LOCKED\x10\x02*j\n\x08\x44ispatch\x12\x18\n\x14\x44ISPATCH_UNSPECIFIED\x10\x00\x12\x18\n\x14\x44ISPATCH_LICENSE_KEY\x10\x01\x12\x17\n\x13\x44ISPATCH_INVITATION\x10\x02\x12\x11\n\rDISPATCH_NONE\x10\x03*\xba\x01\n\rOveragePolicy\x12\x1e\n\x1aOVERAGE_POLICY_UNSPECIFIED\x10\x00\x12\x17\n\x13OVERAGE_POLICY_NONE\x10\x01\x12$\n OVERAGE_POLICY_ALLOW_125_PERCENT\x10\x02\x12$\n OVERAGE_POLICY_ALLOW_150_PERCENT\x10\x03\x12$\n OVERAGE_POLICY_ALLOW_200_PERCENT\x10\x04*\x94\x01\n\rRenewalAnchor\x12\x1e\n\x1aRENEWAL_ANCHOR_UNSPECIFIED\x10\x00\x12\x1e\n\x1aRENEWAL_ANCHOR_FROM_EXPIRY\x10\x01\x12\x1b\n\x17RENEWAL_ANCHOR_FROM_NOW\x10\x02\x12&\n\"RENEWAL_ANCHOR_FROM_NOW_IF_EXPIRED\x10\x03\x32\xd3\x04\n\x0e\x43\x61talogService\x12\x63\n\nPutProduct\x12).keyturn.fulfillment.v1.PutProductRequest\x1a*.keyturn.fulfillment.v1.PutProductResponse\x12i\n\x0cListProducts\x12+.keyturn.fulfillment.v1.ListProductsRequest\x1a,.keyturn.fulfillment.v1.ListProductsResponse\x12W\n\x06PutSku\x12%.keyturn.fulfillment.v1.PutSkuRequest\x1a&.keyturn.fulfillment.v1.PutSkuResponse\x12W\n\x06GetSku\x12%.keyturn.fulfillment.v1.GetSkuRequest\x1a&.keyturn.fulfillment.v1.GetSkuResponse\x12]\n\x08ListSkus\x12\'.keyturn.fulfillment.v1.ListSkusRequest\x1a(.keyturn.fulfillment.v1.ListSkusResponse\x12`\n\tDeleteSku\x12(.keyturn.fulfillment.v1.DeleteSkuRequest\x1a).keyturn.fulfillment.v1.DeleteSkuResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$keyturn/fulfillment/v1/catalog.proto\x12\x16keyturn.fulfillment.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"5\n\x07\x46\x65\x61ture\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\x05limit\x18\x02 \x01(\x03H\x00\x88\x01\x01\x42\x08\n\x06_limit\"f\n\x07\x45\x64ition\x12\x12\n\nedition_id\x18\x01 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\x12\x31\n\x08\x66\x65\x61tures\x18\x03 \x03(\x0b\x32\x1f.keyturn.fulfillment.v1.Feature\"\xa5\x01\n\x07Product\x12\x12\n\nproduct_id\x18\x01 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\x12\x31\n\x08\x65\x64itions\x18\x03 \x03(\x0b\x32\x1f.keyturn.fulfillment.v1.Edition\x12\x0c\n\x04\x65tag\x18\x04 \x01(\t\x12/\n\x0bupdate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xad\x03\n\x0f\x43reateOperation\x12\x12\n\nedition_id\x18\x01 \x01(\t\x12\x16\n\x0eseats_per_unit\x18\x02 \x01(\x05\x12\x0c\n\x04term\x18\x03 \x01(\t\x12\x11\n\tperpetual\x18\x04 \x01(\x08\x12\r\n\x05trial\x18\x05 \x01(\x08\x12\x31\n\x08\x66\x65\x61tures\x18\x06 \x03(\x0b\x32\x1f.keyturn.fulfillment.v1.Feature\x12;\n\rlicense_model\x18\x07 \x01(\x0e\x32$.keyturn.fulfillment.v1.LicenseModel\x12\x31\n\x0elease_duration\x18\x08 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x32\n\x08\x64ispatch\x18\t \x01(\x0e\x32 .keyturn.fulfillment.v1.Dispatch\x12/\n\x0cgrace_period\x18\n \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x36\n\x07overage\x18\x0b \x01(\x0e\x32%.keyturn.fulfillment.v1.OveragePolicy\"U\n\x0eRenewOperation\x12\x0c\n\x04term\x18\x01 \x01(\t\x12\x35\n\x06\x61nchor\x18\x02 \x01(\x0e\x32%.keyturn.fulfillment.v1.RenewalAnchor\"+\n\x11\x41\x64\x64SeatsOperation\x12\x16\n\x0eseats_per_unit\x18\x01 \x01(\x05\".\n\x14RemoveSeatsOperation\x12\x16\n\x0eseats_per_unit\x18\x01 \x01(\x05\",\n\x16\x43hangeEditionOperation\x12\x12\n\nedition_id\x18\x01 \x01(\t\"I\n\x14\x41\x64\x64\x46\x65\x61turesOperation\x12\x31\n\x08\x66\x65\x61tures\x18\x01 \x03(\x0b\x32\x1f.keyturn.fulfillment.v1.Feature\"0\n\x17RemoveFeaturesOperation\x12\x15\n\rfeature_names\x18\x01 \x03(\t\"8\n\x15\x43onvertTrialOperation\x12\x0c\n\x04term\x18\x01 \x01(\t\x12\x11\n\tperpetual\x18\x02 \x01(\x08\"\x11\n\x0f\x43\x61ncelOperation\"\xea\x05\n\tOperation\x12\x39\n\x06\x63reate\x18\x01 \x01(\x0b\x32\'.keyturn.fulfillment.v1.CreateOperationH\x00\x12\x37\n\x05renew\x18\x02 \x01(\x0b\x32&.keyturn.fulfillment.v1.RenewOperationH\x00\x12>\n\tadd_seats\x18\x03 \x01(\x0b\x32).keyturn.fulfillment.v1.AddSeatsOperationH\x00\x12\x44\n\x0cremove_seats\x18\x04 \x01(\x0b\x32,.keyturn.fulfillment.v1.RemoveSeatsOperationH\x00\x12H\n\x0e\x63hange_edition\x18\x05 \x01(\x0b\x32..keyturn.fulfillment.v1.ChangeEditionOperationH\x00\x12\x44\n\x0c\x61\x64\x64_features\x18\x06 \x01(\x0b\x32,.keyturn.fulfillment.v1.AddFeaturesOperationH\x00\x12J\n\x0fremove_features\x18\x07 \x01(\x0b\x32/.keyturn.fulfillment.v1.RemoveFeaturesOperationH\x00\x12\x46\n\rconvert_trial\x18\x08 \x01(\x0b\x32-.keyturn.fulfillment.v1.ConvertTrialOperationH\x00\x12\x39\n\x06\x63\x61ncel\x18\t \x01(\x0b\x32\'.keyturn.fulfillment.v1.CancelOperationH\x00\x12;\n\x07suspend\x18\n \x01(\x0b\x32(.keyturn.fulfillment.v1.SuspendOperationH\x00\x12?\n\treinstate\x18\x0b \x01(\x0b\x32*.keyturn.fulfillment.v1.ReinstateOperationH\x00\x42\x06\n\x04kind\"\xb5\x01\n\x03Sku\x12\x0e\n\x06sku_id\x18\x01 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\x12\x12\n\nproduct_id\x18\x03 \x01(\t\x12\x35\n\noperations\x18\x04 \x03(\x0b\x32!.keyturn.fulfillment.v1.Operation\x12\x0c\n\x04\x65tag\x18\x05 \x01(\t\x12/\n\x0bupdate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"E\n\x11PutProductRequest\x12\x30\n\x07product\x18\x01 \x01(\x0b\x32\x1f.keyturn.fulfillment.v1.Product\"F\n\x12PutProductResponse\x12\x30\n\x07product\x18\x01 \x01(\x0b\x32\x1f.keyturn.fulfillment.v1.Product\"<\n\x13ListProductsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"b\n\x14ListProductsResponse\x12\x31\n\x08products\x18\x01 \x03(\x0b\x32\x1f.keyturn.fulfillment.v1.Product\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"9\n\rPutSkuRequest\x12(\n\x03sku\x18\x01 \x01(\x0b\x32\x1b.keyturn.fulfillment.v1.Sku\":\n\x0ePutSkuResponse\x12(\n\x03sku\x18\x01 \x01(\x0b\x32\x1b.keyturn.fulfillment.v1.Sku\"\x1f\n\rGetSkuRequest\x12\x0e\n\x06sku_id\x18\x01 \x01(\t\":\n\x0eGetSkuResponse\x12(\n\x03sku\x18\x01 \x01(\x0b\x32\x1b.keyturn.fulfillment.v1.Sku\"L\n\x0fListSkusRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x12\n\nproduct_id\x18\x03 \x01(\t\"V\n\x10ListSkusResponse\x12)\n\x04skus\x18\x01 \x03(\x0b\x32\x1b.keyturn.fulfillment.v1.Sku\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"0\n\x10\x44\x65leteSkuRequest\x12\x0e\n\x06sku_id\x18\x01 \x01(\t\x12\x0c\n\x04\x65tag\x18\x02 \x01(\t\"\x13\n\x11\x44\x65leteSkuResponse\"\x12\n\x10SuspendOperation\"\x14\n\x12ReinstateOperation*h\n\x0cLicenseModel\x12\x1d\n\x19LICENSE_MODEL_UNSPECIFIED\x10\x00\x12\x1a\n\x16LICENSE_MODEL_FLOATING\x10\x01\x12\x1d\n\x19LICENSE_MODEL_NODE_LOCKED\x10\x02*j\n\x08\x44ispatch\x12\x18\n\x14\x44ISPATCH_UNSPECIFIED\x10\x00\x12\x18\n\x14\x44ISPATCH_LICENSE_KEY\x10\x01\x12\x17\n\x13\x44ISPATCH_INVITATION\x10\x02\x12\x11\n\rDISPATCH_NONE\x10\x03*\xba\x01\n\rOveragePolicy\x12\x1e\n\x1aOVERAGE_POLICY_UNSPECIFIED\x10\x00\x12\x17\n\x13OVERAGE_POLICY_NONE\x10\x01\x12$\n OVERAGE_POLICY_ALLOW_125_PERCENT\x10\x02\x12$\n OVERAGE_POLICY_ALLOW_150_PERCENT\x10\x03\x12$\n OVERAGE_POLICY_ALLOW_200_PERCENT\x10\x04*\x94\x01\n\rRenewalAnchor\x12\x1e\n\x1aRENEWAL_ANCHOR_UNSPECIFIED\x10\x00\x12\x1e\n\x1aRENEWAL_ANCHOR_FROM_EXPIRY\x10\x01\x12\x1b\n\x17RENEWAL_ANCHOR_FROM_NOW\x10\x02\x12&\n\"RENEWAL_ANCHOR_FROM_NOW_IF_EXPIRED\x10\x03\x32\xd3\x04\n\x0e\x43\x61talogService\x12\x63\n\nPutProduct\x12).keyturn.fulfillment.v1.PutProductRequest\x1a*.keyturn.fulfillment.v1.PutProductResponse\x12i\n\x0cListProducts\x12+.keyturn.fulfillment.v1.ListProductsRequest\x1a,.keyturn.fulfillment.v1.ListProductsResponse\x12W\n\x06PutSku\x12%.keyturn.fulfillment.v1.PutSkuRequest\x1a&.keyturn.fulfillment.v1.PutSkuResponse\x12W\n\x06GetSku\x12%.keyturn.fulfillment.v1.GetSkuRequest\x1a&.keyturn.fulfillment.v1.GetSkuResponse\x12]\n\x08ListSkus\x12\'.keyturn.fulfillment.v1.ListSkusRequest\x1a(.keyturn.fulfillment.v1.ListSkusResponse\x12`\n\tDeleteSku\x12(.keyturn.fulfillment.v1.DeleteSkuRequest\x1a).keyturn.fulfillment.v1.DeleteSkuResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'keyturn.fulfillment.v1.catalog_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_LICENSEMODEL']._serialized_start=2877
-  _globals['_LICENSEMODEL']._serialized_end=2981
-  _globals['_DISPATCH']._serialized_start=2983
-  _globals['_DISPATCH']._serialized_end=3089
-  _globals['_OVERAGEPOLICY']._serialized_start=3092
-  _globals['_OVERAGEPOLICY']._serialized_end=3278
-  _globals['_RENEWALANCHOR']._serialized_start=3281
-  _globals['_RENEWALANCHOR']._serialized_end=3429
+  _globals['_LICENSEMODEL']._serialized_start=3045
+  _globals['_LICENSEMODEL']._serialized_end=3149
+  _globals['_DISPATCH']._serialized_start=3151
+  _globals['_DISPATCH']._serialized_end=3257
+  _globals['_OVERAGEPOLICY']._serialized_start=3260
+  _globals['_OVERAGEPOLICY']._serialized_end=3446
+  _globals['_RENEWALANCHOR']._serialized_start=3449
+  _globals['_RENEWALANCHOR']._serialized_end=3597
   _globals['_FEATURE']._serialized_start=129
   _globals['_FEATURE']._serialized_end=182
   _globals['_EDITION']._serialized_start=184
@@ -66,33 +66,37 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CANCELOPERATION']._serialized_start=1297
   _globals['_CANCELOPERATION']._serialized_end=1314
   _globals['_OPERATION']._serialized_start=1317
-  _globals['_OPERATION']._serialized_end=1937
-  _globals['_SKU']._serialized_start=1940
-  _globals['_SKU']._serialized_end=2121
-  _globals['_PUTPRODUCTREQUEST']._serialized_start=2123
-  _globals['_PUTPRODUCTREQUEST']._serialized_end=2192
-  _globals['_PUTPRODUCTRESPONSE']._serialized_start=2194
-  _globals['_PUTPRODUCTRESPONSE']._serialized_end=2264
-  _globals['_LISTPRODUCTSREQUEST']._serialized_start=2266
-  _globals['_LISTPRODUCTSREQUEST']._serialized_end=2326
-  _globals['_LISTPRODUCTSRESPONSE']._serialized_start=2328
-  _globals['_LISTPRODUCTSRESPONSE']._serialized_end=2426
-  _globals['_PUTSKUREQUEST']._serialized_start=2428
-  _globals['_PUTSKUREQUEST']._serialized_end=2485
-  _globals['_PUTSKURESPONSE']._serialized_start=2487
-  _globals['_PUTSKURESPONSE']._serialized_end=2545
-  _globals['_GETSKUREQUEST']._serialized_start=2547
-  _globals['_GETSKUREQUEST']._serialized_end=2578
-  _globals['_GETSKURESPONSE']._serialized_start=2580
-  _globals['_GETSKURESPONSE']._serialized_end=2638
-  _globals['_LISTSKUSREQUEST']._serialized_start=2640
-  _globals['_LISTSKUSREQUEST']._serialized_end=2716
-  _globals['_LISTSKUSRESPONSE']._serialized_start=2718
-  _globals['_LISTSKUSRESPONSE']._serialized_end=2804
-  _globals['_DELETESKUREQUEST']._serialized_start=2806
-  _globals['_DELETESKUREQUEST']._serialized_end=2854
-  _globals['_DELETESKURESPONSE']._serialized_start=2856
-  _globals['_DELETESKURESPONSE']._serialized_end=2875
-  _globals['_CATALOGSERVICE']._serialized_start=3432
-  _globals['_CATALOGSERVICE']._serialized_end=4027
+  _globals['_OPERATION']._serialized_end=2063
+  _globals['_SKU']._serialized_start=2066
+  _globals['_SKU']._serialized_end=2247
+  _globals['_PUTPRODUCTREQUEST']._serialized_start=2249
+  _globals['_PUTPRODUCTREQUEST']._serialized_end=2318
+  _globals['_PUTPRODUCTRESPONSE']._serialized_start=2320
+  _globals['_PUTPRODUCTRESPONSE']._serialized_end=2390
+  _globals['_LISTPRODUCTSREQUEST']._serialized_start=2392
+  _globals['_LISTPRODUCTSREQUEST']._serialized_end=2452
+  _globals['_LISTPRODUCTSRESPONSE']._serialized_start=2454
+  _globals['_LISTPRODUCTSRESPONSE']._serialized_end=2552
+  _globals['_PUTSKUREQUEST']._serialized_start=2554
+  _globals['_PUTSKUREQUEST']._serialized_end=2611
+  _globals['_PUTSKURESPONSE']._serialized_start=2613
+  _globals['_PUTSKURESPONSE']._serialized_end=2671
+  _globals['_GETSKUREQUEST']._serialized_start=2673
+  _globals['_GETSKUREQUEST']._serialized_end=2704
+  _globals['_GETSKURESPONSE']._serialized_start=2706
+  _globals['_GETSKURESPONSE']._serialized_end=2764
+  _globals['_LISTSKUSREQUEST']._serialized_start=2766
+  _globals['_LISTSKUSREQUEST']._serialized_end=2842
+  _globals['_LISTSKUSRESPONSE']._serialized_start=2844
+  _globals['_LISTSKUSRESPONSE']._serialized_end=2930
+  _globals['_DELETESKUREQUEST']._serialized_start=2932
+  _globals['_DELETESKUREQUEST']._serialized_end=2980
+  _globals['_DELETESKURESPONSE']._serialized_start=2982
+  _globals['_DELETESKURESPONSE']._serialized_end=3001
+  _globals['_SUSPENDOPERATION']._serialized_start=3003
+  _globals['_SUSPENDOPERATION']._serialized_end=3021
+  _globals['_REINSTATEOPERATION']._serialized_start=3023
+  _globals['_REINSTATEOPERATION']._serialized_end=3043
+  _globals['_CATALOGSERVICE']._serialized_start=3600
+  _globals['_CATALOGSERVICE']._serialized_end=4195
 # @@protoc_insertion_point(module_scope)

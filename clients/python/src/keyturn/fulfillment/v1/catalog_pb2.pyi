@@ -556,6 +556,8 @@ class Operation(_message.Message):
     REMOVE_FEATURES_FIELD_NUMBER: _builtins.int
     CONVERT_TRIAL_FIELD_NUMBER: _builtins.int
     CANCEL_FIELD_NUMBER: _builtins.int
+    SUSPEND_FIELD_NUMBER: _builtins.int
+    REINSTATE_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def create(self) -> Global___CreateOperation:
         """Create a new entitlement."""
@@ -592,6 +594,16 @@ class Operation(_message.Message):
     def cancel(self) -> Global___CancelOperation:
         """Cancel."""
 
+    @_builtins.property
+    def suspend(self) -> Global___SuspendOperation:
+        """--- suspend ---
+        Suspend.
+        """
+
+    @_builtins.property
+    def reinstate(self) -> Global___ReinstateOperation:
+        """Reinstate."""
+
     def __init__(
         self,
         *,
@@ -604,12 +616,14 @@ class Operation(_message.Message):
         remove_features: Global___RemoveFeaturesOperation | None = ...,
         convert_trial: Global___ConvertTrialOperation | None = ...,
         cancel: Global___CancelOperation | None = ...,
+        suspend: Global___SuspendOperation | None = ...,
+        reinstate: Global___ReinstateOperation | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["add_features", b"add_features", "add_seats", b"add_seats", "cancel", b"cancel", "change_edition", b"change_edition", "convert_trial", b"convert_trial", "create", b"create", "kind", b"kind", "remove_features", b"remove_features", "remove_seats", b"remove_seats", "renew", b"renew"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["add_features", b"add_features", "add_seats", b"add_seats", "cancel", b"cancel", "change_edition", b"change_edition", "convert_trial", b"convert_trial", "create", b"create", "kind", b"kind", "reinstate", b"reinstate", "remove_features", b"remove_features", "remove_seats", b"remove_seats", "renew", b"renew", "suspend", b"suspend"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["add_features", b"add_features", "add_seats", b"add_seats", "cancel", b"cancel", "change_edition", b"change_edition", "convert_trial", b"convert_trial", "create", b"create", "kind", b"kind", "remove_features", b"remove_features", "remove_seats", b"remove_seats", "renew", b"renew"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["add_features", b"add_features", "add_seats", b"add_seats", "cancel", b"cancel", "change_edition", b"change_edition", "convert_trial", b"convert_trial", "create", b"create", "kind", b"kind", "reinstate", b"reinstate", "remove_features", b"remove_features", "remove_seats", b"remove_seats", "renew", b"renew", "suspend", b"suspend"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["create", "renew", "add_seats", "remove_seats", "change_edition", "add_features", "remove_features", "convert_trial", "cancel"]  # noqa: Y015
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["create", "renew", "add_seats", "remove_seats", "change_edition", "add_features", "remove_features", "convert_trial", "cancel", "suspend", "reinstate"]  # noqa: Y015
     _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
 
@@ -969,3 +983,45 @@ class DeleteSkuResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DeleteSkuResponse: _TypeAlias = DeleteSkuResponse  # noqa: Y015
+
+@_typing.final
+class SuspendOperation(_message.Message):
+    """--- suspend ---
+
+    Suspends the target entitlement (a failed payment): activations and lease
+    renewals are refused with ENTITLEMENT_SUSPENDED until a `reinstate`; its
+    seats, devices and named users stay. On a suspended entitlement it changes
+    nothing and records no event.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SuspendOperation: _TypeAlias = SuspendOperation  # noqa: Y015
+
+@_typing.final
+class ReinstateOperation(_message.Message):
+    """Lifts the target entitlement's suspension: it goes on where it was. On an
+    entitlement that is not suspended it changes nothing and records no event.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReinstateOperation: _TypeAlias = ReinstateOperation  # noqa: Y015

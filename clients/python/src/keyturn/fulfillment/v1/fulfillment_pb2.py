@@ -23,77 +23,92 @@ _sym_db = _symbol_database.Default()
 
 
 from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
+from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from keyturn.fulfillment.v1 import catalog_pb2 as keyturn_dot_fulfillment_dot_v1_dot_catalog__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n(keyturn/fulfillment/v1/fulfillment.proto\x12\x16keyturn.fulfillment.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a$keyturn/fulfillment/v1/catalog.proto\"<\n\x08\x43ustomer\x12\x13\n\x0b\x63ustomer_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\r\n\x05\x65mail\x18\x03 \x01(\t\"|\n\tOrderLine\x12\x0e\n\x06sku_id\x18\x01 \x01(\t\x12\x10\n\x08quantity\x18\x02 \x01(\x05\x12\x16\n\x0e\x65ntitlement_id\x18\x03 \x01(\t\x12\x1a\n\x12\x65xternal_reference\x18\x04 \x01(\t\x12\x19\n\x11named_user_emails\x18\x05 \x03(\t\"u\n\tNamedUser\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\r\n\x05\x65mail\x18\x02 \x01(\t\x12\x17\n\x0finvitation_code\x18\x03 \x01(\t\x12/\n\x0bredeem_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xac\x07\n\x0b\x45ntitlement\x12\x16\n\x0e\x65ntitlement_id\x18\x01 \x01(\t\x12\x12\n\nproduct_id\x18\x02 \x01(\t\x12\x12\n\nedition_id\x18\x03 \x01(\t\x12\x32\n\x08\x63ustomer\x18\x04 \x01(\x0b\x32 .keyturn.fulfillment.v1.Customer\x12\x15\n\rship_to_email\x18\x05 \x01(\t\x12\x39\n\x06status\x18\x06 \x01(\x0e\x32).keyturn.fulfillment.v1.EntitlementStatus\x12\r\n\x05seats\x18\x07 \x01(\x05\x12\x14\n\x0cseats_in_use\x18\x08 \x01(\x05\x12\x31\n\x08\x66\x65\x61tures\x18\t \x03(\x0b\x32\x1f.keyturn.fulfillment.v1.Feature\x12.\n\nstart_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tperpetual\x18\x0c \x01(\x08\x12\r\n\x05trial\x18\r \x01(\x08\x12;\n\rlicense_model\x18\x0e \x01(\x0e\x32$.keyturn.fulfillment.v1.LicenseModel\x12\x31\n\x0elease_duration\x18\x0f \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x32\n\x08\x64ispatch\x18\x10 \x01(\x0e\x32 .keyturn.fulfillment.v1.Dispatch\x12\x1b\n\x13\x65xternal_references\x18\x11 \x03(\t\x12\x13\n\x0blicense_key\x18\x12 \x01(\t\x12/\n\x0b\x63reate_time\x18\x13 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x14 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nseats_over\x18\x15 \x01(\x05\x12/\n\x0cgrace_period\x18\x16 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x36\n\x07overage\x18\x17 \x01(\x0e\x32%.keyturn.fulfillment.v1.OveragePolicy\x12\x12\n\nseat_limit\x18\x18 \x01(\x05\x12\x36\n\x0bnamed_users\x18\x19 \x03(\x0b\x32!.keyturn.fulfillment.v1.NamedUser\"a\n\x0fOrderLineResult\x12\x12\n\nline_index\x18\x01 \x01(\x05\x12\x0e\n\x06sku_id\x18\x02 \x01(\t\x12\x16\n\x0e\x65ntitlement_id\x18\x03 \x01(\t\x12\x12\n\noperations\x18\x04 \x03(\t\"\xcc\x02\n\x05Order\x12\x0e\n\x06source\x18\x01 \x01(\t\x12\x10\n\x08order_id\x18\x02 \x01(\t\x12\x32\n\x08\x63ustomer\x18\x03 \x01(\x0b\x32 .keyturn.fulfillment.v1.Customer\x12\x15\n\rship_to_email\x18\x04 \x01(\t\x12\x30\n\x05lines\x18\x05 \x03(\x0b\x32!.keyturn.fulfillment.v1.OrderLine\x12\x38\n\x07results\x18\x06 \x03(\x0b\x32\'.keyturn.fulfillment.v1.OrderLineResult\x12/\n\x0b\x63reate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x39\n\x08messages\x18\x08 \x03(\x0b\x32\'.keyturn.fulfillment.v1.OutboundMessage\"\xee\x02\n\x0fOutboundMessage\x12\x12\n\nmessage_id\x18\x01 \x01(\t\x12\x31\n\x04kind\x18\x02 \x01(\x0e\x32#.keyturn.fulfillment.v1.MessageKind\x12\x16\n\x0e\x65ntitlement_id\x18\x03 \x01(\t\x12\n\n\x02to\x18\x04 \x01(\t\x12\x33\n\x05state\x18\x05 \x01(\x0e\x32$.keyturn.fulfillment.v1.MessageState\x12\x10\n\x08\x61ttempts\x18\x06 \x01(\x05\x12\x12\n\nlast_error\x18\x07 \x01(\t\x12/\n\x0b\x63reate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12-\n\tsent_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x35\n\x11next_attempt_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xb4\x01\n\x13\x46ulfillOrderRequest\x12\x0e\n\x06source\x18\x01 \x01(\t\x12\x10\n\x08order_id\x18\x02 \x01(\t\x12\x32\n\x08\x63ustomer\x18\x03 \x01(\x0b\x32 .keyturn.fulfillment.v1.Customer\x12\x15\n\rship_to_email\x18\x04 \x01(\t\x12\x30\n\x05lines\x18\x05 \x03(\x0b\x32!.keyturn.fulfillment.v1.OrderLine\"\x91\x01\n\x14\x46ulfillOrderResponse\x12,\n\x05order\x18\x01 \x01(\x0b\x32\x1d.keyturn.fulfillment.v1.Order\x12\x39\n\x0c\x65ntitlements\x18\x02 \x03(\x0b\x32#.keyturn.fulfillment.v1.Entitlement\x12\x10\n\x08replayed\x18\x03 \x01(\x08\"3\n\x0fGetOrderRequest\x12\x0e\n\x06source\x18\x01 \x01(\t\x12\x10\n\x08order_id\x18\x02 \x01(\t\"@\n\x10GetOrderResponse\x12,\n\x05order\x18\x01 \x01(\x0b\x32\x1d.keyturn.fulfillment.v1.Order\"/\n\x15GetEntitlementRequest\x12\x16\n\x0e\x65ntitlement_id\x18\x01 \x01(\t\"R\n\x16GetEntitlementResponse\x12\x38\n\x0b\x65ntitlement\x18\x01 \x01(\x0b\x32#.keyturn.fulfillment.v1.Entitlement\"\xcf\x01\n\x17ListEntitlementsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x13\n\x0b\x63ustomer_id\x18\x03 \x01(\t\x12\r\n\x05\x65mail\x18\x04 \x01(\t\x12\x12\n\nproduct_id\x18\x05 \x01(\t\x12\x39\n\x06status\x18\x06 \x01(\x0e\x32).keyturn.fulfillment.v1.EntitlementStatus\x12\x1a\n\x12\x65xternal_reference\x18\x07 \x01(\t\"n\n\x18ListEntitlementsResponse\x12\x39\n\x0c\x65ntitlements\x18\x01 \x03(\x0b\x32#.keyturn.fulfillment.v1.Entitlement\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xa2\x02\n\x10\x45ntitlementEvent\x12\x10\n\x08sequence\x18\x01 \x01(\x03\x12\x16\n\x0e\x65ntitlement_id\x18\x02 \x01(\t\x12:\n\x04type\x18\x03 \x01(\x0e\x32,.keyturn.fulfillment.v1.EntitlementEventType\x12/\n\x0b\x63reate_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0corder_source\x18\x05 \x01(\t\x12\x10\n\x08order_id\x18\x06 \x01(\t\x12\x15\n\ractivation_id\x18\x07 \x01(\t\x12\x38\n\x0b\x65ntitlement\x18\x08 \x01(\x0b\x32#.keyturn.fulfillment.v1.Entitlement\"]\n\x1cListEntitlementEventsRequest\x12\x16\n\x0e\x65ntitlement_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"r\n\x1dListEntitlementEventsResponse\x12\x38\n\x06\x65vents\x18\x01 \x03(\x0b\x32(.keyturn.fulfillment.v1.EntitlementEvent\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"2\n\x18ResendCredentialsRequest\x12\x16\n\x0e\x65ntitlement_id\x18\x01 \x01(\t\"o\n\x19ResendCredentialsResponse\x12\x17\n\x0fqueued_messages\x18\x01 \x01(\x05\x12\x39\n\x08messages\x18\x02 \x03(\x0b\x32\'.keyturn.fulfillment.v1.OutboundMessage\"7\n\x1dWatchEntitlementEventsRequest\x12\x16\n\x0e\x61\x66ter_sequence\x18\x01 \x01(\x03\"Y\n\x1eWatchEntitlementEventsResponse\x12\x37\n\x05\x65vent\x18\x01 \x01(\x0b\x32(.keyturn.fulfillment.v1.EntitlementEvent\"\xcc\x01\n\x15GetUsageReportRequest\x12\x16\n\x0e\x65ntitlement_id\x18\x01 \x01(\t\x12.\n\nstart_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12=\n\x0bgranularity\x18\x04 \x01(\x0e\x32(.keyturn.fulfillment.v1.UsageGranularity\"\x8a\x01\n\x0bUsageBucket\x12.\n\nstart_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x19\n\x11peak_seats_in_use\x18\x02 \x01(\x05\x12\x1c\n\x14\x61verage_seats_in_use\x18\x03 \x01(\x01\x12\x12\n\nseat_limit\x18\x04 \x01(\x05\"N\n\x16GetUsageReportResponse\x12\x34\n\x07\x62uckets\x18\x01 \x03(\x0b\x32#.keyturn.fulfillment.v1.UsageBucket*\xb6\x01\n\x11\x45ntitlementStatus\x12\"\n\x1e\x45NTITLEMENT_STATUS_UNSPECIFIED\x10\x00\x12\x1c\n\x18\x45NTITLEMENT_STATUS_TRIAL\x10\x01\x12\x1d\n\x19\x45NTITLEMENT_STATUS_ACTIVE\x10\x02\x12\x1e\n\x1a\x45NTITLEMENT_STATUS_EXPIRED\x10\x03\x12 \n\x1c\x45NTITLEMENT_STATUS_CANCELLED\x10\x04*f\n\x0bMessageKind\x12\x1c\n\x18MESSAGE_KIND_UNSPECIFIED\x10\x00\x12\x1c\n\x18MESSAGE_KIND_LICENSE_KEY\x10\x01\x12\x1b\n\x17MESSAGE_KIND_INVITATION\x10\x02*y\n\x0cMessageState\x12\x1d\n\x19MESSAGE_STATE_UNSPECIFIED\x10\x00\x12\x18\n\x14MESSAGE_STATE_QUEUED\x10\x01\x12\x16\n\x12MESSAGE_STATE_SENT\x10\x02\x12\x18\n\x14MESSAGE_STATE_FAILED\x10\x03*\xd9\x03\n\x14\x45ntitlementEventType\x12&\n\"ENTITLEMENT_EVENT_TYPE_UNSPECIFIED\x10\x00\x12\"\n\x1e\x45NTITLEMENT_EVENT_TYPE_CREATED\x10\x01\x12\"\n\x1e\x45NTITLEMENT_EVENT_TYPE_RENEWED\x10\x02\x12(\n$ENTITLEMENT_EVENT_TYPE_SEATS_CHANGED\x10\x03\x12*\n&ENTITLEMENT_EVENT_TYPE_EDITION_CHANGED\x10\x04\x12+\n\'ENTITLEMENT_EVENT_TYPE_FEATURES_CHANGED\x10\x05\x12*\n&ENTITLEMENT_EVENT_TYPE_TRIAL_CONVERTED\x10\x06\x12$\n ENTITLEMENT_EVENT_TYPE_CANCELLED\x10\x07\x12)\n%ENTITLEMENT_EVENT_TYPE_SEAT_ACTIVATED\x10\x08\x12(\n$ENTITLEMENT_EVENT_TYPE_SEAT_RELEASED\x10\t\x12\'\n#ENTITLEMENT_EVENT_TYPE_LEASE_LAPSED\x10\n*l\n\x10UsageGranularity\x12!\n\x1dUSAGE_GRANULARITY_UNSPECIFIED\x10\x00\x12\x1a\n\x16USAGE_GRANULARITY_HOUR\x10\x01\x12\x19\n\x15USAGE_GRANULARITY_DAY\x10\x02\x32\xc4\x07\n\x12\x46ulfillmentService\x12i\n\x0c\x46ulfillOrder\x12+.keyturn.fulfillment.v1.FulfillOrderRequest\x1a,.keyturn.fulfillment.v1.FulfillOrderResponse\x12]\n\x08GetOrder\x12\'.keyturn.fulfillment.v1.GetOrderRequest\x1a(.keyturn.fulfillment.v1.GetOrderResponse\x12o\n\x0eGetEntitlement\x12-.keyturn.fulfillment.v1.GetEntitlementRequest\x1a..keyturn.fulfillment.v1.GetEntitlementResponse\x12u\n\x10ListEntitlements\x12/.keyturn.fulfillment.v1.ListEntitlementsRequest\x1a\x30.keyturn.fulfillment.v1.ListEntitlementsResponse\x12\x84\x01\n\x15ListEntitlementEvents\x12\x34.keyturn.fulfillment.v1.ListEntitlementEventsRequest\x1a\x35.keyturn.fulfillment.v1.ListEntitlementEventsResponse\x12x\n\x11ResendCredentials\x12\x30.keyturn.fulfillment.v1.ResendCredentialsRequest\x1a\x31.keyturn.fulfillment.v1.ResendCredentialsResponse\x12\x89\x01\n\x16WatchEntitlementEvents\x12\x35.keyturn.fulfillment.v1.WatchEntitlementEventsRequest\x1a\x36.keyturn.fulfillment.v1.WatchEntitlementEventsResponse0\x01\x12o\n\x0eGetUsageReport\x12-.keyturn.fulfillment.v1.GetUsageReportRequest\x1a..keyturn.fulfillment.v1.GetUsageReportResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n(keyturn/fulfillment/v1/fulfillment.proto\x12\x16keyturn.fulfillment.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a$keyturn/fulfillment/v1/catalog.proto\"<\n\x08\x43ustomer\x12\x13\n\x0b\x63ustomer_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\r\n\x05\x65mail\x18\x03 \x01(\t\"|\n\tOrderLine\x12\x0e\n\x06sku_id\x18\x01 \x01(\t\x12\x10\n\x08quantity\x18\x02 \x01(\x05\x12\x16\n\x0e\x65ntitlement_id\x18\x03 \x01(\t\x12\x1a\n\x12\x65xternal_reference\x18\x04 \x01(\t\x12\x19\n\x11named_user_emails\x18\x05 \x03(\t\"u\n\tNamedUser\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\r\n\x05\x65mail\x18\x02 \x01(\t\x12\x17\n\x0finvitation_code\x18\x03 \x01(\t\x12/\n\x0bredeem_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xac\x07\n\x0b\x45ntitlement\x12\x16\n\x0e\x65ntitlement_id\x18\x01 \x01(\t\x12\x12\n\nproduct_id\x18\x02 \x01(\t\x12\x12\n\nedition_id\x18\x03 \x01(\t\x12\x32\n\x08\x63ustomer\x18\x04 \x01(\x0b\x32 .keyturn.fulfillment.v1.Customer\x12\x15\n\rship_to_email\x18\x05 \x01(\t\x12\x39\n\x06status\x18\x06 \x01(\x0e\x32).keyturn.fulfillment.v1.EntitlementStatus\x12\r\n\x05seats\x18\x07 \x01(\x05\x12\x14\n\x0cseats_in_use\x18\x08 \x01(\x05\x12\x31\n\x08\x66\x65\x61tures\x18\t \x03(\x0b\x32\x1f.keyturn.fulfillment.v1.Feature\x12.\n\nstart_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tperpetual\x18\x0c \x01(\x08\x12\r\n\x05trial\x18\r \x01(\x08\x12;\n\rlicense_model\x18\x0e \x01(\x0e\x32$.keyturn.fulfillment.v1.LicenseModel\x12\x31\n\x0elease_duration\x18\x0f \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x32\n\x08\x64ispatch\x18\x10 \x01(\x0e\x32 .keyturn.fulfillment.v1.Dispatch\x12\x1b\n\x13\x65xternal_references\x18\x11 \x03(\t\x12\x13\n\x0blicense_key\x18\x12 \x01(\t\x12/\n\x0b\x63reate_time\x18\x13 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x14 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nseats_over\x18\x15 \x01(\x05\x12/\n\x0cgrace_period\x18\x16 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x36\n\x07overage\x18\x17 \x01(\x0e\x32%.keyturn.fulfillment.v1.OveragePolicy\x12\x12\n\nseat_limit\x18\x18 \x01(\x05\x12\x36\n\x0bnamed_users\x18\x19 \x03(\x0b\x32!.keyturn.fulfillment.v1.NamedUser\"a\n\x0fOrderLineResult\x12\x12\n\nline_index\x18\x01 \x01(\x05\x12\x0e\n\x06sku_id\x18\x02 \x01(\t\x12\x16\n\x0e\x65ntitlement_id\x18\x03 \x01(\t\x12\x12\n\noperations\x18\x04 \x03(\t\"\xcc\x02\n\x05Order\x12\x0e\n\x06source\x18\x01 \x01(\t\x12\x10\n\x08order_id\x18\x02 \x01(\t\x12\x32\n\x08\x63ustomer\x18\x03 \x01(\x0b\x32 .keyturn.fulfillment.v1.Customer\x12\x15\n\rship_to_email\x18\x04 \x01(\t\x12\x30\n\x05lines\x18\x05 \x03(\x0b\x32!.keyturn.fulfillment.v1.OrderLine\x12\x38\n\x07results\x18\x06 \x03(\x0b\x32\'.keyturn.fulfillment.v1.OrderLineResult\x12/\n\x0b\x63reate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x39\n\x08messages\x18\x08 \x03(\x0b\x32\'.keyturn.fulfillment.v1.OutboundMessage\"\xee\x02\n\x0fOutboundMessage\x12\x12\n\nmessage_id\x18\x01 \x01(\t\x12\x31\n\x04kind\x18\x02 \x01(\x0e\x32#.keyturn.fulfillment.v1.MessageKind\x12\x16\n\x0e\x65ntitlement_id\x18\x03 \x01(\t\x12\n\n\x02to\x18\x04 \x01(\t\x12\x33\n\x05state\x18\x05 \x01(\x0e\x32$.keyturn.fulfillment.v1.MessageState\x12\x10\n\x08\x61ttempts\x18\x06 \x01(\x05\x12\x12\n\nlast_error\x18\x07 \x01(\t\x12/\n\x0b\x63reate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12-\n\tsent_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x35\n\x11next_attempt_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xb4\x01\n\x13\x46ulfillOrderRequest\x12\x0e\n\x06source\x18\x01 \x01(\t\x12\x10\n\x08order_id\x18\x02 \x01(\t\x12\x32\n\x08\x63ustomer\x18\x03 \x01(\x0b\x32 .keyturn.fulfillment.v1.Customer\x12\x15\n\rship_to_email\x18\x04 \x01(\t\x12\x30\n\x05lines\x18\x05 \x03(\x0b\x32!.keyturn.fulfillment.v1.OrderLine\"\x91\x01\n\x14\x46ulfillOrderResponse\x12,\n\x05order\x18\x01 \x01(\x0b\x32\x1d.keyturn.fulfillment.v1.Order\x12\x39\n\x0c\x65ntitlements\x18\x02 \x03(\x0b\x32#.keyturn.fulfillment.v1.Entitlement\x12\x10\n\x08replayed\x18\x03 \x01(\x08\"3\n\x0fGetOrderRequest\x12\x0e\n\x06source\x18\x01 \x01(\t\x12\x10\n\x08order_id\x18\x02 \x01(\t\"@\n\x10GetOrderResponse\x12,\n\x05order\x18\x01 \x01(\x0b\x32\x1d.keyturn.fulfillment.v1.Order\"/\n\x15GetEntitlementRequest\x12\x16\n\x0e\x65ntitlement_id\x18\x01 \x01(\t\"R\n\x16GetEntitlementResponse\x12\x38\n\x0b\x65ntitlement\x18\x01 \x01(\x0b\x32#.keyturn.fulfillment.v1.Entitlement\"\xcf\x01\n\x17ListEntitlementsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x13\n\x0b\x63ustomer_id\x18\x03 \x01(\t\x12\r\n\x05\x65mail\x18\x04 \x01(\t\x12\x12\n\nproduct_id\x18\x05 \x01(\t\x12\x39\n\x06status\x18\x06 \x01(\x0e\x32).keyturn.fulfillment.v1.EntitlementStatus\x12\x1a\n\x12\x65xternal_reference\x18\x07 \x01(\t\"n\n\x18ListEntitlementsResponse\x12\x39\n\x0c\x65ntitlements\x18\x01 \x03(\x0b\x32#.keyturn.fulfillment.v1.Entitlement\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xb1\x02\n\x10\x45ntitlementEvent\x12\x10\n\x08sequence\x18\x01 \x01(\x03\x12\x16\n\x0e\x65ntitlement_id\x18\x02 \x01(\t\x12:\n\x04type\x18\x03 \x01(\x0e\x32,.keyturn.fulfillment.v1.EntitlementEventType\x12/\n\x0b\x63reate_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0corder_source\x18\x05 \x01(\t\x12\x10\n\x08order_id\x18\x06 \x01(\t\x12\x15\n\ractivation_id\x18\x07 \x01(\t\x12\x38\n\x0b\x65ntitlement\x18\x08 \x01(\x0b\x32#.keyturn.fulfillment.v1.Entitlement\x12\r\n\x05\x61\x63tor\x18\t \x01(\t\"]\n\x1cListEntitlementEventsRequest\x12\x16\n\x0e\x65ntitlement_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"r\n\x1dListEntitlementEventsResponse\x12\x38\n\x06\x65vents\x18\x01 \x03(\x0b\x32(.keyturn.fulfillment.v1.EntitlementEvent\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"2\n\x18ResendCredentialsRequest\x12\x16\n\x0e\x65ntitlement_id\x18\x01 \x01(\t\"o\n\x19ResendCredentialsResponse\x12\x17\n\x0fqueued_messages\x18\x01 \x01(\x05\x12\x39\n\x08messages\x18\x02 \x03(\x0b\x32\'.keyturn.fulfillment.v1.OutboundMessage\"7\n\x1dWatchEntitlementEventsRequest\x12\x16\n\x0e\x61\x66ter_sequence\x18\x01 \x01(\x03\"Y\n\x1eWatchEntitlementEventsResponse\x12\x37\n\x05\x65vent\x18\x01 \x01(\x0b\x32(.keyturn.fulfillment.v1.EntitlementEvent\"\xcc\x01\n\x15GetUsageReportRequest\x12\x16\n\x0e\x65ntitlement_id\x18\x01 \x01(\t\x12.\n\nstart_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12=\n\x0bgranularity\x18\x04 \x01(\x0e\x32(.keyturn.fulfillment.v1.UsageGranularity\"\x8a\x01\n\x0bUsageBucket\x12.\n\nstart_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x19\n\x11peak_seats_in_use\x18\x02 \x01(\x05\x12\x1c\n\x14\x61verage_seats_in_use\x18\x03 \x01(\x01\x12\x12\n\nseat_limit\x18\x04 \x01(\x05\"N\n\x16GetUsageReportResponse\x12\x34\n\x07\x62uckets\x18\x01 \x03(\x0b\x32#.keyturn.fulfillment.v1.UsageBucket\"C\n\x19SuspendEntitlementRequest\x12\x16\n\x0e\x65ntitlement_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"V\n\x1aSuspendEntitlementResponse\x12\x38\n\x0b\x65ntitlement\x18\x01 \x01(\x0b\x32#.keyturn.fulfillment.v1.Entitlement\"5\n\x1bReinstateEntitlementRequest\x12\x16\n\x0e\x65ntitlement_id\x18\x01 \x01(\t\"X\n\x1cReinstateEntitlementResponse\x12\x38\n\x0b\x65ntitlement\x18\x01 \x01(\x0b\x32#.keyturn.fulfillment.v1.Entitlement\"\xc2\x01\n\nAuditEvent\x12\x10\n\x08\x61udit_id\x18\x01 \x01(\x03\x12/\n\x0b\x63reate_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05\x61\x63tor\x18\x03 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x04 \x01(\t\x12\x10\n\x08resource\x18\x05 \x01(\t\x12\x16\n\x0e\x65ntitlement_id\x18\x06 \x01(\t\x12(\n\x07\x64\x65tails\x18\x07 \x01(\x0b\x32\x17.google.protobuf.Struct\"\xe6\x01\n\x16ListAuditEventsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\r\n\x05\x61\x63tor\x18\x03 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x04 \x01(\t\x12\x16\n\x0e\x65ntitlement_id\x18\x05 \x01(\t\x12\x10\n\x08resource\x18\x06 \x01(\t\x12.\n\nstart_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"l\n\x17ListAuditEventsResponse\x12\x38\n\x0c\x61udit_events\x18\x01 \x03(\x0b\x32\".keyturn.fulfillment.v1.AuditEvent\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t*\xd8\x01\n\x11\x45ntitlementStatus\x12\"\n\x1e\x45NTITLEMENT_STATUS_UNSPECIFIED\x10\x00\x12\x1c\n\x18\x45NTITLEMENT_STATUS_TRIAL\x10\x01\x12\x1d\n\x19\x45NTITLEMENT_STATUS_ACTIVE\x10\x02\x12\x1e\n\x1a\x45NTITLEMENT_STATUS_EXPIRED\x10\x03\x12 \n\x1c\x45NTITLEMENT_STATUS_CANCELLED\x10\x04\x12 \n\x1c\x45NTITLEMENT_STATUS_SUSPENDED\x10\x05*f\n\x0bMessageKind\x12\x1c\n\x18MESSAGE_KIND_UNSPECIFIED\x10\x00\x12\x1c\n\x18MESSAGE_KIND_LICENSE_KEY\x10\x01\x12\x1b\n\x17MESSAGE_KIND_INVITATION\x10\x02*y\n\x0cMessageState\x12\x1d\n\x19MESSAGE_STATE_UNSPECIFIED\x10\x00\x12\x18\n\x14MESSAGE_STATE_QUEUED\x10\x01\x12\x16\n\x12MESSAGE_STATE_SENT\x10\x02\x12\x18\n\x14MESSAGE_STATE_FAILED\x10\x03*\xa6\x04\n\x14\x45ntitlementEventType\x12&\n\"ENTITLEMENT_EVENT_TYPE_UNSPECIFIED\x10\x00\x12\"\n\x1e\x45NTITLEMENT_EVENT_TYPE_CREATED\x10\x01\x12\"\n\x1e\x45NTITLEMENT_EVENT_TYPE_RENEWED\x10\x02\x12(\n$ENTITLEMENT_EVENT_TYPE_SEATS_CHANGED\x10\x03\x12*\n&ENTITLEMENT_EVENT_TYPE_EDITION_CHANGED\x10\x04\x12+\n\'ENTITLEMENT_EVENT_TYPE_FEATURES_CHANGED\x10\x05\x12*\n&ENTITLEMENT_EVENT_TYPE_TRIAL_CONVERTED\x10\x06\x12$\n ENTITLEMENT_EVENT_TYPE_CANCELLED\x10\x07\x12)\n%ENTITLEMENT_EVENT_TYPE_SEAT_ACTIVATED\x10\x08\x12(\n$ENTITLEMENT_EVENT_TYPE_SEAT_RELEASED\x10\t\x12\'\n#ENTITLEMENT_EVENT_TYPE_LEASE_LAPSED\x10\n\x12$\n ENTITLEMENT_EVENT_TYPE_SUSPENDED\x10\x0b\x12%\n!ENTITLEMENT_EVENT_TYPE_REINSTATED\x10\x0c*l\n\x10UsageGranularity\x12!\n\x1dUSAGE_GRANULARITY_UNSPECIFIED\x10\x00\x12\x1a\n\x16USAGE_GRANULARITY_HOUR\x10\x01\x12\x19\n\x15USAGE_GRANULARITY_DAY\x10\x02\x32\xb9\n\n\x12\x46ulfillmentService\x12i\n\x0c\x46ulfillOrder\x12+.keyturn.fulfillment.v1.FulfillOrderRequest\x1a,.keyturn.fulfillment.v1.FulfillOrderResponse\x12]\n\x08GetOrder\x12\'.keyturn.fulfillment.v1.GetOrderRequest\x1a(.keyturn.fulfillment.v1.GetOrderResponse\x12o\n\x0eGetEntitlement\x12-.keyturn.fulfillment.v1.GetEntitlementRequest\x1a..keyturn.fulfillment.v1.GetEntitlementResponse\x12u\n\x10ListEntitlements\x12/.keyturn.fulfillment.v1.ListEntitlementsRequest\x1a\x30.keyturn.fulfillment.v1.ListEntitlementsResponse\x12\x84\x01\n\x15ListEntitlementEvents\x12\x34.keyturn.fulfillment.v1.ListEntitlementEventsRequest\x1a\x35.keyturn.fulfillment.v1.ListEntitlementEventsResponse\x12x\n\x11ResendCredentials\x12\x30.keyturn.fulfillment.v1.ResendCredentialsRequest\x1a\x31.keyturn.fulfillment.v1.ResendCredentialsResponse\x12\x89\x01\n\x16WatchEntitlementEvents\x12\x35.keyturn.fulfillment.v1.WatchEntitlementEventsRequest\x1a\x36.keyturn.fulfillment.v1.WatchEntitlementEventsResponse0\x01\x12o\n\x0eGetUsageReport\x12-.keyturn.fulfillment.v1.GetUsageReportRequest\x1a..keyturn.fulfillment.v1.GetUsageReportResponse\x12{\n\x12SuspendEntitlement\x12\x31.keyturn.fulfillment.v1.SuspendEntitlementRequest\x1a\x32.keyturn.fulfillment.v1.SuspendEntitlementResponse\x12\x81\x01\n\x14ReinstateEntitlement\x12\x33.keyturn.fulfillment.v1.ReinstateEntitlementRequest\x1a\x34.keyturn.fulfillment.v1.ReinstateEntitlementResponse\x12r\n\x0fListAuditEvents\x12..keyturn.fulfillment.v1.ListAuditEventsRequest\x1a/.keyturn.fulfillment.v1.ListAuditEventsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'keyturn.fulfillment.v1.fulfillment_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ENTITLEMENTSTATUS']._serialized_start=4375
-  _globals['_ENTITLEMENTSTATUS']._serialized_end=4557
-  _globals['_MESSAGEKIND']._serialized_start=4559
-  _globals['_MESSAGEKIND']._serialized_end=4661
-  _globals['_MESSAGESTATE']._serialized_start=4663
-  _globals['_MESSAGESTATE']._serialized_end=4784
-  _globals['_ENTITLEMENTEVENTTYPE']._serialized_start=4787
-  _globals['_ENTITLEMENTEVENTTYPE']._serialized_end=5260
-  _globals['_USAGEGRANULARITY']._serialized_start=5262
-  _globals['_USAGEGRANULARITY']._serialized_end=5370
-  _globals['_CUSTOMER']._serialized_start=171
-  _globals['_CUSTOMER']._serialized_end=231
-  _globals['_ORDERLINE']._serialized_start=233
-  _globals['_ORDERLINE']._serialized_end=357
-  _globals['_NAMEDUSER']._serialized_start=359
-  _globals['_NAMEDUSER']._serialized_end=476
-  _globals['_ENTITLEMENT']._serialized_start=479
-  _globals['_ENTITLEMENT']._serialized_end=1419
-  _globals['_ORDERLINERESULT']._serialized_start=1421
-  _globals['_ORDERLINERESULT']._serialized_end=1518
-  _globals['_ORDER']._serialized_start=1521
-  _globals['_ORDER']._serialized_end=1853
-  _globals['_OUTBOUNDMESSAGE']._serialized_start=1856
-  _globals['_OUTBOUNDMESSAGE']._serialized_end=2222
-  _globals['_FULFILLORDERREQUEST']._serialized_start=2225
-  _globals['_FULFILLORDERREQUEST']._serialized_end=2405
-  _globals['_FULFILLORDERRESPONSE']._serialized_start=2408
-  _globals['_FULFILLORDERRESPONSE']._serialized_end=2553
-  _globals['_GETORDERREQUEST']._serialized_start=2555
-  _globals['_GETORDERREQUEST']._serialized_end=2606
-  _globals['_GETORDERRESPONSE']._serialized_start=2608
-  _globals['_GETORDERRESPONSE']._serialized_end=2672
-  _globals['_GETENTITLEMENTREQUEST']._serialized_start=2674
-  _globals['_GETENTITLEMENTREQUEST']._serialized_end=2721
-  _globals['_GETENTITLEMENTRESPONSE']._serialized_start=2723
-  _globals['_GETENTITLEMENTRESPONSE']._serialized_end=2805
-  _globals['_LISTENTITLEMENTSREQUEST']._serialized_start=2808
-  _globals['_LISTENTITLEMENTSREQUEST']._serialized_end=3015
-  _globals['_LISTENTITLEMENTSRESPONSE']._serialized_start=3017
-  _globals['_LISTENTITLEMENTSRESPONSE']._serialized_end=3127
-  _globals['_ENTITLEMENTEVENT']._serialized_start=3130
-  _globals['_ENTITLEMENTEVENT']._serialized_end=3420
-  _globals['_LISTENTITLEMENTEVENTSREQUEST']._serialized_start=3422
-  _globals['_LISTENTITLEMENTEVENTSREQUEST']._serialized_end=3515
-  _globals['_LISTENTITLEMENTEVENTSRESPONSE']._serialized_start=3517
-  _globals['_LISTENTITLEMENTEVENTSRESPONSE']._serialized_end=3631
-  _globals['_RESENDCREDENTIALSREQUEST']._serialized_start=3633
-  _globals['_RESENDCREDENTIALSREQUEST']._serialized_end=3683
-  _globals['_RESENDCREDENTIALSRESPONSE']._serialized_start=3685
-  _globals['_RESENDCREDENTIALSRESPONSE']._serialized_end=3796
-  _globals['_WATCHENTITLEMENTEVENTSREQUEST']._serialized_start=3798
-  _globals['_WATCHENTITLEMENTEVENTSREQUEST']._serialized_end=3853
-  _globals['_WATCHENTITLEMENTEVENTSRESPONSE']._serialized_start=3855
-  _globals['_WATCHENTITLEMENTEVENTSRESPONSE']._serialized_end=3944
-  _globals['_GETUSAGEREPORTREQUEST']._serialized_start=3947
-  _globals['_GETUSAGEREPORTREQUEST']._serialized_end=4151
-  _globals['_USAGEBUCKET']._serialized_start=4154
-  _globals['_USAGEBUCKET']._serialized_end=4292
-  _globals['_GETUSAGEREPORTRESPONSE']._serialized_start=4294
-  _globals['_GETUSAGEREPORTRESPONSE']._serialized_end=4372
-  _globals['_FULFILLMENTSERVICE']._serialized_start=5373
-  _globals['_FULFILLMENTSERVICE']._serialized_end=6337
+  _globals['_ENTITLEMENTSTATUS']._serialized_start=5262
+  _globals['_ENTITLEMENTSTATUS']._serialized_end=5478
+  _globals['_MESSAGEKIND']._serialized_start=5480
+  _globals['_MESSAGEKIND']._serialized_end=5582
+  _globals['_MESSAGESTATE']._serialized_start=5584
+  _globals['_MESSAGESTATE']._serialized_end=5705
+  _globals['_ENTITLEMENTEVENTTYPE']._serialized_start=5708
+  _globals['_ENTITLEMENTEVENTTYPE']._serialized_end=6258
+  _globals['_USAGEGRANULARITY']._serialized_start=6260
+  _globals['_USAGEGRANULARITY']._serialized_end=6368
+  _globals['_CUSTOMER']._serialized_start=201
+  _globals['_CUSTOMER']._serialized_end=261
+  _globals['_ORDERLINE']._serialized_start=263
+  _globals['_ORDERLINE']._serialized_end=387
+  _globals['_NAMEDUSER']._serialized_start=389
+  _globals['_NAMEDUSER']._serialized_end=506
+  _globals['_ENTITLEMENT']._serialized_start=509
+  _globals['_ENTITLEMENT']._serialized_end=1449
+  _globals['_ORDERLINERESULT']._serialized_start=1451
+  _globals['_ORDERLINERESULT']._serialized_end=1548
+  _globals['_ORDER']._serialized_start=1551
+  _globals['_ORDER']._serialized_end=1883
+  _globals['_OUTBOUNDMESSAGE']._serialized_start=1886
+  _globals['_OUTBOUNDMESSAGE']._serialized_end=2252
+  _globals['_FULFILLORDERREQUEST']._serialized_start=2255
+  _globals['_FULFILLORDERREQUEST']._serialized_end=2435
+  _globals['_FULFILLORDERRESPONSE']._serialized_start=2438
+  _globals['_FULFILLORDERRESPONSE']._serialized_end=2583
+  _globals['_GETORDERREQUEST']._serialized_start=2585
+  _globals['_GETORDERREQUEST']._serialized_end=2636
+  _globals['_GETORDERRESPONSE']._serialized_start=2638
+  _globals['_GETORDERRESPONSE']._serialized_end=2702
+  _globals['_GETENTITLEMENTREQUEST']._serialized_start=2704
+  _globals['_GETENTITLEMENTREQUEST']._serialized_end=2751
+  _globals['_GETENTITLEMENTRESPONSE']._serialized_start=2753
+  _globals['_GETENTITLEMENTRESPONSE']._serialized_end=2835
+  _globals['_LISTENTITLEMENTSREQUEST']._serialized_start=2838
+  _globals['_LISTENTITLEMENTSREQUEST']._serialized_end=3045
+  _globals['_LISTENTITLEMENTSRESPONSE']._serialized_start=3047
+  _globals['_LISTENTITLEMENTSRESPONSE']._serialized_end=3157
+  _globals['_ENTITLEMENTEVENT']._serialized_start=3160
+  _globals['_ENTITLEMENTEVENT']._serialized_end=3465
+  _globals['_LISTENTITLEMENTEVENTSREQUEST']._serialized_start=3467
+  _globals['_LISTENTITLEMENTEVENTSREQUEST']._serialized_end=3560
+  _globals['_LISTENTITLEMENTEVENTSRESPONSE']._serialized_start=3562
+  _globals['_LISTENTITLEMENTEVENTSRESPONSE']._serialized_end=3676
+  _globals['_RESENDCREDENTIALSREQUEST']._serialized_start=3678
+  _globals['_RESENDCREDENTIALSREQUEST']._serialized_end=3728
+  _globals['_RESENDCREDENTIALSRESPONSE']._serialized_start=3730
+  _globals['_RESENDCREDENTIALSRESPONSE']._serialized_end=3841
+  _globals['_WATCHENTITLEMENTEVENTSREQUEST']._serialized_start=3843
+  _globals['_WATCHENTITLEMENTEVENTSREQUEST']._serialized_end=3898
+  _globals['_WATCHENTITLEMENTEVENTSRESPONSE']._serialized_start=3900
+  _globals['_WATCHENTITLEMENTEVENTSRESPONSE']._serialized_end=3989
+  _globals['_GETUSAGEREPORTREQUEST']._serialized_start=3992
+  _globals['_GETUSAGEREPORTREQUEST']._serialized_end=4196
+  _globals['_USAGEBUCKET']._serialized_start=4199
+  _globals['_USAGEBUCKET']._serialized_end=4337
+  _globals['_GETUSAGEREPORTRESPONSE']._serialized_start=4339
+  _globals['_GETUSAGEREPORTRESPONSE']._serialized_end=4417
+  _globals['_SUSPENDENTITLEMENTREQUEST']._serialized_start=4419
+  _globals['_SUSPENDENTITLEMENTREQUEST']._serialized_end=4486
+  _globals['_SUSPENDENTITLEMENTRESPONSE']._serialized_start=4488
+  _globals['_SUSPENDENTITLEMENTRESPONSE']._serialized_end=4574
+  _globals['_REINSTATEENTITLEMENTREQUEST']._serialized_start=4576
+  _globals['_REINSTATEENTITLEMENTREQUEST']._serialized_end=4629
+  _globals['_REINSTATEENTITLEMENTRESPONSE']._serialized_start=4631
+  _globals['_REINSTATEENTITLEMENTRESPONSE']._serialized_end=4719
+  _globals['_AUDITEVENT']._serialized_start=4722
+  _globals['_AUDITEVENT']._serialized_end=4916
+  _globals['_LISTAUDITEVENTSREQUEST']._serialized_start=4919
+  _globals['_LISTAUDITEVENTSREQUEST']._serialized_end=5149
+  _globals['_LISTAUDITEVENTSRESPONSE']._serialized_start=5151
+  _globals['_LISTAUDITEVENTSRESPONSE']._serialized_end=5259
+  _globals['_FULFILLMENTSERVICE']._serialized_start=6371
+  _globals['_FULFILLMENTSERVICE']._serialized_end=7708
 # @@protoc_insertion_point(module_scope)

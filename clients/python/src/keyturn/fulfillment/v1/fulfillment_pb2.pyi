@@ -9,6 +9,7 @@ from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import message as _message
+from google.protobuf import struct_pb2 as _struct_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
@@ -40,6 +41,13 @@ class _EntitlementStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Ent
     """The end date (plus grace) has passed."""
     ENTITLEMENT_STATUS_CANCELLED: _EntitlementStatus.ValueType  # 4
     """Cancelled by an order."""
+    ENTITLEMENT_STATUS_SUSPENDED: _EntitlementStatus.ValueType  # 5
+    """--- suspend ---
+    Suspended (SuspendEntitlement or a `suspend` operation) and not
+    reinstated: activations and renewals are refused (ENTITLEMENT_SUSPENDED)
+    while devices keep their activations. Shown before EXPIRED: a suspended
+    entitlement whose term also ended is SUSPENDED until reinstated.
+    """
 
 class EntitlementStatus(_EntitlementStatus, metaclass=_EntitlementStatusEnumTypeWrapper):
     """The status of an entitlement, computed from its dates when read."""
@@ -54,6 +62,13 @@ ENTITLEMENT_STATUS_EXPIRED: EntitlementStatus.ValueType  # 3
 """The end date (plus grace) has passed."""
 ENTITLEMENT_STATUS_CANCELLED: EntitlementStatus.ValueType  # 4
 """Cancelled by an order."""
+ENTITLEMENT_STATUS_SUSPENDED: EntitlementStatus.ValueType  # 5
+"""--- suspend ---
+Suspended (SuspendEntitlement or a `suspend` operation) and not
+reinstated: activations and renewals are refused (ENTITLEMENT_SUSPENDED)
+while devices keep their activations. Shown before EXPIRED: a suspended
+entitlement whose term also ended is SUSPENDED until reinstated.
+"""
 Global___EntitlementStatus: _TypeAlias = EntitlementStatus  # noqa: Y015
 
 class _MessageKind:
@@ -139,6 +154,15 @@ class _EntitlementEventTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_
     once; the event is written, once per lapse, the next time a device
     activates or renews a lease on the entitlement.
     """
+    ENTITLEMENT_EVENT_TYPE_SUSPENDED: _EntitlementEventType.ValueType  # 11
+    """--- suspend ---
+    The entitlement was suspended (SuspendEntitlement or an order's
+    `suspend` operation).
+    """
+    ENTITLEMENT_EVENT_TYPE_REINSTATED: _EntitlementEventType.ValueType  # 12
+    """The suspension was lifted (ReinstateEntitlement or an order's
+    `reinstate` operation).
+    """
 
 class EntitlementEventType(_EntitlementEventType, metaclass=_EntitlementEventTypeEnumTypeWrapper):
     """What an entitlement event records."""
@@ -167,6 +191,15 @@ ENTITLEMENT_EVENT_TYPE_LEASE_LAPSED: EntitlementEventType.ValueType  # 10
 """A floating lease ran out without renewal. Lapses free their seats at
 once; the event is written, once per lapse, the next time a device
 activates or renews a lease on the entitlement.
+"""
+ENTITLEMENT_EVENT_TYPE_SUSPENDED: EntitlementEventType.ValueType  # 11
+"""--- suspend ---
+The entitlement was suspended (SuspendEntitlement or an order's
+`suspend` operation).
+"""
+ENTITLEMENT_EVENT_TYPE_REINSTATED: EntitlementEventType.ValueType  # 12
+"""The suspension was lifted (ReinstateEntitlement or an order's
+`reinstate` operation).
 """
 Global___EntitlementEventType: _TypeAlias = EntitlementEventType  # noqa: Y015
 
@@ -899,6 +932,7 @@ class EntitlementEvent(_message.Message):
     ORDER_ID_FIELD_NUMBER: _builtins.int
     ACTIVATION_ID_FIELD_NUMBER: _builtins.int
     ENTITLEMENT_FIELD_NUMBER: _builtins.int
+    ACTOR_FIELD_NUMBER: _builtins.int
     sequence: _builtins.int
     """Position in the global event sequence: strictly increasing, no reuse."""
     entitlement_id: _builtins.str
@@ -911,6 +945,12 @@ class EntitlementEvent(_message.Message):
     """Id of the order that caused it, if an order did."""
     activation_id: _builtins.str
     """The activation that caused it, if a device did."""
+    actor: _builtins.str
+    """Who made the change: `token:ID` (an API token: orders), `device:ID` (the
+    activation that took or gave back its seat), `system:JOB` (a lease lapse:
+    `system:lapse-sweep` or `system:lease-expiry`), `cli:USER` (the `keyturn`
+    command); empty for events written before Keyturn recorded actors.
+    """
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp:
         """When it happened."""
@@ -930,10 +970,11 @@ class EntitlementEvent(_message.Message):
         order_id: _builtins.str = ...,
         activation_id: _builtins.str = ...,
         entitlement: Global___Entitlement | None = ...,
+        actor: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "entitlement", b"entitlement"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["activation_id", b"activation_id", "create_time", b"create_time", "entitlement", b"entitlement", "entitlement_id", b"entitlement_id", "order_id", b"order_id", "order_source", b"order_source", "sequence", b"sequence", "type", b"type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["activation_id", b"activation_id", "actor", b"actor", "create_time", b"create_time", "entitlement", b"entitlement", "entitlement_id", b"entitlement_id", "order_id", b"order_id", "order_source", b"order_source", "sequence", b"sequence", "type", b"type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1209,3 +1250,259 @@ class GetUsageReportResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetUsageReportResponse: _TypeAlias = GetUsageReportResponse  # noqa: Y015
+
+@_typing.final
+class SuspendEntitlementRequest(_message.Message):
+    """--- suspend ---
+
+    Request of SuspendEntitlement.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENTITLEMENT_ID_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    entitlement_id: _builtins.str
+    """Id of the entitlement."""
+    reason: _builtins.str
+    """Why, for the audit trail (`payment_failed`...): up to 500 characters,
+    may be empty.
+    """
+    def __init__(
+        self,
+        *,
+        entitlement_id: _builtins.str = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["entitlement_id", b"entitlement_id", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SuspendEntitlementRequest: _TypeAlias = SuspendEntitlementRequest  # noqa: Y015
+
+@_typing.final
+class SuspendEntitlementResponse(_message.Message):
+    """Response of SuspendEntitlement."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENTITLEMENT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def entitlement(self) -> Global___Entitlement:
+        """The entitlement as it stands after the call (status SUSPENDED)."""
+
+    def __init__(
+        self,
+        *,
+        entitlement: Global___Entitlement | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["entitlement", b"entitlement"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["entitlement", b"entitlement"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SuspendEntitlementResponse: _TypeAlias = SuspendEntitlementResponse  # noqa: Y015
+
+@_typing.final
+class ReinstateEntitlementRequest(_message.Message):
+    """Request of ReinstateEntitlement."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENTITLEMENT_ID_FIELD_NUMBER: _builtins.int
+    entitlement_id: _builtins.str
+    """Id of the entitlement."""
+    def __init__(
+        self,
+        *,
+        entitlement_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["entitlement_id", b"entitlement_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReinstateEntitlementRequest: _TypeAlias = ReinstateEntitlementRequest  # noqa: Y015
+
+@_typing.final
+class ReinstateEntitlementResponse(_message.Message):
+    """Response of ReinstateEntitlement."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENTITLEMENT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def entitlement(self) -> Global___Entitlement:
+        """The entitlement as it stands after the call."""
+
+    def __init__(
+        self,
+        *,
+        entitlement: Global___Entitlement | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["entitlement", b"entitlement"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["entitlement", b"entitlement"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReinstateEntitlementResponse: _TypeAlias = ReinstateEntitlementResponse  # noqa: Y015
+
+@_typing.final
+class AuditEvent(_message.Message):
+    """--- audit ---
+
+    One change in the audit trail.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AUDIT_ID_FIELD_NUMBER: _builtins.int
+    CREATE_TIME_FIELD_NUMBER: _builtins.int
+    ACTOR_FIELD_NUMBER: _builtins.int
+    ACTION_FIELD_NUMBER: _builtins.int
+    RESOURCE_FIELD_NUMBER: _builtins.int
+    ENTITLEMENT_ID_FIELD_NUMBER: _builtins.int
+    DETAILS_FIELD_NUMBER: _builtins.int
+    audit_id: _builtins.int
+    """Id of the record: increasing in the order the changes were written."""
+    actor: _builtins.str
+    """Who made it: `token:ID` (an API token), `cli:USER` (the `keyturn` command
+    run by that operating-system user), `system:JOB` (the server itself).
+    """
+    action: _builtins.str
+    """What was done, as `noun.verb`: `order.fulfil`, `credentials.resend`,
+    `product.put`, `sku.put`, `sku.delete`, `token.create`, `token.revoke`,
+    `signing_key.rotate`.
+    """
+    resource: _builtins.str
+    """What it changed, as a path: `orders/SOURCE/ORDER_ID`,
+    `entitlements/ID`, `products/ID`, `skus/ID`, `tokens/ID`,
+    `signing-keys/KID`.
+    """
+    entitlement_id: _builtins.str
+    """The entitlement it changed, if it changed one (an order leaves one record
+    per entitlement it created or changed).
+    """
+    @_builtins.property
+    def create_time(self) -> _timestamp_pb2.Timestamp:
+        """When the change was made."""
+
+    @_builtins.property
+    def details(self) -> _struct_pb2.Struct:
+        """What else the action records (the order's lines, a SKU's new etag, a
+        token's scopes); never a secret.
+        """
+
+    def __init__(
+        self,
+        *,
+        audit_id: _builtins.int = ...,
+        create_time: _timestamp_pb2.Timestamp | None = ...,
+        actor: _builtins.str = ...,
+        action: _builtins.str = ...,
+        resource: _builtins.str = ...,
+        entitlement_id: _builtins.str = ...,
+        details: _struct_pb2.Struct | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "details", b"details"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "actor", b"actor", "audit_id", b"audit_id", "create_time", b"create_time", "details", b"details", "entitlement_id", b"entitlement_id", "resource", b"resource"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AuditEvent: _TypeAlias = AuditEvent  # noqa: Y015
+
+@_typing.final
+class ListAuditEventsRequest(_message.Message):
+    """Request of ListAuditEvents. Filters left empty match everything; given
+    ones must all match.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    ACTOR_FIELD_NUMBER: _builtins.int
+    ACTION_FIELD_NUMBER: _builtins.int
+    ENTITLEMENT_ID_FIELD_NUMBER: _builtins.int
+    RESOURCE_FIELD_NUMBER: _builtins.int
+    START_TIME_FIELD_NUMBER: _builtins.int
+    END_TIME_FIELD_NUMBER: _builtins.int
+    page_size: _builtins.int
+    """Maximum number to return: 0 means 50, the cap is 500, negative is
+    INVALID_ARGUMENT.
+    """
+    page_token: _builtins.str
+    """Token from a previous response's `next_page_token` of the same filters;
+    empty for the first page.
+    """
+    actor: _builtins.str
+    """Only changes by this actor (`token:tok_...`, `cli:alice`), exactly."""
+    action: _builtins.str
+    """Only changes of this action (`order.fulfil`), exactly."""
+    entitlement_id: _builtins.str
+    """Only changes of this entitlement."""
+    resource: _builtins.str
+    """Only changes of this resource (`skus/pro-annual`), exactly; ending in
+    `/`, of every resource below it (`orders/stripe/`).
+    """
+    @_builtins.property
+    def start_time(self) -> _timestamp_pb2.Timestamp:
+        """Only changes made at or after this time."""
+
+    @_builtins.property
+    def end_time(self) -> _timestamp_pb2.Timestamp:
+        """Only changes made before this time."""
+
+    def __init__(
+        self,
+        *,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+        actor: _builtins.str = ...,
+        action: _builtins.str = ...,
+        entitlement_id: _builtins.str = ...,
+        resource: _builtins.str = ...,
+        start_time: _timestamp_pb2.Timestamp | None = ...,
+        end_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "start_time", b"start_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "actor", b"actor", "end_time", b"end_time", "entitlement_id", b"entitlement_id", "page_size", b"page_size", "page_token", b"page_token", "resource", b"resource", "start_time", b"start_time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListAuditEventsRequest: _TypeAlias = ListAuditEventsRequest  # noqa: Y015
+
+@_typing.final
+class ListAuditEventsResponse(_message.Message):
+    """Response of ListAuditEvents."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AUDIT_EVENTS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Token of the next page; empty on the last page."""
+    @_builtins.property
+    def audit_events(self) -> _containers.RepeatedCompositeFieldContainer[Global___AuditEvent]:
+        """Audit records, newest first."""
+
+    def __init__(
+        self,
+        *,
+        audit_events: _abc.Iterable[Global___AuditEvent] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["audit_events", b"audit_events", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListAuditEventsResponse: _TypeAlias = ListAuditEventsResponse  # noqa: Y015

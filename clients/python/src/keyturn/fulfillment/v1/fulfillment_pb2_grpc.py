@@ -28,8 +28,9 @@ if _version_not_supported:
 class FulfillmentServiceStub:
     """FulfillmentService is called by order connectors (Stripe, CRM and ERP
     exports) and by systems that sync entitlements. Every call needs
-    `authorization: Bearer <token>`: FulfillOrder and ResendCredentials need
-    the `fulfill` scope, every other call the `read` scope.
+    `authorization: Bearer <token>`: FulfillOrder, ResendCredentials,
+    SuspendEntitlement and ReinstateEntitlement need the `fulfill` scope, every
+    other call the `read` scope.
     """
 
     def __init__(self, channel):
@@ -78,13 +79,29 @@ class FulfillmentServiceStub:
                 request_serializer=keyturn_dot_fulfillment_dot_v1_dot_fulfillment__pb2.GetUsageReportRequest.SerializeToString,
                 response_deserializer=keyturn_dot_fulfillment_dot_v1_dot_fulfillment__pb2.GetUsageReportResponse.FromString,
                 _registered_method=True)
+        self.SuspendEntitlement = channel.unary_unary(
+                '/keyturn.fulfillment.v1.FulfillmentService/SuspendEntitlement',
+                request_serializer=keyturn_dot_fulfillment_dot_v1_dot_fulfillment__pb2.SuspendEntitlementRequest.SerializeToString,
+                response_deserializer=keyturn_dot_fulfillment_dot_v1_dot_fulfillment__pb2.SuspendEntitlementResponse.FromString,
+                _registered_method=True)
+        self.ReinstateEntitlement = channel.unary_unary(
+                '/keyturn.fulfillment.v1.FulfillmentService/ReinstateEntitlement',
+                request_serializer=keyturn_dot_fulfillment_dot_v1_dot_fulfillment__pb2.ReinstateEntitlementRequest.SerializeToString,
+                response_deserializer=keyturn_dot_fulfillment_dot_v1_dot_fulfillment__pb2.ReinstateEntitlementResponse.FromString,
+                _registered_method=True)
+        self.ListAuditEvents = channel.unary_unary(
+                '/keyturn.fulfillment.v1.FulfillmentService/ListAuditEvents',
+                request_serializer=keyturn_dot_fulfillment_dot_v1_dot_fulfillment__pb2.ListAuditEventsRequest.SerializeToString,
+                response_deserializer=keyturn_dot_fulfillment_dot_v1_dot_fulfillment__pb2.ListAuditEventsResponse.FromString,
+                _registered_method=True)
 
 
 class FulfillmentServiceServicer:
     """FulfillmentService is called by order connectors (Stripe, CRM and ERP
     exports) and by systems that sync entitlements. Every call needs
-    `authorization: Bearer <token>`: FulfillOrder and ResendCredentials need
-    the `fulfill` scope, every other call the `read` scope.
+    `authorization: Bearer <token>`: FulfillOrder, ResendCredentials,
+    SuspendEntitlement and ReinstateEntitlement need the `fulfill` scope, every
+    other call the `read` scope.
     """
 
     def FulfillOrder(self, request, context):
@@ -156,6 +173,41 @@ class FulfillmentServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SuspendEntitlement(self, request, context):
+        """--- suspend ---
+        Suspends an entitlement (a billing connector, on a failed payment): new
+        activations and lease renewals are refused with FAILED_PRECONDITION /
+        ENTITLEMENT_SUSPENDED, while its seats, devices and named users stay.
+        Suspending a suspended entitlement changes nothing. A cancelled one is
+        FAILED_PRECONDITION / ENTITLEMENT_CANCELLED. Needs the `fulfill` scope.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReinstateEntitlement(self, request, context):
+        """Lifts a suspension: the entitlement goes on where it was, with the same
+        devices (a device whose lease lapsed meanwhile regains its seat on its
+        next renewal while one is free). Reinstating one that is not suspended
+        changes nothing. A cancelled one is FAILED_PRECONDITION /
+        ENTITLEMENT_CANCELLED. Needs the `fulfill` scope.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListAuditEvents(self, request, context):
+        """--- audit ---
+        Lists the audit trail, newest first (AIP-158 paging): every change made
+        through the admin services or the `keyturn` command (orders, resends,
+        catalog, API tokens, signing keys), each with the actor that made it.
+        Seat activations and releases are not in it: their trail is the
+        entitlement's events, which name the device.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_FulfillmentServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -199,6 +251,21 @@ def add_FulfillmentServiceServicer_to_server(servicer, server):
                     request_deserializer=keyturn_dot_fulfillment_dot_v1_dot_fulfillment__pb2.GetUsageReportRequest.FromString,
                     response_serializer=keyturn_dot_fulfillment_dot_v1_dot_fulfillment__pb2.GetUsageReportResponse.SerializeToString,
             ),
+            'SuspendEntitlement': grpc.unary_unary_rpc_method_handler(
+                    servicer.SuspendEntitlement,
+                    request_deserializer=keyturn_dot_fulfillment_dot_v1_dot_fulfillment__pb2.SuspendEntitlementRequest.FromString,
+                    response_serializer=keyturn_dot_fulfillment_dot_v1_dot_fulfillment__pb2.SuspendEntitlementResponse.SerializeToString,
+            ),
+            'ReinstateEntitlement': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReinstateEntitlement,
+                    request_deserializer=keyturn_dot_fulfillment_dot_v1_dot_fulfillment__pb2.ReinstateEntitlementRequest.FromString,
+                    response_serializer=keyturn_dot_fulfillment_dot_v1_dot_fulfillment__pb2.ReinstateEntitlementResponse.SerializeToString,
+            ),
+            'ListAuditEvents': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAuditEvents,
+                    request_deserializer=keyturn_dot_fulfillment_dot_v1_dot_fulfillment__pb2.ListAuditEventsRequest.FromString,
+                    response_serializer=keyturn_dot_fulfillment_dot_v1_dot_fulfillment__pb2.ListAuditEventsResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'keyturn.fulfillment.v1.FulfillmentService', rpc_method_handlers)
@@ -210,8 +277,9 @@ def add_FulfillmentServiceServicer_to_server(servicer, server):
 class FulfillmentService:
     """FulfillmentService is called by order connectors (Stripe, CRM and ERP
     exports) and by systems that sync entitlements. Every call needs
-    `authorization: Bearer <token>`: FulfillOrder and ResendCredentials need
-    the `fulfill` scope, every other call the `read` scope.
+    `authorization: Bearer <token>`: FulfillOrder, ResendCredentials,
+    SuspendEntitlement and ReinstateEntitlement need the `fulfill` scope, every
+    other call the `read` scope.
     """
 
     @staticmethod
@@ -420,6 +488,87 @@ class FulfillmentService:
             '/keyturn.fulfillment.v1.FulfillmentService/GetUsageReport',
             keyturn_dot_fulfillment_dot_v1_dot_fulfillment__pb2.GetUsageReportRequest.SerializeToString,
             keyturn_dot_fulfillment_dot_v1_dot_fulfillment__pb2.GetUsageReportResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SuspendEntitlement(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/keyturn.fulfillment.v1.FulfillmentService/SuspendEntitlement',
+            keyturn_dot_fulfillment_dot_v1_dot_fulfillment__pb2.SuspendEntitlementRequest.SerializeToString,
+            keyturn_dot_fulfillment_dot_v1_dot_fulfillment__pb2.SuspendEntitlementResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReinstateEntitlement(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/keyturn.fulfillment.v1.FulfillmentService/ReinstateEntitlement',
+            keyturn_dot_fulfillment_dot_v1_dot_fulfillment__pb2.ReinstateEntitlementRequest.SerializeToString,
+            keyturn_dot_fulfillment_dot_v1_dot_fulfillment__pb2.ReinstateEntitlementResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAuditEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/keyturn.fulfillment.v1.FulfillmentService/ListAuditEvents',
+            keyturn_dot_fulfillment_dot_v1_dot_fulfillment__pb2.ListAuditEventsRequest.SerializeToString,
+            keyturn_dot_fulfillment_dot_v1_dot_fulfillment__pb2.ListAuditEventsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -31,8 +31,9 @@ GRPC_VERSION: str
 class FulfillmentServiceStub:
     """FulfillmentService is called by order connectors (Stripe, CRM and ERP
     exports) and by systems that sync entitlements. Every call needs
-    `authorization: Bearer <token>`: FulfillOrder and ResendCredentials need
-    the `fulfill` scope, every other call the `read` scope.
+    `authorization: Bearer <token>`: FulfillOrder, ResendCredentials,
+    SuspendEntitlement and ReinstateEntitlement need the `fulfill` scope, every
+    other call the `read` scope.
     """
 
     @_typing.overload
@@ -71,13 +72,37 @@ class FulfillmentServiceStub:
     when it was recorded). A bucket not over yet is reported for its elapsed
     part; buckets after now are left out. At most 1000 buckets per call.
     """
+    SuspendEntitlement: _grpc.UnaryUnaryMultiCallable[_fulfillment_pb2.SuspendEntitlementRequest, _fulfillment_pb2.SuspendEntitlementResponse]
+    """--- suspend ---
+    Suspends an entitlement (a billing connector, on a failed payment): new
+    activations and lease renewals are refused with FAILED_PRECONDITION /
+    ENTITLEMENT_SUSPENDED, while its seats, devices and named users stay.
+    Suspending a suspended entitlement changes nothing. A cancelled one is
+    FAILED_PRECONDITION / ENTITLEMENT_CANCELLED. Needs the `fulfill` scope.
+    """
+    ReinstateEntitlement: _grpc.UnaryUnaryMultiCallable[_fulfillment_pb2.ReinstateEntitlementRequest, _fulfillment_pb2.ReinstateEntitlementResponse]
+    """Lifts a suspension: the entitlement goes on where it was, with the same
+    devices (a device whose lease lapsed meanwhile regains its seat on its
+    next renewal while one is free). Reinstating one that is not suspended
+    changes nothing. A cancelled one is FAILED_PRECONDITION /
+    ENTITLEMENT_CANCELLED. Needs the `fulfill` scope.
+    """
+    ListAuditEvents: _grpc.UnaryUnaryMultiCallable[_fulfillment_pb2.ListAuditEventsRequest, _fulfillment_pb2.ListAuditEventsResponse]
+    """--- audit ---
+    Lists the audit trail, newest first (AIP-158 paging): every change made
+    through the admin services or the `keyturn` command (orders, resends,
+    catalog, API tokens, signing keys), each with the actor that made it.
+    Seat activations and releases are not in it: their trail is the
+    entitlement's events, which name the device.
+    """
 
 @_typing.type_check_only
 class FulfillmentServiceAsyncStub(FulfillmentServiceStub):
     """FulfillmentService is called by order connectors (Stripe, CRM and ERP
     exports) and by systems that sync entitlements. Every call needs
-    `authorization: Bearer <token>`: FulfillOrder and ResendCredentials need
-    the `fulfill` scope, every other call the `read` scope.
+    `authorization: Bearer <token>`: FulfillOrder, ResendCredentials,
+    SuspendEntitlement and ReinstateEntitlement need the `fulfill` scope, every
+    other call the `read` scope.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -113,12 +138,36 @@ class FulfillmentServiceAsyncStub(FulfillmentServiceStub):
     when it was recorded). A bucket not over yet is reported for its elapsed
     part; buckets after now are left out. At most 1000 buckets per call.
     """
+    SuspendEntitlement: _aio.UnaryUnaryMultiCallable[_fulfillment_pb2.SuspendEntitlementRequest, _fulfillment_pb2.SuspendEntitlementResponse]  # type: ignore[assignment]
+    """--- suspend ---
+    Suspends an entitlement (a billing connector, on a failed payment): new
+    activations and lease renewals are refused with FAILED_PRECONDITION /
+    ENTITLEMENT_SUSPENDED, while its seats, devices and named users stay.
+    Suspending a suspended entitlement changes nothing. A cancelled one is
+    FAILED_PRECONDITION / ENTITLEMENT_CANCELLED. Needs the `fulfill` scope.
+    """
+    ReinstateEntitlement: _aio.UnaryUnaryMultiCallable[_fulfillment_pb2.ReinstateEntitlementRequest, _fulfillment_pb2.ReinstateEntitlementResponse]  # type: ignore[assignment]
+    """Lifts a suspension: the entitlement goes on where it was, with the same
+    devices (a device whose lease lapsed meanwhile regains its seat on its
+    next renewal while one is free). Reinstating one that is not suspended
+    changes nothing. A cancelled one is FAILED_PRECONDITION /
+    ENTITLEMENT_CANCELLED. Needs the `fulfill` scope.
+    """
+    ListAuditEvents: _aio.UnaryUnaryMultiCallable[_fulfillment_pb2.ListAuditEventsRequest, _fulfillment_pb2.ListAuditEventsResponse]  # type: ignore[assignment]
+    """--- audit ---
+    Lists the audit trail, newest first (AIP-158 paging): every change made
+    through the admin services or the `keyturn` command (orders, resends,
+    catalog, API tokens, signing keys), each with the actor that made it.
+    Seat activations and releases are not in it: their trail is the
+    entitlement's events, which name the device.
+    """
 
 class FulfillmentServiceServicer(metaclass=_abc_1.ABCMeta):
     """FulfillmentService is called by order connectors (Stripe, CRM and ERP
     exports) and by systems that sync entitlements. Every call needs
-    `authorization: Bearer <token>`: FulfillOrder and ResendCredentials need
-    the `fulfill` scope, every other call the `read` scope.
+    `authorization: Bearer <token>`: FulfillOrder, ResendCredentials,
+    SuspendEntitlement and ReinstateEntitlement need the `fulfill` scope, every
+    other call the `read` scope.
     """
 
     @_abc_1.abstractmethod
@@ -199,6 +248,47 @@ class FulfillmentServiceServicer(metaclass=_abc_1.ABCMeta):
         the event log (a lapse counts from when its seat was freed, not from
         when it was recorded). A bucket not over yet is reported for its elapsed
         part; buckets after now are left out. At most 1000 buckets per call.
+        """
+
+    @_abc_1.abstractmethod
+    def SuspendEntitlement(
+        self,
+        request: _fulfillment_pb2.SuspendEntitlementRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_fulfillment_pb2.SuspendEntitlementResponse, _abc.Awaitable[_fulfillment_pb2.SuspendEntitlementResponse]]:
+        """--- suspend ---
+        Suspends an entitlement (a billing connector, on a failed payment): new
+        activations and lease renewals are refused with FAILED_PRECONDITION /
+        ENTITLEMENT_SUSPENDED, while its seats, devices and named users stay.
+        Suspending a suspended entitlement changes nothing. A cancelled one is
+        FAILED_PRECONDITION / ENTITLEMENT_CANCELLED. Needs the `fulfill` scope.
+        """
+
+    @_abc_1.abstractmethod
+    def ReinstateEntitlement(
+        self,
+        request: _fulfillment_pb2.ReinstateEntitlementRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_fulfillment_pb2.ReinstateEntitlementResponse, _abc.Awaitable[_fulfillment_pb2.ReinstateEntitlementResponse]]:
+        """Lifts a suspension: the entitlement goes on where it was, with the same
+        devices (a device whose lease lapsed meanwhile regains its seat on its
+        next renewal while one is free). Reinstating one that is not suspended
+        changes nothing. A cancelled one is FAILED_PRECONDITION /
+        ENTITLEMENT_CANCELLED. Needs the `fulfill` scope.
+        """
+
+    @_abc_1.abstractmethod
+    def ListAuditEvents(
+        self,
+        request: _fulfillment_pb2.ListAuditEventsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_fulfillment_pb2.ListAuditEventsResponse, _abc.Awaitable[_fulfillment_pb2.ListAuditEventsResponse]]:
+        """--- audit ---
+        Lists the audit trail, newest first (AIP-158 paging): every change made
+        through the admin services or the `keyturn` command (orders, resends,
+        catalog, API tokens, signing keys), each with the actor that made it.
+        Seat activations and releases are not in it: their trail is the
+        entitlement's events, which name the device.
         """
 
 def add_FulfillmentServiceServicer_to_server(servicer: FulfillmentServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -36,6 +36,12 @@ class _EntitlementStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Ent
     """The end date (plus grace) has passed."""
     ENTITLEMENT_STATUS_CANCELLED: _EntitlementStatus.ValueType  # 4
     """Cancelled."""
+    ENTITLEMENT_STATUS_SUSPENDED: _EntitlementStatus.ValueType  # 5
+    """--- suspend ---
+    Suspended (a failed payment, say) until reinstated: ActivateSeat and
+    RenewLease are refused with ENTITLEMENT_SUSPENDED; the device keeps its
+    activation and goes on once the entitlement is reinstated.
+    """
 
 class EntitlementStatus(_EntitlementStatus, metaclass=_EntitlementStatusEnumTypeWrapper):
     """The status of an entitlement."""
@@ -50,6 +56,12 @@ ENTITLEMENT_STATUS_EXPIRED: EntitlementStatus.ValueType  # 3
 """The end date (plus grace) has passed."""
 ENTITLEMENT_STATUS_CANCELLED: EntitlementStatus.ValueType  # 4
 """Cancelled."""
+ENTITLEMENT_STATUS_SUSPENDED: EntitlementStatus.ValueType  # 5
+"""--- suspend ---
+Suspended (a failed payment, say) until reinstated: ActivateSeat and
+RenewLease are refused with ENTITLEMENT_SUSPENDED; the device keeps its
+activation and goes on once the entitlement is reinstated.
+"""
 Global___EntitlementStatus: _TypeAlias = EntitlementStatus  # noqa: Y015
 
 @_typing.final

@@ -8,16 +8,16 @@
 import type { GenEnum, GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
 import { enumDesc, fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
 import type { Duration, Timestamp } from "@bufbuild/protobuf/wkt";
-import { file_google_protobuf_duration, file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
+import { file_google_protobuf_duration, file_google_protobuf_struct, file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
 import type { Dispatch, Feature, LicenseModel, OveragePolicy } from "./catalog_pb.js";
 import { file_keyturn_fulfillment_v1_catalog } from "./catalog_pb.js";
-import type { Message } from "@bufbuild/protobuf";
+import type { JsonObject, Message } from "@bufbuild/protobuf";
 
 /**
  * Describes the file keyturn/fulfillment/v1/fulfillment.proto.
  */
 export const file_keyturn_fulfillment_v1_fulfillment: GenFile = /*@__PURE__*/
-  fileDesc("CihrZXl0dXJuL2Z1bGZpbGxtZW50L3YxL2Z1bGZpbGxtZW50LnByb3RvEhZrZXl0dXJuLmZ1bGZpbGxtZW50LnYxIjwKCEN1c3RvbWVyEhMKC2N1c3RvbWVyX2lkGAEgASgJEgwKBG5hbWUYAiABKAkSDQoFZW1haWwYAyABKAkifAoJT3JkZXJMaW5lEg4KBnNrdV9pZBgBIAEoCRIQCghxdWFudGl0eRgCIAEoBRIWCg5lbnRpdGxlbWVudF9pZBgDIAEoCRIaChJleHRlcm5hbF9yZWZlcmVuY2UYBCABKAkSGQoRbmFtZWRfdXNlcl9lbWFpbHMYBSADKAkidQoJTmFtZWRVc2VyEg8KB3VzZXJfaWQYASABKAkSDQoFZW1haWwYAiABKAkSFwoPaW52aXRhdGlvbl9jb2RlGAMgASgJEi8KC3JlZGVlbV90aW1lGAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCKsBwoLRW50aXRsZW1lbnQSFgoOZW50aXRsZW1lbnRfaWQYASABKAkSEgoKcHJvZHVjdF9pZBgCIAEoCRISCgplZGl0aW9uX2lkGAMgASgJEjIKCGN1c3RvbWVyGAQgASgLMiAua2V5dHVybi5mdWxmaWxsbWVudC52MS5DdXN0b21lchIVCg1zaGlwX3RvX2VtYWlsGAUgASgJEjkKBnN0YXR1cxgGIAEoDjIpLmtleXR1cm4uZnVsZmlsbG1lbnQudjEuRW50aXRsZW1lbnRTdGF0dXMSDQoFc2VhdHMYByABKAUSFAoMc2VhdHNfaW5fdXNlGAggASgFEjEKCGZlYXR1cmVzGAkgAygLMh8ua2V5dHVybi5mdWxmaWxsbWVudC52MS5GZWF0dXJlEi4KCnN0YXJ0X3RpbWUYCiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEiwKCGVuZF90aW1lGAsgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIRCglwZXJwZXR1YWwYDCABKAgSDQoFdHJpYWwYDSABKAgSOwoNbGljZW5zZV9tb2RlbBgOIAEoDjIkLmtleXR1cm4uZnVsZmlsbG1lbnQudjEuTGljZW5zZU1vZGVsEjEKDmxlYXNlX2R1cmF0aW9uGA8gASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEjIKCGRpc3BhdGNoGBAgASgOMiAua2V5dHVybi5mdWxmaWxsbWVudC52MS5EaXNwYXRjaBIbChNleHRlcm5hbF9yZWZlcmVuY2VzGBEgAygJEhMKC2xpY2Vuc2Vfa2V5GBIgASgJEi8KC2NyZWF0ZV90aW1lGBMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgt1cGRhdGVfdGltZRgUIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEgoKc2VhdHNfb3ZlchgVIAEoBRIvCgxncmFjZV9wZXJpb2QYFiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SNgoHb3ZlcmFnZRgXIAEoDjIlLmtleXR1cm4uZnVsZmlsbG1lbnQudjEuT3ZlcmFnZVBvbGljeRISCgpzZWF0X2xpbWl0GBggASgFEjYKC25hbWVkX3VzZXJzGBkgAygLMiEua2V5dHVybi5mdWxmaWxsbWVudC52MS5OYW1lZFVzZXIiYQoPT3JkZXJMaW5lUmVzdWx0EhIKCmxpbmVfaW5kZXgYASABKAUSDgoGc2t1X2lkGAIgASgJEhYKDmVudGl0bGVtZW50X2lkGAMgASgJEhIKCm9wZXJhdGlvbnMYBCADKAkizAIKBU9yZGVyEg4KBnNvdXJjZRgBIAEoCRIQCghvcmRlcl9pZBgCIAEoCRIyCghjdXN0b21lchgDIAEoCzIgLmtleXR1cm4uZnVsZmlsbG1lbnQudjEuQ3VzdG9tZXISFQoNc2hpcF90b19lbWFpbBgEIAEoCRIwCgVsaW5lcxgFIAMoCzIhLmtleXR1cm4uZnVsZmlsbG1lbnQudjEuT3JkZXJMaW5lEjgKB3Jlc3VsdHMYBiADKAsyJy5rZXl0dXJuLmZ1bGZpbGxtZW50LnYxLk9yZGVyTGluZVJlc3VsdBIvCgtjcmVhdGVfdGltZRgHIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASOQoIbWVzc2FnZXMYCCADKAsyJy5rZXl0dXJuLmZ1bGZpbGxtZW50LnYxLk91dGJvdW5kTWVzc2FnZSLuAgoPT3V0Ym91bmRNZXNzYWdlEhIKCm1lc3NhZ2VfaWQYASABKAkSMQoEa2luZBgCIAEoDjIjLmtleXR1cm4uZnVsZmlsbG1lbnQudjEuTWVzc2FnZUtpbmQSFgoOZW50aXRsZW1lbnRfaWQYAyABKAkSCgoCdG8YBCABKAkSMwoFc3RhdGUYBSABKA4yJC5rZXl0dXJuLmZ1bGZpbGxtZW50LnYxLk1lc3NhZ2VTdGF0ZRIQCghhdHRlbXB0cxgGIAEoBRISCgpsYXN0X2Vycm9yGAcgASgJEi8KC2NyZWF0ZV90aW1lGAggASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBItCglzZW50X3RpbWUYCSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjUKEW5leHRfYXR0ZW1wdF90aW1lGAogASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCK0AQoTRnVsZmlsbE9yZGVyUmVxdWVzdBIOCgZzb3VyY2UYASABKAkSEAoIb3JkZXJfaWQYAiABKAkSMgoIY3VzdG9tZXIYAyABKAsyIC5rZXl0dXJuLmZ1bGZpbGxtZW50LnYxLkN1c3RvbWVyEhUKDXNoaXBfdG9fZW1haWwYBCABKAkSMAoFbGluZXMYBSADKAsyIS5rZXl0dXJuLmZ1bGZpbGxtZW50LnYxLk9yZGVyTGluZSKRAQoURnVsZmlsbE9yZGVyUmVzcG9uc2USLAoFb3JkZXIYASABKAsyHS5rZXl0dXJuLmZ1bGZpbGxtZW50LnYxLk9yZGVyEjkKDGVudGl0bGVtZW50cxgCIAMoCzIjLmtleXR1cm4uZnVsZmlsbG1lbnQudjEuRW50aXRsZW1lbnQSEAoIcmVwbGF5ZWQYAyABKAgiMwoPR2V0T3JkZXJSZXF1ZXN0Eg4KBnNvdXJjZRgBIAEoCRIQCghvcmRlcl9pZBgCIAEoCSJAChBHZXRPcmRlclJlc3BvbnNlEiwKBW9yZGVyGAEgASgLMh0ua2V5dHVybi5mdWxmaWxsbWVudC52MS5PcmRlciIvChVHZXRFbnRpdGxlbWVudFJlcXVlc3QSFgoOZW50aXRsZW1lbnRfaWQYASABKAkiUgoWR2V0RW50aXRsZW1lbnRSZXNwb25zZRI4CgtlbnRpdGxlbWVudBgBIAEoCzIjLmtleXR1cm4uZnVsZmlsbG1lbnQudjEuRW50aXRsZW1lbnQizwEKF0xpc3RFbnRpdGxlbWVudHNSZXF1ZXN0EhEKCXBhZ2Vfc2l6ZRgBIAEoBRISCgpwYWdlX3Rva2VuGAIgASgJEhMKC2N1c3RvbWVyX2lkGAMgASgJEg0KBWVtYWlsGAQgASgJEhIKCnByb2R1Y3RfaWQYBSABKAkSOQoGc3RhdHVzGAYgASgOMikua2V5dHVybi5mdWxmaWxsbWVudC52MS5FbnRpdGxlbWVudFN0YXR1cxIaChJleHRlcm5hbF9yZWZlcmVuY2UYByABKAkibgoYTGlzdEVudGl0bGVtZW50c1Jlc3BvbnNlEjkKDGVudGl0bGVtZW50cxgBIAMoCzIjLmtleXR1cm4uZnVsZmlsbG1lbnQudjEuRW50aXRsZW1lbnQSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIqICChBFbnRpdGxlbWVudEV2ZW50EhAKCHNlcXVlbmNlGAEgASgDEhYKDmVudGl0bGVtZW50X2lkGAIgASgJEjoKBHR5cGUYAyABKA4yLC5rZXl0dXJuLmZ1bGZpbGxtZW50LnYxLkVudGl0bGVtZW50RXZlbnRUeXBlEi8KC2NyZWF0ZV90aW1lGAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIUCgxvcmRlcl9zb3VyY2UYBSABKAkSEAoIb3JkZXJfaWQYBiABKAkSFQoNYWN0aXZhdGlvbl9pZBgHIAEoCRI4CgtlbnRpdGxlbWVudBgIIAEoCzIjLmtleXR1cm4uZnVsZmlsbG1lbnQudjEuRW50aXRsZW1lbnQiXQocTGlzdEVudGl0bGVtZW50RXZlbnRzUmVxdWVzdBIWCg5lbnRpdGxlbWVudF9pZBgBIAEoCRIRCglwYWdlX3NpemUYAiABKAUSEgoKcGFnZV90b2tlbhgDIAEoCSJyCh1MaXN0RW50aXRsZW1lbnRFdmVudHNSZXNwb25zZRI4CgZldmVudHMYASADKAsyKC5rZXl0dXJuLmZ1bGZpbGxtZW50LnYxLkVudGl0bGVtZW50RXZlbnQSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIjIKGFJlc2VuZENyZWRlbnRpYWxzUmVxdWVzdBIWCg5lbnRpdGxlbWVudF9pZBgBIAEoCSJvChlSZXNlbmRDcmVkZW50aWFsc1Jlc3BvbnNlEhcKD3F1ZXVlZF9tZXNzYWdlcxgBIAEoBRI5CghtZXNzYWdlcxgCIAMoCzInLmtleXR1cm4uZnVsZmlsbG1lbnQudjEuT3V0Ym91bmRNZXNzYWdlIjcKHVdhdGNoRW50aXRsZW1lbnRFdmVudHNSZXF1ZXN0EhYKDmFmdGVyX3NlcXVlbmNlGAEgASgDIlkKHldhdGNoRW50aXRsZW1lbnRFdmVudHNSZXNwb25zZRI3CgVldmVudBgBIAEoCzIoLmtleXR1cm4uZnVsZmlsbG1lbnQudjEuRW50aXRsZW1lbnRFdmVudCLMAQoVR2V0VXNhZ2VSZXBvcnRSZXF1ZXN0EhYKDmVudGl0bGVtZW50X2lkGAEgASgJEi4KCnN0YXJ0X3RpbWUYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEiwKCGVuZF90aW1lGAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBI9CgtncmFudWxhcml0eRgEIAEoDjIoLmtleXR1cm4uZnVsZmlsbG1lbnQudjEuVXNhZ2VHcmFudWxhcml0eSKKAQoLVXNhZ2VCdWNrZXQSLgoKc3RhcnRfdGltZRgBIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASGQoRcGVha19zZWF0c19pbl91c2UYAiABKAUSHAoUYXZlcmFnZV9zZWF0c19pbl91c2UYAyABKAESEgoKc2VhdF9saW1pdBgEIAEoBSJOChZHZXRVc2FnZVJlcG9ydFJlc3BvbnNlEjQKB2J1Y2tldHMYASADKAsyIy5rZXl0dXJuLmZ1bGZpbGxtZW50LnYxLlVzYWdlQnVja2V0KrYBChFFbnRpdGxlbWVudFN0YXR1cxIiCh5FTlRJVExFTUVOVF9TVEFUVVNfVU5TUEVDSUZJRUQQABIcChhFTlRJVExFTUVOVF9TVEFUVVNfVFJJQUwQARIdChlFTlRJVExFTUVOVF9TVEFUVVNfQUNUSVZFEAISHgoaRU5USVRMRU1FTlRfU1RBVFVTX0VYUElSRUQQAxIgChxFTlRJVExFTUVOVF9TVEFUVVNfQ0FOQ0VMTEVEEAQqZgoLTWVzc2FnZUtpbmQSHAoYTUVTU0FHRV9LSU5EX1VOU1BFQ0lGSUVEEAASHAoYTUVTU0FHRV9LSU5EX0xJQ0VOU0VfS0VZEAESGwoXTUVTU0FHRV9LSU5EX0lOVklUQVRJT04QAip5CgxNZXNzYWdlU3RhdGUSHQoZTUVTU0FHRV9TVEFURV9VTlNQRUNJRklFRBAAEhgKFE1FU1NBR0VfU1RBVEVfUVVFVUVEEAESFgoSTUVTU0FHRV9TVEFURV9TRU5UEAISGAoUTUVTU0FHRV9TVEFURV9GQUlMRUQQAyrZAwoURW50aXRsZW1lbnRFdmVudFR5cGUSJgoiRU5USVRMRU1FTlRfRVZFTlRfVFlQRV9VTlNQRUNJRklFRBAAEiIKHkVOVElUTEVNRU5UX0VWRU5UX1RZUEVfQ1JFQVRFRBABEiIKHkVOVElUTEVNRU5UX0VWRU5UX1RZUEVfUkVORVdFRBACEigKJEVOVElUTEVNRU5UX0VWRU5UX1RZUEVfU0VBVFNfQ0hBTkdFRBADEioKJkVOVElUTEVNRU5UX0VWRU5UX1RZUEVfRURJVElPTl9DSEFOR0VEEAQSKwonRU5USVRMRU1FTlRfRVZFTlRfVFlQRV9GRUFUVVJFU19DSEFOR0VEEAUSKgomRU5USVRMRU1FTlRfRVZFTlRfVFlQRV9UUklBTF9DT05WRVJURUQQBhIkCiBFTlRJVExFTUVOVF9FVkVOVF9UWVBFX0NBTkNFTExFRBAHEikKJUVOVElUTEVNRU5UX0VWRU5UX1RZUEVfU0VBVF9BQ1RJVkFURUQQCBIoCiRFTlRJVExFTUVOVF9FVkVOVF9UWVBFX1NFQVRfUkVMRUFTRUQQCRInCiNFTlRJVExFTUVOVF9FVkVOVF9UWVBFX0xFQVNFX0xBUFNFRBAKKmwKEFVzYWdlR3JhbnVsYXJpdHkSIQodVVNBR0VfR1JBTlVMQVJJVFlfVU5TUEVDSUZJRUQQABIaChZVU0FHRV9HUkFOVUxBUklUWV9IT1VSEAESGQoVVVNBR0VfR1JBTlVMQVJJVFlfREFZEAIyxAcKEkZ1bGZpbGxtZW50U2VydmljZRJpCgxGdWxmaWxsT3JkZXISKy5rZXl0dXJuLmZ1bGZpbGxtZW50LnYxLkZ1bGZpbGxPcmRlclJlcXVlc3QaLC5rZXl0dXJuLmZ1bGZpbGxtZW50LnYxLkZ1bGZpbGxPcmRlclJlc3BvbnNlEl0KCEdldE9yZGVyEicua2V5dHVybi5mdWxmaWxsbWVudC52MS5HZXRPcmRlclJlcXVlc3QaKC5rZXl0dXJuLmZ1bGZpbGxtZW50LnYxLkdldE9yZGVyUmVzcG9uc2USbwoOR2V0RW50aXRsZW1lbnQSLS5rZXl0dXJuLmZ1bGZpbGxtZW50LnYxLkdldEVudGl0bGVtZW50UmVxdWVzdBouLmtleXR1cm4uZnVsZmlsbG1lbnQudjEuR2V0RW50aXRsZW1lbnRSZXNwb25zZRJ1ChBMaXN0RW50aXRsZW1lbnRzEi8ua2V5dHVybi5mdWxmaWxsbWVudC52MS5MaXN0RW50aXRsZW1lbnRzUmVxdWVzdBowLmtleXR1cm4uZnVsZmlsbG1lbnQudjEuTGlzdEVudGl0bGVtZW50c1Jlc3BvbnNlEoQBChVMaXN0RW50aXRsZW1lbnRFdmVudHMSNC5rZXl0dXJuLmZ1bGZpbGxtZW50LnYxLkxpc3RFbnRpdGxlbWVudEV2ZW50c1JlcXVlc3QaNS5rZXl0dXJuLmZ1bGZpbGxtZW50LnYxLkxpc3RFbnRpdGxlbWVudEV2ZW50c1Jlc3BvbnNlEngKEVJlc2VuZENyZWRlbnRpYWxzEjAua2V5dHVybi5mdWxmaWxsbWVudC52MS5SZXNlbmRDcmVkZW50aWFsc1JlcXVlc3QaMS5rZXl0dXJuLmZ1bGZpbGxtZW50LnYxLlJlc2VuZENyZWRlbnRpYWxzUmVzcG9uc2USiQEKFldhdGNoRW50aXRsZW1lbnRFdmVudHMSNS5rZXl0dXJuLmZ1bGZpbGxtZW50LnYxLldhdGNoRW50aXRsZW1lbnRFdmVudHNSZXF1ZXN0GjYua2V5dHVybi5mdWxmaWxsbWVudC52MS5XYXRjaEVudGl0bGVtZW50RXZlbnRzUmVzcG9uc2UwARJvCg5HZXRVc2FnZVJlcG9ydBItLmtleXR1cm4uZnVsZmlsbG1lbnQudjEuR2V0VXNhZ2VSZXBvcnRSZXF1ZXN0Gi4ua2V5dHVybi5mdWxmaWxsbWVudC52MS5HZXRVc2FnZVJlcG9ydFJlc3BvbnNlYgZwcm90bzM", [file_google_protobuf_duration, file_google_protobuf_timestamp, file_keyturn_fulfillment_v1_catalog]);
+  fileDesc("CihrZXl0dXJuL2Z1bGZpbGxtZW50L3YxL2Z1bGZpbGxtZW50LnByb3RvEhZrZXl0dXJuLmZ1bGZpbGxtZW50LnYxIjwKCEN1c3RvbWVyEhMKC2N1c3RvbWVyX2lkGAEgASgJEgwKBG5hbWUYAiABKAkSDQoFZW1haWwYAyABKAkifAoJT3JkZXJMaW5lEg4KBnNrdV9pZBgBIAEoCRIQCghxdWFudGl0eRgCIAEoBRIWCg5lbnRpdGxlbWVudF9pZBgDIAEoCRIaChJleHRlcm5hbF9yZWZlcmVuY2UYBCABKAkSGQoRbmFtZWRfdXNlcl9lbWFpbHMYBSADKAkidQoJTmFtZWRVc2VyEg8KB3VzZXJfaWQYASABKAkSDQoFZW1haWwYAiABKAkSFwoPaW52aXRhdGlvbl9jb2RlGAMgASgJEi8KC3JlZGVlbV90aW1lGAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCKsBwoLRW50aXRsZW1lbnQSFgoOZW50aXRsZW1lbnRfaWQYASABKAkSEgoKcHJvZHVjdF9pZBgCIAEoCRISCgplZGl0aW9uX2lkGAMgASgJEjIKCGN1c3RvbWVyGAQgASgLMiAua2V5dHVybi5mdWxmaWxsbWVudC52MS5DdXN0b21lchIVCg1zaGlwX3RvX2VtYWlsGAUgASgJEjkKBnN0YXR1cxgGIAEoDjIpLmtleXR1cm4uZnVsZmlsbG1lbnQudjEuRW50aXRsZW1lbnRTdGF0dXMSDQoFc2VhdHMYByABKAUSFAoMc2VhdHNfaW5fdXNlGAggASgFEjEKCGZlYXR1cmVzGAkgAygLMh8ua2V5dHVybi5mdWxmaWxsbWVudC52MS5GZWF0dXJlEi4KCnN0YXJ0X3RpbWUYCiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEiwKCGVuZF90aW1lGAsgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIRCglwZXJwZXR1YWwYDCABKAgSDQoFdHJpYWwYDSABKAgSOwoNbGljZW5zZV9tb2RlbBgOIAEoDjIkLmtleXR1cm4uZnVsZmlsbG1lbnQudjEuTGljZW5zZU1vZGVsEjEKDmxlYXNlX2R1cmF0aW9uGA8gASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEjIKCGRpc3BhdGNoGBAgASgOMiAua2V5dHVybi5mdWxmaWxsbWVudC52MS5EaXNwYXRjaBIbChNleHRlcm5hbF9yZWZlcmVuY2VzGBEgAygJEhMKC2xpY2Vuc2Vfa2V5GBIgASgJEi8KC2NyZWF0ZV90aW1lGBMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgt1cGRhdGVfdGltZRgUIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEgoKc2VhdHNfb3ZlchgVIAEoBRIvCgxncmFjZV9wZXJpb2QYFiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SNgoHb3ZlcmFnZRgXIAEoDjIlLmtleXR1cm4uZnVsZmlsbG1lbnQudjEuT3ZlcmFnZVBvbGljeRISCgpzZWF0X2xpbWl0GBggASgFEjYKC25hbWVkX3VzZXJzGBkgAygLMiEua2V5dHVybi5mdWxmaWxsbWVudC52MS5OYW1lZFVzZXIiYQoPT3JkZXJMaW5lUmVzdWx0EhIKCmxpbmVfaW5kZXgYASABKAUSDgoGc2t1X2lkGAIgASgJEhYKDmVudGl0bGVtZW50X2lkGAMgASgJEhIKCm9wZXJhdGlvbnMYBCADKAkizAIKBU9yZGVyEg4KBnNvdXJjZRgBIAEoCRIQCghvcmRlcl9pZBgCIAEoCRIyCghjdXN0b21lchgDIAEoCzIgLmtleXR1cm4uZnVsZmlsbG1lbnQudjEuQ3VzdG9tZXISFQoNc2hpcF90b19lbWFpbBgEIAEoCRIwCgVsaW5lcxgFIAMoCzIhLmtleXR1cm4uZnVsZmlsbG1lbnQudjEuT3JkZXJMaW5lEjgKB3Jlc3VsdHMYBiADKAsyJy5rZXl0dXJuLmZ1bGZpbGxtZW50LnYxLk9yZGVyTGluZVJlc3VsdBIvCgtjcmVhdGVfdGltZRgHIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASOQoIbWVzc2FnZXMYCCADKAsyJy5rZXl0dXJuLmZ1bGZpbGxtZW50LnYxLk91dGJvdW5kTWVzc2FnZSLuAgoPT3V0Ym91bmRNZXNzYWdlEhIKCm1lc3NhZ2VfaWQYASABKAkSMQoEa2luZBgCIAEoDjIjLmtleXR1cm4uZnVsZmlsbG1lbnQudjEuTWVzc2FnZUtpbmQSFgoOZW50aXRsZW1lbnRfaWQYAyABKAkSCgoCdG8YBCABKAkSMwoFc3RhdGUYBSABKA4yJC5rZXl0dXJuLmZ1bGZpbGxtZW50LnYxLk1lc3NhZ2VTdGF0ZRIQCghhdHRlbXB0cxgGIAEoBRISCgpsYXN0X2Vycm9yGAcgASgJEi8KC2NyZWF0ZV90aW1lGAggASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBItCglzZW50X3RpbWUYCSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjUKEW5leHRfYXR0ZW1wdF90aW1lGAogASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCK0AQoTRnVsZmlsbE9yZGVyUmVxdWVzdBIOCgZzb3VyY2UYASABKAkSEAoIb3JkZXJfaWQYAiABKAkSMgoIY3VzdG9tZXIYAyABKAsyIC5rZXl0dXJuLmZ1bGZpbGxtZW50LnYxLkN1c3RvbWVyEhUKDXNoaXBfdG9fZW1haWwYBCABKAkSMAoFbGluZXMYBSADKAsyIS5rZXl0dXJuLmZ1bGZpbGxtZW50LnYxLk9yZGVyTGluZSKRAQoURnVsZmlsbE9yZGVyUmVzcG9uc2USLAoFb3JkZXIYASABKAsyHS5rZXl0dXJuLmZ1bGZpbGxtZW50LnYxLk9yZGVyEjkKDGVudGl0bGVtZW50cxgCIAMoCzIjLmtleXR1cm4uZnVsZmlsbG1lbnQudjEuRW50aXRsZW1lbnQSEAoIcmVwbGF5ZWQYAyABKAgiMwoPR2V0T3JkZXJSZXF1ZXN0Eg4KBnNvdXJjZRgBIAEoCRIQCghvcmRlcl9pZBgCIAEoCSJAChBHZXRPcmRlclJlc3BvbnNlEiwKBW9yZGVyGAEgASgLMh0ua2V5dHVybi5mdWxmaWxsbWVudC52MS5PcmRlciIvChVHZXRFbnRpdGxlbWVudFJlcXVlc3QSFgoOZW50aXRsZW1lbnRfaWQYASABKAkiUgoWR2V0RW50aXRsZW1lbnRSZXNwb25zZRI4CgtlbnRpdGxlbWVudBgBIAEoCzIjLmtleXR1cm4uZnVsZmlsbG1lbnQudjEuRW50aXRsZW1lbnQizwEKF0xpc3RFbnRpdGxlbWVudHNSZXF1ZXN0EhEKCXBhZ2Vfc2l6ZRgBIAEoBRISCgpwYWdlX3Rva2VuGAIgASgJEhMKC2N1c3RvbWVyX2lkGAMgASgJEg0KBWVtYWlsGAQgASgJEhIKCnByb2R1Y3RfaWQYBSABKAkSOQoGc3RhdHVzGAYgASgOMikua2V5dHVybi5mdWxmaWxsbWVudC52MS5FbnRpdGxlbWVudFN0YXR1cxIaChJleHRlcm5hbF9yZWZlcmVuY2UYByABKAkibgoYTGlzdEVudGl0bGVtZW50c1Jlc3BvbnNlEjkKDGVudGl0bGVtZW50cxgBIAMoCzIjLmtleXR1cm4uZnVsZmlsbG1lbnQudjEuRW50aXRsZW1lbnQSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIrECChBFbnRpdGxlbWVudEV2ZW50EhAKCHNlcXVlbmNlGAEgASgDEhYKDmVudGl0bGVtZW50X2lkGAIgASgJEjoKBHR5cGUYAyABKA4yLC5rZXl0dXJuLmZ1bGZpbGxtZW50LnYxLkVudGl0bGVtZW50RXZlbnRUeXBlEi8KC2NyZWF0ZV90aW1lGAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIUCgxvcmRlcl9zb3VyY2UYBSABKAkSEAoIb3JkZXJfaWQYBiABKAkSFQoNYWN0aXZhdGlvbl9pZBgHIAEoCRI4CgtlbnRpdGxlbWVudBgIIAEoCzIjLmtleXR1cm4uZnVsZmlsbG1lbnQudjEuRW50aXRsZW1lbnQSDQoFYWN0b3IYCSABKAkiXQocTGlzdEVudGl0bGVtZW50RXZlbnRzUmVxdWVzdBIWCg5lbnRpdGxlbWVudF9pZBgBIAEoCRIRCglwYWdlX3NpemUYAiABKAUSEgoKcGFnZV90b2tlbhgDIAEoCSJyCh1MaXN0RW50aXRsZW1lbnRFdmVudHNSZXNwb25zZRI4CgZldmVudHMYASADKAsyKC5rZXl0dXJuLmZ1bGZpbGxtZW50LnYxLkVudGl0bGVtZW50RXZlbnQSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIjIKGFJlc2VuZENyZWRlbnRpYWxzUmVxdWVzdBIWCg5lbnRpdGxlbWVudF9pZBgBIAEoCSJvChlSZXNlbmRDcmVkZW50aWFsc1Jlc3BvbnNlEhcKD3F1ZXVlZF9tZXNzYWdlcxgBIAEoBRI5CghtZXNzYWdlcxgCIAMoCzInLmtleXR1cm4uZnVsZmlsbG1lbnQudjEuT3V0Ym91bmRNZXNzYWdlIjcKHVdhdGNoRW50aXRsZW1lbnRFdmVudHNSZXF1ZXN0EhYKDmFmdGVyX3NlcXVlbmNlGAEgASgDIlkKHldhdGNoRW50aXRsZW1lbnRFdmVudHNSZXNwb25zZRI3CgVldmVudBgBIAEoCzIoLmtleXR1cm4uZnVsZmlsbG1lbnQudjEuRW50aXRsZW1lbnRFdmVudCLMAQoVR2V0VXNhZ2VSZXBvcnRSZXF1ZXN0EhYKDmVudGl0bGVtZW50X2lkGAEgASgJEi4KCnN0YXJ0X3RpbWUYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEiwKCGVuZF90aW1lGAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBI9CgtncmFudWxhcml0eRgEIAEoDjIoLmtleXR1cm4uZnVsZmlsbG1lbnQudjEuVXNhZ2VHcmFudWxhcml0eSKKAQoLVXNhZ2VCdWNrZXQSLgoKc3RhcnRfdGltZRgBIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASGQoRcGVha19zZWF0c19pbl91c2UYAiABKAUSHAoUYXZlcmFnZV9zZWF0c19pbl91c2UYAyABKAESEgoKc2VhdF9saW1pdBgEIAEoBSJOChZHZXRVc2FnZVJlcG9ydFJlc3BvbnNlEjQKB2J1Y2tldHMYASADKAsyIy5rZXl0dXJuLmZ1bGZpbGxtZW50LnYxLlVzYWdlQnVja2V0IkMKGVN1c3BlbmRFbnRpdGxlbWVudFJlcXVlc3QSFgoOZW50aXRsZW1lbnRfaWQYASABKAkSDgoGcmVhc29uGAIgASgJIlYKGlN1c3BlbmRFbnRpdGxlbWVudFJlc3BvbnNlEjgKC2VudGl0bGVtZW50GAEgASgLMiMua2V5dHVybi5mdWxmaWxsbWVudC52MS5FbnRpdGxlbWVudCI1ChtSZWluc3RhdGVFbnRpdGxlbWVudFJlcXVlc3QSFgoOZW50aXRsZW1lbnRfaWQYASABKAkiWAocUmVpbnN0YXRlRW50aXRsZW1lbnRSZXNwb25zZRI4CgtlbnRpdGxlbWVudBgBIAEoCzIjLmtleXR1cm4uZnVsZmlsbG1lbnQudjEuRW50aXRsZW1lbnQiwgEKCkF1ZGl0RXZlbnQSEAoIYXVkaXRfaWQYASABKAMSLwoLY3JlYXRlX3RpbWUYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEg0KBWFjdG9yGAMgASgJEg4KBmFjdGlvbhgEIAEoCRIQCghyZXNvdXJjZRgFIAEoCRIWCg5lbnRpdGxlbWVudF9pZBgGIAEoCRIoCgdkZXRhaWxzGAcgASgLMhcuZ29vZ2xlLnByb3RvYnVmLlN0cnVjdCLmAQoWTGlzdEF1ZGl0RXZlbnRzUmVxdWVzdBIRCglwYWdlX3NpemUYASABKAUSEgoKcGFnZV90b2tlbhgCIAEoCRINCgVhY3RvchgDIAEoCRIOCgZhY3Rpb24YBCABKAkSFgoOZW50aXRsZW1lbnRfaWQYBSABKAkSEAoIcmVzb3VyY2UYBiABKAkSLgoKc3RhcnRfdGltZRgHIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLAoIZW5kX3RpbWUYCCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wImwKF0xpc3RBdWRpdEV2ZW50c1Jlc3BvbnNlEjgKDGF1ZGl0X2V2ZW50cxgBIAMoCzIiLmtleXR1cm4uZnVsZmlsbG1lbnQudjEuQXVkaXRFdmVudBIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkq2AEKEUVudGl0bGVtZW50U3RhdHVzEiIKHkVOVElUTEVNRU5UX1NUQVRVU19VTlNQRUNJRklFRBAAEhwKGEVOVElUTEVNRU5UX1NUQVRVU19UUklBTBABEh0KGUVOVElUTEVNRU5UX1NUQVRVU19BQ1RJVkUQAhIeChpFTlRJVExFTUVOVF9TVEFUVVNfRVhQSVJFRBADEiAKHEVOVElUTEVNRU5UX1NUQVRVU19DQU5DRUxMRUQQBBIgChxFTlRJVExFTUVOVF9TVEFUVVNfU1VTUEVOREVEEAUqZgoLTWVzc2FnZUtpbmQSHAoYTUVTU0FHRV9LSU5EX1VOU1BFQ0lGSUVEEAASHAoYTUVTU0FHRV9LSU5EX0xJQ0VOU0VfS0VZEAESGwoXTUVTU0FHRV9LSU5EX0lOVklUQVRJT04QAip5CgxNZXNzYWdlU3RhdGUSHQoZTUVTU0FHRV9TVEFURV9VTlNQRUNJRklFRBAAEhgKFE1FU1NBR0VfU1RBVEVfUVVFVUVEEAESFgoSTUVTU0FHRV9TVEFURV9TRU5UEAISGAoUTUVTU0FHRV9TVEFURV9GQUlMRUQQAyqmBAoURW50aXRsZW1lbnRFdmVudFR5cGUSJgoiRU5USVRMRU1FTlRfRVZFTlRfVFlQRV9VTlNQRUNJRklFRBAAEiIKHkVOVElUTEVNRU5UX0VWRU5UX1RZUEVfQ1JFQVRFRBABEiIKHkVOVElUTEVNRU5UX0VWRU5UX1RZUEVfUkVORVdFRBACEigKJEVOVElUTEVNRU5UX0VWRU5UX1RZUEVfU0VBVFNfQ0hBTkdFRBADEioKJkVOVElUTEVNRU5UX0VWRU5UX1RZUEVfRURJVElPTl9DSEFOR0VEEAQSKwonRU5USVRMRU1FTlRfRVZFTlRfVFlQRV9GRUFUVVJFU19DSEFOR0VEEAUSKgomRU5USVRMRU1FTlRfRVZFTlRfVFlQRV9UUklBTF9DT05WRVJURUQQBhIkCiBFTlRJVExFTUVOVF9FVkVOVF9UWVBFX0NBTkNFTExFRBAHEikKJUVOVElUTEVNRU5UX0VWRU5UX1RZUEVfU0VBVF9BQ1RJVkFURUQQCBIoCiRFTlRJVExFTUVOVF9FVkVOVF9UWVBFX1NFQVRfUkVMRUFTRUQQCRInCiNFTlRJVExFTUVOVF9FVkVOVF9UWVBFX0xFQVNFX0xBUFNFRBAKEiQKIEVOVElUTEVNRU5UX0VWRU5UX1RZUEVfU1VTUEVOREVEEAsSJQohRU5USVRMRU1FTlRfRVZFTlRfVFlQRV9SRUlOU1RBVEVEEAwqbAoQVXNhZ2VHcmFudWxhcml0eRIhCh1VU0FHRV9HUkFOVUxBUklUWV9VTlNQRUNJRklFRBAAEhoKFlVTQUdFX0dSQU5VTEFSSVRZX0hPVVIQARIZChVVU0FHRV9HUkFOVUxBUklUWV9EQVkQAjK5CgoSRnVsZmlsbG1lbnRTZXJ2aWNlEmkKDEZ1bGZpbGxPcmRlchIrLmtleXR1cm4uZnVsZmlsbG1lbnQudjEuRnVsZmlsbE9yZGVyUmVxdWVzdBosLmtleXR1cm4uZnVsZmlsbG1lbnQudjEuRnVsZmlsbE9yZGVyUmVzcG9uc2USXQoIR2V0T3JkZXISJy5rZXl0dXJuLmZ1bGZpbGxtZW50LnYxLkdldE9yZGVyUmVxdWVzdBooLmtleXR1cm4uZnVsZmlsbG1lbnQudjEuR2V0T3JkZXJSZXNwb25zZRJvCg5HZXRFbnRpdGxlbWVudBItLmtleXR1cm4uZnVsZmlsbG1lbnQudjEuR2V0RW50aXRsZW1lbnRSZXF1ZXN0Gi4ua2V5dHVybi5mdWxmaWxsbWVudC52MS5HZXRFbnRpdGxlbWVudFJlc3BvbnNlEnUKEExpc3RFbnRpdGxlbWVudHMSLy5rZXl0dXJuLmZ1bGZpbGxtZW50LnYxLkxpc3RFbnRpdGxlbWVudHNSZXF1ZXN0GjAua2V5dHVybi5mdWxmaWxsbWVudC52MS5MaXN0RW50aXRsZW1lbnRzUmVzcG9uc2UShAEKFUxpc3RFbnRpdGxlbWVudEV2ZW50cxI0LmtleXR1cm4uZnVsZmlsbG1lbnQudjEuTGlzdEVudGl0bGVtZW50RXZlbnRzUmVxdWVzdBo1LmtleXR1cm4uZnVsZmlsbG1lbnQudjEuTGlzdEVudGl0bGVtZW50RXZlbnRzUmVzcG9uc2USeAoRUmVzZW5kQ3JlZGVudGlhbHMSMC5rZXl0dXJuLmZ1bGZpbGxtZW50LnYxLlJlc2VuZENyZWRlbnRpYWxzUmVxdWVzdBoxLmtleXR1cm4uZnVsZmlsbG1lbnQudjEuUmVzZW5kQ3JlZGVudGlhbHNSZXNwb25zZRKJAQoWV2F0Y2hFbnRpdGxlbWVudEV2ZW50cxI1LmtleXR1cm4uZnVsZmlsbG1lbnQudjEuV2F0Y2hFbnRpdGxlbWVudEV2ZW50c1JlcXVlc3QaNi5rZXl0dXJuLmZ1bGZpbGxtZW50LnYxLldhdGNoRW50aXRsZW1lbnRFdmVudHNSZXNwb25zZTABEm8KDkdldFVzYWdlUmVwb3J0Ei0ua2V5dHVybi5mdWxmaWxsbWVudC52MS5HZXRVc2FnZVJlcG9ydFJlcXVlc3QaLi5rZXl0dXJuLmZ1bGZpbGxtZW50LnYxLkdldFVzYWdlUmVwb3J0UmVzcG9uc2USewoSU3VzcGVuZEVudGl0bGVtZW50EjEua2V5dHVybi5mdWxmaWxsbWVudC52MS5TdXNwZW5kRW50aXRsZW1lbnRSZXF1ZXN0GjIua2V5dHVybi5mdWxmaWxsbWVudC52MS5TdXNwZW5kRW50aXRsZW1lbnRSZXNwb25zZRKBAQoUUmVpbnN0YXRlRW50aXRsZW1lbnQSMy5rZXl0dXJuLmZ1bGZpbGxtZW50LnYxLlJlaW5zdGF0ZUVudGl0bGVtZW50UmVxdWVzdBo0LmtleXR1cm4uZnVsZmlsbG1lbnQudjEuUmVpbnN0YXRlRW50aXRsZW1lbnRSZXNwb25zZRJyCg9MaXN0QXVkaXRFdmVudHMSLi5rZXl0dXJuLmZ1bGZpbGxtZW50LnYxLkxpc3RBdWRpdEV2ZW50c1JlcXVlc3QaLy5rZXl0dXJuLmZ1bGZpbGxtZW50LnYxLkxpc3RBdWRpdEV2ZW50c1Jlc3BvbnNlYgZwcm90bzM", [file_google_protobuf_duration, file_google_protobuf_struct, file_google_protobuf_timestamp, file_keyturn_fulfillment_v1_catalog]);
 
 /**
  * The buyer of an order.
@@ -881,6 +881,16 @@ export type EntitlementEvent = Message<"keyturn.fulfillment.v1.EntitlementEvent"
    * @generated from field: keyturn.fulfillment.v1.Entitlement entitlement = 8;
    */
   entitlement?: Entitlement | undefined;
+
+  /**
+   * Who made the change: `token:ID` (an API token: orders), `device:ID` (the
+   * activation that took or gave back its seat), `system:JOB` (a lease lapse:
+   * `system:lapse-sweep` or `system:lease-expiry`), `cli:USER` (the `keyturn`
+   * command); empty for events written before Keyturn recorded actors.
+   *
+   * @generated from field: string actor = 9;
+   */
+  actor: string;
 };
 
 /**
@@ -1162,6 +1172,270 @@ export const GetUsageReportResponseSchema: GenMessage<GetUsageReportResponse> = 
   messageDesc(file_keyturn_fulfillment_v1_fulfillment, 24);
 
 /**
+ * Request of SuspendEntitlement.
+ *
+ * @generated from message keyturn.fulfillment.v1.SuspendEntitlementRequest
+ */
+export type SuspendEntitlementRequest = Message<"keyturn.fulfillment.v1.SuspendEntitlementRequest"> & {
+  /**
+   * Id of the entitlement.
+   *
+   * @generated from field: string entitlement_id = 1;
+   */
+  entitlementId: string;
+
+  /**
+   * Why, for the audit trail (`payment_failed`...): up to 500 characters,
+   * may be empty.
+   *
+   * @generated from field: string reason = 2;
+   */
+  reason: string;
+};
+
+/**
+ * Describes the message keyturn.fulfillment.v1.SuspendEntitlementRequest.
+ * Use `create(SuspendEntitlementRequestSchema)` to create a new message.
+ */
+export const SuspendEntitlementRequestSchema: GenMessage<SuspendEntitlementRequest> = /*@__PURE__*/
+  messageDesc(file_keyturn_fulfillment_v1_fulfillment, 25);
+
+/**
+ * Response of SuspendEntitlement.
+ *
+ * @generated from message keyturn.fulfillment.v1.SuspendEntitlementResponse
+ */
+export type SuspendEntitlementResponse = Message<"keyturn.fulfillment.v1.SuspendEntitlementResponse"> & {
+  /**
+   * The entitlement as it stands after the call (status SUSPENDED).
+   *
+   * @generated from field: keyturn.fulfillment.v1.Entitlement entitlement = 1;
+   */
+  entitlement?: Entitlement | undefined;
+};
+
+/**
+ * Describes the message keyturn.fulfillment.v1.SuspendEntitlementResponse.
+ * Use `create(SuspendEntitlementResponseSchema)` to create a new message.
+ */
+export const SuspendEntitlementResponseSchema: GenMessage<SuspendEntitlementResponse> = /*@__PURE__*/
+  messageDesc(file_keyturn_fulfillment_v1_fulfillment, 26);
+
+/**
+ * Request of ReinstateEntitlement.
+ *
+ * @generated from message keyturn.fulfillment.v1.ReinstateEntitlementRequest
+ */
+export type ReinstateEntitlementRequest = Message<"keyturn.fulfillment.v1.ReinstateEntitlementRequest"> & {
+  /**
+   * Id of the entitlement.
+   *
+   * @generated from field: string entitlement_id = 1;
+   */
+  entitlementId: string;
+};
+
+/**
+ * Describes the message keyturn.fulfillment.v1.ReinstateEntitlementRequest.
+ * Use `create(ReinstateEntitlementRequestSchema)` to create a new message.
+ */
+export const ReinstateEntitlementRequestSchema: GenMessage<ReinstateEntitlementRequest> = /*@__PURE__*/
+  messageDesc(file_keyturn_fulfillment_v1_fulfillment, 27);
+
+/**
+ * Response of ReinstateEntitlement.
+ *
+ * @generated from message keyturn.fulfillment.v1.ReinstateEntitlementResponse
+ */
+export type ReinstateEntitlementResponse = Message<"keyturn.fulfillment.v1.ReinstateEntitlementResponse"> & {
+  /**
+   * The entitlement as it stands after the call.
+   *
+   * @generated from field: keyturn.fulfillment.v1.Entitlement entitlement = 1;
+   */
+  entitlement?: Entitlement | undefined;
+};
+
+/**
+ * Describes the message keyturn.fulfillment.v1.ReinstateEntitlementResponse.
+ * Use `create(ReinstateEntitlementResponseSchema)` to create a new message.
+ */
+export const ReinstateEntitlementResponseSchema: GenMessage<ReinstateEntitlementResponse> = /*@__PURE__*/
+  messageDesc(file_keyturn_fulfillment_v1_fulfillment, 28);
+
+/**
+ * One change in the audit trail.
+ *
+ * @generated from message keyturn.fulfillment.v1.AuditEvent
+ */
+export type AuditEvent = Message<"keyturn.fulfillment.v1.AuditEvent"> & {
+  /**
+   * Id of the record: increasing in the order the changes were written.
+   *
+   * @generated from field: int64 audit_id = 1;
+   */
+  auditId: bigint;
+
+  /**
+   * When the change was made.
+   *
+   * @generated from field: google.protobuf.Timestamp create_time = 2;
+   */
+  createTime?: Timestamp | undefined;
+
+  /**
+   * Who made it: `token:ID` (an API token), `cli:USER` (the `keyturn` command
+   * run by that operating-system user), `system:JOB` (the server itself).
+   *
+   * @generated from field: string actor = 3;
+   */
+  actor: string;
+
+  /**
+   * What was done, as `noun.verb`: `order.fulfil`, `credentials.resend`,
+   * `product.put`, `sku.put`, `sku.delete`, `token.create`, `token.revoke`,
+   * `signing_key.rotate`.
+   *
+   * @generated from field: string action = 4;
+   */
+  action: string;
+
+  /**
+   * What it changed, as a path: `orders/SOURCE/ORDER_ID`,
+   * `entitlements/ID`, `products/ID`, `skus/ID`, `tokens/ID`,
+   * `signing-keys/KID`.
+   *
+   * @generated from field: string resource = 5;
+   */
+  resource: string;
+
+  /**
+   * The entitlement it changed, if it changed one (an order leaves one record
+   * per entitlement it created or changed).
+   *
+   * @generated from field: string entitlement_id = 6;
+   */
+  entitlementId: string;
+
+  /**
+   * What else the action records (the order's lines, a SKU's new etag, a
+   * token's scopes); never a secret.
+   *
+   * @generated from field: google.protobuf.Struct details = 7;
+   */
+  details?: JsonObject | undefined;
+};
+
+/**
+ * Describes the message keyturn.fulfillment.v1.AuditEvent.
+ * Use `create(AuditEventSchema)` to create a new message.
+ */
+export const AuditEventSchema: GenMessage<AuditEvent> = /*@__PURE__*/
+  messageDesc(file_keyturn_fulfillment_v1_fulfillment, 29);
+
+/**
+ * Request of ListAuditEvents. Filters left empty match everything; given
+ * ones must all match.
+ *
+ * @generated from message keyturn.fulfillment.v1.ListAuditEventsRequest
+ */
+export type ListAuditEventsRequest = Message<"keyturn.fulfillment.v1.ListAuditEventsRequest"> & {
+  /**
+   * Maximum number to return: 0 means 50, the cap is 500, negative is
+   * INVALID_ARGUMENT.
+   *
+   * @generated from field: int32 page_size = 1;
+   */
+  pageSize: number;
+
+  /**
+   * Token from a previous response's `next_page_token` of the same filters;
+   * empty for the first page.
+   *
+   * @generated from field: string page_token = 2;
+   */
+  pageToken: string;
+
+  /**
+   * Only changes by this actor (`token:tok_...`, `cli:alice`), exactly.
+   *
+   * @generated from field: string actor = 3;
+   */
+  actor: string;
+
+  /**
+   * Only changes of this action (`order.fulfil`), exactly.
+   *
+   * @generated from field: string action = 4;
+   */
+  action: string;
+
+  /**
+   * Only changes of this entitlement.
+   *
+   * @generated from field: string entitlement_id = 5;
+   */
+  entitlementId: string;
+
+  /**
+   * Only changes of this resource (`skus/pro-annual`), exactly; ending in
+   * `/`, of every resource below it (`orders/stripe/`).
+   *
+   * @generated from field: string resource = 6;
+   */
+  resource: string;
+
+  /**
+   * Only changes made at or after this time.
+   *
+   * @generated from field: google.protobuf.Timestamp start_time = 7;
+   */
+  startTime?: Timestamp | undefined;
+
+  /**
+   * Only changes made before this time.
+   *
+   * @generated from field: google.protobuf.Timestamp end_time = 8;
+   */
+  endTime?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message keyturn.fulfillment.v1.ListAuditEventsRequest.
+ * Use `create(ListAuditEventsRequestSchema)` to create a new message.
+ */
+export const ListAuditEventsRequestSchema: GenMessage<ListAuditEventsRequest> = /*@__PURE__*/
+  messageDesc(file_keyturn_fulfillment_v1_fulfillment, 30);
+
+/**
+ * Response of ListAuditEvents.
+ *
+ * @generated from message keyturn.fulfillment.v1.ListAuditEventsResponse
+ */
+export type ListAuditEventsResponse = Message<"keyturn.fulfillment.v1.ListAuditEventsResponse"> & {
+  /**
+   * Audit records, newest first.
+   *
+   * @generated from field: repeated keyturn.fulfillment.v1.AuditEvent audit_events = 1;
+   */
+  auditEvents: AuditEvent[];
+
+  /**
+   * Token of the next page; empty on the last page.
+   *
+   * @generated from field: string next_page_token = 2;
+   */
+  nextPageToken: string;
+};
+
+/**
+ * Describes the message keyturn.fulfillment.v1.ListAuditEventsResponse.
+ * Use `create(ListAuditEventsResponseSchema)` to create a new message.
+ */
+export const ListAuditEventsResponseSchema: GenMessage<ListAuditEventsResponse> = /*@__PURE__*/
+  messageDesc(file_keyturn_fulfillment_v1_fulfillment, 31);
+
+/**
  * The status of an entitlement, computed from its dates when read.
  *
  * @generated from enum keyturn.fulfillment.v1.EntitlementStatus
@@ -1201,6 +1475,17 @@ export enum EntitlementStatus {
    * @generated from enum value: ENTITLEMENT_STATUS_CANCELLED = 4;
    */
   CANCELLED = 4,
+
+  /**
+   * --- suspend ---
+   * Suspended (SuspendEntitlement or a `suspend` operation) and not
+   * reinstated: activations and renewals are refused (ENTITLEMENT_SUSPENDED)
+   * while devices keep their activations. Shown before EXPIRED: a suspended
+   * entitlement whose term also ended is SUSPENDED until reinstated.
+   *
+   * @generated from enum value: ENTITLEMENT_STATUS_SUSPENDED = 5;
+   */
+  SUSPENDED = 5,
 }
 
 /**
@@ -1368,6 +1653,23 @@ export enum EntitlementEventType {
    * @generated from enum value: ENTITLEMENT_EVENT_TYPE_LEASE_LAPSED = 10;
    */
   LEASE_LAPSED = 10,
+
+  /**
+   * --- suspend ---
+   * The entitlement was suspended (SuspendEntitlement or an order's
+   * `suspend` operation).
+   *
+   * @generated from enum value: ENTITLEMENT_EVENT_TYPE_SUSPENDED = 11;
+   */
+  SUSPENDED = 11,
+
+  /**
+   * The suspension was lifted (ReinstateEntitlement or an order's
+   * `reinstate` operation).
+   *
+   * @generated from enum value: ENTITLEMENT_EVENT_TYPE_REINSTATED = 12;
+   */
+  REINSTATED = 12,
 }
 
 /**
@@ -1413,8 +1715,9 @@ export const UsageGranularitySchema: GenEnum<UsageGranularity> = /*@__PURE__*/
 /**
  * FulfillmentService is called by order connectors (Stripe, CRM and ERP
  * exports) and by systems that sync entitlements. Every call needs
- * `authorization: Bearer <token>`: FulfillOrder and ResendCredentials need
- * the `fulfill` scope, every other call the `read` scope.
+ * `authorization: Bearer <token>`: FulfillOrder, ResendCredentials,
+ * SuspendEntitlement and ReinstateEntitlement need the `fulfill` scope, every
+ * other call the `read` scope.
  *
  * @generated from service keyturn.fulfillment.v1.FulfillmentService
  */
@@ -1511,6 +1814,50 @@ export const FulfillmentService: GenService<{
     methodKind: "unary";
     input: typeof GetUsageReportRequestSchema;
     output: typeof GetUsageReportResponseSchema;
+  },
+  /**
+   * --- suspend ---
+   * Suspends an entitlement (a billing connector, on a failed payment): new
+   * activations and lease renewals are refused with FAILED_PRECONDITION /
+   * ENTITLEMENT_SUSPENDED, while its seats, devices and named users stay.
+   * Suspending a suspended entitlement changes nothing. A cancelled one is
+   * FAILED_PRECONDITION / ENTITLEMENT_CANCELLED. Needs the `fulfill` scope.
+   *
+   * @generated from rpc keyturn.fulfillment.v1.FulfillmentService.SuspendEntitlement
+   */
+  suspendEntitlement: {
+    methodKind: "unary";
+    input: typeof SuspendEntitlementRequestSchema;
+    output: typeof SuspendEntitlementResponseSchema;
+  },
+  /**
+   * Lifts a suspension: the entitlement goes on where it was, with the same
+   * devices (a device whose lease lapsed meanwhile regains its seat on its
+   * next renewal while one is free). Reinstating one that is not suspended
+   * changes nothing. A cancelled one is FAILED_PRECONDITION /
+   * ENTITLEMENT_CANCELLED. Needs the `fulfill` scope.
+   *
+   * @generated from rpc keyturn.fulfillment.v1.FulfillmentService.ReinstateEntitlement
+   */
+  reinstateEntitlement: {
+    methodKind: "unary";
+    input: typeof ReinstateEntitlementRequestSchema;
+    output: typeof ReinstateEntitlementResponseSchema;
+  },
+  /**
+   * --- audit ---
+   * Lists the audit trail, newest first (AIP-158 paging): every change made
+   * through the admin services or the `keyturn` command (orders, resends,
+   * catalog, API tokens, signing keys), each with the actor that made it.
+   * Seat activations and releases are not in it: their trail is the
+   * entitlement's events, which name the device.
+   *
+   * @generated from rpc keyturn.fulfillment.v1.FulfillmentService.ListAuditEvents
+   */
+  listAuditEvents: {
+    methodKind: "unary";
+    input: typeof ListAuditEventsRequestSchema;
+    output: typeof ListAuditEventsResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_keyturn_fulfillment_v1_fulfillment, 0);
