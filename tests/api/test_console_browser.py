@@ -28,10 +28,13 @@ from keyturn.licensing.v1 import licensing_pb2 as lic
 from keyturn.licensing.v1 import licensing_pb2_grpc
 from keyturn.server.api.console.session import COOKIE
 from keyturn.server.api.server import KeyturnServer
+from keyturn.server.app.audit import token_actor
+from keyturn.server.app.audit_trail import list_audit_events
 from keyturn.server.app.context import AppContext
 from keyturn.server.app.fulfillment import get_order
 from keyturn.server.app.tokens import create_token, revoke_token
 from keyturn.server.clock import SystemClock
+from keyturn.server.store.audit_repository import AuditFilter
 
 from conftest import HTTP, Tokens
 from support.browser import Browser, chromium
@@ -146,6 +149,9 @@ async def test_fulfill_staff_find_an_entitlement_by_key_and_see_devices_and_time
         assert "Ada's laptop" in devices[0].text
         kinds = [li.get_attribute("data-type") for li in browser.all("#timeline li.event")]
         assert kinds == ["created", "seat_activated"]
+        actors = [e.text for e in browser.all("#timeline li.event .actor")]
+        assert actors[0].startswith("by token:tok_"), actors  # the order's connector
+        assert actors[1] == f"by device:{sale.activation_id}"
         assert "it@initech.example" in browser.text("#orders")
         chart = browser.find("#usage-chart svg")
         assert "Seats in use by day" in chart.get_attribute("aria-label")
@@ -161,6 +167,10 @@ async def test_fulfill_staff_find_an_entitlement_by_key_and_see_devices_and_time
 
     await step(browser, walk)
     assert await emails_of(app) == emails_before + 1
+    # The same audit as the RPC's, by the staff member's token.
+    where = AuditFilter(action="credentials.resend", entitlement_id=sale.entitlement_id)
+    audited, _ = await list_audit_events(app, where=where)
+    assert [a.actor for a in audited] == [token_actor(token.token_id)]
 
 
 async def test_a_read_token_sees_no_actions_and_its_forged_post_is_refused(
