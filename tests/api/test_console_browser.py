@@ -31,6 +31,7 @@ from keyturn.server.api.server import KeyturnServer
 from keyturn.server.app.audit import token_actor
 from keyturn.server.app.audit_trail import list_audit_events
 from keyturn.server.app.context import AppContext
+from keyturn.server.app.devices import list_activations
 from keyturn.server.app.fulfillment import get_order
 from keyturn.server.app.tokens import create_token, revoke_token
 from keyturn.server.clock import SystemClock
@@ -43,6 +44,7 @@ from support.rpc import create_sku, order
 
 T = TypeVar("T")
 SOURCE, ORDER_ID = "test", "order-console-1"
+EVIL = "http://evil.example"
 
 
 @pytest.fixture
@@ -114,6 +116,11 @@ async def emails_of(app: AppContext) -> int:
     return len((await get_order(app, SOURCE, ORDER_ID)).messages)
 
 
+async def device_states(app: AppContext, sale: Sale) -> list[str]:
+    listed, _ = await list_activations(app, entitlement_id=sale.entitlement_id)
+    return [view.state.value for view in listed]
+
+
 def find_by_key_and_open(browser: Browser, sale: Sale) -> None:
     browser.search("license_key", sale.license_key)
     browser.shot("search-results")
@@ -164,13 +171,25 @@ async def test_fulfill_staff_find_an_entitlement_by_key_and_see_devices_and_time
         browser.submit("#resend")
         assert "Queued 1 email again." in browser.text("#notice")
         browser.shot("resent")
+        row = f"#devices tr[data-activation='{sale.activation_id}']"
+        browser.find(row + " input[name=reason]").send_keys("laptop stolen")
+        browser.submit(row + " button.deactivate")
+        browser.shot("deactivated")
+        assert "Deactivated the device fp-console-laptop-1" in browser.text("#notice")
+        assert browser.find(row + " td.state").text == "deactivated"
+        assert f"by {token_actor(token.token_id)}: laptop stolen" in browser.text(row)
+        assert browser.all(row + " button.deactivate") == [], "nothing left to deactivate"
+        assert browser.text("#seats") == "0 / 3"
+        kinds = [li.get_attribute("data-type") for li in browser.all("#timeline li.event")]
+        assert kinds[-1] == "seat_deactivated"
 
     await step(browser, walk)
     assert await emails_of(app) == emails_before + 1
-    # The same audit as the RPC's, by the staff member's token.
-    where = AuditFilter(action="credentials.resend", entitlement_id=sale.entitlement_id)
-    audited, _ = await list_audit_events(app, where=where)
-    assert [a.actor for a in audited] == [token_actor(token.token_id)]
+    # The same audit as the RPCs', by the staff member's token.
+    for action in ("credentials.resend", "seat.deactivate"):
+        where = AuditFilter(action=action, entitlement_id=sale.entitlement_id)
+        audited, _ = await list_audit_events(app, where=where)
+        assert [a.actor for a in audited] == [token_actor(token.token_id)], action
 
 
 async def test_a_read_token_sees_no_actions_and_its_forged_post_is_refused(
@@ -183,6 +202,7 @@ async def test_a_read_token_sees_no_actions_and_its_forged_post_is_refused(
         browser.sign_in(secret)
         find_by_key_and_open(browser, sale)
         assert browser.all("#resend") == [], "no action button for a read token"
+        assert browser.all("button.deactivate") == []
         assert len(browser.all("#devices tr.device")) == 1
         assert browser.all("header nav a[href='/console/catalog']") == []
         csrf = browser.find("header form input[name=csrf_token]").get_attribute("value")
@@ -200,9 +220,16 @@ async def test_a_read_token_sees_no_actions_and_its_forged_post_is_refused(
         )
         assert forged.status_code == 403
         assert "may not act on entitlements" in forged.text
+        deactivation = await client.post(
+            f"/console/entitlements/{sale.entitlement_id}/devices/{sale.activation_id}/deactivate",
+            data={"csrf_token": csrf, "reason": "forged"},
+            headers={"origin": base},
+        )
+        assert deactivation.status_code == 403
         catalog_page = await client.get("/console/catalog")
         assert catalog_page.status_code == 403
     assert await emails_of(app) == emails_before
+    assert await device_states(app, sale) == ["live"], "nothing was deactivated"
 
 
 async def test_a_post_without_the_csrf_token_is_refused_and_changes_nothing(
@@ -230,13 +257,19 @@ async def test_a_post_without_the_csrf_token_is_refused_and_changes_nothing(
         page = await client.get(f"/console/entitlements/{sale.entitlement_id}")
         assert page.status_code == 200, "the session outlived the refusal"
         token = page.text.split('name="csrf_token" value="', 1)[1].split('"', 1)[0]
-        path = f"/console/entitlements/{sale.entitlement_id}/resend"
+        paths = (
+            f"/console/entitlements/{sale.entitlement_id}/resend",
+            f"/console/entitlements/{sale.entitlement_id}/devices/{sale.activation_id}/deactivate",
+        )
         # A right token from another site (the origin is checked too), and a wrong token.
-        for origin, sent in (("http://evil.example", token), (base, "0" * 64), (None, token)):
-            headers = {"origin": origin} if origin else {}
-            refused = await client.post(path, data={"csrf_token": sent}, headers=headers)
-            assert refused.status_code == 403, (origin, sent)
+        for path in paths:
+            for origin, sent in ((EVIL, token), (base, "0" * 64), (None, token), (base, None)):
+                headers = {"origin": origin} if origin else {}
+                data = {"reason": "forged"} | ({"csrf_token": sent} if sent else {})
+                refused = await client.post(path, data=data, headers=headers)
+                assert refused.status_code == 403, (path, origin, sent)
     assert await emails_of(app) == emails_before
+    assert await device_states(app, sale) == ["live"], "nothing was deactivated"
 
 
 async def test_sign_out_and_revocation_end_the_session(

@@ -90,6 +90,7 @@ async def test_every_rpc_of_the_three_services_answers_over_http_json(
     async def activate() -> Any:
         answer = await call(http, LICENSING, "ActivateSeat", activation)
         state["lease"] = answer["lease"]["token"]
+        state["activation"] = answer["activationId"]
         return answer
 
     async def renew() -> Any:
@@ -164,6 +165,24 @@ async def test_every_rpc_of_the_three_services_answers_over_http_json(
         "WatchEntitlementEvents": watch,
         "ActivateSeat": activate,
         "RenewLease": renew,
+        "ListActivations": lambda: call(
+            http,
+            FULFILLMENT,
+            "ListActivations",
+            {"customerId": "cust-1", "states": ["ACTIVATION_STATE_LIVE"], "nodeLocked": False},
+            headers=auth["read"],
+        ),
+        "DeactivateSeat": lambda: call(
+            http,
+            FULFILLMENT,
+            "DeactivateSeat",
+            {
+                "entitlementId": entitlement_id,
+                "activationId": state["activation"],
+                "reason": "laptop stolen",
+            },
+            headers=auth["fulfill"],
+        ),
         "CheckLicense": lambda: call(
             http, LICENSING, "CheckLicense", {"licenseKey": key, "productId": PRODUCT_ID}
         ),
@@ -216,6 +235,12 @@ async def test_every_rpc_of_the_three_services_answers_over_http_json(
     assert answers["GetSigningKeys"]["keys"][0]["alg"] == "EdDSA"
     assert answers["WatchEntitlementEvents"]["event"]["entitlementId"] == entitlement_id
     assert answers["ReleaseSeat"] == {}
+    (listed,) = answers["ListActivations"]["activations"]
+    assert (listed["activationId"], listed["state"]) == (
+        answers["ActivateSeat"]["activationId"],
+        "ACTIVATION_STATE_LIVE",
+    )
+    assert answers["DeactivateSeat"]["activation"]["state"] == "ACTIVATION_STATE_DEACTIVATED"
     assert len(answers["ListEntitlements"]["entitlements"]) == 2
     # The activation of a moment ago, in the last hour or this one (the clock may have
     # turned an hour since), at the limit of the two seats.

@@ -19,11 +19,13 @@ from google.protobuf.message import Message
 from google.rpc import error_details_pb2, status_pb2
 
 from keyturn.client import (
+    DeactivationLimitReachedError,
     InvalidRequestError,
     KeyturnError,
     LeaseBase,
     LeaseSupersededError,
     RetryPolicy,
+    SeatDeactivatedError,
     SeatsExhaustedError,
     UnavailableError,
     default_fingerprint,
@@ -114,6 +116,7 @@ def test_heartbeat_schedule_follows_the_lease_not_the_client_clock() -> None:
     )
     assert not schedule.after_failure(SeatsExhaustedError("full"))  # refused: lost at once
     assert not schedule.after_failure(LeaseSupersededError("renewed elsewhere"))
+    assert not schedule.after_failure(SeatDeactivatedError("taken back"))
     clock[0] = NOW + timedelta(minutes=15)
     assert not schedule.after_failure(unavailable)  # expired unrenewed: lost
     assert not schedule.after_failure(
@@ -144,6 +147,27 @@ def status_trailer(*details: object) -> tuple[tuple[str, bytes], ...]:
         packed.Pack(detail)  # type: ignore[arg-type]
         status.details.append(packed)
     return (("grpc-status-details-bin", status.SerializeToString()),)
+
+
+def test_a_deactivation_and_its_limit_are_typed() -> None:
+    taken = error_details_pb2.ErrorInfo(
+        reason="SEAT_DEACTIVATED", domain="keyturn.dev", metadata={"activation_id": "act_1"}
+    )
+    deactivated = from_rpc_error(
+        FakeCall(grpc.StatusCode.FAILED_PRECONDITION, "taken", status_trailer(taken))
+    )
+    assert isinstance(deactivated, SeatDeactivatedError)
+    assert not isinstance(deactivated, LeaseSupersededError)  # never re-taken by a heartbeat
+    limit = error_details_pb2.ErrorInfo(
+        reason="DEACTIVATION_LIMIT_REACHED",
+        domain="keyturn.dev",
+        metadata={"limit": "3", "period": "P30D", "retry_time": "2026-04-13T15:09:26+00:00"},
+    )
+    reached = from_rpc_error(
+        FakeCall(grpc.StatusCode.RESOURCE_EXHAUSTED, "limit", status_trailer(limit))
+    )
+    assert isinstance(reached, DeactivationLimitReachedError)
+    assert reached.retry_time == datetime(2026, 4, 13, 15, 9, 26, tzinfo=UTC)
 
 
 def test_errors_are_typed_by_reason_and_tolerate_the_unknown() -> None:

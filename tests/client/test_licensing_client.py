@@ -19,14 +19,18 @@ from keyturn.client import (
     LeaseSupersededError,
     ProductMismatchError,
     RetryPolicy,
+    SeatDeactivatedError,
     SeatsExhaustedError,
     UnavailableError,
 )
+from keyturn.fulfillment.v1 import fulfillment_pb2 as ful
+from keyturn.fulfillment.v1 import fulfillment_pb2_grpc
 from keyturn.licensing.v1 import licensing_pb2 as lic
 from keyturn.licensing.v1 import licensing_pb2_grpc
 from keyturn.server.app.context import AppContext
 from keyturn.server.clock import SystemClock
 
+from conftest import Tokens
 from support.rpc import PRODUCT_ID
 
 pytest_plugins = ["client_fixtures"]
@@ -209,6 +213,35 @@ async def test_heartbeat_reports_a_seat_taken_after_a_lapse_once(
     assert isinstance(error, SeatsExhaustedError)
     assert error.reason == "SEATS_EXHAUSTED"
     assert licensing.calls.count("RenewLease") == 1
+
+
+async def test_heartbeat_reports_a_deactivated_seat_as_lost_and_does_not_take_it_again(
+    licensing: Licensing,
+    license_of: LicenseOf,
+    fulfillment_stub: fulfillment_pb2_grpc.FulfillmentServiceStub,
+    tokens: Tokens,
+) -> None:
+    entitlement = await license_of(seats=1)
+    lost = Signal()
+    lease = await licensing.activate(entitlement.license_key, heartbeat=True, on_lost=lost)
+    await fulfillment_stub.DeactivateSeat(
+        ful.DeactivateSeatRequest(
+            entitlement_id=entitlement.entitlement_id,
+            activation_id=lease.activation_id,
+            reason="laptop stolen",
+        ),
+        metadata=tokens("fulfill"),
+    )
+    await licensing.wake(lease)
+    await lost.wait()
+    await licensing.stop_heartbeat(lease)
+    [(lost_lease, error)] = lost.calls
+    assert lost_lease is lease
+    assert lease.lost is error
+    assert isinstance(error, SeatDeactivatedError)
+    assert error.metadata == {"activation_id": lease.activation_id}
+    assert licensing.calls.count("ActivateSeat") == 1  # the seat was not taken back
+    assert (await licensing.check(entitlement.license_key)).seats_in_use == 0
 
 
 async def test_heartbeat_rides_out_an_outage(

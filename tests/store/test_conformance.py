@@ -35,6 +35,7 @@ from keyturn.server.domain.catalog import (
     Renew,
     Sku,
 )
+from keyturn.server.domain.deactivation_limits import DeactivationLimit
 from keyturn.server.domain.entitlement import Customer, Entitlement
 from keyturn.server.domain.errors import DomainError, Reason
 from keyturn.server.domain.license_key import generate_license_key
@@ -84,6 +85,7 @@ EVERY_OPERATION = (
         license_model=LicenseModel.NODE_LOCKED,
         lease_duration=timedelta(hours=2),
         dispatch=Dispatch.INVITATION,
+        deactivation_limit=DeactivationLimit(3, "P4W", count_releases=True),
     ),
     Renew("P1M"),
     AddSeats(2),
@@ -215,7 +217,9 @@ async def claim(
 async def release(
     store: Store, held: tuple[str, str], now: datetime, entitlement_id: str = "ent_1"
 ) -> Release:
-    return await seats_at(store, now).release(LeaseRef(entitlement_id, *held), no_events)
+    return await seats_at(store, now).release(
+        LeaseRef(entitlement_id, *held), no_events, "device:test"
+    )
 
 
 def held_by(activation: Activation) -> tuple[str, str]:
@@ -391,10 +395,12 @@ async def test_entitlement_add_get_round_trip(store: Store) -> None:
         cancel_time=NOW + timedelta(days=2),
     )
     perpetual = entitlement("ent_2", end_time=None, model=LicenseModel.NODE_LOCKED)
-    await add_entitlements(store, made, perpetual)
+    limited = entitlement("ent_3", deactivation_limit=DeactivationLimit(3, "P1DT12H", True))
+    await add_entitlements(store, made, perpetual, limited)
     assert await get_entitlement(store, "ent_1") == made
     assert await get_entitlement(store, "ent_2") == perpetual
-    assert await get_entitlement(store, "ent_3") is None
+    assert await get_entitlement(store, "ent_3") == limited
+    assert await get_entitlement(store, "ent_4") is None
 
 
 async def test_entitlement_found_by_key_hash(app: AppContext, store: Store) -> None:
@@ -868,6 +874,109 @@ async def test_release_with_a_stale_lease_changes_nothing(store: Store) -> None:
         assert caught.value.reason is Reason.LEASE_SUPERSEDED
     assert renewed.activation.lease_jti != first.activation.lease_jti
     assert await live_seats(store, NOW + timedelta(minutes=1)) == 1
+
+
+# --- devices: deactivation and its limit -------------------------------------
+
+
+async def deactivate(store: Store, activation_id: str, now: datetime) -> None:
+    async with store.write() as tx:
+        current = await tx.activations.get(activation_id)
+        assert current is not None
+        released = replace(current, released_time=now, released_by="token:t", release_reason="lost")
+        await tx.activations.deactivate(released)
+
+
+async def test_a_deactivated_seat_is_free_and_its_renewal_says_so(store: Store) -> None:
+    await add_entitlements(store, entitlement(seats=1, model=LicenseModel.NODE_LOCKED))
+    first = await claim(store, "device-a")
+    await deactivate(store, first.activation.activation_id, NOW + US)
+    assert await live_seats(store, NOW + US) == 0
+    error = await refused(store, "device-a", NOW + 2 * US, renew=held_by(first.activation))
+    assert error.reason is Reason.SEAT_DEACTIVATED
+    assert error.metadata == {"activation_id": first.activation.activation_id}
+    quiet = await release(store, held_by(first.activation), NOW + 2 * US)  # already free
+    assert not quiet.released_now
+    other = await claim(store, "device-b", NOW + 3 * US)
+    assert other.outcome is SeatOutcome.GRANTED
+    async with store.read() as tx:
+        stored = await tx.activations.get(first.activation.activation_id)
+    assert stored is not None
+    assert (stored.deactivated, stored.released_by, stored.release_reason) == (
+        True,
+        "token:t",
+        "lost",
+    )
+    assert stored.update_time == NOW  # last seen: the device's activation, not the deactivation
+
+
+async def test_a_deactivated_device_activates_again_as_a_new_claim(store: Store) -> None:
+    await add_entitlements(store, entitlement(seats=1))
+    first = await claim(store, "device-a")
+    await deactivate(store, first.activation.activation_id, NOW + US)
+    again = await claim(store, "device-a", NOW + 2 * US)
+    assert again.outcome is SeatOutcome.GRANTED
+    assert again.activation.activation_id == first.activation.activation_id
+    renewed = await claim(store, "device-a", NOW + 3 * US, renew=held_by(again.activation))
+    assert renewed.outcome is SeatOutcome.KEPT
+    async with store.read() as tx:
+        stored = await tx.activations.get(first.activation.activation_id)
+    assert stored is not None
+    assert (stored.deactivated, stored.released_by, stored.release_reason) == (False, None, None)
+
+
+def counted(kind: str, at: datetime) -> NewEvent:
+    return NewEvent("ent_1", kind, at, {}, activation_id="act_old")
+
+
+async def test_a_counted_release_past_the_deactivation_limit_is_refused(store: Store) -> None:
+    limit = DeactivationLimit(2, "P1D", count_releases=True)
+    await add_entitlements(store, entitlement(seats=3, deactivation_limit=limit))
+    async with store.write() as tx:
+        await tx.events.append(counted("seat_deactivated", NOW - timedelta(hours=20)))
+        await tx.events.append(counted("seat_released", NOW - timedelta(hours=2)))
+        await tx.events.append(counted("seat_activated", NOW - timedelta(hours=1)))
+    first = await claim(store, "device-a")
+    with pytest.raises(DomainError) as caught:
+        await release(store, held_by(first.activation), NOW + US)
+    assert caught.value.reason is Reason.DEACTIVATION_LIMIT_REACHED
+    assert caught.value.metadata == {
+        "limit": "2",
+        "period": "P1D",
+        "retry_time": (NOW + timedelta(hours=4)).isoformat(),
+    }
+    assert await live_seats(store, NOW + US) == 1  # nothing was written
+    # Once the older of the two leaves the day, the release goes through.
+    done = await release(store, held_by(first.activation), NOW + timedelta(hours=4, seconds=1))
+    assert done.released_now
+    assert done.seats_in_use == 0
+
+
+async def test_releases_are_not_limited_unless_the_sku_counts_them(store: Store) -> None:
+    limit = DeactivationLimit(1, "P1D", count_releases=False)
+    await add_entitlements(store, entitlement(seats=3, deactivation_limit=limit))
+    async with store.write() as tx:
+        await tx.events.append(counted("seat_deactivated", NOW - timedelta(hours=1)))
+    first = await claim(store, "device-a")
+    assert (await release(store, held_by(first.activation), NOW + US)).released_now
+
+
+async def test_the_newest_counted_events_come_newest_first(store: Store) -> None:
+    await add_entitlements(store, entitlement())
+    times = [NOW - timedelta(hours=h) for h in (30, 5, 3, 1)]
+    async with store.write() as tx:
+        for at in times:
+            await tx.events.append(counted("seat_deactivated", at))
+        await tx.events.append(counted("seat_released", NOW - timedelta(minutes=1)))
+    async with store.read() as tx:
+        newest = await tx.events.newest_times(
+            "ent_1", ["seat_deactivated"], NOW - timedelta(days=1), 2
+        )
+        every = await tx.events.newest_times(
+            "ent_1", ["seat_deactivated", "seat_released"], NOW - timedelta(days=1), 10
+        )
+    assert newest == [times[3], times[2]]
+    assert every == [NOW - timedelta(minutes=1), times[3], times[2], times[1]]
 
 
 # --- tokens -----------------------------------------------------------------

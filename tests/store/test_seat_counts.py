@@ -78,7 +78,7 @@ class Walk:
             self.leases[device] = (activation_id, result.activation.lease_jti)
         elif action == "release" and device in self.leases:
             lease = LeaseRef(self.entitlement_id, *self.leases[device])
-            await self.seats().release(lease, lambda *_: [])
+            await self.seats().release(lease, lambda *_: [], "device:test")
         elif action == "sweep":
             async with self.store.write() as tx:
                 found = await tx.entitlements.get(self.entitlement_id, lock=True)

@@ -223,6 +223,10 @@ WELL_FORMED: dict[str, Request] = {
     "ListAuditEvents": ful.ListAuditEventsRequest(
         actor="cli:tester", action="sku.put", entitlement_id="ent_x", resource="skus/"
     ),
+    "ListActivations": lambda w: ful.ListActivationsRequest(entitlement_id=w.entitlement_id),
+    "DeactivateSeat": lambda w: ful.DeactivateSeatRequest(
+        entitlement_id=w.entitlement_id, activation_id=w.activation_id, reason="laptop stolen"
+    ),
 }
 
 
@@ -243,6 +247,7 @@ SHAPE = World(
     entitlement_id="ent_shape",
     license_key="SHAPE-KEY",
     lease_token="shape.lease.token",
+    activation_id="act_shape",
     perpetual_id="ent_shape_perpetual",
     cancelled_id="ent_shape_cancelled",
     other_product_id="ent_shape_other",

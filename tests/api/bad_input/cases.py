@@ -44,6 +44,8 @@ RPCS: dict[str, tuple[str, str | None]] = {
     "SuspendEntitlement": (FULFILLMENT, "fulfill"),
     "ReinstateEntitlement": (FULFILLMENT, "fulfill"),
     "ListAuditEvents": (FULFILLMENT, "read"),
+    "ListActivations": (FULFILLMENT, "read"),
+    "DeactivateSeat": (FULFILLMENT, "fulfill"),
 }
 # Server-streaming RPCs: a case reads the first message, where the error shows.
 STREAMING = {"WatchEntitlementEvents"}

@@ -80,6 +80,8 @@ REQUIRED: dict[str, dict[str, str]] = {
     "GetUsageReport": _same("entitlement_id", "start_time", "end_time", "granularity"),
     "SuspendEntitlement": _same("entitlement_id"),
     "ReinstateEntitlement": _same("entitlement_id"),
+    "ListActivations": _same("entitlement_id"),
+    "DeactivateSeat": _same("entitlement_id", "activation_id", "reason"),
 }
 
 INT32_MIN = -(2**31)

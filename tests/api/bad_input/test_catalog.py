@@ -360,6 +360,31 @@ PUT_SKU = [
     ),
     invalid(
         "PutSku",
+        "deactivation-limit-zero-per-calendar-month",
+        sku_of(create(deactivation_limit=cat.DeactivationLimit(count=0, period="P1M"))),
+        cat_op("create.deactivation_limit.count"),
+        cat_op("create.deactivation_limit.period"),
+    ),
+    invalid(
+        "PutSku",
+        "deactivation-limit-without-a-period",
+        sku_of(create(deactivation_limit=cat.DeactivationLimit(count=3))),
+        cat_op("create.deactivation_limit.period"),
+    ),
+    invalid(
+        "PutSku",
+        "deactivation-limit-period-10k-chars",
+        sku_of(create(deactivation_limit=cat.DeactivationLimit(count=3, period=K10))),
+        cat_op("create.deactivation_limit.period"),
+    ),
+    invalid(
+        "PutSku",
+        "deactivation-limit-period-a-minute",
+        sku_of(create(deactivation_limit=cat.DeactivationLimit(count=3, period="PT1M"))),
+        cat_op("create.deactivation_limit.period"),
+    ),
+    invalid(
+        "PutSku",
         "renew-anchor-99",
         new_sku(cat.Operation(renew=cat.RenewOperation(term="P1Y", anchor=99))),  # type: ignore[arg-type]
         cat_op("renew.anchor"),

@@ -10,6 +10,7 @@ from keyturn.licensing.v1 import licensing_pb2 as lic
 from . import (
     test_audit_trail,
     test_catalog,
+    test_devices,
     test_entitlement_reads,
     test_licensing,
     test_order_changes,
@@ -32,6 +33,7 @@ MODULES = (
     test_transport,
     test_usage_report,
     test_audit_trail,
+    test_devices,
 )
 CASES: list[Case] = [case for module in MODULES for case in module.CASES]
 

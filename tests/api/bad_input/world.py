@@ -113,6 +113,7 @@ class World:
     entitlement_id: str  # one seat, taken by the lease below
     license_key: str
     lease_token: str
+    activation_id: str  # of the lease above
     perpetual_id: str  # has PERPETUAL_REFERENCE
     cancelled_id: str  # has CANCELLED_REFERENCE
     other_product_id: str  # of OTHER_PRODUCT_ID, has OTHER_REFERENCE
@@ -200,6 +201,7 @@ async def _write_world(
         entitlement_id=entitlement.entitlement_id,
         license_key=entitlement.license_key,
         lease_token=activated.lease.token,
+        activation_id=activated.activation_id,
         perpetual_id=perpetual.entitlement_id,
         cancelled_id=cancelled.entitlement_id,
         other_product_id=other.entitlement_id,

@@ -47,6 +47,7 @@ WRITE_METHODS = {
     FULFILLMENT + "ResendCredentials",
     FULFILLMENT + "SuspendEntitlement",
     FULFILLMENT + "ReinstateEntitlement",
+    FULFILLMENT + "DeactivateSeat",
 }
 
 

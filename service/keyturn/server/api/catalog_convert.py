@@ -34,6 +34,7 @@ from keyturn.server.domain.catalog import (
     Sku,
     Suspend,
 )
+from keyturn.server.domain.deactivation_limits import DeactivationLimit
 from keyturn.server.domain.errors import FieldViolation, raise_if_invalid
 
 from .timestamps import duration, timestamp
@@ -168,6 +169,10 @@ def _create_in(path: str, op: pb.CreateOperation, violations: list[FieldViolatio
             "must be between 0 and 90 days",
             violations,
         )
+    limit = None
+    if op.HasField("deactivation_limit"):
+        given = op.deactivation_limit
+        limit = DeactivationLimit(given.count, given.period, given.count_releases)
     return Create(
         edition_id=op.edition_id,
         seats_per_unit=op.seats_per_unit,
@@ -179,6 +184,7 @@ def _create_in(path: str, op: pb.CreateOperation, violations: list[FieldViolatio
         dispatch=DISPATCHES.get(op.dispatch, Dispatch.LICENSE_KEY),
         grace=timedelta(0) if grace is None else grace,
         overage=OVERAGES.get(op.overage, Overage.NONE),
+        deactivation_limit=limit,
     )
 
 
@@ -233,11 +239,20 @@ def sku_in(message: pb.Sku) -> Sku:
     )
 
 
+def deactivation_limit_out(limit: DeactivationLimit | None) -> pb.DeactivationLimit | None:
+    if limit is None:
+        return None
+    return pb.DeactivationLimit(
+        count=limit.count, period=limit.period, count_releases=limit.count_releases
+    )
+
+
 def operation_out(op: Operation) -> pb.Operation:
     match op:
         case Create():
             return pb.Operation(
                 create=pb.CreateOperation(
+                    deactivation_limit=deactivation_limit_out(op.deactivation_limit),
                     edition_id=op.edition_id,
                     seats_per_unit=op.seats_per_unit,
                     term=op.term or "",

@@ -16,7 +16,13 @@ from keyturn.server.domain.orders import OrderLine, OrderRequest
 from keyturn.server.store.entitlement_repository import EntitlementFilter
 from keyturn.server.store.order_repository import StoredOrder
 
-from .catalog_convert import DISPATCH_OUT, LICENSE_MODEL_OUT, OVERAGE_OUT, features_out
+from .catalog_convert import (
+    DISPATCH_OUT,
+    LICENSE_MODEL_OUT,
+    OVERAGE_OUT,
+    deactivation_limit_out,
+    features_out,
+)
 from .timestamps import duration, timestamp
 
 STATUS_IN = {
@@ -39,6 +45,7 @@ EVENT_TYPE_OUT: dict[str, pb.EntitlementEventType.ValueType] = {
     EventType.LEASE_LAPSED: pb.ENTITLEMENT_EVENT_TYPE_LEASE_LAPSED,
     EventType.SUSPENDED: pb.ENTITLEMENT_EVENT_TYPE_SUSPENDED,
     EventType.REINSTATED: pb.ENTITLEMENT_EVENT_TYPE_REINSTATED,
+    EventType.SEAT_DEACTIVATED: pb.ENTITLEMENT_EVENT_TYPE_SEAT_DEACTIVATED,
 }
 STATUS_OUT = {
     Status.TRIAL: pb.ENTITLEMENT_STATUS_TRIAL,
@@ -172,6 +179,7 @@ def entitlement_out(view: EntitlementView) -> pb.Entitlement:
         named_users=[
             named_user_out(u, view.invitation_codes.get(u.user_id, "")) for u in view.named_users
         ],
+        deactivation_limit=deactivation_limit_out(e.deactivation_limit),
     )
     if e.end_time is not None:
         message.end_time.CopyFrom(timestamp(e.end_time))

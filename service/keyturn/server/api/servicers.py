@@ -20,6 +20,7 @@ from keyturn.licensing.v1 import licensing_pb2_grpc as lic_grpc
 from keyturn.server.app import (
     audit_trail,
     catalog,
+    devices,
     entitlements,
     fulfillment,
     licensing,
@@ -32,6 +33,7 @@ from keyturn.server.domain.errors import FieldViolation, invalid_request
 
 from .audit_convert import audit_event_out, audit_filter_in
 from .catalog_convert import product_in, product_out, sku_in, sku_out
+from .devices_convert import activation_out, states_in
 from .fulfillment_convert import (
     entitlement_filter_in,
     entitlement_out,
@@ -193,6 +195,34 @@ class FulfillmentServicer(ful_grpc.FulfillmentServiceServicer):
         ):
             async for view in tracked:
                 yield self._watch_responses.of(view)
+
+    async def ListActivations(
+        self, request: ful.ListActivationsRequest, context: Context
+    ) -> ful.ListActivationsResponse:
+        views, token = await devices.list_activations(
+            self._ctx,
+            entitlement_id=request.entitlement_id,
+            customer_id=request.customer_id,
+            states=states_in(request.states),
+            user_id=request.user_id,
+            node_locked=request.node_locked if request.HasField("node_locked") else None,
+            page_size=request.page_size,
+            page_token=request.page_token,
+        )
+        return ful.ListActivationsResponse(
+            activations=[activation_out(v) for v in views], next_page_token=token
+        )
+
+    async def DeactivateSeat(
+        self, request: ful.DeactivateSeatRequest, context: Context
+    ) -> ful.DeactivateSeatResponse:
+        view = await devices.deactivate_seat(
+            self._ctx,
+            entitlement_id=request.entitlement_id,
+            activation_id=request.activation_id,
+            reason=request.reason,
+        )
+        return ful.DeactivateSeatResponse(activation=activation_out(view))
 
     async def GetUsageReport(
         self, request: ful.GetUsageReportRequest, context: Context

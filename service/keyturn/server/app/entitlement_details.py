@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from keyturn.server.domain.errors import FieldViolation, entitlement_not_found, raise_if_invalid
 from keyturn.server.domain.license_key import normalize_license_key
 from keyturn.server.domain.messages import OutboundMessage
-from keyturn.server.domain.seats import Activation, holds_seat
+from keyturn.server.domain.seats import Activation, ActivationState, activation_state
 from keyturn.server.store.order_repository import StoredOrder
 from keyturn.server.store.unit_of_work import ReadStore
 
@@ -27,7 +27,11 @@ MAX_DEVICES = 500  # the most recently seen; an entitlement with more is a fleet
 @dataclass(frozen=True)
 class Device:
     activation: Activation
-    holds_seat: bool  # counts against the seat limit now (domain.seats.holds_seat)
+    state: ActivationState  # as ListActivations shows it (domain.seats.activation_state)
+
+    @property
+    def holds_seat(self) -> bool:
+        return self.state is ActivationState.LIVE
 
 
 @dataclass(frozen=True)
@@ -60,7 +64,7 @@ async def entitlement_details(ctx: AppContext, entitlement_id: str) -> Entitleme
             view = await entitlement_view(ctx, tx, entitlement_id)
             model = entitlement.license_model
             devices = [
-                Device(a, holds_seat(a, model, now, ctx.lapse_grace))
+                Device(a, activation_state(a, model, now, ctx.lapse_grace))
                 for a in await tx.activations.of_entitlement(entitlement_id, MAX_DEVICES)
             ]
             keys = await tx.events.orders_of(entitlement_id)

@@ -10,10 +10,8 @@ from keyturn.server.domain.catalog import (
     Create,
     Dispatch,
     Product,
-    Reinstate,
     RemoveSeats,
     Sku,
-    Suspend,
 )
 from keyturn.server.domain.credential_expiry import has_expired
 from keyturn.server.domain.entitlement import Entitlement, create_entitlement
@@ -194,15 +192,12 @@ async def _apply_line(
         entitlement = await _target(tx, index, line, sku)
         in_use = await tx.activations.count_live(entitlement, now, ctx.lapse_grace)
     context = LineContext(index, line.quantity, product, now)
-    held: list[Suspend | Reinstate] = []
     for op in operations:
         changed = apply_operation(entitlement, op, context)
         if changed is entitlement:
             continue  # it leaves the entitlement unchanged (a second suspend): no event
         entitlement = changed
         changes.append((EVENT_OF[type(op)], entitlement))
-        if isinstance(op, Suspend | Reinstate):
-            held.append(op)
     for kind, state in changes:
         event = new_event(
             kind,
@@ -216,15 +211,6 @@ async def _apply_line(
         await tx.events.append(event)
     if operations:
         await tx.entitlements.save(entitlement)
-    for op in held:
-        await audit.record(
-            tx,
-            now,
-            f"entitlement.{op.name}",
-            f"entitlements/{entitlement.entitlement_id}",
-            entitlement_id=entitlement.entitlement_id,
-            details={"order": f"{order.source}/{order.order_id}", "line": str(index)},
-        )
     return entitlement
 
 

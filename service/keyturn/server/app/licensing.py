@@ -257,7 +257,9 @@ async def release_seat(ctx: AppContext, lease_token: str) -> None:
     """Give the seat back. Releasing again with the same token succeeds quietly."""
     lease = await _presented_lease(ctx, lease_token)
     await ctx.seats.release(
-        LeaseRef(lease.entitlement_id, lease.activation_id, lease.jti), _release_events
+        LeaseRef(lease.entitlement_id, lease.activation_id, lease.jti),
+        _release_events,
+        device_actor(lease.activation_id),
     )
 
 

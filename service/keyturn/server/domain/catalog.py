@@ -7,6 +7,8 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import ClassVar
 
+from .deactivation_limits import DeactivationLimit
+
 
 class LicenseModel(StrEnum):
     FLOATING = "floating"
@@ -103,6 +105,7 @@ class Create:
     dispatch: Dispatch = Dispatch.LICENSE_KEY
     grace: timedelta = timedelta(0)
     overage: Overage = Overage.NONE
+    deactivation_limit: DeactivationLimit | None = None  # None: deactivations unlimited
 
 
 @dataclass(frozen=True)

@@ -89,3 +89,27 @@ def parse_iso_duration(text: str) -> IsoDuration:
     if duration.after(_REFERENCE) > _REFERENCE.replace(year=_REFERENCE.year + _MAX_YEARS):
         raise ValueError(f"{text!r} is longer than {_MAX_YEARS} years")
     return duration
+
+
+def fixed_length(duration: IsoDuration) -> timedelta:
+    """The length of a duration without years or months (whose length depends on the
+    calendar); ValueError for one with them."""
+    if duration.years or duration.months:
+        raise ValueError("must be a fixed length: weeks, days, hours, minutes or seconds")
+    return timedelta(
+        weeks=duration.weeks,
+        days=duration.days,
+        hours=duration.hours,
+        minutes=duration.minutes,
+        seconds=duration.seconds,
+    )
+
+
+def iso_of_length(length: timedelta) -> str:
+    """A fixed length as the ISO-8601 duration of days and time (`P30D`, `P1DT12H`)."""
+    days, rest = divmod(int(length.total_seconds()), 86_400)
+    hours, rest = divmod(rest, 3600)
+    minutes, seconds = divmod(rest, 60)
+    time = "".join(f"{n}{unit}" for n, unit in ((hours, "H"), (minutes, "M"), (seconds, "S")) if n)
+    text = "P" + (f"{days}D" if days else "") + (f"T{time}" if time else "")
+    return text if text != "P" else "PT0S"

@@ -18,6 +18,7 @@ from .catalog import (
     merge_features,
     without_features,
 )
+from .deactivation_limits import DeactivationLimit
 from .durations import parse_iso_duration
 from .errors import (
     entitlement_cancelled,
@@ -75,6 +76,8 @@ class Entitlement:
     @property
     def suspended(self) -> bool:
         return self.suspend_time is not None
+
+    deactivation_limit: DeactivationLimit | None = None  # copied from the SKU's create
 
     @property
     def seat_limit(self) -> int:
@@ -172,4 +175,5 @@ def create_entitlement(
         external_references=(external_reference,) if external_reference else (),
         addons=op.features,
         overage=op.overage,
+        deactivation_limit=op.deactivation_limit,
     )

@@ -18,3 +18,4 @@ class EventType(StrEnum):
     LEASE_LAPSED = "lease_lapsed"
     SUSPENDED = "suspended"
     REINSTATED = "reinstated"
+    SEAT_DEACTIVATED = "seat_deactivated"  # an administrator took the seat back

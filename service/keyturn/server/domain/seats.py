@@ -11,13 +11,13 @@ store/seat_counts.py), call `admit` and write what it decided.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
 
 from .catalog import LicenseModel
 from .entitlement import Entitlement
-from .errors import lease_superseded, product_mismatch
+from .errors import lease_superseded, product_mismatch, seat_deactivated
 from .ids import same_secret_id
 
 
@@ -34,8 +34,19 @@ class Activation:
     seat_time: datetime | None = None  # when it last took its seat (None: at create_time)
     user_id: str | None = None  # the named user who activated, if any
     lapse_recorded_time: datetime | None = None  # when its lapse went into the event log
-    # Its last activation or renewal (None: not read); not part of what it is.
-    update_time: datetime | None = field(default=None, compare=False)
+    update_time: datetime | None = None  # its last activation or renewal (None: create_time)
+    released_by: str | None = None  # the actor that released it (app/audit.py)
+    release_reason: str | None = None  # an administrator's reason for a deactivation
+    deactivated: bool = False  # an administrator took the seat back (DeactivateSeat)
+
+
+class ActivationState(StrEnum):
+    """What ListActivations shows of a device: `holds_seat` tells live from lapsed."""
+
+    LIVE = "live"  # holds its seat now
+    LAPSED = "lapsed"  # a floating lease that ran out (plus the lapse grace)
+    RELEASED = "released"  # the device gave its seat back
+    DEACTIVATED = "deactivated"  # an administrator took it back
 
 
 @dataclass(frozen=True)
@@ -76,6 +87,16 @@ def holds_seat(
     if activation.lapse_recorded_time is not None:
         return False
     return seat_freed_time(activation.lease_expire_time, lapse_grace) > now
+
+
+def activation_state(
+    activation: Activation, model: LicenseModel, now: datetime, lapse_grace: timedelta
+) -> ActivationState:
+    if activation.released_time is not None:
+        return ActivationState.DEACTIVATED if activation.deactivated else ActivationState.RELEASED
+    if holds_seat(activation, model, now, lapse_grace):
+        return ActivationState.LIVE
+    return ActivationState.LAPSED
 
 
 def rank_needed(holds: bool, in_use: int, seat_limit: int) -> bool:
@@ -122,12 +143,14 @@ def check_claimable(entitlement: Entitlement, product_id: str, now: datetime) ->
 
 
 def check_renewable(activation: Activation | None, activation_id: str, jti: str) -> Activation:
-    """The activation a lease names, if that lease is its newest and it is not released."""
-    if (
-        activation is None
-        or not same_secret_id(activation.lease_jti, jti)
-        or activation.released_time is not None
-    ):
+    """The activation a lease names, if that lease is its newest and it is not released.
+    The newest lease of a seat an administrator deactivated is told so (SEAT_DEACTIVATED),
+    so that the app can tell its user why."""
+    if activation is None or not same_secret_id(activation.lease_jti, jti):
+        raise lease_superseded(activation_id)
+    if activation.released_time is not None:
+        if activation.deactivated:
+            raise seat_deactivated(activation_id)
         raise lease_superseded(activation_id)
     return activation
 

@@ -32,11 +32,11 @@ from .events import EventType
 
 MAX_BUCKETS = 1000  # per report: 41 days by the hour, 2.7 years by the day
 
-# The events that take a seat and those that end one. "seat_deactivated" is the stored
-# type of SEAT_DEACTIVATED (an operator ends a device's seat).
+# The events that take a seat and those that end one (an operator ends a device's seat
+# with SEAT_DEACTIVATED).
 SEAT_TAKEN = frozenset({EventType.SEAT_ACTIVATED.value})
 SEAT_ENDED = frozenset(
-    {EventType.SEAT_RELEASED.value, EventType.LEASE_LAPSED.value, "seat_deactivated"}
+    {EventType.SEAT_RELEASED.value, EventType.LEASE_LAPSED.value, EventType.SEAT_DEACTIVATED.value}
 )
 
 

@@ -32,6 +32,7 @@ from .catalog import (
     Sku,
     Suspend,
 )
+from .deactivation_limits import check_deactivation_limit
 from .durations import parse_iso_duration
 from .errors import FieldViolation
 
@@ -162,6 +163,8 @@ def _check_create(path: str, op: Create) -> list[FieldViolation]:
         )
     if not timedelta(0) <= op.grace <= MAX_GRACE:
         violations.append(FieldViolation(f"{path}.grace_period", "must be between 0 and 90 days"))
+    if op.deactivation_limit is not None:
+        violations += check_deactivation_limit(f"{path}.deactivation_limit", op.deactivation_limit)
     return violations
 
 

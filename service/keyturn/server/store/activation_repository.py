@@ -10,16 +10,17 @@ counting costs the same on a fresh entitlement and on one with a long past.
 
 from __future__ import annotations
 
-from dataclasses import replace
+from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, assert_never
 
-from sqlalchemy import ColumnElement, and_, case, func, insert, or_, select, update
+from sqlalchemy import ColumnElement, and_, case, func, insert, not_, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from keyturn.server.domain.catalog import LicenseModel
 from keyturn.server.domain.entitlement import Entitlement
-from keyturn.server.domain.seats import Activation, Lapse, seat_freed_time
+from keyturn.server.domain.seats import Activation, ActivationState, Lapse, seat_freed_time
 
 from .rows import Row
 from .tables import activations, entitlements
@@ -38,6 +39,10 @@ def activation_of(row: Row) -> Activation:
         seat_time=row["seat_time"],
         user_id=row["user_id"],
         lapse_recorded_time=row["lapse_recorded_time"],
+        update_time=row["update_time"],
+        released_by=row["released_by"],
+        release_reason=row["release_reason"],
+        deactivated=bool(row["deactivated"]),
     )
 
 
@@ -51,6 +56,48 @@ def live_condition(model: LicenseModel, now: datetime, lapse_grace: timedelta) -
         activations.c.lapse_recorded_time.is_(None),
         activations.c.lease_expire_time > now - lapse_grace,
     )
+
+
+def holds_seat_column(now: datetime, lapse_grace: timedelta) -> ColumnElement[bool]:
+    """`live_condition` of a row joined with its entitlement, whatever its license model."""
+    model = entitlements.c.license_model
+    return or_(
+        *(
+            and_(model == each.value, live_condition(each, now, lapse_grace))
+            for each in LicenseModel
+        )
+    )
+
+
+def state_condition(
+    state: ActivationState, now: datetime, lapse_grace: timedelta
+) -> ColumnElement[bool]:
+    """domain.seats.activation_state in SQL, on activations joined with their entitlement
+    (tests/store/test_activation_states.py keeps the two equal)."""
+    released = activations.c.released_time.is_not(None)
+    match state:
+        case ActivationState.LIVE:
+            return holds_seat_column(now, lapse_grace)
+        case ActivationState.LAPSED:
+            return and_(~released, ~holds_seat_column(now, lapse_grace))
+        case ActivationState.RELEASED:
+            return and_(released, not_(activations.c.deactivated))
+        case ActivationState.DEACTIVATED:
+            return and_(released, activations.c.deactivated)
+        case _:
+            assert_never(state)
+
+
+@dataclass(frozen=True)
+class ActivationFilter:
+    """ListActivations filters: of one entitlement or of a customer's; empty ones match
+    everything."""
+
+    entitlement_id: str = ""
+    customer_id: str = ""
+    states: tuple[ActivationState, ...] = ()
+    user_id: str = ""
+    node_locked: bool | None = None
 
 
 def pending_lapse(now: datetime, lapse_grace: timedelta) -> ColumnElement[bool]:
@@ -101,12 +148,62 @@ class ActivationRepository:
             .order_by(activations.c.update_time.desc(), activations.c.activation_id)
             .limit(limit)
         )
-        rows = (await self._db.execute(query)).mappings()
-        return [replace(activation_of(row), update_time=row["update_time"]) for row in rows]
+        return [activation_of(row) for row in (await self._db.execute(query)).mappings()]
 
     async def _find(self, condition: ColumnElement[bool]) -> Activation | None:
         row = (await self._db.execute(select(activations).where(condition))).mappings().first()
         return None if row is None else activation_of(row)
+
+    async def matching(
+        self,
+        where: ActivationFilter,
+        *,
+        now: datetime,
+        lapse_grace: timedelta,
+        after: str,
+        limit: int,
+    ) -> list[tuple[Activation, LicenseModel]]:
+        """Activations matching every filter, by id (ids grow with creation time), each
+        with its entitlement's license model."""
+        query = (
+            select(activations, entitlements.c.license_model.label("e_license_model"))
+            .join(entitlements, entitlements.c.entitlement_id == activations.c.entitlement_id)
+            .where(activations.c.activation_id > after)
+        )
+        if where.entitlement_id:
+            query = query.where(activations.c.entitlement_id == where.entitlement_id)
+        if where.customer_id:
+            query = query.where(entitlements.c.customer_id == where.customer_id)
+        if where.user_id:
+            query = query.where(activations.c.user_id == where.user_id)
+        if where.node_locked is not None:
+            model = LicenseModel.NODE_LOCKED if where.node_locked else LicenseModel.FLOATING
+            query = query.where(entitlements.c.license_model == model.value)
+        if where.states:
+            query = query.where(or_(*(state_condition(s, now, lapse_grace) for s in where.states)))
+        query = query.order_by(activations.c.activation_id).limit(limit)
+        rows = (await self._db.execute(query)).mappings()
+        return [(activation_of(row), LicenseModel(row["e_license_model"])) for row in rows]
+
+    async def states_of(
+        self, activation_ids: Sequence[str], now: datetime, lapse_grace: timedelta
+    ) -> dict[str, ActivationState]:
+        """Each activation's state as the SQL of `state_condition` finds it (for tests that
+        hold it to the Python rule)."""
+        found: dict[str, ActivationState] = {}
+        for state in ActivationState:
+            query = (
+                select(activations.c.activation_id)
+                .join(entitlements, entitlements.c.entitlement_id == activations.c.entitlement_id)
+                .where(
+                    activations.c.activation_id.in_(list(activation_ids)),
+                    state_condition(state, now, lapse_grace),
+                )
+            )
+            for activation_id in (await self._db.execute(query)).scalars():
+                assert activation_id not in found, f"{activation_id} in two states"
+                found[activation_id] = state
+        return found
 
     async def count_live(
         self, entitlement: Entitlement, now: datetime, lapse_grace: timedelta
@@ -249,6 +346,9 @@ class ActivationRepository:
                 lease_expire_time=activation.lease_expire_time,
                 released_time=None,
                 lapse_recorded_time=None,
+                released_by=None,
+                release_reason=None,
+                deactivated=False,
                 update_time=now,
                 seat_time=activation.seat_time,
                 user_id=activation.user_id,
@@ -257,12 +357,28 @@ class ActivationRepository:
         if took_seat:
             await self._add_held(activation.entitlement_id, 1)
 
-    async def release(self, activation: Activation, now: datetime) -> None:
-        """Mark it released; it stops counting unless its lapse was already recorded."""
+    async def release(self, activation: Activation, now: datetime, released_by: str) -> None:
+        """Mark it released by its device; it stops counting unless its lapse was already
+        recorded."""
+        await self._free(activation, released_time=now, update_time=now, released_by=released_by)
+
+    async def deactivate(self, released: Activation) -> None:
+        """An administrator took the seat back (`released` says when, by whom and why). Its
+        last-seen time (update_time) stays the device's."""
+        assert released.released_time is not None
+        await self._free(
+            released,
+            released_time=released.released_time,
+            released_by=released.released_by,
+            release_reason=released.release_reason,
+            deactivated=True,
+        )
+
+    async def _free(self, activation: Activation, **values: object) -> None:
         await self._db.execute(
             update(activations)
             .where(activations.c.activation_id == activation.activation_id)
-            .values(released_time=now, update_time=now)
+            .values(**values)
         )
         if activation.lapse_recorded_time is None:
             await self._add_held(activation.entitlement_id, -1)

@@ -26,6 +26,7 @@ from keyturn.server.domain.catalog import (
     RenewalAnchor,
     Suspend,
 )
+from keyturn.server.domain.deactivation_limits import DeactivationLimit
 from keyturn.server.domain.entitlement import Customer
 from keyturn.server.domain.orders import LineResult, OrderLine, OrderRequest
 
@@ -71,6 +72,8 @@ def operation_to_json(op: Operation) -> dict[str, Any]:
                 "grace_seconds": int(op.grace.total_seconds()),
                 "overage": op.overage.value,
             }
+            if op.deactivation_limit is not None:
+                body["deactivation_limit"] = asdict(op.deactivation_limit)
         case Renew():
             body = {"term": op.term, "anchor": op.anchor.value}
         case AddFeatures():
@@ -106,6 +109,11 @@ def operation_from_json(data: dict[str, Any]) -> Operation:
             dispatch=Dispatch(body["dispatch"]),
             grace=timedelta(seconds=body.get("grace_seconds", 0)),
             overage=Overage(body.get("overage", Overage.NONE)),
+            deactivation_limit=(
+                DeactivationLimit(**body["deactivation_limit"])
+                if "deactivation_limit" in body
+                else None
+            ),
         )
     if name == Renew.name:
         return Renew(

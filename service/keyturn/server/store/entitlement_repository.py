@@ -10,6 +10,7 @@ from sqlalchemy import ColumnElement, Select, and_, func, insert, not_, or_, sel
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from keyturn.server.domain.catalog import Dispatch, LicenseModel, Overage
+from keyturn.server.domain.deactivation_limits import DeactivationLimit
 from keyturn.server.domain.entitlement import Customer, Entitlement, Status
 
 from .codec import features_from_json, features_to_json
@@ -49,7 +50,28 @@ def entitlement_of(row: Row, references: tuple[str, ...]) -> Entitlement:
         removed_features=tuple(row["removed_features"]),
         overage=Overage(row["overage"]),
         suspend_time=row["suspend_time"],
+        deactivation_limit=_deactivation_limit(row),
     )
+
+
+def _deactivation_limit(row: Row) -> DeactivationLimit | None:
+    if row["deactivation_limit"] is None:
+        return None
+    return DeactivationLimit.of_seconds(
+        row["deactivation_limit"],
+        row["deactivation_period_seconds"],
+        bool(row["deactivation_counts_releases"]),
+    )
+
+
+def _deactivation_columns(limit: DeactivationLimit | None) -> dict[str, object]:
+    if limit is None:
+        return {}
+    return {
+        "deactivation_limit": limit.count,
+        "deactivation_period_seconds": int(limit.length.total_seconds()),
+        "deactivation_counts_releases": limit.count_releases,
+    }
 
 
 def _state(entitlement: Entitlement) -> dict[str, object]:
@@ -127,6 +149,7 @@ class EntitlementRepository:
                 order_source=order_source,
                 order_id=order_id,
                 create_time=entitlement.create_time,
+                **_deactivation_columns(entitlement.deactivation_limit),
                 **_state(entitlement),
             )
         )

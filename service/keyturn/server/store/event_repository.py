@@ -11,6 +11,7 @@ time: there `flush` numbers at insert, under the write lock.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -125,3 +126,21 @@ class EventRepository:
         )
         rows = (await self._db.execute(query)).mappings()
         return [StoredEvent(**{**row, "sequence": row["sequence"] or 0}) for row in rows]
+
+    async def newest_times(
+        self, entitlement_id: str, types: Sequence[str], since: datetime, limit: int
+    ) -> list[datetime]:
+        """When the newest events of these types after `since` happened, newest first, at
+        most `limit` (through ix_entitlement_events_entitlement_id_type_create_time).
+        Committed ones, numbered or not: the caller holds the entitlement's lock."""
+        query = (
+            select(events.c.create_time)
+            .where(
+                events.c.entitlement_id == entitlement_id,
+                events.c.type.in_(list(types)),
+                events.c.create_time > since,
+            )
+            .order_by(events.c.create_time.desc())
+            .limit(limit)
+        )
+        return list((await self._db.execute(query)).scalars())

@@ -30,6 +30,7 @@ import asyncpg
 
 from keyturn.server.clock import Clock, SystemClock
 from keyturn.server.domain.catalog import LicenseModel
+from keyturn.server.domain.deactivation_limits import ensure_allowed, releases_limited
 from keyturn.server.domain.entitlement import Entitlement
 from keyturn.server.domain.errors import (
     database_busy,
@@ -149,16 +150,24 @@ UPDATE_ACTIVATION = _with_count_and_events(
     """
     UPDATE activations SET fingerprint = $3, label = $4, lease_jti = $5,
         lease_expire_time = $6, update_time = $7, seat_time = $8, user_id = $9,
-        released_time = NULL, lapse_recorded_time = NULL
+        released_time = NULL, lapse_recorded_time = NULL, released_by = NULL,
+        release_reason = NULL, deactivated = false
     WHERE activation_id = $1 AND entitlement_id = $2""",
     _ACTIVATION_VALUES,
 )
 RELEASE_ACTIVATION = _with_count_and_events(
     """
-    UPDATE activations SET released_time = $3, update_time = $3
+    UPDATE activations SET released_time = $3, update_time = $3, released_by = $5
     WHERE activation_id = $1 AND entitlement_id = $2 AND $4""",
-    4,
+    5,
 )
+# The newest counted events of a deactivation limit ($1 entitlement, $2 types, $3 since,
+# $4 how many), through ix_entitlement_events_entitlement_id_type_create_time.
+NEWEST_COUNTED = """
+SELECT create_time FROM entitlement_events
+WHERE entitlement_id = $1 AND type = ANY($2::text[]) AND create_time > $3
+ORDER BY create_time DESC LIMIT $4
+"""
 
 # Seats in use of `e` at `t.now`: the kept count less the lapses not recorded yet ($3:
 # the lapse grace in seconds), found through ix_activations_unlapsed.
@@ -178,6 +187,8 @@ _DEVICE_COLUMNS = """
        a.lease_expire_time AS a_lease_expire_time, a.create_time AS a_create_time,
        a.released_time AS a_released_time, a.seat_time AS a_seat_time,
        a.user_id AS a_user_id, a.lapse_recorded_time AS a_lapse_recorded_time,
+       a.update_time AS a_update_time, a.released_by AS a_released_by,
+       a.release_reason AS a_release_reason, a.deactivated AS a_deactivated,
        u.email AS user_email, u.create_time AS user_create_time,
        u.redeem_time AS user_redeem_time, u.identity_jti AS user_identity_jti,
        u.identity_used_time AS user_identity_used_time"""
@@ -620,7 +631,7 @@ class PgSeats:
 
     # --- release and check --------------------------------------------------
 
-    async def release(self, lease: LeaseRef, events: ReleaseEvents) -> Release:
+    async def release(self, lease: LeaseRef, events: ReleaseEvents, released_by: str) -> Release:
         async with self._transaction(lease.entitlement_id) as db:
             locked = await self._locked(
                 db,
@@ -638,6 +649,8 @@ class PgSeats:
             if not lease.is_current_for(current):
                 raise lease_superseded(lease.activation_id)
             released_now = current.released_time is None
+            if released_now and releases_limited(entitlement.deactivation_limit):
+                await self._ensure_release_allowed(db, entitlement, now)
             counted = released_now and current.lapse_recorded_time is None
             held = int(row["seats_held"]) - len(lapsed) - (1 if counted else 0)
             result = Release(entitlement, held, now, released_now, lapsed)
@@ -648,12 +661,29 @@ class PgSeats:
                 entitlement.entitlement_id,
                 now,
                 released_now,
+                released_by,
                 held,
                 *_event_arrays(recorded),
             )
         if recorded:
             await self._store.events_committed()
         return result
+
+    async def _ensure_release_allowed(
+        self, db: Db, entitlement: Entitlement, now: datetime
+    ) -> None:
+        """A device's release, where its SKU counts releases against the deactivation limit
+        (the caller holds the entitlement's lock, so concurrent ones count each other)."""
+        limit = entitlement.deactivation_limit
+        assert limit is not None
+        newest = await db.fetch(
+            NEWEST_COUNTED,
+            entitlement.entitlement_id,
+            [t.value for t in limit.counted_types],
+            limit.window_start(now),
+            limit.count,
+        )
+        ensure_allowed(limit, [r["create_time"] for r in newest], now)
 
     async def check(self, key_hash: str, entitlement_id: str) -> LicenseCount | None:
         async with self._connection() as db:

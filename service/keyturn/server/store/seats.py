@@ -117,9 +117,10 @@ class SeatStore(SeatCheck, Protocol):
         LEASE_SUPERSEDED besides the activation errors."""
         ...
 
-    async def release(self, lease: LeaseRef, events: ReleaseEvents) -> Release:
-        """Free the seat held under the lease. Raises LEASE_SUPERSEDED when it is not the
-        activation's newest lease."""
+    async def release(self, lease: LeaseRef, events: ReleaseEvents, released_by: str) -> Release:
+        """Free the seat held under the lease (`released_by`: the device's actor). Raises
+        LEASE_SUPERSEDED when it is not the activation's newest lease, and
+        DEACTIVATION_LIMIT_REACHED when the SKU counts releases and that many happened."""
         ...
 
 

@@ -11,6 +11,7 @@ from dataclasses import replace
 from datetime import datetime, timedelta
 
 from keyturn.server.clock import Clock
+from keyturn.server.domain.deactivation_limits import releases_limited
 from keyturn.server.domain.entitlement import Entitlement
 from keyturn.server.domain.errors import invalid_license_key, lease_superseded, seats_exhausted
 from keyturn.server.domain.seats import (
@@ -25,6 +26,7 @@ from keyturn.server.domain.seats import (
     takes_seat,
 )
 
+from .deactivation_counts import ensure_within_limit
 from .seats import (
     ActivationClaim,
     ClaimEvents,
@@ -129,7 +131,7 @@ class SqlSeats:
         seats_in_use = in_use + 1 if took else in_use
         return SeatResult(outcome, activation, entitlement, seats_in_use, now, lapsed=lapsed)
 
-    async def release(self, lease: LeaseRef, events: ReleaseEvents) -> Release:
+    async def release(self, lease: LeaseRef, events: ReleaseEvents, released_by: str) -> Release:
         now = self._clock.now()
         async with self._store.write() as tx:
             entitlement = await tx.entitlements.get(lease.entitlement_id, lock=True)
@@ -141,7 +143,9 @@ class SqlSeats:
             assert current is not None
             released_now = current.released_time is None
             if released_now:
-                await tx.activations.release(current, now)
+                if releases_limited(entitlement.deactivation_limit):
+                    await ensure_within_limit(tx, entitlement, now)
+                await tx.activations.release(current, now, released_by)
             in_use = await tx.activations.seats_held(entitlement.entitlement_id)
             result = Release(entitlement, in_use, now, released_now, lapsed)
             for event in events(result, lease.activation_id):

@@ -10,6 +10,7 @@ from .catalog import CatalogClient
 from .conversion import EntitlementInfo
 from .errors import (
     AuthenticationError,
+    DeactivationLimitReachedError,
     EntitlementCancelledError,
     EntitlementExpiredError,
     EntitlementSuspendedError,
@@ -28,6 +29,7 @@ from .errors import (
     PermissionDeniedError,
     ProductMismatchError,
     RateLimitedError,
+    SeatDeactivatedError,
     SeatsExhaustedError,
     TokenExpiredError,
     TransactionConflictError,
@@ -49,6 +51,7 @@ __all__ = [
     "AsyncLicensingClient",
     "AuthenticationError",
     "CatalogClient",
+    "DeactivationLimitReachedError",
     "EntitlementCancelledError",
     "EntitlementExpiredError",
     "EntitlementInfo",
@@ -75,6 +78,7 @@ __all__ = [
     "ProductMismatchError",
     "RateLimitedError",
     "RetryPolicy",
+    "SeatDeactivatedError",
     "SeatsExhaustedError",
     "TokenExpiredError",
     "TransactionConflictError",

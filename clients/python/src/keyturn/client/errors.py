@@ -8,6 +8,7 @@ with the reason string kept, so a newer server never breaks an older client.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from datetime import datetime
 from typing import Any
 
 import grpc
@@ -64,7 +65,7 @@ class PermissionDeniedError(KeyturnError):
 
 
 class NotFoundError(KeyturnError):
-    """ORDER_, SKU_, PRODUCT_ or ENTITLEMENT_NOT_FOUND."""
+    """ORDER_, SKU_, PRODUCT_, ENTITLEMENT_ or ACTIVATION_NOT_FOUND."""
 
 
 class OrderConflictError(KeyturnError):
@@ -124,6 +125,25 @@ class InvalidLeaseError(KeyturnError):
 class LeaseSupersededError(KeyturnError):
     """LEASE_SUPERSEDED: a newer token replaced this one, or the seat was released;
     `.metadata['activation_id']` names the activation."""
+
+
+class SeatDeactivatedError(KeyturnError):
+    """SEAT_DEACTIVATED: an administrator took this device's seat back (DeactivateSeat);
+    tell the user. The lease is lost (the heartbeat calls `on_lost`); activating again
+    with the license key is a new claim. Not a LeaseSupersededError, so that a heartbeat
+    never takes the seat back by itself. `.metadata['activation_id']`."""
+
+
+class DeactivationLimitReachedError(KeyturnError):
+    """DEACTIVATION_LIMIT_REACHED: the SKU allows `.metadata['limit']` deactivations per
+    `.metadata['period']` (ISO 8601), and as many happened already; nothing was done.
+    `.retry_time` says when the next is allowed. ReleaseSeat gets it too when the SKU
+    counts devices' releases: the device keeps its seat."""
+
+    @property
+    def retry_time(self) -> datetime | None:
+        value = self.metadata.get("retry_time")
+        return datetime.fromisoformat(value) if value else None
 
 
 class UnavailableError(KeyturnError):
@@ -188,6 +208,9 @@ ERRORS_BY_REASON: dict[str, type[KeyturnError]] = {
     "INVITATION_REDEEMED": InvitationRedeemedError,
     "TRANSACTION_CONFLICT": TransactionConflictError,
     "RATE_LIMITED": RateLimitedError,
+    "SEAT_DEACTIVATED": SeatDeactivatedError,
+    "DEACTIVATION_LIMIT_REACHED": DeactivationLimitReachedError,
+    "ACTIVATION_NOT_FOUND": NotFoundError,
 }
 
 

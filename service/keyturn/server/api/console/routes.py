@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from keyturn.server.app import catalog, entitlements, fulfillment, tokens
+from keyturn.server.app import catalog, devices, entitlements, fulfillment, tokens
 from keyturn.server.app.audit import acting_as, token_actor
 from keyturn.server.app.conflicts import retry_conflicts
 from keyturn.server.app.context import AppContext
@@ -340,6 +340,26 @@ class ConsoleApp:
         )
         return redirect(_entitlement_path(entitlement_id))
 
+    async def deactivate(self, visit: Visit) -> Response:
+        entitlement_id, activation_id = (
+            visit.params["entitlement_id"],
+            visit.params["activation_id"],
+        )
+        reason = visit.request.field("reason")
+
+        async def deactivate() -> str:
+            view = await devices.deactivate_seat(
+                self._ctx, entitlement_id=entitlement_id, activation_id=activation_id, reason=reason
+            )
+            return view.activation.fingerprint
+
+        with acting_as(visit.actor):
+            fingerprint = await retry_conflicts(deactivate)
+        visit.session = replace(
+            visit.session, notice=f"Deactivated the device {fingerprint}: its seat is free."
+        )
+        return redirect(_entitlement_path(entitlement_id))
+
     async def catalog_page(self, visit: Visit) -> Response:
         products, more_products = await catalog.list_products(self._ctx, CATALOG_PAGE_SIZE, "")
         skus, more_skus = await catalog.list_skus(self._ctx, CATALOG_PAGE_SIZE, "", "")
@@ -393,6 +413,12 @@ ROUTES = (
         "POST",
         re.compile(ENTITLEMENT + "/resend"),
         ConsoleApp.resend,
+        Permission.ACT_ON_ENTITLEMENTS,
+    ),
+    Route(
+        "POST",
+        re.compile(ENTITLEMENT + r"/devices/(?P<activation_id>[^/]{1,64})/deactivate"),
+        ConsoleApp.deactivate,
         Permission.ACT_ON_ENTITLEMENTS,
     ),
     Route("GET", re.compile(r"/console/catalog"), ConsoleApp.catalog_page, Permission.VIEW_CATALOG),

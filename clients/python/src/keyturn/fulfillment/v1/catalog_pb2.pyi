@@ -279,6 +279,7 @@ class CreateOperation(_message.Message):
     DISPATCH_FIELD_NUMBER: _builtins.int
     GRACE_PERIOD_FIELD_NUMBER: _builtins.int
     OVERAGE_FIELD_NUMBER: _builtins.int
+    DEACTIVATION_LIMIT_FIELD_NUMBER: _builtins.int
     edition_id: _builtins.str
     """Edition of the SKU's product that the entitlement grants."""
     seats_per_unit: _builtins.int
@@ -314,6 +315,13 @@ class CreateOperation(_message.Message):
         The entitlement keeps it for its whole life.
         """
 
+    @_builtins.property
+    def deactivation_limit(self) -> Global___DeactivationLimit:
+        """--- devices ---
+        How many seats may be taken back per period (DeactivateSeat), for
+        example 3 per `P30D`; absent for no limit. The entitlement keeps it.
+        """
+
     def __init__(
         self,
         *,
@@ -328,10 +336,11 @@ class CreateOperation(_message.Message):
         dispatch: Global___Dispatch.ValueType = ...,
         grace_period: _duration_pb2.Duration | None = ...,
         overage: Global___OveragePolicy.ValueType = ...,
+        deactivation_limit: Global___DeactivationLimit | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["grace_period", b"grace_period", "lease_duration", b"lease_duration"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["deactivation_limit", b"deactivation_limit", "grace_period", b"grace_period", "lease_duration", b"lease_duration"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["dispatch", b"dispatch", "edition_id", b"edition_id", "features", b"features", "grace_period", b"grace_period", "lease_duration", b"lease_duration", "license_model", b"license_model", "overage", b"overage", "perpetual", b"perpetual", "seats_per_unit", b"seats_per_unit", "term", b"term", "trial", b"trial"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["deactivation_limit", b"deactivation_limit", "dispatch", b"dispatch", "edition_id", b"edition_id", "features", b"features", "grace_period", b"grace_period", "lease_duration", b"lease_duration", "license_model", b"license_model", "overage", b"overage", "perpetual", b"perpetual", "seats_per_unit", b"seats_per_unit", "term", b"term", "trial", b"trial"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1025,3 +1034,43 @@ class ReinstateOperation(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ReinstateOperation: _TypeAlias = ReinstateOperation  # noqa: Y015
+
+@_typing.final
+class DeactivationLimit(_message.Message):
+    """--- devices ---
+
+    A limit on deactivations: at most `count` within any `period`. One past it is
+    RESOURCE_EXHAUSTED / DEACTIVATION_LIMIT_REACHED, whose `retry_time` says when
+    the oldest counted leaves the period.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    COUNT_FIELD_NUMBER: _builtins.int
+    PERIOD_FIELD_NUMBER: _builtins.int
+    COUNT_RELEASES_FIELD_NUMBER: _builtins.int
+    count: _builtins.int
+    """Deactivations allowed per period: 1 to 10000."""
+    period: _builtins.str
+    """The period as an ISO-8601 duration of fixed length (weeks, days, hours,
+    minutes, seconds; no years or months): `P30D`, `P1W`, `PT12H`. 1 hour to
+    3660 days.
+    """
+    count_releases: _builtins.bool
+    """Devices' own releases (ReleaseSeat) count too, and a release past the
+    limit is refused the same way (the app keeps its seat).
+    """
+    def __init__(
+        self,
+        *,
+        count: _builtins.int = ...,
+        period: _builtins.str = ...,
+        count_releases: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["count", b"count", "count_releases", b"count_releases", "period", b"period"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeactivationLimit: _TypeAlias = DeactivationLimit  # noqa: Y015

@@ -163,6 +163,10 @@ class _EntitlementEventTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_
     """The suspension was lifted (ReinstateEntitlement or an order's
     `reinstate` operation).
     """
+    ENTITLEMENT_EVENT_TYPE_SEAT_DEACTIVATED: _EntitlementEventType.ValueType  # 13
+    """--- devices ---
+    An administrator took a device's seat back (DeactivateSeat).
+    """
 
 class EntitlementEventType(_EntitlementEventType, metaclass=_EntitlementEventTypeEnumTypeWrapper):
     """What an entitlement event records."""
@@ -201,6 +205,10 @@ ENTITLEMENT_EVENT_TYPE_REINSTATED: EntitlementEventType.ValueType  # 12
 """The suspension was lifted (ReinstateEntitlement or an order's
 `reinstate` operation).
 """
+ENTITLEMENT_EVENT_TYPE_SEAT_DEACTIVATED: EntitlementEventType.ValueType  # 13
+"""--- devices ---
+An administrator took a device's seat back (DeactivateSeat).
+"""
 Global___EntitlementEventType: _TypeAlias = EntitlementEventType  # noqa: Y015
 
 class _UsageGranularity:
@@ -229,6 +237,49 @@ USAGE_GRANULARITY_HOUR: UsageGranularity.ValueType  # 1
 USAGE_GRANULARITY_DAY: UsageGranularity.ValueType  # 2
 """One bucket per day (UTC, from midnight)."""
 Global___UsageGranularity: _TypeAlias = UsageGranularity  # noqa: Y015
+
+class _ActivationState:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ActivationStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ActivationState.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    ACTIVATION_STATE_UNSPECIFIED: _ActivationState.ValueType  # 0
+    """Not set; in filters, any state."""
+    ACTIVATION_STATE_LIVE: _ActivationState.ValueType  # 1
+    """The device holds its seat: node-locked and not released, or floating
+    with a lease that has not run out (plus the server's lapse grace).
+    """
+    ACTIVATION_STATE_LAPSED: _ActivationState.ValueType  # 2
+    """A floating lease ran out without renewal: the seat is free; the device
+    takes one again (if free) at its next renewal.
+    """
+    ACTIVATION_STATE_RELEASED: _ActivationState.ValueType  # 3
+    """The device gave its seat back (ReleaseSeat)."""
+    ACTIVATION_STATE_DEACTIVATED: _ActivationState.ValueType  # 4
+    """An administrator took the seat back (DeactivateSeat)."""
+
+class ActivationState(_ActivationState, metaclass=_ActivationStateEnumTypeWrapper):
+    """--- devices ---
+
+    The state of an activation now.
+    """
+
+ACTIVATION_STATE_UNSPECIFIED: ActivationState.ValueType  # 0
+"""Not set; in filters, any state."""
+ACTIVATION_STATE_LIVE: ActivationState.ValueType  # 1
+"""The device holds its seat: node-locked and not released, or floating
+with a lease that has not run out (plus the server's lapse grace).
+"""
+ACTIVATION_STATE_LAPSED: ActivationState.ValueType  # 2
+"""A floating lease ran out without renewal: the seat is free; the device
+takes one again (if free) at its next renewal.
+"""
+ACTIVATION_STATE_RELEASED: ActivationState.ValueType  # 3
+"""The device gave its seat back (ReleaseSeat)."""
+ACTIVATION_STATE_DEACTIVATED: ActivationState.ValueType  # 4
+"""An administrator took the seat back (DeactivateSeat)."""
+Global___ActivationState: _TypeAlias = ActivationState  # noqa: Y015
 
 @_typing.final
 class Customer(_message.Message):
@@ -388,6 +439,7 @@ class Entitlement(_message.Message):
     OVERAGE_FIELD_NUMBER: _builtins.int
     SEAT_LIMIT_FIELD_NUMBER: _builtins.int
     NAMED_USERS_FIELD_NUMBER: _builtins.int
+    DEACTIVATION_LIMIT_FIELD_NUMBER: _builtins.int
     entitlement_id: _builtins.str
     """Server-assigned id (`ent_` followed by 26 characters)."""
     product_id: _builtins.str
@@ -463,6 +515,15 @@ class Entitlement(_message.Message):
     def named_users(self) -> _containers.RepeatedCompositeFieldContainer[Global___NamedUser]:
         """Users assigned seats by orders, by email."""
 
+    @_builtins.property
+    def deactivation_limit(self) -> _catalog_pb2.DeactivationLimit:
+        """--- devices ---
+        How many deactivations (DeactivateSeat, and devices' own releases when it
+        says so) are allowed per period; absent when unlimited. Copied from the
+        SKU's `create` when the entitlement was made; the period is shown in days
+        and time (`P28D` for a SKU's `P4W`).
+        """
+
     def __init__(
         self,
         *,
@@ -491,10 +552,11 @@ class Entitlement(_message.Message):
         overage: _catalog_pb2.OveragePolicy.ValueType = ...,
         seat_limit: _builtins.int = ...,
         named_users: _abc.Iterable[Global___NamedUser] | None = ...,
+        deactivation_limit: _catalog_pb2.DeactivationLimit | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "customer", b"customer", "end_time", b"end_time", "grace_period", b"grace_period", "lease_duration", b"lease_duration", "start_time", b"start_time", "update_time", b"update_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "customer", b"customer", "deactivation_limit", b"deactivation_limit", "end_time", b"end_time", "grace_period", b"grace_period", "lease_duration", b"lease_duration", "start_time", b"start_time", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "customer", b"customer", "dispatch", b"dispatch", "edition_id", b"edition_id", "end_time", b"end_time", "entitlement_id", b"entitlement_id", "external_references", b"external_references", "features", b"features", "grace_period", b"grace_period", "lease_duration", b"lease_duration", "license_key", b"license_key", "license_model", b"license_model", "named_users", b"named_users", "overage", b"overage", "perpetual", b"perpetual", "product_id", b"product_id", "seat_limit", b"seat_limit", "seats", b"seats", "seats_in_use", b"seats_in_use", "seats_over", b"seats_over", "ship_to_email", b"ship_to_email", "start_time", b"start_time", "status", b"status", "trial", b"trial", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "customer", b"customer", "deactivation_limit", b"deactivation_limit", "dispatch", b"dispatch", "edition_id", b"edition_id", "end_time", b"end_time", "entitlement_id", b"entitlement_id", "external_references", b"external_references", "features", b"features", "grace_period", b"grace_period", "lease_duration", b"lease_duration", "license_key", b"license_key", "license_model", b"license_model", "named_users", b"named_users", "overage", b"overage", "perpetual", b"perpetual", "product_id", b"product_id", "seat_limit", b"seat_limit", "seats", b"seats", "seats_in_use", b"seats_in_use", "seats_over", b"seats_over", "ship_to_email", b"ship_to_email", "start_time", b"start_time", "status", b"status", "trial", b"trial", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1506,3 +1568,238 @@ class ListAuditEventsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListAuditEventsResponse: _TypeAlias = ListAuditEventsResponse  # noqa: Y015
+
+@_typing.final
+class Activation(_message.Message):
+    """A device that activated a seat of an entitlement. One per device
+    fingerprint and entitlement: a device that activates again after a
+    release keeps its activation id.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACTIVATION_ID_FIELD_NUMBER: _builtins.int
+    ENTITLEMENT_ID_FIELD_NUMBER: _builtins.int
+    FINGERPRINT_FIELD_NUMBER: _builtins.int
+    LABEL_FIELD_NUMBER: _builtins.int
+    USER_ID_FIELD_NUMBER: _builtins.int
+    CREATE_TIME_FIELD_NUMBER: _builtins.int
+    UPDATE_TIME_FIELD_NUMBER: _builtins.int
+    LEASE_EXPIRE_TIME_FIELD_NUMBER: _builtins.int
+    RELEASE_TIME_FIELD_NUMBER: _builtins.int
+    RELEASED_BY_FIELD_NUMBER: _builtins.int
+    RELEASE_REASON_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    NODE_LOCKED_FIELD_NUMBER: _builtins.int
+    activation_id: _builtins.str
+    """Server-assigned id (`act_` followed by 26 characters); the `sub` of its
+    leases.
+    """
+    entitlement_id: _builtins.str
+    """The entitlement whose seat it holds or held."""
+    fingerprint: _builtins.str
+    """The device fingerprint the app sent."""
+    label: _builtins.str
+    """The device label the app sent (a machine name), if any."""
+    user_id: _builtins.str
+    """The named user who activated it, if an identity token did."""
+    released_by: _builtins.str
+    """Who released it: `device:<activation_id>` for the device itself,
+    `token:<token_id>` for an API token's DeactivateSeat; empty while not
+    released.
+    """
+    release_reason: _builtins.str
+    """The reason given to DeactivateSeat; empty otherwise."""
+    state: Global___ActivationState.ValueType
+    """Its state now."""
+    node_locked: _builtins.bool
+    """True when the entitlement is node-locked (the seat is held until
+    released), false when floating (held while the lease runs).
+    """
+    @_builtins.property
+    def create_time(self) -> _timestamp_pb2.Timestamp:
+        """When the device first activated (first seen)."""
+
+    @_builtins.property
+    def update_time(self) -> _timestamp_pb2.Timestamp:
+        """When the device last activated or renewed its lease, or released its
+        seat (last seen).
+        """
+
+    @_builtins.property
+    def lease_expire_time(self) -> _timestamp_pb2.Timestamp:
+        """When its newest lease expires."""
+
+    @_builtins.property
+    def release_time(self) -> _timestamp_pb2.Timestamp:
+        """When its seat was released or deactivated; absent while it is not."""
+
+    def __init__(
+        self,
+        *,
+        activation_id: _builtins.str = ...,
+        entitlement_id: _builtins.str = ...,
+        fingerprint: _builtins.str = ...,
+        label: _builtins.str = ...,
+        user_id: _builtins.str = ...,
+        create_time: _timestamp_pb2.Timestamp | None = ...,
+        update_time: _timestamp_pb2.Timestamp | None = ...,
+        lease_expire_time: _timestamp_pb2.Timestamp | None = ...,
+        release_time: _timestamp_pb2.Timestamp | None = ...,
+        released_by: _builtins.str = ...,
+        release_reason: _builtins.str = ...,
+        state: Global___ActivationState.ValueType = ...,
+        node_locked: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "lease_expire_time", b"lease_expire_time", "release_time", b"release_time", "update_time", b"update_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["activation_id", b"activation_id", "create_time", b"create_time", "entitlement_id", b"entitlement_id", "fingerprint", b"fingerprint", "label", b"label", "lease_expire_time", b"lease_expire_time", "node_locked", b"node_locked", "release_reason", b"release_reason", "release_time", b"release_time", "released_by", b"released_by", "state", b"state", "update_time", b"update_time", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Activation: _TypeAlias = Activation  # noqa: Y015
+
+@_typing.final
+class ListActivationsRequest(_message.Message):
+    """Request of ListActivations. `entitlement_id` or `customer_id` is required
+    (both: the entitlement, if it is the customer's); the other filters left
+    empty match everything.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENTITLEMENT_ID_FIELD_NUMBER: _builtins.int
+    CUSTOMER_ID_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    STATES_FIELD_NUMBER: _builtins.int
+    USER_ID_FIELD_NUMBER: _builtins.int
+    NODE_LOCKED_FIELD_NUMBER: _builtins.int
+    entitlement_id: _builtins.str
+    """Only activations of this entitlement (NOT_FOUND / ENTITLEMENT_NOT_FOUND
+    when it does not exist).
+    """
+    customer_id: _builtins.str
+    """Only activations of the entitlements of this customer id."""
+    page_size: _builtins.int
+    """Maximum number to return: 0 means 50, the cap is 500, negative is
+    INVALID_ARGUMENT.
+    """
+    page_token: _builtins.str
+    """Token from a previous response's `next_page_token`; empty for the first page."""
+    user_id: _builtins.str
+    """Only activations of this named user."""
+    node_locked: _builtins.bool
+    """Only activations of node-locked entitlements (true) or of floating ones
+    (false); unset for both.
+    """
+    @_builtins.property
+    def states(self) -> _containers.RepeatedScalarFieldContainer[Global___ActivationState.ValueType]:
+        """Only activations in one of these states now; empty for every state."""
+
+    def __init__(
+        self,
+        *,
+        entitlement_id: _builtins.str = ...,
+        customer_id: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+        states: _abc.Iterable[Global___ActivationState.ValueType] | None = ...,
+        user_id: _builtins.str = ...,
+        node_locked: _builtins.bool | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_node_locked", b"_node_locked", "node_locked", b"node_locked"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_node_locked", b"_node_locked", "customer_id", b"customer_id", "entitlement_id", b"entitlement_id", "node_locked", b"node_locked", "page_size", b"page_size", "page_token", b"page_token", "states", b"states", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__node_locked: _TypeAlias = _typing.Literal["node_locked"]  # noqa: Y015
+    _WhichOneofArgType__node_locked: _TypeAlias = _typing.Literal["_node_locked", b"_node_locked"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__node_locked) -> _WhichOneofReturnType__node_locked | None: ...
+
+Global___ListActivationsRequest: _TypeAlias = ListActivationsRequest  # noqa: Y015
+
+@_typing.final
+class ListActivationsResponse(_message.Message):
+    """Response of ListActivations."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACTIVATIONS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Token of the next page; empty on the last page."""
+    @_builtins.property
+    def activations(self) -> _containers.RepeatedCompositeFieldContainer[Global___Activation]:
+        """Activations, oldest first."""
+
+    def __init__(
+        self,
+        *,
+        activations: _abc.Iterable[Global___Activation] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["activations", b"activations", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListActivationsResponse: _TypeAlias = ListActivationsResponse  # noqa: Y015
+
+@_typing.final
+class DeactivateSeatRequest(_message.Message):
+    """Request of DeactivateSeat."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENTITLEMENT_ID_FIELD_NUMBER: _builtins.int
+    ACTIVATION_ID_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    entitlement_id: _builtins.str
+    """The entitlement of the activation."""
+    activation_id: _builtins.str
+    """The activation to deactivate (ListActivations shows them)."""
+    reason: _builtins.str
+    """Why, for the audit trail and ListActivations: 1 to 500 printable
+    characters (such as "laptop stolen, ticket 4411").
+    """
+    def __init__(
+        self,
+        *,
+        entitlement_id: _builtins.str = ...,
+        activation_id: _builtins.str = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["activation_id", b"activation_id", "entitlement_id", b"entitlement_id", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeactivateSeatRequest: _TypeAlias = DeactivateSeatRequest  # noqa: Y015
+
+@_typing.final
+class DeactivateSeatResponse(_message.Message):
+    """Response of DeactivateSeat."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACTIVATION_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def activation(self) -> Global___Activation:
+        """The activation as it is now: DEACTIVATED (or as it was, when it was
+        released or deactivated already).
+        """
+
+    def __init__(
+        self,
+        *,
+        activation: Global___Activation | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["activation", b"activation"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["activation", b"activation"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeactivateSeatResponse: _TypeAlias = DeactivateSeatResponse  # noqa: Y015

@@ -29,8 +29,8 @@ class FulfillmentServiceStub:
     """FulfillmentService is called by order connectors (Stripe, CRM and ERP
     exports) and by systems that sync entitlements. Every call needs
     `authorization: Bearer <token>`: FulfillOrder, ResendCredentials,
-    SuspendEntitlement and ReinstateEntitlement need the `fulfill` scope, every
-    other call the `read` scope.
+    SuspendEntitlement, ReinstateEntitlement and DeactivateSeat need the
+    `fulfill` scope, every other call the `read` scope.
     """
 
     def __init__(self, channel):
@@ -94,14 +94,24 @@ class FulfillmentServiceStub:
                 request_serializer=keyturn_dot_fulfillment_dot_v1_dot_fulfillment__pb2.ListAuditEventsRequest.SerializeToString,
                 response_deserializer=keyturn_dot_fulfillment_dot_v1_dot_fulfillment__pb2.ListAuditEventsResponse.FromString,
                 _registered_method=True)
+        self.ListActivations = channel.unary_unary(
+                '/keyturn.fulfillment.v1.FulfillmentService/ListActivations',
+                request_serializer=keyturn_dot_fulfillment_dot_v1_dot_fulfillment__pb2.ListActivationsRequest.SerializeToString,
+                response_deserializer=keyturn_dot_fulfillment_dot_v1_dot_fulfillment__pb2.ListActivationsResponse.FromString,
+                _registered_method=True)
+        self.DeactivateSeat = channel.unary_unary(
+                '/keyturn.fulfillment.v1.FulfillmentService/DeactivateSeat',
+                request_serializer=keyturn_dot_fulfillment_dot_v1_dot_fulfillment__pb2.DeactivateSeatRequest.SerializeToString,
+                response_deserializer=keyturn_dot_fulfillment_dot_v1_dot_fulfillment__pb2.DeactivateSeatResponse.FromString,
+                _registered_method=True)
 
 
 class FulfillmentServiceServicer:
     """FulfillmentService is called by order connectors (Stripe, CRM and ERP
     exports) and by systems that sync entitlements. Every call needs
     `authorization: Bearer <token>`: FulfillOrder, ResendCredentials,
-    SuspendEntitlement and ReinstateEntitlement need the `fulfill` scope, every
-    other call the `read` scope.
+    SuspendEntitlement, ReinstateEntitlement and DeactivateSeat need the
+    `fulfill` scope, every other call the `read` scope.
     """
 
     def FulfillOrder(self, request, context):
@@ -208,6 +218,30 @@ class FulfillmentServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListActivations(self, request, context):
+        """--- devices ---
+        Lists the activations (devices) of one entitlement or of every
+        entitlement of a customer, oldest first (AIP-158 paging), with their state
+        now. Needs the `read` scope.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeactivateSeat(self, request, context):
+        """Takes a device's seat back at once (a lost or retired machine): the seat
+        is free for another device, the device's next RenewLease is refused with
+        FAILED_PRECONDITION / SEAT_DEACTIVATED, and it may activate again with its
+        license key (a new claim). Writes a SEAT_DEACTIVATED event and an audit
+        row. Deactivating an activation released or deactivated already answers
+        it as it is and changes nothing. When the SKU limits deactivations, one
+        past the limit is RESOURCE_EXHAUSTED / DEACTIVATION_LIMIT_REACHED. Needs
+        the `fulfill` scope.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_FulfillmentServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -266,6 +300,16 @@ def add_FulfillmentServiceServicer_to_server(servicer, server):
                     request_deserializer=keyturn_dot_fulfillment_dot_v1_dot_fulfillment__pb2.ListAuditEventsRequest.FromString,
                     response_serializer=keyturn_dot_fulfillment_dot_v1_dot_fulfillment__pb2.ListAuditEventsResponse.SerializeToString,
             ),
+            'ListActivations': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListActivations,
+                    request_deserializer=keyturn_dot_fulfillment_dot_v1_dot_fulfillment__pb2.ListActivationsRequest.FromString,
+                    response_serializer=keyturn_dot_fulfillment_dot_v1_dot_fulfillment__pb2.ListActivationsResponse.SerializeToString,
+            ),
+            'DeactivateSeat': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeactivateSeat,
+                    request_deserializer=keyturn_dot_fulfillment_dot_v1_dot_fulfillment__pb2.DeactivateSeatRequest.FromString,
+                    response_serializer=keyturn_dot_fulfillment_dot_v1_dot_fulfillment__pb2.DeactivateSeatResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'keyturn.fulfillment.v1.FulfillmentService', rpc_method_handlers)
@@ -278,8 +322,8 @@ class FulfillmentService:
     """FulfillmentService is called by order connectors (Stripe, CRM and ERP
     exports) and by systems that sync entitlements. Every call needs
     `authorization: Bearer <token>`: FulfillOrder, ResendCredentials,
-    SuspendEntitlement and ReinstateEntitlement need the `fulfill` scope, every
-    other call the `read` scope.
+    SuspendEntitlement, ReinstateEntitlement and DeactivateSeat need the
+    `fulfill` scope, every other call the `read` scope.
     """
 
     @staticmethod
@@ -569,6 +613,60 @@ class FulfillmentService:
             '/keyturn.fulfillment.v1.FulfillmentService/ListAuditEvents',
             keyturn_dot_fulfillment_dot_v1_dot_fulfillment__pb2.ListAuditEventsRequest.SerializeToString,
             keyturn_dot_fulfillment_dot_v1_dot_fulfillment__pb2.ListAuditEventsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListActivations(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/keyturn.fulfillment.v1.FulfillmentService/ListActivations',
+            keyturn_dot_fulfillment_dot_v1_dot_fulfillment__pb2.ListActivationsRequest.SerializeToString,
+            keyturn_dot_fulfillment_dot_v1_dot_fulfillment__pb2.ListActivationsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeactivateSeat(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/keyturn.fulfillment.v1.FulfillmentService/DeactivateSeat',
+            keyturn_dot_fulfillment_dot_v1_dot_fulfillment__pb2.DeactivateSeatRequest.SerializeToString,
+            keyturn_dot_fulfillment_dot_v1_dot_fulfillment__pb2.DeactivateSeatResponse.FromString,
             options,
             channel_credentials,
             insecure,

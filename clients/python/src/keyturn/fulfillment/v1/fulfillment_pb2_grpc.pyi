@@ -32,8 +32,8 @@ class FulfillmentServiceStub:
     """FulfillmentService is called by order connectors (Stripe, CRM and ERP
     exports) and by systems that sync entitlements. Every call needs
     `authorization: Bearer <token>`: FulfillOrder, ResendCredentials,
-    SuspendEntitlement and ReinstateEntitlement need the `fulfill` scope, every
-    other call the `read` scope.
+    SuspendEntitlement, ReinstateEntitlement and DeactivateSeat need the
+    `fulfill` scope, every other call the `read` scope.
     """
 
     @_typing.overload
@@ -95,14 +95,30 @@ class FulfillmentServiceStub:
     Seat activations and releases are not in it: their trail is the
     entitlement's events, which name the device.
     """
+    ListActivations: _grpc.UnaryUnaryMultiCallable[_fulfillment_pb2.ListActivationsRequest, _fulfillment_pb2.ListActivationsResponse]
+    """--- devices ---
+    Lists the activations (devices) of one entitlement or of every
+    entitlement of a customer, oldest first (AIP-158 paging), with their state
+    now. Needs the `read` scope.
+    """
+    DeactivateSeat: _grpc.UnaryUnaryMultiCallable[_fulfillment_pb2.DeactivateSeatRequest, _fulfillment_pb2.DeactivateSeatResponse]
+    """Takes a device's seat back at once (a lost or retired machine): the seat
+    is free for another device, the device's next RenewLease is refused with
+    FAILED_PRECONDITION / SEAT_DEACTIVATED, and it may activate again with its
+    license key (a new claim). Writes a SEAT_DEACTIVATED event and an audit
+    row. Deactivating an activation released or deactivated already answers
+    it as it is and changes nothing. When the SKU limits deactivations, one
+    past the limit is RESOURCE_EXHAUSTED / DEACTIVATION_LIMIT_REACHED. Needs
+    the `fulfill` scope.
+    """
 
 @_typing.type_check_only
 class FulfillmentServiceAsyncStub(FulfillmentServiceStub):
     """FulfillmentService is called by order connectors (Stripe, CRM and ERP
     exports) and by systems that sync entitlements. Every call needs
     `authorization: Bearer <token>`: FulfillOrder, ResendCredentials,
-    SuspendEntitlement and ReinstateEntitlement need the `fulfill` scope, every
-    other call the `read` scope.
+    SuspendEntitlement, ReinstateEntitlement and DeactivateSeat need the
+    `fulfill` scope, every other call the `read` scope.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -161,13 +177,29 @@ class FulfillmentServiceAsyncStub(FulfillmentServiceStub):
     Seat activations and releases are not in it: their trail is the
     entitlement's events, which name the device.
     """
+    ListActivations: _aio.UnaryUnaryMultiCallable[_fulfillment_pb2.ListActivationsRequest, _fulfillment_pb2.ListActivationsResponse]  # type: ignore[assignment]
+    """--- devices ---
+    Lists the activations (devices) of one entitlement or of every
+    entitlement of a customer, oldest first (AIP-158 paging), with their state
+    now. Needs the `read` scope.
+    """
+    DeactivateSeat: _aio.UnaryUnaryMultiCallable[_fulfillment_pb2.DeactivateSeatRequest, _fulfillment_pb2.DeactivateSeatResponse]  # type: ignore[assignment]
+    """Takes a device's seat back at once (a lost or retired machine): the seat
+    is free for another device, the device's next RenewLease is refused with
+    FAILED_PRECONDITION / SEAT_DEACTIVATED, and it may activate again with its
+    license key (a new claim). Writes a SEAT_DEACTIVATED event and an audit
+    row. Deactivating an activation released or deactivated already answers
+    it as it is and changes nothing. When the SKU limits deactivations, one
+    past the limit is RESOURCE_EXHAUSTED / DEACTIVATION_LIMIT_REACHED. Needs
+    the `fulfill` scope.
+    """
 
 class FulfillmentServiceServicer(metaclass=_abc_1.ABCMeta):
     """FulfillmentService is called by order connectors (Stripe, CRM and ERP
     exports) and by systems that sync entitlements. Every call needs
     `authorization: Bearer <token>`: FulfillOrder, ResendCredentials,
-    SuspendEntitlement and ReinstateEntitlement need the `fulfill` scope, every
-    other call the `read` scope.
+    SuspendEntitlement, ReinstateEntitlement and DeactivateSeat need the
+    `fulfill` scope, every other call the `read` scope.
     """
 
     @_abc_1.abstractmethod
@@ -289,6 +321,34 @@ class FulfillmentServiceServicer(metaclass=_abc_1.ABCMeta):
         catalog, API tokens, signing keys), each with the actor that made it.
         Seat activations and releases are not in it: their trail is the
         entitlement's events, which name the device.
+        """
+
+    @_abc_1.abstractmethod
+    def ListActivations(
+        self,
+        request: _fulfillment_pb2.ListActivationsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_fulfillment_pb2.ListActivationsResponse, _abc.Awaitable[_fulfillment_pb2.ListActivationsResponse]]:
+        """--- devices ---
+        Lists the activations (devices) of one entitlement or of every
+        entitlement of a customer, oldest first (AIP-158 paging), with their state
+        now. Needs the `read` scope.
+        """
+
+    @_abc_1.abstractmethod
+    def DeactivateSeat(
+        self,
+        request: _fulfillment_pb2.DeactivateSeatRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_fulfillment_pb2.DeactivateSeatResponse, _abc.Awaitable[_fulfillment_pb2.DeactivateSeatResponse]]:
+        """Takes a device's seat back at once (a lost or retired machine): the seat
+        is free for another device, the device's next RenewLease is refused with
+        FAILED_PRECONDITION / SEAT_DEACTIVATED, and it may activate again with its
+        license key (a new claim). Writes a SEAT_DEACTIVATED event and an audit
+        row. Deactivating an activation released or deactivated already answers
+        it as it is and changes nothing. When the SKU limits deactivations, one
+        past the limit is RESOURCE_EXHAUSTED / DEACTIVATION_LIMIT_REACHED. Needs
+        the `fulfill` scope.
         """
 
 def add_FulfillmentServiceServicer_to_server(servicer: FulfillmentServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

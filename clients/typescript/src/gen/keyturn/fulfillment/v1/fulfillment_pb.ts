@@ -9,7 +9,7 @@ import type { GenEnum, GenFile, GenMessage, GenService } from "@bufbuild/protobu
 import { enumDesc, fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
 import type { Duration, Timestamp } from "@bufbuild/protobuf/wkt";
 import { file_google_protobuf_duration, file_google_protobuf_struct, file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
-import type { Dispatch, Feature, LicenseModel, OveragePolicy } from "./catalog_pb.js";
+import type { DeactivationLimit, Dispatch, Feature, LicenseModel, OveragePolicy } from "./catalog_pb.js";
 import { file_keyturn_fulfillment_v1_catalog } from "./catalog_pb.js";
 import type { JsonObject, Message } from "@bufbuild/protobuf";
 
@@ -17,7 +17,7 @@ import type { JsonObject, Message } from "@bufbuild/protobuf";
  * Describes the file keyturn/fulfillment/v1/fulfillment.proto.
  */
 export const file_keyturn_fulfillment_v1_fulfillment: GenFile = /*@__PURE__*/
-  fileDesc("CihrZXl0dXJuL2Z1bGZpbGxtZW50L3YxL2Z1bGZpbGxtZW50LnByb3RvEhZrZXl0dXJuLmZ1bGZpbGxtZW50LnYxIjwKCEN1c3RvbWVyEhMKC2N1c3RvbWVyX2lkGAEgASgJEgwKBG5hbWUYAiABKAkSDQoFZW1haWwYAyABKAkifAoJT3JkZXJMaW5lEg4KBnNrdV9pZBgBIAEoCRIQCghxdWFudGl0eRgCIAEoBRIWCg5lbnRpdGxlbWVudF9pZBgDIAEoCRIaChJleHRlcm5hbF9yZWZlcmVuY2UYBCABKAkSGQoRbmFtZWRfdXNlcl9lbWFpbHMYBSADKAkidQoJTmFtZWRVc2VyEg8KB3VzZXJfaWQYASABKAkSDQoFZW1haWwYAiABKAkSFwoPaW52aXRhdGlvbl9jb2RlGAMgASgJEi8KC3JlZGVlbV90aW1lGAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCKsBwoLRW50aXRsZW1lbnQSFgoOZW50aXRsZW1lbnRfaWQYASABKAkSEgoKcHJvZHVjdF9pZBgCIAEoCRISCgplZGl0aW9uX2lkGAMgASgJEjIKCGN1c3RvbWVyGAQgASgLMiAua2V5dHVybi5mdWxmaWxsbWVudC52MS5DdXN0b21lchIVCg1zaGlwX3RvX2VtYWlsGAUgASgJEjkKBnN0YXR1cxgGIAEoDjIpLmtleXR1cm4uZnVsZmlsbG1lbnQudjEuRW50aXRsZW1lbnRTdGF0dXMSDQoFc2VhdHMYByABKAUSFAoMc2VhdHNfaW5fdXNlGAggASgFEjEKCGZlYXR1cmVzGAkgAygLMh8ua2V5dHVybi5mdWxmaWxsbWVudC52MS5GZWF0dXJlEi4KCnN0YXJ0X3RpbWUYCiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEiwKCGVuZF90aW1lGAsgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIRCglwZXJwZXR1YWwYDCABKAgSDQoFdHJpYWwYDSABKAgSOwoNbGljZW5zZV9tb2RlbBgOIAEoDjIkLmtleXR1cm4uZnVsZmlsbG1lbnQudjEuTGljZW5zZU1vZGVsEjEKDmxlYXNlX2R1cmF0aW9uGA8gASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEjIKCGRpc3BhdGNoGBAgASgOMiAua2V5dHVybi5mdWxmaWxsbWVudC52MS5EaXNwYXRjaBIbChNleHRlcm5hbF9yZWZlcmVuY2VzGBEgAygJEhMKC2xpY2Vuc2Vfa2V5GBIgASgJEi8KC2NyZWF0ZV90aW1lGBMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgt1cGRhdGVfdGltZRgUIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEgoKc2VhdHNfb3ZlchgVIAEoBRIvCgxncmFjZV9wZXJpb2QYFiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SNgoHb3ZlcmFnZRgXIAEoDjIlLmtleXR1cm4uZnVsZmlsbG1lbnQudjEuT3ZlcmFnZVBvbGljeRISCgpzZWF0X2xpbWl0GBggASgFEjYKC25hbWVkX3VzZXJzGBkgAygLMiEua2V5dHVybi5mdWxmaWxsbWVudC52MS5OYW1lZFVzZXIiYQoPT3JkZXJMaW5lUmVzdWx0EhIKCmxpbmVfaW5kZXgYASABKAUSDgoGc2t1X2lkGAIgASgJEhYKDmVudGl0bGVtZW50X2lkGAMgASgJEhIKCm9wZXJhdGlvbnMYBCADKAkizAIKBU9yZGVyEg4KBnNvdXJjZRgBIAEoCRIQCghvcmRlcl9pZBgCIAEoCRIyCghjdXN0b21lchgDIAEoCzIgLmtleXR1cm4uZnVsZmlsbG1lbnQudjEuQ3VzdG9tZXISFQoNc2hpcF90b19lbWFpbBgEIAEoCRIwCgVsaW5lcxgFIAMoCzIhLmtleXR1cm4uZnVsZmlsbG1lbnQudjEuT3JkZXJMaW5lEjgKB3Jlc3VsdHMYBiADKAsyJy5rZXl0dXJuLmZ1bGZpbGxtZW50LnYxLk9yZGVyTGluZVJlc3VsdBIvCgtjcmVhdGVfdGltZRgHIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASOQoIbWVzc2FnZXMYCCADKAsyJy5rZXl0dXJuLmZ1bGZpbGxtZW50LnYxLk91dGJvdW5kTWVzc2FnZSLuAgoPT3V0Ym91bmRNZXNzYWdlEhIKCm1lc3NhZ2VfaWQYASABKAkSMQoEa2luZBgCIAEoDjIjLmtleXR1cm4uZnVsZmlsbG1lbnQudjEuTWVzc2FnZUtpbmQSFgoOZW50aXRsZW1lbnRfaWQYAyABKAkSCgoCdG8YBCABKAkSMwoFc3RhdGUYBSABKA4yJC5rZXl0dXJuLmZ1bGZpbGxtZW50LnYxLk1lc3NhZ2VTdGF0ZRIQCghhdHRlbXB0cxgGIAEoBRISCgpsYXN0X2Vycm9yGAcgASgJEi8KC2NyZWF0ZV90aW1lGAggASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBItCglzZW50X3RpbWUYCSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjUKEW5leHRfYXR0ZW1wdF90aW1lGAogASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCK0AQoTRnVsZmlsbE9yZGVyUmVxdWVzdBIOCgZzb3VyY2UYASABKAkSEAoIb3JkZXJfaWQYAiABKAkSMgoIY3VzdG9tZXIYAyABKAsyIC5rZXl0dXJuLmZ1bGZpbGxtZW50LnYxLkN1c3RvbWVyEhUKDXNoaXBfdG9fZW1haWwYBCABKAkSMAoFbGluZXMYBSADKAsyIS5rZXl0dXJuLmZ1bGZpbGxtZW50LnYxLk9yZGVyTGluZSKRAQoURnVsZmlsbE9yZGVyUmVzcG9uc2USLAoFb3JkZXIYASABKAsyHS5rZXl0dXJuLmZ1bGZpbGxtZW50LnYxLk9yZGVyEjkKDGVudGl0bGVtZW50cxgCIAMoCzIjLmtleXR1cm4uZnVsZmlsbG1lbnQudjEuRW50aXRsZW1lbnQSEAoIcmVwbGF5ZWQYAyABKAgiMwoPR2V0T3JkZXJSZXF1ZXN0Eg4KBnNvdXJjZRgBIAEoCRIQCghvcmRlcl9pZBgCIAEoCSJAChBHZXRPcmRlclJlc3BvbnNlEiwKBW9yZGVyGAEgASgLMh0ua2V5dHVybi5mdWxmaWxsbWVudC52MS5PcmRlciIvChVHZXRFbnRpdGxlbWVudFJlcXVlc3QSFgoOZW50aXRsZW1lbnRfaWQYASABKAkiUgoWR2V0RW50aXRsZW1lbnRSZXNwb25zZRI4CgtlbnRpdGxlbWVudBgBIAEoCzIjLmtleXR1cm4uZnVsZmlsbG1lbnQudjEuRW50aXRsZW1lbnQizwEKF0xpc3RFbnRpdGxlbWVudHNSZXF1ZXN0EhEKCXBhZ2Vfc2l6ZRgBIAEoBRISCgpwYWdlX3Rva2VuGAIgASgJEhMKC2N1c3RvbWVyX2lkGAMgASgJEg0KBWVtYWlsGAQgASgJEhIKCnByb2R1Y3RfaWQYBSABKAkSOQoGc3RhdHVzGAYgASgOMikua2V5dHVybi5mdWxmaWxsbWVudC52MS5FbnRpdGxlbWVudFN0YXR1cxIaChJleHRlcm5hbF9yZWZlcmVuY2UYByABKAkibgoYTGlzdEVudGl0bGVtZW50c1Jlc3BvbnNlEjkKDGVudGl0bGVtZW50cxgBIAMoCzIjLmtleXR1cm4uZnVsZmlsbG1lbnQudjEuRW50aXRsZW1lbnQSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIrECChBFbnRpdGxlbWVudEV2ZW50EhAKCHNlcXVlbmNlGAEgASgDEhYKDmVudGl0bGVtZW50X2lkGAIgASgJEjoKBHR5cGUYAyABKA4yLC5rZXl0dXJuLmZ1bGZpbGxtZW50LnYxLkVudGl0bGVtZW50RXZlbnRUeXBlEi8KC2NyZWF0ZV90aW1lGAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIUCgxvcmRlcl9zb3VyY2UYBSABKAkSEAoIb3JkZXJfaWQYBiABKAkSFQoNYWN0aXZhdGlvbl9pZBgHIAEoCRI4CgtlbnRpdGxlbWVudBgIIAEoCzIjLmtleXR1cm4uZnVsZmlsbG1lbnQudjEuRW50aXRsZW1lbnQSDQoFYWN0b3IYCSABKAkiXQocTGlzdEVudGl0bGVtZW50RXZlbnRzUmVxdWVzdBIWCg5lbnRpdGxlbWVudF9pZBgBIAEoCRIRCglwYWdlX3NpemUYAiABKAUSEgoKcGFnZV90b2tlbhgDIAEoCSJyCh1MaXN0RW50aXRsZW1lbnRFdmVudHNSZXNwb25zZRI4CgZldmVudHMYASADKAsyKC5rZXl0dXJuLmZ1bGZpbGxtZW50LnYxLkVudGl0bGVtZW50RXZlbnQSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIjIKGFJlc2VuZENyZWRlbnRpYWxzUmVxdWVzdBIWCg5lbnRpdGxlbWVudF9pZBgBIAEoCSJvChlSZXNlbmRDcmVkZW50aWFsc1Jlc3BvbnNlEhcKD3F1ZXVlZF9tZXNzYWdlcxgBIAEoBRI5CghtZXNzYWdlcxgCIAMoCzInLmtleXR1cm4uZnVsZmlsbG1lbnQudjEuT3V0Ym91bmRNZXNzYWdlIjcKHVdhdGNoRW50aXRsZW1lbnRFdmVudHNSZXF1ZXN0EhYKDmFmdGVyX3NlcXVlbmNlGAEgASgDIlkKHldhdGNoRW50aXRsZW1lbnRFdmVudHNSZXNwb25zZRI3CgVldmVudBgBIAEoCzIoLmtleXR1cm4uZnVsZmlsbG1lbnQudjEuRW50aXRsZW1lbnRFdmVudCLMAQoVR2V0VXNhZ2VSZXBvcnRSZXF1ZXN0EhYKDmVudGl0bGVtZW50X2lkGAEgASgJEi4KCnN0YXJ0X3RpbWUYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEiwKCGVuZF90aW1lGAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBI9CgtncmFudWxhcml0eRgEIAEoDjIoLmtleXR1cm4uZnVsZmlsbG1lbnQudjEuVXNhZ2VHcmFudWxhcml0eSKKAQoLVXNhZ2VCdWNrZXQSLgoKc3RhcnRfdGltZRgBIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASGQoRcGVha19zZWF0c19pbl91c2UYAiABKAUSHAoUYXZlcmFnZV9zZWF0c19pbl91c2UYAyABKAESEgoKc2VhdF9saW1pdBgEIAEoBSJOChZHZXRVc2FnZVJlcG9ydFJlc3BvbnNlEjQKB2J1Y2tldHMYASADKAsyIy5rZXl0dXJuLmZ1bGZpbGxtZW50LnYxLlVzYWdlQnVja2V0IkMKGVN1c3BlbmRFbnRpdGxlbWVudFJlcXVlc3QSFgoOZW50aXRsZW1lbnRfaWQYASABKAkSDgoGcmVhc29uGAIgASgJIlYKGlN1c3BlbmRFbnRpdGxlbWVudFJlc3BvbnNlEjgKC2VudGl0bGVtZW50GAEgASgLMiMua2V5dHVybi5mdWxmaWxsbWVudC52MS5FbnRpdGxlbWVudCI1ChtSZWluc3RhdGVFbnRpdGxlbWVudFJlcXVlc3QSFgoOZW50aXRsZW1lbnRfaWQYASABKAkiWAocUmVpbnN0YXRlRW50aXRsZW1lbnRSZXNwb25zZRI4CgtlbnRpdGxlbWVudBgBIAEoCzIjLmtleXR1cm4uZnVsZmlsbG1lbnQudjEuRW50aXRsZW1lbnQiwgEKCkF1ZGl0RXZlbnQSEAoIYXVkaXRfaWQYASABKAMSLwoLY3JlYXRlX3RpbWUYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEg0KBWFjdG9yGAMgASgJEg4KBmFjdGlvbhgEIAEoCRIQCghyZXNvdXJjZRgFIAEoCRIWCg5lbnRpdGxlbWVudF9pZBgGIAEoCRIoCgdkZXRhaWxzGAcgASgLMhcuZ29vZ2xlLnByb3RvYnVmLlN0cnVjdCLmAQoWTGlzdEF1ZGl0RXZlbnRzUmVxdWVzdBIRCglwYWdlX3NpemUYASABKAUSEgoKcGFnZV90b2tlbhgCIAEoCRINCgVhY3RvchgDIAEoCRIOCgZhY3Rpb24YBCABKAkSFgoOZW50aXRsZW1lbnRfaWQYBSABKAkSEAoIcmVzb3VyY2UYBiABKAkSLgoKc3RhcnRfdGltZRgHIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLAoIZW5kX3RpbWUYCCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wImwKF0xpc3RBdWRpdEV2ZW50c1Jlc3BvbnNlEjgKDGF1ZGl0X2V2ZW50cxgBIAMoCzIiLmtleXR1cm4uZnVsZmlsbG1lbnQudjEuQXVkaXRFdmVudBIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkq2AEKEUVudGl0bGVtZW50U3RhdHVzEiIKHkVOVElUTEVNRU5UX1NUQVRVU19VTlNQRUNJRklFRBAAEhwKGEVOVElUTEVNRU5UX1NUQVRVU19UUklBTBABEh0KGUVOVElUTEVNRU5UX1NUQVRVU19BQ1RJVkUQAhIeChpFTlRJVExFTUVOVF9TVEFUVVNfRVhQSVJFRBADEiAKHEVOVElUTEVNRU5UX1NUQVRVU19DQU5DRUxMRUQQBBIgChxFTlRJVExFTUVOVF9TVEFUVVNfU1VTUEVOREVEEAUqZgoLTWVzc2FnZUtpbmQSHAoYTUVTU0FHRV9LSU5EX1VOU1BFQ0lGSUVEEAASHAoYTUVTU0FHRV9LSU5EX0xJQ0VOU0VfS0VZEAESGwoXTUVTU0FHRV9LSU5EX0lOVklUQVRJT04QAip5CgxNZXNzYWdlU3RhdGUSHQoZTUVTU0FHRV9TVEFURV9VTlNQRUNJRklFRBAAEhgKFE1FU1NBR0VfU1RBVEVfUVVFVUVEEAESFgoSTUVTU0FHRV9TVEFURV9TRU5UEAISGAoUTUVTU0FHRV9TVEFURV9GQUlMRUQQAyqmBAoURW50aXRsZW1lbnRFdmVudFR5cGUSJgoiRU5USVRMRU1FTlRfRVZFTlRfVFlQRV9VTlNQRUNJRklFRBAAEiIKHkVOVElUTEVNRU5UX0VWRU5UX1RZUEVfQ1JFQVRFRBABEiIKHkVOVElUTEVNRU5UX0VWRU5UX1RZUEVfUkVORVdFRBACEigKJEVOVElUTEVNRU5UX0VWRU5UX1RZUEVfU0VBVFNfQ0hBTkdFRBADEioKJkVOVElUTEVNRU5UX0VWRU5UX1RZUEVfRURJVElPTl9DSEFOR0VEEAQSKwonRU5USVRMRU1FTlRfRVZFTlRfVFlQRV9GRUFUVVJFU19DSEFOR0VEEAUSKgomRU5USVRMRU1FTlRfRVZFTlRfVFlQRV9UUklBTF9DT05WRVJURUQQBhIkCiBFTlRJVExFTUVOVF9FVkVOVF9UWVBFX0NBTkNFTExFRBAHEikKJUVOVElUTEVNRU5UX0VWRU5UX1RZUEVfU0VBVF9BQ1RJVkFURUQQCBIoCiRFTlRJVExFTUVOVF9FVkVOVF9UWVBFX1NFQVRfUkVMRUFTRUQQCRInCiNFTlRJVExFTUVOVF9FVkVOVF9UWVBFX0xFQVNFX0xBUFNFRBAKEiQKIEVOVElUTEVNRU5UX0VWRU5UX1RZUEVfU1VTUEVOREVEEAsSJQohRU5USVRMRU1FTlRfRVZFTlRfVFlQRV9SRUlOU1RBVEVEEAwqbAoQVXNhZ2VHcmFudWxhcml0eRIhCh1VU0FHRV9HUkFOVUxBUklUWV9VTlNQRUNJRklFRBAAEhoKFlVTQUdFX0dSQU5VTEFSSVRZX0hPVVIQARIZChVVU0FHRV9HUkFOVUxBUklUWV9EQVkQAjK5CgoSRnVsZmlsbG1lbnRTZXJ2aWNlEmkKDEZ1bGZpbGxPcmRlchIrLmtleXR1cm4uZnVsZmlsbG1lbnQudjEuRnVsZmlsbE9yZGVyUmVxdWVzdBosLmtleXR1cm4uZnVsZmlsbG1lbnQudjEuRnVsZmlsbE9yZGVyUmVzcG9uc2USXQoIR2V0T3JkZXISJy5rZXl0dXJuLmZ1bGZpbGxtZW50LnYxLkdldE9yZGVyUmVxdWVzdBooLmtleXR1cm4uZnVsZmlsbG1lbnQudjEuR2V0T3JkZXJSZXNwb25zZRJvCg5HZXRFbnRpdGxlbWVudBItLmtleXR1cm4uZnVsZmlsbG1lbnQudjEuR2V0RW50aXRsZW1lbnRSZXF1ZXN0Gi4ua2V5dHVybi5mdWxmaWxsbWVudC52MS5HZXRFbnRpdGxlbWVudFJlc3BvbnNlEnUKEExpc3RFbnRpdGxlbWVudHMSLy5rZXl0dXJuLmZ1bGZpbGxtZW50LnYxLkxpc3RFbnRpdGxlbWVudHNSZXF1ZXN0GjAua2V5dHVybi5mdWxmaWxsbWVudC52MS5MaXN0RW50aXRsZW1lbnRzUmVzcG9uc2UShAEKFUxpc3RFbnRpdGxlbWVudEV2ZW50cxI0LmtleXR1cm4uZnVsZmlsbG1lbnQudjEuTGlzdEVudGl0bGVtZW50RXZlbnRzUmVxdWVzdBo1LmtleXR1cm4uZnVsZmlsbG1lbnQudjEuTGlzdEVudGl0bGVtZW50RXZlbnRzUmVzcG9uc2USeAoRUmVzZW5kQ3JlZGVudGlhbHMSMC5rZXl0dXJuLmZ1bGZpbGxtZW50LnYxLlJlc2VuZENyZWRlbnRpYWxzUmVxdWVzdBoxLmtleXR1cm4uZnVsZmlsbG1lbnQudjEuUmVzZW5kQ3JlZGVudGlhbHNSZXNwb25zZRKJAQoWV2F0Y2hFbnRpdGxlbWVudEV2ZW50cxI1LmtleXR1cm4uZnVsZmlsbG1lbnQudjEuV2F0Y2hFbnRpdGxlbWVudEV2ZW50c1JlcXVlc3QaNi5rZXl0dXJuLmZ1bGZpbGxtZW50LnYxLldhdGNoRW50aXRsZW1lbnRFdmVudHNSZXNwb25zZTABEm8KDkdldFVzYWdlUmVwb3J0Ei0ua2V5dHVybi5mdWxmaWxsbWVudC52MS5HZXRVc2FnZVJlcG9ydFJlcXVlc3QaLi5rZXl0dXJuLmZ1bGZpbGxtZW50LnYxLkdldFVzYWdlUmVwb3J0UmVzcG9uc2USewoSU3VzcGVuZEVudGl0bGVtZW50EjEua2V5dHVybi5mdWxmaWxsbWVudC52MS5TdXNwZW5kRW50aXRsZW1lbnRSZXF1ZXN0GjIua2V5dHVybi5mdWxmaWxsbWVudC52MS5TdXNwZW5kRW50aXRsZW1lbnRSZXNwb25zZRKBAQoUUmVpbnN0YXRlRW50aXRsZW1lbnQSMy5rZXl0dXJuLmZ1bGZpbGxtZW50LnYxLlJlaW5zdGF0ZUVudGl0bGVtZW50UmVxdWVzdBo0LmtleXR1cm4uZnVsZmlsbG1lbnQudjEuUmVpbnN0YXRlRW50aXRsZW1lbnRSZXNwb25zZRJyCg9MaXN0QXVkaXRFdmVudHMSLi5rZXl0dXJuLmZ1bGZpbGxtZW50LnYxLkxpc3RBdWRpdEV2ZW50c1JlcXVlc3QaLy5rZXl0dXJuLmZ1bGZpbGxtZW50LnYxLkxpc3RBdWRpdEV2ZW50c1Jlc3BvbnNlYgZwcm90bzM", [file_google_protobuf_duration, file_google_protobuf_struct, file_google_protobuf_timestamp, file_keyturn_fulfillment_v1_catalog]);
+  fileDesc("CihrZXl0dXJuL2Z1bGZpbGxtZW50L3YxL2Z1bGZpbGxtZW50LnByb3RvEhZrZXl0dXJuLmZ1bGZpbGxtZW50LnYxIjwKCEN1c3RvbWVyEhMKC2N1c3RvbWVyX2lkGAEgASgJEgwKBG5hbWUYAiABKAkSDQoFZW1haWwYAyABKAkifAoJT3JkZXJMaW5lEg4KBnNrdV9pZBgBIAEoCRIQCghxdWFudGl0eRgCIAEoBRIWCg5lbnRpdGxlbWVudF9pZBgDIAEoCRIaChJleHRlcm5hbF9yZWZlcmVuY2UYBCABKAkSGQoRbmFtZWRfdXNlcl9lbWFpbHMYBSADKAkidQoJTmFtZWRVc2VyEg8KB3VzZXJfaWQYASABKAkSDQoFZW1haWwYAiABKAkSFwoPaW52aXRhdGlvbl9jb2RlGAMgASgJEi8KC3JlZGVlbV90aW1lGAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCLzBwoLRW50aXRsZW1lbnQSFgoOZW50aXRsZW1lbnRfaWQYASABKAkSEgoKcHJvZHVjdF9pZBgCIAEoCRISCgplZGl0aW9uX2lkGAMgASgJEjIKCGN1c3RvbWVyGAQgASgLMiAua2V5dHVybi5mdWxmaWxsbWVudC52MS5DdXN0b21lchIVCg1zaGlwX3RvX2VtYWlsGAUgASgJEjkKBnN0YXR1cxgGIAEoDjIpLmtleXR1cm4uZnVsZmlsbG1lbnQudjEuRW50aXRsZW1lbnRTdGF0dXMSDQoFc2VhdHMYByABKAUSFAoMc2VhdHNfaW5fdXNlGAggASgFEjEKCGZlYXR1cmVzGAkgAygLMh8ua2V5dHVybi5mdWxmaWxsbWVudC52MS5GZWF0dXJlEi4KCnN0YXJ0X3RpbWUYCiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEiwKCGVuZF90aW1lGAsgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIRCglwZXJwZXR1YWwYDCABKAgSDQoFdHJpYWwYDSABKAgSOwoNbGljZW5zZV9tb2RlbBgOIAEoDjIkLmtleXR1cm4uZnVsZmlsbG1lbnQudjEuTGljZW5zZU1vZGVsEjEKDmxlYXNlX2R1cmF0aW9uGA8gASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEjIKCGRpc3BhdGNoGBAgASgOMiAua2V5dHVybi5mdWxmaWxsbWVudC52MS5EaXNwYXRjaBIbChNleHRlcm5hbF9yZWZlcmVuY2VzGBEgAygJEhMKC2xpY2Vuc2Vfa2V5GBIgASgJEi8KC2NyZWF0ZV90aW1lGBMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgt1cGRhdGVfdGltZRgUIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEgoKc2VhdHNfb3ZlchgVIAEoBRIvCgxncmFjZV9wZXJpb2QYFiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SNgoHb3ZlcmFnZRgXIAEoDjIlLmtleXR1cm4uZnVsZmlsbG1lbnQudjEuT3ZlcmFnZVBvbGljeRISCgpzZWF0X2xpbWl0GBggASgFEjYKC25hbWVkX3VzZXJzGBkgAygLMiEua2V5dHVybi5mdWxmaWxsbWVudC52MS5OYW1lZFVzZXISRQoSZGVhY3RpdmF0aW9uX2xpbWl0GB4gASgLMikua2V5dHVybi5mdWxmaWxsbWVudC52MS5EZWFjdGl2YXRpb25MaW1pdCJhCg9PcmRlckxpbmVSZXN1bHQSEgoKbGluZV9pbmRleBgBIAEoBRIOCgZza3VfaWQYAiABKAkSFgoOZW50aXRsZW1lbnRfaWQYAyABKAkSEgoKb3BlcmF0aW9ucxgEIAMoCSLMAgoFT3JkZXISDgoGc291cmNlGAEgASgJEhAKCG9yZGVyX2lkGAIgASgJEjIKCGN1c3RvbWVyGAMgASgLMiAua2V5dHVybi5mdWxmaWxsbWVudC52MS5DdXN0b21lchIVCg1zaGlwX3RvX2VtYWlsGAQgASgJEjAKBWxpbmVzGAUgAygLMiEua2V5dHVybi5mdWxmaWxsbWVudC52MS5PcmRlckxpbmUSOAoHcmVzdWx0cxgGIAMoCzInLmtleXR1cm4uZnVsZmlsbG1lbnQudjEuT3JkZXJMaW5lUmVzdWx0Ei8KC2NyZWF0ZV90aW1lGAcgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBI5CghtZXNzYWdlcxgIIAMoCzInLmtleXR1cm4uZnVsZmlsbG1lbnQudjEuT3V0Ym91bmRNZXNzYWdlIu4CCg9PdXRib3VuZE1lc3NhZ2USEgoKbWVzc2FnZV9pZBgBIAEoCRIxCgRraW5kGAIgASgOMiMua2V5dHVybi5mdWxmaWxsbWVudC52MS5NZXNzYWdlS2luZBIWCg5lbnRpdGxlbWVudF9pZBgDIAEoCRIKCgJ0bxgEIAEoCRIzCgVzdGF0ZRgFIAEoDjIkLmtleXR1cm4uZnVsZmlsbG1lbnQudjEuTWVzc2FnZVN0YXRlEhAKCGF0dGVtcHRzGAYgASgFEhIKCmxhc3RfZXJyb3IYByABKAkSLwoLY3JlYXRlX3RpbWUYCCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi0KCXNlbnRfdGltZRgJIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASNQoRbmV4dF9hdHRlbXB0X3RpbWUYCiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIrQBChNGdWxmaWxsT3JkZXJSZXF1ZXN0Eg4KBnNvdXJjZRgBIAEoCRIQCghvcmRlcl9pZBgCIAEoCRIyCghjdXN0b21lchgDIAEoCzIgLmtleXR1cm4uZnVsZmlsbG1lbnQudjEuQ3VzdG9tZXISFQoNc2hpcF90b19lbWFpbBgEIAEoCRIwCgVsaW5lcxgFIAMoCzIhLmtleXR1cm4uZnVsZmlsbG1lbnQudjEuT3JkZXJMaW5lIpEBChRGdWxmaWxsT3JkZXJSZXNwb25zZRIsCgVvcmRlchgBIAEoCzIdLmtleXR1cm4uZnVsZmlsbG1lbnQudjEuT3JkZXISOQoMZW50aXRsZW1lbnRzGAIgAygLMiMua2V5dHVybi5mdWxmaWxsbWVudC52MS5FbnRpdGxlbWVudBIQCghyZXBsYXllZBgDIAEoCCIzCg9HZXRPcmRlclJlcXVlc3QSDgoGc291cmNlGAEgASgJEhAKCG9yZGVyX2lkGAIgASgJIkAKEEdldE9yZGVyUmVzcG9uc2USLAoFb3JkZXIYASABKAsyHS5rZXl0dXJuLmZ1bGZpbGxtZW50LnYxLk9yZGVyIi8KFUdldEVudGl0bGVtZW50UmVxdWVzdBIWCg5lbnRpdGxlbWVudF9pZBgBIAEoCSJSChZHZXRFbnRpdGxlbWVudFJlc3BvbnNlEjgKC2VudGl0bGVtZW50GAEgASgLMiMua2V5dHVybi5mdWxmaWxsbWVudC52MS5FbnRpdGxlbWVudCLPAQoXTGlzdEVudGl0bGVtZW50c1JlcXVlc3QSEQoJcGFnZV9zaXplGAEgASgFEhIKCnBhZ2VfdG9rZW4YAiABKAkSEwoLY3VzdG9tZXJfaWQYAyABKAkSDQoFZW1haWwYBCABKAkSEgoKcHJvZHVjdF9pZBgFIAEoCRI5CgZzdGF0dXMYBiABKA4yKS5rZXl0dXJuLmZ1bGZpbGxtZW50LnYxLkVudGl0bGVtZW50U3RhdHVzEhoKEmV4dGVybmFsX3JlZmVyZW5jZRgHIAEoCSJuChhMaXN0RW50aXRsZW1lbnRzUmVzcG9uc2USOQoMZW50aXRsZW1lbnRzGAEgAygLMiMua2V5dHVybi5mdWxmaWxsbWVudC52MS5FbnRpdGxlbWVudBIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkisQIKEEVudGl0bGVtZW50RXZlbnQSEAoIc2VxdWVuY2UYASABKAMSFgoOZW50aXRsZW1lbnRfaWQYAiABKAkSOgoEdHlwZRgDIAEoDjIsLmtleXR1cm4uZnVsZmlsbG1lbnQudjEuRW50aXRsZW1lbnRFdmVudFR5cGUSLwoLY3JlYXRlX3RpbWUYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhQKDG9yZGVyX3NvdXJjZRgFIAEoCRIQCghvcmRlcl9pZBgGIAEoCRIVCg1hY3RpdmF0aW9uX2lkGAcgASgJEjgKC2VudGl0bGVtZW50GAggASgLMiMua2V5dHVybi5mdWxmaWxsbWVudC52MS5FbnRpdGxlbWVudBINCgVhY3RvchgJIAEoCSJdChxMaXN0RW50aXRsZW1lbnRFdmVudHNSZXF1ZXN0EhYKDmVudGl0bGVtZW50X2lkGAEgASgJEhEKCXBhZ2Vfc2l6ZRgCIAEoBRISCgpwYWdlX3Rva2VuGAMgASgJInIKHUxpc3RFbnRpdGxlbWVudEV2ZW50c1Jlc3BvbnNlEjgKBmV2ZW50cxgBIAMoCzIoLmtleXR1cm4uZnVsZmlsbG1lbnQudjEuRW50aXRsZW1lbnRFdmVudBIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiMgoYUmVzZW5kQ3JlZGVudGlhbHNSZXF1ZXN0EhYKDmVudGl0bGVtZW50X2lkGAEgASgJIm8KGVJlc2VuZENyZWRlbnRpYWxzUmVzcG9uc2USFwoPcXVldWVkX21lc3NhZ2VzGAEgASgFEjkKCG1lc3NhZ2VzGAIgAygLMicua2V5dHVybi5mdWxmaWxsbWVudC52MS5PdXRib3VuZE1lc3NhZ2UiNwodV2F0Y2hFbnRpdGxlbWVudEV2ZW50c1JlcXVlc3QSFgoOYWZ0ZXJfc2VxdWVuY2UYASABKAMiWQoeV2F0Y2hFbnRpdGxlbWVudEV2ZW50c1Jlc3BvbnNlEjcKBWV2ZW50GAEgASgLMigua2V5dHVybi5mdWxmaWxsbWVudC52MS5FbnRpdGxlbWVudEV2ZW50IswBChVHZXRVc2FnZVJlcG9ydFJlcXVlc3QSFgoOZW50aXRsZW1lbnRfaWQYASABKAkSLgoKc3RhcnRfdGltZRgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLAoIZW5kX3RpbWUYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEj0KC2dyYW51bGFyaXR5GAQgASgOMigua2V5dHVybi5mdWxmaWxsbWVudC52MS5Vc2FnZUdyYW51bGFyaXR5IooBCgtVc2FnZUJ1Y2tldBIuCgpzdGFydF90aW1lGAEgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIZChFwZWFrX3NlYXRzX2luX3VzZRgCIAEoBRIcChRhdmVyYWdlX3NlYXRzX2luX3VzZRgDIAEoARISCgpzZWF0X2xpbWl0GAQgASgFIk4KFkdldFVzYWdlUmVwb3J0UmVzcG9uc2USNAoHYnVja2V0cxgBIAMoCzIjLmtleXR1cm4uZnVsZmlsbG1lbnQudjEuVXNhZ2VCdWNrZXQiQwoZU3VzcGVuZEVudGl0bGVtZW50UmVxdWVzdBIWCg5lbnRpdGxlbWVudF9pZBgBIAEoCRIOCgZyZWFzb24YAiABKAkiVgoaU3VzcGVuZEVudGl0bGVtZW50UmVzcG9uc2USOAoLZW50aXRsZW1lbnQYASABKAsyIy5rZXl0dXJuLmZ1bGZpbGxtZW50LnYxLkVudGl0bGVtZW50IjUKG1JlaW5zdGF0ZUVudGl0bGVtZW50UmVxdWVzdBIWCg5lbnRpdGxlbWVudF9pZBgBIAEoCSJYChxSZWluc3RhdGVFbnRpdGxlbWVudFJlc3BvbnNlEjgKC2VudGl0bGVtZW50GAEgASgLMiMua2V5dHVybi5mdWxmaWxsbWVudC52MS5FbnRpdGxlbWVudCLCAQoKQXVkaXRFdmVudBIQCghhdWRpdF9pZBgBIAEoAxIvCgtjcmVhdGVfdGltZRgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASDQoFYWN0b3IYAyABKAkSDgoGYWN0aW9uGAQgASgJEhAKCHJlc291cmNlGAUgASgJEhYKDmVudGl0bGVtZW50X2lkGAYgASgJEigKB2RldGFpbHMYByABKAsyFy5nb29nbGUucHJvdG9idWYuU3RydWN0IuYBChZMaXN0QXVkaXRFdmVudHNSZXF1ZXN0EhEKCXBhZ2Vfc2l6ZRgBIAEoBRISCgpwYWdlX3Rva2VuGAIgASgJEg0KBWFjdG9yGAMgASgJEg4KBmFjdGlvbhgEIAEoCRIWCg5lbnRpdGxlbWVudF9pZBgFIAEoCRIQCghyZXNvdXJjZRgGIAEoCRIuCgpzdGFydF90aW1lGAcgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIsCghlbmRfdGltZRgIIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAibAoXTGlzdEF1ZGl0RXZlbnRzUmVzcG9uc2USOAoMYXVkaXRfZXZlbnRzGAEgAygLMiIua2V5dHVybi5mdWxmaWxsbWVudC52MS5BdWRpdEV2ZW50EhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSK1AwoKQWN0aXZhdGlvbhIVCg1hY3RpdmF0aW9uX2lkGAEgASgJEhYKDmVudGl0bGVtZW50X2lkGAIgASgJEhMKC2ZpbmdlcnByaW50GAMgASgJEg0KBWxhYmVsGAQgASgJEg8KB3VzZXJfaWQYBSABKAkSLwoLY3JlYXRlX3RpbWUYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi8KC3VwZGF0ZV90aW1lGAcgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBI1ChFsZWFzZV9leHBpcmVfdGltZRgIIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASMAoMcmVsZWFzZV90aW1lGAkgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBITCgtyZWxlYXNlZF9ieRgKIAEoCRIWCg5yZWxlYXNlX3JlYXNvbhgLIAEoCRI2CgVzdGF0ZRgMIAEoDjInLmtleXR1cm4uZnVsZmlsbG1lbnQudjEuQWN0aXZhdGlvblN0YXRlEhMKC25vZGVfbG9ja2VkGA0gASgIIuABChZMaXN0QWN0aXZhdGlvbnNSZXF1ZXN0EhYKDmVudGl0bGVtZW50X2lkGAEgASgJEhMKC2N1c3RvbWVyX2lkGAIgASgJEhEKCXBhZ2Vfc2l6ZRgDIAEoBRISCgpwYWdlX3Rva2VuGAQgASgJEjcKBnN0YXRlcxgFIAMoDjInLmtleXR1cm4uZnVsZmlsbG1lbnQudjEuQWN0aXZhdGlvblN0YXRlEg8KB3VzZXJfaWQYBiABKAkSGAoLbm9kZV9sb2NrZWQYByABKAhIAIgBAUIOCgxfbm9kZV9sb2NrZWQiawoXTGlzdEFjdGl2YXRpb25zUmVzcG9uc2USNwoLYWN0aXZhdGlvbnMYASADKAsyIi5rZXl0dXJuLmZ1bGZpbGxtZW50LnYxLkFjdGl2YXRpb24SFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIlYKFURlYWN0aXZhdGVTZWF0UmVxdWVzdBIWCg5lbnRpdGxlbWVudF9pZBgBIAEoCRIVCg1hY3RpdmF0aW9uX2lkGAIgASgJEg4KBnJlYXNvbhgDIAEoCSJQChZEZWFjdGl2YXRlU2VhdFJlc3BvbnNlEjYKCmFjdGl2YXRpb24YASABKAsyIi5rZXl0dXJuLmZ1bGZpbGxtZW50LnYxLkFjdGl2YXRpb24q2AEKEUVudGl0bGVtZW50U3RhdHVzEiIKHkVOVElUTEVNRU5UX1NUQVRVU19VTlNQRUNJRklFRBAAEhwKGEVOVElUTEVNRU5UX1NUQVRVU19UUklBTBABEh0KGUVOVElUTEVNRU5UX1NUQVRVU19BQ1RJVkUQAhIeChpFTlRJVExFTUVOVF9TVEFUVVNfRVhQSVJFRBADEiAKHEVOVElUTEVNRU5UX1NUQVRVU19DQU5DRUxMRUQQBBIgChxFTlRJVExFTUVOVF9TVEFUVVNfU1VTUEVOREVEEAUqZgoLTWVzc2FnZUtpbmQSHAoYTUVTU0FHRV9LSU5EX1VOU1BFQ0lGSUVEEAASHAoYTUVTU0FHRV9LSU5EX0xJQ0VOU0VfS0VZEAESGwoXTUVTU0FHRV9LSU5EX0lOVklUQVRJT04QAip5CgxNZXNzYWdlU3RhdGUSHQoZTUVTU0FHRV9TVEFURV9VTlNQRUNJRklFRBAAEhgKFE1FU1NBR0VfU1RBVEVfUVVFVUVEEAESFgoSTUVTU0FHRV9TVEFURV9TRU5UEAISGAoUTUVTU0FHRV9TVEFURV9GQUlMRUQQAyrTBAoURW50aXRsZW1lbnRFdmVudFR5cGUSJgoiRU5USVRMRU1FTlRfRVZFTlRfVFlQRV9VTlNQRUNJRklFRBAAEiIKHkVOVElUTEVNRU5UX0VWRU5UX1RZUEVfQ1JFQVRFRBABEiIKHkVOVElUTEVNRU5UX0VWRU5UX1RZUEVfUkVORVdFRBACEigKJEVOVElUTEVNRU5UX0VWRU5UX1RZUEVfU0VBVFNfQ0hBTkdFRBADEioKJkVOVElUTEVNRU5UX0VWRU5UX1RZUEVfRURJVElPTl9DSEFOR0VEEAQSKwonRU5USVRMRU1FTlRfRVZFTlRfVFlQRV9GRUFUVVJFU19DSEFOR0VEEAUSKgomRU5USVRMRU1FTlRfRVZFTlRfVFlQRV9UUklBTF9DT05WRVJURUQQBhIkCiBFTlRJVExFTUVOVF9FVkVOVF9UWVBFX0NBTkNFTExFRBAHEikKJUVOVElUTEVNRU5UX0VWRU5UX1RZUEVfU0VBVF9BQ1RJVkFURUQQCBIoCiRFTlRJVExFTUVOVF9FVkVOVF9UWVBFX1NFQVRfUkVMRUFTRUQQCRInCiNFTlRJVExFTUVOVF9FVkVOVF9UWVBFX0xFQVNFX0xBUFNFRBAKEiQKIEVOVElUTEVNRU5UX0VWRU5UX1RZUEVfU1VTUEVOREVEEAsSJQohRU5USVRMRU1FTlRfRVZFTlRfVFlQRV9SRUlOU1RBVEVEEAwSKwonRU5USVRMRU1FTlRfRVZFTlRfVFlQRV9TRUFUX0RFQUNUSVZBVEVEEA0qbAoQVXNhZ2VHcmFudWxhcml0eRIhCh1VU0FHRV9HUkFOVUxBUklUWV9VTlNQRUNJRklFRBAAEhoKFlVTQUdFX0dSQU5VTEFSSVRZX0hPVVIQARIZChVVU0FHRV9HUkFOVUxBUklUWV9EQVkQAiqsAQoPQWN0aXZhdGlvblN0YXRlEiAKHEFDVElWQVRJT05fU1RBVEVfVU5TUEVDSUZJRUQQABIZChVBQ1RJVkFUSU9OX1NUQVRFX0xJVkUQARIbChdBQ1RJVkFUSU9OX1NUQVRFX0xBUFNFRBACEh0KGUFDVElWQVRJT05fU1RBVEVfUkVMRUFTRUQQAxIgChxBQ1RJVkFUSU9OX1NUQVRFX0RFQUNUSVZBVEVEEAQyngwKEkZ1bGZpbGxtZW50U2VydmljZRJpCgxGdWxmaWxsT3JkZXISKy5rZXl0dXJuLmZ1bGZpbGxtZW50LnYxLkZ1bGZpbGxPcmRlclJlcXVlc3QaLC5rZXl0dXJuLmZ1bGZpbGxtZW50LnYxLkZ1bGZpbGxPcmRlclJlc3BvbnNlEl0KCEdldE9yZGVyEicua2V5dHVybi5mdWxmaWxsbWVudC52MS5HZXRPcmRlclJlcXVlc3QaKC5rZXl0dXJuLmZ1bGZpbGxtZW50LnYxLkdldE9yZGVyUmVzcG9uc2USbwoOR2V0RW50aXRsZW1lbnQSLS5rZXl0dXJuLmZ1bGZpbGxtZW50LnYxLkdldEVudGl0bGVtZW50UmVxdWVzdBouLmtleXR1cm4uZnVsZmlsbG1lbnQudjEuR2V0RW50aXRsZW1lbnRSZXNwb25zZRJ1ChBMaXN0RW50aXRsZW1lbnRzEi8ua2V5dHVybi5mdWxmaWxsbWVudC52MS5MaXN0RW50aXRsZW1lbnRzUmVxdWVzdBowLmtleXR1cm4uZnVsZmlsbG1lbnQudjEuTGlzdEVudGl0bGVtZW50c1Jlc3BvbnNlEoQBChVMaXN0RW50aXRsZW1lbnRFdmVudHMSNC5rZXl0dXJuLmZ1bGZpbGxtZW50LnYxLkxpc3RFbnRpdGxlbWVudEV2ZW50c1JlcXVlc3QaNS5rZXl0dXJuLmZ1bGZpbGxtZW50LnYxLkxpc3RFbnRpdGxlbWVudEV2ZW50c1Jlc3BvbnNlEngKEVJlc2VuZENyZWRlbnRpYWxzEjAua2V5dHVybi5mdWxmaWxsbWVudC52MS5SZXNlbmRDcmVkZW50aWFsc1JlcXVlc3QaMS5rZXl0dXJuLmZ1bGZpbGxtZW50LnYxLlJlc2VuZENyZWRlbnRpYWxzUmVzcG9uc2USiQEKFldhdGNoRW50aXRsZW1lbnRFdmVudHMSNS5rZXl0dXJuLmZ1bGZpbGxtZW50LnYxLldhdGNoRW50aXRsZW1lbnRFdmVudHNSZXF1ZXN0GjYua2V5dHVybi5mdWxmaWxsbWVudC52MS5XYXRjaEVudGl0bGVtZW50RXZlbnRzUmVzcG9uc2UwARJvCg5HZXRVc2FnZVJlcG9ydBItLmtleXR1cm4uZnVsZmlsbG1lbnQudjEuR2V0VXNhZ2VSZXBvcnRSZXF1ZXN0Gi4ua2V5dHVybi5mdWxmaWxsbWVudC52MS5HZXRVc2FnZVJlcG9ydFJlc3BvbnNlEnsKElN1c3BlbmRFbnRpdGxlbWVudBIxLmtleXR1cm4uZnVsZmlsbG1lbnQudjEuU3VzcGVuZEVudGl0bGVtZW50UmVxdWVzdBoyLmtleXR1cm4uZnVsZmlsbG1lbnQudjEuU3VzcGVuZEVudGl0bGVtZW50UmVzcG9uc2USgQEKFFJlaW5zdGF0ZUVudGl0bGVtZW50EjMua2V5dHVybi5mdWxmaWxsbWVudC52MS5SZWluc3RhdGVFbnRpdGxlbWVudFJlcXVlc3QaNC5rZXl0dXJuLmZ1bGZpbGxtZW50LnYxLlJlaW5zdGF0ZUVudGl0bGVtZW50UmVzcG9uc2UScgoPTGlzdEF1ZGl0RXZlbnRzEi4ua2V5dHVybi5mdWxmaWxsbWVudC52MS5MaXN0QXVkaXRFdmVudHNSZXF1ZXN0Gi8ua2V5dHVybi5mdWxmaWxsbWVudC52MS5MaXN0QXVkaXRFdmVudHNSZXNwb25zZRJyCg9MaXN0QWN0aXZhdGlvbnMSLi5rZXl0dXJuLmZ1bGZpbGxtZW50LnYxLkxpc3RBY3RpdmF0aW9uc1JlcXVlc3QaLy5rZXl0dXJuLmZ1bGZpbGxtZW50LnYxLkxpc3RBY3RpdmF0aW9uc1Jlc3BvbnNlEm8KDkRlYWN0aXZhdGVTZWF0Ei0ua2V5dHVybi5mdWxmaWxsbWVudC52MS5EZWFjdGl2YXRlU2VhdFJlcXVlc3QaLi5rZXl0dXJuLmZ1bGZpbGxtZW50LnYxLkRlYWN0aXZhdGVTZWF0UmVzcG9uc2ViBnByb3RvMw", [file_google_protobuf_duration, file_google_protobuf_struct, file_google_protobuf_timestamp, file_keyturn_fulfillment_v1_catalog]);
 
 /**
  * The buyer of an order.
@@ -343,6 +343,17 @@ export type Entitlement = Message<"keyturn.fulfillment.v1.Entitlement"> & {
    * @generated from field: repeated keyturn.fulfillment.v1.NamedUser named_users = 25;
    */
   namedUsers: NamedUser[];
+
+  /**
+   * --- devices ---
+   * How many deactivations (DeactivateSeat, and devices' own releases when it
+   * says so) are allowed per period; absent when unlimited. Copied from the
+   * SKU's `create` when the entitlement was made; the period is shown in days
+   * and time (`P28D` for a SKU's `P4W`).
+   *
+   * @generated from field: keyturn.fulfillment.v1.DeactivationLimit deactivation_limit = 30;
+   */
+  deactivationLimit?: DeactivationLimit | undefined;
 };
 
 /**
@@ -1436,6 +1447,272 @@ export const ListAuditEventsResponseSchema: GenMessage<ListAuditEventsResponse> 
   messageDesc(file_keyturn_fulfillment_v1_fulfillment, 31);
 
 /**
+ * A device that activated a seat of an entitlement. One per device
+ * fingerprint and entitlement: a device that activates again after a
+ * release keeps its activation id.
+ *
+ * @generated from message keyturn.fulfillment.v1.Activation
+ */
+export type Activation = Message<"keyturn.fulfillment.v1.Activation"> & {
+  /**
+   * Server-assigned id (`act_` followed by 26 characters); the `sub` of its
+   * leases.
+   *
+   * @generated from field: string activation_id = 1;
+   */
+  activationId: string;
+
+  /**
+   * The entitlement whose seat it holds or held.
+   *
+   * @generated from field: string entitlement_id = 2;
+   */
+  entitlementId: string;
+
+  /**
+   * The device fingerprint the app sent.
+   *
+   * @generated from field: string fingerprint = 3;
+   */
+  fingerprint: string;
+
+  /**
+   * The device label the app sent (a machine name), if any.
+   *
+   * @generated from field: string label = 4;
+   */
+  label: string;
+
+  /**
+   * The named user who activated it, if an identity token did.
+   *
+   * @generated from field: string user_id = 5;
+   */
+  userId: string;
+
+  /**
+   * When the device first activated (first seen).
+   *
+   * @generated from field: google.protobuf.Timestamp create_time = 6;
+   */
+  createTime?: Timestamp | undefined;
+
+  /**
+   * When the device last activated or renewed its lease, or released its
+   * seat (last seen).
+   *
+   * @generated from field: google.protobuf.Timestamp update_time = 7;
+   */
+  updateTime?: Timestamp | undefined;
+
+  /**
+   * When its newest lease expires.
+   *
+   * @generated from field: google.protobuf.Timestamp lease_expire_time = 8;
+   */
+  leaseExpireTime?: Timestamp | undefined;
+
+  /**
+   * When its seat was released or deactivated; absent while it is not.
+   *
+   * @generated from field: google.protobuf.Timestamp release_time = 9;
+   */
+  releaseTime?: Timestamp | undefined;
+
+  /**
+   * Who released it: `device:<activation_id>` for the device itself,
+   * `token:<token_id>` for an API token's DeactivateSeat; empty while not
+   * released.
+   *
+   * @generated from field: string released_by = 10;
+   */
+  releasedBy: string;
+
+  /**
+   * The reason given to DeactivateSeat; empty otherwise.
+   *
+   * @generated from field: string release_reason = 11;
+   */
+  releaseReason: string;
+
+  /**
+   * Its state now.
+   *
+   * @generated from field: keyturn.fulfillment.v1.ActivationState state = 12;
+   */
+  state: ActivationState;
+
+  /**
+   * True when the entitlement is node-locked (the seat is held until
+   * released), false when floating (held while the lease runs).
+   *
+   * @generated from field: bool node_locked = 13;
+   */
+  nodeLocked: boolean;
+};
+
+/**
+ * Describes the message keyturn.fulfillment.v1.Activation.
+ * Use `create(ActivationSchema)` to create a new message.
+ */
+export const ActivationSchema: GenMessage<Activation> = /*@__PURE__*/
+  messageDesc(file_keyturn_fulfillment_v1_fulfillment, 32);
+
+/**
+ * Request of ListActivations. `entitlement_id` or `customer_id` is required
+ * (both: the entitlement, if it is the customer's); the other filters left
+ * empty match everything.
+ *
+ * @generated from message keyturn.fulfillment.v1.ListActivationsRequest
+ */
+export type ListActivationsRequest = Message<"keyturn.fulfillment.v1.ListActivationsRequest"> & {
+  /**
+   * Only activations of this entitlement (NOT_FOUND / ENTITLEMENT_NOT_FOUND
+   * when it does not exist).
+   *
+   * @generated from field: string entitlement_id = 1;
+   */
+  entitlementId: string;
+
+  /**
+   * Only activations of the entitlements of this customer id.
+   *
+   * @generated from field: string customer_id = 2;
+   */
+  customerId: string;
+
+  /**
+   * Maximum number to return: 0 means 50, the cap is 500, negative is
+   * INVALID_ARGUMENT.
+   *
+   * @generated from field: int32 page_size = 3;
+   */
+  pageSize: number;
+
+  /**
+   * Token from a previous response's `next_page_token`; empty for the first page.
+   *
+   * @generated from field: string page_token = 4;
+   */
+  pageToken: string;
+
+  /**
+   * Only activations in one of these states now; empty for every state.
+   *
+   * @generated from field: repeated keyturn.fulfillment.v1.ActivationState states = 5;
+   */
+  states: ActivationState[];
+
+  /**
+   * Only activations of this named user.
+   *
+   * @generated from field: string user_id = 6;
+   */
+  userId: string;
+
+  /**
+   * Only activations of node-locked entitlements (true) or of floating ones
+   * (false); unset for both.
+   *
+   * @generated from field: optional bool node_locked = 7;
+   */
+  nodeLocked?: boolean | undefined;
+};
+
+/**
+ * Describes the message keyturn.fulfillment.v1.ListActivationsRequest.
+ * Use `create(ListActivationsRequestSchema)` to create a new message.
+ */
+export const ListActivationsRequestSchema: GenMessage<ListActivationsRequest> = /*@__PURE__*/
+  messageDesc(file_keyturn_fulfillment_v1_fulfillment, 33);
+
+/**
+ * Response of ListActivations.
+ *
+ * @generated from message keyturn.fulfillment.v1.ListActivationsResponse
+ */
+export type ListActivationsResponse = Message<"keyturn.fulfillment.v1.ListActivationsResponse"> & {
+  /**
+   * Activations, oldest first.
+   *
+   * @generated from field: repeated keyturn.fulfillment.v1.Activation activations = 1;
+   */
+  activations: Activation[];
+
+  /**
+   * Token of the next page; empty on the last page.
+   *
+   * @generated from field: string next_page_token = 2;
+   */
+  nextPageToken: string;
+};
+
+/**
+ * Describes the message keyturn.fulfillment.v1.ListActivationsResponse.
+ * Use `create(ListActivationsResponseSchema)` to create a new message.
+ */
+export const ListActivationsResponseSchema: GenMessage<ListActivationsResponse> = /*@__PURE__*/
+  messageDesc(file_keyturn_fulfillment_v1_fulfillment, 34);
+
+/**
+ * Request of DeactivateSeat.
+ *
+ * @generated from message keyturn.fulfillment.v1.DeactivateSeatRequest
+ */
+export type DeactivateSeatRequest = Message<"keyturn.fulfillment.v1.DeactivateSeatRequest"> & {
+  /**
+   * The entitlement of the activation.
+   *
+   * @generated from field: string entitlement_id = 1;
+   */
+  entitlementId: string;
+
+  /**
+   * The activation to deactivate (ListActivations shows them).
+   *
+   * @generated from field: string activation_id = 2;
+   */
+  activationId: string;
+
+  /**
+   * Why, for the audit trail and ListActivations: 1 to 500 printable
+   * characters (such as "laptop stolen, ticket 4411").
+   *
+   * @generated from field: string reason = 3;
+   */
+  reason: string;
+};
+
+/**
+ * Describes the message keyturn.fulfillment.v1.DeactivateSeatRequest.
+ * Use `create(DeactivateSeatRequestSchema)` to create a new message.
+ */
+export const DeactivateSeatRequestSchema: GenMessage<DeactivateSeatRequest> = /*@__PURE__*/
+  messageDesc(file_keyturn_fulfillment_v1_fulfillment, 35);
+
+/**
+ * Response of DeactivateSeat.
+ *
+ * @generated from message keyturn.fulfillment.v1.DeactivateSeatResponse
+ */
+export type DeactivateSeatResponse = Message<"keyturn.fulfillment.v1.DeactivateSeatResponse"> & {
+  /**
+   * The activation as it is now: DEACTIVATED (or as it was, when it was
+   * released or deactivated already).
+   *
+   * @generated from field: keyturn.fulfillment.v1.Activation activation = 1;
+   */
+  activation?: Activation | undefined;
+};
+
+/**
+ * Describes the message keyturn.fulfillment.v1.DeactivateSeatResponse.
+ * Use `create(DeactivateSeatResponseSchema)` to create a new message.
+ */
+export const DeactivateSeatResponseSchema: GenMessage<DeactivateSeatResponse> = /*@__PURE__*/
+  messageDesc(file_keyturn_fulfillment_v1_fulfillment, 36);
+
+/**
  * The status of an entitlement, computed from its dates when read.
  *
  * @generated from enum keyturn.fulfillment.v1.EntitlementStatus
@@ -1670,6 +1947,14 @@ export enum EntitlementEventType {
    * @generated from enum value: ENTITLEMENT_EVENT_TYPE_REINSTATED = 12;
    */
   REINSTATED = 12,
+
+  /**
+   * --- devices ---
+   * An administrator took a device's seat back (DeactivateSeat).
+   *
+   * @generated from enum value: ENTITLEMENT_EVENT_TYPE_SEAT_DEACTIVATED = 13;
+   */
+  SEAT_DEACTIVATED = 13,
 }
 
 /**
@@ -1713,11 +1998,61 @@ export const UsageGranularitySchema: GenEnum<UsageGranularity> = /*@__PURE__*/
   enumDesc(file_keyturn_fulfillment_v1_fulfillment, 4);
 
 /**
+ * The state of an activation now.
+ *
+ * @generated from enum keyturn.fulfillment.v1.ActivationState
+ */
+export enum ActivationState {
+  /**
+   * Not set; in filters, any state.
+   *
+   * @generated from enum value: ACTIVATION_STATE_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * The device holds its seat: node-locked and not released, or floating
+   * with a lease that has not run out (plus the server's lapse grace).
+   *
+   * @generated from enum value: ACTIVATION_STATE_LIVE = 1;
+   */
+  LIVE = 1,
+
+  /**
+   * A floating lease ran out without renewal: the seat is free; the device
+   * takes one again (if free) at its next renewal.
+   *
+   * @generated from enum value: ACTIVATION_STATE_LAPSED = 2;
+   */
+  LAPSED = 2,
+
+  /**
+   * The device gave its seat back (ReleaseSeat).
+   *
+   * @generated from enum value: ACTIVATION_STATE_RELEASED = 3;
+   */
+  RELEASED = 3,
+
+  /**
+   * An administrator took the seat back (DeactivateSeat).
+   *
+   * @generated from enum value: ACTIVATION_STATE_DEACTIVATED = 4;
+   */
+  DEACTIVATED = 4,
+}
+
+/**
+ * Describes the enum keyturn.fulfillment.v1.ActivationState.
+ */
+export const ActivationStateSchema: GenEnum<ActivationState> = /*@__PURE__*/
+  enumDesc(file_keyturn_fulfillment_v1_fulfillment, 5);
+
+/**
  * FulfillmentService is called by order connectors (Stripe, CRM and ERP
  * exports) and by systems that sync entitlements. Every call needs
  * `authorization: Bearer <token>`: FulfillOrder, ResendCredentials,
- * SuspendEntitlement and ReinstateEntitlement need the `fulfill` scope, every
- * other call the `read` scope.
+ * SuspendEntitlement, ReinstateEntitlement and DeactivateSeat need the
+ * `fulfill` scope, every other call the `read` scope.
  *
  * @generated from service keyturn.fulfillment.v1.FulfillmentService
  */
@@ -1858,6 +2193,36 @@ export const FulfillmentService: GenService<{
     methodKind: "unary";
     input: typeof ListAuditEventsRequestSchema;
     output: typeof ListAuditEventsResponseSchema;
+  },
+  /**
+   * --- devices ---
+   * Lists the activations (devices) of one entitlement or of every
+   * entitlement of a customer, oldest first (AIP-158 paging), with their state
+   * now. Needs the `read` scope.
+   *
+   * @generated from rpc keyturn.fulfillment.v1.FulfillmentService.ListActivations
+   */
+  listActivations: {
+    methodKind: "unary";
+    input: typeof ListActivationsRequestSchema;
+    output: typeof ListActivationsResponseSchema;
+  },
+  /**
+   * Takes a device's seat back at once (a lost or retired machine): the seat
+   * is free for another device, the device's next RenewLease is refused with
+   * FAILED_PRECONDITION / SEAT_DEACTIVATED, and it may activate again with its
+   * license key (a new claim). Writes a SEAT_DEACTIVATED event and an audit
+   * row. Deactivating an activation released or deactivated already answers
+   * it as it is and changes nothing. When the SKU limits deactivations, one
+   * past the limit is RESOURCE_EXHAUSTED / DEACTIVATION_LIMIT_REACHED. Needs
+   * the `fulfill` scope.
+   *
+   * @generated from rpc keyturn.fulfillment.v1.FulfillmentService.DeactivateSeat
+   */
+  deactivateSeat: {
+    methodKind: "unary";
+    input: typeof DeactivateSeatRequestSchema;
+    output: typeof DeactivateSeatResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_keyturn_fulfillment_v1_fulfillment, 0);
