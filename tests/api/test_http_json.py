@@ -84,6 +84,12 @@ async def test_every_rpc_of_the_three_services_answers_over_http_json(
     )
     entitlement = fulfilled["entitlements"][0]
     key, entitlement_id = entitlement["licenseKey"], entitlement["entitlementId"]
+    team = order("o-3", "STD")
+    team.lines[0].named_user_emails.extend(["ann@initech.example", "ben@initech.example"])
+    named = (await call(http, FULFILLMENT, "FulfillOrder", team, headers=auth["fulfill"]))[
+        "entitlements"
+    ][0]
+    users = {u["email"]: u["userId"] for u in named["namedUsers"]}
     activation = {"licenseKey": key, "productId": PRODUCT_ID, "fingerprint": "device-0001"}
     state: dict[str, Any] = {}
 
@@ -222,6 +228,31 @@ async def test_every_rpc_of_the_three_services_answers_over_http_json(
             {"action": "order.fulfil", "resource": "orders/test/", "pageSize": 1},
             headers=auth["read"],
         ),
+        "ChangeNamedUserEmail": lambda: call(
+            http,
+            FULFILLMENT,
+            "ChangeNamedUserEmail",
+            {
+                "entitlementId": named["entitlementId"],
+                "userId": users["ann@initech.example"],
+                "email": "anne@initech.example",
+            },
+            headers=auth["fulfill"],
+        ),
+        "RemoveNamedUser": lambda: call(
+            http,
+            FULFILLMENT,
+            "RemoveNamedUser",
+            {"entitlementId": named["entitlementId"], "userId": users["ben@initech.example"]},
+            headers=auth["fulfill"],
+        ),
+        "LookupCustomer": lambda: call(
+            http,
+            FULFILLMENT,
+            "LookupCustomer",
+            {"email": "anne@initech.example"},
+            headers=auth["read"],
+        ),
     }
     declared = [method.name for service in SERVICES.values() for method in service.methods]
     assert sorted(calls) == sorted(declared)
@@ -241,7 +272,6 @@ async def test_every_rpc_of_the_three_services_answers_over_http_json(
         "ACTIVATION_STATE_LIVE",
     )
     assert answers["DeactivateSeat"]["activation"]["state"] == "ACTIVATION_STATE_DEACTIVATED"
-    assert len(answers["ListEntitlements"]["entitlements"]) == 2
     # The activation of a moment ago, in the last hour or this one (the clock may have
     # turned an hour since), at the limit of the two seats.
     usage = answers["GetUsageReport"]["buckets"]
@@ -256,6 +286,12 @@ async def test_every_rpc_of_the_three_services_answers_over_http_json(
     assert (audited["action"], audited["resource"]) == ("order.fulfil", "orders/test/o-2")
     assert audited["details"] == {"lines": [0], "skus": ["STD"], "operations": ["create"]}
     assert answers["ListAuditEvents"]["nextPageToken"]
+    assert len(answers["ListEntitlements"]["entitlements"]) == 3
+    assert answers["ChangeNamedUserEmail"]["namedUser"]["email"] == "anne@initech.example"
+    remaining = answers["RemoveNamedUser"]["entitlement"]["namedUsers"]
+    assert [u["email"] for u in remaining] == ["anne@initech.example"]
+    (found,) = answers["LookupCustomer"]["entitlements"]
+    assert found["entitlementId"] == named["entitlementId"]
 
 
 async def test_the_same_token_rules_as_grpc(http: httpx.AsyncClient, tokens: Tokens) -> None:

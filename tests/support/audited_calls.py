@@ -64,6 +64,8 @@ def _records_of(method: str, actor: str, request: Any, response: Any) -> list[Re
             return [(actor, "order.fulfil", resource, e) for e in touched]
         case "ResendCredentials":
             resource = f"entitlements/{request.entitlement_id}"
+            if request.user_id:
+                resource += f"/named_users/{request.user_id}"
             return [(actor, "credentials.resend", resource, request.entitlement_id)]
         case "PutProduct":
             return [(actor, "product.put", f"products/{response.product.product_id}", "")]

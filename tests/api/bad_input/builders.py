@@ -23,6 +23,7 @@ from .world import WORLD_FINGERPRINT, WORLD_ORDER_ID, World
 from support.rpc import PRODUCT_ID
 
 _order_ids = itertools.count(1)
+UNKNOWN_USER = "usr_01arz3ndektsv4rrffq69g5fav"
 
 
 def new_product(
@@ -227,6 +228,15 @@ WELL_FORMED: dict[str, Request] = {
     "DeactivateSeat": lambda w: ful.DeactivateSeatRequest(
         entitlement_id=w.entitlement_id, activation_id=w.activation_id, reason="laptop stolen"
     ),
+    # The world has no named user: a well-formed request for an unknown one, which
+    # changes nothing whatever the case.
+    "RemoveNamedUser": lambda w: ful.RemoveNamedUserRequest(
+        entitlement_id=w.entitlement_id, user_id=UNKNOWN_USER
+    ),
+    "ChangeNamedUserEmail": lambda w: ful.ChangeNamedUserEmailRequest(
+        entitlement_id=w.entitlement_id, user_id=UNKNOWN_USER, email="new@initech.example"
+    ),
+    "LookupCustomer": ful.LookupCustomerRequest(customer_id="cust-1"),
 }
 
 

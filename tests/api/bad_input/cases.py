@@ -46,6 +46,9 @@ RPCS: dict[str, tuple[str, str | None]] = {
     "ListAuditEvents": (FULFILLMENT, "read"),
     "ListActivations": (FULFILLMENT, "read"),
     "DeactivateSeat": (FULFILLMENT, "fulfill"),
+    "RemoveNamedUser": (FULFILLMENT, "fulfill"),
+    "ChangeNamedUserEmail": (FULFILLMENT, "fulfill"),
+    "LookupCustomer": (FULFILLMENT, "read"),
 }
 # Server-streaming RPCs: a case reads the first message, where the error shows.
 STREAMING = {"WatchEntitlementEvents"}

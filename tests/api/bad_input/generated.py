@@ -82,6 +82,9 @@ REQUIRED: dict[str, dict[str, str]] = {
     "ReinstateEntitlement": _same("entitlement_id"),
     "ListActivations": _same("entitlement_id"),
     "DeactivateSeat": _same("entitlement_id", "activation_id", "reason"),
+    "RemoveNamedUser": _same("entitlement_id", "user_id"),
+    "ChangeNamedUserEmail": _same("entitlement_id", "user_id", "email"),
+    "LookupCustomer": _same("customer_id"),
 }
 
 INT32_MIN = -(2**31)

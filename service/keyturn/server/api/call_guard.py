@@ -48,6 +48,8 @@ WRITE_METHODS = {
     FULFILLMENT + "SuspendEntitlement",
     FULFILLMENT + "ReinstateEntitlement",
     FULFILLMENT + "DeactivateSeat",
+    FULFILLMENT + "RemoveNamedUser",
+    FULFILLMENT + "ChangeNamedUserEmail",
 }
 
 

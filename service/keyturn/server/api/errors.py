@@ -59,6 +59,7 @@ STATUS_OF: dict[Reason, StatusCode] = {
     Reason.DEACTIVATION_LIMIT_REACHED: StatusCode.RESOURCE_EXHAUSTED,
     Reason.ACTIVATION_NOT_FOUND: StatusCode.NOT_FOUND,
     Reason.NAMED_USER_NOT_FOUND: StatusCode.NOT_FOUND,
+    Reason.NAMED_USER_EXISTS: StatusCode.ALREADY_EXISTS,
 }
 
 

@@ -20,10 +20,12 @@ from keyturn.licensing.v1 import licensing_pb2_grpc as lic_grpc
 from keyturn.server.app import (
     audit_trail,
     catalog,
+    customers,
     devices,
     entitlements,
     fulfillment,
     licensing,
+    named_user_admin,
     suspension,
     usage,
 )
@@ -40,6 +42,7 @@ from .fulfillment_convert import (
     event_out,
     fulfilled_out,
     message_out,
+    named_user_out,
     order_in,
     order_out,
 )
@@ -162,7 +165,9 @@ class FulfillmentServicer(ful_grpc.FulfillmentServiceServicer):
     async def ResendCredentials(
         self, request: ful.ResendCredentialsRequest, context: Context
     ) -> ful.ResendCredentialsResponse:
-        queued = await fulfillment.resend_credentials(self._ctx, request.entitlement_id)
+        queued = await fulfillment.resend_credentials(
+            self._ctx, request.entitlement_id, request.user_id
+        )
         return ful.ResendCredentialsResponse(
             queued_messages=len(queued), messages=[message_out(m) for m in queued]
         )
@@ -248,6 +253,45 @@ class FulfillmentServicer(ful_grpc.FulfillmentServiceServicer):
         )
         return ful.ListAuditEventsResponse(
             audit_events=[audit_event_out(e) for e in found], next_page_token=token
+        )
+
+    async def RemoveNamedUser(
+        self, request: ful.RemoveNamedUserRequest, context: Context
+    ) -> ful.RemoveNamedUserResponse:
+        removed = await named_user_admin.remove_named_user(
+            self._ctx, entitlement_id=request.entitlement_id, user_id=request.user_id
+        )
+        return ful.RemoveNamedUserResponse(
+            entitlement=entitlement_out(removed.entitlement),
+            released_seats=removed.released_seats,
+        )
+
+    async def ChangeNamedUserEmail(
+        self, request: ful.ChangeNamedUserEmailRequest, context: Context
+    ) -> ful.ChangeNamedUserEmailResponse:
+        changed = await named_user_admin.change_named_user_email(
+            self._ctx,
+            entitlement_id=request.entitlement_id,
+            user_id=request.user_id,
+            email=request.email,
+        )
+        return ful.ChangeNamedUserEmailResponse(
+            named_user=named_user_out(changed.user, changed.invitation_code),
+            messages=[message_out(m) for m in changed.messages],
+        )
+
+    async def LookupCustomer(
+        self, request: ful.LookupCustomerRequest, context: Context
+    ) -> ful.LookupCustomerResponse:
+        views, token = await customers.lookup_customer(
+            self._ctx,
+            customer_id=request.customer_id,
+            email=request.email,
+            page_size=request.page_size,
+            page_token=request.page_token,
+        )
+        return ful.LookupCustomerResponse(
+            entitlements=[entitlement_out(v) for v in views], next_page_token=token
         )
 
 

@@ -33,6 +33,12 @@ from .context import AppContext
 log = logging.getLogger("keyturn.dispatch")
 
 
+class Withdrawn(Exception):
+    """The invitation is no longer for its recipient: the user was removed or their
+    email changed after it was queued (app/named_user_admin.py withdraws the queued ones;
+    this catches one a dispatcher had already claimed). Never sent, never retried."""
+
+
 class Sender(Protocol):
     async def send(self, message: EmailMessage) -> None: ...
 
@@ -102,6 +108,9 @@ class Dispatcher:
         except DeliveryError as failure:
             await self._record_failure(message, attempts, failure.reason, failure.permanent)
             return
+        except Withdrawn as withdrawn:
+            await self._record_failure(message, attempts, f"withdrawn: {withdrawn}", True)
+            return
         except Exception as exc:  # a template or data fault: keep it queued, say why
             log.exception("composing message %s failed", message.message_id)
             await self._record_failure(message, attempts, f"cannot compose: {exc}", False)
@@ -167,7 +176,12 @@ class Dispatcher:
                 raise ValueError(f"entitlement {message.entitlement_id} is gone")
             product = await tx.catalog.get_product(entitlement.product_id)
             if message.kind is MessageKind.INVITATION:
-                sealed = await tx.named_users.sealed_invitation(message.user_id or "")
+                user = await tx.named_users.get(message.user_id or "")
+                if user is None:
+                    raise Withdrawn("the named user was removed")
+                if user.email != message.to_email:
+                    raise Withdrawn("the named user's email was changed")
+                sealed = await tx.named_users.sealed_invitation(user.user_id)
             else:
                 sealed = await tx.entitlements.sealed_key(entitlement.entitlement_id)
         if sealed is None:

@@ -21,6 +21,7 @@ from keyturn.server.domain.errors import (
     entitlement_not_found,
     external_reference_taken,
     invalid_request,
+    named_user_not_found,
     order_conflict,
     order_not_found,
     product_not_found,
@@ -44,6 +45,7 @@ from keyturn.server.domain.orders import (
     OrderLine,
     OrderRequest,
     check_order_key,
+    check_text,
     validate_order,
 )
 from keyturn.server.store.entitlement_repository import StoredKey
@@ -467,12 +469,17 @@ def _identity_expired(ctx: AppContext, user: NamedUser, now: datetime) -> bool:
     return user.identity_jti is not None and has_expired(ends, now)
 
 
-async def resend_credentials(ctx: AppContext, entitlement_id: str) -> list[OutboundMessage]:
+async def resend_credentials(
+    ctx: AppContext, entitlement_id: str, user_id: str = ""
+) -> list[OutboundMessage]:
     """Queue the credential emails of an entitlement again: its license key, or the
     invitations its named users have not redeemed yet (with their same codes) and new
     invitations for those whose identity token expired (a new code: the way back for a
-    user told IDENTITY_TOKEN_EXPIRED)."""
+    user told IDENTITY_TOKEN_EXPIRED). With `user_id`, only that user's invitation, whatever
+    the entitlement's dispatch (the caller asked for that person)."""
     check_entitlement_id(entitlement_id)
+    if user_id:
+        raise_if_invalid(check_text("user_id", user_id, 64, "user id"))
     now = ctx.clock.now()
     async with ctx.store.write() as tx:
         entitlement = await tx.entitlements.get(entitlement_id, lock=True)
@@ -480,8 +487,12 @@ async def resend_credentials(ctx: AppContext, entitlement_id: str) -> list[Outbo
             raise entitlement_not_found(entitlement_id)
         origin = await tx.entitlements.origin_order(entitlement_id)
         queued: list[OutboundMessage] = []
-        if entitlement.dispatch is Dispatch.INVITATION:
+        if user_id or entitlement.dispatch is Dispatch.INVITATION:
             users = (await tx.named_users.list_for([entitlement_id]))[entitlement_id]
+            if user_id:
+                users = [user for user in users if user.user_id == user_id]
+                if not users:
+                    raise named_user_not_found(user_id)
             for user in users:
                 if _identity_expired(ctx, user, now):
                     code = generate_invitation_code()
@@ -512,12 +523,13 @@ async def resend_credentials(ctx: AppContext, entitlement_id: str) -> list[Outbo
                     now,
                 )
             )
+        resource = f"entitlements/{entitlement_id}"
         await audit.record(
             tx,
             now,
             "credentials.resend",
-            f"entitlements/{entitlement_id}",
+            f"{resource}/named_users/{user_id}" if user_id else resource,
             entitlement_id=entitlement_id,
-            details={"messages": [m.message_id for m in queued]},
+            details={"user_id": user_id, "messages": [m.message_id for m in queued]},
         )
     return queued

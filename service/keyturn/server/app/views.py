@@ -58,6 +58,32 @@ def snapshot(entitlement: Entitlement, now: datetime, seats_in_use: int) -> dict
     }
 
 
+def named_users_snapshot(users: list[NamedUser]) -> list[dict[str, object]]:
+    """Named users as an event about one of them records them (never their code)."""
+    return [
+        {
+            "user_id": u.user_id,
+            "email": u.email,
+            "create_time": u.create_time.isoformat(),
+            "redeem_time": _time(u.redeem_time),
+        }
+        for u in users
+    ]
+
+
+def _named_users_of(current: Entitlement, recorded: list[dict[str, Any]]) -> tuple[NamedUser, ...]:
+    return tuple(
+        NamedUser(
+            user_id=u["user_id"],
+            entitlement_id=current.entitlement_id,
+            email=u["email"],
+            create_time=datetime.fromisoformat(u["create_time"]),
+            redeem_time=_parse_time(u.get("redeem_time")),
+        )
+        for u in recorded
+    )
+
+
 def new_event(
     kind: EventType,
     entitlement: Entitlement,
@@ -105,4 +131,6 @@ def from_snapshot(current: Entitlement, recorded: dict[str, Any]) -> Entitlement
         external_references=tuple(recorded.get("external_references", current.external_references)),
     )
     status = Status(recorded.get("status", Status.ACTIVE.value))
-    return EntitlementView(as_then, status, recorded.get("seats_in_use", 0))
+    # Only the events about named users record them (app/named_user_admin.py).
+    users = _named_users_of(current, recorded.get("named_users", []))
+    return EntitlementView(as_then, status, recorded.get("seats_in_use", 0), named_users=users)

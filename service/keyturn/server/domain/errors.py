@@ -63,6 +63,7 @@ class Reason(StrEnum):
     DEACTIVATION_LIMIT_REACHED = "DEACTIVATION_LIMIT_REACHED"
     ACTIVATION_NOT_FOUND = "ACTIVATION_NOT_FOUND"
     NAMED_USER_NOT_FOUND = "NAMED_USER_NOT_FOUND"
+    NAMED_USER_EXISTS = "NAMED_USER_EXISTS"
 
 
 @dataclass(frozen=True)
@@ -486,4 +487,13 @@ def named_user_not_found(user_id: str) -> DomainError:
         Reason.NAMED_USER_NOT_FOUND,
         f"no named user {user_id!r} on this entitlement",
         {"user_id": user_id},
+    )
+
+
+def named_user_exists(entitlement_id: str, email: str) -> DomainError:
+    """Another named user of the entitlement already has the email (it is unique there)."""
+    return DomainError(
+        Reason.NAMED_USER_EXISTS,
+        f"another named user of entitlement {entitlement_id!r} has the email {email!r}",
+        {"entitlement_id": entitlement_id, "email": email},
     )

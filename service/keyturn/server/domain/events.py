@@ -19,3 +19,5 @@ class EventType(StrEnum):
     SUSPENDED = "suspended"
     REINSTATED = "reinstated"
     SEAT_DEACTIVATED = "seat_deactivated"  # an administrator took the seat back
+    NAMED_USER_REMOVED = "named_user_removed"
+    NAMED_USER_CHANGED = "named_user_changed"

@@ -382,3 +382,28 @@ class ActivationRepository:
         )
         if activation.lapse_recorded_time is None:
             await self._add_held(activation.entitlement_id, -1)
+
+    async def release_of_user(
+        self, entitlement_id: str, user_id: str, now: datetime, released_by: str
+    ) -> list[Activation]:
+        """Release every unreleased activation of a named user, as `release` does one (the
+        count kept); the ones released, by id. The caller holds the entitlement's lock."""
+        query = (
+            select(activations)
+            .where(
+                activations.c.entitlement_id == entitlement_id,
+                activations.c.user_id == user_id,
+                activations.c.released_time.is_(None),
+            )
+            .order_by(activations.c.activation_id)
+        )
+        found = [activation_of(row) for row in (await self._db.execute(query)).mappings()]
+        if found:
+            await self._db.execute(
+                update(activations)
+                .where(activations.c.activation_id.in_([a.activation_id for a in found]))
+                .values(released_time=now, update_time=now, released_by=released_by)
+            )
+            counted = sum(1 for a in found if a.lapse_recorded_time is None)
+            await self._add_held(entitlement_id, -counted)
+        return found

@@ -12,10 +12,11 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from keyturn.server.domain.catalog import Dispatch, LicenseModel, Overage
 from keyturn.server.domain.deactivation_limits import DeactivationLimit
 from keyturn.server.domain.entitlement import Customer, Entitlement, Status
+from keyturn.server.domain.named_users import canonical_email
 
 from .codec import features_from_json, features_to_json
 from .rows import Row
-from .tables import entitlements, external_references
+from .tables import entitlements, external_references, named_users
 
 
 @dataclass(frozen=True)
@@ -160,6 +161,16 @@ class EntitlementRepository:
                 )
             )
 
+    async def touch(self, entitlement_id: str, now: datetime) -> None:
+        """Mark the entitlement changed at `now`, for a change of what it holds (a named
+        user removed) rather than of its own columns: a seat claim that read it before
+        then loses its conditional write and decides again under the lock (pg_seats)."""
+        await self._db.execute(
+            update(entitlements)
+            .where(entitlements.c.entitlement_id == entitlement_id)
+            .values(update_time=now)
+        )
+
     async def save(self, entitlement: Entitlement) -> None:
         """Write back the state an operation changed."""
         await self._db.execute(
@@ -211,6 +222,28 @@ class EntitlementRepository:
     async def get_many(self, entitlement_ids: set[str]) -> dict[str, Entitlement]:
         query = select(entitlements).where(entitlements.c.entitlement_id.in_(entitlement_ids))
         return {e.entitlement_id: e for e in await self._many(query)}
+
+    async def of_customer(
+        self, customer_id: str, email: str, after: str, limit: int
+    ) -> list[Entitlement]:
+        """Entitlements of a customer id and/or an email (the customer's, the ship-to or,
+        lower-cased, a named user's), by id; an empty argument matches everything."""
+        t = entitlements
+        query = select(t).where(t.c.entitlement_id > after)
+        if customer_id:
+            query = query.where(t.c.customer_id == customer_id)
+        if email:
+            named = select(named_users.c.entitlement_id).where(
+                named_users.c.email == canonical_email(email)
+            )
+            query = query.where(
+                or_(
+                    t.c.customer_email == email,
+                    t.c.ship_to_email == email,
+                    t.c.entitlement_id.in_(named),
+                )
+            )
+        return await self._many(query.order_by(t.c.entitlement_id).limit(limit))
 
     async def list(
         self, where: EntitlementFilter, now: datetime, after: str, limit: int

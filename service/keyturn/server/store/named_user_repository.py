@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import insert, or_, select, update
+from sqlalchemy import delete, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from keyturn.server.domain.named_users import NamedUser
@@ -127,3 +127,31 @@ class NamedUserRepository:
             .values(identity_used_time=used)
         )
         return bool(result.rowcount)
+
+    async def find_by_email(self, entitlement_id: str, email: str) -> NamedUser | None:
+        query = select(named_users).where(
+            named_users.c.entitlement_id == entitlement_id, named_users.c.email == email
+        )
+        row = (await self._db.execute(query)).mappings().first()
+        return None if row is None else named_user_of(row)
+
+    async def remove(self, user_id: str) -> None:
+        """Delete the user: their invitation code and identity token stop being found, and
+        their email is free to be assigned again (the row's history is in the events, the
+        audit trail and their activations' user_id)."""
+        await self._db.execute(delete(named_users).where(named_users.c.user_id == user_id))
+
+    async def change_email(self, user_id: str, email: str) -> None:
+        await self._db.execute(
+            update(named_users).where(named_users.c.user_id == user_id).values(email=email)
+        )
+
+    async def replace_invitation(
+        self, user_id: str, invitation_hash: str, invitation_sealed: bytes
+    ) -> None:
+        """A new code for a user who has not redeemed theirs: the old one stops working."""
+        await self._db.execute(
+            update(named_users)
+            .where(named_users.c.user_id == user_id, named_users.c.redeem_time.is_(None))
+            .values(invitation_hash=invitation_hash, invitation_sealed=invitation_sealed)
+        )

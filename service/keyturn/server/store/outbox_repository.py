@@ -126,3 +126,22 @@ class OutboxRepository:
                 sent_time=now if state is MessageState.SENT else None,
             )
         )
+
+    async def withdraw_invitations(self, user_id: str, reason: str) -> int:
+        """Queued invitations of a user that must not go out any more (their code is void),
+        marked failed with `reason`; how many were."""
+        result = await self._db.execute(
+            update(outbox)
+            .where(
+                outbox.c.user_id == user_id,
+                outbox.c.kind == MessageKind.INVITATION.value,
+                outbox.c.state == MessageState.QUEUED.value,
+            )
+            .values(
+                state=MessageState.FAILED.value,
+                last_error=reason,
+                next_attempt_time=None,
+                claimed_until=None,
+            )
+        )
+        return int(result.rowcount)

@@ -227,6 +227,7 @@ ADD_DEVICE = f"""
 WITH held AS (
     UPDATE entitlements SET seats_held = seats_held + 1
     WHERE entitlement_id = $2 AND seats_held = $10 AND update_time = $11
+      AND ($9::text IS NULL OR EXISTS (SELECT 1 FROM named_users WHERE user_id = $9))
     RETURNING seats_held
 ),
 written AS (
@@ -237,6 +238,8 @@ written AS (
 recorded AS ({_insert_events(12, only_after="held")})
 SELECT seats_held FROM held
 """
+# Under the entitlement's lock: the named user of an identity-token claim still exists.
+USER_EXISTS = "SELECT EXISTS (SELECT 1 FROM named_users WHERE user_id = $1)"
 CONTENTION_MEMORY_SECONDS = 1.0  # after a lost race on an entitlement, lock it at once
 
 _COUNT = f"""
@@ -447,6 +450,8 @@ class PgSeats:
         if locked is None:
             raise invalid_license_key()
         entitlement, row, state = locked
+        if claim.user_id is not None and not await db.fetchval(USER_EXISTS, claim.user_id):
+            raise invalid_license_key()  # removed since their identity token was read
         now: datetime = state["now"]
         check_claimable(entitlement, claim.product_id, now)
         fresh = fresh_activation(claim, entitlement, now)

@@ -55,6 +55,8 @@ class SqlSeats:
         now = self._clock.now()
         async with self._store.write() as tx:
             entitlement = await _claimed(tx, claim.key_hash, claim.entitlement_id)
+            if claim.user_id is not None and await tx.named_users.get(claim.user_id) is None:
+                raise invalid_license_key()  # removed since their identity token was read
             check_claimable(entitlement, claim.product_id, now)
             lapsed = await tx.activations.note_lapses(entitlement, now, self._grace)
             current = await tx.activations.of_device(entitlement.entitlement_id, claim.fingerprint)

@@ -68,6 +68,16 @@ class NotFoundError(KeyturnError):
     """ORDER_, SKU_, PRODUCT_, ENTITLEMENT_ or ACTIVATION_NOT_FOUND."""
 
 
+class NamedUserNotFoundError(NotFoundError):
+    """NAMED_USER_NOT_FOUND: no named user with `.metadata['user_id']` on the entitlement
+    (never assigned, or removed). A subclass of NotFoundError."""
+
+
+class NamedUserExistsError(KeyturnError):
+    """NAMED_USER_EXISTS: another named user of `.metadata['entitlement_id']` already has
+    `.metadata['email']`; nothing was changed."""
+
+
 class OrderConflictError(KeyturnError):
     """ORDER_CONFLICT: the order id was already fulfilled with different content."""
 
@@ -193,6 +203,8 @@ ERRORS_BY_REASON: dict[str, type[KeyturnError]] = {
     "SKU_NOT_FOUND": NotFoundError,
     "PRODUCT_NOT_FOUND": NotFoundError,
     "ENTITLEMENT_NOT_FOUND": NotFoundError,
+    "NAMED_USER_NOT_FOUND": NamedUserNotFoundError,
+    "NAMED_USER_EXISTS": NamedUserExistsError,
     "ORDER_CONFLICT": OrderConflictError,
     "ETAG_MISMATCH": EtagMismatchError,
     "INVALID_LICENSE_KEY": InvalidLicenseKeyError,

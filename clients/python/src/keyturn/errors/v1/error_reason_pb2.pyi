@@ -255,6 +255,13 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """NOT_FOUND. No named user with this id on this entitlement.
     Metadata: `user_id`.
     """
+    NAMED_USER_EXISTS: _ErrorReason.ValueType  # 44
+    """--- users ---
+
+    ALREADY_EXISTS. ChangeNamedUserEmail: another named user of the same
+    entitlement already has this email. Nothing was changed.
+    Metadata: `entitlement_id`, `email`.
+    """
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """ErrorReason lists every `google.rpc.ErrorInfo.reason` that Keyturn returns.
@@ -503,5 +510,12 @@ Metadata: `activation_id`.
 NAMED_USER_NOT_FOUND: ErrorReason.ValueType  # 43
 """NOT_FOUND. No named user with this id on this entitlement.
 Metadata: `user_id`.
+"""
+NAMED_USER_EXISTS: ErrorReason.ValueType  # 44
+"""--- users ---
+
+ALREADY_EXISTS. ChangeNamedUserEmail: another named user of the same
+entitlement already has this email. Nothing was changed.
+Metadata: `entitlement_id`, `email`.
 """
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015

@@ -167,6 +167,16 @@ class _EntitlementEventTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_
     """--- devices ---
     An administrator took a device's seat back (DeactivateSeat).
     """
+    ENTITLEMENT_EVENT_TYPE_NAMED_USER_REMOVED: _EntitlementEventType.ValueType  # 14
+    """--- users ---
+    RemoveNamedUser removed a named user; the seats their devices held were
+    released (one SEAT_RELEASED event each, before it). The event's
+    entitlement lists the named users that remain.
+    """
+    ENTITLEMENT_EVENT_TYPE_NAMED_USER_CHANGED: _EntitlementEventType.ValueType  # 15
+    """ChangeNamedUserEmail changed a named user's email. The event's
+    entitlement lists the named users as they stand after it.
+    """
 
 class EntitlementEventType(_EntitlementEventType, metaclass=_EntitlementEventTypeEnumTypeWrapper):
     """What an entitlement event records."""
@@ -208,6 +218,16 @@ ENTITLEMENT_EVENT_TYPE_REINSTATED: EntitlementEventType.ValueType  # 12
 ENTITLEMENT_EVENT_TYPE_SEAT_DEACTIVATED: EntitlementEventType.ValueType  # 13
 """--- devices ---
 An administrator took a device's seat back (DeactivateSeat).
+"""
+ENTITLEMENT_EVENT_TYPE_NAMED_USER_REMOVED: EntitlementEventType.ValueType  # 14
+"""--- users ---
+RemoveNamedUser removed a named user; the seats their devices held were
+released (one SEAT_RELEASED event each, before it). The event's
+entitlement lists the named users that remain.
+"""
+ENTITLEMENT_EVENT_TYPE_NAMED_USER_CHANGED: EntitlementEventType.ValueType  # 15
+"""ChangeNamedUserEmail changed a named user's email. The event's
+entitlement lists the named users as they stand after it.
 """
 Global___EntitlementEventType: _TypeAlias = EntitlementEventType  # noqa: Y015
 
@@ -386,7 +406,8 @@ class NamedUser(_message.Message):
     """The user's email, lower-cased."""
     invitation_code: _builtins.str
     """The single-use invitation code. Set only in the FulfillOrder response for
-    users that order assigned; never returned by reads.
+    users that order assigned, and in the ChangeNamedUserEmail response when
+    it gave the user a new code; never returned by reads.
     """
     @_builtins.property
     def redeem_time(self) -> _timestamp_pb2.Timestamp:
@@ -1109,16 +1130,26 @@ class ResendCredentialsRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     ENTITLEMENT_ID_FIELD_NUMBER: _builtins.int
+    USER_ID_FIELD_NUMBER: _builtins.int
     entitlement_id: _builtins.str
     """Id of the entitlement."""
+    user_id: _builtins.str
+    """--- users ---
+    Resend only this named user's invitation (whatever the entitlement's
+    dispatch): the same code while unredeemed, a new one when their identity
+    token expired, nothing when they hold a valid identity token. Empty:
+    every credential email of the entitlement. Unknown: NOT_FOUND /
+    NAMED_USER_NOT_FOUND.
+    """
     def __init__(
         self,
         *,
         entitlement_id: _builtins.str = ...,
+        user_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["entitlement_id", b"entitlement_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["entitlement_id", b"entitlement_id", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1803,3 +1834,192 @@ class DeactivateSeatResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DeactivateSeatResponse: _TypeAlias = DeactivateSeatResponse  # noqa: Y015
+
+@_typing.final
+class RemoveNamedUserRequest(_message.Message):
+    """--- users ---
+
+    Request of RemoveNamedUser.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENTITLEMENT_ID_FIELD_NUMBER: _builtins.int
+    USER_ID_FIELD_NUMBER: _builtins.int
+    entitlement_id: _builtins.str
+    """Id of the entitlement."""
+    user_id: _builtins.str
+    """Id of the named user (`usr_...`)."""
+    def __init__(
+        self,
+        *,
+        entitlement_id: _builtins.str = ...,
+        user_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["entitlement_id", b"entitlement_id", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RemoveNamedUserRequest: _TypeAlias = RemoveNamedUserRequest  # noqa: Y015
+
+@_typing.final
+class RemoveNamedUserResponse(_message.Message):
+    """Response of RemoveNamedUser."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENTITLEMENT_FIELD_NUMBER: _builtins.int
+    RELEASED_SEATS_FIELD_NUMBER: _builtins.int
+    released_seats: _builtins.int
+    """Number of seats released: the removed user's devices that held one."""
+    @_builtins.property
+    def entitlement(self) -> Global___Entitlement:
+        """The entitlement after the removal, with the named users that remain."""
+
+    def __init__(
+        self,
+        *,
+        entitlement: Global___Entitlement | None = ...,
+        released_seats: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["entitlement", b"entitlement"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["entitlement", b"entitlement", "released_seats", b"released_seats"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RemoveNamedUserResponse: _TypeAlias = RemoveNamedUserResponse  # noqa: Y015
+
+@_typing.final
+class ChangeNamedUserEmailRequest(_message.Message):
+    """Request of ChangeNamedUserEmail."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENTITLEMENT_ID_FIELD_NUMBER: _builtins.int
+    USER_ID_FIELD_NUMBER: _builtins.int
+    EMAIL_FIELD_NUMBER: _builtins.int
+    entitlement_id: _builtins.str
+    """Id of the entitlement."""
+    user_id: _builtins.str
+    """Id of the named user (`usr_...`)."""
+    email: _builtins.str
+    """The new email, up to 254 characters; stored lower-cased."""
+    def __init__(
+        self,
+        *,
+        entitlement_id: _builtins.str = ...,
+        user_id: _builtins.str = ...,
+        email: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["email", b"email", "entitlement_id", b"entitlement_id", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ChangeNamedUserEmailRequest: _TypeAlias = ChangeNamedUserEmailRequest  # noqa: Y015
+
+@_typing.final
+class ChangeNamedUserEmailResponse(_message.Message):
+    """Response of ChangeNamedUserEmail."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAMED_USER_FIELD_NUMBER: _builtins.int
+    MESSAGES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def named_user(self) -> Global___NamedUser:
+        """The named user with the new email; `invitation_code` is set when the
+        change gave them a new code (their invitation was not redeemed yet).
+        """
+
+    @_builtins.property
+    def messages(self) -> _containers.RepeatedCompositeFieldContainer[Global___OutboundMessage]:
+        """The invitation email queued to the new address, if one was (also shown
+        in GetOrder of the order that created the entitlement).
+        """
+
+    def __init__(
+        self,
+        *,
+        named_user: Global___NamedUser | None = ...,
+        messages: _abc.Iterable[Global___OutboundMessage] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["named_user", b"named_user"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["messages", b"messages", "named_user", b"named_user"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ChangeNamedUserEmailResponse: _TypeAlias = ChangeNamedUserEmailResponse  # noqa: Y015
+
+@_typing.final
+class LookupCustomerRequest(_message.Message):
+    """Request of LookupCustomer: `customer_id` or `email` (at least one; both:
+    entitlements matching both).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CUSTOMER_ID_FIELD_NUMBER: _builtins.int
+    EMAIL_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    customer_id: _builtins.str
+    """The customer's id in the order source."""
+    email: _builtins.str
+    """An email: the customer's, the ship-to, or a named user's (compared
+    lower-cased for named users, as they are stored).
+    """
+    page_size: _builtins.int
+    """Maximum number of entitlements to return: 0 means 50, the cap is 500,
+    negative is INVALID_ARGUMENT.
+    """
+    page_token: _builtins.str
+    """Token from a previous response's `next_page_token`; empty for the first page."""
+    def __init__(
+        self,
+        *,
+        customer_id: _builtins.str = ...,
+        email: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["customer_id", b"customer_id", "email", b"email", "page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LookupCustomerRequest: _TypeAlias = LookupCustomerRequest  # noqa: Y015
+
+@_typing.final
+class LookupCustomerResponse(_message.Message):
+    """Response of LookupCustomer."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENTITLEMENTS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Token of the next page; empty on the last page."""
+    @_builtins.property
+    def entitlements(self) -> _containers.RepeatedCompositeFieldContainer[Global___Entitlement]:
+        """The customer's entitlements, oldest first, each with its named users."""
+
+    def __init__(
+        self,
+        *,
+        entitlements: _abc.Iterable[Global___Entitlement] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["entitlements", b"entitlements", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LookupCustomerResponse: _TypeAlias = LookupCustomerResponse  # noqa: Y015

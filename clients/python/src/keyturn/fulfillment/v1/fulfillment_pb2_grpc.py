@@ -104,6 +104,21 @@ class FulfillmentServiceStub:
                 request_serializer=keyturn_dot_fulfillment_dot_v1_dot_fulfillment__pb2.DeactivateSeatRequest.SerializeToString,
                 response_deserializer=keyturn_dot_fulfillment_dot_v1_dot_fulfillment__pb2.DeactivateSeatResponse.FromString,
                 _registered_method=True)
+        self.RemoveNamedUser = channel.unary_unary(
+                '/keyturn.fulfillment.v1.FulfillmentService/RemoveNamedUser',
+                request_serializer=keyturn_dot_fulfillment_dot_v1_dot_fulfillment__pb2.RemoveNamedUserRequest.SerializeToString,
+                response_deserializer=keyturn_dot_fulfillment_dot_v1_dot_fulfillment__pb2.RemoveNamedUserResponse.FromString,
+                _registered_method=True)
+        self.ChangeNamedUserEmail = channel.unary_unary(
+                '/keyturn.fulfillment.v1.FulfillmentService/ChangeNamedUserEmail',
+                request_serializer=keyturn_dot_fulfillment_dot_v1_dot_fulfillment__pb2.ChangeNamedUserEmailRequest.SerializeToString,
+                response_deserializer=keyturn_dot_fulfillment_dot_v1_dot_fulfillment__pb2.ChangeNamedUserEmailResponse.FromString,
+                _registered_method=True)
+        self.LookupCustomer = channel.unary_unary(
+                '/keyturn.fulfillment.v1.FulfillmentService/LookupCustomer',
+                request_serializer=keyturn_dot_fulfillment_dot_v1_dot_fulfillment__pb2.LookupCustomerRequest.SerializeToString,
+                response_deserializer=keyturn_dot_fulfillment_dot_v1_dot_fulfillment__pb2.LookupCustomerResponse.FromString,
+                _registered_method=True)
 
 
 class FulfillmentServiceServicer:
@@ -242,6 +257,40 @@ class FulfillmentServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RemoveNamedUser(self, request, context):
+        """--- users ---
+        Removes a named user from an entitlement, in one transaction: the seats
+        their devices hold are released (their leases can no longer be renewed),
+        their identity token stops working at once (INVALID_LICENSE_KEY), their
+        invitation code is void and unsent invitations are withdrawn. The email
+        may be assigned again later by an order. Unknown user: NOT_FOUND /
+        NAMED_USER_NOT_FOUND.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ChangeNamedUserEmail(self, request, context):
+        """Changes a named user's email. Before the invitation is redeemed, a new
+        invitation code replaces the old one (void at once) and, when the
+        entitlement's dispatch is DISPATCH_INVITATION, is emailed to the new
+        address; after, the identity token stays valid and nothing is sent. An
+        email another user of the entitlement has: ALREADY_EXISTS /
+        NAMED_USER_EXISTS. The same email again changes nothing.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def LookupCustomer(self, request, context):
+        """Everything one customer holds, found by customer id or by email (the
+        customer's, the ship-to or a named user's): the entitlements, each with
+        its named users (AIP-158 paging). Devices: ListActivations.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_FulfillmentServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -309,6 +358,21 @@ def add_FulfillmentServiceServicer_to_server(servicer, server):
                     servicer.DeactivateSeat,
                     request_deserializer=keyturn_dot_fulfillment_dot_v1_dot_fulfillment__pb2.DeactivateSeatRequest.FromString,
                     response_serializer=keyturn_dot_fulfillment_dot_v1_dot_fulfillment__pb2.DeactivateSeatResponse.SerializeToString,
+            ),
+            'RemoveNamedUser': grpc.unary_unary_rpc_method_handler(
+                    servicer.RemoveNamedUser,
+                    request_deserializer=keyturn_dot_fulfillment_dot_v1_dot_fulfillment__pb2.RemoveNamedUserRequest.FromString,
+                    response_serializer=keyturn_dot_fulfillment_dot_v1_dot_fulfillment__pb2.RemoveNamedUserResponse.SerializeToString,
+            ),
+            'ChangeNamedUserEmail': grpc.unary_unary_rpc_method_handler(
+                    servicer.ChangeNamedUserEmail,
+                    request_deserializer=keyturn_dot_fulfillment_dot_v1_dot_fulfillment__pb2.ChangeNamedUserEmailRequest.FromString,
+                    response_serializer=keyturn_dot_fulfillment_dot_v1_dot_fulfillment__pb2.ChangeNamedUserEmailResponse.SerializeToString,
+            ),
+            'LookupCustomer': grpc.unary_unary_rpc_method_handler(
+                    servicer.LookupCustomer,
+                    request_deserializer=keyturn_dot_fulfillment_dot_v1_dot_fulfillment__pb2.LookupCustomerRequest.FromString,
+                    response_serializer=keyturn_dot_fulfillment_dot_v1_dot_fulfillment__pb2.LookupCustomerResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -667,6 +731,87 @@ class FulfillmentService:
             '/keyturn.fulfillment.v1.FulfillmentService/DeactivateSeat',
             keyturn_dot_fulfillment_dot_v1_dot_fulfillment__pb2.DeactivateSeatRequest.SerializeToString,
             keyturn_dot_fulfillment_dot_v1_dot_fulfillment__pb2.DeactivateSeatResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RemoveNamedUser(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/keyturn.fulfillment.v1.FulfillmentService/RemoveNamedUser',
+            keyturn_dot_fulfillment_dot_v1_dot_fulfillment__pb2.RemoveNamedUserRequest.SerializeToString,
+            keyturn_dot_fulfillment_dot_v1_dot_fulfillment__pb2.RemoveNamedUserResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ChangeNamedUserEmail(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/keyturn.fulfillment.v1.FulfillmentService/ChangeNamedUserEmail',
+            keyturn_dot_fulfillment_dot_v1_dot_fulfillment__pb2.ChangeNamedUserEmailRequest.SerializeToString,
+            keyturn_dot_fulfillment_dot_v1_dot_fulfillment__pb2.ChangeNamedUserEmailResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def LookupCustomer(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/keyturn.fulfillment.v1.FulfillmentService/LookupCustomer',
+            keyturn_dot_fulfillment_dot_v1_dot_fulfillment__pb2.LookupCustomerRequest.SerializeToString,
+            keyturn_dot_fulfillment_dot_v1_dot_fulfillment__pb2.LookupCustomerResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -111,6 +111,28 @@ class FulfillmentServiceStub:
     past the limit is RESOURCE_EXHAUSTED / DEACTIVATION_LIMIT_REACHED. Needs
     the `fulfill` scope.
     """
+    RemoveNamedUser: _grpc.UnaryUnaryMultiCallable[_fulfillment_pb2.RemoveNamedUserRequest, _fulfillment_pb2.RemoveNamedUserResponse]
+    """--- users ---
+    Removes a named user from an entitlement, in one transaction: the seats
+    their devices hold are released (their leases can no longer be renewed),
+    their identity token stops working at once (INVALID_LICENSE_KEY), their
+    invitation code is void and unsent invitations are withdrawn. The email
+    may be assigned again later by an order. Unknown user: NOT_FOUND /
+    NAMED_USER_NOT_FOUND.
+    """
+    ChangeNamedUserEmail: _grpc.UnaryUnaryMultiCallable[_fulfillment_pb2.ChangeNamedUserEmailRequest, _fulfillment_pb2.ChangeNamedUserEmailResponse]
+    """Changes a named user's email. Before the invitation is redeemed, a new
+    invitation code replaces the old one (void at once) and, when the
+    entitlement's dispatch is DISPATCH_INVITATION, is emailed to the new
+    address; after, the identity token stays valid and nothing is sent. An
+    email another user of the entitlement has: ALREADY_EXISTS /
+    NAMED_USER_EXISTS. The same email again changes nothing.
+    """
+    LookupCustomer: _grpc.UnaryUnaryMultiCallable[_fulfillment_pb2.LookupCustomerRequest, _fulfillment_pb2.LookupCustomerResponse]
+    """Everything one customer holds, found by customer id or by email (the
+    customer's, the ship-to or a named user's): the entitlements, each with
+    its named users (AIP-158 paging). Devices: ListActivations.
+    """
 
 @_typing.type_check_only
 class FulfillmentServiceAsyncStub(FulfillmentServiceStub):
@@ -192,6 +214,28 @@ class FulfillmentServiceAsyncStub(FulfillmentServiceStub):
     it as it is and changes nothing. When the SKU limits deactivations, one
     past the limit is RESOURCE_EXHAUSTED / DEACTIVATION_LIMIT_REACHED. Needs
     the `fulfill` scope.
+    """
+    RemoveNamedUser: _aio.UnaryUnaryMultiCallable[_fulfillment_pb2.RemoveNamedUserRequest, _fulfillment_pb2.RemoveNamedUserResponse]  # type: ignore[assignment]
+    """--- users ---
+    Removes a named user from an entitlement, in one transaction: the seats
+    their devices hold are released (their leases can no longer be renewed),
+    their identity token stops working at once (INVALID_LICENSE_KEY), their
+    invitation code is void and unsent invitations are withdrawn. The email
+    may be assigned again later by an order. Unknown user: NOT_FOUND /
+    NAMED_USER_NOT_FOUND.
+    """
+    ChangeNamedUserEmail: _aio.UnaryUnaryMultiCallable[_fulfillment_pb2.ChangeNamedUserEmailRequest, _fulfillment_pb2.ChangeNamedUserEmailResponse]  # type: ignore[assignment]
+    """Changes a named user's email. Before the invitation is redeemed, a new
+    invitation code replaces the old one (void at once) and, when the
+    entitlement's dispatch is DISPATCH_INVITATION, is emailed to the new
+    address; after, the identity token stays valid and nothing is sent. An
+    email another user of the entitlement has: ALREADY_EXISTS /
+    NAMED_USER_EXISTS. The same email again changes nothing.
+    """
+    LookupCustomer: _aio.UnaryUnaryMultiCallable[_fulfillment_pb2.LookupCustomerRequest, _fulfillment_pb2.LookupCustomerResponse]  # type: ignore[assignment]
+    """Everything one customer holds, found by customer id or by email (the
+    customer's, the ship-to or a named user's): the entitlements, each with
+    its named users (AIP-158 paging). Devices: ListActivations.
     """
 
 class FulfillmentServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -349,6 +393,46 @@ class FulfillmentServiceServicer(metaclass=_abc_1.ABCMeta):
         it as it is and changes nothing. When the SKU limits deactivations, one
         past the limit is RESOURCE_EXHAUSTED / DEACTIVATION_LIMIT_REACHED. Needs
         the `fulfill` scope.
+        """
+
+    @_abc_1.abstractmethod
+    def RemoveNamedUser(
+        self,
+        request: _fulfillment_pb2.RemoveNamedUserRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_fulfillment_pb2.RemoveNamedUserResponse, _abc.Awaitable[_fulfillment_pb2.RemoveNamedUserResponse]]:
+        """--- users ---
+        Removes a named user from an entitlement, in one transaction: the seats
+        their devices hold are released (their leases can no longer be renewed),
+        their identity token stops working at once (INVALID_LICENSE_KEY), their
+        invitation code is void and unsent invitations are withdrawn. The email
+        may be assigned again later by an order. Unknown user: NOT_FOUND /
+        NAMED_USER_NOT_FOUND.
+        """
+
+    @_abc_1.abstractmethod
+    def ChangeNamedUserEmail(
+        self,
+        request: _fulfillment_pb2.ChangeNamedUserEmailRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_fulfillment_pb2.ChangeNamedUserEmailResponse, _abc.Awaitable[_fulfillment_pb2.ChangeNamedUserEmailResponse]]:
+        """Changes a named user's email. Before the invitation is redeemed, a new
+        invitation code replaces the old one (void at once) and, when the
+        entitlement's dispatch is DISPATCH_INVITATION, is emailed to the new
+        address; after, the identity token stays valid and nothing is sent. An
+        email another user of the entitlement has: ALREADY_EXISTS /
+        NAMED_USER_EXISTS. The same email again changes nothing.
+        """
+
+    @_abc_1.abstractmethod
+    def LookupCustomer(
+        self,
+        request: _fulfillment_pb2.LookupCustomerRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_fulfillment_pb2.LookupCustomerResponse, _abc.Awaitable[_fulfillment_pb2.LookupCustomerResponse]]:
+        """Everything one customer holds, found by customer id or by email (the
+        customer's, the ship-to or a named user's): the entitlements, each with
+        its named users (AIP-158 paging). Devices: ListActivations.
         """
 
 def add_FulfillmentServiceServicer_to_server(servicer: FulfillmentServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
