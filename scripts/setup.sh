@@ -8,7 +8,8 @@
 # Idempotent; run from anywhere. PYTHON picks the interpreter that creates the venv (default python3).
 # With --for-tests it also installs the Debian packages the tests run
 # (pgbouncer; faketime, which sets a server clock ahead in a test; curl, which runs the
-# README's HTTP walk-through), with apt-get, when they are missing.
+# README's HTTP walk-through; chromium and chromium-driver, the headless browser the
+# console's tests drive with selenium), with apt-get, when they are missing.
 set -euo pipefail
 for_tests=false
 [ "${1:-}" = "--for-tests" ] && for_tests=true
@@ -42,7 +43,7 @@ say "npm: installing and compiling the TypeScript SDK (clients/typescript: npm c
 
 if $for_tests; then
   missing=()
-  for package in pgbouncer faketime curl; do
+  for package in pgbouncer faketime curl chromium chromium-driver; do
     dpkg -s "$package" >/dev/null 2>&1 || missing+=("$package")
   done
   if [ "${#missing[@]}" -gt 0 ]; then

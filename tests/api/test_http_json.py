@@ -357,7 +357,7 @@ async def test_a_body_past_the_request_limit_is_resource_exhausted(
     assert "KEYTURN_MAX_REQUEST_BYTES" in refused.value.failure.message
 
 
-async def test_the_port_layout_health_reserved_routes_and_the_worker_header(
+async def test_the_port_layout_health_console_reserved_routes_and_the_worker_header(
     http: httpx.AsyncClient,
 ) -> None:
     health = await http.get("/healthz")
@@ -367,11 +367,18 @@ async def test_the_port_layout_health_reserved_routes_and_the_worker_header(
     assert document.status_code == 200
     assert document.json() == openapi_document()  # the generated one, served as is
     assert f"/{LICENSING}/ActivateSeat" in document.json()["paths"]
-    for path in ("/stripe/webhook", "/console/", "/metrics", "/nowhere"):
+    for path in ("/stripe/webhook", "/metrics", "/nowhere", "/consoles"):
         response = await http.get(path)
         assert response.status_code == 404, path
         assert response.json()["code"] == "not_found"
-    assert "reserved" in (await http.get("/console/")).json()["message"]
+    assert "reserved" in (await http.get("/stripe/webhook")).json()["message"]
+    console = await http.get("/console/")  # its sign-in page (tests/api/test_console_browser.py)
+    assert (console.status_code, console.headers["content-type"]) == (
+        200,
+        "text/html; charset=utf-8",
+    )
+    assert console.headers["keyturn-worker"] == "w-test"
+    assert (await http.get("/console")).headers["location"] == "/console/"
     missing = await http.post(f"/{LICENSING}/NoSuchMethod", content=b"{}")
     assert missing.status_code == 404
 

@@ -295,6 +295,15 @@ async def test_an_https_client_trusting_the_ca_calls_licensing(tls: Deployment) 
         assert (await _http_signing_keys(client))["jwksJson"]
 
 
+async def test_the_console_over_https_sets_a_secure_cookie(tls: Deployment) -> None:
+    async with tls.https(tls.server_ca) as client:
+        page = await client.get("/console/")
+    assert page.status_code == 200
+    cookie = page.headers["set-cookie"]
+    assert cookie.startswith("keyturn_console=")
+    assert cookie.endswith("; Path=/console/; HttpOnly; SameSite=Strict; Secure")
+
+
 async def test_plaintext_http_to_the_tls_port_gets_no_answer(tls: Deployment) -> None:
     base = f"http://{tls.server.http_address}"
     async with httpx.AsyncClient(base_url=base, timeout=HANDSHAKE_TIMEOUT) as client:

@@ -239,6 +239,19 @@ class Settings(BaseSettings):
         "/keyturn.licensing.v1.LicensingService/ActivateSeat...) and GET /healthz; empty: "
         "off. With several workers they share it as they share KEYTURN_LISTEN",
     )
+    console_session_idle_minutes: int = Field(
+        30,
+        ge=1,
+        le=24 * 60,
+        description="A console session (GET /console/ on KEYTURN_HTTP_LISTEN) unused this "
+        "long ends; staff sign in again with their API token",
+    )
+    console_session_hours: int = Field(
+        12,
+        ge=1,
+        le=24 * 30,
+        description="A console session ends this long after sign-in, however busy",
+    )
     reflect_admin_services: bool = Field(
         True,
         description="Server reflection also describes FulfillmentService and CatalogService "

@@ -69,6 +69,10 @@ class Sealer:
         master = master_secret.encode()
         self._hash_key = _derive(master, "license-key-hash")
         self._fernet = Fernet(base64.urlsafe_b64encode(_derive(master, "encryption-at-rest")))
+        # The console's session cookies and their CSRF tokens (api/console/session.py):
+        # keys of their own, so that nothing sealed at rest opens as a session.
+        self._sessions = Fernet(base64.urlsafe_b64encode(_derive(master, "console-session")))
+        self._session_mac_key = _derive(master, "console-csrf")
 
     def hash_secret(self, value: str) -> str:
         """A keyed digest for lookup: equal inputs, equal digests; useless without the key."""
@@ -85,6 +89,21 @@ class Sealer:
                 "stored data cannot be decrypted with this secret key; is KEYTURN_SECRET_KEY "
                 "the one the database was created with?"
             ) from exc
+
+    def seal_session(self, plain: bytes) -> str:
+        """A session cookie's value: `plain` encrypted and authenticated."""
+        return self._sessions.encrypt(plain).decode()
+
+    def unseal_session(self, sealed: str) -> bytes | None:
+        """What `seal_session` sealed; None for a value it did not seal (or altered)."""
+        try:
+            return self._sessions.decrypt(sealed.encode())
+        except (InvalidToken, ValueError):
+            return None
+
+    def session_mac(self, value: str) -> str:
+        """A keyed digest tying a form's CSRF token to its session."""
+        return hmac.new(self._session_mac_key, value.encode(), hashlib.sha256).hexdigest()
 
 
 def load_or_create_secret_file(path: Path) -> str:

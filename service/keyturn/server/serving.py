@@ -15,6 +15,7 @@ import contextlib
 import logging
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 
 from prometheus_client import CollectorRegistry
 
@@ -62,6 +63,7 @@ def certificates_of(settings: Settings) -> CertificateFiles | None:
 async def serve(settings: Settings, role: WorkerRole | None = None) -> int:
     """Serve until SIGTERM/SIGINT (or, for a worker, until the supervisor is gone)."""
     from .api.abuse_limits import abuse_limits_of
+    from .api.console.session import SessionLimits
     from .api.server import KeyturnServer
     from .api.transport_limits import TransportLimits
 
@@ -93,6 +95,10 @@ async def serve(settings: Settings, role: WorkerRole | None = None) -> int:
             admin_listen=settings.admin_listen,
             http_listen=settings.http_listen,
             shutdown_grace_seconds=settings.shutdown_grace_seconds,
+            console_sessions=SessionLimits(
+                idle=timedelta(minutes=settings.console_session_idle_minutes),
+                absolute=timedelta(hours=settings.console_session_hours),
+            ),
         )
         if role is None and settings.metrics_listen:
             exporter = MetricsExporter(settings.metrics_listen, server.registry, ctx)

@@ -5,8 +5,8 @@ docs/design.md):
   FulfillmentService and CatalogService: every RPC, Connect protocol (POST, JSON);
 - `GET /healthz`: the readiness gRPC health reports (200 SERVING, 503 NOT_SERVING);
 - `/openapi.json`: reserved for the OpenAPI description of these routes;
-- `/stripe/webhook` and `/console/`: reserved for the Stripe webhook and the console,
-  should they move onto this port.
+- `/console/`: the operations console (api/console/), when the server mounts it;
+- `/stripe/webhook`: reserved for the Stripe webhook, should it move onto this port.
 
 Metrics stay off this port, on KEYTURN_METRICS_LISTEN: this one may face the internet,
 the metrics are for the operator's scraper only. Anything else is a JSON 404.
@@ -22,11 +22,13 @@ from connectrpc.code import Code
 from connectrpc.errors import ConnectError
 
 from .connect_app import ConnectApp
+from .console.routes import ConsoleApp
 
 HEALTH_PATH = "/healthz"
 OPENAPI_PATH = "/openapi.json"
 # Taken, so that no route lands there before what it is kept for.
-RESERVED_PREFIXES = ("/stripe/webhook", "/console/")
+RESERVED_PREFIXES = ("/stripe/webhook",)
+CONSOLE_PREFIX = "/console"  # the console's pages, /console/...
 
 Scope = dict[str, Any]
 Receive = Callable[[], Any]
@@ -57,8 +59,10 @@ class HttpPort:
         *,
         max_body_bytes: int,
         worker_id: str = "",
+        console: ConsoleApp | None = None,
     ) -> None:
         self._connect = connect
+        self._console = console
         self._max_body = max_body_bytes
         self._serving = serving
         self._worker = [(b"keyturn-worker", worker_id.encode())] if worker_id else []
@@ -75,6 +79,10 @@ class HttpPort:
             serving = self._serving()
             status = "SERVING" if serving else "NOT_SERVING"
             await _send_json(send, 200 if serving else 503, {"status": status}, self._worker)
+        elif self._console is not None and (
+            path == CONSOLE_PREFIX or path.startswith(CONSOLE_PREFIX + "/")
+        ):
+            await self._console(scope, receive, send, self._worker)
         elif path in self._documents and scope["method"] in ("GET", "HEAD"):
             await _send_json(send, 200, self._documents[path](), self._worker)
         else:

@@ -34,6 +34,8 @@ from keyturn.server.tls import CertificateFiles
 from .abuse_limits import AbuseLimits
 from .call_guard import CallGuard
 from .connect_app import ConnectApp, endpoints_of
+from .console.routes import ConsoleApp
+from .console.session import SessionLimits
 from .http_port import OPENAPI_PATH, HttpPort
 from .http_server import HttpServer
 from .http_tls import server_context
@@ -143,6 +145,7 @@ class KeyturnServer:
         admin_listen: str = "",
         http_listen: str = "",
         shutdown_grace_seconds: float = 15.0,
+        console_sessions: SessionLimits | None = None,
     ) -> None:
         if admin_listen and (certificates is None or certificates.files.client_ca is None):
             raise ValueError("an admin port needs certificates with a client CA")
@@ -157,6 +160,9 @@ class KeyturnServer:
         instrument_pool(ctx.store.engine, self.registry)
         trailer = (("keyturn-worker", worker_id),) if worker_id else ()
         self.authenticator = TokenAuthenticator(ctx.store, ctx.clock)
+        # The console's own: it remembers no answer, so a revoked token's session ends at
+        # its next request (people clicking make few requests).
+        self.console_authenticator = TokenAuthenticator(ctx.store, ctx.clock, ttl_seconds=0.0)
         self.guard = CallGuard(
             self.authenticator,
             RpcMetrics(self.registry),
@@ -195,6 +201,12 @@ class KeyturnServer:
                 lambda: self._serving,
                 max_body_bytes=self.limits.max_request_bytes,
                 worker_id=worker_id,
+                console=ConsoleApp(
+                    ctx,
+                    self.console_authenticator,
+                    limits=console_sessions or SessionLimits(),
+                    tls=certificates is not None,
+                ),
             )
             port.mount(OPENAPI_PATH, _openapi_once)
             self.http = HttpServer(
@@ -310,6 +322,7 @@ class KeyturnServer:
         http_stopped = self.http.stop() if self.http is not None else asyncio.sleep(0)
         await asyncio.gather(self._server.stop(grace), http_stopped)
         await self.authenticator.uses.close(TOKEN_USE_DRAIN_SECONDS)
+        await self.console_authenticator.uses.close(TOKEN_USE_DRAIN_SECONDS)
         await self.ctx.identity_uses.close(TOKEN_USE_DRAIN_SECONDS)
         await self.ctx.close()
 

@@ -140,6 +140,16 @@ class ActivationRepository:
             )
         )
 
+    async def of_entitlement(self, entitlement_id: str, limit: int) -> list[Activation]:
+        """An entitlement's activations, released ones too, the most recently seen first."""
+        query = (
+            select(activations)
+            .where(activations.c.entitlement_id == entitlement_id)
+            .order_by(activations.c.update_time.desc(), activations.c.activation_id)
+            .limit(limit)
+        )
+        return [activation_of(row) for row in (await self._db.execute(query)).mappings()]
+
     async def _find(self, condition: ColumnElement[bool]) -> Activation | None:
         row = (await self._db.execute(select(activations).where(condition))).mappings().first()
         return None if row is None else activation_of(row)

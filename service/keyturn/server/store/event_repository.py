@@ -103,6 +103,17 @@ class EventRepository:
         rows = (await self._db.execute(query.order_by(events.c.sequence).limit(limit))).mappings()
         return [StoredEvent(**row) for row in rows]
 
+    async def orders_of(self, entitlement_id: str) -> list[tuple[str, str]]:
+        """(source, order id) of every order that changed the entitlement, oldest first."""
+        first = func.min(events.c.event_id)
+        query = (
+            select(events.c.order_source, events.c.order_id)
+            .where(events.c.entitlement_id == entitlement_id, events.c.order_source != "")
+            .group_by(events.c.order_source, events.c.order_id)
+            .order_by(first)
+        )
+        return [(row[0], row[1]) for row in await self._db.execute(query)]
+
     async def effective_before(self, entitlement_id: str, before: datetime) -> list[StoredEvent]:
         """Every committed event of one entitlement that took effect before `before` (a
         lapse recorded later included), numbered yet or not, in insertion order: the

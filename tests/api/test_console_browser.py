@@ -1,0 +1,362 @@
+"""The operations console in a real browser (headless chromium, selenium), against a real
+server on loopback, on every backend.
+
+Staff sign in with an API token, find an entitlement by its license key, open it and see
+its devices and timeline; a `read` token sees no action buttons and its forged POST is
+refused; a POST without the CSRF token is refused and changes nothing; sign-out and
+revocation end the session; so does an idle session. Each test leaves its screenshots in
+test-artifacts/console/<test>/ (KEYTURN_TEST_ARTIFACTS), the path printed.
+
+Selenium is synchronous and the server runs on the test's event loop, so each browser
+step runs in a thread (`asyncio.to_thread`) while the loop serves it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Iterator
+from datetime import timedelta
+from typing import Any, TypeVar
+
+import httpx
+import pytest
+from selenium.webdriver.remote.webdriver import WebDriver
+
+from keyturn.fulfillment.v1 import catalog_pb2_grpc, fulfillment_pb2_grpc
+from keyturn.fulfillment.v1 import fulfillment_pb2 as ful
+from keyturn.licensing.v1 import licensing_pb2 as lic
+from keyturn.licensing.v1 import licensing_pb2_grpc
+from keyturn.server.api.console.session import COOKIE
+from keyturn.server.api.server import KeyturnServer
+from keyturn.server.app.audit import token_actor
+from keyturn.server.app.audit_trail import list_audit_events
+from keyturn.server.app.context import AppContext
+from keyturn.server.app.devices import list_activations
+from keyturn.server.app.fulfillment import get_order
+from keyturn.server.app.tokens import create_token, revoke_token
+from keyturn.server.clock import SystemClock
+from keyturn.server.store.audit_repository import AuditFilter
+
+from conftest import HTTP, Tokens
+from support.browser import Browser, chromium
+from support.catalog import put_catalog
+from support.rpc import create_sku, order
+
+T = TypeVar("T")
+SOURCE, ORDER_ID = "test", "order-console-1"
+EVIL = "http://evil.example"
+
+
+@pytest.fixture
+def transport() -> str:
+    return HTTP  # the console lives on the HTTP port
+
+
+@pytest.fixture(scope="session")
+def driver() -> Iterator[WebDriver]:
+    """One chromium per test process (each xdist worker has its own); cookies are cleared
+    for every test."""
+    with chromium() as opened:
+        yield opened
+
+
+@pytest.fixture
+def browser(
+    driver: WebDriver, server: KeyturnServer, request: pytest.FixtureRequest
+) -> Iterator[Browser]:
+    opened = Browser(driver, f"http://{server.http_address}", request.node.name)
+    yield opened
+    print(f"screenshots: {opened.folder}")
+
+
+async def step(browser: Browser, action: Callable[..., T], *args: Any) -> T:
+    """A browser step, in a thread while this loop serves the server; when it fails, the
+    page it failed on is kept (screenshot and HTML) beside the test's screenshots."""
+    try:
+        return await asyncio.to_thread(action, *args)
+    except BaseException:
+        await asyncio.to_thread(browser.keep_failure)
+        raise
+
+
+class Sale:
+    """An entitlement sold by an order with one activated device."""
+
+    def __init__(self, entitlement: ful.Entitlement, activation_id: str) -> None:
+        self.entitlement = entitlement
+        self.license_key = entitlement.license_key
+        self.entitlement_id = entitlement.entitlement_id
+        self.activation_id = activation_id
+
+
+@pytest.fixture
+async def sale(
+    catalog_stub: catalog_pb2_grpc.CatalogServiceStub,
+    fulfillment_stub: fulfillment_pb2_grpc.FulfillmentServiceStub,
+    licensing_stub: licensing_pb2_grpc.LicensingServiceStub,
+    tokens: Tokens,
+) -> Sale:
+    await put_catalog(catalog_stub, tokens("catalog"), create_sku("SEATS-3", seats=3))
+    request = order(ORDER_ID, "SEATS-3")
+    request.ship_to_email = "it@initech.example"
+    sold = await fulfillment_stub.FulfillOrder(request, metadata=tokens("fulfill"))
+    entitlement = sold.entitlements[0]
+    activated = await licensing_stub.ActivateSeat(
+        lic.ActivateSeatRequest(
+            license_key=entitlement.license_key,
+            product_id=entitlement.product_id,
+            fingerprint="fp-console-laptop-1",
+            label="Ada's laptop",
+        )
+    )
+    return Sale(entitlement, activated.activation_id)
+
+
+async def emails_of(app: AppContext) -> int:
+    return len((await get_order(app, SOURCE, ORDER_ID)).messages)
+
+
+async def device_states(app: AppContext, sale: Sale) -> list[str]:
+    listed, _ = await list_activations(app, entitlement_id=sale.entitlement_id)
+    return [view.state.value for view in listed]
+
+
+def find_by_key_and_open(browser: Browser, sale: Sale) -> None:
+    browser.search("license_key", sale.license_key)
+    browser.shot("search-results")
+    links = browser.all("#results a")
+    assert [link.text for link in links] == [sale.entitlement_id]
+    assert sale.license_key not in browser.driver.page_source, "the key is never shown"
+    browser.click(links[0])
+    browser.shot("entitlement")
+
+
+async def test_fulfill_staff_find_an_entitlement_by_key_and_see_devices_and_timeline(
+    app: AppContext, browser: Browser, sale: Sale
+) -> None:
+    token, secret = await create_token(app, {"fulfill"}, "support desk", lifetime=None)
+    emails_before = await emails_of(app)
+
+    def walk() -> None:
+        browser.open("/console/")
+        browser.shot("sign-in")
+        assert browser.find("#token").get_attribute("type") == "password"
+        browser.sign_in(secret)
+        assert token.token_id in browser.text("#who")
+        assert "Signed in" in browser.text("#notice")
+        browser.shot("signed-in")
+        find_by_key_and_open(browser, sale)
+        assert browser.text("#entitlement-id") == sale.entitlement_id
+        assert browser.text("#status") == "active"
+        assert browser.text("#seats") == "1 / 3"
+        devices = browser.all("#devices tr.device")
+        assert len(devices) == 1
+        assert devices[0].get_attribute("data-activation") == sale.activation_id
+        assert "fp-console-laptop-1" in devices[0].text
+        assert "Ada's laptop" in devices[0].text
+        kinds = [li.get_attribute("data-type") for li in browser.all("#timeline li.event")]
+        assert kinds == ["created", "seat_activated"]
+        actors = [e.text for e in browser.all("#timeline li.event .actor")]
+        assert actors[0].startswith("by token:tok_"), actors  # the order's connector
+        assert actors[1] == f"by device:{sale.activation_id}"
+        assert "it@initech.example" in browser.text("#orders")
+        chart = browser.find("#usage-chart svg")
+        assert "Seats in use by day" in chart.get_attribute("aria-label")
+        assert chart.size["height"] > 100, "drawn, not blocked by the page's policy"
+        browser.click(browser.find("#usage-by-hour"))
+        assert "Seats in use by hour" in browser.find("#usage-chart svg").get_attribute(
+            "aria-label"
+        )
+        browser.shot("usage-by-hour")
+        browser.submit("#resend")
+        assert "Queued 1 email again." in browser.text("#notice")
+        browser.shot("resent")
+        row = f"#devices tr[data-activation='{sale.activation_id}']"
+        browser.find(row + " input[name=reason]").send_keys("laptop stolen")
+        browser.submit(row + " button.deactivate")
+        browser.shot("deactivated")
+        assert "Deactivated the device fp-console-laptop-1" in browser.text("#notice")
+        assert browser.find(row + " td.state").text == "deactivated"
+        assert f"by {token_actor(token.token_id)}: laptop stolen" in browser.text(row)
+        assert browser.all(row + " button.deactivate") == [], "nothing left to deactivate"
+        assert browser.text("#seats") == "0 / 3"
+        kinds = [li.get_attribute("data-type") for li in browser.all("#timeline li.event")]
+        assert kinds[-1] == "seat_deactivated"
+
+    await step(browser, walk)
+    assert await emails_of(app) == emails_before + 1
+    # The same audit as the RPCs', by the staff member's token.
+    for action in ("credentials.resend", "seat.deactivate"):
+        where = AuditFilter(action=action, entitlement_id=sale.entitlement_id)
+        audited, _ = await list_audit_events(app, where=where)
+        assert [a.actor for a in audited] == [token_actor(token.token_id)], action
+
+
+async def test_a_read_token_sees_no_actions_and_its_forged_post_is_refused(
+    app: AppContext, browser: Browser, sale: Sale, server: KeyturnServer
+) -> None:
+    _, secret = await create_token(app, {"read"}, "viewer", lifetime=None)
+    emails_before = await emails_of(app)
+
+    def look() -> tuple[str, str]:
+        browser.sign_in(secret)
+        find_by_key_and_open(browser, sale)
+        assert browser.all("#resend") == [], "no action button for a read token"
+        assert browser.all("button.deactivate") == []
+        assert len(browser.all("#devices tr.device")) == 1
+        assert browser.all("header nav a[href='/console/catalog']") == []
+        csrf = browser.find("header form input[name=csrf_token]").get_attribute("value")
+        assert csrf
+        return browser.cookie()[COOKIE], csrf
+
+    cookie, csrf = await step(browser, look)
+    base = f"http://{server.http_address}"
+    async with httpx.AsyncClient(base_url=base, cookies={COOKIE: cookie}) as client:
+        # Everything a console form sends, CSRF token and origin right: the scope refuses it.
+        forged = await client.post(
+            f"/console/entitlements/{sale.entitlement_id}/resend",
+            data={"csrf_token": csrf},
+            headers={"origin": base},
+        )
+        assert forged.status_code == 403
+        assert "may not act on entitlements" in forged.text
+        deactivation = await client.post(
+            f"/console/entitlements/{sale.entitlement_id}/devices/{sale.activation_id}/deactivate",
+            data={"csrf_token": csrf, "reason": "forged"},
+            headers={"origin": base},
+        )
+        assert deactivation.status_code == 403
+        catalog_page = await client.get("/console/catalog")
+        assert catalog_page.status_code == 403
+    assert await emails_of(app) == emails_before
+    assert await device_states(app, sale) == ["live"], "nothing was deactivated"
+
+
+async def test_a_post_without_the_csrf_token_is_refused_and_changes_nothing(
+    app: AppContext, browser: Browser, sale: Sale, server: KeyturnServer
+) -> None:
+    _, secret = await create_token(app, {"fulfill"}, "support desk", lifetime=None)
+    emails_before = await emails_of(app)
+
+    def forge() -> str:
+        browser.sign_in(secret)
+        find_by_key_and_open(browser, sale)
+        # The page's own form, its CSRF field taken out: what a forged form would send.
+        browser.driver.execute_script(
+            "document.querySelector('#resend').form.querySelector('[name=csrf_token]').remove()"
+        )
+        browser.submit("#resend")
+        browser.shot("refused")
+        assert "CSRF token or origin is wrong" in browser.text("#error")
+        return browser.cookie()[COOKIE]
+
+    cookie = await step(browser, forge)
+    assert await emails_of(app) == emails_before
+    base = f"http://{server.http_address}"
+    async with httpx.AsyncClient(base_url=base, cookies={COOKIE: cookie}) as client:
+        page = await client.get(f"/console/entitlements/{sale.entitlement_id}")
+        assert page.status_code == 200, "the session outlived the refusal"
+        token = page.text.split('name="csrf_token" value="', 1)[1].split('"', 1)[0]
+        paths = (
+            f"/console/entitlements/{sale.entitlement_id}/resend",
+            f"/console/entitlements/{sale.entitlement_id}/devices/{sale.activation_id}/deactivate",
+        )
+        # A right token from another site (the origin is checked too), and a wrong token.
+        for path in paths:
+            for origin, sent in ((EVIL, token), (base, "0" * 64), (None, token), (base, None)):
+                headers = {"origin": origin} if origin else {}
+                data = {"reason": "forged"} | ({"csrf_token": sent} if sent else {})
+                refused = await client.post(path, data=data, headers=headers)
+                assert refused.status_code == 403, (path, origin, sent)
+    assert await emails_of(app) == emails_before
+    assert await device_states(app, sale) == ["live"], "nothing was deactivated"
+
+
+async def test_sign_out_and_revocation_end_the_session(
+    app: AppContext, browser: Browser, sale: Sale
+) -> None:
+    token, secret = await create_token(app, {"fulfill"}, "support desk", lifetime=None)
+    page = f"/console/entitlements/{sale.entitlement_id}"
+
+    def sign_out() -> None:
+        browser.sign_in(secret)
+        browser.open(page)
+        assert browser.text("#entitlement-id") == sale.entitlement_id
+        browser.submit("#sign-out")
+        browser.shot("signed-out")
+        assert browser.text("#notice") == "Signed out."
+        browser.open(page)
+        assert browser.all("#entitlement-id") == [], "signed out: the page is not shown"
+        assert browser.find("#token").is_displayed()
+        browser.sign_in(secret)
+        browser.open(page)
+        assert browser.text("#entitlement-id") == sale.entitlement_id
+
+    await step(browser, sign_out)
+    assert await revoke_token(app, token.token_id) == token.token_id
+
+    def after_revocation() -> None:
+        browser.open(page)
+        browser.shot("revoked")
+        assert browser.all("#entitlement-id") == []
+        assert "not valid" in browser.text("#notice")
+        browser.find("#token").send_keys(secret)
+        browser.submit("#sign-in")
+        assert "not valid" in browser.text("#notice"), "a revoked token cannot sign in"
+
+    await step(browser, after_revocation)
+
+
+async def test_an_idle_session_ends(app: AppContext, browser: Browser, sale: Sale) -> None:
+    _, secret = await create_token(app, {"read"}, "viewer", lifetime=None)
+    page = f"/console/entitlements/{sale.entitlement_id}"
+    await step(browser, browser.sign_in, secret)
+    await step(browser, browser.open, page)
+    assert isinstance(app.clock, SystemClock)
+    app.clock.offset += timedelta(minutes=29)
+    await step(browser, browser.open, page)
+    assert await step(browser, browser.text, "#entitlement-id") == sale.entitlement_id
+    app.clock.offset += timedelta(minutes=30)  # 30 since the last request
+    await step(browser, browser.open, page)
+    await step(browser, browser.shot, "idle")
+    assert "30 minutes without use" in await step(browser, browser.text, "#notice")
+
+
+async def test_the_catalog_and_the_api_tokens_are_shown_read_only(
+    app: AppContext, browser: Browser, sale: Sale
+) -> None:
+    _, catalog_secret = await create_token(app, {"catalog"}, "catalog team", lifetime=None)
+    staff, staff_secret = await create_token(app, {"fulfill"}, "support desk", lifetime=None)
+    gone, _ = await create_token(app, {"read"}, "old laptop", lifetime=None)
+    assert await revoke_token(app, gone.token_id) == gone.token_id
+
+    def catalog_staff() -> None:
+        browser.sign_in(catalog_secret)  # lands on the catalog: it may see nothing else
+        browser.shot("catalog")
+        assert browser.driver.current_url.endswith("/console/catalog")
+        assert "acme-cad" in browser.text("#products")
+        assert "SEATS-3" in browser.text("#skus")
+        assert "create(edition_id=standard, seats_per_unit=3" in browser.text("#skus")
+        assert [a.text for a in browser.all("header nav a")] == ["Catalog"]
+        assert browser.all("form[method=post]:not(.sign-out)") == [], "read-only"
+        browser.open("/console/tokens")
+        assert "may not view API tokens" in browser.text("#error")
+        browser.submit("#sign-out")
+
+    def fulfill_staff() -> None:
+        browser.sign_in(staff_secret)
+        browser.open("/console/tokens")
+        browser.shot("tokens")
+        rows = {
+            row.find_element("css selector", "td").text: row
+            for row in browser.all("#tokens tbody tr")
+        }
+        assert {staff.token_id, gone.token_id} <= rows.keys()
+        assert "support desk" in rows[staff.token_id].text
+        assert rows[gone.token_id].get_attribute("class") == "gone"
+        assert staff_secret not in browser.driver.page_source, "never a secret"
+        browser.open("/console/catalog")
+        assert "may not view the catalog" in browser.text("#error")
+
+    await step(browser, catalog_staff)
+    await step(browser, fulfill_staff)
