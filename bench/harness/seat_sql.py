@@ -62,6 +62,8 @@ def activate_seat_script() -> str:
             15: "ARRAY['']",
             16: f"ARRAY[{ACTIVATION}]",
             17: f"ARRAY[{SNAPSHOT}]",
+            18: "ARRAY[NULL::timestamptz]",
+            19: f"ARRAY['device:' || {ACTIVATION}]",
         },
     )
     number = _filled(NUMBER, {1: str(BATCH)})
