@@ -409,11 +409,49 @@ async def test_a_read_token_sees_no_actions_and_its_forged_post_is_refused(
     assert await device_states(app, sale) == ["live"], "nothing was deactivated"
 
 
+async def test_a_read_token_sees_the_audit_but_cannot_suspend_or_manage_named_users(
+    app: AppContext, browser: Browser, team: ful.Entitlement, server: KeyturnServer
+) -> None:
+    _, secret = await create_token(app, {"read"}, "viewer", lifetime=None)
+    page = f"/console/entitlements/{team.entitlement_id}"
+    audited = await audit_rows(app, team.entitlement_id)
+    users = await user_emails(app, team.entitlement_id)
+
+    def look() -> tuple[str, str, str]:
+        browser.sign_in(secret)
+        browser.open(page)
+        browser.shot("read-entitlement")
+        assert len(browser.all("tr.named-user")) == len(TEAM)
+        for button in ("#suspend", "#reinstate", "button.remove-user", "button.change-email"):
+            assert browser.all(button) == [], button
+        assert browser.all("button.resend-invitation") == []
+        user_id = browser.find("tr.named-user").get_attribute("data-user")
+        assert user_id
+        browser.click(browser.find("#nav-audit"))
+        browser.shot("read-audit")
+        actions = [r.get_attribute("data-action") for r in browser.all("#audit tr.audit-event")]
+        assert "order.fulfil" in actions
+        return browser.cookie()[COOKIE], form_token(browser.driver.page_source), user_id
+
+    cookie, csrf, user_id = await step(browser, look)
+    base = f"http://{server.http_address}"
+    async with httpx.AsyncClient(base_url=base, cookies={COOKIE: cookie}) as client:
+        for path in action_paths(team.entitlement_id, user_id):
+            data = {"csrf_token": csrf, "reason": "forged", "email": "eve@evil.example"}
+            forged = await client.post(path, data=data, headers={"origin": base})
+            assert forged.status_code == 403, path
+            assert "may not act on entitlements" in forged.text, path
+    assert await audit_rows(app, team.entitlement_id) == audited, "nothing written"
+    assert await user_emails(app, team.entitlement_id) == users
+    assert (await entitlement_details(app, team.entitlement_id)).view.status.value == "active"
+
+
 async def test_a_post_without_the_csrf_token_is_refused_and_changes_nothing(
     app: AppContext, browser: Browser, sale: Sale, server: KeyturnServer
 ) -> None:
     _, secret = await create_token(app, {"fulfill"}, "support desk", lifetime=None)
     emails_before = await emails_of(app)
+    audited = await audit_rows(app, sale.entitlement_id)
 
     def forge() -> str:
         browser.sign_in(secret)
@@ -437,6 +475,7 @@ async def test_a_post_without_the_csrf_token_is_refused_and_changes_nothing(
         paths = (
             f"/console/entitlements/{sale.entitlement_id}/resend",
             f"/console/entitlements/{sale.entitlement_id}/devices/{sale.activation_id}/deactivate",
+            *action_paths(sale.entitlement_id, "usr_any"),
         )
         # A right token from another site (the origin is checked too), and a wrong token.
         for path in paths:
@@ -447,6 +486,7 @@ async def test_a_post_without_the_csrf_token_is_refused_and_changes_nothing(
                 assert refused.status_code == 403, (path, origin, sent)
     assert await emails_of(app) == emails_before
     assert await device_states(app, sale) == ["live"], "nothing was deactivated"
+    assert await audit_rows(app, sale.entitlement_id) == audited, "nothing suspended"
 
 
 async def test_sign_out_and_revocation_end_the_session(

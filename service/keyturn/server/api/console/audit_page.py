@@ -19,7 +19,12 @@ ENTITLEMENT_AUDIT_SIZE = 10  # the latest records on an entitlement's page
 # The form's text fields, each an AuditFilter field of the same name.
 TEXT_FIELDS = ("actor", "action", "entitlement_id", "resource")
 TIME_FIELDS = ("since", "until")
-SHOWN_AS = {"start_time": "since", "end_time": "until", "entitlement_id": "entitlement id"}
+SHOWN_AS = {
+    "start_time": "since",
+    "end_time": "until",
+    "entitlement_id": "entitlement id",
+    "page_token": "page token",
+}
 
 
 class BadFilter(ValueError):
