@@ -329,7 +329,7 @@ class ConsoleApp:
         )
         granularity = granularity_of(visit.request.query.get("usage", ""))
         chart = await usage_chart(self._ctx, entitlement_id, granularity)
-        audited, more_audited = await list_audit_events(
+        audited, _ = await list_audit_events(
             self._ctx,
             where=AuditFilter(entitlement_id=entitlement_id),
             page_size=ENTITLEMENT_AUDIT_SIZE,
@@ -343,7 +343,6 @@ class ConsoleApp:
             usage_chart=chart,
             usage_by=granularity.value,
             audited=audited,
-            more_audited=bool(more_audited),
         )
 
     async def resend(self, visit: Visit) -> Response:
@@ -441,7 +440,7 @@ class ConsoleApp:
             return (
                 f"Queued the invitation of {user_id} again."
                 if queued
-                else f"Nothing to send: {user_id} has redeemed the invitation and holds a valid identity token."
+                else f"Nothing to send: {user_id} redeemed the invitation (identity still valid)."
             )
 
         return await self._act(visit, resend)
