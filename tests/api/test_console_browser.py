@@ -2,8 +2,10 @@
 server on loopback, on every backend.
 
 Staff sign in with an API token, find an entitlement by its license key, open it and see
-its devices and timeline; a `read` token sees no action buttons and its forged POST is
-refused; a POST without the CSRF token is refused and changes nothing; sign-out and
+its devices and timeline; a `fulfill` token suspends and reinstates it, removes a named
+user and changes one's email, and finds its own actions on the audit page; a `read` token
+sees no action buttons and its forged POSTs are refused; a POST without the CSRF token is
+refused and changes nothing; sign-out and
 revocation end the session; so does an idle session. Each test leaves its screenshots in
 test-artifacts/console/<test>/ (KEYTURN_TEST_ARTIFACTS), the path printed.
 
@@ -22,6 +24,7 @@ import httpx
 import pytest
 from selenium.webdriver.remote.webdriver import WebDriver
 
+from keyturn.fulfillment.v1 import catalog_pb2 as cat
 from keyturn.fulfillment.v1 import catalog_pb2_grpc, fulfillment_pb2_grpc
 from keyturn.fulfillment.v1 import fulfillment_pb2 as ful
 from keyturn.licensing.v1 import licensing_pb2 as lic
@@ -32,6 +35,7 @@ from keyturn.server.app.audit import token_actor
 from keyturn.server.app.audit_trail import list_audit_events
 from keyturn.server.app.context import AppContext
 from keyturn.server.app.devices import list_activations
+from keyturn.server.app.entitlement_details import entitlement_details
 from keyturn.server.app.fulfillment import get_order
 from keyturn.server.app.tokens import create_token, revoke_token
 from keyturn.server.clock import SystemClock
@@ -40,10 +44,12 @@ from keyturn.server.store.audit_repository import AuditFilter
 from conftest import HTTP, Tokens
 from support.browser import Browser, chromium
 from support.catalog import put_catalog
-from support.rpc import create_sku, order
+from support.rpc import PRODUCT_ID, create_sku, order
 
 T = TypeVar("T")
 SOURCE, ORDER_ID = "test", "order-console-1"
+TEAM_ORDER_ID = "order-console-team"
+TEAM = ("ada@initech.example", "bob@initech.example", "cy@initech.example")
 EVIL = "http://evil.example"
 
 
@@ -110,6 +116,55 @@ async def sale(
         )
     )
     return Sale(entitlement, activated.activation_id)
+
+
+@pytest.fixture
+async def team(
+    sale: Sale,
+    catalog_stub: catalog_pb2_grpc.CatalogServiceStub,
+    fulfillment_stub: fulfillment_pb2_grpc.FulfillmentServiceStub,
+    tokens: Tokens,
+) -> ful.Entitlement:
+    """A second entitlement of the same customer, with three named users (and a SKU that
+    cancels an entitlement, for the refusals)."""
+    cancel = cat.Sku(
+        sku_id="CANCEL",
+        product_id=PRODUCT_ID,
+        display_name="cancel",
+        operations=[cat.Operation(cancel=cat.CancelOperation())],
+    )
+    await catalog_stub.PutSku(cat.PutSkuRequest(sku=cancel), metadata=tokens("catalog"))
+    request = order(TEAM_ORDER_ID, "SEATS-3")
+    request.lines[0].named_user_emails.extend(TEAM)
+    sold = await fulfillment_stub.FulfillOrder(request, metadata=tokens("fulfill"))
+    return sold.entitlements[0]
+
+
+async def audit_rows(app: AppContext, entitlement_id: str) -> list[tuple[str, str]]:
+    audited, _ = await list_audit_events(app, where=AuditFilter(entitlement_id=entitlement_id))
+    return [(a.actor, a.action) for a in audited]
+
+
+async def user_emails(app: AppContext, entitlement_id: str) -> list[str]:
+    details = await entitlement_details(app, entitlement_id)
+    return sorted(u.email for u in details.view.named_users)
+
+
+def form_token(page: str) -> str:
+    return page.split('name="csrf_token" value="', 1)[1].split('"', 1)[0]
+
+
+def action_paths(entitlement_id: str, user_id: str) -> list[str]:
+    """The POST routes this console added beside Resend and Deactivate."""
+    base = f"/console/entitlements/{entitlement_id}"
+    user = f"{base}/named-users/{user_id}"
+    return [
+        f"{base}/suspend",
+        f"{base}/reinstate",
+        f"{user}/remove",
+        f"{user}/email",
+        f"{user}/resend",
+    ]
 
 
 async def emails_of(app: AppContext) -> int:
@@ -192,6 +247,128 @@ async def test_fulfill_staff_find_an_entitlement_by_key_and_see_devices_and_time
         assert [a.actor for a in audited] == [token_actor(token.token_id)], action
 
 
+async def test_fulfill_staff_suspend_reinstate_manage_named_users_and_read_the_audit(
+    app: AppContext,
+    browser: Browser,
+    team: ful.Entitlement,
+    server: KeyturnServer,
+    fulfillment_stub: fulfillment_pb2_grpc.FulfillmentServiceStub,
+    tokens: Tokens,
+) -> None:
+    token, secret = await create_token(app, {"fulfill"}, "support desk", lifetime=None)
+    actor = token_actor(token.token_id)
+    page = f"/console/entitlements/{team.entitlement_id}"
+
+    def kinds() -> list[str | None]:
+        return [li.get_attribute("data-type") for li in browser.all("#timeline li.event")]
+
+    def manage() -> tuple[str, str]:
+        browser.sign_in(secret)
+        browser.open(page)
+        assert browser.text("#status") == "active"
+        browser.find("#suspend-reason").send_keys("payment failed")
+        browser.submit("#suspend")
+        browser.shot("suspended")
+        assert "Suspended" in browser.text("#notice")
+        assert browser.text("#status") == "suspended"
+        assert kinds()[-1] == "suspended"
+        assert browser.all("#suspend") == [], "a suspended one offers Reinstate only"
+        browser.submit("#reinstate")
+        browser.shot("reinstated")
+        assert browser.text("#status") == "active"
+        assert kinds()[-2:] == ["suspended", "reinstated"]
+        rows = {
+            r.find_element("css selector", "td.email").text: r for r in browser.all("tr.named-user")
+        }
+        assert sorted(rows) == sorted(TEAM)
+        ada, bob = (rows[email].get_attribute("data-user") for email in TEAM[:2])
+        assert ada
+        assert bob
+        browser.submit(f"tr[data-user='{ada}'] button.remove-user")
+        browser.shot("user-removed")
+        assert f"Removed the named user {ada}" in browser.text("#notice")
+        assert ada not in [r.get_attribute("data-user") for r in browser.all("tr.named-user")]
+        assert len(browser.all("tr.named-user")) == 2
+        assert kinds()[-1] == "named_user_removed"
+        browser.find(f"tr[data-user='{bob}'] input[name=email]").send_keys("rob@initech.example")
+        browser.submit(f"tr[data-user='{bob}'] button.change-email")
+        assert f"Changed the email of {bob} to rob@initech.example" in browser.text("#notice")
+        assert browser.text(f"tr[data-user='{bob}'] td.email") == "rob@initech.example"
+        browser.submit(f"tr[data-user='{bob}'] button.resend-invitation")
+        assert f"Queued the invitation of {bob} again." in browser.text("#notice")
+        recent = [
+            r.get_attribute("data-action")
+            for r in browser.all("#entitlement-audit-table tr.audit-event")
+        ]
+        assert recent[:3] == ["credentials.resend", "named_user.change_email", "named_user.remove"]
+        browser.click(browser.find("#entitlement-audit"))
+        browser.shot("entitlement-audit")
+        assert browser.find("#entitlement_id").get_attribute("value") == team.entitlement_id
+        # The whole trail, by this staff member's token, then one action of it.
+        browser.click(browser.find("#nav-audit"))
+        browser.find("#actor").send_keys(actor)
+        browser.submit("#filter")
+        browser.shot("audit-by-actor")
+        assert {a.text for a in browser.all("#audit td.actor")} == {actor}
+        assert [r.get_attribute("data-action") for r in browser.all("#audit tr.audit-event")] == [
+            "credentials.resend",
+            "named_user.change_email",
+            "named_user.remove",
+            "entitlement.reinstate",
+            "entitlement.suspend",
+        ]
+        browser.find("#action").send_keys("entitlement.suspend")
+        browser.submit("#filter")
+        browser.shot("audit-by-action")
+        suspended = browser.all("#audit tr.audit-event")
+        assert [r.get_attribute("data-action") for r in suspended] == ["entitlement.suspend"]
+        assert '"payment failed"' in browser.text("#audit td.details")
+        browser.click(browser.find("#audit td.resource a"))
+        assert browser.text("#entitlement-id") == team.entitlement_id
+        browser.open("/console/audit?since=yesterday")
+        browser.shot("audit-bad-filter")
+        assert "since must be a date and time" in browser.text("#notice")
+        return browser.cookie()[COOKIE], bob
+
+    cookie, bob = await step(browser, manage)
+    assert await user_emails(app, team.entitlement_id) == [
+        "cy@initech.example",
+        "rob@initech.example",
+    ]
+    base = f"http://{server.http_address}"
+    async with httpx.AsyncClient(base_url=base, cookies={COOKIE: cookie}) as client:
+        csrf = form_token((await client.get(page)).text)
+
+        async def post(path: str, **fields: str) -> httpx.Response:
+            data = {"csrf_token": csrf, **fields}
+            return await client.post(page + path, data=data, headers={"origin": base})
+
+        # Refusals show their reason with their status, never a 500, and change nothing.
+        before = await audit_rows(app, team.entitlement_id)
+        refusals = [
+            (f"/named-users/{bob}/email", {"email": TEAM[2]}, 409, TEAM[2]),
+            (f"/named-users/{bob}/email", {"email": "not an email"}, 400, "email"),
+            ("/named-users/usr_nobody/remove", {}, 404, "usr_nobody"),
+            ("/named-users/usr_nobody/resend", {}, 404, "usr_nobody"),
+            ("/suspend", {"reason": "bad\x00reason"}, 400, "reason"),
+        ]
+        cancel = order("order-console-cancel", "CANCEL")
+        cancel.lines[0].entitlement_id = team.entitlement_id
+        await fulfillment_stub.FulfillOrder(cancel, metadata=tokens("fulfill"))
+        refusals.append(("/suspend", {"reason": "late"}, 409, "cancelled"))
+        after_cancel = await audit_rows(app, team.entitlement_id)
+        for path, fields, status, said in refusals:
+            refused = await post(path, **fields)
+            assert (refused.status_code, path) == (status, path), refused.text
+            assert 'id="error"' in refused.text, path
+            assert said in refused.text, (path, refused.text)
+        assert len(after_cancel) == len(before) + 1, "the cancelling order's record"
+        assert await audit_rows(app, team.entitlement_id) == after_cancel, "nothing written"
+        cancelled = await client.get(page)
+        assert 'id="suspend"' not in cancelled.text
+        assert 'id="reinstate"' not in cancelled.text
+
+
 async def test_a_read_token_sees_no_actions_and_its_forged_post_is_refused(
     app: AppContext, browser: Browser, sale: Sale, server: KeyturnServer
 ) -> None:
@@ -232,11 +409,49 @@ async def test_a_read_token_sees_no_actions_and_its_forged_post_is_refused(
     assert await device_states(app, sale) == ["live"], "nothing was deactivated"
 
 
+async def test_a_read_token_sees_the_audit_but_cannot_suspend_or_manage_named_users(
+    app: AppContext, browser: Browser, team: ful.Entitlement, server: KeyturnServer
+) -> None:
+    _, secret = await create_token(app, {"read"}, "viewer", lifetime=None)
+    page = f"/console/entitlements/{team.entitlement_id}"
+    audited = await audit_rows(app, team.entitlement_id)
+    users = await user_emails(app, team.entitlement_id)
+
+    def look() -> tuple[str, str, str]:
+        browser.sign_in(secret)
+        browser.open(page)
+        browser.shot("read-entitlement")
+        assert len(browser.all("tr.named-user")) == len(TEAM)
+        for button in ("#suspend", "#reinstate", "button.remove-user", "button.change-email"):
+            assert browser.all(button) == [], button
+        assert browser.all("button.resend-invitation") == []
+        user_id = browser.find("tr.named-user").get_attribute("data-user")
+        assert user_id
+        browser.click(browser.find("#nav-audit"))
+        browser.shot("read-audit")
+        actions = [r.get_attribute("data-action") for r in browser.all("#audit tr.audit-event")]
+        assert "order.fulfil" in actions
+        return browser.cookie()[COOKIE], form_token(browser.driver.page_source), user_id
+
+    cookie, csrf, user_id = await step(browser, look)
+    base = f"http://{server.http_address}"
+    async with httpx.AsyncClient(base_url=base, cookies={COOKIE: cookie}) as client:
+        for path in action_paths(team.entitlement_id, user_id):
+            data = {"csrf_token": csrf, "reason": "forged", "email": "eve@evil.example"}
+            forged = await client.post(path, data=data, headers={"origin": base})
+            assert forged.status_code == 403, path
+            assert "may not act on entitlements" in forged.text, path
+    assert await audit_rows(app, team.entitlement_id) == audited, "nothing written"
+    assert await user_emails(app, team.entitlement_id) == users
+    assert (await entitlement_details(app, team.entitlement_id)).view.status.value == "active"
+
+
 async def test_a_post_without_the_csrf_token_is_refused_and_changes_nothing(
     app: AppContext, browser: Browser, sale: Sale, server: KeyturnServer
 ) -> None:
     _, secret = await create_token(app, {"fulfill"}, "support desk", lifetime=None)
     emails_before = await emails_of(app)
+    audited = await audit_rows(app, sale.entitlement_id)
 
     def forge() -> str:
         browser.sign_in(secret)
@@ -260,6 +475,7 @@ async def test_a_post_without_the_csrf_token_is_refused_and_changes_nothing(
         paths = (
             f"/console/entitlements/{sale.entitlement_id}/resend",
             f"/console/entitlements/{sale.entitlement_id}/devices/{sale.activation_id}/deactivate",
+            *action_paths(sale.entitlement_id, "usr_any"),
         )
         # A right token from another site (the origin is checked too), and a wrong token.
         for path in paths:
@@ -270,6 +486,7 @@ async def test_a_post_without_the_csrf_token_is_refused_and_changes_nothing(
                 assert refused.status_code == 403, (path, origin, sent)
     assert await emails_of(app) == emails_before
     assert await device_states(app, sale) == ["live"], "nothing was deactivated"
+    assert await audit_rows(app, sale.entitlement_id) == audited, "nothing suspended"
 
 
 async def test_sign_out_and_revocation_end_the_session(

@@ -1,12 +1,14 @@
 """The console's edges over plain HTTP (httpx, no browser), through a real server: an
 expired token cannot sign in, a session ends at its absolute limit however busy, a sign-in
 needs the form's own cookie and CSRF token, a cookie this server did not seal is nobody's,
-and oversized forms and unknown pages are refused. The browser walks are in
+and oversized forms and unknown pages are refused; the audit page pages with its filters and
+refuses a bad one with its reason. The browser walks are in
 test_console_browser.py.
 """
 
 from __future__ import annotations
 
+import html
 import re
 from collections.abc import AsyncIterator
 from datetime import timedelta
@@ -14,6 +16,7 @@ from datetime import timedelta
 import httpx
 import pytest
 
+from keyturn.server.api.console import routes
 from keyturn.server.api.console.session import COOKIE
 from keyturn.server.api.console.web import MAX_FORM_BYTES
 from keyturn.server.api.server import KeyturnServer
@@ -24,6 +27,8 @@ from keyturn.server.clock import SystemClock
 from conftest import HTTP
 
 CSRF = re.compile(r'name="csrf_token" value="([0-9a-f]{64})"')
+AUDITED = re.compile(r'data-audit="([0-9]+)"')
+NEXT = re.compile(r'href="/console/audit(\?[^"]*)" id="older-audit"')
 
 
 @pytest.fixture
@@ -131,3 +136,35 @@ async def test_oversized_forms_and_unknown_pages_are_refused(
     assert "is not a license key" in bad_key.text
     css = await console.get("/console/static/console.css")
     assert (css.status_code, css.headers["content-type"]) == (200, "text/css; charset=utf-8")
+
+
+async def test_the_audit_page_pages_with_its_filters_and_refuses_bad_ones(
+    app: AppContext, console: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(routes, "AUDIT_PAGE_SIZE", 2)
+    created = [(await create_token(app, {"read"}, f"desk {n}", lifetime=None))[0] for n in range(3)]
+    _, secret = await create_token(app, {"read"}, "desk", lifetime=None)
+    await sign_in(console, secret)
+    seen: list[str] = []
+    url = "/console/audit?action=token.create&resource=tokens/"
+    while url:
+        page = await console.get(url)
+        assert page.status_code == 200, page.text
+        seen += AUDITED.findall(page.text)
+        later = NEXT.search(page.text)
+        url = "/console/audit" + html.unescape(later[1]) if later else ""
+        assert not later or "action=token.create" in url, "the filters go along"
+    assert len(seen) == 4, "three pages of two at most, newest first, each record once"
+    assert seen == sorted(seen, key=int, reverse=True)
+    assert len(created) == 3
+    refusals = {
+        "since=yesterday": "since must be a date and time",
+        "since=2026-02-01T00:00&until=2026-01-01T00:00": "until must be after",
+        "page=not-a-token": "page token",
+        "actor=" + "x" * 200: "actor",
+    }
+    for query, said in refusals.items():
+        refused = await console.get(f"/console/audit?{query}")
+        assert refused.status_code == 400, query
+        assert said in html.unescape(refused.text), (query, refused.text)
+        assert 'id="audit-filter"' in refused.text, "the form again"

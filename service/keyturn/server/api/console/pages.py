@@ -5,6 +5,7 @@ HTTP status of a refusal.
 
 from __future__ import annotations
 
+import json
 import logging
 import secrets
 from dataclasses import fields
@@ -63,6 +64,13 @@ def operation(op: Operation) -> str:
     return f"{op.name}({', '.join(shown)})"
 
 
+def details(value: dict[str, Any]) -> str:
+    """An audit record's details as one line: each key and its value as JSON."""
+    return ", ".join(
+        f"{key}={json.dumps(item, default=str)}" for key, item in sorted(value.items())
+    )
+
+
 def when(value: datetime | None) -> str:
     """A time as staff read it: UTC, to the second."""
     return "—" if value is None else value.strftime("%Y-%m-%d %H:%M:%S UTC")
@@ -80,6 +88,7 @@ class Pages:
         )
         self._env.filters["when"] = when
         self._env.filters["operation"] = operation
+        self._env.filters["details"] = details
         self._env.filters["path"] = lambda value: quote(str(value), safe="")
 
     def render(self, visit: Visit, template: str, *, status: int = 200, **context: Any) -> Response:

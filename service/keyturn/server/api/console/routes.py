@@ -19,17 +19,35 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from keyturn.server.app import catalog, devices, entitlements, fulfillment, tokens
+from keyturn.server.app import (
+    catalog,
+    devices,
+    entitlements,
+    fulfillment,
+    named_user_admin,
+    suspension,
+    tokens,
+)
 from keyturn.server.app.audit import acting_as, token_actor
+from keyturn.server.app.audit_trail import list_audit_events
 from keyturn.server.app.conflicts import retry_conflicts
 from keyturn.server.app.context import AppContext
 from keyturn.server.app.entitlement_details import entitlement_details, find_by_license_key
 from keyturn.server.app.tokens import TokenAuthenticator
 from keyturn.server.domain.errors import DomainError, Reason
+from keyturn.server.store.audit_repository import AuditFilter
 from keyturn.server.store.entitlement_repository import EntitlementFilter
 from keyturn.server.store.token_repository import ApiToken
 
 from . import csrf
+from .audit_page import (
+    AUDIT_PAGE_SIZE,
+    ENTITLEMENT_AUDIT_SIZE,
+    BadFilter,
+    audit_filter,
+    next_link,
+    why_refused,
+)
 from .pages import Pages, http_status_of
 from .roles import GRANTED_BY, Permission, allows
 from .session import (
@@ -311,6 +329,11 @@ class ConsoleApp:
         )
         granularity = granularity_of(visit.request.query.get("usage", ""))
         chart = await usage_chart(self._ctx, entitlement_id, granularity)
+        audited, _ = await list_audit_events(
+            self._ctx,
+            where=AuditFilter(entitlement_id=entitlement_id),
+            page_size=ENTITLEMENT_AUDIT_SIZE,
+        )
         return self._pages.render(
             visit,
             "entitlement.html.j2",
@@ -319,6 +342,7 @@ class ConsoleApp:
             more_events=more,
             usage_chart=chart,
             usage_by=granularity.value,
+            audited=audited,
         )
 
     async def resend(self, visit: Visit) -> Response:
@@ -359,6 +383,110 @@ class ConsoleApp:
             visit.session, notice=f"Deactivated the device {fingerprint}: its seat is free."
         )
         return redirect(_entitlement_path(entitlement_id))
+
+    async def suspend(self, visit: Visit) -> Response:
+        entitlement_id, reason = visit.params["entitlement_id"], visit.request.field("reason")
+
+        async def suspend() -> str:
+            await suspension.suspend_entitlement(
+                self._ctx, entitlement_id=entitlement_id, reason=reason
+            )
+            return "Suspended: no new seat and no renewal until it is reinstated."
+
+        return await self._act(visit, suspend)
+
+    async def reinstate(self, visit: Visit) -> Response:
+        entitlement_id = visit.params["entitlement_id"]
+
+        async def reinstate() -> str:
+            await suspension.reinstate_entitlement(self._ctx, entitlement_id=entitlement_id)
+            return "Reinstated: its devices and named users go on."
+
+        return await self._act(visit, reinstate)
+
+    async def remove_user(self, visit: Visit) -> Response:
+        entitlement_id, user_id = visit.params["entitlement_id"], visit.params["user_id"]
+
+        async def remove() -> str:
+            removed = await named_user_admin.remove_named_user(
+                self._ctx, entitlement_id=entitlement_id, user_id=user_id
+            )
+            released = removed.released_seats
+            seats = f" and released {released} seat{'s' if released != 1 else ''}"
+            return f"Removed the named user {user_id}{seats if released else ''}."
+
+        return await self._act(visit, remove)
+
+    async def change_email(self, visit: Visit) -> Response:
+        entitlement_id, user_id = visit.params["entitlement_id"], visit.params["user_id"]
+        email = visit.request.field("email")
+
+        async def change() -> str:
+            changed = await named_user_admin.change_named_user_email(
+                self._ctx, entitlement_id=entitlement_id, user_id=user_id, email=email
+            )
+            sent = " and sent a new invitation there" if changed.messages else ""
+            return f"Changed the email of {user_id} to {changed.user.email}{sent}."
+
+        return await self._act(visit, change)
+
+    async def resend_invitation(self, visit: Visit) -> Response:
+        entitlement_id, user_id = visit.params["entitlement_id"], visit.params["user_id"]
+
+        async def resend() -> str:
+            queued = await fulfillment.resend_credentials(
+                self._ctx, entitlement_id, user_id=user_id
+            )
+            return (
+                f"Queued the invitation of {user_id} again."
+                if queued
+                else f"Nothing to send: {user_id} redeemed the invitation (identity still valid)."
+            )
+
+        return await self._act(visit, resend)
+
+    async def _act(self, visit: Visit, action: Callable[[], Awaitable[str]]) -> Response:
+        """Run one use case as the token's actor (conflicts retried) and go back to the
+        entitlement's page with the notice it returns. A refusal (DomainError) goes up to
+        `_answer`, which shows it with its status, as for every route."""
+        with acting_as(visit.actor):
+            notice = await retry_conflicts(action)
+        visit.session = replace(visit.session, notice=notice)
+        return redirect(_entitlement_path(visit.params["entitlement_id"]))
+
+    async def audit_page(self, visit: Visit) -> Response:
+        query = visit.request.query
+        try:
+            where = audit_filter(query)
+            found, more = await list_audit_events(
+                self._ctx,
+                where=where,
+                page_size=AUDIT_PAGE_SIZE,
+                page_token=query.get("page", ""),
+            )
+        except BadFilter as error:
+            visit.notice = f"Not a filter to list by: {error}."
+            return self._audit_page(visit, [], "", status=400)
+        except DomainError as error:
+            if error.reason is not Reason.INVALID_REQUEST:
+                raise
+            why = why_refused(error.violations) or error.message
+            visit.notice = f"Not a filter to list by: {why}."
+            return self._audit_page(visit, [], "", status=400)
+        return self._audit_page(visit, found, next_link(query, more))
+
+    def _audit_page(
+        self, visit: Visit, found: list[Any], later: str, *, status: int = 200
+    ) -> Response:
+        return self._pages.render(
+            visit,
+            "audit.html.j2",
+            status=status,
+            found=found,
+            later=later,
+            query=visit.request.query,
+            limit=AUDIT_PAGE_SIZE,
+        )
 
     async def catalog_page(self, visit: Visit) -> Response:
         products, more_products = await catalog.list_products(self._ctx, CATALOG_PAGE_SIZE, "")
@@ -403,6 +531,8 @@ def _refusal_of(error: DomainError) -> str:
 
 
 ENTITLEMENT = r"/console/entitlements/(?P<entitlement_id>[^/]{1,64})"
+NAMED_USER = ENTITLEMENT + r"/named-users/(?P<user_id>[^/]{1,64})"
+ACT = Permission.ACT_ON_ENTITLEMENTS
 ROUTES = (
     Route("GET", re.compile(r"/console/"), ConsoleApp.home, None),
     Route("POST", re.compile(r"/console/sign-in"), ConsoleApp.sign_in, None),
@@ -420,6 +550,14 @@ ROUTES = (
         re.compile(ENTITLEMENT + r"/devices/(?P<activation_id>[^/]{1,64})/deactivate"),
         ConsoleApp.deactivate,
         Permission.ACT_ON_ENTITLEMENTS,
+    ),
+    Route("POST", re.compile(ENTITLEMENT + "/suspend"), ConsoleApp.suspend, ACT),
+    Route("POST", re.compile(ENTITLEMENT + "/reinstate"), ConsoleApp.reinstate, ACT),
+    Route("POST", re.compile(NAMED_USER + "/remove"), ConsoleApp.remove_user, ACT),
+    Route("POST", re.compile(NAMED_USER + "/email"), ConsoleApp.change_email, ACT),
+    Route("POST", re.compile(NAMED_USER + "/resend"), ConsoleApp.resend_invitation, ACT),
+    Route(
+        "GET", re.compile(r"/console/audit"), ConsoleApp.audit_page, Permission.VIEW_ENTITLEMENTS
     ),
     Route("GET", re.compile(r"/console/catalog"), ConsoleApp.catalog_page, Permission.VIEW_CATALOG),
     Route("GET", re.compile(r"/console/tokens"), ConsoleApp.tokens_page, Permission.VIEW_TOKENS),
