@@ -186,8 +186,17 @@ def find_by_key_and_open(browser: Browser, sale: Sale) -> None:
     browser.shot("entitlement")
 
 
+def hour_peaks(browser: Browser) -> list[str]:
+    """The hour chart's bars as their titles say (`HH:00: peak N, average A, limit L`),
+    the hour under way last."""
+    return [str(t.get_attribute("textContent")) for t in browser.all("#usage-chart svg rect title")]
+
+
 async def test_fulfill_staff_find_an_entitlement_by_key_and_see_devices_and_timeline(
-    app: AppContext, browser: Browser, sale: Sale
+    app: AppContext,
+    browser: Browser,
+    sale: Sale,
+    licensing_stub: licensing_pb2_grpc.LicensingServiceStub,
 ) -> None:
     token, secret = await create_token(app, {"fulfill"}, "support desk", lifetime=None)
     emails_before = await emails_of(app)
@@ -223,6 +232,13 @@ async def test_fulfill_staff_find_an_entitlement_by_key_and_see_devices_and_time
             "aria-label"
         )
         browser.shot("usage-by-hour")
+        assert "peak 1," in hour_peaks(browser)[-1], "the sale's device, this hour"
+
+    def deactivate() -> None:
+        browser.driver.refresh()
+        assert "peak 2," in hour_peaks(browser)[-1], "the chart counts the second device"
+        assert browser.text("#seats") == "2 / 3"
+        browser.shot("usage-updated")
         browser.submit("#resend")
         assert "Queued 1 email again." in browser.text("#notice")
         browser.shot("resent")
@@ -234,11 +250,21 @@ async def test_fulfill_staff_find_an_entitlement_by_key_and_see_devices_and_time
         assert browser.find(row + " td.state").text == "deactivated"
         assert f"by {token_actor(token.token_id)}: laptop stolen" in browser.text(row)
         assert browser.all(row + " button.deactivate") == [], "nothing left to deactivate"
-        assert browser.text("#seats") == "0 / 3"
+        assert browser.text("#seats") == "1 / 3"
         kinds = [li.get_attribute("data-type") for li in browser.all("#timeline li.event")]
-        assert kinds[-1] == "seat_deactivated"
+        assert kinds[-2:] == ["seat_activated", "seat_deactivated"]
 
     await step(browser, walk)
+    # A second device takes a seat while the page is open: the reloaded chart shows it.
+    await licensing_stub.ActivateSeat(
+        lic.ActivateSeatRequest(
+            license_key=sale.license_key,
+            product_id=sale.entitlement.product_id,
+            fingerprint="fp-console-laptop-2",
+            label="Ada's new laptop",
+        )
+    )
+    await step(browser, deactivate)
     assert await emails_of(app) == emails_before + 1
     # The same audit as the RPCs', by the staff member's token.
     for action in ("credentials.resend", "seat.deactivate"):
