@@ -348,21 +348,19 @@ class ConsoleApp:
     async def resend(self, visit: Visit) -> Response:
         entitlement_id = visit.params["entitlement_id"]
 
-        async def resend() -> int:
-            return len(await fulfillment.resend_credentials(self._ctx, entitlement_id))
+        async def resend() -> str:
+            queued = len(await fulfillment.resend_credentials(self._ctx, entitlement_id))
+            log.info(
+                "console resend entitlement=%s queued=%d actor=%s",
+                entitlement_id,
+                queued,
+                visit.actor,
+            )
+            if not queued:
+                return "Nothing to send: no recipient, or every invitation is redeemed."
+            return f"Queued {queued} email{'s' if queued != 1 else ''} again."
 
-        with acting_as(visit.actor):
-            queued = await retry_conflicts(resend)
-        log.info(
-            "console resend entitlement=%s queued=%d actor=%s", entitlement_id, queued, visit.actor
-        )
-        visit.session = replace(
-            visit.session,
-            notice=f"Queued {queued} email{'s' if queued != 1 else ''} again."
-            if queued
-            else "Nothing to send: no recipient, or every invitation is redeemed.",
-        )
-        return redirect(_entitlement_path(entitlement_id))
+        return await self._act(visit, resend)
 
     async def deactivate(self, visit: Visit) -> Response:
         entitlement_id, activation_id = (
@@ -375,14 +373,9 @@ class ConsoleApp:
             view = await devices.deactivate_seat(
                 self._ctx, entitlement_id=entitlement_id, activation_id=activation_id, reason=reason
             )
-            return view.activation.fingerprint
+            return f"Deactivated the device {view.activation.fingerprint}: its seat is free."
 
-        with acting_as(visit.actor):
-            fingerprint = await retry_conflicts(deactivate)
-        visit.session = replace(
-            visit.session, notice=f"Deactivated the device {fingerprint}: its seat is free."
-        )
-        return redirect(_entitlement_path(entitlement_id))
+        return await self._act(visit, deactivate)
 
     async def suspend(self, visit: Visit) -> Response:
         entitlement_id, reason = visit.params["entitlement_id"], visit.request.field("reason")
