@@ -872,7 +872,7 @@ def _days(text: str) -> int:
 
 def _utc_time(text: str) -> datetime:
     """An ISO 8601 date or time; one without an offset is UTC, as the commands show times."""
-    from .usage_export import utc_time
+    from .domain.durations import utc_time
 
     try:
         return utc_time(text)

@@ -35,12 +35,6 @@ GRANULARITY_OUT = {
 }
 
 
-def utc_time(text: str) -> datetime:
-    """An ISO 8601 date or date and time; without an offset it is UTC."""
-    value = datetime.fromisoformat(text)
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-
-
 @dataclass(frozen=True)
 class EntitlementUsage:
     entitlement_id: str

@@ -1,4 +1,5 @@
-"""ISO-8601 durations (`P1Y`, `P1M`, `P30D`, `PT15M`) and calendar arithmetic.
+"""ISO-8601 durations (`P1Y`, `P1M`, `P30D`, `PT15M`), calendar arithmetic, and times as
+people type them.
 
 Terms are calendar durations: a month added to 31 January ends on the last
 day of February, which `timedelta` cannot express.
@@ -113,3 +114,10 @@ def iso_of_length(length: timedelta) -> str:
     time = "".join(f"{n}{unit}" for n, unit in ((hours, "H"), (minutes, "M"), (seconds, "S")) if n)
     text = "P" + (f"{days}D" if days else "") + (f"T{time}" if time else "")
     return text if text != "P" else "PT0S"
+
+
+def utc_time(text: str) -> datetime:
+    """An ISO 8601 date or date and time (ValueError otherwise); without an offset it is
+    UTC, as Keyturn shows every time."""
+    value = datetime.fromisoformat(text)
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)

@@ -8,9 +8,10 @@ an offset they are UTC, as every time the console shows.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from urllib.parse import urlencode
 
+from keyturn.server.domain.durations import utc_time
 from keyturn.server.domain.errors import FieldViolation
 from keyturn.server.store.audit_repository import AuditFilter
 
@@ -35,10 +36,9 @@ def _time(name: str, text: str) -> datetime | None:
     if not text:
         return None
     try:
-        value = datetime.fromisoformat(text)
+        return utc_time(text)
     except ValueError:
         raise BadFilter(f"{name} must be a date and time such as 2026-01-31T09:30") from None
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 def audit_filter(query: Mapping[str, str]) -> AuditFilter:
