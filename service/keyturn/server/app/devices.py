@@ -20,7 +20,7 @@ from keyturn.server.domain.errors import (
     raise_if_invalid,
 )
 from keyturn.server.domain.events import EventType
-from keyturn.server.domain.orders import check_text
+from keyturn.server.domain.orders import check_reason, check_text
 from keyturn.server.domain.seats import Activation, ActivationState, activation_state
 from keyturn.server.store.activation_repository import ActivationFilter
 from keyturn.server.store.deactivation_counts import ensure_within_limit
@@ -35,7 +35,6 @@ from .views import new_event
 
 MAX_ID = 64
 MAX_CUSTOMER_ID = 128  # as orders take it
-MAX_REASON = 500
 
 
 @dataclass(frozen=True)
@@ -51,15 +50,6 @@ def _check_id(path: str, value: str, what: str, *, required: bool) -> list[Field
     if not value and not required:
         return []
     return check_text(path, value, MAX_ID, what)
-
-
-def _check_reason(reason: str) -> list[FieldViolation]:
-    """Free text for people: spaces and any script, no control characters."""
-    if not reason.strip():
-        return [FieldViolation("reason", "a reason is required")]
-    if len(reason) > MAX_REASON or not reason.isprintable():
-        return [FieldViolation("reason", f"must be 1 to {MAX_REASON} printable characters")]
-    return []
 
 
 def _list_scope(where: ActivationFilter) -> str:
@@ -135,7 +125,7 @@ async def deactivate_seat(
     is written. ACTIVATION_NOT_FOUND, DEACTIVATION_LIMIT_REACHED."""
     violations = _check_id("entitlement_id", entitlement_id, "entitlement id", required=True)
     violations += _check_id("activation_id", activation_id, "activation id", required=True)
-    violations += _check_reason(reason)
+    violations += check_reason(reason, required=True)
     raise_if_invalid(violations)
     now = await ctx.seats.now()  # the seat decisions' clock: the database's on PostgreSQL
     async with ctx.store.write() as tx:

@@ -14,27 +14,17 @@ from dataclasses import replace
 from keyturn.server.domain.catalog import Reinstate, Suspend
 from keyturn.server.domain.entitlement import Status
 from keyturn.server.domain.errors import (
-    FieldViolation,
     entitlement_cancelled,
     entitlement_not_found,
     raise_if_invalid,
 )
 from keyturn.server.domain.operations import EVENT_OF, hold, leaves_unchanged
+from keyturn.server.domain.orders import check_reason
 
 from . import audit
 from .context import AppContext
 from .fulfillment import check_entitlement_id, entitlement_view
 from .views import EntitlementView, new_event
-
-MAX_REASON = 500
-
-
-def _check_reason(reason: str) -> list[FieldViolation]:
-    """Free text for people (spaces and any script allowed), but no control characters."""
-    if len(reason) > MAX_REASON or not reason.isprintable():
-        text = f"must be at most {MAX_REASON} printable characters"
-        return [FieldViolation("reason", text)]
-    return []
 
 
 async def suspend_entitlement(
@@ -42,7 +32,7 @@ async def suspend_entitlement(
 ) -> EntitlementView:
     """Suspend from now on; `reason` goes to the audit row (`payment_failed`...)."""
     check_entitlement_id(entitlement_id)
-    raise_if_invalid(_check_reason(reason))
+    raise_if_invalid(check_reason(reason, required=False))
     return await _hold(ctx, entitlement_id, Suspend(), {"reason": reason})
 
 

@@ -81,6 +81,20 @@ def check_text(path: str, value: str, limit: int, what: str) -> list[FieldViolat
     return []
 
 
+MAX_REASON = 500  # an administrator's reason (a suspension's, a deactivation's)
+
+
+def check_reason(reason: str, *, required: bool) -> list[FieldViolation]:
+    """An administrator's reason: free text for people (spaces and any script allowed),
+    but no control characters, at most MAX_REASON characters."""
+    if required and not reason.strip():
+        return [FieldViolation("reason", "a reason is required")]
+    if len(reason) > MAX_REASON or not reason.isprintable():
+        bounds = f"1 to {MAX_REASON}" if required else f"at most {MAX_REASON}"
+        return [FieldViolation("reason", f"must be {bounds} printable characters")]
+    return []
+
+
 def check_named_user_emails(path: str, emails: tuple[str, ...]) -> list[FieldViolation]:
     """Every email of a line well formed, at most MAX_NAMED_USERS_PER_LINE of them."""
     if len(emails) > MAX_NAMED_USERS_PER_LINE:
