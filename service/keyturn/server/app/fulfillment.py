@@ -410,9 +410,14 @@ async def entitlement_view(
     return await _view(ctx, tx, entitlement, license_key, invitation_codes)
 
 
-def check_entitlement_id(entitlement_id: str) -> None:
+def entitlement_id_violations(entitlement_id: str) -> list[FieldViolation]:
     if not entitlement_id or len(entitlement_id) > 64:
-        raise_if_invalid([FieldViolation("entitlement_id", "must be 1 to 64 characters")])
+        return [FieldViolation("entitlement_id", "must be 1 to 64 characters")]
+    return []
+
+
+def check_entitlement_id(entitlement_id: str) -> None:
+    raise_if_invalid(entitlement_id_violations(entitlement_id))
 
 
 async def _view(

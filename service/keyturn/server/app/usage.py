@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from keyturn.server.domain.errors import FieldViolation, entitlement_not_found, raise_if_invalid
+from keyturn.server.domain.errors import entitlement_not_found, raise_if_invalid
 from keyturn.server.domain.usage import (
     SEAT_ENDED,
     SEAT_TAKEN,
@@ -28,6 +28,7 @@ from keyturn.server.store.event_repository import StoredEvent
 from keyturn.server.store.unit_of_work import ReadStore
 
 from .context import AppContext
+from .fulfillment import entitlement_id_violations
 from .standby_reads import found_on_standby_or_primary
 from .views import from_snapshot
 
@@ -60,10 +61,9 @@ async def usage_report(
     granularity: Granularity | None,
 ) -> UsageReport:
     """Peak, average and limit of seats in use for each bucket of [start, end), up to now."""
-    wrong = report_violations(start, end, granularity)
-    if not entitlement_id or len(entitlement_id) > 64:  # as check_entitlement_id, with the rest
-        wrong.insert(0, FieldViolation("entitlement_id", "must be 1 to 64 characters"))
-    raise_if_invalid(wrong)
+    raise_if_invalid(
+        entitlement_id_violations(entitlement_id) + report_violations(start, end, granularity)
+    )
     if start is None or end is None or granularity is None:  # named above
         raise AssertionError("a report's range is checked first")
     now = await ctx.seats.now()  # the instant seat decisions are taken at
