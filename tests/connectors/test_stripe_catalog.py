@@ -1,18 +1,21 @@
-"""The shipped catalog carries, for each Stripe lookup key it sells, the five SKUs that a
-subscription's later events order, and each does what its event means: a renewal adds
-the base SKU's term, a quantity change moves seats by the base's seats per unit, a
-switch goes to the base's edition, a deletion cancels."""
+"""The shipped catalog carries, for each base SKU it sells on subscription (the Stripe lookup
+keys), the seven SKUs that a subscription's later changes order, and each does what its
+change means: a renewal adds the base SKU's term, a quantity change moves seats by the
+base's seats per unit, a switch goes to the base's edition, a cancellation cancels, a
+suspension suspends and a reinstatement reinstates."""
 
 from __future__ import annotations
 
 from connector_harness import PRO, STANDARD
 
-from keyturn.client.connectors.stripe_mapping import (
+from keyturn.client.connectors.lifecycle import (
     ADD_SEATS,
     CANCEL,
     LIFECYCLE_SUFFIXES,
+    REINSTATE,
     REMOVE_SEATS,
     RENEW,
+    SUSPEND,
     SWITCH,
     lifecycle_sku,
 )
@@ -57,6 +60,8 @@ def test_each_lifecycle_sku_does_what_its_event_means() -> None:
                 change_edition=cat.ChangeEditionOperation(edition_id=create.edition_id)
             ),
             CANCEL: cat.Operation(cancel=cat.CancelOperation()),
+            SUSPEND: cat.Operation(suspend=cat.SuspendOperation()),
+            REINSTATE: cat.Operation(reinstate=cat.ReinstateOperation()),
         }
         for suffix, operation in expected.items():
             sku = skus[lifecycle_sku(key, suffix)]

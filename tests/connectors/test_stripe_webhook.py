@@ -41,7 +41,7 @@ from connector_harness import (
 )
 
 from keyturn.client import FulfillmentClient, NotFoundError, RetryPolicy
-from keyturn.client.connectors.stripe_mapping import (
+from keyturn.client.connectors.lifecycle import (
     ADD_SEATS,
     CANCEL,
     REMOVE_SEATS,

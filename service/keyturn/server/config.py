@@ -512,6 +512,11 @@ class Settings(BaseSettings):
         "127.0.0.1:8080", description="HOST:PORT the Stripe webhook endpoint binds"
     )
     stripe_path: str = Field("/stripe/webhook", description="URL path of the Stripe webhook")
+    product_map: str = Field(
+        "",
+        description="YAML file mapping each billing system's product ids to base SKUs "
+        "(examples/product-map.yaml), read by `keyturn connect salesforce|netsuite|chargify`",
+    )
 
     # How the commands that call the server (the connectors, `keyturn health`) reach it.
     target_tls: Literal["auto", "on", "off"] = Field(

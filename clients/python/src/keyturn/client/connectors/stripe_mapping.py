@@ -36,20 +36,9 @@ from typing import Any
 
 from keyturn.fulfillment.v1 import fulfillment_pb2 as ful
 
+from .lifecycle import ADD_SEATS, CANCEL, REMOVE_SEATS, RENEW, SWITCH, lifecycle_sku
+
 SOURCE = "stripe"
-
-# The suffixes of the SKUs that a subscription's later events order (`LOOKUP_KEY:SUFFIX`).
-RENEW = "renew"
-ADD_SEATS = "add-seats"
-REMOVE_SEATS = "remove-seats"
-SWITCH = "switch"
-CANCEL = "cancel"
-LIFECYCLE_SUFFIXES = (RENEW, ADD_SEATS, REMOVE_SEATS, SWITCH, CANCEL)
-
-
-def lifecycle_sku(lookup_key: str, suffix: str) -> str:
-    """The SKU an event of the subscription orders: the catalog says what it does."""
-    return f"{lookup_key}:{suffix}"
 
 
 @dataclass(frozen=True)
