@@ -27,6 +27,9 @@ from .signals import stop_on_signal
 
 if TYPE_CHECKING:
     from keyturn.client import FulfillmentClient
+    from keyturn.client.connectors.webhook_server import ConnectorServer
+
+    from .port_reservation import ListenSetting
 
 UTC_TIME = "%Y-%m-%dT%H:%M:%SZ"  # how the admin commands show a stored (UTC) time
 
@@ -359,7 +362,7 @@ async def _restore(args: argparse.Namespace) -> int:
 def _connect_stripe(args: argparse.Namespace) -> int:
     from keyturn.client.connectors.stripe_webhook import StripePriceLookup, StripeWebhookServer
 
-    from .port_reservation import STRIPE_LISTEN, cannot_listen
+    from .port_reservation import STRIPE_LISTEN
 
     settings = _settings(args)
     secret, token = settings.connector_secrets("stripe_webhook_secret", "fulfill_token")
@@ -369,27 +372,45 @@ def _connect_stripe(args: argparse.Namespace) -> int:
         if api_key is not None and api_key.get_secret_value()
         else None
     )
-    host, _, port = settings.stripe_listen.rpartition(":")
-    path = settings.stripe_path
     with _fulfillment_client(args, settings, token) as client:
-        try:
-            server = StripeWebhookServer(
-                (host, int(port)), secret, client.fulfill_order, path, prices
-            )
-        except OSError as exc:
-            raise cannot_listen(settings.stripe_listen, exc, STRIPE_LISTEN) from None
-        bound_host, bound_port = server.address
-        print(f"keyturn stripe webhook on http://{bound_host}:{bound_port}{path}", flush=True)
-        stopping = threading.Event()
+        return _run_connector(
+            "stripe webhook",
+            settings.stripe_listen,
+            STRIPE_LISTEN,
+            settings.stripe_path,
+            lambda listen: StripeWebhookServer(
+                listen, secret, client.fulfill_order, settings.stripe_path, prices
+            ),
+        )
 
-        def stop(signum: int, frame: object) -> None:
-            if not stopping.is_set():
-                stopping.set()
-                threading.Thread(target=server.stop).start()
 
-        signal.signal(signal.SIGTERM, stop)
-        signal.signal(signal.SIGINT, stop)
-        server.serve_forever()
+def _run_connector(
+    name: str,
+    listen: str,
+    setting: ListenSetting,
+    path: str,
+    build: Callable[[tuple[str, int]], ConnectorServer],
+) -> int:
+    """Bind a connector's HTTP server, say where, and serve until SIGTERM or SIGINT."""
+    from .port_reservation import cannot_listen
+
+    host, _, port = listen.rpartition(":")
+    try:
+        server = build((host, int(port)))
+    except OSError as exc:
+        raise cannot_listen(listen, exc, setting) from None
+    bound_host, bound_port = server.address
+    print(f"keyturn {name} on http://{bound_host}:{bound_port}{path}", flush=True)
+    stopping = threading.Event()
+
+    def stop(signum: int, frame: object) -> None:
+        if not stopping.is_set():
+            stopping.set()
+            threading.Thread(target=server.stop).start()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    server.serve_forever()
     return 0
 
 
