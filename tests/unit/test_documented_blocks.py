@@ -42,6 +42,7 @@ RUN_BY: dict[Key, str] = {
     ("README.md", "Walk-through with grpcurl", 2): "tests/e2e/test_quick_start.py",
     ("README.md", "Walk-through with curl", 0): "tests/e2e/test_http_json_workers.py",
     ("README.md", "Benchmark", 0): "tests/unit/test_documented_blocks.py",
+    ("README.md", "Signed orders from any system", 0): "tests/connectors/test_signed_orders.py",
     ("README.md", "Usage reports", 0): "tests/connectors/test_usage_report_command.py",
     ("README.md", "The audit trail", 0): "tests/e2e/test_audit_cli.py",
     ("README.md", "Running with a certificate", 0): "tests/e2e/test_readme_tls.py",

@@ -384,6 +384,25 @@ def _connect_stripe(args: argparse.Namespace) -> int:
         )
 
 
+def _connect_orders(args: argparse.Namespace) -> int:
+    from keyturn.client.connectors.signed_orders import SignedOrderServer, parse_source_secrets
+
+    from .port_reservation import ORDER_WEBHOOK_LISTEN
+
+    settings = _settings(args)
+    secrets, token = settings.connector_secrets("order_webhook_secrets", "fulfill_token")
+    sources = parse_source_secrets(secrets)
+    prefix = settings.order_webhook_path
+    with _fulfillment_client(args, settings, token) as client:
+        return _run_connector(
+            f"signed order endpoint ({', '.join(sorted(sources))})",
+            settings.order_webhook_listen,
+            ORDER_WEBHOOK_LISTEN,
+            f"{prefix}SOURCE",
+            lambda listen: SignedOrderServer(listen, sources, client.fulfill_order, prefix),
+        )
+
+
 def _run_connector(
     name: str,
     listen: str,
@@ -780,6 +799,26 @@ def _parser() -> argparse.ArgumentParser:
     stripe.add_argument("--target", help=TARGET_HELP)
     _with_settings(stripe, stripe_listen="--listen", stripe_path="--path", **TARGET_TLS_FLAGS)
     stripe.set_defaults(run=_connect_stripe, sync=True)
+    orders_endpoint = connectors.add_parser(
+        "orders",
+        parents=[target_tls],
+        help="an HTTP endpoint for orders signed per Standard Webhooks, from any system "
+        "(KEYTURN_ORDER_WEBHOOK_SECRETS, KEYTURN_FULFILL_TOKEN)",
+    )
+    orders_endpoint.add_argument(
+        "--listen", help=_from_setting("order_webhook_listen", "HOST:PORT for HTTP")
+    )
+    orders_endpoint.add_argument(
+        "--path", help=_from_setting("order_webhook_path", "the URL path prefix (then SOURCE)")
+    )
+    orders_endpoint.add_argument("--target", help=TARGET_HELP)
+    _with_settings(
+        orders_endpoint,
+        order_webhook_listen="--listen",
+        order_webhook_path="--path",
+        **TARGET_TLS_FLAGS,
+    )
+    orders_endpoint.set_defaults(run=_connect_orders, sync=True)
 
     orders = commands.add_parser("orders", help="work with orders")
     order_commands = orders.add_subparsers(dest="orders_command", required=True)

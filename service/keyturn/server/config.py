@@ -58,9 +58,12 @@ TLS_FILES = (
 # from it for the closest-name hint: it would not be found).
 FORMER_NAMES = {"KEYTURN_TOKEN": "KEYTURN_FULFILL_TOKEN"}  # of the client's examples
 # What each secret an order connector needs is, for the line that asks for it.
-ConnectorSecret = Literal["stripe_webhook_secret", "fulfill_token", "read_token"]
+ConnectorSecret = Literal[
+    "stripe_webhook_secret", "order_webhook_secrets", "fulfill_token", "read_token"
+]
 CONNECTOR_SECRETS: dict[ConnectorSecret, str] = {
     "stripe_webhook_secret": "the signing secret of the Stripe webhook endpoint, whsec_...",
+    "order_webhook_secrets": "each order source and its signing secret, SOURCE=whsec_...",
     "fulfill_token": "a token with the fulfill scope: keyturn tokens create --scope fulfill",
     "read_token": "a token with the read scope: keyturn tokens create --scope read",
 }
@@ -512,6 +515,18 @@ class Settings(BaseSettings):
         "127.0.0.1:8080", description="HOST:PORT the Stripe webhook endpoint binds"
     )
     stripe_path: str = Field("/stripe/webhook", description="URL path of the Stripe webhook")
+    order_webhook_secrets: SecretStr | None = Field(
+        None,
+        description="The sources `keyturn connect orders` takes signed orders from, each "
+        "with its Standard Webhooks secret: SOURCE=whsec_... separated by commas (a source "
+        "named twice has two secrets, while one is rotated); required by it",
+    )
+    order_webhook_listen: str = Field(
+        "127.0.0.1:8084", description="HOST:PORT the signed order endpoint binds"
+    )
+    order_webhook_path: str = Field(
+        "/orders/", description="URL path prefix of the signed order endpoint, /orders/SOURCE"
+    )
     product_map: str = Field(
         "",
         description="YAML file mapping each billing system's product ids to base SKUs "
@@ -610,16 +625,38 @@ class Settings(BaseSettings):
             raise ValueError(f"no folder {value}: give the folder that holds the templates")
         return value
 
-    @field_validator("stripe_listen")
+    @field_validator("stripe_listen", "order_webhook_listen")
     @classmethod
-    def _check_stripe_listen(cls, value: str) -> str:
+    def _check_connector_listen(cls, value: str) -> str:
         return _check_host_port(value, example="127.0.0.1:8080")
 
-    @field_validator("stripe_path")
+    @field_validator("stripe_path", "order_webhook_path")
     @classmethod
-    def _check_stripe_path(cls, value: str) -> str:
+    def _check_connector_path(cls, value: str) -> str:
         if not value.startswith("/") or "?" in value:
             raise ValueError(f"{value!r} is not a URL path, for example /stripe/webhook")
+        return value
+
+    @field_validator("order_webhook_path")
+    @classmethod
+    def _check_order_webhook_path(cls, value: str) -> str:
+        if not value.endswith("/"):
+            raise ValueError(f"{value!r} must end with / (the source follows it)")
+        return value
+
+    @field_validator("order_webhook_secrets")
+    @classmethod
+    def _check_order_webhook_secrets(cls, value: SecretStr | None) -> SecretStr | None:
+        from keyturn.client.connectors.signed_orders import parse_source_secrets
+
+        from .domain.orders import SOURCE
+
+        if value is not None:
+            for source in parse_source_secrets(value.get_secret_value()):
+                if not SOURCE.fullmatch(source):
+                    raise ValueError(
+                        f"{source!r} is not an order source: 1 to 64 of a-z, 0-9, '_', '-'"
+                    )
         return value
 
     @model_validator(mode="after")
