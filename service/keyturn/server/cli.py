@@ -491,6 +491,82 @@ def _report_usage(args: argparse.Namespace) -> int:
     return 0
 
 
+def _reconcile(args: argparse.Namespace) -> int:
+    """Billing's current subscriptions against Keyturn's entitlements: 0 when they agree,
+    1 when anything differs (or a call fails), 2 when the source cannot be read."""
+    from datetime import UTC
+
+    import stripe
+
+    from keyturn.client import KeyturnError
+    from keyturn.client.connectors.reconcile import (
+        corrections_jsonl,
+        reconcile,
+        report_csv,
+        report_table,
+    )
+    from keyturn.client.connectors.reconcile_keyturn import held_entitlements, system_of
+    from keyturn.client.connectors.reconcile_sources import (
+        CHARGIFY,
+        SourceError,
+        chargify_subscriptions,
+        csv_subscriptions,
+        stripe_subscriptions,
+    )
+
+    settings = _settings(args)
+    [token] = settings.connector_secrets("read_token")
+    try:
+        if args.source == "stripe":
+            api_key = settings.stripe_api_key
+            if api_key is None or not api_key.get_secret_value():
+                print("keyturn: KEYTURN_STRIPE_API_KEY is not set", file=sys.stderr)
+                return 2
+            subscriptions = list(
+                stripe_subscriptions(api_key.get_secret_value(), settings.stripe_api_base or None)
+            )
+            systems = {"stripe"}
+        else:
+            if not args.file:
+                print(f"keyturn: name the {args.source} export FILE", file=sys.stderr)
+                return 2
+            path = Path(args.file)
+            if args.source == "chargify":
+                subscriptions = list(chargify_subscriptions(path))
+                systems = {CHARGIFY}
+            else:
+                subscriptions = list(csv_subscriptions(path))
+                systems = {system_of(s.reference) for s in subscriptions}
+    except (SourceError, UnicodeDecodeError) as exc:
+        print(f"keyturn: {exc}", file=sys.stderr)
+        return 2
+    except stripe.AuthenticationError as exc:
+        print(f"keyturn: Stripe refused the API key: {exc.user_message}", file=sys.stderr)
+        return 2
+    except stripe.StripeError as exc:
+        print(f"keyturn: Stripe: {exc.user_message or exc}", file=sys.stderr)
+        return 1
+    systems |= set(args.system)
+    with _fulfillment_client(args, settings, token) as client:
+        try:
+            held = held_entitlements(client, systems)
+        except KeyturnError as error:
+            print(f"keyturn: {error}", file=sys.stderr)
+            return 1
+    result = reconcile(
+        subscriptions,
+        held,
+        now=datetime.now(UTC),
+        tolerance=timedelta(hours=args.end_tolerance),
+    )
+    sys.stdout.write(report_table(result, len(subscriptions)))
+    if args.output:
+        Path(args.output).write_text(report_csv(result.mismatches), encoding="utf-8")
+    if args.corrections:
+        Path(args.corrections).write_text(corrections_jsonl(result.orders), encoding="utf-8")
+    return 0 if result.clean else 1
+
+
 @contextlib.contextmanager
 def _fulfillment_client(
     args: argparse.Namespace, settings: Settings, token: str
@@ -840,6 +916,43 @@ def _parser() -> argparse.ArgumentParser:
     importer.add_argument("--no-progress", action="store_true", help="no progress bar")
     _with_settings(importer, **TARGET_TLS_FLAGS)
     importer.set_defaults(run=_orders_import, sync=True)
+
+    reconciler = commands.add_parser(
+        "reconcile",
+        parents=[target_tls],
+        help="compare a billing system's current subscriptions with Keyturn's entitlements "
+        "(KEYTURN_READ_TOKEN; KEYTURN_STRIPE_API_KEY for stripe); exit 1 when they differ",
+    )
+    reconciler.add_argument(
+        "source",
+        choices=["stripe", "chargify", "csv"],
+        help="stripe: its API; chargify: a subscriptions export; csv: subscription_id, sku, "
+        "quantity, period_end (README 'Reconciliation')",
+    )
+    reconciler.add_argument("file", nargs="?", help="the export (chargify, csv)")
+    reconciler.add_argument("--output", metavar="FILE", help="also write the report as CSV")
+    reconciler.add_argument(
+        "--corrections",
+        metavar="FILE",
+        help="write the corrective orders as JSONL for `keyturn orders import`",
+    )
+    reconciler.add_argument(
+        "--system",
+        action="append",
+        default=[],
+        help="also look for extra entitlements with references SYSTEM:...; repeatable "
+        "(default: stripe, chargify, or the systems the CSV's references name)",
+    )
+    reconciler.add_argument(
+        "--end-tolerance",
+        type=float,
+        default=24.0,
+        metavar="HOURS",
+        help="end dates this close count as equal (default: 24)",
+    )
+    reconciler.add_argument("--target", help=TARGET_HELP)
+    _with_settings(reconciler, **TARGET_TLS_FLAGS)
+    reconciler.set_defaults(run=_reconcile, sync=True)
 
     report = commands.add_parser("report", help="reports from the server")
     report_commands = report.add_subparsers(dest="report_command", required=True)
