@@ -119,7 +119,12 @@ async def test_reconcile_against_stripe_finds_every_mismatch_and_its_corrections
     subscriptions = [
         stripe_subscription("sub_agree", STANDARD, 2, seconds(end_of(agree))),
         stripe_subscription(
-            "sub_more", STANDARD, 5, seconds(end_of(more)), status="past_due", items_carry_period=False
+            "sub_more",
+            STANDARD,
+            5,
+            seconds(end_of(more)),
+            status="past_due",
+            items_carry_period=False,
         ),
         stripe_subscription("sub_fewer", PRO, 1, seconds(end_of(fewer)), status="trialing"),
         stripe_subscription("sub_renewed", STANDARD, 1, seconds(renewed_end)),
@@ -128,7 +133,7 @@ async def test_reconcile_against_stripe_finds_every_mismatch_and_its_corrections
         stripe_subscription("sub_ended", STANDARD, 1, seconds(new_end), status="canceled"),
     ]
     expected = [
-        row("seats", both, "stripe:sub_both", PRO, "2 seats", "1 seats", f"{PRO}:add-seats x 1"),
+        row("seats", both, "stripe:sub_both", PRO, "2 seats", "1 seat", f"{PRO}:add-seats x 1"),
         row(
             "end_date",
             both,
@@ -139,7 +144,7 @@ async def test_reconcile_against_stripe_finds_every_mismatch_and_its_corrections
             f"{PRO}:renew x 1",
         ),
         row(
-            "seats", fewer, "stripe:sub_fewer", PRO, "1 seats", "4 seats", f"{PRO}:remove-seats x 3"
+            "seats", fewer, "stripe:sub_fewer", PRO, "1 seat", "4 seats", f"{PRO}:remove-seats x 3"
         ),
         row(
             "seats",
@@ -170,11 +175,9 @@ async def test_reconcile_against_stripe_finds_every_mismatch_and_its_corrections
             "KEYTURN_STRIPE_API_KEY": API_KEY,
             "KEYTURN_STRIPE_API_BASE": api.url,
         }
+        outputs = ["--output", str(report), "--corrections", str(corrections)]
         first = await run_keyturn_async(
-            ["reconcile", "stripe", "--output", str(report), "--corrections", str(corrections)]
-            + target,
-            tmp_path,
-            settings,
+            ["reconcile", "stripe", *outputs, *target], tmp_path, settings
         )
         # Every page was read: six listed subscriptions, PAGE_CAP a page.
         assert len(api.requests) == -(-6 // PAGE_CAP)
@@ -187,7 +190,7 @@ async def test_reconcile_against_stripe_finds_every_mismatch_and_its_corrections
             ), wanted
         assert table[-1] == (
             "7 differences over 6 subscriptions (end_date 2, extra 1, missing 1, seats 3); "
-            "6 corrective orders"
+            "corrective orders: 6"
         )
 
         orders = [json.loads(line) for line in corrections.read_text().splitlines()]

@@ -20,11 +20,11 @@ of the subscription's base SKU, as the connectors order them):
 | `unmapped` | in billing without a SKU (a price without lookup key) | none |
 
 No operation sets an end date, so a renewal extends by its SKU's term: the
-count of terms is the smallest that reaches billing's period end (the customer
-never loses paid time). The term is that of the entitlement's `create` (the
-lifecycle SKUs of one base renew by the term they sell); when billing's end is
-not a whole number of terms away, the row says how far the renewal overshoots,
-and the next run reports that difference. A missing subscription is created
+count of terms is the one that lands closest to billing's period end (at least
+one). The term is that of the entitlement's `create` (the lifecycle SKUs of one
+base renew by the term they sell); when billing's end is not a whole number of
+terms away, the row says how far the renewal overshoots or falls short, and
+the next run reports that difference. A missing subscription is created
 with its SKU's term from now: one that started a while ago ends later in
 Keyturn than in billing, which the next run reports too.
 
@@ -40,9 +40,8 @@ import csv
 import hashlib
 import io
 import json
-import math
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 
@@ -231,15 +230,19 @@ def _seats_text(quantity: int) -> str:
     return f"quantity {quantity}"
 
 
+def _count(seats: int) -> str:
+    return "1 seat" if seats == 1 else f"{seats} seats"
+
+
 def _seats(sub: Subscription, found: Held) -> Mismatch | None:
     want = sub.quantity * found.seats_per_unit
     have = found.entitlement.seats
     if want == have:
         return None
-    billing = f"{want} seats" + (
+    billing = _count(want) + (
         f" ({sub.quantity} x {found.seats_per_unit})" if found.seats_per_unit != 1 else ""
     )
-    keyturn = f"{have} seats"
+    keyturn = _count(have)
     units, rest = divmod(abs(want - have), found.seats_per_unit)
     if rest:
         why = f"none: {abs(want - have)} seats is not a whole number of units"
@@ -274,21 +277,21 @@ def _end_date(
     # has expired (the default anchor, RENEWAL_ANCHOR_FROM_NOW_IF_EXPIRED).
     expired = end + ent.grace_period.ToTimedelta() < now
     base = now if expired else end
-    terms = max(1, math.ceil((sub.period_end - tolerance - base) / found.term))
+    terms = max(1, round((sub.period_end - base) / found.term))
     lands = base + terms * found.term
     line = ful.OrderLine(
         sku_id=lifecycle_sku(sub.sku, RENEW), quantity=terms, external_reference=sub.reference
     )
     row = _row(Kind.END_DATE, sub, found, billing, keyturn, "", line)
-    if lands - sub.period_end > tolerance:
-        over = lands - sub.period_end
-        row = Mismatch(
-            **{
-                **row.__dict__,
-                "correction": f"{row.correction} (overshoots by about {over.days} days)",
-            }
-        )
-    return row
+    off = lands - sub.period_end
+    if abs(off) <= tolerance:
+        return row
+    how = (
+        f"overshoots by about {off.days} days"
+        if off > tolerance
+        else (f"falls about {(-off).days} days short")
+    )
+    return replace(row, correction=f"{row.correction} ({how})")
 
 
 def _extra(found: Held) -> Mismatch:
@@ -336,16 +339,16 @@ def report_table(result: Reconciliation, compared: int) -> str:
     table = Table(*COLUMNS, box=None, pad_edge=False)
     for m in result.mismatches:
         table.add_row(*_cells(m))
-    console = Console(file=io.StringIO(), width=200, no_color=True, highlight=False)
-    console.print(table)
+    text = io.StringIO()
+    Console(file=text, width=200, no_color=True, highlight=False).print(table)
+    rows = "".join(line.rstrip() + "\n" for line in text.getvalue().splitlines())
     counts: dict[str, int] = {}
     for m in result.mismatches:
         counts[m.kind.value] = counts.get(m.kind.value, 0) + 1
     summary = ", ".join(f"{kind} {n}" for kind, n in sorted(counts.items()))
-    text = console.file.getvalue()  # type: ignore[attr-defined]
     return (
-        f"{text}{len(result.mismatches)} differences over {compared} subscriptions ({summary}); "
-        f"{len(result.orders)} corrective orders\n"
+        f"{rows}{len(result.mismatches)} differences over {compared} subscriptions ({summary}); "
+        f"corrective orders: {len(result.orders)}\n"
     )
 
 
