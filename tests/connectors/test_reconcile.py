@@ -297,3 +297,30 @@ async def test_reconcile_a_csv_and_apply_its_corrections(
     assert end_of(await entitlement(read_client, "crm:Q-3")) == late_end
     created = await entitlement(read_client, "crm:Q-5")
     assert (created.seats, created.customer.customer_id) == (2, "acct-5")
+
+
+async def test_the_reconcile_command_refuses_what_it_cannot_read(tmp_path: Path) -> None:
+    """Exit 2, with what to fix, for every mistake of settings or input; nothing written."""
+    token = {"KEYTURN_READ_TOKEN": "kt_read_unused"}
+    unnamed = tmp_path / "unnamed.csv"
+    unnamed.write_text("subscription_id,sku,quantity\nx:1,A,1\n", encoding="utf-8")
+    report = tmp_path / "report.csv"
+    cases: list[tuple[list[str], dict[str, str], str]] = [
+        (["csv", str(unnamed)], {}, "KEYTURN_READ_TOKEN"),
+        (["stripe"], token, "KEYTURN_STRIPE_API_KEY is not set"),
+        (["csv"], token, "name the csv export FILE"),
+        (["csv", str(unnamed)], token, "no column period_end"),
+        (["chargify", str(tmp_path / "absent.csv")], token, "No such file"),
+    ]
+    with stripe_api([]) as api:
+        wrong_key = {**token, "KEYTURN_STRIPE_API_KEY": "sk_test_wrong"}
+        wrong_key["KEYTURN_STRIPE_API_BASE"] = api.url
+        cases.append((["stripe"], wrong_key, "Stripe refused the API key"))
+        for args, settings, problem in cases:
+            result = await run_keyturn_async(
+                ["reconcile", *args, "--output", str(report)], tmp_path, settings
+            )
+            assert (result.returncode, result.stdout) == (2, ""), (args, result.stderr)
+            assert problem in result.stderr, (args, result.stderr)
+        assert len(api.requests) == 1  # the wrong key's, refused
+    assert not report.exists()

@@ -537,7 +537,7 @@ def _reconcile(args: argparse.Namespace) -> int:
             else:
                 subscriptions = list(csv_subscriptions(path))
                 systems = {system_of(s.reference) for s in subscriptions}
-    except (SourceError, UnicodeDecodeError) as exc:
+    except (SourceError, UnicodeDecodeError, OSError) as exc:
         print(f"keyturn: {exc}", file=sys.stderr)
         return 2
     except stripe.AuthenticationError as exc:
