@@ -32,6 +32,8 @@ from keyturn.client.connectors.reconcile_sources import csv_subscriptions
 from keyturn.fulfillment.v1 import fulfillment_pb2 as ful
 from keyturn.server.api.server import KeyturnServer
 
+from support.repository import ROOT
+
 pytest_plugins = ["connector_fixtures"]
 
 run = asyncio.to_thread
@@ -305,12 +307,15 @@ async def test_the_reconcile_command_refuses_what_it_cannot_read(tmp_path: Path)
     unnamed = tmp_path / "unnamed.csv"
     unnamed.write_text("subscription_id,sku,quantity\nx:1,A,1\n", encoding="utf-8")
     report = tmp_path / "report.csv"
+    mapped = {**token, "KEYTURN_PRODUCT_MAP": str(ROOT / "examples" / "product-map.yaml")}
     cases: list[tuple[list[str], dict[str, str], str]] = [
         (["csv", str(unnamed)], {}, "KEYTURN_READ_TOKEN"),
         (["stripe"], token, "KEYTURN_STRIPE_API_KEY is not set"),
         (["csv"], token, "name the csv export FILE"),
         (["csv", str(unnamed)], token, "no column period_end"),
-        (["chargify", str(tmp_path / "absent.csv")], token, "No such file"),
+        (["chargify", str(tmp_path / "absent.csv")], token, "KEYTURN_PRODUCT_MAP is not set"),
+        (["chargify", str(tmp_path / "absent.csv")], mapped, "No such file"),
+        (["chargify", str(unnamed)], {**token, "KEYTURN_PRODUCT_MAP": "absent.yaml"}, "absent"),
     ]
     with stripe_api([]) as api:
         wrong_key = {**token, "KEYTURN_STRIPE_API_KEY": "sk_test_wrong"}
@@ -324,3 +329,66 @@ async def test_the_reconcile_command_refuses_what_it_cannot_read(tmp_path: Path)
             assert problem in result.stderr, (args, result.stderr)
         assert len(api.requests) == 1  # the wrong key's, refused
     assert not report.exists()
+
+
+async def test_reconcile_a_chargify_export_through_the_product_map(
+    server: KeyturnServer,
+    connector_secrets: dict[str, str],
+    fulfil_client: FulfillmentClient,
+    read_client: FulfillmentClient,
+    stripe_catalog: object,
+    tmp_path: Path,
+) -> None:
+    seats = await create(fulfil_client, "chargify:7001", STANDARD, 1)
+    extra = await create(fulfil_client, "chargify:7002", PRO, 1)
+    end = end_of(seats).strftime("%Y-%m-%d %H:%M:%S +0000")  # as Chargify writes times
+    export = tmp_path / "subscriptions_export.csv"
+    export.write_text(
+        "id,state,product_handle,product_name,current_period_ends_at,customer_id,"
+        "customer_email,customer_organization,quantity\n"
+        f"7001,active,acme-cad-standard,Acme CAD,{end},31,it@initech.example,Initech,4\n"
+        f"7003,trialing,acme-cad-pro,Acme CAD Pro,{end},32,it@globex.example,Globex,\n"
+        f"7004,active,acme-cad-gold,Acme CAD Gold,{end},33,it@hooli.example,Hooli,\n"
+        f"7002,canceled,acme-cad-pro,Acme CAD Pro,{end},31,it@initech.example,Initech,\n",
+        encoding="utf-8",
+    )
+    settings = {
+        "KEYTURN_READ_TOKEN": connector_secrets["read"],
+        "KEYTURN_FULFILL_TOKEN": connector_secrets["fulfill"],
+        "KEYTURN_PRODUCT_MAP": str(ROOT / "examples" / "product-map.yaml"),
+    }
+    report, corrections = tmp_path / "report.csv", tmp_path / "corrections.jsonl"
+    args = ["reconcile", "chargify", str(export), "--target", server.address]
+    outputs = ["--output", str(report), "--corrections", str(corrections)]
+
+    first = await run_keyturn_async([*args, *outputs], tmp_path, settings)
+    assert first.returncode == 1, first.stderr
+    no_map = "none: product handle 'acme-cad-gold' is not in the product map"
+    assert read_csv(report) == [
+        row(
+            "seats",
+            seats,
+            "chargify:7001",
+            STANDARD,
+            "4 seats",
+            "1 seat",
+            f"{STANDARD}:add-seats x 3",
+        ),
+        row("missing", None, "chargify:7003", PRO, "quantity 1", "", f"{PRO} x 1"),
+        row("unmapped", None, "chargify:7004", "", "", "", no_map),
+        row("extra", extra, "chargify:7002", PRO, "", "active", f"{PRO}:cancel x 1"),
+    ]
+    applied = await run_keyturn_async(
+        ["orders", "import", str(corrections), "--no-progress", "--target", server.address],
+        tmp_path,
+        settings,
+    )
+    assert applied.stdout.splitlines()[0] == "fulfilled 3, replayed 0, rejected 0", applied.stderr
+
+    second = await run_keyturn_async([*args, *outputs], tmp_path, settings)
+    # Only the product the map lacks is left, and it orders nothing.
+    assert second.returncode == 1
+    assert [r["kind"] for r in read_csv(report)] == ["unmapped"]
+    assert corrections.read_text() == ""
+    created = await entitlement(read_client, "chargify:7003")
+    assert (created.customer.customer_id, created.customer.email) == ("32", "it@globex.example")

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from keyturn.client.connectors.product_map import parse_product_map
 from keyturn.client.connectors.reconcile import (
     MAX_ORDER_ID,
     Held,
@@ -181,10 +182,17 @@ def test_a_chargify_export(tmp_path: Path) -> None:
         "103,past_due,cad-pro,Acme CAD Pro,2027-01-01T00:00:00Z,8,,Globex,5\n",
         encoding="utf-8",
     )
-    found = list(chargify_subscriptions(export))
-    assert [(s.reference, s.sku, s.quantity, s.period_end) for s in found] == [
-        ("chargify:101", "cad-standard", 1, datetime(2027, 6, 3, 16, 43, 50, tzinfo=UTC)),
-        ("chargify:103", "cad-pro", 5, datetime(2027, 1, 1, tzinfo=UTC)),
+    products = parse_product_map("chargify:\n  cad-standard: CAD-STD-1Y\n")
+    found = list(chargify_subscriptions(export, products))
+    assert [(s.reference, s.sku, s.quantity, s.period_end, s.note) for s in found] == [
+        ("chargify:101", SKU, 1, datetime(2027, 6, 3, 16, 43, 50, tzinfo=UTC), ""),
+        (
+            "chargify:103",
+            "",
+            5,
+            datetime(2027, 1, 1, tzinfo=UTC),
+            "product handle 'cad-pro' is not in the product map",
+        ),
     ]
     assert found[0].customer == ful.Customer(customer_id="9", name="Initech", email="a@x.example")
 

@@ -499,6 +499,7 @@ def _reconcile(args: argparse.Namespace) -> int:
     import stripe
 
     from keyturn.client import KeyturnError
+    from keyturn.client.connectors.product_map import ProductMapError, load_product_map
     from keyturn.client.connectors.reconcile import (
         corrections_jsonl,
         reconcile,
@@ -532,12 +533,20 @@ def _reconcile(args: argparse.Namespace) -> int:
                 return 2
             path = Path(args.file)
             if args.source == "chargify":
-                subscriptions = list(chargify_subscriptions(path))
+                if not settings.product_map:
+                    print(
+                        "keyturn: KEYTURN_PRODUCT_MAP is not set (it maps Chargify's product "
+                        "handles to SKUs; see examples/product-map.yaml)",
+                        file=sys.stderr,
+                    )
+                    return 2
+                products = load_product_map(settings.product_map)
+                subscriptions = list(chargify_subscriptions(path, products))
                 systems = {CHARGIFY}
             else:
                 subscriptions = list(csv_subscriptions(path))
                 systems = {system_of(s.reference) for s in subscriptions}
-    except (SourceError, UnicodeDecodeError, OSError) as exc:
+    except (SourceError, ProductMapError, UnicodeDecodeError, OSError) as exc:
         print(f"keyturn: {exc}", file=sys.stderr)
         return 2
     except stripe.AuthenticationError as exc:

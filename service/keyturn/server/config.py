@@ -530,7 +530,8 @@ class Settings(BaseSettings):
     product_map: str = Field(
         "",
         description="YAML file mapping each billing system's product ids to base SKUs "
-        "(examples/product-map.yaml), read by `keyturn connect salesforce|netsuite|chargify`",
+        "(examples/product-map.yaml), read by `keyturn connect salesforce|netsuite|chargify` and `keyturn reconcile "
+        "chargify`",
     )
 
     # How the commands that call the server (the connectors, `keyturn health`) reach it.

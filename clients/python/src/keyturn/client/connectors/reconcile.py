@@ -49,7 +49,7 @@ from google.protobuf import json_format
 
 from keyturn.fulfillment.v1 import fulfillment_pb2 as ful
 
-from .stripe_mapping import ADD_SEATS, CANCEL, REMOVE_SEATS, RENEW, lifecycle_sku
+from .lifecycle import CANCEL, RENEW, lifecycle_sku, seat_change_sku
 
 SOURCE = "reconcile"
 MAX_ORDER_ID = 128  # FulfillOrderRequest.order_id
@@ -247,10 +247,8 @@ def _seats(sub: Subscription, found: Held) -> Mismatch | None:
     if rest:
         why = f"none: {abs(want - have)} seats is not a whole number of units"
         return _row(Kind.SEATS, sub, found, billing, keyturn, why)
-    suffix = ADD_SEATS if want > have else REMOVE_SEATS
-    line = ful.OrderLine(
-        sku_id=lifecycle_sku(sub.sku, suffix), quantity=units, external_reference=sub.reference
-    )
+    sku, units = seat_change_sku(sub.sku, units if want > have else -units)
+    line = ful.OrderLine(sku_id=sku, quantity=units, external_reference=sub.reference)
     return _row(Kind.SEATS, sub, found, billing, keyturn, "", line)
 
 

@@ -9,9 +9,10 @@ Chargify / Maxio subscriptions export, or any CSV.
 - Chargify / Maxio: the subscriptions export (CSV), columns `id`, `state`,
   `product_handle`, `current_period_ends_at`, `customer_id`, `customer_email`,
   `customer_organization` (others ignored); states active, trialing, past_due,
-  soft_failure and assessing count as current. The SKU is a `sku` column when
-  there is one, else the product handle (name the catalog's SKUs after the
-  handles); the quantity a `quantity` column, else 1.
+  soft_failure and assessing count as current. The product handle is mapped to
+  the base SKU by the product map's `chargify` section, as `keyturn connect
+  chargify` maps it (a handle it lacks is reported, not guessed); the quantity
+  is a `quantity` column, else 1.
 - Any CSV: columns `subscription_id` (the external reference, `SYSTEM:ID`),
   `sku`, `quantity`, `period_end` (ISO 8601 date or time, UTC unless given;
   empty: not compared), and optionally `customer_id` (default: the
@@ -31,6 +32,7 @@ import stripe
 
 from keyturn.fulfillment.v1 import fulfillment_pb2 as ful
 
+from .product_map import ProductMap
 from .reconcile import Subscription
 from .stripe_mapping import reference as stripe_reference
 
@@ -141,13 +143,14 @@ def csv_subscriptions(path: Path) -> Iterator[Subscription]:
         )
 
 
-def chargify_subscriptions(path: Path) -> Iterator[Subscription]:
+def chargify_subscriptions(path: Path, products: ProductMap) -> Iterator[Subscription]:
     """The current subscriptions of a Chargify / Maxio subscriptions export."""
     for line, row in _rows(path, CHARGIFY_COLUMNS):
         if row["state"] not in CHARGIFY_CURRENT:
             continue
         where = f"{path} line {line}"
-        sku = row.get("sku") or row["product_handle"]
+        handle = row["product_handle"]
+        sku = products.sku(CHARGIFY, handle) or ""
         yield Subscription(
             reference=f"{CHARGIFY}:{row['id']}",
             sku=sku,
@@ -158,5 +161,5 @@ def chargify_subscriptions(path: Path) -> Iterator[Subscription]:
                 name=row.get("customer_organization", ""),
                 email=row.get("customer_email", ""),
             ),
-            note="" if sku else "the product handle is empty",
+            note="" if sku else f"product handle {handle!r} is not in the product map",
         )
