@@ -311,6 +311,7 @@ async def test_the_reconcile_command_refuses_what_it_cannot_read(tmp_path: Path)
     cases: list[tuple[list[str], dict[str, str], str]] = [
         (["csv", str(unnamed)], {}, "KEYTURN_READ_TOKEN"),
         (["stripe"], token, "KEYTURN_STRIPE_API_KEY is not set"),
+        (["csv", str(unnamed), "--end-tolerance", "-1"], token, "must be 0 to 8784 hours"),
         (["csv"], token, "name the csv export FILE"),
         (["csv", str(unnamed)], token, "no column period_end"),
         (["chargify", str(tmp_path / "absent.csv")], token, "KEYTURN_PRODUCT_MAP is not set"),

@@ -27,6 +27,7 @@ from .signals import stop_on_signal
 
 if TYPE_CHECKING:
     from keyturn.client import FulfillmentClient
+    from keyturn.client.connectors.reconcile import Subscription
     from keyturn.client.connectors.webhook_server import ConnectorServer
 
     from .port_reservation import ListenSetting
@@ -499,53 +500,20 @@ def _reconcile(args: argparse.Namespace) -> int:
     import stripe
 
     from keyturn.client import KeyturnError
-    from keyturn.client.connectors.product_map import ProductMapError, load_product_map
+    from keyturn.client.connectors.product_map import ProductMapError
     from keyturn.client.connectors.reconcile import (
         corrections_jsonl,
         reconcile,
         report_csv,
         report_table,
     )
-    from keyturn.client.connectors.reconcile_keyturn import held_entitlements, system_of
-    from keyturn.client.connectors.reconcile_sources import (
-        CHARGIFY,
-        SourceError,
-        chargify_subscriptions,
-        csv_subscriptions,
-        stripe_subscriptions,
-    )
+    from keyturn.client.connectors.reconcile_keyturn import held_entitlements
+    from keyturn.client.connectors.reconcile_sources import SourceError
 
     settings = _settings(args)
     [token] = settings.connector_secrets("read_token")
     try:
-        if args.source == "stripe":
-            api_key = settings.stripe_api_key
-            if api_key is None or not api_key.get_secret_value():
-                print("keyturn: KEYTURN_STRIPE_API_KEY is not set", file=sys.stderr)
-                return 2
-            subscriptions = list(
-                stripe_subscriptions(api_key.get_secret_value(), settings.stripe_api_base or None)
-            )
-            systems = {"stripe"}
-        else:
-            if not args.file:
-                print(f"keyturn: name the {args.source} export FILE", file=sys.stderr)
-                return 2
-            path = Path(args.file)
-            if args.source == "chargify":
-                if not settings.product_map:
-                    print(
-                        "keyturn: KEYTURN_PRODUCT_MAP is not set (it maps Chargify's product "
-                        "handles to SKUs; see examples/product-map.yaml)",
-                        file=sys.stderr,
-                    )
-                    return 2
-                products = load_product_map(settings.product_map)
-                subscriptions = list(chargify_subscriptions(path, products))
-                systems = {CHARGIFY}
-            else:
-                subscriptions = list(csv_subscriptions(path))
-                systems = {system_of(s.reference) for s in subscriptions}
+        subscriptions, systems = _billing_side(args, settings)
     except (SourceError, ProductMapError, UnicodeDecodeError, OSError) as exc:
         print(f"keyturn: {exc}", file=sys.stderr)
         return 2
@@ -555,18 +523,14 @@ def _reconcile(args: argparse.Namespace) -> int:
     except stripe.StripeError as exc:
         print(f"keyturn: Stripe: {exc.user_message or exc}", file=sys.stderr)
         return 1
-    systems |= set(args.system)
     with _fulfillment_client(args, settings, token) as client:
         try:
-            held = held_entitlements(client, systems)
+            held = held_entitlements(client, systems | set(args.system))
         except KeyturnError as error:
             print(f"keyturn: {error}", file=sys.stderr)
             return 1
     result = reconcile(
-        subscriptions,
-        held,
-        now=datetime.now(UTC),
-        tolerance=timedelta(hours=args.end_tolerance),
+        subscriptions, held, now=datetime.now(UTC), tolerance=timedelta(hours=args.end_tolerance)
     )
     sys.stdout.write(report_table(result, len(subscriptions)))
     if args.output:
@@ -574,6 +538,40 @@ def _reconcile(args: argparse.Namespace) -> int:
     if args.corrections:
         Path(args.corrections).write_text(corrections_jsonl(result.orders), encoding="utf-8")
     return 0 if result.clean else 1
+
+
+def _billing_side(
+    args: argparse.Namespace, settings: Settings
+) -> tuple[list[Subscription], set[str]]:
+    """The billing system's current subscriptions, and the systems whose references they
+    carry; SettingsError for what is not set."""
+    from keyturn.client.connectors.product_map import load_product_map
+    from keyturn.client.connectors.reconcile_keyturn import system_of
+    from keyturn.client.connectors.reconcile_sources import (
+        CHARGIFY,
+        chargify_subscriptions,
+        csv_subscriptions,
+        stripe_subscriptions,
+    )
+
+    if args.source == "stripe":
+        api_key = settings.stripe_api_key
+        if api_key is None or not api_key.get_secret_value():
+            raise SettingsError(f"{ENV_PREFIX}STRIPE_API_KEY is not set")
+        found = stripe_subscriptions(api_key.get_secret_value(), settings.stripe_api_base or None)
+        return list(found), {"stripe"}
+    if not args.file:
+        raise SettingsError(f"name the {args.source} export FILE")
+    if args.source == "chargify":
+        if not settings.product_map:
+            raise SettingsError(
+                f"{ENV_PREFIX}PRODUCT_MAP is not set (it maps Chargify's product handles to "
+                "SKUs; see examples/product-map.yaml)"
+            )
+        products = load_product_map(settings.product_map)
+        return list(chargify_subscriptions(Path(args.file), products)), {CHARGIFY}
+    subscriptions = list(csv_subscriptions(Path(args.file)))
+    return subscriptions, {system_of(s.reference) for s in subscriptions}
 
 
 @contextlib.contextmanager
@@ -954,7 +952,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     reconciler.add_argument(
         "--end-tolerance",
-        type=float,
+        type=_hours,
         default=24.0,
         metavar="HOURS",
         help="end dates this close count as equal (default: 24)",
@@ -1036,6 +1034,17 @@ def _positive(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError("must be 1 or more")
+    return value
+
+
+def _hours(text: str) -> float:
+    """A tolerance in hours: 0 or more."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of hours") from None
+    if not 0 <= value <= 24 * 366:
+        raise argparse.ArgumentTypeError("must be 0 to 8784 hours")
     return value
 
 
