@@ -77,6 +77,15 @@ def a_year_after(moment: datetime) -> datetime:
     return moment.replace(year=moment.year + 1)
 
 
+async def apply(corrections: Path, server: KeyturnServer, fulfil_token: str) -> str:
+    """`keyturn orders import` of the corrective file, as documented: its first line."""
+    args = ["orders", "import", str(corrections), "--no-progress", "--target", server.address]
+    token = {"KEYTURN_FULFILL_TOKEN": fulfil_token}
+    result = await run_keyturn_async(args, corrections.parent, token)
+    assert result.returncode == 0, result.stderr
+    return result.stdout.splitlines()[0]
+
+
 def read_csv(path: Path) -> list[dict[str, str]]:
     with path.open(newline="", encoding="utf-8") as handle:
         return list(csv.DictReader(handle))
@@ -206,18 +215,9 @@ async def test_reconcile_against_stripe_finds_every_mismatch_and_its_corrections
         ]
         assert orders[3]["customer"] == {"customer_id": "cus_Globex"}
 
-        fulfil = {"KEYTURN_FULFILL_TOKEN": connector_secrets["fulfill"]}
-        applied = await run_keyturn_async(
-            ["orders", "import", str(corrections), "--no-progress", *target], tmp_path, fulfil
-        )
-        assert (applied.returncode, applied.stdout.splitlines()[0]) == (
-            0,
-            "fulfilled 6, replayed 0, rejected 0",
-        ), applied.stderr
-        again = await run_keyturn_async(
-            ["orders", "import", str(corrections), "--no-progress", *target], tmp_path, fulfil
-        )
-        assert (again.returncode, again.stdout) == (0, "fulfilled 0, replayed 6, rejected 0\n")
+        fulfil = connector_secrets["fulfill"]
+        assert await apply(corrections, server, fulfil) == "fulfilled 6, replayed 0, rejected 0"
+        assert await apply(corrections, server, fulfil) == "fulfilled 0, replayed 6, rejected 0"
 
         second = await run_keyturn_async(
             ["reconcile", "stripe", "--corrections", str(corrections), *target],
@@ -355,7 +355,6 @@ async def test_reconcile_a_chargify_export_through_the_product_map(
     )
     settings = {
         "KEYTURN_READ_TOKEN": connector_secrets["read"],
-        "KEYTURN_FULFILL_TOKEN": connector_secrets["fulfill"],
         "KEYTURN_PRODUCT_MAP": str(ROOT / "examples" / "product-map.yaml"),
     }
     report, corrections = tmp_path / "report.csv", tmp_path / "corrections.jsonl"
@@ -379,12 +378,8 @@ async def test_reconcile_a_chargify_export_through_the_product_map(
         row("unmapped", None, "chargify:7004", "", "", "", no_map),
         row("extra", extra, "chargify:7002", PRO, "", "active", f"{PRO}:cancel x 1"),
     ]
-    applied = await run_keyturn_async(
-        ["orders", "import", str(corrections), "--no-progress", "--target", server.address],
-        tmp_path,
-        settings,
-    )
-    assert applied.stdout.splitlines()[0] == "fulfilled 3, replayed 0, rejected 0", applied.stderr
+    applied = await apply(corrections, server, connector_secrets["fulfill"])
+    assert applied == "fulfilled 3, replayed 0, rejected 0"
 
     second = await run_keyturn_async([*args, *outputs], tmp_path, settings)
     # Only the product the map lacks is left, and it orders nothing.
