@@ -58,11 +58,14 @@ TLS_FILES = (
 # from it for the closest-name hint: it would not be found).
 FORMER_NAMES = {"KEYTURN_TOKEN": "KEYTURN_FULFILL_TOKEN"}  # of the client's examples
 # What each secret an order connector needs is, for the line that asks for it.
-ConnectorSecret = Literal["stripe_webhook_secret", "fulfill_token", "read_token"]
+ConnectorSecret = Literal[
+    "stripe_webhook_secret", "fulfill_token", "read_token", "chargify_site_key"
+]
 CONNECTOR_SECRETS: dict[ConnectorSecret, str] = {
     "stripe_webhook_secret": "the signing secret of the Stripe webhook endpoint, whsec_...",
     "fulfill_token": "a token with the fulfill scope: keyturn tokens create --scope fulfill",
     "read_token": "a token with the read scope: keyturn tokens create --scope read",
+    "chargify_site_key": "the Site shared key of the Chargify site, which signs its webhooks",
 }
 
 
@@ -136,6 +139,13 @@ def available_cpus() -> int:
     if hasattr(os, "sched_getaffinity"):
         return max(1, len(os.sched_getaffinity(0)))
     return os.cpu_count() or 1
+
+
+def _check_url_path(value: str, example: str) -> str:
+    """A connector's URL path: absolute, without a query."""
+    if not value.startswith("/") or "?" in value:
+        raise ValueError(f"{value!r} is not a URL path, for example {example}")
+    return value
 
 
 def _check_host_port(value: str, example: str = "127.0.0.1:50051") -> str:
@@ -512,6 +522,20 @@ class Settings(BaseSettings):
         "127.0.0.1:8080", description="HOST:PORT the Stripe webhook endpoint binds"
     )
     stripe_path: str = Field("/stripe/webhook", description="URL path of the Stripe webhook")
+    chargify_site_key: SecretStr | None = Field(
+        None,
+        description="Site shared key of the Chargify / Maxio site (it signs the webhooks); "
+        "required by `keyturn connect chargify`",
+    )
+    chargify_listen: str = Field(
+        "127.0.0.1:8083", description="HOST:PORT the Chargify webhook endpoint binds"
+    )
+    chargify_path: str = Field("/chargify/webhook", description="URL path of the Chargify webhook")
+    chargify_seat_components: str = Field(
+        "",
+        description="Chargify components (ids or handles, comma-separated) whose allocation "
+        "counts seats; empty: every quantity-based component",
+    )
     product_map: str = Field(
         "",
         description="YAML file mapping each billing system's product ids to base SKUs "
@@ -618,9 +642,24 @@ class Settings(BaseSettings):
     @field_validator("stripe_path")
     @classmethod
     def _check_stripe_path(cls, value: str) -> str:
-        if not value.startswith("/") or "?" in value:
-            raise ValueError(f"{value!r} is not a URL path, for example /stripe/webhook")
-        return value
+        return _check_url_path(value, example="/stripe/webhook")
+
+    @field_validator("chargify_listen")
+    @classmethod
+    def _check_chargify_listen(cls, value: str) -> str:
+        return _check_host_port(value, example="127.0.0.1:8083")
+
+    @field_validator("chargify_path")
+    @classmethod
+    def _check_chargify_path(cls, value: str) -> str:
+        return _check_url_path(value, example="/chargify/webhook")
+
+    @property
+    def chargify_seat_component_keys(self) -> frozenset[str]:
+        """The seat components named by KEYTURN_CHARGIFY_SEAT_COMPONENTS."""
+        return frozenset(
+            part.strip() for part in self.chargify_seat_components.split(",") if part.strip()
+        )
 
     @model_validator(mode="after")
     def _check_tls_together(self) -> Settings:
