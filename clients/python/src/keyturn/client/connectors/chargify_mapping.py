@@ -203,7 +203,7 @@ def _allocation(
         if not any(key and key in seat_components for key in component):
             return Ignored(f"component {component[1] or component[0]} is not a seat component")
     elif kind != SEAT_KIND:
-        return Ignored(f"a {kind or 'component'} does not count seats")
+        return Ignored(f"a component of kind {kind!r} does not count seats")
     delta = _units(form, "new_allocation") - _units(form, "previous_allocation")
     if delta == 0:
         return Ignored("the allocation did not change")
