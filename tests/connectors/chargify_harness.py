@@ -1,15 +1,21 @@
 """Chargify / Maxio webhooks as Chargify sends them, for the connector tests: the documented
 payloads (docs.chargify.com "Webhooks", Example Payloads), form-encoded in square-bracket
 notation, signed with the site's shared key (hex HMAC-SHA256 of the raw body in
-X-Chargify-Webhook-Signature-Hmac-Sha-256)."""
+X-Chargify-Webhook-Signature-Hmac-Sha-256); and a stand-in for the one call of
+Chargify's API the connector makes."""
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import hmac
 import itertools
+import json
+import re
+import threading
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -215,3 +221,81 @@ async def deliver(
     if header:
         headers["X-Chargify-Webhook-Signature-Hmac-Sha-256"] = header
     return await asyncio.to_thread(post, url, body, headers)
+
+
+# --- a stand-in for Chargify's API (the one call the connector makes) -----------------------
+
+API_KEY = "chargify_api_key_5f1c0a9e2b7d4c3a"
+
+
+class ChargifyApi:
+    """`GET /subscriptions/ID/components.json` as Chargify answers it (HTTP Basic, the API
+    key and `x`), from the allocations set here; `failing` answers 500."""
+
+    def __init__(self) -> None:
+        self.components: dict[str, list[Json]] = {}
+        self.failing = False
+        self.requests: list[str] = []
+        self._http = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self._thread = threading.Thread(target=self._http.serve_forever, daemon=True)
+
+    @property
+    def base(self) -> str:
+        host, port = self._http.server_address[:2]
+        return f"http://{host!s}:{port}"
+
+    def __enter__(self) -> ChargifyApi:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._http.shutdown()
+        self._http.server_close()
+        self._thread.join()
+
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
+        api = self
+        path = re.compile(r"^/subscriptions/(?P<sub>\d+)/components\.json$")
+        expected = "Basic " + base64.b64encode(f"{API_KEY}:x".encode()).decode()
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                api.requests.append(self.path)
+                found = path.match(self.path)
+                if self.headers.get("Authorization") != expected:
+                    self._send(401, {"errors": ["HTTP Basic: Access denied."]})
+                elif api.failing:
+                    self._send(500, {"errors": ["Internal Server Error"]})
+                elif found is None or found["sub"] not in api.components:
+                    self._send(404, {"errors": ["Not Found"]})
+                else:
+                    self._send(200, [{"component": c} for c in api.components[found["sub"]]])
+
+            def _send(self, status: int, body: object) -> None:
+                data = json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json; charset=utf-8")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        return Handler
+
+
+def subscription_component(sub: str, component: Json, allocated: int) -> Json:
+    """One component of a subscription as the API lists it."""
+    return {
+        "component_id": int(component["id"]),
+        "subscription_id": int(sub),
+        "component_handle": component.get("handle"),
+        "name": component["name"],
+        "kind": component["kind"],
+        "unit_name": component["unit_name"],
+        "enabled": allocated > 0,
+        "allocated_quantity": allocated,
+        "pricing_scheme": "per_unit",
+        "price_point_id": 867444,
+    }

@@ -20,11 +20,13 @@ from pathlib import Path
 
 import pytest
 from chargify_harness import (
+    API_KEY,
     PRO,
     PRODUCT_MAP,
     SEATS,
     SITE_KEY,
     STANDARD,
+    ChargifyApi,
     allocation_change,
     deliver,
     form_body,
@@ -33,12 +35,15 @@ from chargify_harness import (
     sign,
     signup_success,
     state_change,
+    subscription_component,
     subscription_id,
     webhook,
 )
 from connector_harness import Answer, child, database_state, post, run_keyturn_async
 
 from keyturn.client import FulfillmentClient, NotFoundError, RetryPolicy
+from keyturn.client.connectors.chargify_api import ChargifySeats
+from keyturn.client.connectors.chargify_mapping import SignupSeats
 from keyturn.client.connectors.chargify_webhook import ChargifyWebhookServer, signature
 from keyturn.client.connectors.lifecycle import (
     ADD_SEATS,
@@ -86,10 +91,16 @@ async def endpoint(
     products: ProductMap,
     seat_components: Collection[str] = (),
     site_key: str = SITE_KEY,
+    signup_seats: SignupSeats | None = None,
 ) -> AsyncIterator[str]:
     """A ChargifyWebhookServer on a free loopback port; its webhook URL."""
     server = ChargifyWebhookServer(
-        ("127.0.0.1", 0), site_key, fulfil, products, seat_components=seat_components
+        ("127.0.0.1", 0),
+        site_key,
+        fulfil,
+        products,
+        seat_components=seat_components,
+        signup_seats=signup_seats,
     )
     server.start()
     try:
@@ -376,6 +387,50 @@ async def test_seat_components_and_changes_keyturn_refuses(
         fulfilled(await deliver(url, named), named)
     [entitlement] = await by_reference(read_client, sub)
     assert entitlement.seats == 6
+
+
+async def test_a_signup_gets_the_seats_of_its_seat_components_from_chargifys_api(
+    recorder: Recorder,
+    read_client: FulfillmentClient,
+    app: AppContext,
+    licensing_stub: licensing_pb2_grpc.LicensingServiceStub,
+    stripe_catalog: object,
+) -> None:
+    """signup_success carries no allocations: the connector reads them back (the seat
+    component's, not an on/off one's). Chargify's API failing is 503, nothing written,
+    and Chargify's retry then fulfils the signup."""
+    sub = subscription_id()
+    support = {"id": "985093", "name": "Support", "unit_name": "on/off", "kind": "on_off_component"}
+    signup = signup_success(sub, PRO)
+    with ChargifyApi() as api:
+        api.components[sub] = [
+            subscription_component(sub, SEATS, 7),
+            subscription_component(sub, support, 1),
+        ]
+        seats = ChargifySeats(API_KEY, api.base)
+        before = await database_state(app.store)
+        async with endpoint(recorder, load_product_map(PRODUCT_MAP), signup_seats=seats) as url:
+            api.failing = True
+            down = await deliver(url, signup)
+            assert (down.status, down.body["webhook"]) == (503, signup["id"]), down
+            assert "HTTP 500" in down.body["error"]
+            assert await database_state(app.store) == before
+            api.failing = False
+            [entitlement_id] = fulfilled(await deliver(url, signup), signup)
+            unknown = await deliver(url, signup_success(subscription_id(), PRO))
+            assert unknown.status == 422, unknown
+            assert "knows no subscription" in unknown.body["error"]
+        wrong_key = ChargifySeats("not-the-key", api.base)
+        async with endpoint(recorder, load_product_map(PRODUCT_MAP), signup_seats=wrong_key) as url:
+            refused = await deliver(url, signup_success(subscription_id(), PRO))
+            assert (refused.status, "HTTP 401" in refused.body["error"]) == (503, True), refused
+    assert api.requests[:2] == [f"/subscriptions/{sub}/components.json"] * 2
+    entitlement = await run(read_client.get_entitlement, entitlement_id)
+    assert (entitlement.edition_id, entitlement.seats) == ("pro", 7)
+    [created] = recorder.responses[-1].entitlements
+    for device in range(7):
+        await licensing_stub.ActivateSeat(activation(created.license_key, f"device-{device:04}"))
+    assert (await run(read_client.get_entitlement, entitlement_id)).seats_in_use == 7
 
 
 def closed_port() -> int:

@@ -386,6 +386,7 @@ def _connect_stripe(args: argparse.Namespace) -> int:
 
 
 def _connect_chargify(args: argparse.Namespace) -> int:
+    from keyturn.client.connectors.chargify_api import ChargifySeats
     from keyturn.client.connectors.chargify_webhook import ChargifyWebhookServer
 
     from .port_reservation import CHARGIFY_LISTEN
@@ -393,6 +394,13 @@ def _connect_chargify(args: argparse.Namespace) -> int:
     settings = _settings(args)
     site_key, token = settings.connector_secrets("chargify_site_key", "fulfill_token")
     products = _product_map(settings)
+    seat_components = settings.chargify_seat_component_keys
+    api_key = settings.chargify_api_key
+    signup_seats = (
+        ChargifySeats(api_key.get_secret_value(), settings.chargify_api_base, seat_components)
+        if api_key is not None and api_key.get_secret_value()
+        else None
+    )
     with _fulfillment_client(args, settings, token) as client:
         return _run_connector(
             "chargify webhook",
@@ -405,7 +413,8 @@ def _connect_chargify(args: argparse.Namespace) -> int:
                 client.fulfill_order,
                 products,
                 settings.chargify_path,
-                settings.chargify_seat_component_keys,
+                seat_components,
+                signup_seats,
             ),
         )
 
@@ -826,7 +835,8 @@ def _parser() -> argparse.ArgumentParser:
         "chargify",
         parents=[target_tls],
         help="an HTTP endpoint for Chargify / Maxio webhooks (KEYTURN_CHARGIFY_SITE_KEY, "
-        "KEYTURN_FULFILL_TOKEN, KEYTURN_PRODUCT_MAP)",
+        "KEYTURN_FULFILL_TOKEN, KEYTURN_PRODUCT_MAP; KEYTURN_CHARGIFY_API_KEY for the seats "
+        "a subscription signs up with)",
     )
     chargify.add_argument("--listen", help=_from_setting("chargify_listen", "HOST:PORT for HTTP"))
     chargify.add_argument("--path", help=_from_setting("chargify_path", "the webhook URL path"))

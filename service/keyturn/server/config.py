@@ -531,6 +531,16 @@ class Settings(BaseSettings):
         "127.0.0.1:8083", description="HOST:PORT the Chargify webhook endpoint binds"
     )
     chargify_path: str = Field("/chargify/webhook", description="URL path of the Chargify webhook")
+    chargify_api_key: SecretStr | None = Field(
+        None,
+        description="Chargify API key, to read the seats a subscription signed up with "
+        "(its seat components); unset: a signup orders one unit",
+    )
+    chargify_api_base: str = Field(
+        "",
+        description="Base URL of the Chargify site's API (an EU site's, a test double's); "
+        "empty: https://SUBDOMAIN.chargify.com, the subdomain from the webhook",
+    )
     chargify_seat_components: str = Field(
         "",
         description="Chargify components (ids or handles, comma-separated) whose allocation "

@@ -8,13 +8,17 @@ from it (keyturn.client.connectors.lifecycle):
 
 | Chargify event | order line (all of `chargify:SUBSCRIPTION_ID`) |
 |---|---|
-| `signup_success` | `BASE` x 1, attaches the reference |
+| `signup_success` | `BASE` x the seats bought (at least 1), attaches the reference |
 | `renewal_success` | `BASE:renew` x 1 |
 | `subscription_product_change` | `NEW_BASE:switch` x 1 |
 | `component_allocation_change` of a seat component | `BASE:add-seats` / `:remove-seats` x the difference of `new_allocation` and `previous_allocation` |
 | `subscription_state_change` to `canceled` / `expired` | `BASE:cancel` |
 | `subscription_state_change` to `past_due` / `soft_failure` / `unpaid` / `on_hold` | `BASE:suspend` |
 | `subscription_state_change` from one of those back to `active` / `trialing` | `BASE:reinstate` |
+
+The seats a subscription is created with come from Chargify's API
+(chargify_api.ChargifySeats, when the connector has an API key): the signup
+webhook does not carry them. Without a key a signup orders one unit.
 
 A seat component is a quantity-based component (`payload[component][kind]`
 `quantity_based_component`); when the vendor names components (by id or handle,
@@ -49,6 +53,7 @@ MAX_QUANTITY = 100_000  # OrderLine.quantity's bound
 
 Form = Mapping[str, str]
 BaseSku = Callable[[str], "str | None"]  # product handle or id -> base SKU
+SignupSeats = Callable[[str, str], int]  # subscription id, site subdomain -> seats bought
 
 
 @dataclass(frozen=True)
@@ -87,13 +92,17 @@ def reference(subscription_id: str) -> str:
 
 
 def order_for_webhook(
-    form: Form, products: BaseSku, seat_components: Collection[str] = ()
+    form: Form,
+    products: BaseSku,
+    seat_components: Collection[str] = (),
+    signup_seats: SignupSeats | None = None,
 ) -> Mapped:
-    """The order a webhook calls for, or why none."""
+    """The order a webhook calls for, or why none; `signup_seats` says how many units a
+    new subscription bought (without it: one)."""
     event = form.get("event", "")
     webhook_id = form.get("id", "").strip()
     if event == "signup_success":
-        return _signup(webhook_id, form, products)
+        return _signup(webhook_id, form, products, signup_seats)
     if event == "renewal_success":
         return _change(webhook_id, form, products, RENEW)
     if event == "subscription_product_change":
@@ -159,11 +168,17 @@ def _order(webhook_id: str, form: Form, line: ful.OrderLine) -> ful.FulfillOrder
     )
 
 
-def _signup(webhook_id: str, form: Form, products: BaseSku) -> Mapped:
+def _signup(
+    webhook_id: str, form: Form, products: BaseSku, signup_seats: SignupSeats | None
+) -> Mapped:
     subscription = _subscription_id(form)
+    sku = _subscription_sku(form, products)
+    seats = signup_seats(subscription, payload(form, "site", "subdomain")) if signup_seats else 1
+    if seats > MAX_QUANTITY:
+        raise UnusableWebhook(f"{seats} seats are more than {MAX_QUANTITY}")
     line = ful.OrderLine(
-        sku_id=_subscription_sku(form, products),
-        quantity=1,
+        sku_id=sku,
+        quantity=max(seats, 1),  # a plan without seat components: one unit
         external_reference=reference(subscription),
     )
     return _order(webhook_id, form, line)
@@ -197,12 +212,12 @@ def _state_change(webhook_id: str, form: Form, products: BaseSku) -> Mapped:
 def _allocation(
     webhook_id: str, form: Form, products: BaseSku, seat_components: Collection[str]
 ) -> Mapped:
-    component = (payload(form, "component", "id"), payload(form, "component", "handle"))
+    keys = (payload(form, "component", "id"), payload(form, "component", "handle"))
     kind = payload(form, "component", "kind")
-    if seat_components:
-        if not any(key and key in seat_components for key in component):
-            return Ignored(f"component {component[1] or component[0]} is not a seat component")
-    elif kind != SEAT_KIND:
+    if not counts_seats(keys, kind, seat_components):
+        shown = keys[1] or keys[0]
+        if seat_components:
+            return Ignored(f"component {shown} is not a seat component")
         return Ignored(f"a component of kind {kind!r} does not count seats")
     delta = _units(form, "new_allocation") - _units(form, "previous_allocation")
     if delta == 0:
@@ -222,12 +237,23 @@ def _allocation(
 
 
 def _units(form: Form, name: str) -> int:
+    return whole_units(payload(form, name) or "0", f"payload[{name}]")
+
+
+def whole_units(text: str, what: str) -> int:
     """A whole allocation (Chargify sends decimals for fractional components)."""
-    text = payload(form, name) or "0"
     try:
         value = Decimal(text)
     except InvalidOperation:
-        raise UnusableWebhook(f"payload[{name}] is not a number: {text!r}") from None
+        raise UnusableWebhook(f"{what} is not a number: {text!r}") from None
     if not value.is_finite() or value != value.to_integral_value():
-        raise UnusableWebhook(f"payload[{name}] is not a whole number of seats: {text!r}")
+        raise UnusableWebhook(f"{what} is not a whole number of seats: {text!r}")
     return int(value)
+
+
+def counts_seats(keys: Collection[str], kind: str, seat_components: Collection[str]) -> bool:
+    """Whether a component's allocation is the seat count: one of the named components
+    (by id or handle), else any quantity-based component."""
+    if seat_components:
+        return any(key and key in seat_components for key in keys)
+    return kind == SEAT_KIND

@@ -13,7 +13,8 @@ replay of a fulfilled one changes nothing. Answers:
 - 200: fulfilled (or replayed), or a webhook that needs no order.
 - 422: refused (a product the map lacks, a SKU the catalog lacks, a subscription
   Keyturn does not know): failed in Chargify's log, sent again once fixed.
-- 503: Keyturn is unreachable or busy; Chargify retries.
+- 503: Keyturn (or Chargify's API, asked for a signup's seats) is unreachable or
+  busy; Chargify retries.
 """
 
 from __future__ import annotations
@@ -24,9 +25,11 @@ import logging
 from collections.abc import Collection, Mapping
 from http import HTTPStatus
 
+from .chargify_api import ChargifyUnavailable
 from .chargify_mapping import (
     SOURCE,
     Ignored,
+    SignupSeats,
     Unmapped,
     UnusableWebhook,
     order_for_webhook,
@@ -67,6 +70,7 @@ def handle_webhook(
     fulfil: Fulfil,
     products: ProductMap,
     seat_components: Collection[str] = (),
+    signup_seats: SignupSeats | None = None,
 ) -> Reply:
     """One delivery of a webhook: what to answer Chargify."""
     if not signed(body, given, site_key):
@@ -78,7 +82,12 @@ def handle_webhook(
     webhook_id = form.get("id", "")
     try:
         mapped = order_for_webhook(
-            form, lambda product: products.sku(SOURCE, product), seat_components
+            form, lambda product: products.sku(SOURCE, product), seat_components, signup_seats
+        )
+    except ChargifyUnavailable as exc:
+        log.warning("chargify webhook %s: its API failed, Chargify will retry: %s", webhook_id, exc)
+        return json_reply(
+            HTTPStatus.SERVICE_UNAVAILABLE, {"webhook": webhook_id, "error": str(exc)}
         )
     except (Unmapped, UnusableWebhook) as exc:
         log.error("chargify webhook %s cannot become an order: %s", webhook_id, exc)
@@ -109,6 +118,7 @@ class ChargifyWebhookServer(ConnectorServer):
         products: ProductMap,
         path: str = "/chargify/webhook",
         seat_components: Collection[str] = (),
+        signup_seats: SignupSeats | None = None,
     ) -> None:
         if not site_key:
             raise ValueError("the Chargify site's shared key is required")
@@ -116,6 +126,8 @@ class ChargifyWebhookServer(ConnectorServer):
 
         def route(request: Request) -> Reply:
             given = given_signature(request.headers.get(SIGNATURE_HEADER), request.query)
-            return handle_webhook(request.body, given, site_key, fulfil, products, components)
+            return handle_webhook(
+                request.body, given, site_key, fulfil, products, components, signup_seats
+            )
 
         super().__init__(listen, {path: route})
