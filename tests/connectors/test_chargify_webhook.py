@@ -537,3 +537,36 @@ def test_webhooks_of_other_events_need_no_order() -> None:
     body = form_body(hook).decode()
     assert body.startswith(f"id={hook['id']}&event=customer_update&payload[site][id]=31615&")
     assert "payload[customer][email]=a%40b.example" in body
+
+
+async def test_keyturn_connect_chargify_names_the_setting_of_a_taken_port_or_bad_path(
+    tmp_path: Path,
+) -> None:
+    settings = {
+        "KEYTURN_CHARGIFY_SITE_KEY": SITE_KEY,
+        "KEYTURN_FULFILL_TOKEN": "kt_x",
+        "KEYTURN_PRODUCT_MAP": str(PRODUCT_MAP),
+    }
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        in_use = await run_keyturn_async(
+            ["connect", "chargify"],
+            tmp_path,
+            {**settings, "KEYTURN_CHARGIFY_LISTEN": f"127.0.0.1:{port}"},
+        )
+    assert (in_use.returncode, in_use.stderr.splitlines()) == (
+        2,
+        [
+            f"keyturn: cannot listen on 127.0.0.1:{port}: Address already in use; choose "
+            "another HOST:PORT with --listen or KEYTURN_CHARGIFY_LISTEN (port 0: any free port)"
+        ],
+    )
+    bad_path = await run_keyturn_async(
+        ["connect", "chargify", "--path", "chargify/webhook"], tmp_path, settings
+    )
+    assert (bad_path.returncode, bad_path.stderr.splitlines()) == (
+        2,
+        ["keyturn: --path: 'chargify/webhook' is not a URL path, for example /chargify/webhook"],
+    )
