@@ -27,6 +27,7 @@ from .signals import stop_on_signal
 
 if TYPE_CHECKING:
     from keyturn.client import FulfillmentClient
+    from keyturn.client.connectors.product_map import ProductMap
     from keyturn.client.connectors.reconcile import Subscription
     from keyturn.client.connectors.webhook_server import ConnectorServer
 
@@ -402,6 +403,56 @@ def _connect_orders(args: argparse.Namespace) -> int:
             f"{prefix}SOURCE",
             lambda listen: SignedOrderServer(listen, sources, client.fulfill_order, prefix),
         )
+
+
+def _connect_chargify(args: argparse.Namespace) -> int:
+    from keyturn.client.connectors.chargify_api import ChargifySeats
+    from keyturn.client.connectors.chargify_webhook import ChargifyWebhookServer
+
+    from .port_reservation import CHARGIFY_LISTEN
+
+    settings = _settings(args)
+    site_key, token = settings.connector_secrets("chargify_site_key", "fulfill_token")
+    products = _product_map(settings)
+    seat_components = settings.chargify_seat_component_keys
+    api_key = settings.chargify_api_key
+    signup_seats = (
+        ChargifySeats(api_key.get_secret_value(), settings.chargify_api_base, seat_components)
+        if api_key is not None and api_key.get_secret_value()
+        else None
+    )
+    with _fulfillment_client(args, settings, token) as client:
+        return _run_connector(
+            "chargify webhook",
+            settings.chargify_listen,
+            CHARGIFY_LISTEN,
+            settings.chargify_path,
+            lambda listen: ChargifyWebhookServer(
+                listen,
+                site_key,
+                client.fulfill_order,
+                products,
+                settings.chargify_path,
+                seat_components,
+                signup_seats,
+            ),
+        )
+
+
+def _product_map(settings: Settings) -> ProductMap:
+    """The vendor's product map (KEYTURN_PRODUCT_MAP), required by the connectors that
+    name products by the billing system's own ids; SettingsError when unset or unreadable."""
+    from keyturn.client.connectors.product_map import ProductMapError, load_product_map
+
+    if not settings.product_map:
+        raise SettingsError(
+            f"set {ENV_PREFIX}PRODUCT_MAP (the YAML file mapping each billing system's "
+            "product ids to base SKUs, like examples/product-map.yaml)"
+        )
+    try:
+        return load_product_map(settings.product_map)
+    except ProductMapError as exc:
+        raise SettingsError(str(exc)) from None
 
 
 def _run_connector(
@@ -902,6 +953,18 @@ def _parser() -> argparse.ArgumentParser:
         **TARGET_TLS_FLAGS,
     )
     orders_endpoint.set_defaults(run=_connect_orders, sync=True)
+    chargify = connectors.add_parser(
+        "chargify",
+        parents=[target_tls],
+        help="an HTTP endpoint for Chargify / Maxio webhooks (KEYTURN_CHARGIFY_SITE_KEY, "
+        "KEYTURN_FULFILL_TOKEN, KEYTURN_PRODUCT_MAP; KEYTURN_CHARGIFY_API_KEY for the seats "
+        "a subscription signs up with)",
+    )
+    chargify.add_argument("--listen", help=_from_setting("chargify_listen", "HOST:PORT for HTTP"))
+    chargify.add_argument("--path", help=_from_setting("chargify_path", "the webhook URL path"))
+    chargify.add_argument("--target", help=TARGET_HELP)
+    _with_settings(chargify, chargify_listen="--listen", chargify_path="--path", **TARGET_TLS_FLAGS)
+    chargify.set_defaults(run=_connect_chargify, sync=True)
 
     orders = commands.add_parser("orders", help="work with orders")
     order_commands = orders.add_subparsers(dest="orders_command", required=True)

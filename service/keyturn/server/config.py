@@ -59,13 +59,18 @@ TLS_FILES = (
 FORMER_NAMES = {"KEYTURN_TOKEN": "KEYTURN_FULFILL_TOKEN"}  # of the client's examples
 # What each secret an order connector needs is, for the line that asks for it.
 ConnectorSecret = Literal[
-    "stripe_webhook_secret", "order_webhook_secrets", "fulfill_token", "read_token"
+    "stripe_webhook_secret",
+    "order_webhook_secrets",
+    "chargify_site_key",
+    "fulfill_token",
+    "read_token",
 ]
 CONNECTOR_SECRETS: dict[ConnectorSecret, str] = {
     "stripe_webhook_secret": "the signing secret of the Stripe webhook endpoint, whsec_...",
     "order_webhook_secrets": "each order source and its signing secret, SOURCE=whsec_...",
     "fulfill_token": "a token with the fulfill scope: keyturn tokens create --scope fulfill",
     "read_token": "a token with the read scope: keyturn tokens create --scope read",
+    "chargify_site_key": "the Site shared key of the Chargify site, which signs its webhooks",
 }
 
 
@@ -139,6 +144,19 @@ def available_cpus() -> int:
     if hasattr(os, "sched_getaffinity"):
         return max(1, len(os.sched_getaffinity(0)))
     return os.cpu_count() or 1
+
+
+def _default_of(settings: type[BaseSettings], info: ValidationInfo) -> str:
+    """The default of the field being validated, shown as the example of a good value."""
+    assert info.field_name is not None
+    return str(settings.model_fields[info.field_name].default)
+
+
+def _check_url_path(value: str, example: str) -> str:
+    """A connector's URL path: absolute, without a query."""
+    if not value.startswith("/") or "?" in value:
+        raise ValueError(f"{value!r} is not a URL path, for example {example}")
+    return value
 
 
 def _check_host_port(value: str, example: str = "127.0.0.1:50051") -> str:
@@ -527,6 +545,30 @@ class Settings(BaseSettings):
     order_webhook_path: str = Field(
         "/orders/", description="URL path prefix of the signed order endpoint, /orders/SOURCE"
     )
+    chargify_site_key: SecretStr | None = Field(
+        None,
+        description="Site shared key of the Chargify / Maxio site (it signs the webhooks); "
+        "required by `keyturn connect chargify`",
+    )
+    chargify_listen: str = Field(
+        "127.0.0.1:8083", description="HOST:PORT the Chargify webhook endpoint binds"
+    )
+    chargify_path: str = Field("/chargify/webhook", description="URL path of the Chargify webhook")
+    chargify_api_key: SecretStr | None = Field(
+        None,
+        description="Chargify API key, to read the seats a subscription signed up with "
+        "(its seat components); unset: a signup orders one unit",
+    )
+    chargify_api_base: str = Field(
+        "",
+        description="Base URL of the Chargify site's API (an EU site's, a test double's); "
+        "empty: https://SUBDOMAIN.chargify.com, the subdomain from the webhook",
+    )
+    chargify_seat_components: str = Field(
+        "",
+        description="Chargify components (ids or handles, comma-separated) whose allocation "
+        "counts seats; empty: every quantity-based component",
+    )
     product_map: str = Field(
         "",
         description="YAML file mapping each billing system's product ids to base SKUs "
@@ -626,17 +668,22 @@ class Settings(BaseSettings):
             raise ValueError(f"no folder {value}: give the folder that holds the templates")
         return value
 
-    @field_validator("stripe_listen", "order_webhook_listen")
+    @field_validator("stripe_listen", "order_webhook_listen", "chargify_listen")
     @classmethod
-    def _check_connector_listen(cls, value: str) -> str:
-        return _check_host_port(value, example="127.0.0.1:8080")
+    def _check_connector_listen(cls, value: str, info: ValidationInfo) -> str:
+        return _check_host_port(value, example=_default_of(cls, info))
 
-    @field_validator("stripe_path", "order_webhook_path")
+    @field_validator("stripe_path", "order_webhook_path", "chargify_path")
     @classmethod
-    def _check_connector_path(cls, value: str) -> str:
-        if not value.startswith("/") or "?" in value:
-            raise ValueError(f"{value!r} is not a URL path, for example /stripe/webhook")
-        return value
+    def _check_connector_path(cls, value: str, info: ValidationInfo) -> str:
+        return _check_url_path(value, example=_default_of(cls, info))
+
+    @property
+    def chargify_seat_component_keys(self) -> frozenset[str]:
+        """The seat components named by KEYTURN_CHARGIFY_SEAT_COMPONENTS."""
+        return frozenset(
+            part.strip() for part in self.chargify_seat_components.split(",") if part.strip()
+        )
 
     @field_validator("order_webhook_path")
     @classmethod

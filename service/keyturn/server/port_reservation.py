@@ -52,6 +52,7 @@ SERVE_LISTEN = ListenSetting("KEYTURN_LISTEN", "--listen")
 ADMIN_LISTEN = ListenSetting("KEYTURN_ADMIN_LISTEN")  # no option: only the variable sets it
 STRIPE_LISTEN = ListenSetting("KEYTURN_STRIPE_LISTEN", "--listen")  # keyturn connect stripe
 ORDER_WEBHOOK_LISTEN = ListenSetting("KEYTURN_ORDER_WEBHOOK_LISTEN", "--listen")  # ... orders
+CHARGIFY_LISTEN = ListenSetting("KEYTURN_CHARGIFY_LISTEN", "--listen")  # keyturn connect chargify
 HTTP_LISTEN = ListenSetting("KEYTURN_HTTP_LISTEN", "--http-listen")
 
 
