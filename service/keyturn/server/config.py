@@ -5,6 +5,7 @@ from __future__ import annotations
 import difflib
 import os
 import re
+import urllib.parse
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
@@ -58,9 +59,13 @@ TLS_FILES = (
 # from it for the closest-name hint: it would not be found).
 FORMER_NAMES = {"KEYTURN_TOKEN": "KEYTURN_FULFILL_TOKEN"}  # of the client's examples
 # What each secret an order connector needs is, for the line that asks for it.
-ConnectorSecret = Literal["stripe_webhook_secret", "fulfill_token", "read_token"]
+ConnectorSecret = Literal[
+    "stripe_webhook_secret", "fulfill_token", "read_token", "salesforce_client_secret"
+]
 CONNECTOR_SECRETS: dict[ConnectorSecret, str] = {
     "stripe_webhook_secret": "the signing secret of the Stripe webhook endpoint, whsec_...",
+    "salesforce_client_secret": "the consumer secret of the connected app "
+    "(KEYTURN_SALESFORCE_CLIENT_ID)",
     "fulfill_token": "a token with the fulfill scope: keyturn tokens create --scope fulfill",
     "read_token": "a token with the read scope: keyturn tokens create --scope read",
 }
@@ -512,6 +517,36 @@ class Settings(BaseSettings):
         "127.0.0.1:8080", description="HOST:PORT the Stripe webhook endpoint binds"
     )
     stripe_path: str = Field("/stripe/webhook", description="URL path of the Stripe webhook")
+    salesforce_organization_id: str = Field(
+        "",
+        description="Id of the Salesforce org whose outbound messages `keyturn connect "
+        "salesforce` takes (00D..., 15 or 18 characters; Setup > Company Information); "
+        "messages of any other organization are refused. Required by it",
+    )
+    salesforce_instance_url: str = Field(
+        "",
+        description="The org's My Domain URL (https://acme.my.salesforce.com), the only "
+        "place the connector calls Salesforce's REST API. Required by `keyturn connect "
+        "salesforce`",
+    )
+    salesforce_api_version: str = Field(
+        "62.0", description="Salesforce REST API version of the connector's queries"
+    )
+    salesforce_client_id: str = Field(
+        "",
+        description="Consumer key of a connected app with the client credentials flow; "
+        "set: the connector queries as that app, else as the session each outbound "
+        "message carries (tick Send Session ID)",
+    )
+    salesforce_client_secret: SecretStr | None = Field(
+        None, description="Consumer secret of that connected app; required with its id"
+    )
+    salesforce_listen: str = Field(
+        "127.0.0.1:8081", description="HOST:PORT the Salesforce outbound message endpoint binds"
+    )
+    salesforce_path: str = Field(
+        "/salesforce/outbound", description="URL path of the Salesforce outbound message endpoint"
+    )
     product_map: str = Field(
         "",
         description="YAML file mapping each billing system's product ids to base SKUs "
@@ -621,6 +656,38 @@ class Settings(BaseSettings):
         if not value.startswith("/") or "?" in value:
             raise ValueError(f"{value!r} is not a URL path, for example /stripe/webhook")
         return value
+
+    @field_validator("salesforce_listen")
+    @classmethod
+    def _check_salesforce_listen(cls, value: str) -> str:
+        return _check_host_port(value, example="127.0.0.1:8081")
+
+    @field_validator("salesforce_path")
+    @classmethod
+    def _check_salesforce_path(cls, value: str) -> str:
+        if not value.startswith("/") or "?" in value:
+            raise ValueError(f"{value!r} is not a URL path, for example /salesforce/outbound")
+        return value
+
+    @field_validator("salesforce_organization_id")
+    @classmethod
+    def _check_salesforce_organization_id(cls, value: str) -> str:
+        from keyturn.client.connectors.salesforce_message import salesforce_id_15
+
+        if value and (salesforce_id_15(value) is None or not value.startswith("00D")):
+            raise ValueError(
+                f"{value!r} is not an organization id (00D and 12 more letters or digits, "
+                "or the 18-character form)"
+            )
+        return value
+
+    @field_validator("salesforce_instance_url")
+    @classmethod
+    def _check_salesforce_instance_url(cls, value: str) -> str:
+        parts = urllib.parse.urlsplit(value)
+        if value and (parts.scheme not in ("https", "http") or not parts.netloc or parts.query):
+            raise ValueError(f"{value!r} is not a URL like https://acme.my.salesforce.com")
+        return value.rstrip("/")
 
     @model_validator(mode="after")
     def _check_tls_together(self) -> Settings:
