@@ -107,6 +107,44 @@ def order_record(
     }
 
 
+def opportunity_record(
+    *,
+    opportunity_id: str,
+    opportunity_type: str | None,
+    lines: Sequence[tuple[str, float]],
+    contract_id: str | None = None,
+    won: bool = True,
+    contact_email: str | None = "buyer@globex.example",
+    account_id: str = ACCOUNT_ID,
+    account_name: str = "Globex",
+) -> Json:
+    """An Opportunity (Closed Won unless `won` is False) as the REST API returns it."""
+    items = [
+        {
+            "attributes": _attributes("OpportunityLineItem", item_id),
+            "Id": item_id,
+            "Quantity": float(quantity),
+            "Product2": {"attributes": _attributes("Product2"), "ProductCode": code},
+        }
+        for code, quantity in lines
+        for item_id in [new_id("00k")]
+    ]
+    return {
+        "attributes": _attributes("Opportunity", opportunity_id),
+        "Id": opportunity_id,
+        "Type": opportunity_type,
+        "StageName": "Closed Won" if won else "Negotiation/Review",
+        "IsWon": won,
+        "AccountId": account_id,
+        "Account": {"attributes": _attributes("Account"), "Name": account_name},
+        "ContractId": contract_id,
+        "Contact": contact(contact_email),
+        "OpportunityLineItems": (
+            {"totalSize": len(items), "done": True, "records": items} if items else None
+        ),
+    }
+
+
 # --- outbound messages ---------------------------------------------------------------------
 
 
@@ -333,10 +371,14 @@ class SalesforceStandIn:
         with self._lock:
             self.queries.append((bearer, soql))
             if bearer not in self.sessions:
-                return 401, [{"message": "Session expired or invalid", "errorCode": "INVALID_SESSION_ID"}]
+                return 401, [
+                    {"message": "Session expired or invalid", "errorCode": "INVALID_SESSION_ID"}
+                ]
             match = _QUERY.fullmatch(soql)
             if match is None:
-                return 400, [{"message": f"unexpected query {soql}", "errorCode": "MALFORMED_QUERY"}]
+                return 400, [
+                    {"message": f"unexpected query {soql}", "errorCode": "MALFORMED_QUERY"}
+                ]
             record = self.records.get(match["id"])
             if record is not None and record["attributes"]["type"] != match["object"]:
                 record = None
@@ -350,7 +392,10 @@ class SalesforceStandIn:
         client_id = form.get("client_id", [""])[0]
         secret = form.get("client_secret", [""])[0]
         if form.get("grant_type") != ["client_credentials"] or self.apps.get(client_id) != secret:
-            return 400, {"error": "invalid_client", "error_description": "invalid client credentials"}
+            return 400, {
+                "error": "invalid_client",
+                "error_description": "invalid client credentials",
+            }
         token = f"{ORG_ID[:15]}!AQ4AQKt.app.{next(self._tokens)}"
         self.sessions.add(token)
         return 200, {
@@ -371,7 +416,9 @@ class SalesforceStandIn:
                 if stand_in.down:
                     return self._send(503, [{"message": "down", "errorCode": "SERVER_UNAVAILABLE"}])
                 if parts.path != f"/services/data/v{API_VERSION}/query":
-                    return self._send(404, [{"message": "no such resource", "errorCode": "NOT_FOUND"}])
+                    return self._send(
+                        404, [{"message": "no such resource", "errorCode": "NOT_FOUND"}]
+                    )
                 bearer = (self.headers.get("Authorization") or "").removeprefix("Bearer ")
                 soql = urllib.parse.parse_qs(parts.query).get("q", [""])[0]
                 self._send(*stand_in._query(bearer, soql))
@@ -380,7 +427,9 @@ class SalesforceStandIn:
                 if stand_in.down:
                     return self._send(503, {"error": "unavailable"})
                 if self.path != "/services/oauth2/token":
-                    return self._send(404, [{"message": "no such resource", "errorCode": "NOT_FOUND"}])
+                    return self._send(
+                        404, [{"message": "no such resource", "errorCode": "NOT_FOUND"}]
+                    )
                 length = int(self.headers.get("Content-Length") or 0)
                 form = urllib.parse.parse_qs(self.rfile.read(length).decode())
                 self._send(*stand_in._token(form))

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
+import socket
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -27,6 +28,7 @@ from salesforce_harness import (
     SalesforceStandIn,
     SoapAnswer,
     new_id,
+    opportunity_record,
     order_fields,
     order_record,
     outbound_message,
@@ -195,7 +197,8 @@ async def test_a_contract_lifecycle_end_to_end_to_an_activated_seat(
     assert stored.ship_to_email == "it@initech.example"
     [response] = tap.responses
     [with_key] = response.entitlements
-    assert with_key.entitlement_id == entitlement.entitlement_id and with_key.license_key
+    assert with_key.entitlement_id == entitlement.entitlement_id
+    assert with_key.license_key
     with LicensingClient(server.address, PRODUCT_ID) as licensing:
         lease = await run(licensing.activate, with_key.license_key, heartbeat=False)
     assert lease.entitlement_id == entitlement.entitlement_id
@@ -257,6 +260,45 @@ async def test_a_contract_lifecycle_end_to_end_to_an_activated_seat(
     assert len({bearer for bearer, _ in salesforce.queries}) == len(orders)
 
 
+async def test_a_won_opportunity_creates_and_an_open_one_does_nothing(
+    outbound: str, salesforce: SalesforceStandIn, read_client: FulfillmentClient, app: AppContext
+) -> None:
+    """An org that sells from Opportunities (Closed Won, with products): the same
+    mapping over OpportunityLineItems, the primary contact's email."""
+    contract = new_id("800")
+    won, open_one = (
+        opportunity_record(
+            opportunity_id=new_id("006"),
+            opportunity_type="New Customer",
+            lines=[(STANDARD, 2), (STANDARD, 1)],  # one product on two lines: summed
+            contract_id=contract,
+            won=is_won,
+        )
+        for is_won in (True, False)
+    )
+    for record in (open_one, won):
+        salesforce.add(record)
+    before = await database_state(app.store)
+    acked(await run(post_message, outbound, opportunity_message(salesforce, open_one)))
+    assert await database_state(app.store) == before
+
+    acked(await run(post_message, outbound, opportunity_message(salesforce, won)))
+    entitlement = await the_entitlement(read_client, contract)
+    assert (entitlement.seats, entitlement.customer.email) == (3, "buyer@globex.example")
+    assert entitlement.customer.name == "Globex"
+    order = await run(read_client.get_order, "salesforce", won["Id"])
+    assert [(line.sku_id, line.quantity) for line in order.lines] == [(SKU[STANDARD], 3)]
+
+
+def opportunity_message(salesforce: SalesforceStandIn, record: dict[str, object]) -> bytes:
+    fields = {"StageName": str(record["StageName"]), "Type": str(record["Type"])}
+    return outbound_message(
+        [Notified(str(record["Id"]), "Opportunity", fields)],
+        instance_url=salesforce.url,
+        session_id=salesforce.new_session(),
+    )
+
+
 async def test_a_replayed_message_changes_nothing(
     outbound: str, salesforce: SalesforceStandIn, read_client: FulfillmentClient, app: AppContext
 ) -> None:
@@ -303,7 +345,8 @@ async def test_another_organization_is_refused_and_nothing_is_written(
         before = await database_state(app.store)
         refused = await deliver(url, salesforce, record, organization_id=OTHER_ORG_ID)
         assert (refused.status, refused.ack, refused.faultcode) == (500, False, "soapenv:Client")
-        assert OTHER_ORG_ID in refused.faultstring and "nothing was done" in refused.faultstring
+        assert OTHER_ORG_ID in refused.faultstring
+        assert "nothing was done" in refused.faultstring
         assert salesforce.queries == []  # not even read back
         assert await database_state(app.store) == before
 
@@ -378,7 +421,10 @@ async def test_an_order_keyturn_refuses_or_cannot_target_is_not_acknowledged(
 ) -> None:
     before = await database_state(app.store)
     renewal_of_nothing = order_record(
-        order_id=new_id("801"), order_type="Renewal", lines=[(STANDARD, 1)], contract_id=new_id("800")
+        order_id=new_id("801"),
+        order_type="Renewal",
+        lines=[(STANDARD, 1)],
+        contract_id=new_id("800"),
     )
     refused = await deliver(outbound, salesforce, renewal_of_nothing)
     assert [(f.reason, f.temporary) for f in refused.failures] == [("ENTITLEMENT_NOT_FOUND", False)]
@@ -427,8 +473,7 @@ async def test_records_not_activated_or_of_another_type(
     "body",
     [
         b"not xml at all",
-        b'<?xml version="1.0"?><!DOCTYPE x [<!ENTITY a "aaaa"><!ENTITY b "&a;&a;&a;">]>'
-        b"<x>&b;</x>",
+        b'<?xml version="1.0"?><!DOCTYPE x [<!ENTITY a "aaaa"><!ENTITY b "&a;&a;&a;">]><x>&b;</x>',
         b'<?xml version="1.0"?><!DOCTYPE x [<!ENTITY e SYSTEM "file:///etc/passwd">]><x>&e;</x>',
         b'<soapenv:Envelope xmlns:soapenv="http://schemas.xmlsoap.org/soap/envelope/">'
         b"<soapenv:Body/></soapenv:Envelope>",
@@ -473,7 +518,9 @@ async def test_a_connected_app_queries_without_the_session(
     stripe_catalog: object,
 ) -> None:
     salesforce.apps["3MVG9Kt.consumer"] = "consumer-secret"
-    api = SalesforceApi(salesforce.url, "62.0", ClientCredentials("3MVG9Kt.consumer", "consumer-secret"))
+    api = SalesforceApi(
+        salesforce.url, "62.0", ClientCredentials("3MVG9Kt.consumer", "consumer-secret")
+    )
     contract = new_id("800")
     record = order_record(
         order_id=new_id("801"), order_type="New", lines=[(STANDARD, 4)], contract_id=contract
@@ -482,7 +529,10 @@ async def test_a_connected_app_queries_without_the_session(
         acked(await deliver(url, salesforce, record, session=None))
         salesforce.sessions.clear()  # the app's token expired: a new one is fetched
         renewal = order_record(
-            order_id=new_id("801"), order_type="Renewal", lines=[(STANDARD, 4)], contract_id=contract
+            order_id=new_id("801"),
+            order_type="Renewal",
+            lines=[(STANDARD, 4)],
+            contract_id=contract,
         )
         acked(await deliver(url, salesforce, renewal, session=None))
     assert [bearer.split(".")[-2] for bearer, _ in salesforce.queries] == ["app", "app", "app"]
@@ -490,8 +540,6 @@ async def test_a_connected_app_queries_without_the_session(
 
 
 def closed_port() -> int:
-    import socket
-
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port: int = probe.getsockname()[1]
@@ -503,9 +551,12 @@ async def test_an_unreachable_keyturn_is_retried(salesforce: SalesforceStandIn) 
     record = order_record(
         order_id=new_id("801"), order_type="New", lines=[(STANDARD, 1)], contract_id=new_id("800")
     )
-    with FulfillmentClient(f"127.0.0.1:{closed_port()}", "kt_unused", retry=retry) as client:
-        with endpoint(client.fulfill_order, SalesforceApi(salesforce.url, "62.0")) as url:
-            answer = await deliver(url, salesforce, record)
+    api = SalesforceApi(salesforce.url, "62.0")
+    with (
+        FulfillmentClient(f"127.0.0.1:{closed_port()}", "kt_unused", retry=retry) as client,
+        endpoint(client.fulfill_order, api) as url,
+    ):
+        answer = await deliver(url, salesforce, record)
     assert (answer.status, answer.ack, answer.faultcode) == (500, False, "soapenv:Server")
     assert [(f.object_id, f.temporary) for f in answer.failures] == [(record["Id"], True)]
 
@@ -564,4 +615,5 @@ async def test_keyturn_connect_salesforce_names_what_is_missing(tmp_path: Path) 
     wrong = await run_keyturn_async(
         ["connect", "salesforce"], tmp_path, {"KEYTURN_SALESFORCE_ORGANIZATION_ID": "00Dnope"}
     )
-    assert wrong.returncode == 2 and "KEYTURN_SALESFORCE_ORGANIZATION_ID" in wrong.stderr
+    assert wrong.returncode == 2
+    assert "KEYTURN_SALESFORCE_ORGANIZATION_ID" in wrong.stderr

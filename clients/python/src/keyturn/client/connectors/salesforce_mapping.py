@@ -18,7 +18,8 @@ carry the change of quantity, as CPQ's amendment orders do (negative: removed). 
 subscription is the record's `ContractId`; a New order without one is its own
 (`salesforce:ORDER_ID`), which later orders then name as `OriginalOrderId`. The order id
 is the record's 18-character Id, so Salesforce's retries (and a re-fired workflow)
-replay. A record not yet Activated (Order) or won (Opportunity) needs no order.
+replay. A record not yet Activated (Order) or won (Opportunity), or an amendment that
+changes no quantity, needs no order.
 """
 
 from __future__ import annotations
@@ -122,6 +123,8 @@ def order_for_record(
         known = ", ".join(sorted(t.title() for t in ORDER_TYPES if t))
         raise UnusableOrder(f"{kind.name} {record_id}: Type {order_type!r} is none of {known}")
     changes = _quantities(kind, record, sku_of)
+    if purpose == AMENDMENT and not changes:  # a price or a date amended: no seat moved
+        return Ignored(f"amendment {record_id} changes no quantity")
     contract = str(record.get("ContractId") or "")
     if purpose == CREATE:
         lines = [_create_line(record_id, changes, contract or record_id)]
