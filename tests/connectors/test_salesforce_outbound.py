@@ -601,19 +601,69 @@ async def test_keyturn_connect_salesforce_as_a_child_process(
         await run(read_client.get_order, "salesforce", new_id("801"))
 
 
-async def test_keyturn_connect_salesforce_names_what_is_missing(tmp_path: Path) -> None:
-    result = await run_keyturn_async(
-        ["connect", "salesforce", "--listen", "127.0.0.1:0"],
-        tmp_path,
-        {"KEYTURN_SALESFORCE_ORGANIZATION_ID": ORG_ID, "KEYTURN_PRODUCT_MAP": str(PRODUCT_MAP)},
-    )
+COMPLETE = {
+    "KEYTURN_SALESFORCE_ORGANIZATION_ID": ORG_ID,
+    "KEYTURN_SALESFORCE_INSTANCE_URL": "https://acme.my.salesforce.com",
+    "KEYTURN_PRODUCT_MAP": str(PRODUCT_MAP),
+    "KEYTURN_FULFILL_TOKEN": "kt_x",
+}
+
+
+def without(*names: str, **more: str) -> dict[str, str]:
+    return {**{k: v for k, v in COMPLETE.items() if k not in names}, **more}
+
+
+@pytest.mark.parametrize(
+    ("settings", "line"),
+    [
+        (
+            without("KEYTURN_SALESFORCE_INSTANCE_URL"),
+            "keyturn: set KEYTURN_SALESFORCE_INSTANCE_URL (the org's My Domain URL, "
+            "https://NAME.my.salesforce.com)",
+        ),
+        (
+            without(KEYTURN_SALESFORCE_ORGANIZATION_ID="00D5g000004ElqNAAA"),
+            "keyturn: KEYTURN_SALESFORCE_ORGANIZATION_ID: '00D5g000004ElqNAAA' is not an "
+            "organization id (00D and 12 more letters or digits, or the 18-character form)",
+        ),
+        (
+            without(KEYTURN_SALESFORCE_INSTANCE_URL="acme.my.salesforce.com"),
+            "keyturn: KEYTURN_SALESFORCE_INSTANCE_URL: 'acme.my.salesforce.com' is not a URL "
+            "like https://acme.my.salesforce.com",
+        ),
+        (
+            without(KEYTURN_SALESFORCE_CLIENT_ID="3MVG9Kt.consumer"),
+            "keyturn: set KEYTURN_SALESFORCE_CLIENT_SECRET (the consumer secret of the "
+            "connected app that KEYTURN_SALESFORCE_CLIENT_ID names)",
+        ),
+        (
+            without(KEYTURN_PRODUCT_MAP="/nonexistent/map.yaml"),
+            "keyturn: KEYTURN_PRODUCT_MAP: cannot read the product map /nonexistent/map.yaml: "
+            "No such file or directory",
+        ),
+    ],
+    ids=["no-instance", "bad-org-checksum", "instance-no-url", "app-without-secret", "no-map"],
+)
+async def test_keyturn_connect_salesforce_names_what_is_missing_or_wrong(
+    tmp_path: Path, settings: dict[str, str], line: str
+) -> None:
+    args = ["connect", "salesforce", "--listen", "127.0.0.1:0"]
+    result = await run_keyturn_async(args, tmp_path, settings)
+    assert (result.returncode, result.stderr.splitlines(), result.stdout) == (2, [line], "")
+
+
+async def test_keyturn_connect_salesforce_names_its_port_setting(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = await run_keyturn_async(
+            ["connect", "salesforce"],
+            tmp_path,
+            {**COMPLETE, "KEYTURN_SALESFORCE_LISTEN": f"127.0.0.1:{port}"},
+        )
     assert result.returncode == 2, result
     assert result.stderr.splitlines() == [
-        "keyturn: set KEYTURN_SALESFORCE_INSTANCE_URL (the org's My Domain URL, "
-        "https://NAME.my.salesforce.com)"
+        f"keyturn: cannot listen on 127.0.0.1:{port}: Address already in use; choose another "
+        "HOST:PORT with --listen or KEYTURN_SALESFORCE_LISTEN (port 0: any free port)"
     ]
-    wrong = await run_keyturn_async(
-        ["connect", "salesforce"], tmp_path, {"KEYTURN_SALESFORCE_ORGANIZATION_ID": "00Dnope"}
-    )
-    assert wrong.returncode == 2
-    assert "KEYTURN_SALESFORCE_ORGANIZATION_ID" in wrong.stderr

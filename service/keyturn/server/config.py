@@ -64,8 +64,8 @@ ConnectorSecret = Literal[
 ]
 CONNECTOR_SECRETS: dict[ConnectorSecret, str] = {
     "stripe_webhook_secret": "the signing secret of the Stripe webhook endpoint, whsec_...",
-    "salesforce_client_secret": "the consumer secret of the connected app "
-    "(KEYTURN_SALESFORCE_CLIENT_ID)",
+    "salesforce_client_secret": "the consumer secret of the connected app that "
+    "KEYTURN_SALESFORCE_CLIENT_ID names",
     "fulfill_token": "a token with the fulfill scope: keyturn tokens create --scope fulfill",
     "read_token": "a token with the read scope: keyturn tokens create --scope read",
 }
