@@ -66,6 +66,34 @@ def contact(email: str | None) -> Json | None:
     return None if email is None else {"attributes": _attributes("Contact"), "Email": email}
 
 
+def line_items(kind: str, prefix: str, lines: Sequence[tuple[str, float]]) -> Json | None:
+    """A subquery's record set of products (None when empty, as the API answers)."""
+    items = [
+        {
+            "attributes": _attributes(kind, item_id),
+            "Id": item_id,
+            "Quantity": float(quantity),
+            "Product2": {"attributes": _attributes("Product2"), "ProductCode": code},
+        }
+        for code, quantity in lines
+        for item_id in [new_id(prefix)]
+    ]
+    return {"totalSize": len(items), "done": True, "records": items} if items else None
+
+
+def new_order(
+    order_type: str | None,
+    lines: Sequence[tuple[str, float]],
+    contract_id: str | None = "",
+    **fields: Any,
+) -> Json:
+    """An Activated Order with a fresh Id, on a fresh Contract unless one (or None) is given."""
+    contract = new_id("800") if contract_id == "" else contract_id
+    return order_record(
+        order_id=new_id("801"), order_type=order_type, lines=lines, contract_id=contract, **fields
+    )
+
+
 def order_record(
     *,
     order_id: str,
@@ -81,16 +109,6 @@ def order_record(
 ) -> Json:
     """An Order as the REST API returns it for the connector's query (all fields; the
     stand-in keeps those the query names)."""
-    items = [
-        {
-            "attributes": _attributes("OrderItem", item_id),
-            "Id": item_id,
-            "Quantity": float(quantity),
-            "Product2": {"attributes": _attributes("Product2"), "ProductCode": code},
-        }
-        for code, quantity in lines
-        for item_id in [new_id("802")]
-    ]
     return {
         "attributes": _attributes("Order", order_id),
         "Id": order_id,
@@ -103,7 +121,7 @@ def order_record(
         "OriginalOrderId": original_order_id,
         "BillToContact": contact(bill_to),
         "ShipToContact": contact(ship_to),
-        "OrderItems": {"totalSize": len(items), "done": True, "records": items} if items else None,
+        "OrderItems": line_items("OrderItem", "802", lines),
     }
 
 
@@ -119,16 +137,6 @@ def opportunity_record(
     account_name: str = "Globex",
 ) -> Json:
     """An Opportunity (Closed Won unless `won` is False) as the REST API returns it."""
-    items = [
-        {
-            "attributes": _attributes("OpportunityLineItem", item_id),
-            "Id": item_id,
-            "Quantity": float(quantity),
-            "Product2": {"attributes": _attributes("Product2"), "ProductCode": code},
-        }
-        for code, quantity in lines
-        for item_id in [new_id("00k")]
-    ]
     return {
         "attributes": _attributes("Opportunity", opportunity_id),
         "Id": opportunity_id,
@@ -139,9 +147,7 @@ def opportunity_record(
         "Account": {"attributes": _attributes("Account"), "Name": account_name},
         "ContractId": contract_id,
         "Contact": contact(contact_email),
-        "OpportunityLineItems": (
-            {"totalSize": len(items), "done": True, "records": items} if items else None
-        ),
+        "OpportunityLineItems": line_items("OpportunityLineItem", "00k", lines),
     }
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from salesforce_harness import new_id, opportunity_record, order_record
+from salesforce_harness import new_id, new_order, opportunity_record
 
 from keyturn.client.connectors.salesforce_mapping import (
     OPPORTUNITY,
@@ -30,8 +30,7 @@ def lines_of(record: dict[str, Any]) -> list[tuple[str, int, str]]:
 
 
 def order(order_type: str | None, lines: list[tuple[str, float]], **fields: Any) -> dict[str, Any]:
-    fields.setdefault("contract_id", CONTRACT)
-    return order_record(order_id=new_id("801"), order_type=order_type, lines=lines, **fields)
+    return new_order(order_type, lines, fields.pop("contract_id", CONTRACT), **fields)
 
 
 REF = f"salesforce:{CONTRACT}"

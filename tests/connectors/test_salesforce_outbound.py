@@ -28,9 +28,9 @@ from salesforce_harness import (
     SalesforceStandIn,
     SoapAnswer,
     new_id,
+    new_order,
     opportunity_record,
     order_fields,
-    order_record,
     outbound_message,
     post_message,
     records_queried,
@@ -60,6 +60,7 @@ from keyturn.server.app.context import AppContext
 
 from conftest import Tokens
 from support.rpc import PRODUCT_ID, create_sku
+from support.smtp import free_port
 
 pytest_plugins = ["connector_fixtures"]
 
@@ -176,9 +177,7 @@ async def test_a_contract_lifecycle_end_to_end_to_an_activated_seat(
     contract = new_id("800")
 
     def order(order_type: str, lines: list[tuple[str, float]]) -> dict[str, object]:
-        return order_record(
-            order_id=new_id("801"), order_type=order_type, lines=lines, contract_id=contract
-        )
+        return new_order(order_type, lines, contract)
 
     # New: 5 seats, the entitlement named salesforce:CONTRACT, a seat taken with its key.
     created = order("New", [(first, 5)])
@@ -305,12 +304,8 @@ async def test_a_replayed_message_changes_nothing(
     """Salesforce delivers a message again (the Ack lost, or a workflow firing twice): the
     Order Id is the order id, so each record replays."""
     contract = new_id("800")
-    created = order_record(
-        order_id=new_id("801"), order_type="New", lines=[(STANDARD, 2)], contract_id=contract
-    )
-    more = order_record(
-        order_id=new_id("801"), order_type="Amendment", lines=[(STANDARD, 1)], contract_id=contract
-    )
+    created = new_order("New", [(STANDARD, 2)], contract)
+    more = new_order("Amendment", [(STANDARD, 1)], contract)
     acked(await deliver(outbound, salesforce, created))
     batch = outbound_message(
         [Notified(str(created["Id"])), Notified(str(more["Id"]))],
@@ -338,9 +333,7 @@ async def test_another_organization_is_refused_and_nothing_is_written(
 ) -> None:
     org = ORG_ID[:15] if configured == "15-character" else ORG_ID
     contract = new_id("800")
-    record = order_record(
-        order_id=new_id("801"), order_type="New", lines=[(STANDARD, 2)], contract_id=contract
-    )
+    record = new_order("New", [(STANDARD, 2)], contract)
     with endpoint(tap, SalesforceApi(salesforce.url, "62.0"), organization_id=org) as url:
         before = await database_state(app.store)
         refused = await deliver(url, salesforce, record, organization_id=OTHER_ORG_ID)
@@ -368,15 +361,8 @@ async def test_an_unmapped_product_is_refused_until_the_map_has_it(
     that names it (Salesforce's delivery status shows it and retries); each retry replays
     the first; once the map (and catalog) have the product, the retry is acknowledged."""
     good_contract, enterprise_contract = new_id("800"), new_id("800")
-    good = order_record(
-        order_id=new_id("801"), order_type="New", lines=[(PRO, 3)], contract_id=good_contract
-    )
-    unmapped = order_record(
-        order_id=new_id("801"),
-        order_type="New",
-        lines=[("CAD-ENT", 4)],
-        contract_id=enterprise_contract,
-    )
+    good = new_order("New", [(PRO, 3)], good_contract)
+    unmapped = new_order("New", [("CAD-ENT", 4)], enterprise_contract)
     salesforce.add(good, unmapped)
     message = outbound_message(
         [Notified(str(good["Id"])), Notified(str(unmapped["Id"]))],
@@ -420,12 +406,7 @@ async def test_an_order_keyturn_refuses_or_cannot_target_is_not_acknowledged(
     outbound: str, salesforce: SalesforceStandIn, app: AppContext
 ) -> None:
     before = await database_state(app.store)
-    renewal_of_nothing = order_record(
-        order_id=new_id("801"),
-        order_type="Renewal",
-        lines=[(STANDARD, 1)],
-        contract_id=new_id("800"),
-    )
+    renewal_of_nothing = new_order("Renewal", [(STANDARD, 1)])
     refused = await deliver(outbound, salesforce, renewal_of_nothing)
     assert [(f.reason, f.temporary) for f in refused.failures] == [("ENTITLEMENT_NOT_FOUND", False)]
 
@@ -436,9 +417,7 @@ async def test_an_order_keyturn_refuses_or_cannot_target_is_not_acknowledged(
         ("New", [(STANDARD, 1.5)], new_id("800"), "is not whole"),
         ("New", [], new_id("800"), "has no OrderItems"),
     ]:
-        record = order_record(
-            order_id=new_id("801"), order_type=order_type, lines=lines, contract_id=contract
-        )
+        record = new_order(order_type, lines, contract)
         unusable = await deliver(outbound, salesforce, record)
         assert [(f.object_id, f.reason) for f in unusable.failures] == [
             (record["Id"], "UNUSABLE_ORDER")
@@ -451,13 +430,7 @@ async def test_records_not_activated_or_of_another_type(
     outbound: str, salesforce: SalesforceStandIn, app: AppContext
 ) -> None:
     before = await database_state(app.store)
-    draft = order_record(
-        order_id=new_id("801"),
-        order_type="New",
-        lines=[(STANDARD, 1)],
-        contract_id=new_id("800"),
-        status="Draft",
-    )
+    draft = new_order("New", [(STANDARD, 1)], status="Draft")
     acked(await deliver(outbound, salesforce, draft))  # nothing to do: acknowledged
     account = outbound_message(
         [Notified(new_id("001"), object_type="Account")],
@@ -494,9 +467,7 @@ async def test_what_is_no_outbound_message_is_a_client_fault(
 async def test_a_session_salesforce_refuses_or_none_is_retried(
     outbound: str, salesforce: SalesforceStandIn, app: AppContext
 ) -> None:
-    record = order_record(
-        order_id=new_id("801"), order_type="New", lines=[(STANDARD, 1)], contract_id=new_id("800")
-    )
+    record = new_order("New", [(STANDARD, 1)])
     before = await database_state(app.store)
     expired = await deliver(outbound, salesforce, record, session="00Dexpired!session")
     assert [(f.reason, f.temporary) for f in expired.failures] == [("SALESFORCE_API", True)]
@@ -522,38 +493,22 @@ async def test_a_connected_app_queries_without_the_session(
         salesforce.url, "62.0", ClientCredentials("3MVG9Kt.consumer", "consumer-secret")
     )
     contract = new_id("800")
-    record = order_record(
-        order_id=new_id("801"), order_type="New", lines=[(STANDARD, 4)], contract_id=contract
-    )
+    record = new_order("New", [(STANDARD, 4)], contract)
     with endpoint(tap, api) as url:
         acked(await deliver(url, salesforce, record, session=None))
         salesforce.sessions.clear()  # the app's token expired: a new one is fetched
-        renewal = order_record(
-            order_id=new_id("801"),
-            order_type="Renewal",
-            lines=[(STANDARD, 4)],
-            contract_id=contract,
-        )
+        renewal = new_order("Renewal", [(STANDARD, 4)], contract)
         acked(await deliver(url, salesforce, renewal, session=None))
     assert [bearer.split(".")[-2] for bearer, _ in salesforce.queries] == ["app", "app", "app"]
     assert (await the_entitlement(read_client, contract)).seats == 4
 
 
-def closed_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-    return port
-
-
 async def test_an_unreachable_keyturn_is_retried(salesforce: SalesforceStandIn) -> None:
     retry = RetryPolicy(attempts=2, initial=0.01, maximum=0.02)
-    record = order_record(
-        order_id=new_id("801"), order_type="New", lines=[(STANDARD, 1)], contract_id=new_id("800")
-    )
+    record = new_order("New", [(STANDARD, 1)])
     api = SalesforceApi(salesforce.url, "62.0")
     with (
-        FulfillmentClient(f"127.0.0.1:{closed_port()}", "kt_unused", retry=retry) as client,
+        FulfillmentClient(f"127.0.0.1:{free_port()}", "kt_unused", retry=retry) as client,
         endpoint(client.fulfill_order, api) as url,
     ):
         answer = await deliver(url, salesforce, record)
@@ -585,9 +540,7 @@ async def test_keyturn_connect_salesforce_as_a_child_process(
     }
     args = ["connect", "salesforce", "--listen", "127.0.0.1:0", "--path", "/sf/om"]
     contract = new_id("800")
-    record = order_record(
-        order_id=new_id("801"), order_type="New", lines=[(PRO, 3)], contract_id=contract
-    )
+    record = new_order("New", [(PRO, 3)], contract)
     with child(args, tmp_path, settings) as connector:
         line = await run(connector.await_line, ENDPOINT_LINE)
         assert line["url"] == f"http://127.0.0.1:{line['port']}/sf/om"

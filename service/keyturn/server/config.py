@@ -645,28 +645,19 @@ class Settings(BaseSettings):
             raise ValueError(f"no folder {value}: give the folder that holds the templates")
         return value
 
-    @field_validator("stripe_listen")
+    @field_validator("stripe_listen", "salesforce_listen")
     @classmethod
-    def _check_stripe_listen(cls, value: str) -> str:
-        return _check_host_port(value, example="127.0.0.1:8080")
+    def _check_connector_listen(cls, value: str, info: ValidationInfo) -> str:
+        """A connector's HOST:PORT, its default as the example."""
+        return _check_host_port(value, example=cls.model_fields[str(info.field_name)].default)
 
-    @field_validator("stripe_path")
+    @field_validator("stripe_path", "salesforce_path")
     @classmethod
-    def _check_stripe_path(cls, value: str) -> str:
+    def _check_connector_path(cls, value: str, info: ValidationInfo) -> str:
+        """A connector's URL path, its default as the example."""
         if not value.startswith("/") or "?" in value:
-            raise ValueError(f"{value!r} is not a URL path, for example /stripe/webhook")
-        return value
-
-    @field_validator("salesforce_listen")
-    @classmethod
-    def _check_salesforce_listen(cls, value: str) -> str:
-        return _check_host_port(value, example="127.0.0.1:8081")
-
-    @field_validator("salesforce_path")
-    @classmethod
-    def _check_salesforce_path(cls, value: str) -> str:
-        if not value.startswith("/") or "?" in value:
-            raise ValueError(f"{value!r} is not a URL path, for example /salesforce/outbound")
+            example = cls.model_fields[str(info.field_name)].default
+            raise ValueError(f"{value!r} is not a URL path, for example {example}")
         return value
 
     @field_validator("salesforce_organization_id")
