@@ -24,9 +24,10 @@ changes no quantity, needs no order.
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, assert_never
 
 from keyturn.fulfillment.v1 import fulfillment_pb2 as ful
 
@@ -37,17 +38,26 @@ SOURCE = "salesforce"
 Json = dict[str, Any]
 SkuOf = Callable[[str], "str | None"]  # Product2.ProductCode -> base SKU
 
-CREATE, RENEWAL, AMENDMENT, CANCELLATION = "create", "renewal", "amendment", "cancellation"
-ORDER_TYPES = {
-    "": CREATE,
-    "new": CREATE,
-    "new customer": CREATE,
-    "renewal": RENEWAL,
-    "amendment": AMENDMENT,
-    "existing customer - upgrade": AMENDMENT,
-    "existing customer - downgrade": AMENDMENT,
-    "existing customer - replacement": AMENDMENT,
-    "cancellation": CANCELLATION,
+
+class Purpose(enum.Enum):
+    """What a record does to its subscription."""
+
+    CREATE = "create"
+    RENEWAL = "renewal"
+    AMENDMENT = "amendment"
+    CANCELLATION = "cancellation"
+
+
+ORDER_TYPES = {  # the Type picklist value, lower-cased
+    "": Purpose.CREATE,
+    "new": Purpose.CREATE,
+    "new customer": Purpose.CREATE,
+    "renewal": Purpose.RENEWAL,
+    "amendment": Purpose.AMENDMENT,
+    "existing customer - upgrade": Purpose.AMENDMENT,
+    "existing customer - downgrade": Purpose.AMENDMENT,
+    "existing customer - replacement": Purpose.AMENDMENT,
+    "cancellation": Purpose.CANCELLATION,
 }
 
 
@@ -123,10 +133,10 @@ def order_for_record(
         known = ", ".join(sorted(t.title() for t in ORDER_TYPES if t))
         raise UnusableOrder(f"{kind.name} {record_id}: Type {order_type!r} is none of {known}")
     changes = _quantities(kind, record, sku_of)
-    if purpose == AMENDMENT and not changes:  # a price or a date amended: no seat moved
+    if purpose is Purpose.AMENDMENT and not changes:  # a price or a date amended: no seat moved
         return Ignored(f"amendment {record_id} changes no quantity")
     contract = str(record.get("ContractId") or "")
-    if purpose == CREATE:
+    if purpose is Purpose.CREATE:
         lines = [_create_line(record_id, changes, contract or record_id)]
     else:
         target = contract or str(record.get("OriginalOrderId") or "")
@@ -178,14 +188,32 @@ def _create_line(record_id: str, changes: Mapping[str, int], subscription: str) 
 
 
 def _change_lines(
-    purpose: str, record_id: str, changes: Mapping[str, int]
+    purpose: Purpose, record_id: str, changes: Mapping[str, int]
 ) -> list[tuple[str, int]]:
     """The (SKU, quantity) lines of a Renewal, Amendment or Cancellation."""
-    if purpose in (RENEWAL, CANCELLATION):
-        if len(changes) != 1:
-            raise UnusableOrder(f"order {record_id}: one subscription product, not {dict(changes)}")
-        [sku] = changes
-        return [(lifecycle_sku(sku, RENEW if purpose == RENEWAL else CANCEL), 1)]
+    match purpose:
+        case Purpose.RENEWAL:
+            return [(lifecycle_sku(_one(record_id, changes), RENEW), 1)]
+        case Purpose.CANCELLATION:
+            return [(lifecycle_sku(_one(record_id, changes), CANCEL), 1)]
+        case Purpose.AMENDMENT:
+            return _amendment_lines(record_id, changes)
+        case Purpose.CREATE:
+            raise AssertionError("a create orders its base SKU")
+        case _:
+            assert_never(purpose)
+
+
+def _one(record_id: str, changes: Mapping[str, int]) -> str:
+    if len(changes) != 1:
+        raise UnusableOrder(f"order {record_id}: one subscription product, not {dict(changes)}")
+    [sku] = changes
+    return sku
+
+
+def _amendment_lines(record_id: str, changes: Mapping[str, int]) -> list[tuple[str, int]]:
+    """One product's quantity changed: its seats; one product replaced by another: the
+    new one's edition, then the difference in seats."""
     if len(changes) == 1:
         [(sku, delta)] = changes.items()
         return [seat_change_sku(sku, delta)]
