@@ -620,3 +620,12 @@ async def test_keyturn_connect_salesforce_names_its_port_setting(tmp_path: Path)
         f"keyturn: cannot listen on 127.0.0.1:{port}: Address already in use; choose another "
         "HOST:PORT with --listen or KEYTURN_SALESFORCE_LISTEN (port 0: any free port)"
     ]
+
+
+async def test_keyturn_connect_salesforce_help_shows_its_defaults(tmp_path: Path) -> None:
+    result = await run_keyturn_async(["connect", "salesforce", "--help"], tmp_path, {})
+    shown = " ".join(result.stdout.split())
+    assert result.returncode == 0, result
+    assert "(default: KEYTURN_SALESFORCE_LISTEN, else 127.0.0.1:8081)" in shown
+    assert "(default: KEYTURN_SALESFORCE_PATH, else /salesforce/outbound)" in shown
+    assert "(default: KEYTURN_ADMIN_LISTEN when set, else KEYTURN_LISTEN" in shown
