@@ -503,17 +503,35 @@ async def test_a_connected_app_queries_without_the_session(
     assert (await the_entitlement(read_client, contract)).seats == 4
 
 
-async def test_an_unreachable_keyturn_is_retried(salesforce: SalesforceStandIn) -> None:
+async def test_an_unreachable_keyturn_is_retried(
+    tap: Tap,
+    salesforce: SalesforceStandIn,
+    read_client: FulfillmentClient,
+    stripe_catalog: object,
+) -> None:
+    """Keyturn down: a temporary fault, so Salesforce retries; its retry of the same
+    message, once Keyturn is back, is fulfilled and acknowledged."""
     retry = RetryPolicy(attempts=2, initial=0.01, maximum=0.02)
     record = new_order("New", [(STANDARD, 1)])
+    salesforce.add(record)
+    message = outbound_message(
+        [Notified(str(record["Id"]))],
+        instance_url=salesforce.url,
+        session_id=salesforce.new_session(),
+    )
     api = SalesforceApi(salesforce.url, "62.0")
     with (
         FulfillmentClient(f"127.0.0.1:{free_port()}", "kt_unused", retry=retry) as client,
         endpoint(client.fulfill_order, api) as url,
     ):
-        answer = await deliver(url, salesforce, record)
+        answer = await run(post_message, url, message)
     assert (answer.status, answer.ack, answer.faultcode) == (500, False, "soapenv:Server")
     assert [(f.object_id, f.temporary) for f in answer.failures] == [(record["Id"], True)]
+    assert f"Keyturn did not fulfil 1 of 1 records, retry: {record['Id']}" in answer.faultstring
+
+    with endpoint(tap, api) as url:  # Keyturn reachable again: Salesforce's next retry
+        acked(await run(post_message, url, message))
+    assert (await the_entitlement(read_client, str(record["ContractId"]))).seats == 1
 
 
 ENDPOINT_LINE = re.compile(
