@@ -19,7 +19,14 @@ from pydantic import ValidationError
 from .app.audit import acting_as, cli_actor
 from .app.context import AppContext
 from .bootstrap import build_context, build_dispatcher, migrate
-from .config import ENV_PREFIX, Settings, SettingsError, describe_invalid, unknown_variables
+from .config import (
+    ENV_PREFIX,
+    ConnectorSecret,
+    Settings,
+    SettingsError,
+    describe_invalid,
+    unknown_variables,
+)
 from .domain.errors import DomainError
 from .logs import configure_logging
 from .sealing import SecretError
@@ -453,6 +460,56 @@ def _product_map(settings: Settings) -> ProductMap:
         return load_product_map(settings.product_map)
     except ProductMapError as exc:
         raise SettingsError(str(exc)) from None
+
+
+def _connect_salesforce(args: argparse.Namespace) -> int:
+    from keyturn.client.connectors.product_map import ProductMapError, load_product_map
+    from keyturn.client.connectors.salesforce_api import ClientCredentials, SalesforceApi
+    from keyturn.client.connectors.salesforce_outbound import (
+        SalesforceEndpoint,
+        SalesforceOutboundServer,
+    )
+
+    from .port_reservation import SALESFORCE_LISTEN
+
+    settings = _settings(args)
+    required = {
+        "salesforce_organization_id": "the id of the org that sends the outbound messages",
+        "salesforce_instance_url": "the org's My Domain URL, https://NAME.my.salesforce.com",
+        "product_map": "the product map file, like examples/product-map.yaml",
+    }
+    unset = [
+        f"{ENV_PREFIX}{f.upper()} ({why})"
+        for f, why in required.items()
+        if not getattr(settings, f)
+    ]
+    if unset:
+        raise SettingsError("set " + " and ".join(unset))
+    wanted: list[ConnectorSecret] = ["fulfill_token"]
+    if settings.salesforce_client_id:
+        wanted.append("salesforce_client_secret")
+    token, *app_secret = settings.connector_secrets(*wanted)
+    try:
+        products = load_product_map(settings.product_map)
+    except ProductMapError as exc:
+        raise SettingsError(f"{ENV_PREFIX}PRODUCT_MAP: {exc}") from None
+    credentials = (
+        ClientCredentials(settings.salesforce_client_id, app_secret[0]) if app_secret else None
+    )
+    api = SalesforceApi(
+        settings.salesforce_instance_url, settings.salesforce_api_version, credentials
+    )
+    with _fulfillment_client(args, settings, token) as client:
+        endpoint = SalesforceEndpoint(
+            settings.salesforce_organization_id, api, products, client.fulfill_order
+        )
+        return _run_connector(
+            "salesforce outbound messages",
+            settings.salesforce_listen,
+            SALESFORCE_LISTEN,
+            settings.salesforce_path,
+            lambda listen: SalesforceOutboundServer(listen, endpoint, settings.salesforce_path),
+        )
 
 
 def _run_connector(
@@ -965,6 +1022,24 @@ def _parser() -> argparse.ArgumentParser:
     chargify.add_argument("--target", help=TARGET_HELP)
     _with_settings(chargify, chargify_listen="--listen", chargify_path="--path", **TARGET_TLS_FLAGS)
     chargify.set_defaults(run=_connect_chargify, sync=True)
+    salesforce = connectors.add_parser(
+        "salesforce",
+        parents=[target_tls],
+        help="an HTTP endpoint for Salesforce outbound messages (KEYTURN_SALESFORCE_"
+        "ORGANIZATION_ID, KEYTURN_SALESFORCE_INSTANCE_URL, KEYTURN_PRODUCT_MAP, "
+        "KEYTURN_FULFILL_TOKEN)",
+    )
+    salesforce.add_argument(
+        "--listen", help=_from_setting("salesforce_listen", "HOST:PORT for HTTP")
+    )
+    salesforce.add_argument(
+        "--path", help=_from_setting("salesforce_path", "the endpoint's URL path")
+    )
+    salesforce.add_argument("--target", help=TARGET_HELP)
+    _with_settings(
+        salesforce, salesforce_listen="--listen", salesforce_path="--path", **TARGET_TLS_FLAGS
+    )
+    salesforce.set_defaults(run=_connect_salesforce, sync=True)
 
     orders = commands.add_parser("orders", help="work with orders")
     order_commands = orders.add_subparsers(dest="orders_command", required=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import difflib
 import os
 import re
+import urllib.parse
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
@@ -64,10 +65,13 @@ ConnectorSecret = Literal[
     "chargify_site_key",
     "fulfill_token",
     "read_token",
+    "salesforce_client_secret",
 ]
 CONNECTOR_SECRETS: dict[ConnectorSecret, str] = {
     "stripe_webhook_secret": "the signing secret of the Stripe webhook endpoint, whsec_...",
     "order_webhook_secrets": "each order source and its signing secret, SOURCE=whsec_...",
+    "salesforce_client_secret": "the consumer secret of the connected app that "
+    "KEYTURN_SALESFORCE_CLIENT_ID names",
     "fulfill_token": "a token with the fulfill scope: keyturn tokens create --scope fulfill",
     "read_token": "a token with the read scope: keyturn tokens create --scope read",
     "chargify_site_key": "the Site shared key of the Chargify site, which signs its webhooks",
@@ -569,6 +573,36 @@ class Settings(BaseSettings):
         description="Chargify components (ids or handles, comma-separated) whose allocation "
         "counts seats; empty: every quantity-based component",
     )
+    salesforce_organization_id: str = Field(
+        "",
+        description="Id of the Salesforce org whose outbound messages `keyturn connect "
+        "salesforce` takes (00D..., 15 or 18 characters; Setup > Company Information); "
+        "messages of any other organization are refused. Required by it",
+    )
+    salesforce_instance_url: str = Field(
+        "",
+        description="The org's My Domain URL (https://acme.my.salesforce.com), the only "
+        "place the connector calls Salesforce's REST API. Required by `keyturn connect "
+        "salesforce`",
+    )
+    salesforce_api_version: str = Field(
+        "62.0", description="Salesforce REST API version of the connector's queries"
+    )
+    salesforce_client_id: str = Field(
+        "",
+        description="Consumer key of a connected app with the client credentials flow; "
+        "set: the connector queries as that app, else as the session each outbound "
+        "message carries (tick Send Session ID)",
+    )
+    salesforce_client_secret: SecretStr | None = Field(
+        None, description="Consumer secret of that connected app; required with its id"
+    )
+    salesforce_listen: str = Field(
+        "127.0.0.1:8081", description="HOST:PORT the Salesforce outbound message endpoint binds"
+    )
+    salesforce_path: str = Field(
+        "/salesforce/outbound", description="URL path of the Salesforce outbound message endpoint"
+    )
     product_map: str = Field(
         "",
         description="YAML file mapping each billing system's product ids to base SKUs "
@@ -668,12 +702,14 @@ class Settings(BaseSettings):
             raise ValueError(f"no folder {value}: give the folder that holds the templates")
         return value
 
-    @field_validator("stripe_listen", "order_webhook_listen", "chargify_listen")
+    @field_validator(
+        "stripe_listen", "order_webhook_listen", "chargify_listen", "salesforce_listen"
+    )
     @classmethod
     def _check_connector_listen(cls, value: str, info: ValidationInfo) -> str:
         return _check_host_port(value, example=_default_of(cls, info))
 
-    @field_validator("stripe_path", "order_webhook_path", "chargify_path")
+    @field_validator("stripe_path", "order_webhook_path", "chargify_path", "salesforce_path")
     @classmethod
     def _check_connector_path(cls, value: str, info: ValidationInfo) -> str:
         return _check_url_path(value, example=_default_of(cls, info))
@@ -706,6 +742,26 @@ class Settings(BaseSettings):
                         f"{source!r} is not an order source: 1 to 64 of a-z, 0-9, '_', '-'"
                     )
         return value
+
+    @field_validator("salesforce_organization_id")
+    @classmethod
+    def _check_salesforce_organization_id(cls, value: str) -> str:
+        from keyturn.client.connectors.salesforce_message import salesforce_id_15
+
+        if value and (salesforce_id_15(value) is None or not value.startswith("00D")):
+            raise ValueError(
+                f"{value!r} is not an organization id (00D and 12 more letters or digits, "
+                "or the 18-character form)"
+            )
+        return value
+
+    @field_validator("salesforce_instance_url")
+    @classmethod
+    def _check_salesforce_instance_url(cls, value: str) -> str:
+        parts = urllib.parse.urlsplit(value)
+        if value and (parts.scheme not in ("https", "http") or not parts.netloc or parts.query):
+            raise ValueError(f"{value!r} is not a URL like https://acme.my.salesforce.com")
+        return value.rstrip("/")
 
     @model_validator(mode="after")
     def _check_tls_together(self) -> Settings:

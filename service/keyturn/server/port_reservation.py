@@ -53,6 +53,7 @@ ADMIN_LISTEN = ListenSetting("KEYTURN_ADMIN_LISTEN")  # no option: only the vari
 STRIPE_LISTEN = ListenSetting("KEYTURN_STRIPE_LISTEN", "--listen")  # keyturn connect stripe
 ORDER_WEBHOOK_LISTEN = ListenSetting("KEYTURN_ORDER_WEBHOOK_LISTEN", "--listen")  # ... orders
 CHARGIFY_LISTEN = ListenSetting("KEYTURN_CHARGIFY_LISTEN", "--listen")  # keyturn connect chargify
+SALESFORCE_LISTEN = ListenSetting("KEYTURN_SALESFORCE_LISTEN", "--listen")  # connect salesforce
 HTTP_LISTEN = ListenSetting("KEYTURN_HTTP_LISTEN", "--http-listen")
 
 
