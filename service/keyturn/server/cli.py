@@ -384,6 +384,40 @@ def _connect_stripe(args: argparse.Namespace) -> int:
         )
 
 
+def _connect_netsuite(args: argparse.Namespace) -> int:
+    from keyturn.client.connectors.netsuite_webhook import NetSuiteOrderServer
+    from keyturn.client.connectors.product_map import ProductMapError, load_product_map
+
+    from .port_reservation import NETSUITE_LISTEN
+
+    settings = _settings(args)
+    secret, token = settings.connector_secrets("netsuite_secret", "fulfill_token")
+    if not settings.product_map:
+        raise SettingsError(
+            f"set {ENV_PREFIX}PRODUCT_MAP (the YAML file mapping NetSuite item ids to base "
+            "SKUs, section netsuite: see examples/product-map.yaml)"
+        )
+    try:
+        products = load_product_map(settings.product_map)
+    except ProductMapError as exc:
+        raise SettingsError(str(exc)) from None
+    with _fulfillment_client(args, settings, token) as client:
+        return _run_connector(
+            "netsuite orders",
+            settings.netsuite_listen,
+            NETSUITE_LISTEN,
+            settings.netsuite_path,
+            lambda listen: NetSuiteOrderServer(
+                listen,
+                secret,
+                products,
+                client.fulfill_order,
+                settings.netsuite_path,
+                settings.netsuite_tolerance_seconds,
+            ),
+        )
+
+
 def _run_connector(
     name: str,
     listen: str,
@@ -780,6 +814,17 @@ def _parser() -> argparse.ArgumentParser:
     stripe.add_argument("--target", help=TARGET_HELP)
     _with_settings(stripe, stripe_listen="--listen", stripe_path="--path", **TARGET_TLS_FLAGS)
     stripe.set_defaults(run=_connect_stripe, sync=True)
+    netsuite = connectors.add_parser(
+        "netsuite",
+        parents=[target_tls],
+        help="an HTTP endpoint for the Sales Orders the Keyturn SuiteScripts post "
+        "(KEYTURN_NETSUITE_SECRET, KEYTURN_PRODUCT_MAP, KEYTURN_FULFILL_TOKEN)",
+    )
+    netsuite.add_argument("--listen", help=_from_setting("netsuite_listen", "HOST:PORT for HTTP"))
+    netsuite.add_argument("--path", help=_from_setting("netsuite_path", "the URL path"))
+    netsuite.add_argument("--target", help=TARGET_HELP)
+    _with_settings(netsuite, netsuite_listen="--listen", netsuite_path="--path", **TARGET_TLS_FLAGS)
+    netsuite.set_defaults(run=_connect_netsuite, sync=True)
 
     orders = commands.add_parser("orders", help="work with orders")
     order_commands = orders.add_subparsers(dest="orders_command", required=True)

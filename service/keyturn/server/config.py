@@ -58,11 +58,12 @@ TLS_FILES = (
 # from it for the closest-name hint: it would not be found).
 FORMER_NAMES = {"KEYTURN_TOKEN": "KEYTURN_FULFILL_TOKEN"}  # of the client's examples
 # What each secret an order connector needs is, for the line that asks for it.
-ConnectorSecret = Literal["stripe_webhook_secret", "fulfill_token", "read_token"]
+ConnectorSecret = Literal["stripe_webhook_secret", "fulfill_token", "read_token", "netsuite_secret"]
 CONNECTOR_SECRETS: dict[ConnectorSecret, str] = {
     "stripe_webhook_secret": "the signing secret of the Stripe webhook endpoint, whsec_...",
     "fulfill_token": "a token with the fulfill scope: keyturn tokens create --scope fulfill",
     "read_token": "a token with the read scope: keyturn tokens create --scope read",
+    "netsuite_secret": "the value of the NetSuite API secret the Keyturn scripts sign with",
 }
 
 
@@ -512,6 +513,21 @@ class Settings(BaseSettings):
         "127.0.0.1:8080", description="HOST:PORT the Stripe webhook endpoint binds"
     )
     stripe_path: str = Field("/stripe/webhook", description="URL path of the Stripe webhook")
+    netsuite_secret: SecretStr | None = Field(
+        None,
+        description="The value of the API secret (custsecret_keyturn_netsuite) the NetSuite "
+        "scripts sign Sales Orders with; required by `keyturn connect netsuite`",
+    )
+    netsuite_listen: str = Field(
+        "127.0.0.1:8082", description="HOST:PORT the NetSuite order endpoint binds"
+    )
+    netsuite_path: str = Field("/netsuite/orders", description="URL path of the NetSuite endpoint")
+    netsuite_tolerance_seconds: int = Field(
+        300,
+        ge=1,
+        le=3600,
+        description="How far a NetSuite post's X-Keyturn-Timestamp may be from now",
+    )
     product_map: str = Field(
         "",
         description="YAML file mapping each billing system's product ids to base SKUs "
@@ -614,6 +630,18 @@ class Settings(BaseSettings):
     @classmethod
     def _check_stripe_listen(cls, value: str) -> str:
         return _check_host_port(value, example="127.0.0.1:8080")
+
+    @field_validator("netsuite_listen")
+    @classmethod
+    def _check_netsuite_listen(cls, value: str) -> str:
+        return _check_host_port(value, example="127.0.0.1:8082")
+
+    @field_validator("netsuite_path")
+    @classmethod
+    def _check_netsuite_path(cls, value: str) -> str:
+        if not value.startswith("/") or "?" in value:
+            raise ValueError(f"{value!r} is not a URL path, for example /netsuite/orders")
+        return value
 
     @field_validator("stripe_path")
     @classmethod

@@ -51,6 +51,7 @@ class ListenSetting:
 SERVE_LISTEN = ListenSetting("KEYTURN_LISTEN", "--listen")
 ADMIN_LISTEN = ListenSetting("KEYTURN_ADMIN_LISTEN")  # no option: only the variable sets it
 STRIPE_LISTEN = ListenSetting("KEYTURN_STRIPE_LISTEN", "--listen")  # keyturn connect stripe
+NETSUITE_LISTEN = ListenSetting("KEYTURN_NETSUITE_LISTEN", "--listen")  # keyturn connect netsuite
 HTTP_LISTEN = ListenSetting("KEYTURN_HTTP_LISTEN", "--http-listen")
 
 
