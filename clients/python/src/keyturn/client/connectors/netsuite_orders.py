@@ -24,7 +24,8 @@ the product map (section `netsuite`):
 
 SUBSCRIPTION is the line's `custcol_keyturn_subscription`, else the order's
 `custbody_keyturn_subscription`; a create without one names the entitlement after the
-order's own internal id, so the later orders of that subscription carry that id.
+order's own internal id, so the later orders of that subscription carry that id (an
+order creating several subscriptions gives each line its own).
 Lines of NetSuite's non-item types (description, discount, subtotal, markup, payment,
 group markers) are skipped. An item the map lacks refuses the whole order.
 """
@@ -101,6 +102,7 @@ def order_for_sales_order(payload: Json, products: ProductMap) -> ful.FulfillOrd
     if not isinstance(raw_lines, list):
         raise UnusableOrder("NO_LINES", "the Sales Order has no item lines")
     lines: list[ful.OrderLine] = []
+    created: list[str] = []  # the subscriptions the order's create lines name
     unmapped: list[str] = []
     for position, raw in enumerate(raw_lines, start=1):
         if not isinstance(raw, Mapping):
@@ -116,6 +118,8 @@ def order_for_sales_order(payload: Json, products: ProductMap) -> ful.FulfillOrd
             unmapped.append(item or f"(line {position} has no item)")
             continue
         lines.append(_line(payload, raw, position, action, base))
+        if action == CREATE:
+            created.append(lines[-1].external_reference)
     if unmapped:
         raise UnusableOrder(
             "ITEM_NOT_MAPPED",
@@ -124,6 +128,7 @@ def order_for_sales_order(payload: Json, products: ProductMap) -> ful.FulfillOrd
         )
     if not lines:
         return Ignored("no item line for Keyturn")
+    _check_one_create_per_subscription(created)
     return ful.FulfillOrderRequest(
         source=SOURCE,
         order_id=order_id(payload),
@@ -134,6 +139,18 @@ def order_for_sales_order(payload: Json, products: ProductMap) -> ful.FulfillOrd
         ),
         lines=lines,
     )
+
+
+def _check_one_create_per_subscription(created: list[str]) -> None:
+    """Two lines creating the same subscription would be refused by Keyturn for the
+    second; say which field tells them apart instead."""
+    repeated = sorted({ref for ref in created if created.count(ref) > 1})
+    if repeated:
+        raise UnusableOrder(
+            "SUBSCRIPTION_CREATED_TWICE",
+            f"several lines create {', '.join(repeated)}: give each its own "
+            "custcol_keyturn_subscription",
+        )
 
 
 def _action(payload: Json, line: Json, position: int) -> str:
