@@ -11,7 +11,7 @@ import asyncio
 import json
 import re
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
 
@@ -77,8 +77,8 @@ async def connector(fulfil_client: FulfillmentClient) -> AsyncIterator[str]:
 
 
 @pytest.fixture
-def account(tmp_path: Path, connector: str) -> Iterator[NetSuiteAccount]:
-    yield NetSuiteAccount(tmp_path / "netsuite-account.json", connector)
+def account(tmp_path: Path, connector: str) -> NetSuiteAccount:
+    return NetSuiteAccount(tmp_path / "netsuite-account.json", connector)
 
 
 async def by_reference(read: FulfillmentClient, subscription: str) -> list[ful.Entitlement]:
