@@ -7,17 +7,14 @@ from typing import Any
 
 import pytest
 
-from keyturn.client.connectors.netsuite_orders import (
-    Ignored,
-    UnusableOrder,
-    order_for_sales_order,
-)
+from keyturn.client.connectors.netsuite_orders import UnusableOrder, order_for_sales_order
 from keyturn.client.connectors.netsuite_webhook import (
     SignatureError,
     signature,
     verify_signature,
 )
 from keyturn.client.connectors.product_map import parse_product_map
+from keyturn.client.connectors.webhook_server import Ignored
 
 PRODUCTS = parse_product_map('netsuite:\n  "1041": CAD-STD-1Y\n  "1042": CAD-PRO-1Y\n')
 Json = dict[str, Any]

@@ -33,7 +33,6 @@ group markers) are skipped. An item the map lacks refuses the whole order.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 from keyturn.fulfillment.v1 import fulfillment_pb2 as ful
@@ -50,6 +49,7 @@ from .lifecycle import (
     seat_change_sku,
 )
 from .product_map import ProductMap
+from .webhook_server import Ignored
 
 SOURCE = "netsuite"
 CREATE = "create"
@@ -69,13 +69,6 @@ class UnusableOrder(ValueError):
     def __init__(self, reason: str, message: str) -> None:
         super().__init__(message)
         self.reason = reason
-
-
-@dataclass(frozen=True)
-class Ignored:
-    """An order with nothing for Keyturn, and why."""
-
-    reason: str
 
 
 def reference(subscription: str) -> str:

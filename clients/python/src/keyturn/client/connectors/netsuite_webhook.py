@@ -24,11 +24,12 @@ import time
 from collections.abc import Callable
 from http import HTTPStatus
 
-from .netsuite_orders import Ignored, UnusableOrder, order_for_sales_order, order_id
+from .netsuite_orders import UnusableOrder, order_for_sales_order, order_id
 from .product_map import ProductMap
 from .webhook_server import (
     ConnectorServer,
     Fulfil,
+    Ignored,
     Reply,
     Request,
     fulfil_order,
