@@ -10,8 +10,9 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import socket
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import timedelta
 from pathlib import Path
 
@@ -459,28 +460,62 @@ async def test_keyturn_connect_netsuite_as_a_child_process(
         account = NetSuiteAccount(tmp_path / "account.json", line["url"])
         fields = await approve(account, "9401", sales_order([Line(PRO_ITEM, 3)], tranid="SO7001"))
         fulfilled(fields, "9401:0")
+        body = account.requests[-1]["body"].encode()
+        forged = await post_signed(line["url"], body, signed_headers(body, secret="forged"))
+        assert forged.status == 401, forged
         assert await run(process.terminate) == 0
     [entitlement] = await by_reference(read_client, "9401")
     assert (entitlement.edition_id, entitlement.seats) == ("pro", 3)
 
 
-@pytest.mark.parametrize(
-    ("settings", "missing"),
-    [
-        (
-            {"KEYTURN_FULFILL_TOKEN": "kt_x", "KEYTURN_PRODUCT_MAP": str(PRODUCT_MAP)},
-            "KEYTURN_NETSUITE_SECRET",
-        ),
-        ({"KEYTURN_FULFILL_TOKEN": "kt_x", "KEYTURN_NETSUITE_SECRET": "s"}, "KEYTURN_PRODUCT_MAP"),
-    ],
+READY = {
+    "KEYTURN_FULFILL_TOKEN": "kt_x",
+    "KEYTURN_NETSUITE_SECRET": "s",
+    "KEYTURN_PRODUCT_MAP": str(PRODUCT_MAP),
+}
+SECRET_LINE = (
+    "keyturn: set KEYTURN_NETSUITE_SECRET (the value of the NetSuite API secret the Keyturn "
+    "scripts sign with)"
 )
-async def test_keyturn_connect_netsuite_names_what_is_missing(
-    tmp_path: Path, settings: dict[str, str], missing: str
+MAP_LINE = (
+    "keyturn: set KEYTURN_PRODUCT_MAP (the YAML file mapping NetSuite item ids to base SKUs, "
+    "section netsuite: see examples/product-map.yaml)"
+)
+# name: (settings over READY, the one line), given a taken port and a file that is no map.
+BAD_SETTINGS: dict[str, Callable[[int, Path], tuple[dict[str, str], str]]] = {
+    "no secret": lambda port, bad: ({"KEYTURN_NETSUITE_SECRET": ""}, SECRET_LINE),
+    "no product map": lambda port, bad: ({"KEYTURN_PRODUCT_MAP": ""}, MAP_LINE),
+    "a product map that is no map": lambda port, bad: (
+        {"KEYTURN_PRODUCT_MAP": str(bad)},
+        f"keyturn: {bad}: unknown section ['netsuit']; choose from "
+        "('salesforce', 'netsuite', 'chargify')",
+    ),
+    "a path that is no path": lambda port, bad: (
+        {"KEYTURN_NETSUITE_PATH": "netsuite"},
+        "keyturn: KEYTURN_NETSUITE_PATH: 'netsuite' is not a URL path, for example "
+        "/netsuite/orders",
+    ),
+    "a tolerance of 0": lambda port, bad: (
+        {"KEYTURN_NETSUITE_TOLERANCE_SECONDS": "0"},
+        "keyturn: KEYTURN_NETSUITE_TOLERANCE_SECONDS: Input should be greater than or equal to 1",
+    ),
+    "a port in use": lambda port, bad: (
+        {"KEYTURN_NETSUITE_LISTEN": f"127.0.0.1:{port}"},
+        f"keyturn: cannot listen on 127.0.0.1:{port}: Address already in use; choose another "
+        "HOST:PORT with --listen or KEYTURN_NETSUITE_LISTEN (port 0: any free port)",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_SETTINGS))
+async def test_keyturn_connect_netsuite_stops_on_a_bad_setting_with_one_line(
+    tmp_path: Path, case: str
 ) -> None:
-    result = await run_keyturn_async(
-        ["connect", "netsuite", "--listen", "127.0.0.1:0"], tmp_path, settings
-    )
-    assert result.returncode == 2, result
-    [line] = result.stderr.splitlines()
-    assert line.startswith(f"keyturn: set {missing} ("), line
-    assert result.stdout == ""
+    bad = tmp_path / "map.yaml"
+    bad.write_text("netsuit:\n  '1041': CAD-STD-1Y\n")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        changed, line = BAD_SETTINGS[case](taken.getsockname()[1], bad)
+        result = await run_keyturn_async(["connect", "netsuite"], tmp_path, {**READY, **changed})
+    assert (result.returncode, result.stderr.splitlines(), result.stdout) == (2, [line], "")
