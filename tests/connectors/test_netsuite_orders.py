@@ -436,6 +436,51 @@ async def test_keyturn_unavailable_is_503_and_the_retry_script_posts_it_later(
     assert entitlement.seats == 2
 
 
+async def test_the_retry_script_stops_before_the_usage_limit_and_the_next_run_goes_on(
+    tmp_path: Path, connector: str, read_client: FulfillmentClient, stripe_catalog: object
+) -> None:
+    account = NetSuiteAccount(tmp_path / "account.json", f"http://127.0.0.1:{closed_port()}/x")
+    for record_id in ("9501", "9502"):
+        account.put(
+            "salesorder", record_id, sales_order([Line(STANDARD_ITEM, 1)], tranid=record_id)
+        )
+        await account.save(record_id, "approve")
+        assert account.fields(record_id)["custbody_keyturn_status"] == "failed"
+    account.set_parameter("custscript_keyturn_url", connector)
+
+    # The search (10 units) and one order (load, post, write-back: 30) fit; a second does not.
+    state = account.read()
+    state["usageLimit"] = 79
+    account.write(state)
+    await account.retry()
+    statuses = [account.fields(i)["custbody_keyturn_status"] for i in ("9501", "9502")]
+    assert statuses == ["fulfilled", "failed"]
+    assert account.logs[-2:] == [
+        {
+            "level": "AUDIT",
+            "title": "Keyturn retry",
+            "details": "usage limit near: the next run goes on",
+        },
+        {"level": "AUDIT", "title": "Keyturn retry", "details": "1 of 1 failed orders fulfilled"},
+    ]
+
+    state = account.read()
+    del state["usageLimit"]  # the next scheduled run: a whole budget
+    account.write(state)
+    await account.retry()
+    fulfilled(account.fields("9502"), "9502:0")
+    assert account.logs[-1]["details"] == "1 of 1 failed orders fulfilled"
+    assert [len(await by_reference(read_client, i)) for i in ("9501", "9502")] == [1, 1]
+
+
+def closed_port() -> int:
+    """A loopback port nothing listens on (bound, then released)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+    return port
+
+
 NETSUITE_LINE = re.compile(r"^keyturn netsuite orders on (?P<url>http://\S+:(?P<port>\d+)/\S*)$")
 
 

@@ -7,7 +7,7 @@
 //   node netsuite.js ACCOUNT.json SCRIPT.js ENTRY [CONTEXT.json]
 //
 // ACCOUNT.json: {records: {TYPE: {ID: {fields, texts, sublists}}}, secrets, parameters,
-// usage, requests, logs}; it is written back with the records as the script left them,
+// usageLimit, requests, logs}; it is written back with the records as the script left them,
 // every request N/https made, and every N/log entry. ENTRY: afterSubmit (CONTEXT:
 // {type, recordType, id}) or execute.
 'use strict';
@@ -21,7 +21,8 @@ const [accountFile, scriptFile, entry, contextText] = process.argv.slice(2);
 const account = JSON.parse(fs.readFileSync(accountFile, 'utf8'));
 account.requests = account.requests || [];
 account.logs = account.logs || [];
-let usage = account.usage === undefined ? 10000 : account.usage;
+// Each execution has its own governance budget (a scheduled script's is 10,000 units).
+let usage = account.usageLimit === undefined ? 10000 : account.usageLimit;
 
 function suiteScriptError(name, message) {
     const error = new Error(message);
@@ -297,7 +298,7 @@ try {
 } catch (error) {
     failure = error;
 }
-account.usage = usage;
+account.remainingUsage = usage;
 fs.writeFileSync(accountFile, JSON.stringify(account, null, 2));
 if (failure) {
     process.stderr.write(`${failure.name}: ${failure.message}\n${failure.stack}\n`);
