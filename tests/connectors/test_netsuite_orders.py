@@ -409,7 +409,7 @@ async def test_keyturn_unavailable_is_503_and_the_retry_script_posts_it_later(
     tmp_path: Path, connector: str, read_client: FulfillmentClient, stripe_catalog: object
 ) -> None:
     retry = RetryPolicy(attempts=2, initial=0.01, maximum=0.02)
-    with FulfillmentClient("127.0.0.1:1", "kt_unused", retry=retry) as unreachable:
+    with FulfillmentClient(f"127.0.0.1:{closed_port()}", "kt_unused", retry=retry) as unreachable:
         down = endpoint(unreachable)
         try:
             account = NetSuiteAccount(tmp_path / "account.json", url_of(down))
