@@ -19,11 +19,11 @@ from connector_harness import (
 
 from keyturn.client.connectors.stripe_mapping import (
     SOURCE,
-    Ignored,
     UnusableEvent,
     order_for_event,
     reference,
 )
+from keyturn.client.connectors.webhook_server import Ignored
 from keyturn.fulfillment.v1 import fulfillment_pb2 as ful
 
 SUB = "sub_1QAcmeCadInitech"

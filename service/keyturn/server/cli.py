@@ -446,6 +446,31 @@ def _connect_chargify(args: argparse.Namespace) -> int:
         )
 
 
+def _connect_netsuite(args: argparse.Namespace) -> int:
+    from keyturn.client.connectors.netsuite_webhook import NetSuiteOrderServer
+
+    from .port_reservation import NETSUITE_LISTEN
+
+    settings = _settings(args)
+    secret, token = settings.connector_secrets("netsuite_secret", "fulfill_token")
+    products = _product_map(settings)
+    with _fulfillment_client(args, settings, token) as client:
+        return _run_connector(
+            "netsuite orders",
+            settings.netsuite_listen,
+            NETSUITE_LISTEN,
+            settings.netsuite_path,
+            lambda listen: NetSuiteOrderServer(
+                listen,
+                secret,
+                products,
+                client.fulfill_order,
+                settings.netsuite_path,
+                settings.netsuite_tolerance_seconds,
+            ),
+        )
+
+
 def _product_map(settings: Settings) -> ProductMap:
     """The vendor's product map (KEYTURN_PRODUCT_MAP), required by the connectors that
     name products by the billing system's own ids; SettingsError when unset or unreadable."""
@@ -1040,6 +1065,17 @@ def _parser() -> argparse.ArgumentParser:
         salesforce, salesforce_listen="--listen", salesforce_path="--path", **TARGET_TLS_FLAGS
     )
     salesforce.set_defaults(run=_connect_salesforce, sync=True)
+    netsuite = connectors.add_parser(
+        "netsuite",
+        parents=[target_tls],
+        help="an HTTP endpoint for the Sales Orders the Keyturn SuiteScripts post "
+        "(KEYTURN_NETSUITE_SECRET, KEYTURN_PRODUCT_MAP, KEYTURN_FULFILL_TOKEN)",
+    )
+    netsuite.add_argument("--listen", help=_from_setting("netsuite_listen", "HOST:PORT for HTTP"))
+    netsuite.add_argument("--path", help=_from_setting("netsuite_path", "the URL path"))
+    netsuite.add_argument("--target", help=TARGET_HELP)
+    _with_settings(netsuite, netsuite_listen="--listen", netsuite_path="--path", **TARGET_TLS_FLAGS)
+    netsuite.set_defaults(run=_connect_netsuite, sync=True)
 
     orders = commands.add_parser("orders", help="work with orders")
     order_commands = orders.add_subparsers(dest="orders_command", required=True)

@@ -66,6 +66,7 @@ ConnectorSecret = Literal[
     "fulfill_token",
     "read_token",
     "salesforce_client_secret",
+    "netsuite_secret",
 ]
 CONNECTOR_SECRETS: dict[ConnectorSecret, str] = {
     "stripe_webhook_secret": "the signing secret of the Stripe webhook endpoint, whsec_...",
@@ -75,6 +76,7 @@ CONNECTOR_SECRETS: dict[ConnectorSecret, str] = {
     "fulfill_token": "a token with the fulfill scope: keyturn tokens create --scope fulfill",
     "read_token": "a token with the read scope: keyturn tokens create --scope read",
     "chargify_site_key": "the Site shared key of the Chargify site, which signs its webhooks",
+    "netsuite_secret": "the value of the NetSuite API secret the Keyturn scripts sign with",
 }
 
 
@@ -603,6 +605,21 @@ class Settings(BaseSettings):
     salesforce_path: str = Field(
         "/salesforce/outbound", description="URL path of the Salesforce outbound message endpoint"
     )
+    netsuite_secret: SecretStr | None = Field(
+        None,
+        description="The value of the API secret (custsecret_keyturn_netsuite) the NetSuite "
+        "scripts sign Sales Orders with; required by `keyturn connect netsuite`",
+    )
+    netsuite_listen: str = Field(
+        "127.0.0.1:8082", description="HOST:PORT the NetSuite order endpoint binds"
+    )
+    netsuite_path: str = Field("/netsuite/orders", description="URL path of the NetSuite endpoint")
+    netsuite_tolerance_seconds: int = Field(
+        300,
+        ge=1,
+        le=3600,
+        description="How far a NetSuite post's X-Keyturn-Timestamp may be from now",
+    )
     product_map: str = Field(
         "",
         description="YAML file mapping each billing system's product ids to base SKUs "
@@ -703,13 +720,19 @@ class Settings(BaseSettings):
         return value
 
     @field_validator(
-        "stripe_listen", "order_webhook_listen", "chargify_listen", "salesforce_listen"
+        "stripe_listen",
+        "order_webhook_listen",
+        "chargify_listen",
+        "salesforce_listen",
+        "netsuite_listen",
     )
     @classmethod
     def _check_connector_listen(cls, value: str, info: ValidationInfo) -> str:
         return _check_host_port(value, example=_default_of(cls, info))
 
-    @field_validator("stripe_path", "order_webhook_path", "chargify_path", "salesforce_path")
+    @field_validator(
+        "stripe_path", "order_webhook_path", "chargify_path", "salesforce_path", "netsuite_path"
+    )
     @classmethod
     def _check_connector_path(cls, value: str, info: ValidationInfo) -> str:
         return _check_url_path(value, example=_default_of(cls, info))

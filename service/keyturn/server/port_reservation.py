@@ -54,6 +54,7 @@ STRIPE_LISTEN = ListenSetting("KEYTURN_STRIPE_LISTEN", "--listen")  # keyturn co
 ORDER_WEBHOOK_LISTEN = ListenSetting("KEYTURN_ORDER_WEBHOOK_LISTEN", "--listen")  # ... orders
 CHARGIFY_LISTEN = ListenSetting("KEYTURN_CHARGIFY_LISTEN", "--listen")  # keyturn connect chargify
 SALESFORCE_LISTEN = ListenSetting("KEYTURN_SALESFORCE_LISTEN", "--listen")  # connect salesforce
+NETSUITE_LISTEN = ListenSetting("KEYTURN_NETSUITE_LISTEN", "--listen")  # keyturn connect netsuite
 HTTP_LISTEN = ListenSetting("KEYTURN_HTTP_LISTEN", "--http-listen")
 
 

@@ -31,21 +31,14 @@ retries replay instead of fulfilling twice.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 from keyturn.fulfillment.v1 import fulfillment_pb2 as ful
 
 from .lifecycle import ADD_SEATS, CANCEL, REMOVE_SEATS, RENEW, SWITCH, lifecycle_sku
+from .webhook_server import Ignored
 
 SOURCE = "stripe"
-
-
-@dataclass(frozen=True)
-class Ignored:
-    """An event that needs no order, and why."""
-
-    reason: str
 
 
 class UnusableEvent(ValueError):

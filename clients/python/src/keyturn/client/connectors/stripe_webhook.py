@@ -21,10 +21,11 @@ from typing import Any
 
 import stripe
 
-from .stripe_mapping import Ignored, PriceLookup, UnusableEvent, order_for_event
+from .stripe_mapping import PriceLookup, UnusableEvent, order_for_event
 from .webhook_server import (
     ConnectorServer,
     Fulfil,
+    Ignored,
     Reply,
     Request,
     fulfil_order,

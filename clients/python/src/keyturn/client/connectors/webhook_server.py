@@ -70,6 +70,13 @@ def json_reply(status: HTTPStatus, body: Mapping[str, Any]) -> Reply:
 
 
 @dataclass(frozen=True)
+class Ignored:
+    """A delivery that needs no order (answered 2xx: nothing to retry), and why."""
+
+    reason: str
+
+
+@dataclass(frozen=True)
 class Fulfilled:
     response: ful.FulfillOrderResponse
 
