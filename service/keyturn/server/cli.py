@@ -1004,78 +1004,57 @@ def _parser() -> argparse.ArgumentParser:
     target_tls = _target_tls_options()
     connect = commands.add_parser("connect", help="run an order connector")
     connectors = connect.add_subparsers(dest="connector", required=True)
-    stripe = connectors.add_parser(
+
+    def connector(
+        name: str, run: Callable[[argparse.Namespace], int], help: str, setting: str
+    ) -> None:
+        """`keyturn connect NAME`: --listen and --path over KEYTURN_{SETTING}_LISTEN/_PATH."""
+        parser = connectors.add_parser(name, parents=[target_tls], help=help)
+        listen, path = f"{setting}_listen", f"{setting}_path"
+        parser.add_argument("--listen", help=_from_setting(listen, "HOST:PORT for HTTP"))
+        parser.add_argument("--path", help=_from_setting(path, "the endpoint's URL path"))
+        parser.add_argument("--target", help=TARGET_HELP)
+        _with_settings(parser, **{listen: "--listen", path: "--path"}, **TARGET_TLS_FLAGS)
+        parser.set_defaults(run=run, sync=True)
+
+    connector(
         "stripe",
-        parents=[target_tls],
-        help="an HTTP endpoint for Stripe webhooks (KEYTURN_STRIPE_WEBHOOK_SECRET, "
+        _connect_stripe,
+        "an HTTP endpoint for Stripe webhooks (KEYTURN_STRIPE_WEBHOOK_SECRET, "
         "KEYTURN_FULFILL_TOKEN; KEYTURN_STRIPE_API_KEY for invoices that name only a price id)",
+        "stripe",
     )
-    stripe.add_argument("--listen", help=_from_setting("stripe_listen", "HOST:PORT for HTTP"))
-    stripe.add_argument("--path", help=_from_setting("stripe_path", "the webhook URL path"))
-    stripe.add_argument("--target", help=TARGET_HELP)
-    _with_settings(stripe, stripe_listen="--listen", stripe_path="--path", **TARGET_TLS_FLAGS)
-    stripe.set_defaults(run=_connect_stripe, sync=True)
-    orders_endpoint = connectors.add_parser(
-        "orders",
-        parents=[target_tls],
-        help="an HTTP endpoint for orders signed per Standard Webhooks, from any system "
-        "(KEYTURN_ORDER_WEBHOOK_SECRETS, KEYTURN_FULFILL_TOKEN)",
-    )
-    orders_endpoint.add_argument(
-        "--listen", help=_from_setting("order_webhook_listen", "HOST:PORT for HTTP")
-    )
-    orders_endpoint.add_argument(
-        "--path", help=_from_setting("order_webhook_path", "the URL path prefix (then SOURCE)")
-    )
-    orders_endpoint.add_argument("--target", help=TARGET_HELP)
-    _with_settings(
-        orders_endpoint,
-        order_webhook_listen="--listen",
-        order_webhook_path="--path",
-        **TARGET_TLS_FLAGS,
-    )
-    orders_endpoint.set_defaults(run=_connect_orders, sync=True)
-    chargify = connectors.add_parser(
-        "chargify",
-        parents=[target_tls],
-        help="an HTTP endpoint for Chargify / Maxio webhooks (KEYTURN_CHARGIFY_SITE_KEY, "
-        "KEYTURN_FULFILL_TOKEN, KEYTURN_PRODUCT_MAP; KEYTURN_CHARGIFY_API_KEY for the seats "
-        "a subscription signs up with)",
-    )
-    chargify.add_argument("--listen", help=_from_setting("chargify_listen", "HOST:PORT for HTTP"))
-    chargify.add_argument("--path", help=_from_setting("chargify_path", "the webhook URL path"))
-    chargify.add_argument("--target", help=TARGET_HELP)
-    _with_settings(chargify, chargify_listen="--listen", chargify_path="--path", **TARGET_TLS_FLAGS)
-    chargify.set_defaults(run=_connect_chargify, sync=True)
-    salesforce = connectors.add_parser(
+    connector(
         "salesforce",
-        parents=[target_tls],
-        help="an HTTP endpoint for Salesforce outbound messages (KEYTURN_SALESFORCE_"
+        _connect_salesforce,
+        "an HTTP endpoint for Salesforce outbound messages (KEYTURN_SALESFORCE_"
         "ORGANIZATION_ID, KEYTURN_SALESFORCE_INSTANCE_URL, KEYTURN_PRODUCT_MAP, "
         "KEYTURN_FULFILL_TOKEN)",
+        "salesforce",
     )
-    salesforce.add_argument(
-        "--listen", help=_from_setting("salesforce_listen", "HOST:PORT for HTTP")
-    )
-    salesforce.add_argument(
-        "--path", help=_from_setting("salesforce_path", "the endpoint's URL path")
-    )
-    salesforce.add_argument("--target", help=TARGET_HELP)
-    _with_settings(
-        salesforce, salesforce_listen="--listen", salesforce_path="--path", **TARGET_TLS_FLAGS
-    )
-    salesforce.set_defaults(run=_connect_salesforce, sync=True)
-    netsuite = connectors.add_parser(
+    connector(
         "netsuite",
-        parents=[target_tls],
-        help="an HTTP endpoint for the Sales Orders the Keyturn SuiteScripts post "
+        _connect_netsuite,
+        "an HTTP endpoint for the Sales Orders the Keyturn SuiteScripts post "
         "(KEYTURN_NETSUITE_SECRET, KEYTURN_PRODUCT_MAP, KEYTURN_FULFILL_TOKEN)",
+        "netsuite",
     )
-    netsuite.add_argument("--listen", help=_from_setting("netsuite_listen", "HOST:PORT for HTTP"))
-    netsuite.add_argument("--path", help=_from_setting("netsuite_path", "the URL path"))
-    netsuite.add_argument("--target", help=TARGET_HELP)
-    _with_settings(netsuite, netsuite_listen="--listen", netsuite_path="--path", **TARGET_TLS_FLAGS)
-    netsuite.set_defaults(run=_connect_netsuite, sync=True)
+    connector(
+        "chargify",
+        _connect_chargify,
+        "an HTTP endpoint for Chargify / Maxio webhooks (KEYTURN_CHARGIFY_SITE_KEY, "
+        "KEYTURN_FULFILL_TOKEN, KEYTURN_PRODUCT_MAP; KEYTURN_CHARGIFY_API_KEY for the seats "
+        "a subscription signs up with)",
+        "chargify",
+    )
+    connector(
+        "orders",
+        _connect_orders,
+        "an HTTP endpoint for orders signed per Standard Webhooks, from any system "
+        "(KEYTURN_ORDER_WEBHOOK_SECRETS, KEYTURN_FULFILL_TOKEN); the path is a prefix, "
+        "the source follows it",
+        "order_webhook",
+    )
 
     orders = commands.add_parser("orders", help="work with orders")
     order_commands = orders.add_subparsers(dest="orders_command", required=True)
