@@ -11,16 +11,16 @@ import base64
 import hashlib
 import hmac
 import itertools
-import json
 import re
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
 from connector_harness import Answer, post
+
+from support.stand_in import JsonHandler, StandInServer
 
 Json = dict[str, Any]
 
@@ -236,51 +236,38 @@ class ChargifyApi:
         self.components: dict[str, list[Json]] = {}
         self.failing = False
         self.requests: list[str] = []
-        self._http = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self._thread = threading.Thread(target=self._http.serve_forever, daemon=True)
+        self._server = StandInServer(self._handler())
 
     @property
     def base(self) -> str:
-        host, port = self._http.server_address[:2]
-        return f"http://{host!s}:{port}"
+        return self._server.url
 
     def __enter__(self) -> ChargifyApi:
-        self._thread.start()
+        self._server.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._http.shutdown()
-        self._http.server_close()
-        self._thread.join()
+        self._server.stop()
 
     def _handler(self) -> type[BaseHTTPRequestHandler]:
         api = self
         path = re.compile(r"^/subscriptions/(?P<sub>\d+)/components\.json$")
         expected = "Basic " + base64.b64encode(f"{API_KEY}:x".encode()).decode()
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(JsonHandler):
+            content_type = "application/json; charset=utf-8"
+
             def do_GET(self) -> None:
                 api.requests.append(self.path)
                 found = path.match(self.path)
                 if self.headers.get("Authorization") != expected:
-                    self._send(401, {"errors": ["HTTP Basic: Access denied."]})
+                    self.send_json(401, {"errors": ["HTTP Basic: Access denied."]})
                 elif api.failing:
-                    self._send(500, {"errors": ["Internal Server Error"]})
+                    self.send_json(500, {"errors": ["Internal Server Error"]})
                 elif found is None or found["sub"] not in api.components:
-                    self._send(404, {"errors": ["Not Found"]})
+                    self.send_json(404, {"errors": ["Not Found"]})
                 else:
-                    self._send(200, [{"component": c} for c in api.components[found["sub"]]])
-
-            def _send(self, status: int, body: object) -> None:
-                data = json.dumps(body).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json; charset=utf-8")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
+                    self.send_json(200, [{"component": c} for c in api.components[found["sub"]]])
 
         return Handler
 

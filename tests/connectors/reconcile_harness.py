@@ -8,15 +8,15 @@ subscription that is not canceled; so does the stand-in.
 
 from __future__ import annotations
 
-import json
-import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import MappingProxyType
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
+
+from support.stand_in import JsonHandler, StandInServer
 
 Json = dict[str, Any]
 API_KEY = "sk_test_51ReconcileKeyturnStandIn"
@@ -62,41 +62,23 @@ def stripe_api(subscriptions: Sequence[Json]) -> Iterator[StripeApi]:
     """The stand-in on a free loopback port; `url` is what KEYTURN_STRIPE_API_BASE names."""
     api = StripeApi(list(subscriptions))
 
-    class Handler(BaseHTTPRequestHandler):
+    class Handler(JsonHandler):
+        answer_headers = MappingProxyType({"Request-Id": "req_standin"})
+
         def do_GET(self) -> None:
             api.requests.append(self.path)
             parts = urlsplit(self.path)
             if self.headers.get("Authorization") != f"Bearer {API_KEY}":
                 body = _error("invalid_request_error", "Invalid API Key provided: sk_test_***")
-                self._send(HTTPStatus.UNAUTHORIZED, body)
+                self.send_json(HTTPStatus.UNAUTHORIZED, body)
             elif parts.path == "/v1/subscriptions":
-                self._send(HTTPStatus.OK, _page(api, parse_qs(parts.query)))
+                self.send_json(HTTPStatus.OK, _page(api, parse_qs(parts.query)))
             else:
-                self._send(HTTPStatus.NOT_FOUND, _error("invalid_request_error", "no such URL"))
+                self.send_json(HTTPStatus.NOT_FOUND, _error("invalid_request_error", "no such URL"))
 
-        def _send(self, status: HTTPStatus, body: Json) -> None:
-            data = json.dumps(body).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.send_header("Request-Id", "req_standin")
-            self.end_headers()
-            self.wfile.write(data)
-
-        def log_message(self, format: str, *args: Any) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, name="stripe-api", daemon=True)
-    thread.start()
-    host, port = server.server_address[:2]
-    api.url = f"http://{host!s}:{port}"
-    try:
+    with StandInServer(Handler) as server:
+        api.url = server.url
         yield api
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
 
 
 def stripe_subscription(

@@ -7,7 +7,6 @@ only with the fields the query names."""
 from __future__ import annotations
 
 import itertools
-import json
 import re
 import threading
 import urllib.error
@@ -15,11 +14,13 @@ import urllib.parse
 import urllib.request
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 from xml.sax.saxutils import escape
 
 import defusedxml.ElementTree as SafeET
+
+from support.stand_in import JsonHandler, StandInServer
 
 Json = dict[str, Any]
 API_VERSION = "62.0"
@@ -345,13 +346,11 @@ class SalesforceStandIn:
         self.down = False  # answer 503 to everything
         self._tokens = itertools.count(1)
         self._lock = threading.Lock()
-        self._http = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self._thread = threading.Thread(target=self._http.serve_forever, daemon=True)
+        self._server = StandInServer(self._handler())
 
     @property
     def url(self) -> str:
-        host, port = self._http.server_address[:2]
-        return f"http://{host!s}:{port}"
+        return self._server.url
 
     def add(self, *records: Json) -> None:
         with self._lock:
@@ -365,13 +364,11 @@ class SalesforceStandIn:
         return session
 
     def __enter__(self) -> SalesforceStandIn:
-        self._thread.start()
+        self._server.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._http.shutdown()
-        self._http.server_close()
-        self._thread.join()
+        self._server.stop()
 
     def _query(self, bearer: str, soql: str) -> tuple[int, Any]:
         with self._lock:
@@ -416,40 +413,33 @@ class SalesforceStandIn:
     def _handler(self) -> type[BaseHTTPRequestHandler]:
         stand_in = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(JsonHandler):
+            content_type = "application/json;charset=UTF-8"
+
             def do_GET(self) -> None:
                 parts = urllib.parse.urlsplit(self.path)
                 if stand_in.down:
-                    return self._send(503, [{"message": "down", "errorCode": "SERVER_UNAVAILABLE"}])
+                    return self.send_json(
+                        503, [{"message": "down", "errorCode": "SERVER_UNAVAILABLE"}]
+                    )
                 if parts.path != f"/services/data/v{API_VERSION}/query":
-                    return self._send(
+                    return self.send_json(
                         404, [{"message": "no such resource", "errorCode": "NOT_FOUND"}]
                     )
                 bearer = (self.headers.get("Authorization") or "").removeprefix("Bearer ")
                 soql = urllib.parse.parse_qs(parts.query).get("q", [""])[0]
-                self._send(*stand_in._query(bearer, soql))
+                self.send_json(*stand_in._query(bearer, soql))
 
             def do_POST(self) -> None:
                 if stand_in.down:
-                    return self._send(503, {"error": "unavailable"})
+                    return self.send_json(503, {"error": "unavailable"})
                 if self.path != "/services/oauth2/token":
-                    return self._send(
+                    return self.send_json(
                         404, [{"message": "no such resource", "errorCode": "NOT_FOUND"}]
                     )
                 length = int(self.headers.get("Content-Length") or 0)
                 form = urllib.parse.parse_qs(self.rfile.read(length).decode())
-                self._send(*stand_in._token(form))
-
-            def _send(self, status: int, body: Any) -> None:
-                data = json.dumps(body).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json;charset=UTF-8")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
+                self.send_json(*stand_in._token(form))
 
         return Handler
 

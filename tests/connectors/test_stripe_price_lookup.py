@@ -5,10 +5,7 @@ a small HTTP server that answers GET /v1/prices/ID like Stripe does."""
 from __future__ import annotations
 
 import asyncio
-import json
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
@@ -16,6 +13,8 @@ from connector_harness import STANDARD, deliver, event, invoice, invoice_line, s
 
 from keyturn.client import FulfillmentClient
 from keyturn.client.connectors.stripe_webhook import StripePriceLookup, StripeWebhookServer
+
+from support.stand_in import JsonHandler, StandInServer
 
 pytest_plugins = ["connector_fixtures"]
 
@@ -31,7 +30,7 @@ class FakeStripePrices:
         self.authorizations: set[str] = set()
         outer = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(JsonHandler):
             def do_GET(self) -> None:
                 outer.requests.append(self.path)
                 outer.authorizations.add(self.headers.get("Authorization", ""))
@@ -58,28 +57,17 @@ class FakeStripePrices:
                             }
                         },
                     )
-                data = json.dumps(body).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+                self.send_json(status, body)
 
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        self._http = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._thread = threading.Thread(target=self._http.serve_forever, daemon=True)
-        self._thread.start()
+        self._server = StandInServer(Handler)
+        self._server.start()
 
     @property
     def base(self) -> str:
-        host, port = self._http.server_address[:2]
-        return f"http://{host!s}:{port}"
+        return self._server.url
 
     def stop(self) -> None:
-        self._http.shutdown()
-        self._http.server_close()
+        self._server.stop()
 
 
 @pytest.fixture
