@@ -895,7 +895,7 @@ def _parser() -> argparse.ArgumentParser:
         "--scope",
         action="append",
         required=True,
-        choices=["catalog", "fulfill", "read"],
+        choices=["catalog", "fulfill", "read", "webhooks"],
         help="a scope the token grants; repeat for several",
     )
     create.add_argument("--description", default="", help="what the token is for")
