@@ -95,7 +95,11 @@ class EventPoster:
             secret, webhook_id(subscription.subscription_id, sequence), sent, body
         )
         answer = await self._http.post(subscription.spec.url, headers, body)
-        text = answer.text if answer.status else answer.text or "no answer"
+        text = (
+            answer.text
+            if answer.delivered or not answer.status
+            else f"HTTP {answer.status}: {answer.text}"
+        )
         return Delivery(
             subscription_id=subscription.subscription_id,
             sequence=sequence,
