@@ -51,6 +51,10 @@ class Receiver:
         self.port = 0
 
     @property
+    def listening(self) -> bool:
+        return self._server is not None
+
+    @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}/hooks"
 
