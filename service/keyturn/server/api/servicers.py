@@ -367,12 +367,12 @@ class FulfillmentServicer(ful_grpc.FulfillmentServiceServicer):
         self, request: ful.RedeliverWebhooksRequest, context: Context
     ) -> ful.RedeliverWebhooksResponse:
         target = request.WhichOneof("target")
+        webhooks.check_redelivery(request.subscription_id, target is not None)
         if target == "from_sequence":
             moved = await webhooks.replay_from(
                 self._ctx, request.subscription_id, request.from_sequence
             )
             return ful.RedeliverWebhooksResponse(subscription=subscription_out(moved))
-        _require(target == "webhook_id", "webhook_id")
         subscription, delivery = await webhooks.redeliver_one(
             self._ctx, request.subscription_id, request.webhook_id
         )

@@ -183,6 +183,14 @@ async def list_deliveries(
     return [delivery for _, delivery in items], token
 
 
+def check_redelivery(subscription_id: str, has_target: bool) -> None:
+    """A redelivery names its subscription and what to send again (one or the other)."""
+    violations = _id_violations(subscription_id, "subscription_id")
+    if not has_target:
+        violations.append(FieldViolation("webhook_id", "webhook_id or from_sequence is required"))
+    raise_if_invalid(violations)
+
+
 async def replay_from(ctx: AppContext, subscription_id: str, from_sequence: int) -> Subscription:
     """Send every event from `from_sequence` on again: the cursor moves back before it."""
     _check_id(subscription_id)
