@@ -959,6 +959,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     audit_list.set_defaults(run=_audit_list)
 
+    from .webhook_commands import add_webhook_commands
+
+    add_webhook_commands(commands, admin, _opened, _settings)
+
     backup = commands.add_parser(
         "backup",
         help="write a consistent copy of the database while servers run (SQLite: a database "
