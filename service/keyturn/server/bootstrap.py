@@ -21,6 +21,7 @@ from .app.context import AppContext
 from .app.delivery import Dispatcher, DispatchSettings
 from .app.event_feed import EventFeed
 from .app.token_use import UseRecorder, write_identity_use
+from .app.webhook_notice import PauseNotice
 from .app.webhook_sender import EventPoster, SenderSettings, WebhookSender
 from .clock import Clock, SystemClock
 from .config import Settings, SettingsError
@@ -337,10 +338,29 @@ def _event_poster(ctx: AppContext, settings: Settings) -> EventPoster:
     return EventPoster(ctx, WebhookHttp(settings.webhooks_timeout_seconds), event_json)
 
 
+def _smtp_sender(settings: Settings) -> SmtpSender:
+    return SmtpSender(
+        SmtpSettings(
+            host=settings.smtp_host,
+            port=settings.smtp_port,
+            security=settings.smtp_security,
+            username=settings.smtp_username,
+            password=settings.smtp_password.get_secret_value() if settings.smtp_password else "",
+            timeout_seconds=settings.smtp_timeout_seconds,
+        )
+    )
+
+
 def build_webhook_sender(ctx: AppContext, settings: Settings) -> WebhookSender | None:
-    """The outbound webhook sender of a serving process, unless turned off."""
+    """The outbound webhook sender of a serving process, unless turned off; with the
+    pause notice when an address and an SMTP server are set."""
     if not settings.webhooks_in_server or ctx.webhooks is None:
         return None
+    notice = None
+    if settings.webhooks_notify_email and settings.smtp_host:
+        notice = PauseNotice(
+            _smtp_sender(settings), settings.mail_from, settings.webhooks_notify_email
+        )
     return WebhookSender(
         ctx,
         ctx.webhooks,
@@ -353,6 +373,7 @@ def build_webhook_sender(ctx: AppContext, settings: Settings) -> WebhookSender |
                 pause_after=timedelta(seconds=settings.webhooks_pause_after_seconds),
             ),
         ),
+        notice,
     )
 
 
@@ -360,19 +381,9 @@ def build_dispatcher(ctx: AppContext, settings: Settings) -> Dispatcher | None:
     """The email dispatcher, or None when no SMTP server is configured."""
     if not settings.smtp_host:
         return None
-    sender = SmtpSender(
-        SmtpSettings(
-            host=settings.smtp_host,
-            port=settings.smtp_port,
-            security=settings.smtp_security,
-            username=settings.smtp_username,
-            password=settings.smtp_password.get_secret_value() if settings.smtp_password else "",
-            timeout_seconds=settings.smtp_timeout_seconds,
-        )
-    )
     return Dispatcher(
         ctx,
-        sender,
+        _smtp_sender(settings),
         MailRenderer(settings.mail_templates),
         DispatchSettings(
             mail_from=settings.mail_from,

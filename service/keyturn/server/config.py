@@ -535,6 +535,12 @@ class Settings(BaseSettings):
         description="Pause a subscription whose endpoint has failed for this long in a row "
         "(3 days), with an audit record webhook.pause",
     )
+    webhooks_notify_email: str = Field(
+        "",
+        max_length=254,
+        description="Email the operator here when Keyturn pauses a subscription (through "
+        "KEYTURN_SMTP_HOST); empty: the audit record and the log line only",
+    )
 
     # The order connectors (`keyturn connect stripe`, `keyturn orders import`); they reach
     # the server at --target, else at KEYTURN_LISTEN.

@@ -49,6 +49,7 @@ from keyturn.server.store.event_repository import StoredEvent
 from . import audit
 from .context import AppContext
 from .event_views import EventView, event_views
+from .webhook_notice import PauseNotice
 
 log = logging.getLogger("keyturn.webhooks")
 
@@ -118,10 +119,17 @@ class WebhookSender:
     """Runs in every serving process (KEYTURN_WEBHOOKS_IN_SERVER): claims keep each
     subscription to one sender whatever the number of workers and replicas."""
 
-    def __init__(self, ctx: AppContext, poster: EventPoster, settings: SenderSettings) -> None:
+    def __init__(
+        self,
+        ctx: AppContext,
+        poster: EventPoster,
+        settings: SenderSettings,
+        notice: PauseNotice | None = None,
+    ) -> None:
         self._ctx = ctx
         self._poster = poster
         self._settings = settings
+        self._notice = notice  # emails the operator on a pause (KEYTURN_WEBHOOKS_NOTIFY_EMAIL)
 
     async def run(self) -> None:
         """Send until cancelled: at once when this process commits events, else every poll."""
@@ -203,6 +211,7 @@ class WebhookSender:
         """Record the attempt; True when the next event may follow."""
         sub_id = subscription.subscription_id
         now = self._ctx.clock.now()
+        paused: Subscription | None = None
         async with self._ctx.store.write() as tx:
             await tx.webhooks.record(delivery)
             if delivery.delivered:
@@ -221,6 +230,9 @@ class WebhookSender:
                         details={"reason": outcome.pause_reason, "sequence": delivery.sequence},
                     )
                 log.warning("webhook subscription %s paused: %s", sub_id, outcome.pause_reason)
+                paused = await tx.webhooks.get(sub_id)
+        if paused is not None and self._notice is not None:
+            await self._notice.send(paused)
         log.info(
             "webhook %s to %s failed (%s): retry at %s",
             delivery.webhook_id,
