@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
@@ -29,7 +28,7 @@ from keyturn.server.app.context import AppContext
 from conftest import Tokens, server_settings
 from support.catalog import put_catalog
 from support.rpc import PRODUCT_ID, create_sku, order
-from support.subprocess_server import ServerProcess, start_server
+from support.subprocess_server import ServerProcess, replicas
 from support.webhook_receiver import Received, Receiver, verified
 
 ORDERS = 150  # each followed by one seat change: 300 in all
@@ -38,10 +37,9 @@ DOWN_FOR = 100  # operations done while the receiver is down
 FAILURE_RATE = 0.25
 
 
-@contextlib.asynccontextmanager
-async def replicas(
+def webhook_replicas(
     cwd: Path, database_url: str, count: int, workers: int
-) -> AsyncIterator[list[ServerProcess]]:
+) -> contextlib.AbstractAsyncContextManager[list[ServerProcess]]:
     settings = server_settings(
         database_url,
         KEYTURN_LOG_LEVEL="WARNING",
@@ -50,17 +48,7 @@ async def replicas(
         KEYTURN_WEBHOOKS_RETRY_MAX_SECONDS="0.5",
         KEYTURN_WEBHOOKS_TIMEOUT_SECONDS="5",
     )
-    async with contextlib.AsyncExitStack() as stack:
-        managers = [start_server(cwd, settings, workers=workers) for _ in range(count)]
-        started = await asyncio.gather(*(asyncio.to_thread(m.__enter__) for m in managers))
-        for manager in managers:
-            stack.push_async_callback(asyncio.to_thread, manager.__exit__, None, None, None)
-        try:
-            yield list(started)
-        except BaseException:
-            for server in started:
-                print(f"--- keyturn serve (pid {server.pid}) stderr:\n{server.stderr_tail(80)}")
-            raise
+    return replicas(cwd, settings, count, workers)
 
 
 def first_deliveries(posts: list[Received]) -> list[int]:
@@ -104,7 +92,7 @@ async def test_three_replicas_deliver_every_event_in_order_through_outage_and_50
     receiver = Receiver(lambda _: 500 if pick.random() < FAILURE_RATE else 200)
     receiver.start()
     count, workers = (1, 2) if database_url.startswith("sqlite") else (3, 1)
-    async with replicas(tmp_path, database_url, count, workers) as running:
+    async with webhook_replicas(tmp_path, database_url, count, workers) as running:
         channels = [grpc.aio.insecure_channel(server.address) for server in running]
         try:
             fulfilment = [fulfillment_pb2_grpc.FulfillmentServiceStub(c) for c in channels]

@@ -49,6 +49,7 @@ from keyturn.server.store.event_repository import StoredEvent
 from . import audit
 from .context import AppContext
 from .event_views import EventView, event_views
+from .rounds import run_rounds
 from .webhook_notice import PauseNotice
 
 log = logging.getLogger("keyturn.webhooks")
@@ -133,16 +134,17 @@ class WebhookSender:
 
     async def run(self) -> None:
         """Send until cancelled: at once when this process commits events, else every poll."""
-        bell = self._ctx.store.bell
-        while True:
-            signal = bell.armed()
-            try:
-                worked = await self.send_due()
-            except Exception:
-                log.exception("webhook round failed; trying again")
-                worked = 0
-            if worked < self._settings.batch:  # a full batch: there may be more right away
-                await bell.wait(signal, self._settings.poll_seconds)
+        await run_rounds(
+            self._ctx.store.bell,
+            self.send_due,
+            batch=self._settings.batch,
+            wait_seconds=self._poll_seconds,
+            log=log,
+            what="webhook",
+        )
+
+    async def _poll_seconds(self) -> float:
+        return self._settings.poll_seconds
 
     async def send_due(self) -> int:
         """One round: claim the subscriptions due, drain each. The number claimed."""

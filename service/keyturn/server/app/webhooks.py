@@ -34,7 +34,7 @@ from keyturn.server.store.unit_of_work import Transaction
 from . import audit
 from .context import AppContext
 from .event_views import event_views
-from .paging import next_page_token, page_of, page_request
+from .paging import next_page_token, number_after, page_of, page_request
 
 MAX_SUBSCRIPTION_ID = 64
 MAX_WEBHOOK_ID = 100
@@ -168,16 +168,11 @@ async def list_deliveries(
     _check_id(subscription_id)
     scope = f"deliveries:{subscription_id}"
     page = page_request(page_size, page_token, scope)
-    if page.after and not page.after.isdigit():
-        raise invalid_request(
-            [FieldViolation("page_token", "is not a token returned by this list call")]
-        )
+    before = number_after(page)
     async with ctx.store.read() as tx:
         if await tx.webhooks.get(subscription_id) is None:
             raise webhook_subscription_not_found(subscription_id)
-        found = await tx.webhooks.deliveries(
-            subscription_id, int(page.after) if page.after else None, page.size + 1
-        )
+        found = await tx.webhooks.deliveries(subscription_id, before, page.size + 1)
     items, more = page_of(found, page.size)
     token = next_page_token(str(items[-1][0]) if more else None, scope)
     return [delivery for _, delivery in items], token
