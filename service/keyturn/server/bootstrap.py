@@ -367,6 +367,7 @@ def build_webhook_sender(ctx: AppContext, settings: Settings) -> WebhookSender |
         SenderSettings(
             poll_seconds=settings.webhooks_poll_seconds,
             claim_for=timedelta(seconds=settings.webhooks_timeout_seconds * 4 + 60),
+            log_attempts=settings.webhooks_log_attempts,
             retry=RetryPolicy(
                 initial=timedelta(seconds=settings.webhooks_retry_initial_seconds),
                 maximum=timedelta(seconds=settings.webhooks_retry_max_seconds),

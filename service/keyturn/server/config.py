@@ -535,6 +535,13 @@ class Settings(BaseSettings):
         description="Pause a subscription whose endpoint has failed for this long in a row "
         "(3 days), with an audit record webhook.pause",
     )
+    webhooks_log_attempts: int = Field(
+        1000,
+        ge=1,
+        le=1_000_000,
+        description="Delivery attempts kept per subscription (ListWebhookDeliveries); older "
+        "ones are forgotten",
+    )
     webhooks_notify_email: str = Field(
         "",
         max_length=254,

@@ -66,6 +66,7 @@ class SenderSettings:
     poll_seconds: float = 1.0
     batch: int = 8  # subscriptions claimed per round
     claim_for: timedelta = timedelta(minutes=2)  # a round works on one for half of it
+    log_attempts: int = 1000  # attempts the delivery log keeps per subscription
     retry: RetryPolicy = field(default_factory=RetryPolicy)
 
 
@@ -191,6 +192,9 @@ class WebhookSender:
         finally:
             async with self._ctx.store.write() as tx:
                 await tx.webhooks.release(subscription.subscription_id, claim_id)
+                await tx.webhooks.trim_log(
+                    subscription.subscription_id, self._settings.log_attempts
+                )
 
     async def _secret(self, subscription_id: str) -> str | None:
         async with self._ctx.store.read() as tx:

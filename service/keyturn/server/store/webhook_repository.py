@@ -218,6 +218,24 @@ class WebhookRepository:
             )
         )
 
+    async def trim_log(self, subscription_id: str, keep: int) -> int:
+        """Forget all but the newest `keep` attempts of a subscription; how many went."""
+        table = webhook_deliveries
+        newest_dropped = (
+            select(table.c.delivery_id)
+            .where(table.c.subscription_id == subscription_id)
+            .order_by(table.c.delivery_id.desc())
+            .offset(keep)
+            .limit(1)
+            .scalar_subquery()
+        )
+        result = await self._db.execute(
+            delete(table).where(
+                table.c.subscription_id == subscription_id, table.c.delivery_id <= newest_dropped
+            )
+        )
+        return int(result.rowcount)
+
     async def deliveries(
         self, subscription_id: str, before_id: int | None, limit: int
     ) -> list[tuple[int, Delivery]]:
