@@ -175,6 +175,8 @@ class WebhookSender:
                 if not views:
                     return
                 for view in views:
+                    if time.monotonic() >= until:  # the claim's first half is used up
+                        break
                     sequence = view.event.sequence
                     product_id = view.entitlement.entitlement.product_id
                     if not wants(subscription.spec, view.event.type, product_id):
@@ -219,12 +221,12 @@ class WebhookSender:
         now = self._ctx.clock.now()
         paused: Subscription | None = None
         async with self._ctx.store.write() as tx:
+            current = await tx.webhooks.get(sub_id)
+            if current is None:  # deleted meanwhile, its log with it
+                return False
             await tx.webhooks.record(delivery)
             if delivery.delivered:
                 return await tx.webhooks.advance(sub_id, claim_id, delivery.sequence, now)
-            current = await tx.webhooks.get(sub_id)
-            if current is None:
-                return False
             outcome = after_failure(current, now, self._settings.retry, delivery.response_excerpt)
             if await tx.webhooks.failed(sub_id, claim_id, outcome) and outcome.pause_reason:
                 with audit.acting_as(ACTOR):
