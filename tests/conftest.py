@@ -252,7 +252,7 @@ class Tokens:
 @pytest.fixture
 async def tokens(app: AppContext) -> Tokens:
     secrets, ids = {}, {}
-    for scope in ("catalog", "fulfill", "read"):
+    for scope in ("catalog", "fulfill", "read", "webhooks"):
         # Never ending: tests that move the clock years ahead are not about token expiry
         # (tests/api/test_token_expiry.py is).
         token, secret = await create_token(app, {scope}, f"test {scope}", lifetime=None)

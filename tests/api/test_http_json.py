@@ -67,7 +67,7 @@ LICENSING, FULFILLMENT, CATALOG = (
 async def test_every_rpc_of_the_three_services_answers_over_http_json(
     http: httpx.AsyncClient, tokens: Tokens
 ) -> None:
-    auth = {s: bearer(secret(tokens, s)) for s in ("catalog", "fulfill", "read")}
+    auth = {s: bearer(secret(tokens, s)) for s in ("catalog", "fulfill", "read", "webhooks")}
     put = json_format.MessageToDict(cat.PutSkuRequest(sku=create_sku("STD", seats=2)))
     await call(
         http,
@@ -109,6 +109,26 @@ async def test_every_rpc_of_the_three_services_answers_over_http_json(
         async for event in stream_json(http, path, {"afterSequence": "0"}, auth["read"]):
             return event
         raise AssertionError("the stream ended without an event")
+
+    async def subscribe() -> Any:
+        answer = await call(
+            http,
+            FULFILLMENT,
+            "CreateWebhookSubscription",
+            {"subscription": {"url": "http://127.0.0.1:9/hooks"}, "afterSequence": "0"},
+            headers=auth["webhooks"],
+        )
+        state["subscription"] = answer["subscription"]["subscriptionId"]
+        return answer
+
+    def on_subscription(method: str, **body: Any) -> Callable[[], Any]:
+        return lambda: call(
+            http,
+            FULFILLMENT,
+            method,
+            {"subscriptionId": state["subscription"], **body},
+            headers=auth["webhooks"],
+        )
 
     async def redeem() -> Any:
         # An unknown code: the endpoint is there and judged the code (no invitation here).
@@ -253,6 +273,27 @@ async def test_every_rpc_of_the_three_services_answers_over_http_json(
             {"email": "anne@initech.example"},
             headers=auth["read"],
         ),
+        "CreateWebhookSubscription": subscribe,
+        "GetWebhookSubscription": on_subscription("GetWebhookSubscription"),
+        "ListWebhookSubscriptions": lambda: call(
+            http, FULFILLMENT, "ListWebhookSubscriptions", {}, headers=auth["webhooks"]
+        ),
+        "UpdateWebhookSubscription": lambda: call(
+            http,
+            FULFILLMENT,
+            "UpdateWebhookSubscription",
+            {
+                "subscription": {
+                    "subscriptionId": state["subscription"],
+                    "url": "http://127.0.0.1:9/moved",
+                    "state": "WEBHOOK_STATE_PAUSED",
+                }
+            },
+            headers=auth["webhooks"],
+        ),
+        "ListWebhookDeliveries": on_subscription("ListWebhookDeliveries"),
+        "RedeliverWebhooks": on_subscription("RedeliverWebhooks", fromSequence="2"),
+        "DeleteWebhookSubscription": on_subscription("DeleteWebhookSubscription"),
     }
     declared = [method.name for service in SERVICES.values() for method in service.methods]
     assert sorted(calls) == sorted(declared)
@@ -292,6 +333,19 @@ async def test_every_rpc_of_the_three_services_answers_over_http_json(
     assert [u["email"] for u in remaining] == ["anne@initech.example"]
     (found,) = answers["LookupCustomer"]["entitlements"]
     assert found["entitlementId"] == named["entitlementId"]
+    assert answers["CreateWebhookSubscription"]["secret"].startswith("whsec_")
+    subscribed = answers["GetWebhookSubscription"]["subscription"]
+    assert subscribed["state"] == "WEBHOOK_STATE_ACTIVE"
+    assert "cursor" not in subscribed  # from the first event: 0, which JSON leaves out
+    assert len(answers["ListWebhookSubscriptions"]["subscriptions"]) == 1
+    updated = answers["UpdateWebhookSubscription"]["subscription"]
+    assert (updated["state"], updated["url"]) == (
+        "WEBHOOK_STATE_PAUSED",
+        "http://127.0.0.1:9/moved",
+    )
+    assert answers["ListWebhookDeliveries"] == {}  # paused at once: nothing was sent
+    assert answers["RedeliverWebhooks"]["subscription"]["cursor"] == "1"
+    assert answers["DeleteWebhookSubscription"] == {}
 
 
 async def test_the_same_token_rules_as_grpc(http: httpx.AsyncClient, tokens: Tokens) -> None:

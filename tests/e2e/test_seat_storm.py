@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
@@ -25,7 +24,7 @@ from conftest import Tokens, server_settings
 from support.catalog import new_license
 from support.rpc import PRODUCT_ID
 from support.seats import Monitor, live_seats
-from support.subprocess_server import ServerProcess, start_server
+from support.subprocess_server import ServerProcess, replicas
 from support.workers import channel_to, discover_workers
 
 THROUGH_PGBOUNCER = True  # conftest: also through PgBouncer in transaction mode
@@ -36,23 +35,11 @@ CALL_TIMEOUT_S = 120.0
 RETRY = RetryPolicy(attempts=8, initial=0.05, maximum=1.0)
 
 
-@contextlib.asynccontextmanager
-async def servers(
+def servers(
     cwd: Path, database_url: str, count: int, workers: int
-) -> AsyncIterator[list[ServerProcess]]:
+) -> contextlib.AbstractAsyncContextManager[list[ServerProcess]]:
     """`count` servers of `workers` processes each on one (already migrated) database."""
-    settings = server_settings(database_url, KEYTURN_LOG_LEVEL="WARNING")
-    async with contextlib.AsyncExitStack() as stack:
-        managers = [start_server(cwd, settings, workers=workers) for _ in range(count)]
-        started = await asyncio.gather(*(asyncio.to_thread(m.__enter__) for m in managers))
-        for manager in managers:
-            stack.push_async_callback(asyncio.to_thread, manager.__exit__, None, None, None)
-        try:
-            yield list(started)
-        except BaseException:
-            for server in started:  # shown by pytest under "Captured stdout call"
-                print(f"--- keyturn serve (pid {server.pid}) stderr:\n{server.stderr_tail(80)}")
-            raise
+    return replicas(cwd, server_settings(database_url, KEYTURN_LOG_LEVEL="WARNING"), count, workers)
 
 
 async def worker_channels(

@@ -320,6 +320,26 @@ async def serving(
         await asyncio.to_thread(manager.__exit__, None, None, None)
 
 
+@contextlib.asynccontextmanager
+async def replicas(
+    cwd: Path, settings: Mapping[str, str], count: int, workers: int
+) -> AsyncIterator[list[ServerProcess]]:
+    """`count` servers of `workers` processes each on one (already migrated) database,
+    started side by side; on a failure each one's stderr is printed (pytest shows it
+    under "Captured stdout call")."""
+    async with contextlib.AsyncExitStack() as stack:
+        managers = [start_server(cwd, settings, workers=workers) for _ in range(count)]
+        started = await asyncio.gather(*(asyncio.to_thread(m.__enter__) for m in managers))
+        for manager in managers:
+            stack.push_async_callback(asyncio.to_thread, manager.__exit__, None, None, None)
+        try:
+            yield list(started)
+        except BaseException:
+            for server in started:
+                print(f"--- keyturn serve (pid {server.pid}) stderr:\n{server.stderr_tail(80)}")
+            raise
+
+
 @contextlib.contextmanager
 def start_dispatcher(cwd: Path, settings: Mapping[str, str]) -> Iterator[ServerProcess]:
     """`keyturn dispatch` in `cwd` with `settings`; its output collected, stopped at the end."""

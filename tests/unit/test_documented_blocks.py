@@ -45,6 +45,7 @@ RUN_BY: dict[Key, str] = {
     ("README.md", "Signed orders from any system", 0): "tests/connectors/test_signed_orders.py",
     ("README.md", "Usage reports", 0): "tests/connectors/test_usage_report_command.py",
     ("README.md", "The audit trail", 0): "tests/e2e/test_audit_cli.py",
+    ("README.md", "Outbound webhooks", 0): "tests/e2e/test_webhooks_cli.py",
     ("README.md", "Running with a certificate", 0): "tests/e2e/test_readme_tls.py",
     ("README.md", "Running with a certificate", 1): "tests/e2e/test_readme_tls.py",
     ("README.md", "Running with a certificate", 2): "tests/e2e/test_readme_tls.py",

@@ -21,10 +21,14 @@ from .app.context import AppContext
 from .app.delivery import Dispatcher, DispatchSettings
 from .app.event_feed import EventFeed
 from .app.token_use import UseRecorder, write_identity_use
+from .app.webhook_notice import PauseNotice
+from .app.webhook_sender import EventPoster, SenderSettings, WebhookSender
 from .clock import Clock, SystemClock
 from .config import Settings, SettingsError
 from .dispatch.rendering import MailRenderer
 from .dispatch.smtp import SmtpSender, SmtpSettings
+from .dispatch.webhook_http import WebhookHttp
+from .domain.webhooks import RetryPolicy
 from .leases.keyring import SigningKeys, load_keyring
 from .sealing import HOW_TO_SET, Sealer, SecretError, checked_secret, load_or_create_secret_file
 from .store.database import create_engine, create_sqlite_file, sqlite_file, sqlite_side_files
@@ -301,7 +305,7 @@ async def build_context(settings: Settings, clock: Clock | None = None) -> AppCo
         published=read_store,
         clock=clock,
     )
-    return AppContext(
+    ctx = AppContext(
         store=store,
         sealer=sealer,
         keys=keys,
@@ -323,13 +327,19 @@ async def build_context(settings: Settings, clock: Clock | None = None) -> AppCo
         lapse_sweep_seconds=settings.lapse_sweep_seconds,
         readiness_timeout=settings.health_check_timeout_seconds,
     )
+    ctx.webhooks = _event_poster(ctx, settings)
+    return ctx
 
 
-def build_dispatcher(ctx: AppContext, settings: Settings) -> Dispatcher | None:
-    """The email dispatcher, or None when no SMTP server is configured."""
-    if not settings.smtp_host:
-        return None
-    sender = SmtpSender(
+def _event_poster(ctx: AppContext, settings: Settings) -> EventPoster:
+    """Signs and posts webhooks with the API's JSON of an event (app may not import api)."""
+    from .api.webhooks_convert import event_json
+
+    return EventPoster(ctx, WebhookHttp(settings.webhooks_timeout_seconds), event_json)
+
+
+def _smtp_sender(settings: Settings) -> SmtpSender:
+    return SmtpSender(
         SmtpSettings(
             host=settings.smtp_host,
             port=settings.smtp_port,
@@ -339,9 +349,42 @@ def build_dispatcher(ctx: AppContext, settings: Settings) -> Dispatcher | None:
             timeout_seconds=settings.smtp_timeout_seconds,
         )
     )
+
+
+def build_webhook_sender(ctx: AppContext, settings: Settings) -> WebhookSender | None:
+    """The outbound webhook sender of a serving process, unless turned off; with the
+    pause notice when an address and an SMTP server are set."""
+    if not settings.webhooks_in_server or ctx.webhooks is None:
+        return None
+    notice = None
+    if settings.webhooks_notify_email and settings.smtp_host:
+        notice = PauseNotice(
+            _smtp_sender(settings), settings.mail_from, settings.webhooks_notify_email
+        )
+    return WebhookSender(
+        ctx,
+        ctx.webhooks,
+        SenderSettings(
+            poll_seconds=settings.webhooks_poll_seconds,
+            claim_for=timedelta(seconds=settings.webhooks_timeout_seconds * 4 + 60),
+            log_attempts=settings.webhooks_log_attempts,
+            retry=RetryPolicy(
+                initial=timedelta(seconds=settings.webhooks_retry_initial_seconds),
+                maximum=timedelta(seconds=settings.webhooks_retry_max_seconds),
+                pause_after=timedelta(seconds=settings.webhooks_pause_after_seconds),
+            ),
+        ),
+        notice,
+    )
+
+
+def build_dispatcher(ctx: AppContext, settings: Settings) -> Dispatcher | None:
+    """The email dispatcher, or None when no SMTP server is configured."""
+    if not settings.smtp_host:
+        return None
     return Dispatcher(
         ctx,
-        sender,
+        _smtp_sender(settings),
         MailRenderer(settings.mail_templates),
         DispatchSettings(
             mail_from=settings.mail_from,

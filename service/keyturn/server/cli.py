@@ -920,7 +920,7 @@ def _parser() -> argparse.ArgumentParser:
         "--scope",
         action="append",
         required=True,
-        choices=["catalog", "fulfill", "read"],
+        choices=["catalog", "fulfill", "read", "webhooks"],
         help="a scope the token grants; repeat for several",
     )
     create.add_argument("--description", default="", help="what the token is for")
@@ -983,6 +983,10 @@ def _parser() -> argparse.ArgumentParser:
         "--limit", type=_positive, default=50, metavar="N", help="at most N records"
     )
     audit_list.set_defaults(run=_audit_list)
+
+    from .webhook_commands import add_webhook_commands
+
+    add_webhook_commands(commands, admin, _opened, _settings)
 
     backup = commands.add_parser(
         "backup",

@@ -510,6 +510,47 @@ class Settings(BaseSettings):
         50, ge=1, description="Attempts before a message is marked failed"
     )
 
+    webhooks_in_server: bool = Field(
+        True,
+        description="Send outbound webhooks from `keyturn serve`; every worker and replica "
+        "sends (claims keep each subscription to one sender at a time)",
+    )
+    webhooks_poll_seconds: float = Field(
+        1.0,
+        gt=0,
+        le=60,
+        description="How often the webhook sender looks for events other replicas wrote "
+        "and for retries that came due",
+    )
+    webhooks_timeout_seconds: float = Field(
+        10.0, gt=0, le=120, description="How long one webhook POST may take"
+    )
+    webhooks_retry_initial_seconds: float = Field(
+        5.0, gt=0, description="First retry delay after a failed webhook (then doubling)"
+    )
+    webhooks_retry_max_seconds: float = Field(
+        3600.0, gt=0, description="Longest delay between two attempts of a webhook"
+    )
+    webhooks_pause_after_seconds: float = Field(
+        259_200.0,
+        ge=0,
+        description="Pause a subscription whose endpoint has failed for this long in a row "
+        "(3 days), with an audit record webhook.pause",
+    )
+    webhooks_log_attempts: int = Field(
+        1000,
+        ge=1,
+        le=1_000_000,
+        description="Delivery attempts kept per subscription (ListWebhookDeliveries); older "
+        "ones are forgotten",
+    )
+    webhooks_notify_email: str = Field(
+        "",
+        max_length=254,
+        description="Email the operator here when Keyturn pauses a subscription (through "
+        "KEYTURN_SMTP_HOST); empty: the audit record and the log line only",
+    )
+
     # The order connectors (`keyturn connect stripe`, `keyturn orders import`); they reach
     # the server at --target, else at KEYTURN_LISTEN.
     fulfill_token: SecretStr | None = Field(

@@ -19,7 +19,7 @@ from datetime import timedelta
 
 from prometheus_client import CollectorRegistry
 
-from .bootstrap import build_context, build_dispatcher
+from .bootstrap import build_context, build_dispatcher, build_webhook_sender
 from .config import Settings, SettingsError
 from .metrics_exporter import MetricsExporter
 from .port_reservation import ADMIN_LISTEN, HTTP_LISTEN, check_port_free
@@ -85,6 +85,7 @@ async def serve(settings: Settings, role: WorkerRole | None = None) -> int:
             ctx,
             settings.listen,
             dispatcher,
+            webhooks=build_webhook_sender(ctx, settings),
             registry=CollectorRegistry(),
             reuse_port=role is not None,
             worker_id=str(os.getpid()) if role is not None else "",

@@ -19,11 +19,12 @@ from keyturn.licensing.v1 import licensing_pb2 as lic
 from keyturn.server.domain.license_key import generate_invitation_code
 
 from .cases import Request
-from .world import WORLD_FINGERPRINT, WORLD_ORDER_ID, World
+from .world import UNKNOWN_SUBSCRIPTION, WORLD_FINGERPRINT, WORLD_ORDER_ID, World
 from support.rpc import PRODUCT_ID
 
 _order_ids = itertools.count(1)
 UNKNOWN_USER = "usr_01arz3ndektsv4rrffq69g5fav"
+WEBHOOK_URL = "https://crm.example/keyturn"
 
 
 def new_product(
@@ -237,6 +238,27 @@ WELL_FORMED: dict[str, Request] = {
         entitlement_id=w.entitlement_id, user_id=UNKNOWN_USER, email="new@initech.example"
     ),
     "LookupCustomer": ful.LookupCustomerRequest(customer_id="cust-1"),
+    # The world has no webhook subscription: well-formed requests name an unknown one
+    # (NOT_FOUND, nothing written) except those that make or list them.
+    "CreateWebhookSubscription": ful.CreateWebhookSubscriptionRequest(
+        subscription=ful.WebhookSubscription(url=WEBHOOK_URL, product_ids=[PRODUCT_ID])
+    ),
+    "GetWebhookSubscription": ful.GetWebhookSubscriptionRequest(
+        subscription_id=UNKNOWN_SUBSCRIPTION
+    ),
+    "ListWebhookSubscriptions": ful.ListWebhookSubscriptionsRequest(),
+    "UpdateWebhookSubscription": ful.UpdateWebhookSubscriptionRequest(
+        subscription=ful.WebhookSubscription(
+            subscription_id=UNKNOWN_SUBSCRIPTION, url=WEBHOOK_URL, state=ful.WEBHOOK_STATE_PAUSED
+        )
+    ),
+    "DeleteWebhookSubscription": ful.DeleteWebhookSubscriptionRequest(
+        subscription_id=UNKNOWN_SUBSCRIPTION
+    ),
+    "ListWebhookDeliveries": ful.ListWebhookDeliveriesRequest(subscription_id=UNKNOWN_SUBSCRIPTION),
+    "RedeliverWebhooks": ful.RedeliverWebhooksRequest(
+        subscription_id=UNKNOWN_SUBSCRIPTION, webhook_id=f"{UNKNOWN_SUBSCRIPTION}.1"
+    ),
 }
 
 

@@ -49,6 +49,13 @@ RPCS: dict[str, tuple[str, str | None]] = {
     "RemoveNamedUser": (FULFILLMENT, "fulfill"),
     "ChangeNamedUserEmail": (FULFILLMENT, "fulfill"),
     "LookupCustomer": (FULFILLMENT, "read"),
+    "CreateWebhookSubscription": (FULFILLMENT, "webhooks"),
+    "GetWebhookSubscription": (FULFILLMENT, "webhooks"),
+    "ListWebhookSubscriptions": (FULFILLMENT, "webhooks"),
+    "UpdateWebhookSubscription": (FULFILLMENT, "webhooks"),
+    "DeleteWebhookSubscription": (FULFILLMENT, "webhooks"),
+    "ListWebhookDeliveries": (FULFILLMENT, "webhooks"),
+    "RedeliverWebhooks": (FULFILLMENT, "webhooks"),
 }
 # Server-streaming RPCs: a case reads the first message, where the error shows.
 STREAMING = {"WatchEntitlementEvents"}

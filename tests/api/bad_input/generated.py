@@ -85,6 +85,18 @@ REQUIRED: dict[str, dict[str, str]] = {
     "RemoveNamedUser": _same("entitlement_id", "user_id"),
     "ChangeNamedUserEmail": _same("entitlement_id", "user_id", "email"),
     "LookupCustomer": _same("customer_id"),
+    "CreateWebhookSubscription": {
+        **_same("subscription.url"),
+        "subscription": "subscription.url",
+    },
+    "GetWebhookSubscription": _same("subscription_id"),
+    "UpdateWebhookSubscription": {
+        **_same("subscription.subscription_id", "subscription.url", "subscription.state"),
+        "subscription": "subscription.subscription_id",
+    },
+    "DeleteWebhookSubscription": _same("subscription_id"),
+    "ListWebhookDeliveries": _same("subscription_id"),
+    "RedeliverWebhooks": _same("subscription_id", "webhook_id"),
 }
 
 INT32_MIN = -(2**31)

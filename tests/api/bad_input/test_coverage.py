@@ -19,6 +19,7 @@ from . import (
     test_suspension,
     test_transport,
     test_usage_report,
+    test_webhooks,
 )
 from .builders import SHAPE, WELL_FORMED, built
 from .cases import RPCS, STREAMING, Case
@@ -36,6 +37,7 @@ MODULES = (
     test_usage_report,
     test_audit_trail,
     test_devices,
+    test_webhooks,
 )
 CASES: list[Case] = [case for module in MODULES for case in module.CASES]
 

@@ -39,7 +39,8 @@ UNKNOWN_ENTITLEMENT = "ent_01arz3ndektsv4rrffq69g5fav"
 WORLD_ORDER_ID = "order-1"
 WORLD_FINGERPRINT = "device-0001"
 # A token of each scope, and the scope a wrong-scope case sends instead.
-OTHER_SCOPE = {"catalog": "read", "fulfill": "read", "read": "fulfill"}
+OTHER_SCOPE = {"catalog": "read", "fulfill": "read", "read": "fulfill", "webhooks": "read"}
+UNKNOWN_SUBSCRIPTION = "whk_01arz3ndektsv4rrffq69g5fav"
 
 
 def change_sku(sku_id: str, operation: cat.Operation) -> cat.Sku:

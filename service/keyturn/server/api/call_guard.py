@@ -52,11 +52,29 @@ WRITE_METHODS = {
     FULFILLMENT + "ChangeNamedUserEmail",
 }
 
+# The webhook calls: a subscription sends every entitlement change (customers, emails)
+# to a URL of its choosing for as long as it exists, which is more than reading
+# (`read`) and no part of fulfilling orders (`fulfill`): a scope of its own.
+WEBHOOK_METHODS = {
+    FULFILLMENT + name
+    for name in (
+        "CreateWebhookSubscription",
+        "GetWebhookSubscription",
+        "ListWebhookSubscriptions",
+        "UpdateWebhookSubscription",
+        "DeleteWebhookSubscription",
+        "ListWebhookDeliveries",
+        "RedeliverWebhooks",
+    )
+}
+
 
 def required_scope(method: str) -> str | None:
     """The token scope a method needs; None for calls that carry their own credential."""
     if method.startswith(CATALOG):
         return "catalog"
+    if method in WEBHOOK_METHODS:
+        return "webhooks"
     if method.startswith(FULFILLMENT):
         return "fulfill" if method in WRITE_METHODS else "read"
     return None

@@ -60,6 +60,8 @@ STATUS_OF: dict[Reason, StatusCode] = {
     Reason.ACTIVATION_NOT_FOUND: StatusCode.NOT_FOUND,
     Reason.NAMED_USER_NOT_FOUND: StatusCode.NOT_FOUND,
     Reason.NAMED_USER_EXISTS: StatusCode.ALREADY_EXISTS,
+    Reason.WEBHOOK_SUBSCRIPTION_NOT_FOUND: StatusCode.NOT_FOUND,
+    Reason.WEBHOOK_NOT_FOUND: StatusCode.NOT_FOUND,
 }
 
 

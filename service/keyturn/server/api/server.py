@@ -28,6 +28,7 @@ from keyturn.server.app.context import AppContext
 from keyturn.server.app.delivery import Dispatcher
 from keyturn.server.app.lapses import run_lapse_sweeps
 from keyturn.server.app.tokens import TokenAuthenticator
+from keyturn.server.app.webhook_sender import WebhookSender
 from keyturn.server.store.pool_metrics import instrument_pool
 from keyturn.server.tls import CertificateFiles
 
@@ -135,6 +136,7 @@ class KeyturnServer:
         listen: str,
         dispatcher: Dispatcher | None = None,
         *,
+        webhooks: WebhookSender | None = None,
         registry: CollectorRegistry | None = None,
         reuse_port: bool = False,
         worker_id: str = "",
@@ -151,6 +153,7 @@ class KeyturnServer:
             raise ValueError("an admin port needs certificates with a client CA")
         self.ctx = ctx
         self.dispatcher = dispatcher
+        self.webhooks = webhooks
         self.registry = registry if registry is not None else CollectorRegistry()
         self._listen = listen
         self._admin_listen = admin_listen
@@ -257,6 +260,8 @@ class KeyturnServer:
             self._background.append(asyncio.create_task(sweeps))
         if self.dispatcher is not None:
             self._background.append(asyncio.create_task(self.dispatcher.run()))
+        if self.webhooks is not None:
+            self._background.append(asyncio.create_task(self.webhooks.run()))
 
     def _bind(self, listen: str, *, require_client_cert: bool) -> int:
         try:

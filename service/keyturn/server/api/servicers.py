@@ -28,10 +28,12 @@ from keyturn.server.app import (
     named_user_admin,
     suspension,
     usage,
+    webhooks,
 )
 from keyturn.server.app.context import AppContext
 from keyturn.server.app.event_views import EventView
 from keyturn.server.domain.errors import FieldViolation, invalid_request
+from keyturn.server.domain.webhooks import WebhookState
 
 from .audit_convert import audit_event_out, audit_filter_in
 from .catalog_convert import product_in, product_out, sku_in, sku_out
@@ -49,6 +51,13 @@ from .fulfillment_convert import (
 from .licensing_convert import credential_in, lease_out, signing_keys_out, summary_out
 from .metrics import WatchMetrics
 from .usage_convert import usage_report_out, usage_request_in
+from .webhooks_convert import (
+    check_output_only,
+    delivery_out,
+    spec_in,
+    state_in,
+    subscription_out,
+)
 
 Context = grpc.aio.ServicerContext[object, object]
 
@@ -292,6 +301,83 @@ class FulfillmentServicer(ful_grpc.FulfillmentServiceServicer):
         )
         return ful.LookupCustomerResponse(
             entitlements=[entitlement_out(v) for v in views], next_page_token=token
+        )
+
+    async def CreateWebhookSubscription(
+        self, request: ful.CreateWebhookSubscriptionRequest, context: Context
+    ) -> ful.CreateWebhookSubscriptionResponse:
+        check_output_only(request.subscription, creating=True)
+        created, secret = await webhooks.create_subscription(
+            self._ctx,
+            spec_in(request.subscription),
+            state=state_in(request.subscription.state, default=WebhookState.ACTIVE),
+            secret=request.secret,
+            after_sequence=request.after_sequence if request.HasField("after_sequence") else None,
+        )
+        return ful.CreateWebhookSubscriptionResponse(
+            subscription=subscription_out(created), secret=secret
+        )
+
+    async def GetWebhookSubscription(
+        self, request: ful.GetWebhookSubscriptionRequest, context: Context
+    ) -> ful.GetWebhookSubscriptionResponse:
+        found = await webhooks.get_subscription(self._ctx, request.subscription_id)
+        return ful.GetWebhookSubscriptionResponse(subscription=subscription_out(found))
+
+    async def ListWebhookSubscriptions(
+        self, request: ful.ListWebhookSubscriptionsRequest, context: Context
+    ) -> ful.ListWebhookSubscriptionsResponse:
+        found, token = await webhooks.list_subscriptions(
+            self._ctx, request.page_size, request.page_token
+        )
+        return ful.ListWebhookSubscriptionsResponse(
+            subscriptions=[subscription_out(s) for s in found], next_page_token=token
+        )
+
+    async def UpdateWebhookSubscription(
+        self, request: ful.UpdateWebhookSubscriptionRequest, context: Context
+    ) -> ful.UpdateWebhookSubscriptionResponse:
+        subscription = request.subscription
+        check_output_only(subscription, creating=False)
+        updated = await webhooks.update_subscription(
+            self._ctx,
+            subscription.subscription_id,
+            spec_in(subscription),
+            state_in(subscription.state),
+        )
+        return ful.UpdateWebhookSubscriptionResponse(subscription=subscription_out(updated))
+
+    async def DeleteWebhookSubscription(
+        self, request: ful.DeleteWebhookSubscriptionRequest, context: Context
+    ) -> ful.DeleteWebhookSubscriptionResponse:
+        await webhooks.delete_subscription(self._ctx, request.subscription_id)
+        return ful.DeleteWebhookSubscriptionResponse()
+
+    async def ListWebhookDeliveries(
+        self, request: ful.ListWebhookDeliveriesRequest, context: Context
+    ) -> ful.ListWebhookDeliveriesResponse:
+        found, token = await webhooks.list_deliveries(
+            self._ctx, request.subscription_id, request.page_size, request.page_token
+        )
+        return ful.ListWebhookDeliveriesResponse(
+            deliveries=[delivery_out(d) for d in found], next_page_token=token
+        )
+
+    async def RedeliverWebhooks(
+        self, request: ful.RedeliverWebhooksRequest, context: Context
+    ) -> ful.RedeliverWebhooksResponse:
+        target = request.WhichOneof("target")
+        webhooks.check_redelivery(request.subscription_id, target is not None)
+        if target == "from_sequence":
+            moved = await webhooks.replay_from(
+                self._ctx, request.subscription_id, request.from_sequence
+            )
+            return ful.RedeliverWebhooksResponse(subscription=subscription_out(moved))
+        subscription, delivery = await webhooks.redeliver_one(
+            self._ctx, request.subscription_id, request.webhook_id
+        )
+        return ful.RedeliverWebhooksResponse(
+            subscription=subscription_out(subscription), delivery=delivery_out(delivery)
         )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 from datetime import timedelta
+from typing import TYPE_CHECKING
 
 from keyturn.server.clock import Clock
 from keyturn.server.leases.keyring import SigningKeys
@@ -14,6 +15,9 @@ from keyturn.server.store.unit_of_work import ReadStore, Store
 
 from .event_feed import EventFeed
 from .token_use import UseRecorder
+
+if TYPE_CHECKING:
+    from .webhook_sender import EventPoster
 
 
 @dataclass
@@ -36,6 +40,9 @@ class AppContext:
     lapse_sweep_seconds: float = 60.0  # 0: no sweep
     readiness_timeout: float = 2.0  # a database slower than this to answer is not ready
     stopping: asyncio.Event = field(default_factory=asyncio.Event)  # set on shutdown
+    # Posts webhooks (RedeliverWebhooks by id, and the sender); set by the composition
+    # root, which alone may hand app the API's JSON of an event. None: not built.
+    webhooks: EventPoster | None = None
 
     @property
     def reads_from_standby(self) -> bool:
@@ -49,6 +56,8 @@ class AppContext:
         return not self.reads_from_standby or await self.read_store.is_ready(self.readiness_timeout)
 
     async def close(self) -> None:
+        if self.webhooks is not None:
+            await self.webhooks.close()
         if self.reads_from_standby:
             await self.read_store.close()
         await self.store.close()

@@ -29,6 +29,7 @@ from keyturn.server.domain.messages import (
 from keyturn.server.store.unit_of_work import CommitBell
 
 from .context import AppContext
+from .rounds import run_rounds
 
 log = logging.getLogger("keyturn.dispatch")
 
@@ -72,15 +73,14 @@ class Dispatcher:
 
     async def run(self) -> None:
         """Send until cancelled: at once when this process queues mail, else every poll."""
-        while True:
-            signal = self._ctx.store.bell.armed()
-            try:
-                sent = await self.dispatch_due()
-            except Exception:
-                log.exception("dispatch round failed; trying again")
-                sent = 0
-            if sent < self._settings.batch:  # a full batch: there may be more right away
-                await self._ctx.store.bell.wait(signal, await self._wait_seconds())
+        await run_rounds(
+            self._ctx.store.bell,
+            self.dispatch_due,
+            batch=self._settings.batch,
+            wait_seconds=self._wait_seconds,
+            log=log,
+            what="dispatch",
+        )
 
     async def _wait_seconds(self) -> float:
         """Until the earliest retry is due, at most the poll interval."""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from datetime import datetime
 
@@ -10,7 +9,6 @@ from keyturn.server.domain.entitlement import Entitlement
 from keyturn.server.domain.errors import (
     FieldViolation,
     entitlement_not_found,
-    invalid_request,
     raise_if_invalid,
     sequence_out_of_range,
     server_stopping,
@@ -23,12 +21,11 @@ from keyturn.server.store.unit_of_work import ReadStore, Transaction
 from .context import AppContext
 from .event_views import EventView, event_views
 from .fulfillment import check_entitlement_id
-from .paging import next_page_token, page_of, page_request
+from .paging import next_page_token, number_after, page_of, page_request
 from .standby_reads import found_on_standby_or_primary
 from .views import EntitlementView
 
 WATCH_BATCH = 500
-SEQUENCE_CURSOR = re.compile(r"[0-9]{1,18}", re.ASCII)
 
 
 def filter_violations(where: EntitlementFilter) -> list[FieldViolation]:
@@ -92,11 +89,7 @@ async def list_entitlement_events(
     check_entitlement_id(entitlement_id)
     scope = f"events:{entitlement_id}"
     page = page_request(page_size, page_token, scope)
-    if page.after and not SEQUENCE_CURSOR.fullmatch(page.after):
-        raise invalid_request(
-            [FieldViolation("page_token", "is not a token returned by this list call")]
-        )
-    after = int(page.after or 0)
+    after = number_after(page) or 0
 
     async def read(store: ReadStore) -> tuple[list[EventView], bool] | None:
         async with store.read() as tx:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -40,6 +41,21 @@ def page_request(page_size: int, page_token: str, scope: str) -> PageRequest:
         raise invalid_request(
             [FieldViolation("page_token", "is not a token returned by this list call")]
         ) from exc
+
+
+NUMBER_CURSOR = re.compile(r"[0-9]{1,18}", re.ASCII)
+
+
+def number_after(page: PageRequest) -> int | None:
+    """The cursor of a page of a list keyed by a number (a sequence, a row id); None on
+    the first page. A token whose cursor is no such number is INVALID_REQUEST."""
+    if not page.after:
+        return None
+    if not NUMBER_CURSOR.fullmatch(page.after):
+        raise invalid_request(
+            [FieldViolation("page_token", "is not a token returned by this list call")]
+        )
+    return int(page.after)
 
 
 def next_page_token(last_key: str | None, scope: str) -> str:

@@ -27,7 +27,7 @@ from . import audit
 from .context import AppContext
 from .token_use import UseRecorder
 
-SCOPES = frozenset({"catalog", "fulfill", "read"})
+SCOPES = frozenset({"catalog", "fulfill", "read", "webhooks"})
 TOKEN_PREFIX = "kt_"
 MAX_LIFETIME = timedelta(days=36_500)  # a hundred years: an end a date can still hold
 

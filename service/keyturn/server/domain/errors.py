@@ -64,6 +64,8 @@ class Reason(StrEnum):
     ACTIVATION_NOT_FOUND = "ACTIVATION_NOT_FOUND"
     NAMED_USER_NOT_FOUND = "NAMED_USER_NOT_FOUND"
     NAMED_USER_EXISTS = "NAMED_USER_EXISTS"
+    WEBHOOK_SUBSCRIPTION_NOT_FOUND = "WEBHOOK_SUBSCRIPTION_NOT_FOUND"
+    WEBHOOK_NOT_FOUND = "WEBHOOK_NOT_FOUND"
 
 
 @dataclass(frozen=True)
@@ -496,4 +498,21 @@ def named_user_exists(entitlement_id: str, email: str) -> DomainError:
         Reason.NAMED_USER_EXISTS,
         f"another named user of entitlement {entitlement_id!r} has the email {email!r}",
         {"entitlement_id": entitlement_id, "email": email},
+    )
+
+
+def webhook_subscription_not_found(subscription_id: str) -> DomainError:
+    return DomainError(
+        Reason.WEBHOOK_SUBSCRIPTION_NOT_FOUND,
+        f"no webhook subscription {subscription_id!r}",
+        {"subscription_id": subscription_id},
+    )
+
+
+def webhook_not_found(webhook_id: str) -> DomainError:
+    """A webhook id that is not one of the subscription's, or whose event is not in the log."""
+    return DomainError(
+        Reason.WEBHOOK_NOT_FOUND,
+        f"no event of this subscription has the webhook id {webhook_id!r}",
+        {"webhook_id": webhook_id},
     )

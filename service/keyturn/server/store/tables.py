@@ -308,3 +308,48 @@ audit_events = Table(
     Index("ix_audit_events_entitlement_id_audit_id", "entitlement_id", "audit_id"),
     Index("ix_audit_events_actor_audit_id", "actor", "audit_id"),
 )
+
+# Outbound webhooks: each subscription's own cursor into entitlement_events (the events
+# are read from there, never copied) and the claim of the one sender at work on it.
+webhook_subscriptions = Table(
+    "webhook_subscriptions",
+    metadata,
+    Column("subscription_id", String(64), primary_key=True),
+    Column("url", Text, nullable=False),
+    Column("secret_sealed", LargeBinary, nullable=False),
+    Column("event_types", JSON, nullable=False),  # [] : every type
+    Column("product_ids", JSON, nullable=False),  # [] : every product
+    Column("description", Text, nullable=False),
+    Column("state", String(8), nullable=False),  # active, paused
+    Column("pause_reason", Text, nullable=False),
+    Column("cursor", BigInteger, nullable=False),  # the last sequence delivered or skipped
+    Column("attempts", Integer, nullable=False),  # failed in a row on the next event
+    Column("next_attempt_time", UtcDateTime, nullable=True),
+    Column("failing_since", UtcDateTime, nullable=True),
+    # A sender is at work on it until then; its writes name its claim, so one that lost
+    # the claim (ran out, or a call reset the subscription) writes nothing more.
+    Column("claim_id", String(64), nullable=True),
+    Column("claimed_until", UtcDateTime, nullable=True),
+    Column("create_time", UtcDateTime, nullable=False),
+    Column("update_time", UtcDateTime, nullable=False),
+    Index("ix_webhook_subscriptions_state_next_attempt_time", "state", "next_attempt_time"),
+)
+
+webhook_deliveries = Table(
+    "webhook_deliveries",
+    metadata,
+    Column(
+        "delivery_id",
+        BigInteger().with_variant(Integer, "sqlite"),
+        primary_key=True,
+        autoincrement=True,
+    ),
+    Column("subscription_id", String(64), nullable=False),
+    Column("sequence", BigInteger, nullable=False),
+    Column("attempt_time", UtcDateTime, nullable=False),
+    Column("http_status", Integer, nullable=False),  # 0: no answer
+    Column("delivered", Boolean, nullable=False),
+    Column("response_excerpt", Text, nullable=False),
+    Column("redelivery", Boolean, nullable=False),
+    Index("ix_webhook_deliveries_subscription_id_delivery_id", "subscription_id", "delivery_id"),
+)

@@ -32,6 +32,7 @@ from .order_repository import OrderRepository
 from .outbox_repository import OutboxRepository
 from .signing_key_repository import SigningKeyRepository
 from .token_repository import TokenRepository
+from .webhook_repository import WebhookRepository
 
 # Serialization failure (on a standby also a query cancelled by a recovery conflict), deadlock.
 RETRYABLE_SQLSTATES = {"40001", "40P01"}
@@ -88,6 +89,7 @@ class Transaction:
         self.outbox = OutboxRepository(connection)
         self.credential_failures = CredentialFailureRepository(connection)
         self.audit = AuditRepository(connection)
+        self.webhooks = WebhookRepository(connection)
 
 
 class CommitBell:

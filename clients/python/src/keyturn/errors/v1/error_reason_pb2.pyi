@@ -148,9 +148,10 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     Metadata: `entitlement_id`, `seats` (the count before), `line`.
     """
     SEQUENCE_OUT_OF_RANGE: _ErrorReason.ValueType  # 26
-    """OUT_OF_RANGE. `after_sequence` of WatchEntitlementEvents is beyond the
-    last event this server has written: it was not taken from this
-    deployment's stream. Metadata: `last_sequence`.
+    """OUT_OF_RANGE. `after_sequence` of WatchEntitlementEvents (or of
+    CreateWebhookSubscription, or RedeliverWebhooks' `from_sequence`) is
+    beyond the last event this server has written: it was not taken from
+    this deployment's stream. Metadata: `last_sequence`.
     """
     SERVER_STOPPING: _ErrorReason.ValueType  # 27
     """UNAVAILABLE. The server is shutting down and ended this change stream;
@@ -261,6 +262,17 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     ALREADY_EXISTS. ChangeNamedUserEmail: another named user of the same
     entitlement already has this email. Nothing was changed.
     Metadata: `entitlement_id`, `email`.
+    """
+    WEBHOOK_SUBSCRIPTION_NOT_FOUND: _ErrorReason.ValueType  # 45
+    """--- webhooks ---
+
+    NOT_FOUND. No webhook subscription with this id.
+    Metadata: `subscription_id`.
+    """
+    WEBHOOK_NOT_FOUND: _ErrorReason.ValueType  # 46
+    """NOT_FOUND. RedeliverWebhooks: the webhook id is not one of this
+    subscription's (`SUBSCRIPTION_ID.SEQUENCE`), or its event is not in the
+    log. Metadata: `webhook_id`.
     """
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
@@ -404,9 +416,10 @@ entitlement with fewer than one seat. The whole order is rolled back.
 Metadata: `entitlement_id`, `seats` (the count before), `line`.
 """
 SEQUENCE_OUT_OF_RANGE: ErrorReason.ValueType  # 26
-"""OUT_OF_RANGE. `after_sequence` of WatchEntitlementEvents is beyond the
-last event this server has written: it was not taken from this
-deployment's stream. Metadata: `last_sequence`.
+"""OUT_OF_RANGE. `after_sequence` of WatchEntitlementEvents (or of
+CreateWebhookSubscription, or RedeliverWebhooks' `from_sequence`) is
+beyond the last event this server has written: it was not taken from
+this deployment's stream. Metadata: `last_sequence`.
 """
 SERVER_STOPPING: ErrorReason.ValueType  # 27
 """UNAVAILABLE. The server is shutting down and ended this change stream;
@@ -517,5 +530,16 @@ NAMED_USER_EXISTS: ErrorReason.ValueType  # 44
 ALREADY_EXISTS. ChangeNamedUserEmail: another named user of the same
 entitlement already has this email. Nothing was changed.
 Metadata: `entitlement_id`, `email`.
+"""
+WEBHOOK_SUBSCRIPTION_NOT_FOUND: ErrorReason.ValueType  # 45
+"""--- webhooks ---
+
+NOT_FOUND. No webhook subscription with this id.
+Metadata: `subscription_id`.
+"""
+WEBHOOK_NOT_FOUND: ErrorReason.ValueType  # 46
+"""NOT_FOUND. RedeliverWebhooks: the webhook id is not one of this
+subscription's (`SUBSCRIPTION_ID.SEQUENCE`), or its event is not in the
+log. Metadata: `webhook_id`.
 """
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015

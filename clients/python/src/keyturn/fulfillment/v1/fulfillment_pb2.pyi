@@ -301,6 +301,39 @@ ACTIVATION_STATE_DEACTIVATED: ActivationState.ValueType  # 4
 """An administrator took the seat back (DeactivateSeat)."""
 Global___ActivationState: _TypeAlias = ActivationState  # noqa: Y015
 
+class _WebhookState:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _WebhookStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_WebhookState.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    WEBHOOK_STATE_UNSPECIFIED: _WebhookState.ValueType  # 0
+    """Never used: INVALID_ARGUMENT."""
+    WEBHOOK_STATE_ACTIVE: _WebhookState.ValueType  # 1
+    """Events are sent as they come."""
+    WEBHOOK_STATE_PAUSED: _WebhookState.ValueType  # 2
+    """Nothing is sent; the cursor stays where it is, so resuming misses
+    nothing. Paused by UpdateWebhookSubscription, or by Keyturn itself after
+    the endpoint kept failing (see `pause_reason`).
+    """
+
+class WebhookState(_WebhookState, metaclass=_WebhookStateEnumTypeWrapper):
+    """--- webhooks ---
+
+    Whether a subscription is being sent to.
+    """
+
+WEBHOOK_STATE_UNSPECIFIED: WebhookState.ValueType  # 0
+"""Never used: INVALID_ARGUMENT."""
+WEBHOOK_STATE_ACTIVE: WebhookState.ValueType  # 1
+"""Events are sent as they come."""
+WEBHOOK_STATE_PAUSED: WebhookState.ValueType  # 2
+"""Nothing is sent; the cursor stays where it is, so resuming misses
+nothing. Paused by UpdateWebhookSubscription, or by Keyturn itself after
+the endpoint kept failing (see `pause_reason`).
+"""
+Global___WebhookState: _TypeAlias = WebhookState  # noqa: Y015
+
 @_typing.final
 class Customer(_message.Message):
     """The buyer of an order."""
@@ -2023,3 +2056,526 @@ class LookupCustomerResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___LookupCustomerResponse: _TypeAlias = LookupCustomerResponse  # noqa: Y015
+
+@_typing.final
+class WebhookSubscription(_message.Message):
+    """An endpoint that the change stream is pushed to."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SUBSCRIPTION_ID_FIELD_NUMBER: _builtins.int
+    URL_FIELD_NUMBER: _builtins.int
+    EVENT_TYPES_FIELD_NUMBER: _builtins.int
+    PRODUCT_IDS_FIELD_NUMBER: _builtins.int
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    PAUSE_REASON_FIELD_NUMBER: _builtins.int
+    CURSOR_FIELD_NUMBER: _builtins.int
+    ATTEMPTS_FIELD_NUMBER: _builtins.int
+    NEXT_ATTEMPT_TIME_FIELD_NUMBER: _builtins.int
+    FAILING_SINCE_FIELD_NUMBER: _builtins.int
+    CREATE_TIME_FIELD_NUMBER: _builtins.int
+    UPDATE_TIME_FIELD_NUMBER: _builtins.int
+    subscription_id: _builtins.str
+    """Its id (`whk_...`), set by Keyturn."""
+    url: _builtins.str
+    """Where events are POSTed: an http or https URL, up to 2000 characters."""
+    description: _builtins.str
+    """What it is for, up to 200 characters."""
+    state: Global___WebhookState.ValueType
+    """Active or paused."""
+    pause_reason: _builtins.str
+    """Why Keyturn paused it (empty when it did not)."""
+    cursor: _builtins.int
+    """The last sequence delivered (or skipped by the filters): sending goes on
+    after it.
+    """
+    attempts: _builtins.int
+    """Failed attempts in a row on the next event."""
+    @_builtins.property
+    def event_types(self) -> _containers.RepeatedScalarFieldContainer[Global___EntitlementEventType.ValueType]:
+        """Only events of these types; empty: every type."""
+
+    @_builtins.property
+    def product_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Only events of entitlements of these products; empty: every product."""
+
+    @_builtins.property
+    def next_attempt_time(self) -> _timestamp_pb2.Timestamp:
+        """When the next attempt is due, if one is."""
+
+    @_builtins.property
+    def failing_since(self) -> _timestamp_pb2.Timestamp:
+        """Since when the endpoint has been failing, if it is."""
+
+    @_builtins.property
+    def create_time(self) -> _timestamp_pb2.Timestamp:
+        """When it was created."""
+
+    @_builtins.property
+    def update_time(self) -> _timestamp_pb2.Timestamp:
+        """When it was last changed by a call."""
+
+    def __init__(
+        self,
+        *,
+        subscription_id: _builtins.str = ...,
+        url: _builtins.str = ...,
+        event_types: _abc.Iterable[Global___EntitlementEventType.ValueType] | None = ...,
+        product_ids: _abc.Iterable[_builtins.str] | None = ...,
+        description: _builtins.str = ...,
+        state: Global___WebhookState.ValueType = ...,
+        pause_reason: _builtins.str = ...,
+        cursor: _builtins.int = ...,
+        attempts: _builtins.int = ...,
+        next_attempt_time: _timestamp_pb2.Timestamp | None = ...,
+        failing_since: _timestamp_pb2.Timestamp | None = ...,
+        create_time: _timestamp_pb2.Timestamp | None = ...,
+        update_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "failing_since", b"failing_since", "next_attempt_time", b"next_attempt_time", "update_time", b"update_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "create_time", b"create_time", "cursor", b"cursor", "description", b"description", "event_types", b"event_types", "failing_since", b"failing_since", "next_attempt_time", b"next_attempt_time", "pause_reason", b"pause_reason", "product_ids", b"product_ids", "state", b"state", "subscription_id", b"subscription_id", "update_time", b"update_time", "url", b"url"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WebhookSubscription: _TypeAlias = WebhookSubscription  # noqa: Y015
+
+@_typing.final
+class CreateWebhookSubscriptionRequest(_message.Message):
+    """Request of CreateWebhookSubscription."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SUBSCRIPTION_FIELD_NUMBER: _builtins.int
+    SECRET_FIELD_NUMBER: _builtins.int
+    AFTER_SEQUENCE_FIELD_NUMBER: _builtins.int
+    secret: _builtins.str
+    """The Standard Webhooks secret, `whsec_` and the base64 of 24 to 64 bytes;
+    empty: Keyturn generates one.
+    """
+    after_sequence: _builtins.int
+    """Send the events after this sequence (0: from the first event); unset:
+    only events after the newest one now. Beyond the log: OUT_OF_RANGE /
+    SEQUENCE_OUT_OF_RANGE.
+    """
+    @_builtins.property
+    def subscription(self) -> Global___WebhookSubscription:
+        """The URL, filters and description (`subscription_id`, `state` and the
+        delivery fields are set by Keyturn).
+        """
+
+    def __init__(
+        self,
+        *,
+        subscription: Global___WebhookSubscription | None = ...,
+        secret: _builtins.str = ...,
+        after_sequence: _builtins.int | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_after_sequence", b"_after_sequence", "after_sequence", b"after_sequence", "subscription", b"subscription"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_after_sequence", b"_after_sequence", "after_sequence", b"after_sequence", "secret", b"secret", "subscription", b"subscription"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__after_sequence: _TypeAlias = _typing.Literal["after_sequence"]  # noqa: Y015
+    _WhichOneofArgType__after_sequence: _TypeAlias = _typing.Literal["_after_sequence", b"_after_sequence"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__after_sequence) -> _WhichOneofReturnType__after_sequence | None: ...
+
+Global___CreateWebhookSubscriptionRequest: _TypeAlias = CreateWebhookSubscriptionRequest  # noqa: Y015
+
+@_typing.final
+class CreateWebhookSubscriptionResponse(_message.Message):
+    """Response of CreateWebhookSubscription."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SUBSCRIPTION_FIELD_NUMBER: _builtins.int
+    SECRET_FIELD_NUMBER: _builtins.int
+    secret: _builtins.str
+    """Its secret, shown only here: the receiver verifies signatures with it."""
+    @_builtins.property
+    def subscription(self) -> Global___WebhookSubscription:
+        """The new subscription."""
+
+    def __init__(
+        self,
+        *,
+        subscription: Global___WebhookSubscription | None = ...,
+        secret: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["subscription", b"subscription"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["secret", b"secret", "subscription", b"subscription"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateWebhookSubscriptionResponse: _TypeAlias = CreateWebhookSubscriptionResponse  # noqa: Y015
+
+@_typing.final
+class GetWebhookSubscriptionRequest(_message.Message):
+    """Request of GetWebhookSubscription."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SUBSCRIPTION_ID_FIELD_NUMBER: _builtins.int
+    subscription_id: _builtins.str
+    """Id of the subscription."""
+    def __init__(
+        self,
+        *,
+        subscription_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["subscription_id", b"subscription_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetWebhookSubscriptionRequest: _TypeAlias = GetWebhookSubscriptionRequest  # noqa: Y015
+
+@_typing.final
+class GetWebhookSubscriptionResponse(_message.Message):
+    """Response of GetWebhookSubscription."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SUBSCRIPTION_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def subscription(self) -> Global___WebhookSubscription:
+        """The subscription."""
+
+    def __init__(
+        self,
+        *,
+        subscription: Global___WebhookSubscription | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["subscription", b"subscription"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["subscription", b"subscription"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetWebhookSubscriptionResponse: _TypeAlias = GetWebhookSubscriptionResponse  # noqa: Y015
+
+@_typing.final
+class ListWebhookSubscriptionsRequest(_message.Message):
+    """Request of ListWebhookSubscriptions."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    page_size: _builtins.int
+    """Maximum number to return: 0 means 50, the cap is 500, negative is
+    INVALID_ARGUMENT.
+    """
+    page_token: _builtins.str
+    """Token from a previous response's `next_page_token`; empty for the first page."""
+    def __init__(
+        self,
+        *,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListWebhookSubscriptionsRequest: _TypeAlias = ListWebhookSubscriptionsRequest  # noqa: Y015
+
+@_typing.final
+class ListWebhookSubscriptionsResponse(_message.Message):
+    """Response of ListWebhookSubscriptions."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SUBSCRIPTIONS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Token of the next page; empty on the last page."""
+    @_builtins.property
+    def subscriptions(self) -> _containers.RepeatedCompositeFieldContainer[Global___WebhookSubscription]:
+        """Subscriptions, oldest first."""
+
+    def __init__(
+        self,
+        *,
+        subscriptions: _abc.Iterable[Global___WebhookSubscription] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_page_token", b"next_page_token", "subscriptions", b"subscriptions"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListWebhookSubscriptionsResponse: _TypeAlias = ListWebhookSubscriptionsResponse  # noqa: Y015
+
+@_typing.final
+class UpdateWebhookSubscriptionRequest(_message.Message):
+    """Request of UpdateWebhookSubscription."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SUBSCRIPTION_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def subscription(self) -> Global___WebhookSubscription:
+        """The subscription by its id, with the new URL, filters, description and
+        state (ACTIVE resumes, PAUSED pauses).
+        """
+
+    def __init__(
+        self,
+        *,
+        subscription: Global___WebhookSubscription | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["subscription", b"subscription"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["subscription", b"subscription"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdateWebhookSubscriptionRequest: _TypeAlias = UpdateWebhookSubscriptionRequest  # noqa: Y015
+
+@_typing.final
+class UpdateWebhookSubscriptionResponse(_message.Message):
+    """Response of UpdateWebhookSubscription."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SUBSCRIPTION_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def subscription(self) -> Global___WebhookSubscription:
+        """The subscription as it is now."""
+
+    def __init__(
+        self,
+        *,
+        subscription: Global___WebhookSubscription | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["subscription", b"subscription"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["subscription", b"subscription"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdateWebhookSubscriptionResponse: _TypeAlias = UpdateWebhookSubscriptionResponse  # noqa: Y015
+
+@_typing.final
+class DeleteWebhookSubscriptionRequest(_message.Message):
+    """Request of DeleteWebhookSubscription."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SUBSCRIPTION_ID_FIELD_NUMBER: _builtins.int
+    subscription_id: _builtins.str
+    """Id of the subscription."""
+    def __init__(
+        self,
+        *,
+        subscription_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["subscription_id", b"subscription_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteWebhookSubscriptionRequest: _TypeAlias = DeleteWebhookSubscriptionRequest  # noqa: Y015
+
+@_typing.final
+class DeleteWebhookSubscriptionResponse(_message.Message):
+    """Response of DeleteWebhookSubscription."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteWebhookSubscriptionResponse: _TypeAlias = DeleteWebhookSubscriptionResponse  # noqa: Y015
+
+@_typing.final
+class WebhookDelivery(_message.Message):
+    """One attempt to deliver one event to one subscription."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WEBHOOK_ID_FIELD_NUMBER: _builtins.int
+    SEQUENCE_FIELD_NUMBER: _builtins.int
+    ATTEMPT_TIME_FIELD_NUMBER: _builtins.int
+    HTTP_STATUS_FIELD_NUMBER: _builtins.int
+    DELIVERED_FIELD_NUMBER: _builtins.int
+    RESPONSE_EXCERPT_FIELD_NUMBER: _builtins.int
+    REDELIVERY_FIELD_NUMBER: _builtins.int
+    webhook_id: _builtins.str
+    """The `webhook-id` header: the same for every attempt of this event to
+    this subscription.
+    """
+    sequence: _builtins.int
+    """The event's sequence."""
+    http_status: _builtins.int
+    """The HTTP status answered; 0 when none came (refused, timed out)."""
+    delivered: _builtins.bool
+    """Whether the endpoint took it (a 2xx answer)."""
+    response_excerpt: _builtins.str
+    """The start of the answer's body, or what went wrong (at most 500
+    characters).
+    """
+    redelivery: _builtins.bool
+    """Whether a RedeliverWebhooks call by webhook id made it."""
+    @_builtins.property
+    def attempt_time(self) -> _timestamp_pb2.Timestamp:
+        """When the attempt was made."""
+
+    def __init__(
+        self,
+        *,
+        webhook_id: _builtins.str = ...,
+        sequence: _builtins.int = ...,
+        attempt_time: _timestamp_pb2.Timestamp | None = ...,
+        http_status: _builtins.int = ...,
+        delivered: _builtins.bool = ...,
+        response_excerpt: _builtins.str = ...,
+        redelivery: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["attempt_time", b"attempt_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt_time", b"attempt_time", "delivered", b"delivered", "http_status", b"http_status", "redelivery", b"redelivery", "response_excerpt", b"response_excerpt", "sequence", b"sequence", "webhook_id", b"webhook_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WebhookDelivery: _TypeAlias = WebhookDelivery  # noqa: Y015
+
+@_typing.final
+class ListWebhookDeliveriesRequest(_message.Message):
+    """Request of ListWebhookDeliveries."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SUBSCRIPTION_ID_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    subscription_id: _builtins.str
+    """Id of the subscription."""
+    page_size: _builtins.int
+    """Maximum number to return: 0 means 50, the cap is 500, negative is
+    INVALID_ARGUMENT.
+    """
+    page_token: _builtins.str
+    """Token from a previous response's `next_page_token`; empty for the first page."""
+    def __init__(
+        self,
+        *,
+        subscription_id: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token", "subscription_id", b"subscription_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListWebhookDeliveriesRequest: _TypeAlias = ListWebhookDeliveriesRequest  # noqa: Y015
+
+@_typing.final
+class ListWebhookDeliveriesResponse(_message.Message):
+    """Response of ListWebhookDeliveries."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DELIVERIES_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Token of the next page; empty on the last page."""
+    @_builtins.property
+    def deliveries(self) -> _containers.RepeatedCompositeFieldContainer[Global___WebhookDelivery]:
+        """Attempts, newest first."""
+
+    def __init__(
+        self,
+        *,
+        deliveries: _abc.Iterable[Global___WebhookDelivery] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["deliveries", b"deliveries", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListWebhookDeliveriesResponse: _TypeAlias = ListWebhookDeliveriesResponse  # noqa: Y015
+
+@_typing.final
+class RedeliverWebhooksRequest(_message.Message):
+    """Request of RedeliverWebhooks: one event, or every event from a sequence on."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SUBSCRIPTION_ID_FIELD_NUMBER: _builtins.int
+    WEBHOOK_ID_FIELD_NUMBER: _builtins.int
+    FROM_SEQUENCE_FIELD_NUMBER: _builtins.int
+    subscription_id: _builtins.str
+    """Id of the subscription."""
+    webhook_id: _builtins.str
+    """The event of this webhook id (from the delivery log or a receiver's
+    log), sent now. Not an id of this subscription: NOT_FOUND /
+    WEBHOOK_NOT_FOUND.
+    """
+    from_sequence: _builtins.int
+    """Every event from this sequence on (at least 1), in order. Beyond the
+    log: OUT_OF_RANGE / SEQUENCE_OUT_OF_RANGE.
+    """
+    def __init__(
+        self,
+        *,
+        subscription_id: _builtins.str = ...,
+        webhook_id: _builtins.str = ...,
+        from_sequence: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["from_sequence", b"from_sequence", "target", b"target", "webhook_id", b"webhook_id"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["from_sequence", b"from_sequence", "subscription_id", b"subscription_id", "target", b"target", "webhook_id", b"webhook_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_target: _TypeAlias = _typing.Literal["webhook_id", "from_sequence"]  # noqa: Y015
+    _WhichOneofArgType_target: _TypeAlias = _typing.Literal["target", b"target"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_target) -> _WhichOneofReturnType_target | None: ...
+
+Global___RedeliverWebhooksRequest: _TypeAlias = RedeliverWebhooksRequest  # noqa: Y015
+
+@_typing.final
+class RedeliverWebhooksResponse(_message.Message):
+    """Response of RedeliverWebhooks."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SUBSCRIPTION_FIELD_NUMBER: _builtins.int
+    DELIVERY_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def subscription(self) -> Global___WebhookSubscription:
+        """The subscription as it is now (its cursor moved back for `from_sequence`)."""
+
+    @_builtins.property
+    def delivery(self) -> Global___WebhookDelivery:
+        """The attempt made for `webhook_id`."""
+
+    def __init__(
+        self,
+        *,
+        subscription: Global___WebhookSubscription | None = ...,
+        delivery: Global___WebhookDelivery | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["delivery", b"delivery", "subscription", b"subscription"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["delivery", b"delivery", "subscription", b"subscription"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RedeliverWebhooksResponse: _TypeAlias = RedeliverWebhooksResponse  # noqa: Y015

@@ -29,8 +29,9 @@ class FulfillmentServiceStub:
     """FulfillmentService is called by order connectors (Stripe, CRM and ERP
     exports) and by systems that sync entitlements. Every call needs
     `authorization: Bearer <token>`: FulfillOrder, ResendCredentials,
-    SuspendEntitlement, ReinstateEntitlement and DeactivateSeat need the
-    `fulfill` scope, every other call the `read` scope.
+    SuspendEntitlement, ReinstateEntitlement, DeactivateSeat, RemoveNamedUser
+    and ChangeNamedUserEmail need the `fulfill` scope, the webhook calls the
+    `webhooks` scope, every other call the `read` scope.
     """
 
     def __init__(self, channel):
@@ -119,14 +120,50 @@ class FulfillmentServiceStub:
                 request_serializer=keyturn_dot_fulfillment_dot_v1_dot_fulfillment__pb2.LookupCustomerRequest.SerializeToString,
                 response_deserializer=keyturn_dot_fulfillment_dot_v1_dot_fulfillment__pb2.LookupCustomerResponse.FromString,
                 _registered_method=True)
+        self.CreateWebhookSubscription = channel.unary_unary(
+                '/keyturn.fulfillment.v1.FulfillmentService/CreateWebhookSubscription',
+                request_serializer=keyturn_dot_fulfillment_dot_v1_dot_fulfillment__pb2.CreateWebhookSubscriptionRequest.SerializeToString,
+                response_deserializer=keyturn_dot_fulfillment_dot_v1_dot_fulfillment__pb2.CreateWebhookSubscriptionResponse.FromString,
+                _registered_method=True)
+        self.GetWebhookSubscription = channel.unary_unary(
+                '/keyturn.fulfillment.v1.FulfillmentService/GetWebhookSubscription',
+                request_serializer=keyturn_dot_fulfillment_dot_v1_dot_fulfillment__pb2.GetWebhookSubscriptionRequest.SerializeToString,
+                response_deserializer=keyturn_dot_fulfillment_dot_v1_dot_fulfillment__pb2.GetWebhookSubscriptionResponse.FromString,
+                _registered_method=True)
+        self.ListWebhookSubscriptions = channel.unary_unary(
+                '/keyturn.fulfillment.v1.FulfillmentService/ListWebhookSubscriptions',
+                request_serializer=keyturn_dot_fulfillment_dot_v1_dot_fulfillment__pb2.ListWebhookSubscriptionsRequest.SerializeToString,
+                response_deserializer=keyturn_dot_fulfillment_dot_v1_dot_fulfillment__pb2.ListWebhookSubscriptionsResponse.FromString,
+                _registered_method=True)
+        self.UpdateWebhookSubscription = channel.unary_unary(
+                '/keyturn.fulfillment.v1.FulfillmentService/UpdateWebhookSubscription',
+                request_serializer=keyturn_dot_fulfillment_dot_v1_dot_fulfillment__pb2.UpdateWebhookSubscriptionRequest.SerializeToString,
+                response_deserializer=keyturn_dot_fulfillment_dot_v1_dot_fulfillment__pb2.UpdateWebhookSubscriptionResponse.FromString,
+                _registered_method=True)
+        self.DeleteWebhookSubscription = channel.unary_unary(
+                '/keyturn.fulfillment.v1.FulfillmentService/DeleteWebhookSubscription',
+                request_serializer=keyturn_dot_fulfillment_dot_v1_dot_fulfillment__pb2.DeleteWebhookSubscriptionRequest.SerializeToString,
+                response_deserializer=keyturn_dot_fulfillment_dot_v1_dot_fulfillment__pb2.DeleteWebhookSubscriptionResponse.FromString,
+                _registered_method=True)
+        self.ListWebhookDeliveries = channel.unary_unary(
+                '/keyturn.fulfillment.v1.FulfillmentService/ListWebhookDeliveries',
+                request_serializer=keyturn_dot_fulfillment_dot_v1_dot_fulfillment__pb2.ListWebhookDeliveriesRequest.SerializeToString,
+                response_deserializer=keyturn_dot_fulfillment_dot_v1_dot_fulfillment__pb2.ListWebhookDeliveriesResponse.FromString,
+                _registered_method=True)
+        self.RedeliverWebhooks = channel.unary_unary(
+                '/keyturn.fulfillment.v1.FulfillmentService/RedeliverWebhooks',
+                request_serializer=keyturn_dot_fulfillment_dot_v1_dot_fulfillment__pb2.RedeliverWebhooksRequest.SerializeToString,
+                response_deserializer=keyturn_dot_fulfillment_dot_v1_dot_fulfillment__pb2.RedeliverWebhooksResponse.FromString,
+                _registered_method=True)
 
 
 class FulfillmentServiceServicer:
     """FulfillmentService is called by order connectors (Stripe, CRM and ERP
     exports) and by systems that sync entitlements. Every call needs
     `authorization: Bearer <token>`: FulfillOrder, ResendCredentials,
-    SuspendEntitlement, ReinstateEntitlement and DeactivateSeat need the
-    `fulfill` scope, every other call the `read` scope.
+    SuspendEntitlement, ReinstateEntitlement, DeactivateSeat, RemoveNamedUser
+    and ChangeNamedUserEmail need the `fulfill` scope, the webhook calls the
+    `webhooks` scope, every other call the `read` scope.
     """
 
     def FulfillOrder(self, request, context):
@@ -291,6 +328,71 @@ class FulfillmentServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateWebhookSubscription(self, request, context):
+        """--- webhooks ---
+        Subscribes a URL to the change stream: every event (filtered by type and
+        product when the subscription says so) is POSTed to it as the JSON of
+        EntitlementEvent, signed per Standard Webhooks, in sequence order, at
+        least once, each with a `webhook-id` that stays the same on every retry
+        (receivers drop repeats by it). The subscription starts after the newest
+        event at its creation (or after `after_sequence`). A secret not given is
+        generated (`whsec_...`) and returned here only. Needs the `webhooks`
+        scope, as does every webhook call.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetWebhookSubscription(self, request, context):
+        """Returns one subscription with its delivery state (never its secret).
+        Unknown: NOT_FOUND / WEBHOOK_SUBSCRIPTION_NOT_FOUND.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListWebhookSubscriptions(self, request, context):
+        """Lists the subscriptions, oldest first (AIP-158 paging).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateWebhookSubscription(self, request, context):
+        """Replaces a subscription's URL, filters and description, and pauses or
+        resumes it (`state`). Resuming starts the next attempt at once, with the
+        backoff and the failing time reset; events are sent from where the
+        subscription stopped, none skipped.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteWebhookSubscription(self, request, context):
+        """Deletes a subscription and its delivery log; nothing more is sent to it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListWebhookDeliveries(self, request, context):
+        """Lists a subscription's delivery attempts, newest first (AIP-158 paging):
+        the event, the webhook id, the HTTP status, an excerpt of the answer.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RedeliverWebhooks(self, request, context):
+        """Sends events again: one, by its webhook id, at once (the attempt is in
+        the answer and in the log); or every event from a sequence on, by moving
+        the subscription's cursor back (a paused subscription stays paused).
+        Repeats carry their original webhook ids.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_FulfillmentServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -374,6 +476,41 @@ def add_FulfillmentServiceServicer_to_server(servicer, server):
                     request_deserializer=keyturn_dot_fulfillment_dot_v1_dot_fulfillment__pb2.LookupCustomerRequest.FromString,
                     response_serializer=keyturn_dot_fulfillment_dot_v1_dot_fulfillment__pb2.LookupCustomerResponse.SerializeToString,
             ),
+            'CreateWebhookSubscription': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateWebhookSubscription,
+                    request_deserializer=keyturn_dot_fulfillment_dot_v1_dot_fulfillment__pb2.CreateWebhookSubscriptionRequest.FromString,
+                    response_serializer=keyturn_dot_fulfillment_dot_v1_dot_fulfillment__pb2.CreateWebhookSubscriptionResponse.SerializeToString,
+            ),
+            'GetWebhookSubscription': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetWebhookSubscription,
+                    request_deserializer=keyturn_dot_fulfillment_dot_v1_dot_fulfillment__pb2.GetWebhookSubscriptionRequest.FromString,
+                    response_serializer=keyturn_dot_fulfillment_dot_v1_dot_fulfillment__pb2.GetWebhookSubscriptionResponse.SerializeToString,
+            ),
+            'ListWebhookSubscriptions': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListWebhookSubscriptions,
+                    request_deserializer=keyturn_dot_fulfillment_dot_v1_dot_fulfillment__pb2.ListWebhookSubscriptionsRequest.FromString,
+                    response_serializer=keyturn_dot_fulfillment_dot_v1_dot_fulfillment__pb2.ListWebhookSubscriptionsResponse.SerializeToString,
+            ),
+            'UpdateWebhookSubscription': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateWebhookSubscription,
+                    request_deserializer=keyturn_dot_fulfillment_dot_v1_dot_fulfillment__pb2.UpdateWebhookSubscriptionRequest.FromString,
+                    response_serializer=keyturn_dot_fulfillment_dot_v1_dot_fulfillment__pb2.UpdateWebhookSubscriptionResponse.SerializeToString,
+            ),
+            'DeleteWebhookSubscription': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteWebhookSubscription,
+                    request_deserializer=keyturn_dot_fulfillment_dot_v1_dot_fulfillment__pb2.DeleteWebhookSubscriptionRequest.FromString,
+                    response_serializer=keyturn_dot_fulfillment_dot_v1_dot_fulfillment__pb2.DeleteWebhookSubscriptionResponse.SerializeToString,
+            ),
+            'ListWebhookDeliveries': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListWebhookDeliveries,
+                    request_deserializer=keyturn_dot_fulfillment_dot_v1_dot_fulfillment__pb2.ListWebhookDeliveriesRequest.FromString,
+                    response_serializer=keyturn_dot_fulfillment_dot_v1_dot_fulfillment__pb2.ListWebhookDeliveriesResponse.SerializeToString,
+            ),
+            'RedeliverWebhooks': grpc.unary_unary_rpc_method_handler(
+                    servicer.RedeliverWebhooks,
+                    request_deserializer=keyturn_dot_fulfillment_dot_v1_dot_fulfillment__pb2.RedeliverWebhooksRequest.FromString,
+                    response_serializer=keyturn_dot_fulfillment_dot_v1_dot_fulfillment__pb2.RedeliverWebhooksResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'keyturn.fulfillment.v1.FulfillmentService', rpc_method_handlers)
@@ -386,8 +523,9 @@ class FulfillmentService:
     """FulfillmentService is called by order connectors (Stripe, CRM and ERP
     exports) and by systems that sync entitlements. Every call needs
     `authorization: Bearer <token>`: FulfillOrder, ResendCredentials,
-    SuspendEntitlement, ReinstateEntitlement and DeactivateSeat need the
-    `fulfill` scope, every other call the `read` scope.
+    SuspendEntitlement, ReinstateEntitlement, DeactivateSeat, RemoveNamedUser
+    and ChangeNamedUserEmail need the `fulfill` scope, the webhook calls the
+    `webhooks` scope, every other call the `read` scope.
     """
 
     @staticmethod
@@ -812,6 +950,195 @@ class FulfillmentService:
             '/keyturn.fulfillment.v1.FulfillmentService/LookupCustomer',
             keyturn_dot_fulfillment_dot_v1_dot_fulfillment__pb2.LookupCustomerRequest.SerializeToString,
             keyturn_dot_fulfillment_dot_v1_dot_fulfillment__pb2.LookupCustomerResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateWebhookSubscription(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/keyturn.fulfillment.v1.FulfillmentService/CreateWebhookSubscription',
+            keyturn_dot_fulfillment_dot_v1_dot_fulfillment__pb2.CreateWebhookSubscriptionRequest.SerializeToString,
+            keyturn_dot_fulfillment_dot_v1_dot_fulfillment__pb2.CreateWebhookSubscriptionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetWebhookSubscription(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/keyturn.fulfillment.v1.FulfillmentService/GetWebhookSubscription',
+            keyturn_dot_fulfillment_dot_v1_dot_fulfillment__pb2.GetWebhookSubscriptionRequest.SerializeToString,
+            keyturn_dot_fulfillment_dot_v1_dot_fulfillment__pb2.GetWebhookSubscriptionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListWebhookSubscriptions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/keyturn.fulfillment.v1.FulfillmentService/ListWebhookSubscriptions',
+            keyturn_dot_fulfillment_dot_v1_dot_fulfillment__pb2.ListWebhookSubscriptionsRequest.SerializeToString,
+            keyturn_dot_fulfillment_dot_v1_dot_fulfillment__pb2.ListWebhookSubscriptionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateWebhookSubscription(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/keyturn.fulfillment.v1.FulfillmentService/UpdateWebhookSubscription',
+            keyturn_dot_fulfillment_dot_v1_dot_fulfillment__pb2.UpdateWebhookSubscriptionRequest.SerializeToString,
+            keyturn_dot_fulfillment_dot_v1_dot_fulfillment__pb2.UpdateWebhookSubscriptionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteWebhookSubscription(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/keyturn.fulfillment.v1.FulfillmentService/DeleteWebhookSubscription',
+            keyturn_dot_fulfillment_dot_v1_dot_fulfillment__pb2.DeleteWebhookSubscriptionRequest.SerializeToString,
+            keyturn_dot_fulfillment_dot_v1_dot_fulfillment__pb2.DeleteWebhookSubscriptionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListWebhookDeliveries(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/keyturn.fulfillment.v1.FulfillmentService/ListWebhookDeliveries',
+            keyturn_dot_fulfillment_dot_v1_dot_fulfillment__pb2.ListWebhookDeliveriesRequest.SerializeToString,
+            keyturn_dot_fulfillment_dot_v1_dot_fulfillment__pb2.ListWebhookDeliveriesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RedeliverWebhooks(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/keyturn.fulfillment.v1.FulfillmentService/RedeliverWebhooks',
+            keyturn_dot_fulfillment_dot_v1_dot_fulfillment__pb2.RedeliverWebhooksRequest.SerializeToString,
+            keyturn_dot_fulfillment_dot_v1_dot_fulfillment__pb2.RedeliverWebhooksResponse.FromString,
             options,
             channel_credentials,
             insecure,

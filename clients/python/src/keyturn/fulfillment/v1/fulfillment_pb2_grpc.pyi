@@ -32,8 +32,9 @@ class FulfillmentServiceStub:
     """FulfillmentService is called by order connectors (Stripe, CRM and ERP
     exports) and by systems that sync entitlements. Every call needs
     `authorization: Bearer <token>`: FulfillOrder, ResendCredentials,
-    SuspendEntitlement, ReinstateEntitlement and DeactivateSeat need the
-    `fulfill` scope, every other call the `read` scope.
+    SuspendEntitlement, ReinstateEntitlement, DeactivateSeat, RemoveNamedUser
+    and ChangeNamedUserEmail need the `fulfill` scope, the webhook calls the
+    `webhooks` scope, every other call the `read` scope.
     """
 
     @_typing.overload
@@ -133,14 +134,50 @@ class FulfillmentServiceStub:
     customer's, the ship-to or a named user's): the entitlements, each with
     its named users (AIP-158 paging). Devices: ListActivations.
     """
+    CreateWebhookSubscription: _grpc.UnaryUnaryMultiCallable[_fulfillment_pb2.CreateWebhookSubscriptionRequest, _fulfillment_pb2.CreateWebhookSubscriptionResponse]
+    """--- webhooks ---
+    Subscribes a URL to the change stream: every event (filtered by type and
+    product when the subscription says so) is POSTed to it as the JSON of
+    EntitlementEvent, signed per Standard Webhooks, in sequence order, at
+    least once, each with a `webhook-id` that stays the same on every retry
+    (receivers drop repeats by it). The subscription starts after the newest
+    event at its creation (or after `after_sequence`). A secret not given is
+    generated (`whsec_...`) and returned here only. Needs the `webhooks`
+    scope, as does every webhook call.
+    """
+    GetWebhookSubscription: _grpc.UnaryUnaryMultiCallable[_fulfillment_pb2.GetWebhookSubscriptionRequest, _fulfillment_pb2.GetWebhookSubscriptionResponse]
+    """Returns one subscription with its delivery state (never its secret).
+    Unknown: NOT_FOUND / WEBHOOK_SUBSCRIPTION_NOT_FOUND.
+    """
+    ListWebhookSubscriptions: _grpc.UnaryUnaryMultiCallable[_fulfillment_pb2.ListWebhookSubscriptionsRequest, _fulfillment_pb2.ListWebhookSubscriptionsResponse]
+    """Lists the subscriptions, oldest first (AIP-158 paging)."""
+    UpdateWebhookSubscription: _grpc.UnaryUnaryMultiCallable[_fulfillment_pb2.UpdateWebhookSubscriptionRequest, _fulfillment_pb2.UpdateWebhookSubscriptionResponse]
+    """Replaces a subscription's URL, filters and description, and pauses or
+    resumes it (`state`). Resuming starts the next attempt at once, with the
+    backoff and the failing time reset; events are sent from where the
+    subscription stopped, none skipped.
+    """
+    DeleteWebhookSubscription: _grpc.UnaryUnaryMultiCallable[_fulfillment_pb2.DeleteWebhookSubscriptionRequest, _fulfillment_pb2.DeleteWebhookSubscriptionResponse]
+    """Deletes a subscription and its delivery log; nothing more is sent to it."""
+    ListWebhookDeliveries: _grpc.UnaryUnaryMultiCallable[_fulfillment_pb2.ListWebhookDeliveriesRequest, _fulfillment_pb2.ListWebhookDeliveriesResponse]
+    """Lists a subscription's delivery attempts, newest first (AIP-158 paging):
+    the event, the webhook id, the HTTP status, an excerpt of the answer.
+    """
+    RedeliverWebhooks: _grpc.UnaryUnaryMultiCallable[_fulfillment_pb2.RedeliverWebhooksRequest, _fulfillment_pb2.RedeliverWebhooksResponse]
+    """Sends events again: one, by its webhook id, at once (the attempt is in
+    the answer and in the log); or every event from a sequence on, by moving
+    the subscription's cursor back (a paused subscription stays paused).
+    Repeats carry their original webhook ids.
+    """
 
 @_typing.type_check_only
 class FulfillmentServiceAsyncStub(FulfillmentServiceStub):
     """FulfillmentService is called by order connectors (Stripe, CRM and ERP
     exports) and by systems that sync entitlements. Every call needs
     `authorization: Bearer <token>`: FulfillOrder, ResendCredentials,
-    SuspendEntitlement, ReinstateEntitlement and DeactivateSeat need the
-    `fulfill` scope, every other call the `read` scope.
+    SuspendEntitlement, ReinstateEntitlement, DeactivateSeat, RemoveNamedUser
+    and ChangeNamedUserEmail need the `fulfill` scope, the webhook calls the
+    `webhooks` scope, every other call the `read` scope.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -237,13 +274,49 @@ class FulfillmentServiceAsyncStub(FulfillmentServiceStub):
     customer's, the ship-to or a named user's): the entitlements, each with
     its named users (AIP-158 paging). Devices: ListActivations.
     """
+    CreateWebhookSubscription: _aio.UnaryUnaryMultiCallable[_fulfillment_pb2.CreateWebhookSubscriptionRequest, _fulfillment_pb2.CreateWebhookSubscriptionResponse]  # type: ignore[assignment]
+    """--- webhooks ---
+    Subscribes a URL to the change stream: every event (filtered by type and
+    product when the subscription says so) is POSTed to it as the JSON of
+    EntitlementEvent, signed per Standard Webhooks, in sequence order, at
+    least once, each with a `webhook-id` that stays the same on every retry
+    (receivers drop repeats by it). The subscription starts after the newest
+    event at its creation (or after `after_sequence`). A secret not given is
+    generated (`whsec_...`) and returned here only. Needs the `webhooks`
+    scope, as does every webhook call.
+    """
+    GetWebhookSubscription: _aio.UnaryUnaryMultiCallable[_fulfillment_pb2.GetWebhookSubscriptionRequest, _fulfillment_pb2.GetWebhookSubscriptionResponse]  # type: ignore[assignment]
+    """Returns one subscription with its delivery state (never its secret).
+    Unknown: NOT_FOUND / WEBHOOK_SUBSCRIPTION_NOT_FOUND.
+    """
+    ListWebhookSubscriptions: _aio.UnaryUnaryMultiCallable[_fulfillment_pb2.ListWebhookSubscriptionsRequest, _fulfillment_pb2.ListWebhookSubscriptionsResponse]  # type: ignore[assignment]
+    """Lists the subscriptions, oldest first (AIP-158 paging)."""
+    UpdateWebhookSubscription: _aio.UnaryUnaryMultiCallable[_fulfillment_pb2.UpdateWebhookSubscriptionRequest, _fulfillment_pb2.UpdateWebhookSubscriptionResponse]  # type: ignore[assignment]
+    """Replaces a subscription's URL, filters and description, and pauses or
+    resumes it (`state`). Resuming starts the next attempt at once, with the
+    backoff and the failing time reset; events are sent from where the
+    subscription stopped, none skipped.
+    """
+    DeleteWebhookSubscription: _aio.UnaryUnaryMultiCallable[_fulfillment_pb2.DeleteWebhookSubscriptionRequest, _fulfillment_pb2.DeleteWebhookSubscriptionResponse]  # type: ignore[assignment]
+    """Deletes a subscription and its delivery log; nothing more is sent to it."""
+    ListWebhookDeliveries: _aio.UnaryUnaryMultiCallable[_fulfillment_pb2.ListWebhookDeliveriesRequest, _fulfillment_pb2.ListWebhookDeliveriesResponse]  # type: ignore[assignment]
+    """Lists a subscription's delivery attempts, newest first (AIP-158 paging):
+    the event, the webhook id, the HTTP status, an excerpt of the answer.
+    """
+    RedeliverWebhooks: _aio.UnaryUnaryMultiCallable[_fulfillment_pb2.RedeliverWebhooksRequest, _fulfillment_pb2.RedeliverWebhooksResponse]  # type: ignore[assignment]
+    """Sends events again: one, by its webhook id, at once (the attempt is in
+    the answer and in the log); or every event from a sequence on, by moving
+    the subscription's cursor back (a paused subscription stays paused).
+    Repeats carry their original webhook ids.
+    """
 
 class FulfillmentServiceServicer(metaclass=_abc_1.ABCMeta):
     """FulfillmentService is called by order connectors (Stripe, CRM and ERP
     exports) and by systems that sync entitlements. Every call needs
     `authorization: Bearer <token>`: FulfillOrder, ResendCredentials,
-    SuspendEntitlement, ReinstateEntitlement and DeactivateSeat need the
-    `fulfill` scope, every other call the `read` scope.
+    SuspendEntitlement, ReinstateEntitlement, DeactivateSeat, RemoveNamedUser
+    and ChangeNamedUserEmail need the `fulfill` scope, the webhook calls the
+    `webhooks` scope, every other call the `read` scope.
     """
 
     @_abc_1.abstractmethod
@@ -433,6 +506,83 @@ class FulfillmentServiceServicer(metaclass=_abc_1.ABCMeta):
         """Everything one customer holds, found by customer id or by email (the
         customer's, the ship-to or a named user's): the entitlements, each with
         its named users (AIP-158 paging). Devices: ListActivations.
+        """
+
+    @_abc_1.abstractmethod
+    def CreateWebhookSubscription(
+        self,
+        request: _fulfillment_pb2.CreateWebhookSubscriptionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_fulfillment_pb2.CreateWebhookSubscriptionResponse, _abc.Awaitable[_fulfillment_pb2.CreateWebhookSubscriptionResponse]]:
+        """--- webhooks ---
+        Subscribes a URL to the change stream: every event (filtered by type and
+        product when the subscription says so) is POSTed to it as the JSON of
+        EntitlementEvent, signed per Standard Webhooks, in sequence order, at
+        least once, each with a `webhook-id` that stays the same on every retry
+        (receivers drop repeats by it). The subscription starts after the newest
+        event at its creation (or after `after_sequence`). A secret not given is
+        generated (`whsec_...`) and returned here only. Needs the `webhooks`
+        scope, as does every webhook call.
+        """
+
+    @_abc_1.abstractmethod
+    def GetWebhookSubscription(
+        self,
+        request: _fulfillment_pb2.GetWebhookSubscriptionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_fulfillment_pb2.GetWebhookSubscriptionResponse, _abc.Awaitable[_fulfillment_pb2.GetWebhookSubscriptionResponse]]:
+        """Returns one subscription with its delivery state (never its secret).
+        Unknown: NOT_FOUND / WEBHOOK_SUBSCRIPTION_NOT_FOUND.
+        """
+
+    @_abc_1.abstractmethod
+    def ListWebhookSubscriptions(
+        self,
+        request: _fulfillment_pb2.ListWebhookSubscriptionsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_fulfillment_pb2.ListWebhookSubscriptionsResponse, _abc.Awaitable[_fulfillment_pb2.ListWebhookSubscriptionsResponse]]:
+        """Lists the subscriptions, oldest first (AIP-158 paging)."""
+
+    @_abc_1.abstractmethod
+    def UpdateWebhookSubscription(
+        self,
+        request: _fulfillment_pb2.UpdateWebhookSubscriptionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_fulfillment_pb2.UpdateWebhookSubscriptionResponse, _abc.Awaitable[_fulfillment_pb2.UpdateWebhookSubscriptionResponse]]:
+        """Replaces a subscription's URL, filters and description, and pauses or
+        resumes it (`state`). Resuming starts the next attempt at once, with the
+        backoff and the failing time reset; events are sent from where the
+        subscription stopped, none skipped.
+        """
+
+    @_abc_1.abstractmethod
+    def DeleteWebhookSubscription(
+        self,
+        request: _fulfillment_pb2.DeleteWebhookSubscriptionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_fulfillment_pb2.DeleteWebhookSubscriptionResponse, _abc.Awaitable[_fulfillment_pb2.DeleteWebhookSubscriptionResponse]]:
+        """Deletes a subscription and its delivery log; nothing more is sent to it."""
+
+    @_abc_1.abstractmethod
+    def ListWebhookDeliveries(
+        self,
+        request: _fulfillment_pb2.ListWebhookDeliveriesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_fulfillment_pb2.ListWebhookDeliveriesResponse, _abc.Awaitable[_fulfillment_pb2.ListWebhookDeliveriesResponse]]:
+        """Lists a subscription's delivery attempts, newest first (AIP-158 paging):
+        the event, the webhook id, the HTTP status, an excerpt of the answer.
+        """
+
+    @_abc_1.abstractmethod
+    def RedeliverWebhooks(
+        self,
+        request: _fulfillment_pb2.RedeliverWebhooksRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_fulfillment_pb2.RedeliverWebhooksResponse, _abc.Awaitable[_fulfillment_pb2.RedeliverWebhooksResponse]]:
+        """Sends events again: one, by its webhook id, at once (the attempt is in
+        the answer and in the log); or every event from a sequence on, by moving
+        the subscription's cursor back (a paused subscription stays paused).
+        Repeats carry their original webhook ids.
         """
 
 def add_FulfillmentServiceServicer_to_server(servicer: FulfillmentServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
