@@ -63,6 +63,7 @@ from keyturn.server.api.server import KeyturnServer
 from keyturn.server.app.context import AppContext
 
 from support.rpc import PRODUCT_ID
+from support.smtp import free_port
 
 pytest_plugins = ["connector_fixtures"]
 
@@ -433,17 +434,9 @@ async def test_a_signup_gets_the_seats_of_its_seat_components_from_chargifys_api
     assert (await run(read_client.get_entitlement, entitlement_id)).seats_in_use == 7
 
 
-def closed_port() -> int:
-    """A loopback port nothing listens on (bound, then released)."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-    return port
-
-
 async def test_an_unreachable_keyturn_is_503() -> None:
     retry = RetryPolicy(attempts=2, initial=0.01, maximum=0.02)
-    with FulfillmentClient(f"127.0.0.1:{closed_port()}", "kt_unused", retry=retry) as client:
+    with FulfillmentClient(f"127.0.0.1:{free_port()}", "kt_unused", retry=retry) as client:
         async with endpoint(client.fulfill_order, load_product_map(PRODUCT_MAP)) as url:
             hook = signup_success(subscription_id(), STANDARD)
             answer = await deliver(url, hook)

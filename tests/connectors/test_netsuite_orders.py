@@ -47,6 +47,7 @@ from keyturn.server.api.server import KeyturnServer
 from keyturn.server.app.context import AppContext
 
 from support.rpc import PRODUCT_ID
+from support.smtp import free_port
 
 pytest_plugins = ["connector_fixtures"]
 
@@ -409,7 +410,7 @@ async def test_keyturn_unavailable_is_503_and_the_retry_script_posts_it_later(
     tmp_path: Path, connector: str, read_client: FulfillmentClient, stripe_catalog: object
 ) -> None:
     retry = RetryPolicy(attempts=2, initial=0.01, maximum=0.02)
-    with FulfillmentClient(f"127.0.0.1:{closed_port()}", "kt_unused", retry=retry) as unreachable:
+    with FulfillmentClient(f"127.0.0.1:{free_port()}", "kt_unused", retry=retry) as unreachable:
         down = endpoint(unreachable)
         try:
             account = NetSuiteAccount(tmp_path / "account.json", url_of(down))
@@ -439,7 +440,7 @@ async def test_keyturn_unavailable_is_503_and_the_retry_script_posts_it_later(
 async def test_the_retry_script_stops_before_the_usage_limit_and_the_next_run_goes_on(
     tmp_path: Path, connector: str, read_client: FulfillmentClient, stripe_catalog: object
 ) -> None:
-    account = NetSuiteAccount(tmp_path / "account.json", f"http://127.0.0.1:{closed_port()}/x")
+    account = NetSuiteAccount(tmp_path / "account.json", f"http://127.0.0.1:{free_port()}/x")
     for record_id in ("9501", "9502"):
         account.put(
             "salesorder", record_id, sales_order([Line(STANDARD_ITEM, 1)], tranid=record_id)
@@ -471,14 +472,6 @@ async def test_the_retry_script_stops_before_the_usage_limit_and_the_next_run_go
     fulfilled(account.fields("9502"), "9502:0")
     assert account.logs[-1]["details"] == "1 of 1 failed orders fulfilled"
     assert [len(await by_reference(read_client, i)) for i in ("9501", "9502")] == [1, 1]
-
-
-def closed_port() -> int:
-    """A loopback port nothing listens on (bound, then released)."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-    return port
 
 
 NETSUITE_LINE = re.compile(r"^keyturn netsuite orders on (?P<url>http://\S+:(?P<port>\d+)/\S*)$")

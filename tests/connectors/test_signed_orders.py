@@ -30,6 +30,7 @@ from keyturn.server.app.context import AppContext
 
 from support.doc_blocks import block, substituted
 from support.rpc import PRODUCT_ID
+from support.smtp import free_port
 
 pytest_plugins = ["connector_fixtures"]
 
@@ -209,18 +210,9 @@ async def test_an_order_keyturn_refuses_is_422_then_fulfilled_once_fixed(
     assert (await run(read_client.get_order, "shop", "WEB-U")).lines[0].sku_id == STANDARD
 
 
-def closed_port() -> int:
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-    return port
-
-
 async def test_an_unreachable_keyturn_is_503() -> None:
     retry = RetryPolicy(attempts=2, initial=0.01, maximum=0.02)
-    with FulfillmentClient(f"127.0.0.1:{closed_port()}", "kt_unused", retry=retry) as client:
+    with FulfillmentClient(f"127.0.0.1:{free_port()}", "kt_unused", retry=retry) as client:
         running = SignedOrderServer(("127.0.0.1", 0), SECRETS, client.fulfill_order)
         running.start()
         try:

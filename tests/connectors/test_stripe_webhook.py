@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import http.client
-import socket
 import time
 from datetime import timedelta
 from pathlib import Path
@@ -58,6 +57,7 @@ from keyturn.server.app.context import AppContext
 
 from conftest import Tokens
 from support.rpc import PRODUCT_ID, create_sku
+from support.smtp import free_port
 
 pytest_plugins = ["connector_fixtures"]
 
@@ -380,17 +380,9 @@ async def test_changes_to_an_unknown_subscription_and_unusable_events_are_422(
     assert await database_state(app.store) == before
 
 
-def closed_port() -> int:
-    """A loopback port nothing listens on (bound, then released)."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-    return port
-
-
 async def test_an_unreachable_keyturn_is_503() -> None:
     retry = RetryPolicy(attempts=2, initial=0.01, maximum=0.02)
-    with FulfillmentClient(f"127.0.0.1:{closed_port()}", "kt_unused", retry=retry) as client:
+    with FulfillmentClient(f"127.0.0.1:{free_port()}", "kt_unused", retry=retry) as client:
         webhook = StripeWebhookServer(("127.0.0.1", 0), SECRET, client.fulfill_order, "/hook")
         webhook.start()
         try:
